@@ -1,0 +1,172 @@
+"""The pure core of the request path (SPEC §3). No I/O, no asyncio, no protobuf: the service
+module asks these functions what to do, then does it.
+
+    admit()            step 1    source is the attached VM, target exists in its network
+    Pool.decide()      steps 4-6 use an unused VM, grow the pool, or wait
+    route()            steps 7-9 rewrite the destination, resolve the host, build the outer header
+    answer_source()    step 12   the response's source becomes the target virtual address
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+
+import grpc
+
+from registry.model import LeaseId, Service, VmId, parse_target, vm_id
+from registry.state import ClusterState
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A consumer VM attached to this consumer host (from configuration)."""
+
+    network: str
+    address: str
+    token: str
+
+    @property
+    def vm_id(self) -> VmId:
+        return vm_id(self.network, self.address)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    code: grpc.StatusCode
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    attachment: Attachment
+    service: Service
+    vni: int
+
+
+def admit(attachments: dict[VmId, Attachment], state: ClusterState, network: str, src: str, token: str,
+          target: str) -> Admitted | Refusal:
+    """Step 1: the source really is an attached VM, and the target exists in that VM's network."""
+    attachment = attachments.get(vm_id(network, src))
+    if attachment is None:
+        return Refusal(grpc.StatusCode.PERMISSION_DENIED,
+                       f"source {src} in network {network!r} is not a consumer VM attached to this host")
+    if not hmac.compare_digest(attachment.token.encode(), token.encode()):
+        return Refusal(grpc.StatusCode.UNAUTHENTICATED,
+                       f"the token does not match consumer VM {src}: the source address is spoofed")
+    service = state.services_by_target.get((network, target))
+    if service is None:
+        try:
+            parse_target(target)
+        except ValueError as exc:
+            return Refusal(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        elsewhere = [s for s in state.services.values() if s.target == target]
+        if elsewhere:
+            return Refusal(grpc.StatusCode.PERMISSION_DENIED,
+                           f"target {target} belongs to network {elsewhere[0].network!r}; consumer VM {src} is in "
+                           f"network {network!r} and cannot reach it")
+        return Refusal(grpc.StatusCode.NOT_FOUND, f"no service listens on target {target} in network {network!r}")
+    net = state.networks.get(network)
+    if net is None:
+        return Refusal(grpc.StatusCode.NOT_FOUND, f"network {network!r} is not registered")
+    return Admitted(attachment, service, net.vni)
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A producer VM in a pool, with what the tunnel needs to reach it."""
+
+    vm: VmId
+    address: str
+    host_address: str
+    fencing_token: int
+
+
+@dataclass(frozen=True, slots=True)
+class Use:
+    member: Member
+
+
+@dataclass(frozen=True, slots=True)
+class Grow:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    pass
+
+
+Decision = Use | Grow | Wait
+
+
+@dataclass
+class Pool:
+    """One lease pool as the consumer host tracks it: members, which are busy, when last used."""
+
+    service: Service
+    consumer: VmId
+    lease_id: LeaseId
+    revision: int
+    members: dict[VmId, Member] = field(default_factory=dict)
+    busy: set[VmId] = field(default_factory=set)
+    avoid: set[VmId] = field(default_factory=set)  # refused a frame: skip until the replica catches up
+    growing: bool = False
+    last_used: float = 0.0
+    cursor: int = 0
+
+    def decide(self) -> Decision:
+        """Steps 4-6: an unused member (round-robin, so load spreads), else grow, else wait."""
+        candidates = [m for vm, m in self.members.items() if vm not in self.busy and vm not in self.avoid]
+        if candidates:
+            self.cursor = (self.cursor + 1) % len(candidates)
+            return Use(candidates[self.cursor])
+        if not self.growing and len(self.members) < self.service.policy.max_pool:
+            return Grow()
+        return Wait()
+
+    def take(self, member: Member, now: float) -> None:
+        self.busy.add(member.vm)
+        self.last_used = now
+
+    def give_back(self, member: Member, now: float) -> None:
+        self.busy.discard(member.vm)
+        self.last_used = now
+
+    def is_idle(self, now: float) -> bool:
+        return not self.busy and now - self.last_used >= self.service.policy.idle_release_s
+
+    def needs_refill(self) -> bool:
+        return len(self.members) < self.service.policy.min_pool
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Steps 7-9: inner destination rewritten to the producer VM, outer header host to host."""
+
+    dst: str
+    dst_port: int
+    vni: int
+    src_host: str
+    dst_host: str
+    fencing_token: int
+
+
+def route(member: Member, service: Service, vni: int, consumer_host_address: str) -> Route:
+    return Route(dst=member.address, dst_port=service.port, vni=vni, src_host=consumer_host_address,
+                 dst_host=member.host_address, fencing_token=member.fencing_token)
+
+
+def answer_source(service: Service) -> tuple[str, int]:
+    """Step 12: the consumer VM sees the answer come from the target virtual address."""
+    return service.vip, service.port
+
+
+def members_from_state(state: ClusterState, lease_id: LeaseId) -> dict[VmId, Member]:
+    """The pool's members as the replica shows them (claims that are current and routable)."""
+    members = {}
+    for vm in state.members_by_lease.get(lease_id, ()):
+        claim, record, host_address = state.claims[vm], state.vms.get(vm), state.host_address(vm)
+        if record is not None and host_address is not None and state.claim_is_current(claim):
+            members[vm] = Member(vm, record.address, host_address, claim.revision)
+    return members

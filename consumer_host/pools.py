@@ -1,0 +1,227 @@
+"""Lease pools held by this consumer host (SPEC §3 steps 2-6, §4): lease on first use, grow when
+busy, wait within the deadline, renew while in use, release when idle, and follow the replica so
+that members that vanish (dead producer host, expired claim) leave the pool and it refills.
+
+The decisions are `datapath.Pool`'s; this module does the waiting and the registry calls."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from consumer_host.datapath import Admitted, Grow, Member, Pool, Use, members_from_state
+from consumer_host.registry_client import RegistryClient
+from leasenet.v1 import registry_pb2 as pb
+from registry import keys
+from registry.errors import LeaseExpired, LeasenetError, PoolExhausted
+from registry.model import Claim, LeaseId, Pool as PoolRecord, ProducerVm, Record, VmId, lease_hex, parse_lease_hex
+from registry.replica import Replica
+
+log = logging.getLogger(__name__)
+
+PoolKey = tuple[VmId, str]  # (consumer VM, service)
+GROW_BACKOFF_S = 0.2  # after the registry said no capacity, don't ask again at once
+
+
+def _members(lease: pb.Lease) -> dict[VmId, Member]:
+    return {VmId(m.vm_id): Member(VmId(m.vm_id), m.address, m.host_address, m.fencing_token) for m in lease.members}
+
+
+class PoolManager:
+    def __init__(self, host_id: str, registry: RegistryClient, replica: Replica,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.host_id = host_id
+        self.registry = registry
+        self.replica = replica
+        self.clock = clock
+        self.pools: dict[PoolKey, Pool] = {}
+        self.leases_granted = 0
+        self._by_lease: dict[LeaseId, PoolKey] = {}
+        self._leasing: dict[PoolKey, asyncio.Task[Pool]] = {}
+        self._signals: dict[PoolKey, asyncio.Event] = {}
+        self._grow_blocked_until: dict[PoolKey, float] = {}
+        self._next_renew: dict[PoolKey, float] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._forgotten: dict[LeaseId, set[VmId]] = {}  # members we gave up on: a late answer must not revive them
+        replica.subscribe(self._on_change)
+
+    # --- the request path ----------------------------------------------------------------------
+    async def acquire(self, admitted: Admitted, deadline: float) -> tuple[Pool, Member]:
+        """Steps 2-6: a member of the consumer VM's pool, marked busy. Raises PoolExhausted past
+        the deadline."""
+        key = (admitted.attachment.vm_id, admitted.service.name)
+        while True:
+            pool = self.pools.get(key) or await self._lease(key, admitted)
+            now = self.clock()
+            decision = pool.decide()
+            if isinstance(decision, Use):
+                pool.take(decision.member, now)
+                return pool, decision.member
+            signal = self._signal(key)
+            if isinstance(decision, Grow) and now >= self._grow_blocked_until.get(key, 0.0):
+                self._spawn(self._grow(key, pool))
+            remaining = deadline - now
+            if remaining <= 0:
+                raise PoolExhausted(
+                    f"no producer VM of service {pool.service.name!r} freed up in time: the pool of consumer VM "
+                    f"{pool.consumer} has {len(pool.members)} VM(s), all busy (max_pool "
+                    f"{pool.service.policy.max_pool})")
+            try:
+                async with asyncio.timeout(min(remaining, GROW_BACKOFF_S)):
+                    await signal.wait()
+            except TimeoutError:
+                pass
+
+    def give_back(self, pool: Pool, member: Member, *, refused: bool = False) -> None:
+        pool.give_back(member, self.clock())
+        if refused:  # the producer host refused the frame: don't pick this VM again until the replica moves
+            pool.avoid.add(member.vm)
+        self._notify((pool.consumer, pool.service.name))
+
+    # --- leasing -------------------------------------------------------------------------------
+    async def _lease(self, key: PoolKey, admitted: Admitted) -> Pool:
+        task = self._leasing.get(key)
+        if task is None:  # one lease request per pool, however many requests wait for it
+            task = self._leasing[key] = asyncio.get_running_loop().create_task(self._request_lease(key, admitted))
+            task.add_done_callback(lambda _: self._leasing.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _request_lease(self, key: PoolKey, admitted: Admitted) -> Pool:
+        a = admitted.attachment
+        lease = await self.registry.request_lease(admitted.service.name, a.network, a.address, self.host_id)
+        pool = Pool(admitted.service, a.vm_id, parse_lease_hex(lease.lease_id), lease.revision,
+                    members=_members(lease), last_used=self.clock())
+        self.pools[key] = pool
+        self._by_lease[pool.lease_id] = key
+        self._next_renew[key] = self.clock() + pool.service.policy.lease_ttl_s / 3
+        self.leases_granted += 1
+        log.info("leased %s for %s: %s", lease.lease_id, a.vm_id, sorted(pool.members))
+        return pool
+
+    async def _grow(self, key: PoolKey, pool: Pool) -> None:
+        if pool.growing:
+            return
+        pool.growing = True
+        try:
+            lease = await self.registry.grow_lease(lease_hex(pool.lease_id), 1, pool.revision)
+            forgotten = self._forgotten.get(pool.lease_id, set())
+            pool.members.update({vm: m for vm, m in _members(lease).items() if vm not in forgotten})
+            pool.revision = max(pool.revision, max((m.fencing_token for m in lease.members), default=0))
+        except LeaseExpired:
+            self._drop(key)
+        except LeasenetError as exc:
+            self._grow_blocked_until[key] = self.clock() + GROW_BACKOFF_S
+            log.info("cannot grow pool of %s: %s", pool.consumer, exc.message)
+        finally:
+            pool.growing = False
+            self._notify(key)
+
+    # --- following the replica -----------------------------------------------------------------
+    def _on_change(self, key: str, old: Record | None, new: Record | None, revision: int) -> None:
+        if isinstance(old, Claim) and old.lease_id in self._by_lease and (new is None or new.lease_id != old.lease_id):
+            self._forget_members(self._by_lease[old.lease_id], [old.vm])
+        elif isinstance(old, PoolRecord) and new is None and old.lease_id in self._by_lease:
+            log.info("lease %s ended (released or expired)", lease_hex(old.lease_id))
+            self._drop(self._by_lease[old.lease_id])
+        elif isinstance(old, ProducerVm) and (new is None or new.revision != old.revision):
+            for pool_key, pool in list(self.pools.items()):
+                if old.vm_id in pool.members:
+                    self._forget_members(pool_key, [old.vm_id])
+
+    def host_broken(self, address: str) -> None:
+        """The tunnel to a producer host broke: give its VMs back now instead of waiting for its
+        liveness lease to lapse (the registry deletes the claims; the pools refill)."""
+        for key, pool in list(self.pools.items()):
+            gone = [vm for vm, m in pool.members.items() if m.host_address == address]
+            if gone:
+                self._forget_members(key, gone)
+                self._spawn(self._shrink(pool, gone))
+
+    async def _shrink(self, pool: Pool, vms: list[VmId]) -> None:
+        try:
+            await self.registry.shrink_lease(lease_hex(pool.lease_id), list(vms))
+        except LeasenetError as exc:  # the registry's claim collector cleans up when the host's lease lapses
+            log.info("could not give back %s: %s", vms, exc.message)
+
+    def _forget_members(self, key: PoolKey, vms: list[VmId]) -> None:
+        pool = self.pools.get(key)
+        if pool is None:
+            return
+        for vm in vms:
+            pool.members.pop(vm, None)
+            pool.busy.discard(vm)
+        self._forgotten.setdefault(pool.lease_id, set()).update(vms)
+        pool.avoid.clear()
+        if pool.needs_refill():
+            self._grow_blocked_until.pop(key, None)
+            self._spawn(self._grow(key, pool))
+        self._notify(key)
+
+    def _drop(self, key: PoolKey) -> None:
+        pool = self.pools.pop(key, None)
+        if pool is not None:
+            self._by_lease.pop(pool.lease_id, None)
+            self._forgotten.pop(pool.lease_id, None)
+            self._next_renew.pop(key, None)
+            self._notify(key)
+
+    # --- renewal and idle release ---------------------------------------------------------------
+    async def maintain(self, period_s: float = 0.25) -> None:
+        while True:
+            await asyncio.sleep(period_s)
+            now = self.clock()
+            for key, pool in list(self.pools.items()):
+                if pool.is_idle(now):
+                    self._drop(key)
+                    self._spawn(self._release(pool))
+                elif now >= self._next_renew.get(key, now):
+                    self._next_renew[key] = now + pool.service.policy.lease_ttl_s / 3
+                    self._spawn(self._renew(key, pool))
+
+    async def _renew(self, key: PoolKey, pool: Pool) -> None:
+        try:
+            await self.registry.renew_lease(lease_hex(pool.lease_id))
+        except LeaseExpired:
+            log.warning("lease %s of %s expired; the next request leases anew", lease_hex(pool.lease_id),
+                        pool.consumer)
+            self._drop(key)
+        except LeasenetError as exc:
+            log.warning("could not renew lease %s: %s", lease_hex(pool.lease_id), exc.message)
+
+    async def _release(self, pool: Pool) -> None:
+        try:
+            await self.registry.release_lease(lease_hex(pool.lease_id))
+            log.info("released idle lease %s of %s", lease_hex(pool.lease_id), pool.consumer)
+        except LeasenetError as exc:  # its TTL ends it anyway
+            log.warning("could not release lease %s: %s", lease_hex(pool.lease_id), exc.message)
+
+    async def release_all(self, consumer: VmId | None = None) -> int:
+        """Release every pool (of one consumer VM): detach and shutdown."""
+        keys_ = [k for k in self.pools if consumer is None or k[0] == consumer]
+        pools = [self.pools[k] for k in keys_]
+        for k in keys_:
+            self._drop(k)
+        await asyncio.gather(*(self._release(p) for p in pools))
+        return len(pools)
+
+    # --- plumbing -------------------------------------------------------------------------------
+    def _signal(self, key: PoolKey) -> asyncio.Event:
+        signal = self._signals.get(key)
+        if signal is None:
+            signal = self._signals[key] = asyncio.Event()
+        return signal
+
+    def _notify(self, key: PoolKey) -> None:
+        signal = self._signals.pop(key, None)  # wake every waiter; the next wait gets a fresh event
+        if signal is not None:
+            signal.set()
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+__all__ = ["PoolManager", "PoolKey", "keys", "members_from_state"]

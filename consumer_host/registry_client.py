@@ -1,0 +1,74 @@
+"""The consumer host's client for the leasing agents: several registry replicas, failing over on
+UNAVAILABLE with bounded, jittered retries (tenacity). Every leasing call is safe to repeat on
+another replica: a repeated RequestLease finds the pool the first one created."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from leasenet import rpc
+from leasenet.v1 import registry_pb2 as pb
+from leasenet.v1 import registry_pb2_grpc as pb_grpc
+from registry.errors import LeasenetError, StoreUnavailable, error_for_status
+
+CALL_TIMEOUT_S = 3.0
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    return isinstance(exc, LeasenetError) and exc.code == grpc.StatusCode.UNAVAILABLE
+
+
+class RegistryClient:
+    def __init__(self, addresses: Sequence[str]) -> None:
+        self.addresses = list(addresses)
+        self._stubs: list[pb_grpc.LeasingStub] = []
+        self._channels: list[grpc.aio.Channel] = []
+        self._current = 0
+        self.calls = 0
+
+    def _stub(self) -> pb_grpc.LeasingStub:
+        if not self._stubs:  # channels are created inside the running loop, on first use
+            self._channels = [rpc.channel(a) for a in self.addresses]
+            self._stubs = [pb_grpc.LeasingStub(c) for c in self._channels]
+        return self._stubs[self._current]
+
+    async def _call(self, method: str, request: Any) -> Any:
+        retrying = AsyncRetrying(stop=stop_after_attempt(2 * len(self.addresses)),
+                                 wait=wait_random_exponential(multiplier=0.05, max=0.5),
+                                 retry=retry_if_exception(_is_unavailable), reraise=True)
+        async for attempt in retrying:
+            with attempt:
+                self.calls += 1
+                try:
+                    return await getattr(self._stub(), method)(request, timeout=CALL_TIMEOUT_S)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                        self._current = (self._current + 1) % len(self.addresses)  # fail over
+                        raise StoreUnavailable(f"no leasing agent answered ({exc.details() or exc.code().name})")
+                    raise error_for_status(exc.code(), exc.details() or exc.code().name) from None
+
+    async def request_lease(self, service: str, network: str, address: str, host_id: str) -> pb.Lease:
+        return await self._call("RequestLease", pb.RequestLeaseRequest(
+            service=service, consumer_network=network, consumer_vm=address, consumer_host=host_id))
+
+    async def grow_lease(self, lease_id: str, count: int, min_revision: int) -> pb.Lease:
+        return await self._call("GrowLease", pb.GrowLeaseRequest(lease_id=lease_id, count=count,
+                                                                 min_revision=min_revision))
+
+    async def shrink_lease(self, lease_id: str, vm_ids: list[str]) -> pb.Lease:
+        return await self._call("ShrinkLease", pb.ShrinkLeaseRequest(lease_id=lease_id, vm_ids=vm_ids))
+
+    async def renew_lease(self, lease_id: str) -> int:
+        return int((await self._call("RenewLease", pb.LeaseRef(lease_id=lease_id))).ttl_s)
+
+    async def release_lease(self, lease_id: str) -> None:
+        await self._call("ReleaseLease", pb.LeaseRef(lease_id=lease_id))
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            await channel.close()

@@ -1,0 +1,224 @@
+"""The consumer host process (`leasenet consumer-host`): the VM-facing API and the request path
+of SPEC §3, from admission to the reverse rewrite of the answer's source."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import grpc
+import grpc.aio
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random
+
+from consumer_host.datapath import Attachment, Refusal, admit, answer_source, route
+from consumer_host.pools import PoolManager
+from consumer_host.registry_client import RegistryClient
+from consumer_host.tunnel import DeliveryUnknown, NotDelivered, Tunnels
+from leasenet.rpc import STATUS_BY_NUMBER, Server, edge
+from leasenet.v1 import consumer_pb2 as pb
+from leasenet.v1 import consumer_pb2_grpc as pb_grpc
+from leasenet.v1 import tunnel_pb2 as tpb
+from registry.errors import (
+    DeadlineExceeded,
+    InvalidRequest,
+    LeasenetError,
+    ProducerUnavailable,
+    Unauthenticated,
+    error_for_status,
+)
+from registry.liveness import Liveness
+from registry.model import Host, HostId, HostKind, VmId, vm_id
+from registry.replica import Replica
+from registry.store import Store
+
+log = logging.getLogger(__name__)
+
+MAX_PAYLOAD_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerConfig:
+    host_id: HostId
+    listen: str
+    advertise: str
+    registries: list[str]
+    attachments: dict[VmId, Attachment]
+    default_deadline_s: float = 10.0
+    max_attempts: int = 3
+    liveness_ttl_s: int = 3
+
+
+class _Retry(Exception):
+    """This attempt did not reach a producer VM: try another one."""
+
+
+class RequestPath:
+    """SPEC §3 for one request, steps 1-12. The decisions are datapath's; this does the I/O."""
+
+    def __init__(self, config: ConsumerConfig, replica: Replica, pools: PoolManager, tunnels: Tunnels) -> None:
+        self.config = config
+        self.replica = replica
+        self.pools = pools
+        self.tunnels = tunnels
+        self.address = config.advertise
+
+    async def forward(self, req: pb.SendRequest, deadline: float) -> pb.SendResponse:
+        if len(req.payload) > MAX_PAYLOAD_BYTES:
+            raise InvalidRequest(f"payload of {len(req.payload)} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit")
+        admitted = admit(self.config.attachments, self.replica.state, req.network, req.src, req.token, req.target)
+        if isinstance(admitted, Refusal):
+            raise error_for_status(admitted.code, admitted.message)
+        retrying = AsyncRetrying(stop=stop_after_attempt(self.config.max_attempts), wait=wait_random(0, 0.01),
+                                 retry=retry_if_exception_type(_Retry), reraise=True)
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    answer = await self._attempt(admitted, req, deadline)
+        except _Retry as exc:
+            raise ProducerUnavailable(f"request {req.request_id} was not delivered after "
+                                      f"{self.config.max_attempts} attempts: {exc}") from None
+        vip, port = answer_source(admitted.service)
+        return pb.SendResponse(src=vip, src_port=port, dst=req.src, payload=answer.payload, request_id=req.request_id)
+
+    async def _attempt(self, admitted, req: pb.SendRequest, deadline: float) -> tpb.Frame:  # noqa: ANN001
+        pool, member = await self.pools.acquire(admitted, deadline)
+        r = route(member, admitted.service, admitted.vni, self.address)
+        remaining = deadline - time.monotonic()
+        frame = tpb.Frame(
+            outer=tpb.OuterHeader(vni=r.vni, src_host=r.src_host, dst_host=r.dst_host, fencing_token=r.fencing_token),
+            inner=tpb.InnerHeader(network=req.network, src=req.src, src_port=req.src_port, dst=r.dst,
+                                  dst_port=r.dst_port, request_id=req.request_id, idempotent=req.idempotent,
+                                  deadline_ms=int((time.time() + remaining) * 1000)),
+            payload=req.payload)
+        try:
+            async with asyncio.timeout(remaining):
+                answer = await self.tunnels.to(r.dst_host).exchange(frame)
+        except BaseException as exc:
+            self.pools.give_back(pool, member)
+            if isinstance(exc, NotDelivered):
+                raise _Retry(str(exc)) from None
+            if isinstance(exc, DeliveryUnknown):
+                if req.idempotent:
+                    raise _Retry(str(exc)) from None
+                raise ProducerUnavailable(f"delivery unknown: {exc}; request {req.request_id} is not idempotent, "
+                                          f"so it was not retried") from None
+            if isinstance(exc, TimeoutError):
+                raise DeadlineExceeded(f"request {req.request_id} got no answer from its producer VM before the "
+                                       f"deadline (it may have run)") from None
+            raise
+        code = STATUS_BY_NUMBER.get(answer.status_code, grpc.StatusCode.UNKNOWN)
+        refused = code not in (grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED) and not answer.delivered
+        self.pools.give_back(pool, member, refused=refused)
+        if code is grpc.StatusCode.OK:
+            return answer
+        if refused:  # the producer host refused the frame before the VM saw it: another VM may take it
+            raise _Retry(answer.status_message)
+        raise error_for_status(code, answer.status_message)
+
+    def attachment(self, network: str, address: str, token: str) -> Attachment:
+        a = self.config.attachments.get(vm_id(network, address))
+        if a is None or a.token != token:
+            raise Unauthenticated(f"consumer VM {address} in network {network!r} is not attached here with that token")
+        return a
+
+
+class ConsumerHostServicer(pb_grpc.ConsumerHostServicer):
+    def __init__(self, path: RequestPath) -> None:
+        self.path = path
+
+    def _deadline(self, context: grpc.aio.ServicerContext) -> float:
+        remaining = context.time_remaining()
+        return time.monotonic() + (remaining if remaining is not None else self.path.config.default_deadline_s)
+
+    @edge
+    async def Attach(self, request: pb.AttachRequest, context: grpc.aio.ServicerContext) -> pb.AttachResponse:
+        a = self.path.attachment(request.network, request.address, request.token)
+        network = self.path.replica.state.networks.get(a.network)
+        return pb.AttachResponse(network=a.network, address=a.address, vni=network.vni if network else 0)
+
+    @edge
+    async def Detach(self, request: pb.DetachRequest, context: grpc.aio.ServicerContext) -> pb.DetachResponse:
+        a = self.path.attachment(request.network, request.address, request.token)
+        return pb.DetachResponse(released_leases=await self.path.pools.release_all(a.vm_id))
+
+    @edge
+    async def Send(self, request: pb.SendRequest, context: grpc.aio.ServicerContext) -> pb.SendResponse:
+        return await self.path.forward(request, self._deadline(context))
+
+    async def SendStream(self, request_iterator: AsyncIterator[pb.SendRequest],
+                         context: grpc.aio.ServicerContext) -> AsyncIterator[pb.SendResponse]:
+        """Many requests on one stream; each gets exactly one response, OK or with its status."""
+        out: asyncio.Queue[pb.SendResponse | None] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def one(req: pb.SendRequest) -> None:
+            try:
+                resp = await self.path.forward(req, time.monotonic() + self.path.config.default_deadline_s)
+            except LeasenetError as exc:
+                resp = pb.SendResponse(request_id=req.request_id, dst=req.src, status_code=exc.code.value[0],
+                                       status_message=exc.message)
+            except Exception:
+                log.exception("request %d failed", req.request_id)
+                resp = pb.SendResponse(request_id=req.request_id, dst=req.src,
+                                       status_code=grpc.StatusCode.INTERNAL.value[0],
+                                       status_message="internal error; see the consumer host log")
+            out.put_nowait(resp)
+
+        async def read() -> None:
+            async for req in request_iterator:
+                task = asyncio.get_running_loop().create_task(one(req))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            while tasks:
+                await asyncio.gather(*list(tasks), return_exceptions=True)
+            out.put_nowait(None)
+
+        reader = asyncio.get_running_loop().create_task(read())
+        try:
+            while (resp := await out.get()) is not None:
+                yield resp
+        finally:
+            reader.cancel()
+            for task in tasks:
+                task.cancel()
+
+
+async def serve(config: ConsumerConfig, store: Store, stop: asyncio.Event,
+                ready: Callable[[str], None] = lambda address: None) -> None:
+    replica = Replica(store)
+    registry = RegistryClient(config.registries)
+    pools = PoolManager(config.host_id, registry, replica)
+    tunnels = Tunnels(on_broken=pools.host_broken)
+    path = RequestPath(config, replica, pools, tunnels)
+    server = Server(config.listen)
+    server.add(pb_grpc.add_ConsumerHostServicer_to_server, ConsumerHostServicer(path), "leasenet.v1.ConsumerHost")
+    async with asyncio.TaskGroup() as tasks:
+        background = [tasks.create_task(replica.run(), name="replica")]
+        await replica.synced.wait()
+        bound = await server.start(serving=False)
+        path.address = config.advertise or bound
+        liveness = Liveness(store, config.host_id,
+                            lambda: [Host(config.host_id, HostKind.CONSUMER, path.address)], config.liveness_ttl_s)
+        await liveness.register()
+        background += [tasks.create_task(liveness.keep_alive(), name="liveness"),
+                       tasks.create_task(pools.maintain(), name="pools")]
+        await server.set_serving(True)
+        log.info("consumer host %s serving %d consumer VM(s) on %s", config.host_id, len(config.attachments),
+                 path.address)
+        ready(path.address)
+        await stop.wait()
+        # drain: refuse new work, let in-flight requests finish, give the leases back
+        await server.set_serving(False)
+        await server.stop(2.0)
+        await pools.release_all()
+        for task in background:
+            task.cancel()
+        try:
+            await liveness.deregister()
+        except LeasenetError as exc:
+            log.warning("could not deregister (the liveness lease will lapse): %s", exc)
+        await tunnels.close()
+        await registry.close()

@@ -1,0 +1,148 @@
+"""The consumer host's end of the tunnel (SPEC §3 step 10): one long-lived bidi stream per producer
+host carries every frame to it. A writer task sends whatever is queued as one FrameBatch, so a busy
+stream batches; a reader task matches answers to waiting requests by frame id.
+
+When a stream breaks, each waiting request learns which side of the break it was on:
+NotDelivered (never written: safe to retry anywhere) or DeliveryUnknown (written: it may have run)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable
+
+import grpc.aio
+
+from leasenet import rpc
+from leasenet.v1 import tunnel_pb2 as pb
+from leasenet.v1 import tunnel_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 1.0
+
+
+class NotDelivered(Exception):
+    """The frame never left this host."""
+
+
+class DeliveryUnknown(Exception):
+    """The frame was sent, then the stream broke: it may or may not have run."""
+
+
+class TunnelClient:
+    def __init__(self, address: str, on_broken: Callable[[str], None]) -> None:
+        self.address = address
+        self._on_broken = on_broken
+        self._outbox: list[tuple[pb.Frame, asyncio.Future[pb.Frame]]] = []
+        self._sent: dict[int, asyncio.Future[pb.Frame]] = {}
+        self._ids = itertools.count(1)
+        self._wake = asyncio.Event()
+        self.broken: str | None = None
+        self.frames_sent = 0
+        self.batches_sent = 0
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"tunnel to {address}")
+
+    async def exchange(self, frame: pb.Frame) -> pb.Frame:
+        if self.broken is not None:
+            raise NotDelivered(self.broken)
+        future: asyncio.Future[pb.Frame] = asyncio.get_running_loop().create_future()
+        frame.id = next(self._ids)
+        self._outbox.append((frame, future))
+        self._wake.set()
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # the caller gave up (deadline): the answer, if any, is dropped when it arrives
+            self._sent.pop(frame.id, None)
+            raise
+
+    async def close(self) -> None:
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+
+    async def _run(self) -> None:
+        channel = rpc.channel(self.address)
+        reason = f"tunnel to producer host {self.address} closed"
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                await channel.channel_ready()
+            call = pb_grpc.TunnelStub(channel).Exchange()
+            reader = asyncio.get_running_loop().create_task(self._read(call))
+            try:
+                await self._write(call, reader)
+            finally:
+                reader.cancel()
+        except TimeoutError:
+            reason = f"cannot connect to producer host {self.address}"
+        except grpc.aio.AioRpcError as exc:
+            reason = f"tunnel to producer host {self.address} broke: {exc.code().name} {exc.details() or ''}".strip()
+        except asyncio.CancelledError:
+            reason = f"tunnel to producer host {self.address} was closed"
+            raise
+        except Exception as exc:  # e.g. a write on a call that just ended
+            reason = f"tunnel to producer host {self.address} broke: {exc!r}"
+        finally:
+            self._fail_all(reason)
+            await channel.close()
+
+    async def _write(self, call: grpc.aio.StreamStreamCall, reader: asyncio.Task[None]) -> None:
+        while not reader.done():
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._outbox = self._outbox, []
+            live = [(f, fut) for f, fut in batch if not fut.done()]
+            if not live:
+                continue
+            for frame, future in live:
+                self._sent[frame.id] = future
+            await call.write(pb.FrameBatch(frames=[f for f, _ in live]))
+            self.frames_sent += len(live)
+            self.batches_sent += 1
+        reader.result()  # surface why the reader ended
+
+    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
+        try:
+            async for batch in call:
+                for frame in batch.frames:
+                    future = self._sent.pop(frame.id, None)
+                    if future is not None and not future.done():
+                        future.set_result(frame)
+        finally:
+            self._wake.set()  # let the writer notice
+
+    def _fail_all(self, reason: str) -> None:
+        self.broken = reason
+        for _, future in self._outbox:
+            if not future.done():
+                future.set_exception(NotDelivered(reason))
+        for future in self._sent.values():
+            if not future.done():
+                future.set_exception(DeliveryUnknown(reason))
+        had_traffic = bool(self._outbox or self._sent)
+        self._outbox, self._sent = [], {}
+        log.warning("%s%s", reason, " (failing its requests)" if had_traffic else "")
+        self._on_broken(self.address)
+
+
+class Tunnels:
+    """The tunnel to each producer host, opened on first use and reopened after a break."""
+
+    def __init__(self, on_broken: Callable[[str], None]) -> None:
+        self._on_broken = on_broken
+        self._clients: dict[str, TunnelClient] = {}
+
+    def to(self, address: str) -> TunnelClient:
+        client = self._clients.get(address)
+        if client is None or client.broken is not None:
+            client = self._clients[address] = TunnelClient(address, self._on_broken)
+        return client
+
+    async def close(self) -> None:
+        for client in list(self._clients.values()):
+            await client.close()
+        self._clients.clear()

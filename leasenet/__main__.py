@@ -1,0 +1,5 @@
+import sys
+
+from leasenet.cli import main
+
+sys.exit(main())

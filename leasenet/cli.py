@@ -1,0 +1,302 @@
+"""`leasenet`: one program, one subcommand per role (SPEC §7). Every flag has an environment
+variable LEASENET_<FLAG> (e.g. --etcd-endpoints / LEASENET_ETCD_ENDPOINTS). Errors print one line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from registry.errors import LeasenetError
+
+log = logging.getLogger("leasenet")
+
+
+class CliError(Exception):
+    """A one-line message for the user."""
+
+
+def env_name(flag: str) -> str:
+    return "LEASENET_" + flag.lstrip("-").upper().replace("-", "_")
+
+
+def add(parser: argparse.ArgumentParser, flag: str, *, required: bool = False, default: Any = None,
+        type: Callable[[str], Any] = str, help: str = "", **kwargs: Any) -> None:  # noqa: A002
+    """A flag whose default comes from its environment variable."""
+    env = env_name(flag)
+    if kwargs.get("action") in ("store_true",):
+        default = os.environ.get(env, "").lower() in ("1", "true", "yes") or bool(default)
+        parser.add_argument(flag, default=default, help=f"{help} [env {env}]", **kwargs)
+        return
+    if kwargs.get("action") == "append":
+        value = os.environ.get(env)
+        default = [v for v in value.split(",") if v] if value else (default or [])
+        parser.add_argument(flag, default=default, help=f"{help} [env {env}]", **kwargs)
+        return
+    if env in os.environ:
+        try:
+            default = type(os.environ[env])
+        except ValueError as exc:
+            raise CliError(f"{env}={os.environ[env]!r} is not valid: {exc}") from None
+        required = False
+    parser.add_argument(flag, default=default, required=required, type=type, help=f"{help} [env {env}]", **kwargs)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    add(p, "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    add(p, "--ready-file", help="write {'address': ...} here once serving (for supervisors and tests)")
+
+
+def _etcd(p: argparse.ArgumentParser) -> None:
+    add(p, "--etcd-endpoints", required=True, help="comma-separated host:port list of etcd members")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="leasenet", description="Lease pools of producer VMs to consumer VMs "
+                                     "over a gRPC overlay. Every flag also reads LEASENET_<FLAG>.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("etcd", help="run a local etcd for development (the embedded default)")
+    add(p, "--data-dir", default=".leasenet-etcd", help="where etcd keeps its data")
+    add(p, "--client-port", default=2379, type=int, help="client port on 127.0.0.1")
+    add(p, "--peer-port", default=2380, type=int, help="peer port on 127.0.0.1")
+
+    p = sub.add_parser("registry", help="run a leasing agent and inspection API")
+    _common(p)
+    _etcd(p)
+    add(p, "--listen", default="127.0.0.1:7000", help="host:port to serve on (port 0 = any free port)")
+    add(p, "--cluster-config", help="TOML file of networks and services to publish")
+
+    p = sub.add_parser("producer-host", help="run a producer host and its producer VMs")
+    _common(p)
+    _etcd(p)
+    add(p, "--host-id", required=True, help="unique name of this host")
+    add(p, "--listen", default="127.0.0.1:7100", help="host:port to serve the tunnel on")
+    add(p, "--advertise", default="", help="host:port consumer hosts dial (default: the bound address)")
+    add(p, "--network", required=True, help="overlay network of the VMs")
+    add(p, "--service", required=True, help="service the VMs provide")
+    add(p, "--vms", default=4, type=int, help="number of producer VMs")
+    add(p, "--vm-address-start", required=True, help="address of the first VM; the others follow")
+    add(p, "--handler", default="echo", help="echo | kv | work | module:factory")
+    add(p, "--handler-option", action="append", help="key=value passed to the handler factory (repeatable)")
+    add(p, "--liveness-ttl", default=3, type=int, help="seconds before a dead host's records vanish")
+    add(p, "--history", help="append one JSON line per execution here (for checkers)")
+
+    p = sub.add_parser("consumer-host", help="run a consumer host for consumer VMs")
+    _common(p)
+    _etcd(p)
+    add(p, "--host-id", required=True, help="unique name of this host")
+    add(p, "--listen", default="127.0.0.1:7200", help="host:port of the VM-facing API")
+    add(p, "--advertise", default="", help="host:port producer hosts see (default: the bound address)")
+    add(p, "--registry", required=True, help="comma-separated leasing agents (host:port), tried in turn")
+    add(p, "--config", required=True, help="TOML file listing the attached consumer VMs and their tokens")
+    add(p, "--deadline", default=10.0, type=float, help="default request deadline in seconds")
+    add(p, "--liveness-ttl", default=3, type=int, help="seconds before a dead host's records vanish")
+
+    p = sub.add_parser("send", help="act as a consumer VM and send one request")
+    add(p, "--consumer-host", default="127.0.0.1:7200", help="the consumer host's VM-facing API")
+    add(p, "--network", required=True, help="the consumer VM's network")
+    add(p, "--src", required=True, help="the consumer VM's address")
+    add(p, "--token", required=True, help="the consumer VM's token")
+    add(p, "--target", required=True, help="target virtual address VIP:port")
+    add(p, "--payload", default="", help="request payload (text)")
+    add(p, "--idempotent", action="store_true", help="may be retried if delivery is unknown")
+    add(p, "--request-id", default=0, type=int, help="request id carried end to end")
+    add(p, "--timeout", default=10.0, type=float, help="deadline in seconds")
+    add(p, "--json", action="store_true", help="print the response as JSON")
+
+    for name, what in (("leases", "lease pools"), ("hosts", "hosts"), ("vms", "producer VMs"),
+                       ("services", "services")):
+        p = sub.add_parser(name, help=f"list {what} through the inspection API")
+        add(p, "--registry", default="127.0.0.1:7000", help="a registry's host:port")
+        add(p, "--json", action="store_true", help="machine-readable output")
+        add(p, "--watch", action="store_true", help="keep printing changes")
+        if name == "leases":
+            add(p, "--service", default="", help="only this service")
+            add(p, "--consumer-vm", default="", help="only this consumer VM (address or network/address)")
+            add(p, "--consumer-host", default="", help="only leases held through this consumer host")
+            add(p, "--producer-host", default="", help="only leases with a member on this producer host")
+        if name == "vms":
+            add(p, "--service", default="", help="only this service")
+            add(p, "--host-id", default="", help="only VMs of this producer host")
+            add(p, "--free", action="store_true", help="only VMs not in any pool")
+        if name == "hosts":
+            add(p, "--kind", default="", help="producer | consumer")
+
+    p = sub.add_parser("demo", help="the main job: a small cluster, traffic, a producer host killed midway")
+    add(p, "--json", action="store_true", help="print the summary as JSON")
+    add(p, "--requests", default=600, type=int, help="total requests across the consumer VMs")
+    add(p, "--etcd-endpoints", default="", help="use this etcd instead of starting an embedded one")
+    add(p, "--workdir", default="", help="keep logs and histories here (default: a temporary directory)")
+
+    p = sub.add_parser("health", help="exit 0 when the gRPC server at ADDRESS reports SERVING")
+    p.add_argument("address", help="host:port")
+    add(p, "--timeout", default=2.0, type=float, help="seconds")
+    return parser
+
+
+# --- running services --------------------------------------------------------------------------
+def _write_ready(path: str | None, address: str) -> None:
+    if path:
+        tmp = Path(path).with_suffix(".tmp")
+        tmp.write_text(json.dumps({"address": address, "pid": os.getpid()}))
+        tmp.replace(path)  # atomic: a reader never sees half a file
+
+
+async def _run_service(args: argparse.Namespace, serve: Callable[..., Awaitable[None]], config: Any) -> None:
+    from registry.store.etcd import EtcdStore, parse_endpoints
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    store = await EtcdStore(parse_endpoints(args.etcd_endpoints)).connect()
+    try:
+        await serve(config, store, stop, lambda address: _write_ready(args.ready_file, address))
+    finally:
+        await store.close()
+
+
+def _options(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"--handler-option {pair!r} is not key=value")
+        out[key] = value
+    return out
+
+
+def cmd_registry(args: argparse.Namespace) -> None:
+    from registry.config import load_cluster_config
+    from registry.service import RegistryConfig, serve
+
+    cluster = load_cluster_config(args.cluster_config) if args.cluster_config else None
+    asyncio.run(_run_service(args, serve, RegistryConfig(listen=args.listen, cluster=cluster)))
+
+
+def cmd_producer_host(args: argparse.Namespace) -> None:
+    from producer_host.service import ProducerConfig, serve
+    from registry.model import HostId
+
+    if args.vms < 1:
+        raise CliError("--vms must be at least 1")
+    config = ProducerConfig(host_id=HostId(args.host_id), listen=args.listen, advertise=args.advertise,
+                            network=args.network, service=args.service, vms=args.vms,
+                            vm_address_start=args.vm_address_start, handler=args.handler,
+                            handler_options=_options(args.handler_option), liveness_ttl_s=args.liveness_ttl,
+                            history_path=args.history)
+    config.vm_addresses()  # validates the start address
+    asyncio.run(_run_service(args, serve, config))
+
+
+def cmd_consumer_host(args: argparse.Namespace) -> None:
+    from consumer_host.config import load_attachments
+    from consumer_host.service import ConsumerConfig, serve
+    from leasenet.rpc import split_addresses
+    from registry.model import HostId
+
+    config = ConsumerConfig(host_id=HostId(args.host_id), listen=args.listen, advertise=args.advertise,
+                            registries=split_addresses(args.registry, "registry"),
+                            attachments=load_attachments(args.config), default_deadline_s=args.deadline,
+                            liveness_ttl_s=args.liveness_ttl)
+    asyncio.run(_run_service(args, serve, config))
+
+
+def cmd_etcd(args: argparse.Namespace) -> None:
+    from leasenet.etcd import EtcdMember
+
+    member = EtcdMember("leasenet", "127.0.0.1", args.client_port, args.peer_port, Path(args.data_dir))
+    print(f"etcd serving on {member.endpoint}; export LEASENET_ETCD_ENDPOINTS={member.endpoint}", flush=True)
+    os.execv(member.command(f"leasenet={member.peer_url}")[0], member.command(f"leasenet={member.peer_url}"))
+
+
+def cmd_send(args: argparse.Namespace) -> None:
+    from leasenet import rpc
+    from leasenet.v1 import consumer_pb2 as cpb
+    from leasenet.v1 import consumer_pb2_grpc as cpb_grpc
+
+    async def send() -> Any:
+        async with rpc.channel(args.consumer_host) as channel:
+            return await cpb_grpc.ConsumerHostStub(channel).Send(cpb.SendRequest(
+                network=args.network, src=args.src, token=args.token, target=args.target,
+                payload=args.payload.encode(), idempotent=args.idempotent, request_id=args.request_id),
+                timeout=args.timeout)
+
+    resp = asyncio.run(send())
+    if args.json:
+        print(json.dumps({"src": f"{resp.src}:{resp.src_port}", "dst": resp.dst, "request_id": resp.request_id,
+                          "payload": resp.payload.decode(errors="replace")}))
+    else:
+        print(f"{resp.src}:{resp.src_port} -> {resp.dst}: {resp.payload.decode(errors='replace')}")
+
+
+def cmd_health(args: argparse.Namespace) -> None:
+    from leasenet.rpc import check_health
+
+    if not asyncio.run(check_health(args.address, args.timeout)):
+        raise CliError(f"{args.address} is not serving")
+    print(f"{args.address} SERVING")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        level = getattr(args, "log_level", "WARNING")
+        logging.basicConfig(level=getattr(logging, str(level).upper(), logging.INFO),
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+        handler = COMMANDS[args.command]
+        handler(args)
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    except CliError as exc:
+        print(f"leasenet: {exc}", file=sys.stderr)
+    except LeasenetError as exc:
+        print(f"leasenet: {exc.code.name}: {exc.message}", file=sys.stderr)
+    except grpc.aio.AioRpcError as exc:
+        print(f"leasenet: {exc.code().name}: {exc.details()}", file=sys.stderr)
+    except (ValueError, OSError, TimeoutError) as exc:
+        print(f"leasenet: {exc}", file=sys.stderr)
+    except BaseExceptionGroup as group:
+        first = group.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        message = first.message if isinstance(first, LeasenetError) else str(first)
+        print(f"leasenet: {message}", file=sys.stderr)
+    return 1
+
+
+def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], None]:
+    def run(args: argparse.Namespace) -> None:
+        import importlib
+        getattr(importlib.import_module(module), name)(args)
+    return run
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "etcd": cmd_etcd,
+    "registry": cmd_registry,
+    "producer-host": cmd_producer_host,
+    "consumer-host": cmd_consumer_host,
+    "send": cmd_send,
+    "health": cmd_health,
+    "leases": _lazy("leasenet.inspect", "cmd_leases"),
+    "hosts": _lazy("leasenet.inspect", "cmd_hosts"),
+    "vms": _lazy("leasenet.inspect", "cmd_vms"),
+    "services": _lazy("leasenet.inspect", "cmd_services"),
+    "demo": _lazy("leasenet.demo", "cmd_demo"),
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

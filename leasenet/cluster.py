@@ -1,0 +1,154 @@
+"""Start leasenet processes on this machine: what the demo, the benchmark and the tests share.
+Every process is `python -m leasenet ...` in its own session, with its log in the work dir; it
+reports its bound address through a ready file (the 'started' handshake, across processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from leasenet.etcd import EtcdCluster
+
+
+@dataclass
+class Proc:
+    name: str
+    args: list[str]
+    log: Path
+    ready_file: Path
+    process: subprocess.Popen[bytes] | None = None
+    address: str = ""
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+@dataclass
+class LocalCluster:
+    workdir: Path
+    etcd_endpoints: list[str] = field(default_factory=list)
+    host: str = "127.0.0.1"
+    procs: dict[str, Proc] = field(default_factory=dict)
+    etcd: EtcdCluster | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    # --- etcd ----------------------------------------------------------------------------------
+    def start_etcd(self, size: int = 1) -> list[str]:
+        if not self.etcd_endpoints:
+            self.etcd = EtcdCluster(self.workdir, size=size).start()
+            self.etcd_endpoints = self.etcd.endpoints
+        return self.etcd_endpoints
+
+    # --- leasenet processes --------------------------------------------------------------------
+    def spawn(self, name: str, *args: str, wait: bool = True, timeout_s: float = 30.0) -> Proc:
+        ready = self.workdir / f"{name}.ready"
+        ready.unlink(missing_ok=True)
+        proc = Proc(name, list(args), self.workdir / f"{name}.log", ready)
+        self.procs[name] = proc
+        self._start(proc)
+        if wait:
+            self.wait_ready(proc, timeout_s)
+        return proc
+
+    def _start(self, proc: Proc) -> None:
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        with open(proc.log, "ab") as out:
+            proc.process = subprocess.Popen(
+                [sys.executable, "-m", "leasenet", *proc.args, "--ready-file", str(proc.ready_file),
+                 "--etcd-endpoints", ",".join(self.etcd_endpoints)],
+                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def wait_ready(self, proc: Proc, timeout_s: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.ready_file.exists():
+                proc.address = json.loads(proc.ready_file.read_text())["address"]
+                return proc.address
+            if not proc.alive:
+                raise RuntimeError(f"{proc.name} exited before it was ready:\n{proc.log_tail()}")
+            time.sleep(0.02)
+        raise TimeoutError(f"{proc.name} was not ready within {timeout_s:.0f} s:\n{proc.log_tail()}")
+
+    def registry(self, name: str, cluster_config: Path, listen: str | None = None) -> Proc:
+        return self.spawn(name, "registry", "--listen", listen or f"{self.host}:0",
+                          "--cluster-config", str(cluster_config))
+
+    def producer(self, host_id: str, *, network: str, service: str, vms: int, vm_address_start: str,
+                 handler: str = "echo", history: bool = True, listen: str | None = None,
+                 extra: tuple[str, ...] = ()) -> Proc:
+        args = ["producer-host", "--host-id", host_id, "--listen", listen or f"{self.host}:0", "--network", network,
+                "--service", service, "--vms", str(vms), "--vm-address-start", vm_address_start,
+                "--handler", handler, *extra]
+        if history:
+            args += ["--history", str(self.workdir / f"{host_id}.history.jsonl")]
+        return self.spawn(host_id, *args)
+
+    def consumer(self, host_id: str, *, config: Path, registries: list[str], listen: str | None = None,
+                 extra: tuple[str, ...] = ()) -> Proc:
+        return self.spawn(host_id, "consumer-host", "--host-id", host_id, "--listen", listen or f"{self.host}:0",
+                          "--registry", ",".join(registries), "--config", str(config), *extra)
+
+    # --- faults and shutdown -------------------------------------------------------------------
+    def signal(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[name]
+        if proc.alive:
+            assert proc.process is not None
+            os.kill(proc.process.pid, sig)
+            if sig == signal.SIGKILL:
+                proc.process.wait(10)
+
+    def restart(self, name: str, timeout_s: float = 30.0) -> Proc:
+        proc = self.procs[name]
+        if proc.alive:
+            self.signal(name, signal.SIGKILL)
+        proc.ready_file.unlink(missing_ok=True)
+        self._start(proc)
+        self.wait_ready(proc, timeout_s)
+        return proc
+
+    def stop(self, name: str, timeout_s: float = 10.0) -> int | None:
+        proc = self.procs[name]
+        if proc.process is None:
+            return None
+        if proc.alive:
+            os.kill(proc.process.pid, signal.SIGCONT)  # a stopped process cannot handle SIGTERM
+            proc.process.terminate()
+            try:
+                proc.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.process.kill()
+                proc.process.wait(10)
+        return proc.process.returncode
+
+    def close(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+        if self.etcd is not None:
+            self.etcd.stop()
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_toml(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path

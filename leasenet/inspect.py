@@ -1,0 +1,110 @@
+"""`leasenet leases|hosts|vms|services`: inspection through the registry's gRPC API, as a table,
+as JSON (--json), or as a live view (--watch)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+
+from leasenet import rpc
+from leasenet.v1 import registry_pb2 as pb
+from leasenet.v1 import registry_pb2_grpc as pb_grpc
+
+WATCH_PERIOD_S = 1.0
+
+
+def _dict(message: Any) -> dict[str, Any]:
+    return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+def lease_rows(leases: list[pb.Lease]) -> list[list[str]]:
+    return [[l.lease_id, l.service, f"{l.consumer_network}/{l.consumer_vm}", l.consumer_host, str(len(l.members)),
+             ", ".join(f"{m.address}@{m.host_id}" for m in l.members)] for l in leases]
+
+
+LEASE_HEADER = ["LEASE", "SERVICE", "CONSUMER VM", "CONSUMER HOST", "SIZE", "MEMBERS"]
+
+
+def _run(args: argparse.Namespace, fetch: Callable[[pb_grpc.InspectionStub], Awaitable[tuple[list[Any], str]]],
+         header: list[str], rows: Callable[[list[Any]], list[list[str]]]) -> None:
+    async def once_or_watch() -> None:
+        async with rpc.channel(args.registry) as channel:
+            stub = pb_grpc.InspectionStub(channel)
+            while True:
+                items, key = await fetch(stub)
+                if args.json:
+                    print(json.dumps({key: [_dict(i) for i in items]}, indent=None if args.watch else 2), flush=True)
+                else:
+                    print(table(rows(items), header) if items else f"(no {key})", flush=True)
+                if not args.watch:
+                    return
+                await asyncio.sleep(WATCH_PERIOD_S)
+                print(flush=True)
+
+    asyncio.run(once_or_watch())
+
+
+def cmd_leases(args: argparse.Namespace) -> None:
+    request = pb.ListLeasesRequest(service=args.service, consumer_vm=args.consumer_vm,
+                                   consumer_host=args.consumer_host, producer_host=args.producer_host)
+    if args.watch:
+        asyncio.run(_watch_leases(args))
+        return
+
+    async def fetch(stub: pb_grpc.InspectionStub) -> tuple[list[Any], str]:
+        return list((await stub.ListLeases(request, timeout=5)).leases), "leases"
+
+    _run(args, fetch, LEASE_HEADER, lease_rows)
+
+
+async def _watch_leases(args: argparse.Namespace) -> None:
+    async with rpc.channel(args.registry) as channel:
+        stream = pb_grpc.InspectionStub(channel).WatchLeases(pb.WatchLeasesRequest(service=args.service))
+        async for event in stream:
+            kind = pb.LeaseEvent.Type.Name(event.type)
+            if args.json:
+                print(json.dumps(_dict(event)), flush=True)
+            elif event.type == pb.LeaseEvent.SYNCED:
+                print(f"-- synced at revision {event.revision}; live changes follow --", flush=True)
+            else:
+                row = lease_rows([event.lease])[0]
+                print(f"{kind:<8} rev {event.revision:<6} " + "  ".join(row), flush=True)
+
+
+def cmd_hosts(args: argparse.Namespace) -> None:
+    async def fetch(stub: pb_grpc.InspectionStub) -> tuple[list[Any], str]:
+        return list((await stub.ListHosts(pb.ListHostsRequest(kind=args.kind), timeout=5)).hosts), "hosts"
+
+    _run(args, fetch, ["HOST", "KIND", "ADDRESS", "DRAINING"],
+         lambda hs: [[h.host_id, h.kind, h.address, "yes" if h.draining else ""] for h in hs])
+
+
+def cmd_vms(args: argparse.Namespace) -> None:
+    request = pb.ListVmsRequest(service=args.service, host_id=args.host_id, free_only=args.free)
+
+    async def fetch(stub: pb_grpc.InspectionStub) -> tuple[list[Any], str]:
+        return list((await stub.ListVms(request, timeout=5)).vms), "vms"
+
+    _run(args, fetch, ["VM", "HOST", "SERVICE", "HANDLER", "LEASE", "LEASED TO"],
+         lambda vs: [[v.vm_id, v.host_id, v.service, v.handler, v.lease_id or "-", v.leased_to or "-"] for v in vs])
+
+
+def cmd_services(args: argparse.Namespace) -> None:
+    async def fetch(stub: pb_grpc.InspectionStub) -> tuple[list[Any], str]:
+        return list((await stub.ListServices(pb.ListServicesRequest(), timeout=5)).services), "services"
+
+    _run(args, fetch, ["SERVICE", "NETWORK", "VNI", "TARGET", "POOL", "TTL", "IDLE", "VMS", "FREE"],
+         lambda ss: [[s.name, s.network, str(s.vni), s.target, f"{s.policy.min_pool}..{s.policy.max_pool}",
+                      f"{s.policy.lease_ttl_s}s", f"{s.policy.idle_release_s:g}s", str(s.vms), str(s.free_vms)]
+                     for s in ss])

@@ -1,0 +1,148 @@
+"""What every leasenet gRPC server and client shares: the error edge (LeasenetError -> status with
+its sentence, anything else -> INTERNAL with a generic sentence and a logged traceback), standard
+health checking and reflection, channel options, and parsing of host:port lists."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from registry.errors import LeasenetError
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    # reconnect quickly after a peer restarts (defaults back off to minutes)
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+]
+SERVER_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.so_reuseport", 0),
+]
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
+    if isinstance(exc, LeasenetError):
+        await context.abort(exc.code, exc.message)
+    log.error("unexpected error in %s", method, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log")
+
+
+def edge(fn: F) -> F:
+    """Decorate a servicer method: typed errors become their status, cancellation passes through."""
+    name = fn.__name__
+    if inspect.isasyncgenfunction(fn):
+        @functools.wraps(fn)
+        async def stream(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                async for item in fn(self, request, context):
+                    yield item
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:
+                await _abort(context, exc, name)
+        return stream  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await fn(self, request, context)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:
+            await _abort(context, exc, name)
+    return unary  # type: ignore[return-value]
+
+
+def split_addresses(text: str, what: str) -> list[str]:
+    addresses = [a.strip() for a in text.split(",") if a.strip()]
+    if not addresses:
+        raise ValueError(f"no {what} address given")
+    for a in addresses:
+        host, sep, port = a.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"{what} address {a!r} is not host:port")
+    return addresses
+
+
+class Server:
+    """A grpc.aio server with health checking and reflection, started and stopped as a unit."""
+
+    def __init__(self, listen: str) -> None:
+        self.listen = listen
+        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self._services: list[str] = [reflection.SERVICE_NAME, health.SERVICE_NAME]
+        self.port = 0
+
+    def add(self, adder: Callable[[Any, grpc.aio.Server], None], servicer: Any, full_name: str) -> None:
+        adder(servicer, self.server)
+        self._services.append(full_name)
+
+    async def start(self, serving: bool = True) -> str:
+        """Bind and start; returns the bound host:port (useful with port 0)."""
+        reflection.enable_server_reflection(self._services, self.server)
+        try:
+            self.port = self.server.add_insecure_port(self.listen)
+        except RuntimeError:
+            self.port = 0
+        if not self.port:
+            raise OSError(f"cannot listen on {self.listen} (address in use or not local)")
+        await self.server.start()
+        await self.set_serving(serving)
+        host = self.listen.rpartition(":")[0]
+        return f"{host}:{self.port}"
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ["", *self._services]:
+            result = self.health.set(name, status)
+            if inspect.isawaitable(result):
+                await result
+
+    async def stop(self, grace_s: float = 1.0) -> None:
+        await self.server.stop(grace_s)
+
+
+async def check_health(address: str, timeout_s: float = 2.0) -> bool:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        resp = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
+        return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def channel(address: str) -> grpc.aio.Channel:
+    """A channel to one peer; must be created inside the running event loop."""
+    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
+def status_of(exc: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str]:
+    return exc.code(), exc.details() or exc.code().name
+
+
+__all__: Sequence[str] = ["Server", "edge", "channel", "check_health", "split_addresses", "status_of"]

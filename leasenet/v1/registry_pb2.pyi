@@ -1,0 +1,250 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Host(_message.Message):
+    __slots__ = ("host_id", "kind", "address", "draining", "revision")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    kind: str
+    address: str
+    draining: bool
+    revision: int
+    def __init__(self, host_id: _Optional[str] = ..., kind: _Optional[str] = ..., address: _Optional[str] = ..., draining: _Optional[bool] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class ProducerVm(_message.Message):
+    __slots__ = ("vm_id", "network", "address", "host_id", "service", "handler", "lease_id", "leased_to")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    HANDLER_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASED_TO_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    network: str
+    address: str
+    host_id: str
+    service: str
+    handler: str
+    lease_id: str
+    leased_to: str
+    def __init__(self, vm_id: _Optional[str] = ..., network: _Optional[str] = ..., address: _Optional[str] = ..., host_id: _Optional[str] = ..., service: _Optional[str] = ..., handler: _Optional[str] = ..., lease_id: _Optional[str] = ..., leased_to: _Optional[str] = ...) -> None: ...
+
+class LeasePolicy(_message.Message):
+    __slots__ = ("min_pool", "max_pool", "lease_ttl_s", "idle_release_s", "max_pools_per_consumer")
+    MIN_POOL_FIELD_NUMBER: _ClassVar[int]
+    MAX_POOL_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TTL_S_FIELD_NUMBER: _ClassVar[int]
+    IDLE_RELEASE_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_POOLS_PER_CONSUMER_FIELD_NUMBER: _ClassVar[int]
+    min_pool: int
+    max_pool: int
+    lease_ttl_s: int
+    idle_release_s: float
+    max_pools_per_consumer: int
+    def __init__(self, min_pool: _Optional[int] = ..., max_pool: _Optional[int] = ..., lease_ttl_s: _Optional[int] = ..., idle_release_s: _Optional[float] = ..., max_pools_per_consumer: _Optional[int] = ...) -> None: ...
+
+class Service(_message.Message):
+    __slots__ = ("name", "network", "vni", "target", "policy", "vms", "free_vms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    VNI_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    VMS_FIELD_NUMBER: _ClassVar[int]
+    FREE_VMS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    network: str
+    vni: int
+    target: str
+    policy: LeasePolicy
+    vms: int
+    free_vms: int
+    def __init__(self, name: _Optional[str] = ..., network: _Optional[str] = ..., vni: _Optional[int] = ..., target: _Optional[str] = ..., policy: _Optional[_Union[LeasePolicy, _Mapping]] = ..., vms: _Optional[int] = ..., free_vms: _Optional[int] = ...) -> None: ...
+
+class PoolMember(_message.Message):
+    __slots__ = ("vm_id", "network", "address", "host_id", "host_address", "fencing_token")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    network: str
+    address: str
+    host_id: str
+    host_address: str
+    fencing_token: int
+    def __init__(self, vm_id: _Optional[str] = ..., network: _Optional[str] = ..., address: _Optional[str] = ..., host_id: _Optional[str] = ..., host_address: _Optional[str] = ..., fencing_token: _Optional[int] = ...) -> None: ...
+
+class Lease(_message.Message):
+    __slots__ = ("lease_id", "service", "consumer_network", "consumer_vm", "consumer_host", "members", "ttl_s", "revision")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_NETWORK_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_VM_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_HOST_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    lease_id: str
+    service: str
+    consumer_network: str
+    consumer_vm: str
+    consumer_host: str
+    members: _containers.RepeatedCompositeFieldContainer[PoolMember]
+    ttl_s: int
+    revision: int
+    def __init__(self, lease_id: _Optional[str] = ..., service: _Optional[str] = ..., consumer_network: _Optional[str] = ..., consumer_vm: _Optional[str] = ..., consumer_host: _Optional[str] = ..., members: _Optional[_Iterable[_Union[PoolMember, _Mapping]]] = ..., ttl_s: _Optional[int] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class RequestLeaseRequest(_message.Message):
+    __slots__ = ("service", "consumer_network", "consumer_vm", "consumer_host")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_NETWORK_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_VM_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_HOST_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    consumer_network: str
+    consumer_vm: str
+    consumer_host: str
+    def __init__(self, service: _Optional[str] = ..., consumer_network: _Optional[str] = ..., consumer_vm: _Optional[str] = ..., consumer_host: _Optional[str] = ...) -> None: ...
+
+class GrowLeaseRequest(_message.Message):
+    __slots__ = ("lease_id", "count", "min_revision")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    MIN_REVISION_FIELD_NUMBER: _ClassVar[int]
+    lease_id: str
+    count: int
+    min_revision: int
+    def __init__(self, lease_id: _Optional[str] = ..., count: _Optional[int] = ..., min_revision: _Optional[int] = ...) -> None: ...
+
+class ShrinkLeaseRequest(_message.Message):
+    __slots__ = ("lease_id", "vm_ids")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_IDS_FIELD_NUMBER: _ClassVar[int]
+    lease_id: str
+    vm_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, lease_id: _Optional[str] = ..., vm_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class LeaseRef(_message.Message):
+    __slots__ = ("lease_id",)
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    lease_id: str
+    def __init__(self, lease_id: _Optional[str] = ...) -> None: ...
+
+class RenewLeaseResponse(_message.Message):
+    __slots__ = ("ttl_s",)
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    ttl_s: int
+    def __init__(self, ttl_s: _Optional[int] = ...) -> None: ...
+
+class ReleaseLeaseResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListHostsRequest(_message.Message):
+    __slots__ = ("kind",)
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    def __init__(self, kind: _Optional[str] = ...) -> None: ...
+
+class ListHostsResponse(_message.Message):
+    __slots__ = ("hosts",)
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    hosts: _containers.RepeatedCompositeFieldContainer[Host]
+    def __init__(self, hosts: _Optional[_Iterable[_Union[Host, _Mapping]]] = ...) -> None: ...
+
+class ListVmsRequest(_message.Message):
+    __slots__ = ("service", "host_id", "free_only")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    FREE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    host_id: str
+    free_only: bool
+    def __init__(self, service: _Optional[str] = ..., host_id: _Optional[str] = ..., free_only: _Optional[bool] = ...) -> None: ...
+
+class ListVmsResponse(_message.Message):
+    __slots__ = ("vms",)
+    VMS_FIELD_NUMBER: _ClassVar[int]
+    vms: _containers.RepeatedCompositeFieldContainer[ProducerVm]
+    def __init__(self, vms: _Optional[_Iterable[_Union[ProducerVm, _Mapping]]] = ...) -> None: ...
+
+class ListServicesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListServicesResponse(_message.Message):
+    __slots__ = ("services",)
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[Service]
+    def __init__(self, services: _Optional[_Iterable[_Union[Service, _Mapping]]] = ...) -> None: ...
+
+class GetRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class ListLeasesRequest(_message.Message):
+    __slots__ = ("service", "consumer_vm", "consumer_host", "producer_host")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_VM_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_HOST_FIELD_NUMBER: _ClassVar[int]
+    PRODUCER_HOST_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    consumer_vm: str
+    consumer_host: str
+    producer_host: str
+    def __init__(self, service: _Optional[str] = ..., consumer_vm: _Optional[str] = ..., consumer_host: _Optional[str] = ..., producer_host: _Optional[str] = ...) -> None: ...
+
+class ListLeasesResponse(_message.Message):
+    __slots__ = ("leases", "revision")
+    LEASES_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    leases: _containers.RepeatedCompositeFieldContainer[Lease]
+    revision: int
+    def __init__(self, leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class WatchLeasesRequest(_message.Message):
+    __slots__ = ("service",)
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    def __init__(self, service: _Optional[str] = ...) -> None: ...
+
+class LeaseEvent(_message.Message):
+    __slots__ = ("type", "lease", "revision")
+    class Type(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        TYPE_UNSPECIFIED: _ClassVar[LeaseEvent.Type]
+        EXISTING: _ClassVar[LeaseEvent.Type]
+        SYNCED: _ClassVar[LeaseEvent.Type]
+        GRANTED: _ClassVar[LeaseEvent.Type]
+        CHANGED: _ClassVar[LeaseEvent.Type]
+        ENDED: _ClassVar[LeaseEvent.Type]
+    TYPE_UNSPECIFIED: LeaseEvent.Type
+    EXISTING: LeaseEvent.Type
+    SYNCED: LeaseEvent.Type
+    GRANTED: LeaseEvent.Type
+    CHANGED: LeaseEvent.Type
+    ENDED: LeaseEvent.Type
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    type: LeaseEvent.Type
+    lease: Lease
+    revision: int
+    def __init__(self, type: _Optional[_Union[LeaseEvent.Type, str]] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,112 @@
+"""Producer VMs as actors: each VM owns an inbox and serves ONE request at a time, in order.
+A request whose deadline passed while it queued is answered DEADLINE_EXCEEDED without running.
+When an actor stops, every queued request is answered UNAVAILABLE (no caller waits forever)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO
+
+import grpc
+
+from producer_host.handlers import Handler, HandlerError
+from registry.model import ProducerVm
+
+log = logging.getLogger(__name__)
+
+# (status, message, payload, delivered) -> None: sends the answer back through the tunnel;
+# delivered says whether the VM started running the request (the consumer host retries only if not)
+Reply = Callable[[grpc.StatusCode, str, bytes, bool], None]
+
+
+@dataclass(slots=True)
+class Envelope:
+    payload: bytes
+    request_id: int
+    consumer: str
+    fencing_token: int
+    deadline_ms: int
+    reply: Reply
+
+
+class History:
+    """JSON lines, one per execution: what the chaos checker reads to prove exclusivity."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def record(self, vm: str, env: Envelope, start_ns: int, end_ns: int, ok: bool) -> None:
+        self.stream.write(json.dumps({"vm": vm, "request_id": env.request_id, "consumer": env.consumer,
+                                      "token": env.fencing_token, "start_ns": start_ns, "end_ns": end_ns,
+                                      "ok": ok}) + "\n")
+        self.stream.flush()
+
+
+class VmActor:
+    def __init__(self, vm: ProducerVm, handler: Handler, history: History | None = None) -> None:
+        self.vm = vm
+        self.handler = handler
+        self.history = history
+        self.inbox: asyncio.Queue[Envelope] = asyncio.Queue()
+        self.served = 0
+        self.busy = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"vm {self.vm.vm_id}")
+
+    def tell(self, envelope: Envelope) -> None:
+        if self._task is None or self._task.done():
+            envelope.reply(grpc.StatusCode.UNAVAILABLE, f"producer VM {self.vm.vm_id} is stopped", b"", False)
+            return
+        self.inbox.put_nowait(envelope)
+
+    async def idle(self) -> None:
+        """Return once nothing is queued or running (used by drain)."""
+        while self.busy or not self.inbox.empty():
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        while not self.inbox.empty():
+            self.inbox.get_nowait().reply(grpc.StatusCode.UNAVAILABLE,
+                                          f"producer VM {self.vm.vm_id} stopped before running the request", b"", False)
+
+    async def _run(self) -> None:
+        while True:
+            env = await self.inbox.get()
+            if env.deadline_ms and time.time() * 1000 > env.deadline_ms:
+                env.reply(grpc.StatusCode.DEADLINE_EXCEEDED,
+                          f"the request's deadline passed while it queued for producer VM {self.vm.vm_id}", b"", False)
+                continue
+            self.busy = True
+            start = time.monotonic_ns()
+            ok = False
+            try:
+                result = await self.handler(env.payload)
+                ok = True
+                env.reply(grpc.StatusCode.OK, "", result, True)
+            except HandlerError as exc:
+                env.reply(grpc.StatusCode.INVALID_ARGUMENT, str(exc), b"", True)
+            except asyncio.CancelledError:
+                env.reply(grpc.StatusCode.UNAVAILABLE,
+                          f"producer VM {self.vm.vm_id} stopped while running the request", b"", True)
+                raise
+            except Exception:
+                log.exception("handler of %s failed", self.vm.vm_id)
+                env.reply(grpc.StatusCode.INTERNAL, f"the handler of producer VM {self.vm.vm_id} failed", b"", True)
+            finally:
+                self.busy = False
+                self.served += 1
+                if self.history is not None:
+                    self.history.record(self.vm.vm_id, env, start, time.monotonic_ns(), ok)

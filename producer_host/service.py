@@ -1,0 +1,191 @@
+"""The producer host process (`leasenet producer-host`): registration under a liveness lease,
+the VM actors, and the tunnel endpoint (SPEC §3 steps 11-12)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import grpc
+import grpc.aio
+
+from leasenet.rpc import Server
+from leasenet.v1 import tunnel_pb2 as pb
+from leasenet.v1 import tunnel_pb2_grpc as pb_grpc
+from producer_host.actors import Envelope, History, VmActor
+from producer_host.handlers import load_handler
+from producer_host.validate import Accept, Addressing, Reject, validate
+from registry.errors import StoreUnavailable
+from registry.liveness import Liveness
+from registry.model import Host, HostId, HostKind, ProducerVm, VmId, parse_ipv4
+from registry.replica import Replica
+from registry.store import Store
+
+log = logging.getLogger(__name__)
+
+EARLY_CLAIM_WAIT_S = 1.0  # a frame may outrun the claim's arrival in our replica
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerConfig:
+    host_id: HostId
+    listen: str
+    advertise: str  # the host address consumer hosts dial; "" = the listen address
+    network: str
+    service: str
+    vms: int
+    vm_address_start: str
+    handler: str = "echo"
+    handler_options: dict[str, str] = field(default_factory=dict)
+    liveness_ttl_s: int = 3
+    history_path: str | None = None
+
+    def vm_addresses(self) -> list[str]:
+        first = ipaddress.IPv4Address(parse_ipv4(self.vm_address_start, "--vm-address-start"))
+        return [str(first + i) for i in range(self.vms)]
+
+
+def host_record(config: ProducerConfig, address: str, draining: bool = False) -> Host:
+    return Host(config.host_id, HostKind.PRODUCER, address, draining=draining)
+
+
+def vm_records(config: ProducerConfig) -> list[ProducerVm]:
+    return [ProducerVm(config.network, a, config.host_id, config.service, config.handler)
+            for a in config.vm_addresses()]
+
+
+class TunnelServicer(pb_grpc.TunnelServicer):
+    def __init__(self, host_id: HostId, replica: Replica) -> None:
+        self.host_id = host_id
+        self.address = ""  # set once the server is bound: frames for anyone else are refused
+        self.replica = replica
+        self.actors: dict[VmId, VmActor] = {}
+        self.frames_in = 0
+        self.rejected = 0
+
+    async def Exchange(self, request_iterator: AsyncIterator[pb.FrameBatch],
+                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.FrameBatch]:
+        out: asyncio.Queue[pb.Frame | None] = asyncio.Queue()
+        pending: set[asyncio.Task[None]] = set()
+
+        async def read() -> None:
+            try:
+                async for batch in request_iterator:
+                    for frame in batch.frames:
+                        self._accept(frame, out, pending)
+            finally:
+                # answer what is in flight before closing our side (requests already taken are not dropped)
+                while pending:
+                    await asyncio.gather(*list(pending), return_exceptions=True)
+                out.put_nowait(None)
+
+        reader = asyncio.get_running_loop().create_task(read())
+        try:
+            while True:
+                first = await out.get()
+                if first is None:
+                    return
+                frames = [first]
+                while not out.empty() and (f := out.get_nowait()) is not None:
+                    frames.append(f)
+                yield pb.FrameBatch(frames=frames)
+        finally:
+            reader.cancel()
+
+    def _accept(self, frame: pb.Frame, out: asyncio.Queue[pb.Frame | None], pending: set[asyncio.Task[None]]) -> None:
+        self.frames_in += 1
+        verdict = validate(_addressing(frame), self.replica.state, self.host_id, self.address)
+        if isinstance(verdict, Reject) and verdict.may_be_early:
+            task = asyncio.get_running_loop().create_task(self._accept_late(frame, out))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            return
+        self._dispatch(frame, verdict, out)
+
+    async def _accept_late(self, frame: pb.Frame, out: asyncio.Queue[pb.Frame | None]) -> None:
+        await self.replica.wait_for_revision(frame.outer.fencing_token, EARLY_CLAIM_WAIT_S)
+        self._dispatch(frame, validate(_addressing(frame), self.replica.state, self.host_id, self.address), out)
+
+    def _dispatch(self, frame: pb.Frame, verdict: Accept | Reject, out: asyncio.Queue[pb.Frame | None]) -> None:
+        def reply(code: grpc.StatusCode, message: str, payload: bytes, delivered: bool = False) -> None:
+            out.put_nowait(_response(frame, code, message, payload, delivered))
+
+        if isinstance(verdict, Reject):
+            self.rejected += 1
+            reply(verdict.code, verdict.message, b"")
+            return
+        actor = self.actors.get(verdict.vm)
+        if actor is None:
+            reply(grpc.StatusCode.NOT_FOUND, f"producer VM {verdict.vm} is not running on this host", b"")
+            return
+        inner = frame.inner
+        actor.tell(Envelope(frame.payload, inner.request_id, f"{inner.network}/{inner.src}",
+                            frame.outer.fencing_token, inner.deadline_ms, reply))
+
+
+def _addressing(frame: pb.Frame) -> Addressing:
+    o, i = frame.outer, frame.inner
+    return Addressing(o.vni, o.src_host, o.dst_host, o.fencing_token, i.network, i.src, i.dst)
+
+
+def _response(frame: pb.Frame, code: grpc.StatusCode, message: str, payload: bytes, delivered: bool) -> pb.Frame:
+    """SPEC §3 step 12: the answer goes back with outer addresses swapped and inner ones reversed."""
+    o, i = frame.outer, frame.inner
+    return pb.Frame(
+        id=frame.id,
+        outer=pb.OuterHeader(vni=o.vni, src_host=o.dst_host, dst_host=o.src_host, fencing_token=o.fencing_token),
+        inner=pb.InnerHeader(network=i.network, src=i.dst, src_port=i.dst_port, dst=i.src, dst_port=i.src_port,
+                             request_id=i.request_id),
+        payload=payload, status_code=code.value[0], status_message=message, delivered=delivered)
+
+
+async def serve(config: ProducerConfig, store: Store, stop: asyncio.Event,
+                ready: Callable[[str], None] = lambda address: None) -> None:
+    load_handler(config.handler, config.handler_options)  # fail fast on a bad handler or option
+    history = History(open(config.history_path, "a", encoding="utf-8")) if config.history_path else None
+    replica = Replica(store)
+    server = Server(config.listen)
+    tunnel = TunnelServicer(config.host_id, replica)
+    server.add(pb_grpc.add_TunnelServicer_to_server, tunnel, "leasenet.v1.Tunnel")
+    async with asyncio.TaskGroup() as tasks:
+        replica_task = tasks.create_task(replica.run(), name="replica")
+        await replica.synced.wait()
+        bound = await server.start(serving=False)
+        address = config.advertise or bound
+        tunnel.address = address
+        registration = Liveness(store, config.host_id,
+                                lambda: [host_record(config, address), *vm_records(config)], config.liveness_ttl_s)
+        await registration.register()
+        actors = {vm.vm_id: VmActor(vm, load_handler(config.handler, config.handler_options), history)
+                  for vm in vm_records(config)}
+        for actor in actors.values():
+            actor.start()
+        tunnel.actors = actors
+        await server.set_serving(True)
+        keepalive_task = tasks.create_task(registration.keep_alive(), name="liveness")
+        log.info("producer host %s serving %d VMs on %s", config.host_id, len(actors), address)
+        ready(address)
+        await stop.wait()
+        # drain (SPEC §5): no new claims, in-flight requests finish, then deregister
+        log.info("producer host %s draining", config.host_id)
+        try:
+            await registration.update(host_record(config, address, draining=True))
+        except StoreUnavailable as exc:
+            log.warning("could not mark host draining: %s", exc)
+        await server.set_serving(False)
+        for actor in actors.values():
+            await actor.idle()
+        keepalive_task.cancel()
+        try:
+            await registration.deregister()
+        except StoreUnavailable as exc:
+            log.warning("could not deregister (the liveness lease will lapse): %s", exc)
+        await server.stop(0.5)
+        for actor in actors.values():
+            await actor.stop()
+        replica_task.cancel()
+        if history is not None:
+            history.stream.close()

@@ -1,0 +1,135 @@
+"""The etcd key schema and value codec: a stable on-disk format (values are JSON so that
+`etcdctl get --prefix /leasenet/v1/` is readable). Change it only with a new version prefix.
+
+    /leasenet/v1/networks/<name>                          {"vni"}
+    /leasenet/v1/services/<name>                          {"network","vip","port","policy"}
+    /leasenet/v1/hosts/<host_id>                          {"kind","address","draining"}      host liveness lease
+    /leasenet/v1/vms/<network>/<address>                  {"host_id","service","handler"}    host liveness lease
+    /leasenet/v1/claims/<network>/<address>               {"lease_id","service","consumer_vm","consumer_host","vm_revision"}  pool lease
+    /leasenet/v1/pools/<service>/<network>/<address>      {"lease_id","consumer_host","ttl_s"}   pool lease
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from registry.model import (
+    Claim,
+    Host,
+    HostId,
+    HostKind,
+    LeaseId,
+    LeasePolicy,
+    Network,
+    Pool,
+    ProducerVm,
+    Record,
+    Service,
+    VmId,
+)
+
+ROOT = "/leasenet/v1/"
+NETWORKS = ROOT + "networks/"
+SERVICES = ROOT + "services/"
+HOSTS = ROOT + "hosts/"
+VMS = ROOT + "vms/"
+CLAIMS = ROOT + "claims/"
+POOLS = ROOT + "pools/"
+
+
+def network_key(name: str) -> str:
+    return NETWORKS + name
+
+
+def service_key(name: str) -> str:
+    return SERVICES + name
+
+
+def host_key(host_id: str) -> str:
+    return HOSTS + host_id
+
+
+def vm_key(vm: VmId | str) -> str:
+    return VMS + vm
+
+
+def claim_key(vm: VmId | str) -> str:
+    return CLAIMS + vm
+
+
+def pool_key(service: str, consumer_vm: VmId | str) -> str:
+    return f"{POOLS}{service}/{consumer_vm}"
+
+
+def key_of(record: Record) -> str:
+    match record:
+        case Network():
+            return network_key(record.name)
+        case Service():
+            return service_key(record.name)
+        case Host():
+            return host_key(record.host_id)
+        case ProducerVm():
+            return vm_key(record.vm_id)
+        case Claim():
+            return claim_key(record.vm)
+        case Pool():
+            return pool_key(record.service, record.consumer_vm)
+    raise TypeError(f"not a record: {record!r}")
+
+
+def encode(record: Record) -> bytes:
+    body: dict[str, Any]
+    match record:
+        case Network():
+            body = {"vni": record.vni}
+        case Service():
+            body = {"network": record.network, "vip": record.vip, "port": record.port,
+                    "policy": dataclasses.asdict(record.policy)}
+        case Host():
+            body = {"kind": record.kind.value, "address": record.address, "draining": record.draining}
+        case ProducerVm():
+            body = {"host_id": record.host_id, "service": record.service, "handler": record.handler}
+        case Claim():
+            body = {"lease_id": record.lease_id, "service": record.service, "consumer_vm": record.consumer_vm,
+                    "consumer_host": record.consumer_host, "vm_revision": record.vm_revision}
+        case Pool():
+            body = {"lease_id": record.lease_id, "consumer_host": record.consumer_host, "ttl_s": record.ttl_s}
+        case _:
+            raise TypeError(f"not a record: {record!r}")
+    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+
+
+def decode(key: str, value: bytes, revision: int = 0) -> Record | None:
+    """The record stored at `key`, or None for a key outside the schema (ignored, not fatal)."""
+    if not key.startswith(ROOT):
+        return None
+    kind, _, rest = key[len(ROOT):].partition("/")
+    try:
+        body = json.loads(value)
+        match kind:
+            case "networks":
+                return Network(name=rest, vni=int(body["vni"]))
+            case "services":
+                return Service(name=rest, network=body["network"], vip=body["vip"], port=int(body["port"]),
+                               policy=LeasePolicy(**body["policy"]))
+            case "hosts":
+                return Host(host_id=HostId(rest), kind=HostKind(body["kind"]), address=body["address"],
+                            draining=bool(body.get("draining", False)), revision=revision)
+            case "vms":
+                network, _, address = rest.partition("/")
+                return ProducerVm(network=network, address=address, host_id=HostId(body["host_id"]),
+                                  service=body["service"], handler=body.get("handler", "echo"), revision=revision)
+            case "claims":
+                return Claim(vm=VmId(rest), lease_id=LeaseId(int(body["lease_id"])), service=body["service"],
+                             consumer_vm=VmId(body["consumer_vm"]), consumer_host=HostId(body["consumer_host"]),
+                             vm_revision=int(body["vm_revision"]), revision=revision)
+            case "pools":
+                service, _, consumer_vm = rest.partition("/")
+                return Pool(service=service, consumer_vm=VmId(consumer_vm), consumer_host=HostId(body["consumer_host"]),
+                            lease_id=LeaseId(int(body["lease_id"])), ttl_s=int(body["ttl_s"]), revision=revision)
+    except (ValueError, KeyError, TypeError):
+        return None
+    return None

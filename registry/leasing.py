@@ -1,0 +1,224 @@
+"""The leasing agent (SPEC §3 step 3, §4): grants, grows, renews and releases leases.
+
+A lease is one etcd lease (TTL = the service's lease_ttl_s) carrying a pool record and one claim
+per producer VM. Every grant or grow is ONE etcd transaction that creates the claims only if no
+claim exists on any chosen VM and each chosen VM is still the incarnation we saw; a lost race
+makes us catch up with the replica and choose again among what is still free."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+
+from registry import keys
+from registry.errors import ClaimConflict, InvalidRequest, LeaseExpired, NotFound, PermissionDenied, PoolExhausted
+from registry.model import Claim, ConsumerRef, LeaseId, Pool, ProducerVm, Service, VmId, lease_hex
+from registry.placement import choose_vms, host_loads
+from registry.replica import Replica
+from registry.state import ClusterState
+from registry.store import Require, Store
+
+log = logging.getLogger(__name__)
+
+CATCH_UP_S = 2.0  # how long we wait for our replica to show a revision etcd already has
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    vm: ProducerVm
+    host_address: str
+    fencing_token: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseView:
+    pool: Pool
+    members: list[Member]
+
+
+def describe(state: ClusterState, pool: Pool) -> LeaseView:
+    members = []
+    for vm_id in sorted(state.members_by_lease.get(pool.lease_id, ())):
+        claim, vm = state.claims[vm_id], state.vms.get(vm_id)
+        address = state.host_address(vm_id)
+        if vm is not None and address is not None:
+            members.append(Member(vm, address, claim.revision))
+    return LeaseView(pool, members)
+
+
+class LeasingAgent:
+    def __init__(self, store: Store, replica: Replica, *, rng: random.Random | None = None,
+                 max_attempts: int = 8) -> None:
+        self.store = store
+        self.replica = replica
+        self.rng = rng or random.Random()
+        self.max_attempts = max_attempts
+
+    @property
+    def state(self) -> ClusterState:
+        return self.replica.state
+
+    def _service(self, name: str) -> Service:
+        service = self.state.services.get(name)
+        if service is None:
+            raise NotFound(f"service {name!r} is not registered")
+        return service
+
+    async def request_lease(self, consumer: ConsumerRef, service_name: str) -> LeaseView:
+        service = self._service(service_name)
+        if consumer.network != service.network:
+            raise PermissionDenied(f"consumer VM {consumer.vm_id} is in network {consumer.network!r}; "
+                                   f"service {service.name!r} is in network {service.network!r}")
+        pool_key = keys.pool_key(service.name, consumer.vm_id)
+        existing = self.state.pools.get(pool_key)
+        if existing is not None:
+            return self._existing(existing, consumer)
+        quota = service.policy.max_pools_per_consumer
+        if quota and sum(p.consumer_vm == consumer.vm_id for p in self.state.pools.values()) >= quota:
+            raise PoolExhausted(f"consumer VM {consumer.vm_id} already holds {quota} lease(s), its quota")
+
+        need = service.policy.min_pool
+        lease_id = LeaseId(await self.store.grant_lease(service.policy.lease_ttl_s))
+        try:
+            for _ in range(self.max_attempts):
+                chosen = self._choose(service, need, f"lease a pool for consumer VM {consumer.vm_id}")
+                pool = Pool(service.name, consumer.vm_id, consumer.host_id, lease_id, service.policy.lease_ttl_s)
+                items = [(pool_key, keys.encode(pool))] + self._claims(chosen, pool)
+                result = await self.store.create_all(items, lease=lease_id, require=self._guards(chosen))
+                await self.replica.wait_for_revision(result.revision, CATCH_UP_S)
+                if result.succeeded:
+                    log.info("granted lease %s: %s -> %s", lease_hex(lease_id), consumer.vm_id,
+                             [vm.vm_id for vm in chosen])
+                    return self._view(lease_id)
+                if (existing := self.state.pools.get(pool_key)) is not None:  # another agent was faster
+                    await self._revoke_quietly(lease_id)
+                    return self._existing(existing, consumer)
+            raise PoolExhausted(f"service {service.name!r}: every attempt to claim {need} producer VM(s) "
+                                f"lost a race to other consumers ({self.max_attempts} attempts)")
+        except BaseException:
+            await self._revoke_quietly(lease_id)
+            raise
+
+    async def grow_lease(self, lease_id: LeaseId, count: int = 1, min_revision: int = 0) -> LeaseView:
+        if count < 1:
+            raise InvalidRequest(f"grow count must be at least 1, got {count}")
+        await self.replica.wait_for_revision(min_revision, CATCH_UP_S)
+        for _ in range(self.max_attempts):
+            pool = self._pool(lease_id)
+            service = self._service(pool.service)
+            held = len(self.state.members_by_lease.get(lease_id, ()))
+            if held + count > service.policy.max_pool:
+                raise PoolExhausted(f"lease {lease_hex(lease_id)} holds {held} producer VM(s) of service "
+                                    f"{service.name!r}; max_pool is {service.policy.max_pool}")
+            chosen = self._choose(service, count, f"grow lease {lease_hex(lease_id)}")
+            guards = [Require(keys.pool_key(pool.service, pool.consumer_vm), pool.revision), *self._guards(chosen)]
+            result = await self.store.create_all(self._claims(chosen, pool), lease=lease_id, require=guards)
+            await self.replica.wait_for_revision(result.revision, CATCH_UP_S)
+            if result.succeeded:
+                return self._view(lease_id)
+        raise PoolExhausted(f"service {pool.service!r}: every attempt to grow lease {lease_hex(lease_id)} "
+                            f"lost a race to other consumers ({self.max_attempts} attempts)")
+
+    async def shrink_lease(self, lease_id: LeaseId, vms: list[VmId]) -> LeaseView:
+        """Delete the lease's claims on `vms` (each guarded by its own revision)."""
+        self._pool(lease_id)
+        revision = 0
+        for vm in vms:
+            claim = self.state.claims.get(vm)
+            if claim is None or claim.lease_id != lease_id:
+                continue  # not (or no longer) in this lease: nothing to give back
+            key = keys.claim_key(vm)
+            result = await self.store.delete(key, require=[Require(key, claim.revision)])
+            revision = max(revision, result.revision)
+        await self.replica.wait_for_revision(revision, CATCH_UP_S)
+        return self._view(lease_id)
+
+    async def renew_lease(self, lease_id: LeaseId) -> int:
+        ttl = await self.store.refresh_lease(lease_id)
+        if ttl <= 0:
+            raise LeaseExpired(f"lease {lease_hex(lease_id)} has expired or was released")
+        return ttl
+
+    async def release_lease(self, lease_id: LeaseId) -> None:
+        await self.store.revoke_lease(lease_id)
+
+    # --- helpers -------------------------------------------------------------------------------
+    def _existing(self, pool: Pool, consumer: ConsumerRef) -> LeaseView:
+        if pool.consumer_host != consumer.host_id:
+            raise ClaimConflict(f"consumer VM {consumer.vm_id} already holds lease {lease_hex(pool.lease_id)} "
+                                f"for service {pool.service!r} through consumer host {pool.consumer_host!r}")
+        return describe(self.state, pool)
+
+    def _pool(self, lease_id: LeaseId) -> Pool:
+        pool = self.state.pools_by_lease.get(lease_id)
+        if pool is None:
+            raise LeaseExpired(f"lease {lease_hex(lease_id)} has expired or was released")
+        return pool
+
+    def _view(self, lease_id: LeaseId) -> LeaseView:
+        return describe(self.state, self._pool(lease_id))
+
+    def _choose(self, service: Service, count: int, purpose: str) -> list[ProducerVm]:
+        free = [vm for vm in self.state.free_vms(service.name)]
+        if len(free) < count:
+            raise PoolExhausted(f"service {service.name!r} has {len(free)} free producer VM(s) but {count} "
+                                f"are needed to {purpose} (short by {count - len(free)})")
+        return choose_vms(free, host_loads(self.state), count, self.rng)
+
+    @staticmethod
+    def _claims(chosen: list[ProducerVm], pool: Pool) -> list[tuple[str, bytes]]:
+        return [(keys.claim_key(vm.vm_id), keys.encode(Claim(vm.vm_id, pool.lease_id, pool.service, pool.consumer_vm,
+                                                           pool.consumer_host, vm.revision)))
+                for vm in chosen]
+
+    @staticmethod
+    def _guards(chosen: list[ProducerVm]) -> list[Require]:
+        return [Require(keys.vm_key(vm.vm_id), vm.revision) for vm in chosen]
+
+    async def _revoke_quietly(self, lease_id: LeaseId) -> None:
+        try:
+            await asyncio.shield(self.store.revoke_lease(lease_id))
+        except Exception as exc:  # the TTL is the safety net
+            log.warning("could not revoke lease %s: %s", lease_hex(lease_id), exc)
+
+
+class ClaimCollector:
+    """Deletes claims on VMs that vanished or were re-registered (their producer host died or
+    restarted): the pool shrinks, its consumer host sees it and refills. Several registry replicas
+    may run this at once: every delete is guarded by the claim's own revision."""
+
+    def __init__(self, store: Store, replica: Replica) -> None:
+        self.store = store
+        self.replica = replica
+        self._pending: asyncio.Queue[Claim] = asyncio.Queue()
+        replica.subscribe(self._on_change)
+
+    def _on_change(self, key: str, old: object, new: object, revision: int) -> None:
+        state = self.replica.state
+        if isinstance(old, ProducerVm) or isinstance(new, ProducerVm):
+            vm_id = (new or old).vm_id  # type: ignore[union-attr]
+            claim = state.claims.get(vm_id)
+            if claim is not None and not state.claim_is_current(claim):
+                self._pending.put_nowait(claim)
+        elif isinstance(new, Claim) and not state.claim_is_current(new):
+            self._pending.put_nowait(new)
+
+    async def run(self) -> None:
+        await self.replica.synced.wait()
+        for claim in list(self.replica.state.claims.values()):
+            if not self.replica.state.claim_is_current(claim):
+                self._pending.put_nowait(claim)
+        while True:
+            claim = await self._pending.get()
+            if self.replica.state.claims.get(claim.vm) != claim:
+                continue  # already gone (another registry replica, or the lease ended)
+            key = keys.claim_key(claim.vm)
+            try:
+                if (await self.store.delete(key, require=[Require(key, claim.revision)])).succeeded:
+                    log.info("removed claim on vanished VM %s (lease %s)", claim.vm, lease_hex(claim.lease_id))
+            except Exception as exc:
+                log.warning("could not remove stale claim on %s: %s (will retry)", claim.vm, exc)
+                await asyncio.sleep(0.5)
+                self._pending.put_nowait(claim)

@@ -1,0 +1,160 @@
+"""Typed domain records of the VM mapping repository. No I/O, no protobuf.
+
+`revision` fields are etcd metadata (the key's create revision), filled in when a record is
+read back; they are never part of the stored value.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, field
+from typing import NewType
+
+HostId = NewType("HostId", str)
+VmId = NewType("VmId", str)  # "<network>/<address>": unique because addresses are unique per network
+LeaseId = NewType("LeaseId", int)  # the etcd lease backing a pool
+
+MAX_VNI = (1 << 24) - 1
+
+
+def vm_id(network: str, address: str) -> VmId:
+    return VmId(f"{network}/{address}")
+
+
+def lease_hex(lease_id: int) -> str:
+    return format(lease_id, "x")
+
+
+def parse_lease_hex(text: str) -> LeaseId:
+    try:
+        value = int(text, 16)
+    except ValueError:
+        raise ValueError(f"lease id {text!r} is not a hexadecimal etcd lease id") from None
+    if value <= 0:
+        raise ValueError(f"lease id {text!r} is not a valid etcd lease id")
+    return LeaseId(value)
+
+
+def parse_ipv4(text: str, what: str = "address") -> str:
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise ValueError(f"{what} {text!r} is not an IPv4 address") from None
+
+
+def parse_target(text: str) -> tuple[str, int]:
+    """'10.1.255.1:7' -> ('10.1.255.1', 7), with a sentence on bad input."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"target {text!r} is not VIP:port (e.g. 10.1.255.1:7)")
+    return parse_ipv4(host, "target VIP"), int(port)
+
+
+class HostKind(enum.StrEnum):
+    PRODUCER = "producer"
+    CONSUMER = "consumer"
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    name: str
+    vni: int
+
+    def __post_init__(self) -> None:
+        if not 0 < self.vni <= MAX_VNI:
+            raise ValueError(f"network {self.name!r}: VNI {self.vni} is not a 24-bit value")
+
+
+@dataclass(frozen=True, slots=True)
+class LeasePolicy:
+    min_pool: int = 1
+    max_pool: int = 4
+    lease_ttl_s: int = 10
+    idle_release_s: float = 30.0
+    max_pools_per_consumer: int = 0  # 0 = unlimited
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_pool <= self.max_pool:
+            raise ValueError(f"lease policy needs 1 <= min_pool <= max_pool, got {self.min_pool}..{self.max_pool}")
+        if self.lease_ttl_s < 2:
+            raise ValueError(f"lease_ttl_s must be at least 2 s, got {self.lease_ttl_s}")
+        if self.idle_release_s <= 0:
+            raise ValueError(f"idle_release_s must be positive, got {self.idle_release_s}")
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    name: str
+    network: str
+    vip: str
+    port: int
+    policy: LeasePolicy = field(default_factory=LeasePolicy)
+
+    @property
+    def target(self) -> str:
+        return f"{self.vip}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    host_id: HostId
+    kind: HostKind
+    address: str
+    draining: bool = False
+    revision: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerVm:
+    network: str
+    address: str
+    host_id: HostId
+    service: str
+    handler: str = "echo"
+    revision: int = 0  # the incarnation: a re-registered VM gets a new one
+
+    @property
+    def vm_id(self) -> VmId:
+        return vm_id(self.network, self.address)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerRef:
+    """A consumer VM as the leasing agent sees it."""
+
+    network: str
+    address: str
+    host_id: HostId
+
+    @property
+    def vm_id(self) -> VmId:
+        return vm_id(self.network, self.address)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """'Producer VM `vm` is leased to consumer VM `consumer_vm`': at most one per producer VM."""
+
+    vm: VmId
+    lease_id: LeaseId
+    service: str
+    consumer_vm: VmId
+    consumer_host: HostId
+    vm_revision: int  # the VM incarnation that was claimed
+    revision: int = 0  # create revision: the fencing token carried in every tunnel frame
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """The lease: one per (consumer VM, service), living as long as its etcd lease."""
+
+    service: str
+    consumer_vm: VmId
+    consumer_host: HostId
+    lease_id: LeaseId
+    ttl_s: int
+    revision: int = 0
+
+
+Record = Network | Service | Host | ProducerVm | Claim | Pool

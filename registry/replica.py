@@ -1,0 +1,109 @@
+"""The watch-synced local replica of the keyspace (SPEC §3 step 2): the hosts' hot paths read it,
+never etcd. It loads a snapshot at revision R, then applies watch events from R+1 on, skipping
+any event at or below the revision it already holds (no gap, no duplicate). After an outage it
+resumes the watch from where it stopped; if that revision was compacted, it reloads, and the
+reload reports every key that vanished meanwhile as deleted (a reconnect leaves no ghosts)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from registry import keys
+from registry.errors import StoreUnavailable
+from registry.model import Record
+from registry.state import ClusterState
+from registry.store import Compacted, Snapshot, Store, WatchBatch
+
+log = logging.getLogger(__name__)
+
+# (key, old record, new record, revision); old or new is None for creates and deletes
+Listener = Callable[[str, Record | None, Record | None, int], None]
+
+
+class Replica:
+    def __init__(self, store: Store, *, prefix: str = keys.ROOT) -> None:
+        self.store = store
+        self.prefix = prefix
+        self.state = ClusterState()
+        self.revision = 0
+        self.synced = asyncio.Event()
+        self.reloads = 0
+        self._listeners: list[Listener] = []
+        self._advanced = asyncio.Condition()
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    async def run(self) -> None:
+        need_snapshot = True
+        backoff = 0.1
+        while True:
+            try:
+                if need_snapshot:
+                    self.load(await self.store.snapshot(self.prefix))
+                    need_snapshot = False
+                async for batch in self.store.watch(self.prefix, self.revision + 1):
+                    await self.apply(batch)
+                    backoff = 0.1
+            except Compacted as exc:
+                log.warning("replica: watch start %d was compacted (%s); reloading", self.revision + 1, exc)
+                need_snapshot = True
+            except StoreUnavailable as exc:
+                log.warning("replica: %s; retrying in %.1f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def load(self, snapshot: Snapshot) -> None:
+        """Replace the state with a snapshot, telling listeners about every difference."""
+        self.reloads += 1
+        fresh = {kv.key: keys.decode(kv.key, kv.value, kv.create_revision) for kv in snapshot.items}
+        stale = [k for k in self._all_keys() if fresh.get(k) is None]
+        for key in stale:
+            self._set(key, None, snapshot.revision)
+        for key, record in fresh.items():
+            if record is not None and self.state.get(key) != record:
+                self._set(key, record, snapshot.revision)
+        self._advance(snapshot.revision)
+
+    async def apply(self, batch: WatchBatch) -> None:
+        for ev in batch.events:
+            if ev.mod_revision <= self.revision:
+                continue  # already in the snapshot (or seen before a resume)
+            record = None if ev.value is None else keys.decode(ev.key, ev.value, ev.create_revision)
+            self._set(ev.key, record, ev.mod_revision)
+        self._advance(max(batch.revision, max((e.mod_revision for e in batch.events), default=0)))
+        async with self._advanced:
+            self._advanced.notify_all()
+
+    async def wait_for_revision(self, revision: int, timeout_s: float) -> bool:
+        """Wait until the replica holds everything up to `revision`; False on timeout."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with self._advanced:
+                    await self._advanced.wait_for(lambda: self.revision >= revision)
+            return True
+        except TimeoutError:
+            return self.revision >= revision
+
+    def _advance(self, revision: int) -> None:
+        self.revision = max(self.revision, revision)
+        self.synced.set()
+
+    def _set(self, key: str, record: Record | None, revision: int) -> None:
+        old = self.state.apply(key, record)
+        if old is None and record is None:
+            return
+        for listener in list(self._listeners):
+            try:
+                listener(key, old, record, revision)
+            except Exception:  # a broken listener must not stop the replica
+                log.exception("replica listener failed for %s", key)
+
+    def _all_keys(self) -> list[str]:
+        s = self.state
+        return ([keys.network_key(n) for n in s.networks] + [keys.service_key(n) for n in s.services]
+                + [keys.host_key(h) for h in s.hosts] + [keys.vm_key(v) for v in s.vms]
+                + [keys.claim_key(v) for v in s.claims] + list(s.pools))

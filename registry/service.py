@@ -1,0 +1,240 @@
+"""The registry process (`leasenet registry`): the leasing agent and the inspection API over gRPC.
+Reads come from the replica; only grants, grows, renewals and releases reach etcd."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import grpc.aio
+
+from leasenet.rpc import Server, edge
+from leasenet.v1 import registry_pb2 as pb
+from leasenet.v1 import registry_pb2_grpc as pb_grpc
+from registry import keys
+from registry.config import ClusterConfig
+from registry.convert import host_to_pb, lease_to_pb, service_to_pb, vm_to_pb
+from registry.errors import InvalidRequest, NotFound
+from registry.leasing import ClaimCollector, LeasingAgent, describe
+from registry.model import ConsumerRef, HostId, HostKind, LeaseId, Pool, Record, VmId, parse_lease_hex, vm_id
+from registry.replica import Replica
+from registry.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def _lease_id(text: str) -> LeaseId:
+    try:
+        return parse_lease_hex(text)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+
+
+def _consumer_vm(text: str, network: str = "") -> str:
+    return text if "/" in text or not network else vm_id(network, text)
+
+
+class LeasingServicer(pb_grpc.LeasingServicer):
+    def __init__(self, agent: LeasingAgent) -> None:
+        self.agent = agent
+
+    @edge
+    async def RequestLease(self, request: pb.RequestLeaseRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
+        for field in ("service", "consumer_network", "consumer_vm", "consumer_host"):
+            if not getattr(request, field):
+                raise InvalidRequest(f"RequestLease needs {field}")
+        consumer = ConsumerRef(request.consumer_network, request.consumer_vm, HostId(request.consumer_host))
+        return lease_to_pb(await self.agent.request_lease(consumer, request.service))
+
+    @edge
+    async def GrowLease(self, request: pb.GrowLeaseRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
+        view = await self.agent.grow_lease(_lease_id(request.lease_id), request.count or 1, request.min_revision)
+        return lease_to_pb(view)
+
+    @edge
+    async def ShrinkLease(self, request: pb.ShrinkLeaseRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
+        view = await self.agent.shrink_lease(_lease_id(request.lease_id), [VmId(v) for v in request.vm_ids])
+        return lease_to_pb(view)
+
+    @edge
+    async def RenewLease(self, request: pb.LeaseRef, context: grpc.aio.ServicerContext) -> pb.RenewLeaseResponse:
+        return pb.RenewLeaseResponse(ttl_s=await self.agent.renew_lease(_lease_id(request.lease_id)))
+
+    @edge
+    async def ReleaseLease(self, request: pb.LeaseRef, context: grpc.aio.ServicerContext) -> pb.ReleaseLeaseResponse:
+        await self.agent.release_lease(_lease_id(request.lease_id))
+        return pb.ReleaseLeaseResponse()
+
+
+class InspectionServicer(pb_grpc.InspectionServicer):
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+
+    @property
+    def state(self):  # noqa: ANN201 - ClusterState
+        return self.replica.state
+
+    @edge
+    async def ListHosts(self, request: pb.ListHostsRequest, context: grpc.aio.ServicerContext) -> pb.ListHostsResponse:
+        if request.kind and request.kind not in {k.value for k in HostKind}:
+            raise InvalidRequest(f"host kind {request.kind!r} is not 'producer' or 'consumer'")
+        hosts = [h for h in self.state.hosts.values() if not request.kind or h.kind.value == request.kind]
+        return pb.ListHostsResponse(hosts=[host_to_pb(h) for h in sorted(hosts, key=lambda h: h.host_id)])
+
+    @edge
+    async def GetHost(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.Host:
+        host = self.state.hosts.get(HostId(request.id))
+        if host is None:
+            raise NotFound(f"host {request.id!r} is not registered")
+        return host_to_pb(host)
+
+    @edge
+    async def ListVms(self, request: pb.ListVmsRequest, context: grpc.aio.ServicerContext) -> pb.ListVmsResponse:
+        vms = [vm for vm in self.state.vms.values()
+               if (not request.service or vm.service == request.service)
+               and (not request.host_id or vm.host_id == request.host_id)
+               and (not request.free_only or vm.vm_id not in self.state.claims)]
+        return pb.ListVmsResponse(vms=[vm_to_pb(self.state, vm) for vm in sorted(vms, key=lambda v: v.vm_id)])
+
+    @edge
+    async def GetVm(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.ProducerVm:
+        vm = self.state.vms.get(request.id)
+        if vm is None:
+            raise NotFound(f"producer VM {request.id!r} is not registered (ids are network/address)")
+        return vm_to_pb(self.state, vm)
+
+    @edge
+    async def ListServices(self, request: pb.ListServicesRequest,
+                           context: grpc.aio.ServicerContext) -> pb.ListServicesResponse:
+        services = sorted(self.state.services.values(), key=lambda s: s.name)
+        return pb.ListServicesResponse(services=[service_to_pb(self.state, s) for s in services])
+
+    @edge
+    async def GetService(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.Service:
+        service = self.state.services.get(request.id)
+        if service is None:
+            raise NotFound(f"service {request.id!r} is not registered")
+        return service_to_pb(self.state, service)
+
+    def _matches(self, pool: Pool, request: pb.ListLeasesRequest) -> bool:
+        if request.service and pool.service != request.service:
+            return False
+        if request.consumer_vm and request.consumer_vm not in (pool.consumer_vm, pool.consumer_vm.partition("/")[2]):
+            return False
+        if request.consumer_host and pool.consumer_host != request.consumer_host:
+            return False
+        if request.producer_host:
+            members = self.state.members_by_lease.get(pool.lease_id, ())
+            return any(self.state.vms[m].host_id == request.producer_host for m in members if m in self.state.vms)
+        return True
+
+    @edge
+    async def ListLeases(self, request: pb.ListLeasesRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ListLeasesResponse:
+        pools = sorted((p for p in self.state.pools.values() if self._matches(p, request)), key=lambda p: p.revision)
+        return pb.ListLeasesResponse(leases=[lease_to_pb(describe(self.state, p)) for p in pools],
+                                     revision=self.replica.revision)
+
+    @edge
+    async def GetLease(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
+        lease_id = _lease_id(request.id)
+        pool = self.state.pools_by_lease.get(lease_id)
+        if pool is None:
+            raise NotFound(f"lease {request.id} does not exist (expired, released, or never granted)")
+        return lease_to_pb(describe(self.state, pool))
+
+    @edge
+    async def WatchLeases(self, request: pb.WatchLeasesRequest,
+                          context: grpc.aio.ServicerContext) -> AsyncIterator[pb.LeaseEvent]:
+        changes: asyncio.Queue[tuple[LeaseId, Pool | None, Pool | None, int]] = asyncio.Queue()
+
+        def on_change(key: str, old: Record | None, new: Record | None, revision: int) -> None:
+            if not key.startswith((keys.POOLS, keys.CLAIMS)):
+                return
+            lease_id = getattr(new or old, "lease_id")
+            changes.put_nowait((lease_id, old if isinstance(old, Pool) else None,
+                                new if isinstance(new, Pool) else None, revision))
+
+        unsubscribe = self.replica.subscribe(on_change)
+        try:
+            for pool in sorted(self.state.pools.values(), key=lambda p: p.revision):
+                if not request.service or pool.service == request.service:
+                    yield pb.LeaseEvent(type=pb.LeaseEvent.EXISTING, lease=lease_to_pb(describe(self.state, pool)),
+                                        revision=self.replica.revision)
+            yield pb.LeaseEvent(type=pb.LeaseEvent.SYNCED, revision=self.replica.revision)
+            while True:
+                for event in _coalesce([await changes.get()] + _drain(changes), self.state):
+                    if not request.service or event.lease.service == request.service:
+                        yield event
+        finally:
+            unsubscribe()
+
+
+def _drain(queue: asyncio.Queue) -> list:  # type: ignore[type-arg]
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
+
+
+def _coalesce(changes: list[tuple[LeaseId, Pool | None, Pool | None, int]], state) -> list[pb.LeaseEvent]:  # noqa: ANN001
+    """One event per lease for a burst of key changes (a grant writes the pool and its claims at once)."""
+    kinds: dict[LeaseId, tuple[int, Pool | None, int]] = {}
+    for lease_id, old, new, revision in changes:
+        kind, ended, _ = kinds.get(lease_id, (pb.LeaseEvent.CHANGED, None, 0))
+        if new is not None:
+            kind = pb.LeaseEvent.GRANTED
+        elif old is not None:
+            kind, ended = pb.LeaseEvent.ENDED, old
+        kinds[lease_id] = (kind, ended, revision)
+    events = []
+    for lease_id, (kind, ended, revision) in kinds.items():
+        pool = state.pools_by_lease.get(lease_id)
+        if kind == pb.LeaseEvent.ENDED or pool is None:
+            if ended is None:
+                continue  # claims of a lease we never saw: nothing to report
+            view = describe(state, ended) if pool is None else describe(state, pool)
+            events.append(pb.LeaseEvent(type=pb.LeaseEvent.ENDED, lease=lease_to_pb(view), revision=revision))
+        else:
+            events.append(pb.LeaseEvent(type=kind, lease=lease_to_pb(describe(state, pool)), revision=revision))
+    return events
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryConfig:
+    listen: str
+    cluster: ClusterConfig | None = None
+
+
+async def publish_cluster_config(store: Store, replica: Replica, cluster: ClusterConfig) -> None:
+    """Write networks and services unless they are already there as configured (replicas agree)."""
+    for record in [*cluster.networks, *cluster.services]:
+        key = keys.key_of(record)
+        if replica.state.get(key) != record:
+            await store.put(key, keys.encode(record))
+
+
+async def serve(config: RegistryConfig, store: Store, stop: asyncio.Event,
+                ready: Callable[[str], None] = lambda address: None) -> None:
+    replica = Replica(store)
+    agent = LeasingAgent(store, replica)
+    collector = ClaimCollector(store, replica)
+    server = Server(config.listen)
+    server.add(pb_grpc.add_LeasingServicer_to_server, LeasingServicer(agent), "leasenet.v1.Leasing")
+    server.add(pb_grpc.add_InspectionServicer_to_server, InspectionServicer(replica), "leasenet.v1.Inspection")
+    async with asyncio.TaskGroup() as tasks:
+        replica_task = tasks.create_task(replica.run(), name="replica")
+        await replica.synced.wait()
+        if config.cluster is not None:
+            await publish_cluster_config(store, replica, config.cluster)
+        collector_task = tasks.create_task(collector.run(), name="claim-collector")
+        address = await server.start()
+        log.info("registry serving on %s", address)
+        ready(address)
+        await stop.wait()
+        await server.set_serving(False)
+        await server.stop(1.0)
+        replica_task.cancel()
+        collector_task.cancel()

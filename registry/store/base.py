@@ -1,0 +1,99 @@
+"""The project's own small store interface. Two backends implement it: `etcd.EtcdStore` (the real
+one) and `memory.MemoryStore` (unit tests); `tests/contract/` runs one suite against both.
+
+Every method raises `registry.errors.StoreUnavailable` when the backend cannot be reached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    lease: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    revision: int
+    items: list[KeyValue]
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    key: str
+    value: bytes | None  # None: the key was deleted (or its lease expired)
+    create_revision: int
+    mod_revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class WatchBatch:
+    revision: int  # every event up to this revision has been delivered
+    events: list[WatchEvent]
+
+
+@dataclass(frozen=True, slots=True)
+class Require:
+    """A transaction guard: `key` exists with exactly this create revision (0: it does not exist)."""
+
+    key: str
+    create_revision: int
+
+
+class TxnResult(NamedTuple):
+    succeeded: bool
+    revision: int  # the transaction's revision on success; the store's current revision on conflict
+
+
+class Compacted(Exception):
+    """The watch start revision was compacted away: reload from a fresh snapshot."""
+
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"revision compacted up to {compact_revision}")
+        self.compact_revision = compact_revision
+
+
+class Store(Protocol):
+    requests: int  # requests sent to the backend so far (for `leasenet bench`)
+
+    async def snapshot(self, prefix: str) -> Snapshot: ...
+
+    async def get(self, key: str) -> KeyValue | None: ...
+
+    async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
+        """Returns the revision of the write."""
+        ...
+
+    async def delete(self, key: str, *, require: Sequence[Require] = ()) -> TxnResult:
+        """Delete `key` if every guard holds; not succeeded when a guard failed or nothing was there."""
+        ...
+
+    async def create_all(self, items: Sequence[tuple[str, bytes]], *, lease: int = 0,
+                         require: Sequence[Require] = ()) -> TxnResult:
+        """Create every key in one atomic transaction, only if none of them exists and every guard
+        holds. On success the revision is each key's create revision. Sent exactly once: a
+        transaction is never retried blindly."""
+        ...
+
+    async def grant_lease(self, ttl_s: int) -> int: ...
+
+    async def refresh_lease(self, lease_id: int) -> int:
+        """Keep the lease alive once; the remaining TTL, 0 when it has expired or was revoked."""
+        ...
+
+    async def revoke_lease(self, lease_id: int) -> None: ...
+
+    def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchBatch]:
+        """Events from `start_revision` on, in revision order, batched as the backend delivers them
+        (a batch may be empty: a progress mark). Raises Compacted when start_revision is gone."""
+        ...
+
+    async def close(self) -> None: ...

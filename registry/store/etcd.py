@@ -1,0 +1,170 @@
+"""The Store over etcd v3, through etcd3aio (pinned). Traps handled here, once:
+- etcd3aio retries on DEADLINE_EXCEEDED/UNAVAILABLE, also writes: transactions use max_attempts=1;
+- after `import etcd3aio`, its bundled protos sit early on sys.path: we only import its public names
+  and `_protobuf` for the Compare message;
+- its watch reconnects forever on transient errors and never surfaces compaction: we check
+  `compact_revision` and `canceled` ourselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator, Sequence
+
+import grpc
+import grpc.aio
+
+import etcd3aio
+from etcd3aio import Etcd3Client, EtcdError, prefix_range_end
+from etcd3aio.kv import KVService
+from registry.errors import StoreUnavailable
+from registry.store.base import Compacted, KeyValue, Require, Snapshot, TxnResult, WatchBatch, WatchEvent
+
+log = logging.getLogger(__name__)
+
+_DELETE = 1  # mvccpb.Event.DELETE
+
+
+def parse_endpoints(text: str) -> list[str]:
+    endpoints = [e.strip().removeprefix("http://") for e in text.split(",") if e.strip()]
+    if not endpoints:
+        raise ValueError("no etcd endpoints given (LEASENET_ETCD_ENDPOINTS, e.g. 127.0.0.1:2379)")
+    for e in endpoints:
+        host, sep, port = e.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"etcd endpoint {e!r} is not host:port")
+    return endpoints
+
+
+@contextlib.contextmanager
+def _unavailable_on_failure(operation: str) -> Iterator[None]:
+    """Map the client's failures to the project's StoreUnavailable, with a sentence."""
+    try:
+        yield
+    except (EtcdError, grpc.aio.AioRpcError, TimeoutError, OSError) as exc:
+        detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc) or type(exc).__name__
+        raise StoreUnavailable(f"etcd is unavailable ({operation}: {detail})") from exc
+
+
+def _kv(kv: object) -> KeyValue:
+    return KeyValue(key=kv.key.decode(), value=kv.value, create_revision=kv.create_revision,  # type: ignore[attr-defined]
+                    mod_revision=kv.mod_revision, lease=kv.lease)  # type: ignore[attr-defined]
+
+
+class EtcdStore:
+    def __init__(self, endpoints: Sequence[str], *, timeout_s: float = 3.0) -> None:
+        self.endpoints = list(endpoints)
+        self.timeout_s = timeout_s
+        self.requests = 0
+        self._client = Etcd3Client(self.endpoints, rpc_max_attempts=2,
+                                   watch_reconnect_backoff_seconds=0.1, watch_max_reconnect_backoff_seconds=1.0)
+        self._connected = False
+
+    async def connect(self) -> EtcdStore:
+        # The channel must be created inside the running loop.
+        if not self._connected:
+            await self._client.connect()
+            self._connected = True
+        return self
+
+    async def close(self) -> None:
+        if self._connected:
+            await self._client.close()
+            self._connected = False
+
+    @property
+    def _kvs(self) -> KVService:
+        assert self._client.kv is not None, "EtcdStore.connect() was not awaited"
+        return self._client.kv
+
+    async def snapshot(self, prefix: str) -> Snapshot:
+        self.requests += 1
+        with _unavailable_on_failure("range"):
+            resp = await self._kvs.get(prefix, range_end=prefix_range_end(prefix), timeout=self.timeout_s)
+        return Snapshot(revision=resp.header.revision, items=[_kv(kv) for kv in resp.kvs])
+
+    async def get(self, key: str) -> KeyValue | None:
+        self.requests += 1
+        with _unavailable_on_failure("get"):
+            resp = await self._kvs.get(key, timeout=self.timeout_s)
+        return _kv(resp.kvs[0]) if resp.kvs else None
+
+    async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
+        self.requests += 1
+        with _unavailable_on_failure("put"):
+            resp = await self._kvs.put(key, value, lease=lease, timeout=self.timeout_s)
+        return int(resp.header.revision)
+
+    async def delete(self, key: str, *, require: Sequence[Require] = ()) -> TxnResult:
+        self.requests += 1
+        with _unavailable_on_failure("delete"):
+            resp = await self._kvs.txn(
+                compare=[KVService.txn_compare_create_revision(r.key, r.create_revision) for r in require],
+                success=[KVService.txn_op_delete(key)], timeout=self.timeout_s, max_attempts=1)
+        deleted = bool(resp.succeeded and resp.responses[0].response_delete_range.deleted)
+        return TxnResult(deleted, int(resp.header.revision))
+
+    async def create_all(self, items: Sequence[tuple[str, bytes]], *, lease: int = 0,
+                         require: Sequence[Require] = ()) -> TxnResult:
+        self.requests += 1
+        compare = [KVService.txn_compare_create_revision(k, 0) for k, _ in items]
+        compare += [KVService.txn_compare_create_revision(r.key, r.create_revision) for r in require]
+        with _unavailable_on_failure("txn"):
+            resp = await self._kvs.txn(compare=compare,
+                                       success=[KVService.txn_op_put(k, v, lease=lease) for k, v in items],
+                                       timeout=self.timeout_s, max_attempts=1)
+        return TxnResult(bool(resp.succeeded), int(resp.header.revision))
+
+    async def grant_lease(self, ttl_s: int) -> int:
+        self.requests += 1
+        assert self._client.lease is not None
+        with _unavailable_on_failure("lease grant"):
+            resp = await self._client.lease.grant(ttl_s, timeout=self.timeout_s, max_attempts=1)
+        return int(resp.ID)
+
+    async def refresh_lease(self, lease_id: int) -> int:
+        self.requests += 1
+        assert self._client.lease is not None
+        stream = self._client.lease.keep_alive(lease_id)
+        try:
+            with _unavailable_on_failure("lease keep-alive"):
+                async with asyncio.timeout(self.timeout_s):
+                    resp = await stream.read()
+            if resp is grpc.aio.EOF:
+                raise StoreUnavailable("etcd is unavailable (lease keep-alive: stream closed)")
+            return max(0, int(resp.TTL))
+        finally:
+            stream.cancel()
+
+    async def revoke_lease(self, lease_id: int) -> None:
+        self.requests += 1
+        assert self._client.lease is not None
+        with _unavailable_on_failure("lease revoke"):
+            try:
+                await self._client.lease.revoke(lease_id, timeout=self.timeout_s, max_attempts=1)
+            except grpc.aio.AioRpcError as exc:  # NOT_FOUND: already gone, which is what we wanted
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+
+    async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchBatch]:
+        self.requests += 1
+        assert self._client.watch is not None
+        async for resp in self._client.watch.watch(prefix, range_end=prefix_range_end(prefix),
+                                                   start_revision=start_revision, progress_notify=True):
+            if resp.compact_revision > 0:
+                raise Compacted(resp.compact_revision)
+            if resp.canceled:
+                raise StoreUnavailable(f"etcd cancelled the watch on {prefix}: {resp.cancel_reason}")
+            yield WatchBatch(resp.header.revision,
+                             [WatchEvent(key=ev.kv.key.decode(), value=None if ev.type == _DELETE else ev.kv.value,
+                                         create_revision=ev.kv.create_revision, mod_revision=ev.kv.mod_revision)
+                              for ev in resp.events])
+
+
+async def connect(endpoints: Sequence[str], **kwargs: float) -> EtcdStore:
+    return await EtcdStore(endpoints, **kwargs).connect()
+
+
+__all__ = ["EtcdStore", "connect", "parse_endpoints", "etcd3aio"]

@@ -1,0 +1,119 @@
+"""The etcd part of docker/compose.yaml: 3 members form one cluster and keep serving
+writes with one member killed, paused or cut off; `down -v` leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+pytestmark = pytest.mark.docker
+
+MEMBERS = ("etcd1", "etcd2", "etcd3")
+
+
+def etcdctl(project, via: str, *args: str, endpoints: tuple[str, ...] = MEMBERS, check: bool = True):
+    """etcdctl inside the `via` container, against the given members (etcdctl is at
+    /usr/local/bin in both our image and the official one)."""
+    eps = ",".join(f"{m}:2379" for m in endpoints)
+    return project.exec(via, "etcdctl", f"--endpoints={eps}", "--command-timeout=5s", *args,
+                        timeout=30, check=check)
+
+
+def put_eventually(project, via: str, key: str, value: str, endpoints, timeout: float = 30) -> None:
+    # Right after the leader dies a proposal can fail with "request timed out, possibly due
+    # to previous leader failure" (~7 s); a client retries, and so do we.
+    deadline = time.monotonic() + timeout
+    while True:
+        proc = etcdctl(project, via, "put", key, value, endpoints=endpoints, check=False)
+        if proc.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"put {key} failed for {timeout}s: {proc.stderr[-2000:]}")
+        time.sleep(0.5)
+
+
+def get(project, via: str, key: str, endpoints) -> str | None:
+    """Value of key, or None if absent or the read failed. Linearizable by default: it
+    answers only with a quorum behind the member asked."""
+    proc = etcdctl(project, via, "get", key, "--print-value-only", endpoints=endpoints, check=False)
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+
+def status(project, via: str, endpoints=MEMBERS) -> list[dict]:
+    return json.loads(etcdctl(project, via, "endpoint", "status", "-w", "json", endpoints=endpoints).stdout)
+
+
+def leader(project) -> str:
+    (lead,) = {s["Endpoint"].split(":")[0] for s in status(project, "etcd1")
+               if s["Status"]["leader"] == s["Status"]["header"]["member_id"]}
+    return lead
+
+
+@pytest.fixture
+def etcd(compose_project, base_images):
+    project = compose_project()
+    project.up(*MEMBERS, timeout=120)
+    return project
+
+
+def test_three_members_form_one_cluster(etcd):
+    assert [etcd.health(m) for m in MEMBERS] == ["healthy"] * 3
+    members = json.loads(etcdctl(etcd, "etcd2", "member", "list", "-w", "json").stdout)["members"]
+    assert sorted(m["name"] for m in members) == list(MEMBERS)
+    assert not any(m.get("isLearner") for m in members)
+    statuses = status(etcd, "etcd3")
+    assert len({s["Status"]["header"]["cluster_id"] for s in statuses}) == 1
+    assert len({s["Status"]["leader"] for s in statuses}) == 1
+    put_eventually(etcd, "etcd1", "k", "v", MEMBERS)
+    assert all(get(etcd, m, "k", (m,)) == "v" for m in MEMBERS)
+
+
+def test_writes_survive_killing_the_leader(etcd):
+    victim = leader(etcd)  # the harder case: a new election has to happen
+    rest = tuple(m for m in MEMBERS if m != victim)
+    etcd.kill(victim)
+    assert etcd.state(victim)["Status"] == "exited"
+
+    put_eventually(etcd, rest[0], "after-kill", "1", rest)
+    assert get(etcd, rest[1], "after-kill", (rest[1],)) == "1"
+    assert leader_among(etcd, rest)
+
+    # Same container, same volume: it rejoins and catches up.
+    etcd.start(victim)
+    etcd.wait_healthy(victim, timeout=60)
+    assert get(etcd, victim, "after-kill", (victim,)) == "1"
+
+
+def leader_among(project, members) -> bool:
+    statuses = status(project, members[0], endpoints=members)
+    return any(s["Status"]["leader"] == s["Status"]["header"]["member_id"] for s in statuses)
+
+
+def test_writes_survive_a_paused_and_a_partitioned_member(etcd):
+    etcd.pause("etcd1")
+    put_eventually(etcd, "etcd2", "paused", "1", ("etcd2", "etcd3"))
+    etcd.unpause("etcd1")
+    etcd.wait_healthy("etcd1", timeout=60)
+    assert get(etcd, "etcd1", "paused", ("etcd1",)) == "1"
+
+    etcd.disconnect("etcd3")
+    # Cut off from the majority it can no longer answer a quorum read.
+    assert etcdctl(etcd, "etcd3", "endpoint", "health", endpoints=("etcd3",), check=False).returncode != 0
+    put_eventually(etcd, "etcd1", "partitioned", "1", ("etcd1", "etcd2"))
+    etcd.connect("etcd3")
+    etcd.wait_healthy("etcd3", timeout=60)
+    deadline = time.monotonic() + 30
+    while get(etcd, "etcd3", "partitioned", ("etcd3",)) != "1":
+        assert time.monotonic() < deadline, "etcd3 did not catch up after reconnect"
+        time.sleep(0.5)
+
+
+def test_down_leaves_nothing(compose_project, base_images):
+    project = compose_project()
+    project.up(*MEMBERS, timeout=120)
+    left = project.leftovers()
+    assert len(left["containers"]) == 3 and left["networks"] and left["volumes"]
+    project.down()
+    assert project.leftovers() == {}
