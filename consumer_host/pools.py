@@ -16,13 +16,16 @@ from consumer_host.registry_client import RegistryClient
 from leasenet.v1 import registry_pb2 as pb
 from registry import keys
 from registry.errors import LeaseExpired, LeasenetError, PoolExhausted
-from registry.model import Claim, LeaseId, Pool as PoolRecord, ProducerVm, Record, VmId, lease_hex, parse_lease_hex
+from registry.model import Claim, Host, LeaseId, Pool as PoolRecord, ProducerVm, Record, VmId, lease_hex, parse_lease_hex
 from registry.replica import Replica
 
 log = logging.getLogger(__name__)
 
 PoolKey = tuple[VmId, str]  # (consumer VM, service)
 GROW_BACKOFF_S = 0.2  # after the registry said no capacity, don't ask again at once
+# how long a producer host we lost the tunnel to is avoided: longer than a liveness TTL, after
+# which the registry knows by itself (or the host came back and re-registered)
+AVOID_HOST_S = 5.0
 
 
 def _members(lease: pb.Lease) -> dict[VmId, Member]:
@@ -45,6 +48,7 @@ class PoolManager:
         self._next_renew: dict[PoolKey, float] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._forgotten: dict[LeaseId, set[VmId]] = {}  # members we gave up on: a late answer must not revive them
+        self._avoid_hosts: dict[str, float] = {}  # producer host address -> until
         replica.subscribe(self._on_change)
 
     # --- the request path ----------------------------------------------------------------------
@@ -90,7 +94,8 @@ class PoolManager:
 
     async def _request_lease(self, key: PoolKey, admitted: Admitted) -> Pool:
         a = admitted.attachment
-        lease = await self.registry.request_lease(admitted.service.name, a.network, a.address, self.host_id)
+        lease = await self.registry.request_lease(admitted.service.name, a.network, a.address, self.host_id,
+                                                  self._hosts_to_avoid())
         pool = Pool(admitted.service, a.vm_id, parse_lease_hex(lease.lease_id), lease.revision,
                     members=_members(lease), last_used=self.clock())
         self.pools[key] = pool
@@ -100,12 +105,25 @@ class PoolManager:
         log.info("leased %s for %s: %s", lease.lease_id, a.vm_id, sorted(pool.members))
         return pool
 
-    async def _grow(self, key: PoolKey, pool: Pool) -> None:
-        if pool.growing:
+    def _hosts_to_avoid(self) -> list[str]:
+        now = self.clock()
+        for address in [a for a, until in self._avoid_hosts.items() if until <= now]:
+            del self._avoid_hosts[address]
+        return sorted(self._avoid_hosts)
+
+    async def _grow(self, key: PoolKey, pool: Pool, give_back: list[VmId] | None = None) -> None:
+        """Add one member. With `give_back`, first return those members to the registry (in this
+        order, so the pool's max_pool counts only what it really uses)."""
+        if pool.growing and not give_back:
             return
         pool.growing = True
         try:
-            lease = await self.registry.grow_lease(lease_hex(pool.lease_id), 1, pool.revision)
+            if give_back:
+                await self._shrink(pool, give_back)
+                if not pool.needs_refill() and not self._waiters(key):
+                    return
+            lease = await self.registry.grow_lease(lease_hex(pool.lease_id), 1, pool.revision,
+                                                   self._hosts_to_avoid())
             forgotten = self._forgotten.get(pool.lease_id, set())
             pool.members.update({vm: m for vm, m in _members(lease).items() if vm not in forgotten})
             pool.revision = max(pool.revision, max((m.fencing_token for m in lease.members), default=0))
@@ -125,6 +143,8 @@ class PoolManager:
         elif isinstance(old, PoolRecord) and new is None and old.lease_id in self._by_lease:
             log.info("lease %s ended (released or expired)", lease_hex(old.lease_id))
             self._drop(self._by_lease[old.lease_id])
+        elif isinstance(new, Host) and (old is None or old.revision != new.revision):
+            self._avoid_hosts.pop(new.address, None)  # the host (re)registered: worth trying again
         elif isinstance(old, ProducerVm) and (new is None or new.revision != old.revision):
             for pool_key, pool in list(self.pools.items()):
                 if old.vm_id in pool.members:
@@ -132,12 +152,12 @@ class PoolManager:
 
     def host_broken(self, address: str) -> None:
         """The tunnel to a producer host broke: give its VMs back now instead of waiting for its
-        liveness lease to lapse (the registry deletes the claims; the pools refill)."""
+        liveness lease to lapse, and lease elsewhere until then."""
+        self._avoid_hosts[address] = self.clock() + AVOID_HOST_S
         for key, pool in list(self.pools.items()):
             gone = [vm for vm, m in pool.members.items() if m.host_address == address]
             if gone:
-                self._forget_members(key, gone)
-                self._spawn(self._shrink(pool, gone))
+                self._forget_members(key, gone, give_back=True)
 
     async def _shrink(self, pool: Pool, vms: list[VmId]) -> None:
         try:
@@ -145,7 +165,7 @@ class PoolManager:
         except LeasenetError as exc:  # the registry's claim collector cleans up when the host's lease lapses
             log.info("could not give back %s: %s", vms, exc.message)
 
-    def _forget_members(self, key: PoolKey, vms: list[VmId]) -> None:
+    def _forget_members(self, key: PoolKey, vms: list[VmId], give_back: bool = False) -> None:
         pool = self.pools.get(key)
         if pool is None:
             return
@@ -154,7 +174,9 @@ class PoolManager:
             pool.busy.discard(vm)
         self._forgotten.setdefault(pool.lease_id, set()).update(vms)
         pool.avoid.clear()
-        if pool.needs_refill():
+        if give_back:
+            self._spawn(self._grow(key, pool, give_back=vms))
+        elif pool.needs_refill():
             self._grow_blocked_until.pop(key, None)
             self._spawn(self._grow(key, pool))
         self._notify(key)
@@ -193,7 +215,7 @@ class PoolManager:
     async def _release(self, pool: Pool) -> None:
         try:
             await self.registry.release_lease(lease_hex(pool.lease_id))
-            log.info("released idle lease %s of %s", lease_hex(pool.lease_id), pool.consumer)
+            log.info("released lease %s of %s", lease_hex(pool.lease_id), pool.consumer)
         except LeasenetError as exc:  # its TTL ends it anyway
             log.warning("could not release lease %s: %s", lease_hex(pool.lease_id), exc.message)
 
@@ -207,6 +229,9 @@ class PoolManager:
         return len(pools)
 
     # --- plumbing -------------------------------------------------------------------------------
+    def _waiters(self, key: PoolKey) -> bool:
+        return key in self._signals
+
     def _signal(self, key: PoolKey) -> asyncio.Event:
         signal = self._signals.get(key)
         if signal is None:

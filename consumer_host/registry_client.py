@@ -52,13 +52,15 @@ class RegistryClient:
                         raise StoreUnavailable(f"no leasing agent answered ({exc.details() or exc.code().name})")
                     raise error_for_status(exc.code(), exc.details() or exc.code().name) from None
 
-    async def request_lease(self, service: str, network: str, address: str, host_id: str) -> pb.Lease:
+    async def request_lease(self, service: str, network: str, address: str, host_id: str,
+                            avoid_hosts: list[str]) -> pb.Lease:
         return await self._call("RequestLease", pb.RequestLeaseRequest(
-            service=service, consumer_network=network, consumer_vm=address, consumer_host=host_id))
+            service=service, consumer_network=network, consumer_vm=address, consumer_host=host_id,
+            avoid_hosts=avoid_hosts))
 
-    async def grow_lease(self, lease_id: str, count: int, min_revision: int) -> pb.Lease:
+    async def grow_lease(self, lease_id: str, count: int, min_revision: int, avoid_hosts: list[str]) -> pb.Lease:
         return await self._call("GrowLease", pb.GrowLeaseRequest(lease_id=lease_id, count=count,
-                                                                 min_revision=min_revision))
+                                                                 min_revision=min_revision, avoid_hosts=avoid_hosts))
 
     async def shrink_lease(self, lease_id: str, vm_ids: list[str]) -> pb.Lease:
         return await self._call("ShrinkLease", pb.ShrinkLeaseRequest(lease_id=lease_id, vm_ids=vm_ids))

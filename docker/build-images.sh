@@ -15,3 +15,5 @@ FORCE=()
 docker build -q --build-arg BASE_IMAGE=leasenet-base:bookworm \
   -t "${LEASENET_IMAGE:-leasenet:latest}" "$HERE" 2> >(grep -v -e DEPRECATED -e 'legacy builder' -e buildx -e '^ *$' >&2) >/dev/null
 echo "build-images: built ${LEASENET_IMAGE:-leasenet:latest}" >&2
+# Drop superseded/intermediate images of ours (dangling + our label), nobody else's.
+docker image prune -f --filter label=io.leasenet.image=1 >/dev/null

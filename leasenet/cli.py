@@ -139,6 +139,20 @@ def build_parser() -> argparse.ArgumentParser:
     add(p, "--etcd-endpoints", default="", help="use this etcd instead of starting an embedded one")
     add(p, "--workdir", default="", help="keep logs and histories here (default: a temporary directory)")
 
+    p = sub.add_parser("bench", help="the benchmark harness: overlay vs direct gRPC, leasing, failover")
+    add(p, "--json", action="store_true", help="print the results as JSON")
+    add(p, "--quick", action="store_true", help="a short smoke run that checks correctness only")
+    add(p, "--runs", default=3, type=int, help="repetitions; medians are reported")
+    add(p, "--workdir", default="", help="keep logs here (default: a temporary directory)")
+
+    p = sub.add_parser("traffic", help="act as many consumer VMs: a fixed number of requests, recorded")
+    add(p, "--consumer-host", required=True, help="comma-separated consumer hosts (host:port)")
+    add(p, "--config", required=True, help="TOML file: the consumer VMs to act as, with their tokens")
+    add(p, "--requests", default=1000, type=int, help="total number of requests")
+    add(p, "--concurrency", default=8, type=int, help="requests in flight at once")
+    add(p, "--history", default="", help="append one JSON line per request outcome here")
+    add(p, "--json", action="store_true", help="print the outcome counts as JSON")
+
     p = sub.add_parser("health", help="exit 0 when the gRPC server at ADDRESS reports SERVING")
     p.add_argument("address", help="host:port")
     add(p, "--timeout", default=2.0, type=float, help="seconds")
@@ -296,6 +310,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "vms": _lazy("leasenet.inspect", "cmd_vms"),
     "services": _lazy("leasenet.inspect", "cmd_services"),
     "demo": _lazy("leasenet.demo", "cmd_demo"),
+    "bench": _lazy("leasenet.bench", "cmd_bench"),
+    "traffic": _lazy("leasenet.traffic", "cmd_traffic"),
 }
 
 if __name__ == "__main__":

@@ -137,7 +137,7 @@ class LocalCluster:
         return proc.process.returncode
 
     def close(self) -> None:
-        for name in list(self.procs):
+        for name in reversed(list(self.procs)):  # consumers first, etcd last
             self.stop(name)
         if self.etcd is not None:
             self.etcd.stop()

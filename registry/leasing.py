@@ -66,7 +66,8 @@ class LeasingAgent:
             raise NotFound(f"service {name!r} is not registered")
         return service
 
-    async def request_lease(self, consumer: ConsumerRef, service_name: str) -> LeaseView:
+    async def request_lease(self, consumer: ConsumerRef, service_name: str,
+                            avoid_hosts: frozenset[str] = frozenset()) -> LeaseView:
         service = self._service(service_name)
         if consumer.network != service.network:
             raise PermissionDenied(f"consumer VM {consumer.vm_id} is in network {consumer.network!r}; "
@@ -83,7 +84,7 @@ class LeasingAgent:
         lease_id = LeaseId(await self.store.grant_lease(service.policy.lease_ttl_s))
         try:
             for _ in range(self.max_attempts):
-                chosen = self._choose(service, need, f"lease a pool for consumer VM {consumer.vm_id}")
+                chosen = self._choose(service, need, f"lease a pool for consumer VM {consumer.vm_id}", avoid_hosts)
                 pool = Pool(service.name, consumer.vm_id, consumer.host_id, lease_id, service.policy.lease_ttl_s)
                 items = [(pool_key, keys.encode(pool))] + self._claims(chosen, pool)
                 result = await self.store.create_all(items, lease=lease_id, require=self._guards(chosen))
@@ -101,7 +102,8 @@ class LeasingAgent:
             await self._revoke_quietly(lease_id)
             raise
 
-    async def grow_lease(self, lease_id: LeaseId, count: int = 1, min_revision: int = 0) -> LeaseView:
+    async def grow_lease(self, lease_id: LeaseId, count: int = 1, min_revision: int = 0,
+                         avoid_hosts: frozenset[str] = frozenset()) -> LeaseView:
         if count < 1:
             raise InvalidRequest(f"grow count must be at least 1, got {count}")
         await self.replica.wait_for_revision(min_revision, CATCH_UP_S)
@@ -112,7 +114,7 @@ class LeasingAgent:
             if held + count > service.policy.max_pool:
                 raise PoolExhausted(f"lease {lease_hex(lease_id)} holds {held} producer VM(s) of service "
                                     f"{service.name!r}; max_pool is {service.policy.max_pool}")
-            chosen = self._choose(service, count, f"grow lease {lease_hex(lease_id)}")
+            chosen = self._choose(service, count, f"grow lease {lease_hex(lease_id)}", avoid_hosts)
             guards = [Require(keys.pool_key(pool.service, pool.consumer_vm), pool.revision), *self._guards(chosen)]
             result = await self.store.create_all(self._claims(chosen, pool), lease=lease_id, require=guards)
             await self.replica.wait_for_revision(result.revision, CATCH_UP_S)
@@ -160,8 +162,10 @@ class LeasingAgent:
     def _view(self, lease_id: LeaseId) -> LeaseView:
         return describe(self.state, self._pool(lease_id))
 
-    def _choose(self, service: Service, count: int, purpose: str) -> list[ProducerVm]:
-        free = [vm for vm in self.state.free_vms(service.name)]
+    def _choose(self, service: Service, count: int, purpose: str, avoid_hosts: frozenset[str]) -> list[ProducerVm]:
+        """`avoid_hosts`: producer hosts the consumer host just lost its tunnel to; their records
+        stay in etcd until their liveness lease lapses, but they are not worth leasing from."""
+        free = [vm for vm in self.state.free_vms(service.name) if self.state.host_address(vm.vm_id) not in avoid_hosts]
         if len(free) < count:
             raise PoolExhausted(f"service {service.name!r} has {len(free)} free producer VM(s) but {count} "
                                 f"are needed to {purpose} (short by {count - len(free)})")

@@ -46,11 +46,12 @@ class LeasingServicer(pb_grpc.LeasingServicer):
             if not getattr(request, field):
                 raise InvalidRequest(f"RequestLease needs {field}")
         consumer = ConsumerRef(request.consumer_network, request.consumer_vm, HostId(request.consumer_host))
-        return lease_to_pb(await self.agent.request_lease(consumer, request.service))
+        return lease_to_pb(await self.agent.request_lease(consumer, request.service, frozenset(request.avoid_hosts)))
 
     @edge
     async def GrowLease(self, request: pb.GrowLeaseRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
-        view = await self.agent.grow_lease(_lease_id(request.lease_id), request.count or 1, request.min_revision)
+        view = await self.agent.grow_lease(_lease_id(request.lease_id), request.count or 1, request.min_revision,
+                                           frozenset(request.avoid_hosts))
         return lease_to_pb(view)
 
     @edge

@@ -110,26 +110,30 @@ class Lease(_message.Message):
     def __init__(self, lease_id: _Optional[str] = ..., service: _Optional[str] = ..., consumer_network: _Optional[str] = ..., consumer_vm: _Optional[str] = ..., consumer_host: _Optional[str] = ..., members: _Optional[_Iterable[_Union[PoolMember, _Mapping]]] = ..., ttl_s: _Optional[int] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class RequestLeaseRequest(_message.Message):
-    __slots__ = ("service", "consumer_network", "consumer_vm", "consumer_host")
+    __slots__ = ("service", "consumer_network", "consumer_vm", "consumer_host", "avoid_hosts")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     CONSUMER_NETWORK_FIELD_NUMBER: _ClassVar[int]
     CONSUMER_VM_FIELD_NUMBER: _ClassVar[int]
     CONSUMER_HOST_FIELD_NUMBER: _ClassVar[int]
+    AVOID_HOSTS_FIELD_NUMBER: _ClassVar[int]
     service: str
     consumer_network: str
     consumer_vm: str
     consumer_host: str
-    def __init__(self, service: _Optional[str] = ..., consumer_network: _Optional[str] = ..., consumer_vm: _Optional[str] = ..., consumer_host: _Optional[str] = ...) -> None: ...
+    avoid_hosts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, service: _Optional[str] = ..., consumer_network: _Optional[str] = ..., consumer_vm: _Optional[str] = ..., consumer_host: _Optional[str] = ..., avoid_hosts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GrowLeaseRequest(_message.Message):
-    __slots__ = ("lease_id", "count", "min_revision")
+    __slots__ = ("lease_id", "count", "min_revision", "avoid_hosts")
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     MIN_REVISION_FIELD_NUMBER: _ClassVar[int]
+    AVOID_HOSTS_FIELD_NUMBER: _ClassVar[int]
     lease_id: str
     count: int
     min_revision: int
-    def __init__(self, lease_id: _Optional[str] = ..., count: _Optional[int] = ..., min_revision: _Optional[int] = ...) -> None: ...
+    avoid_hosts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, lease_id: _Optional[str] = ..., count: _Optional[int] = ..., min_revision: _Optional[int] = ..., avoid_hosts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ShrinkLeaseRequest(_message.Message):
     __slots__ = ("lease_id", "vm_ids")

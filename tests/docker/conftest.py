@@ -38,6 +38,17 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "docker: runs containers; needs root or a docker engine")
 
 
+def pytest_collection_modifyitems(config, items):
+    # The first docker test also pays for the session fixtures (apt install, debootstrap,
+    # image builds: ~75 s cold here, more on a slow mirror), so lift a global pytest-timeout.
+    if not config.pluginmanager.hasplugin("timeout"):
+        return
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.path).parents:
+            item.add_marker(pytest.mark.timeout(900))
+
+
 def run(*cmd: str, timeout: float = 120, check: bool = True, env=None) -> subprocess.CompletedProcess:
     """Run a command, capture text output; on failure raise with its output in the message."""
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -125,8 +136,10 @@ class ComposeProject:
         if wait:
             self.wait_healthy(*services, timeout=timeout)
 
-    def down(self) -> None:
-        self.compose("down", "-v", "--remove-orphans", "-t", "5", timeout=180)
+    def down(self, stop_timeout: int = 1) -> None:
+        # Everything is thrown away, so no long grace period: an etcd member left last
+        # without quorum otherwise spends ~4 s of the default wait before it exits.
+        self.compose("down", "-v", "--remove-orphans", "-t", str(stop_timeout), timeout=180)
 
     def leftovers(self) -> dict[str, list[str]]:
         """Containers, networks and volumes still labelled with this project."""

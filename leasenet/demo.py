@@ -1,0 +1,232 @@
+"""`leasenet demo`: the main job on one machine. An embedded etcd (or LEASENET_ETCD_ENDPOINTS),
+two registries, two producer hosts and a consumer host, each its own process; three consumer VMs
+send requests to one service; one producer host is SIGKILLed midway. Prints the leases, the
+requests each producer VM served, and what the failover did; --json prints the summary."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import grpc
+import grpc.aio
+
+from leasenet import rpc
+from leasenet.cluster import LocalCluster, write_toml
+from leasenet.history import PoolTracker, overlapping_executions, read_executions, shared_claims
+from leasenet.inspect import LEASE_HEADER, table
+from leasenet.v1 import consumer_pb2 as cpb
+from leasenet.v1 import consumer_pb2_grpc as cpb_grpc
+from leasenet.v1 import registry_pb2 as rpb
+from leasenet.v1 import registry_pb2_grpc as rpb_grpc
+
+NETWORK, VNI, SERVICE, TARGET = "blue", 100, "compute", "10.1.255.1:7"
+CONSUMER_VMS = [("10.1.0.1", "token-a"), ("10.1.0.2", "token-b"), ("10.1.0.3", "token-c")]
+WORKERS_PER_VM = 3
+VMS_PER_HOST = 6  # enough that the surviving host alone can hold every pool at max_pool
+REQUEST_TIMEOUT_S = 5.0
+
+CLUSTER_TOML = f"""
+[[networks]]
+name = "{NETWORK}"
+vni = {VNI}
+
+[[services]]
+name = "{SERVICE}"
+network = "{NETWORK}"
+target = "{TARGET}"
+min_pool = 1
+max_pool = 2
+lease_ttl_s = 5
+idle_release_s = 30
+"""
+
+
+@dataclass
+class Summary:
+    requests: int = 0
+    ok: int = 0
+    errors: int = 0
+    lost: int = 0
+    leases_granted: int = 0
+    exclusivity_violations: int = 0
+    failover_s: float | None = None
+    killed_host: str = ""
+    errors_by_code: dict[str, int] = field(default_factory=dict)
+    per_vm_requests: dict[str, int] = field(default_factory=dict)
+    leases: list[dict[str, object]] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Outcome:
+    vm: str
+    sent_at: float
+    done_at: float
+    code: str
+
+
+async def drive(consumer_address: str, total: int, half_done: asyncio.Event) -> list[Outcome]:
+    """Every consumer VM sends its share with a few concurrent workers; idempotent requests."""
+    outcomes: list[Outcome] = []
+    ids = iter(range(1, total + 1))
+    async with rpc.channel(consumer_address) as channel:
+        stub = cpb_grpc.ConsumerHostStub(channel)
+
+        async def worker(address: str, token: str, share: int) -> None:
+            for _ in range(share):
+                request_id = next(ids)
+                sent = time.monotonic()
+                try:
+                    await stub.Send(cpb.SendRequest(network=NETWORK, src=address, token=token, target=TARGET,
+                                                    payload=f"job {request_id}".encode(), request_id=request_id,
+                                                    idempotent=True), timeout=REQUEST_TIMEOUT_S)
+                    code = "OK"
+                except grpc.aio.AioRpcError as exc:
+                    code = exc.code().name
+                outcomes.append(Outcome(address, sent, time.monotonic(), code))
+                if len(outcomes) >= total // 2:
+                    half_done.set()
+
+        per_worker = total // (len(CONSUMER_VMS) * WORKERS_PER_VM)
+        shares = [per_worker] * (len(CONSUMER_VMS) * WORKERS_PER_VM)
+        shares[0] += total - sum(shares)
+        workers = [worker(a, t, shares[i * WORKERS_PER_VM + w])
+                   for i, (a, t) in enumerate(CONSUMER_VMS) for w in range(WORKERS_PER_VM)]
+        await asyncio.gather(*workers)
+    return outcomes
+
+
+async def watch_leases(registry: str, tracker: PoolTracker, synced: asyncio.Event) -> None:
+    async with rpc.channel(registry) as channel:
+        async for event in rpb_grpc.InspectionStub(channel).WatchLeases(rpb.WatchLeasesRequest()):
+            if event.type == rpb.LeaseEvent.SYNCED:
+                synced.set()
+                continue
+            tracker.update(event.lease.lease_id, {m.vm_id for m in event.lease.members},
+                           ended=event.type == rpb.LeaseEvent.ENDED)
+
+
+async def busiest_producer(registry: str) -> str:
+    async with rpc.channel(registry) as channel:
+        leases = (await rpb_grpc.InspectionStub(channel).ListLeases(rpb.ListLeasesRequest(), timeout=5)).leases
+    counts = Counter(m.host_id for lease in leases for m in lease.members)
+    return counts.most_common(1)[0][0] if counts else "producer1"
+
+
+async def final_leases(registry: str) -> list[rpb.Lease]:
+    async with rpc.channel(registry) as channel:
+        return list((await rpb_grpc.InspectionStub(channel).ListLeases(rpb.ListLeasesRequest(), timeout=5)).leases)
+
+
+def failover_seconds(outcomes: list[Outcome], killed_at: float) -> float:
+    """For each consumer VM, from the kill to its first success on a request sent after the kill;
+    the longest of these is how long traffic took to flow again."""
+    recovered = []
+    for vm, _ in CONSUMER_VMS:
+        after = [o.done_at for o in outcomes if o.vm == vm and o.sent_at >= killed_at and o.code == "OK"]
+        if after:
+            recovered.append(min(after) - killed_at)
+    return round(max(recovered), 3) if recovered else float("nan")
+
+
+async def run(cluster: LocalCluster, total: int, say: callable) -> Summary:  # type: ignore[valid-type]
+    work = cluster.workdir
+    config = write_toml(work / "cluster.toml", CLUSTER_TOML)
+    consumer_toml = "".join(f'[[vms]]\nnetwork = "{NETWORK}"\naddress = "{a}"\ntoken = "{t}"\n\n'
+                            for a, t in CONSUMER_VMS)
+    say(f"starting etcd in {work}")
+    await asyncio.to_thread(cluster.start_etcd)
+    say(f"etcd at {','.join(cluster.etcd_endpoints)}; starting 2 registries, 2 producer hosts, 1 consumer host")
+    registries = [(await asyncio.to_thread(cluster.registry, f"registry{i}", config)).address for i in (1, 2)]
+    for i in (1, 2):
+        await asyncio.to_thread(cluster.producer, f"producer{i}", network=NETWORK, service=SERVICE, vms=VMS_PER_HOST,
+                                vm_address_start=f"10.1.{i}.1", handler="work",
+                                extra=("--handler-option", "iterations=2000"))
+    consumer = await asyncio.to_thread(cluster.consumer, "consumer1", config=write_toml(work / "consumer1.toml",
+                                                                                         consumer_toml),
+                                       registries=registries)
+    tracker, synced, half_done = PoolTracker(), asyncio.Event(), asyncio.Event()
+    watcher = asyncio.create_task(watch_leases(registries[0], tracker, synced))
+    await asyncio.wait_for(synced.wait(), 10)
+
+    say(f"{len(CONSUMER_VMS)} consumer VMs send {total} requests to {SERVICE} at {TARGET}")
+    traffic = asyncio.create_task(drive(consumer.address, total, half_done))
+    await half_done.wait()
+    victim = await busiest_producer(registries[0])
+    say(f"halfway: SIGKILL {victim} (the producer host with the most leased VMs)")
+    killed_at = time.monotonic()
+    cluster.signal(victim, signal.SIGKILL)
+    outcomes = await traffic
+    leases = await final_leases(registries[0])
+    watcher.cancel()
+
+    executions = read_executions(sorted(work.glob("*.history.jsonl")))
+    overlaps = overlapping_executions(executions)
+    shared = shared_claims(executions)
+    codes = Counter(o.code for o in outcomes)
+    s = Summary(requests=total, ok=codes.pop("OK", 0), killed_host=victim)
+    s.errors = sum(codes.values())
+    s.errors_by_code = dict(codes)
+    s.lost = total - s.ok - s.errors
+    s.leases_granted = len(tracker.granted)
+    s.violations = tracker.violations + [f"overlapping runs on {a.vm}" for a, _ in overlaps] + \
+        [f"claim {t} on {vm} served {sorted(c)}" for vm, t, c in shared]
+    s.exclusivity_violations = len(s.violations)
+    s.failover_s = failover_seconds(outcomes, killed_at)
+    s.per_vm_requests = dict(sorted(Counter(e.vm for e in executions if e.ok).items()))
+    s.leases = [{"lease_id": l.lease_id, "consumer_vm": l.consumer_vm, "members": [m.vm_id for m in l.members]}
+                for l in leases]
+    return s
+
+
+def render(s: Summary) -> str:
+    rows = [[str(l["lease_id"]), SERVICE, f"{NETWORK}/{l['consumer_vm']}", "consumer1",
+             str(len(l["members"])), ", ".join(l["members"])] for l in s.leases]  # type: ignore[arg-type]
+    lines = ["", "Leases now:", table(rows, LEASE_HEADER), "", "Requests served per producer VM:"]
+    lines += [f"  {vm:<16} {n}" for vm, n in s.per_vm_requests.items()]
+    lines += ["", f"Failover: {s.killed_host} was SIGKILLed halfway; traffic flowed again after {s.failover_s} s; "
+                  f"its VMs left their pools and the pools refilled from the other host."]
+    errors = ", ".join(f"{k} {v}" for k, v in s.errors_by_code.items()) or "none"
+    lines += [f"Requests: {s.requests} sent, {s.ok} ok, {s.errors} errors ({errors}), {s.lost} lost",
+              f"Leases granted: {s.leases_granted}; exclusivity violations: {s.exclusivity_violations}"]
+    lines += [f"  ! {v}" for v in s.violations]
+    return "\n".join(lines)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from leasenet.cli import CliError
+    from leasenet.rpc import split_addresses
+
+    if args.requests < 20:
+        raise CliError("--requests must be at least 20 (the demo kills a host halfway)")
+    endpoints = split_addresses(args.etcd_endpoints, "etcd") if args.etcd_endpoints else []
+    tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="leasenet-demo-")
+    workdir = Path(args.workdir or tmp.name)  # type: ignore[union-attr]
+
+    def say(text: str) -> None:
+        if not args.json:
+            print(f"[demo] {text}", flush=True)
+
+    cluster = LocalCluster(workdir, etcd_endpoints=endpoints)
+    try:
+        summary = asyncio.run(run(cluster, args.requests, say))
+    finally:
+        cluster.close()  # also on Ctrl-C: every process we started is stopped
+        if tmp is not None:
+            tmp.cleanup()
+    if args.json:
+        out = asdict(summary)
+        print(json.dumps(out, indent=2))
+    else:
+        print(render(summary))
+    if summary.lost or summary.exclusivity_violations:
+        raise CliError(f"demo failed its promises: {summary.lost} lost, "
+                       f"{summary.exclusivity_violations} exclusivity violations")

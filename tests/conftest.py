@@ -1,0 +1,73 @@
+"""Shared fixtures. Integration tests run real processes: each test gets its own etcd (a fresh
+keyspace) and its own leasenet processes, all stopped at the end, with logs kept on failure."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from leasenet.cluster import LocalCluster
+from leasenet.etcd import EtcdCluster
+
+T = TypeVar("T")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def eventually(check: Callable[[], T], timeout_s: float = 10.0, interval_s: float = 0.05, what: str = "") -> T:
+    """Poll `check` until it returns something truthy (or stops raising AssertionError)."""
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+            last = result
+        except AssertionError as exc:
+            last = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout_s} s: {what or check} (last: {last})")
+        time.sleep(interval_s)
+
+
+@pytest.fixture(scope="session")
+def etcd_endpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    """A real etcd for the whole session (contract tests): LEASENET_ETCD_ENDPOINTS or our own."""
+    if os.environ.get("LEASENET_ETCD_ENDPOINTS"):
+        yield os.environ["LEASENET_ETCD_ENDPOINTS"].split(",")
+        return
+    etcd = EtcdCluster(tmp_path_factory.mktemp("etcd")).start()
+    try:
+        yield etcd.endpoints
+    finally:
+        etcd.stop()
+
+
+@pytest.fixture
+def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
+    """A LocalCluster with its own fresh etcd; process logs are printed if the test fails."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"leasenet-{request.node.name[:40]}-"))
+    c = LocalCluster(workdir)
+    c.env["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    c.start_etcd()
+    try:
+        yield c
+    finally:
+        c.close()
+        failed = getattr(request.node, "rep_call", None)
+        if failed is not None and failed.failed:
+            for proc in c.procs.values():
+                print(f"\n===== {proc.name} log =====\n{proc.log_tail(40)}")
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # noqa: ANN201
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)

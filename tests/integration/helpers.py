@@ -1,0 +1,101 @@
+"""Building blocks for integration tests: configs, a cluster topology, and gRPC calls as a
+consumer VM or an inspection client would make them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import grpc.aio
+
+from leasenet import rpc
+from leasenet.cluster import LocalCluster, Proc, write_toml
+from leasenet.v1 import consumer_pb2 as cpb
+from leasenet.v1 import consumer_pb2_grpc as cpb_grpc
+from leasenet.v1 import registry_pb2 as rpb
+from leasenet.v1 import registry_pb2_grpc as rpb_grpc
+
+TARGET = "10.1.255.1:7"
+
+
+def cluster_toml(*, min_pool: int = 1, max_pool: int = 2, ttl: int = 5, idle: float = 30.0,
+                 extra: str = "") -> str:
+    return f"""
+[[networks]]
+name = "blue"
+vni = 100
+
+[[networks]]
+name = "red"
+vni = 200
+
+[[services]]
+name = "echo"
+network = "blue"
+target = "{TARGET}"
+min_pool = {min_pool}
+max_pool = {max_pool}
+lease_ttl_s = {ttl}
+idle_release_s = {idle}
+
+[[services]]
+name = "red-echo"
+network = "red"
+target = "10.2.255.1:7"
+{extra}
+"""
+
+
+def consumer_toml(addresses: list[str], network: str = "blue") -> str:
+    return "".join(f'[[vms]]\nnetwork = "{network}"\naddress = "{a}"\ntoken = "tok-{a}"\n\n' for a in addresses)
+
+
+@dataclass
+class Topology:
+    cluster: LocalCluster
+    registry: Proc
+    producers: list[Proc]
+    consumers: list[Proc]
+
+
+def start(cluster: LocalCluster, *, producers: int = 1, vms: int = 2, handler: str = "echo",
+          consumers: list[list[str]] | None = None, handler_options: tuple[str, ...] = (),
+          **policy: float) -> Topology:
+    config = write_toml(cluster.workdir / "cluster.toml", cluster_toml(**policy))  # type: ignore[arg-type]
+    registry = cluster.registry("registry1", config)
+    prods = [cluster.producer(f"p{i}", network="blue", service="echo", vms=vms, vm_address_start=f"10.1.{i}.1",
+                              handler=handler, extra=tuple(x for o in handler_options for x in ("--handler-option", o)))
+             for i in range(1, producers + 1)]
+    cons = [cluster.consumer(f"c{i}", config=write_toml(cluster.workdir / f"c{i}.toml", consumer_toml(addrs)),
+                             registries=[registry.address])
+            for i, addrs in enumerate(consumers or [["10.1.0.1"]], start=1)]
+    return Topology(cluster, registry, prods, cons)
+
+
+async def send(consumer: str, src: str, payload: bytes = b"ping", *, target: str = TARGET, network: str = "blue",
+               token: str | None = None, timeout: float = 5.0, request_id: int = 0,
+               idempotent: bool = False) -> cpb.SendResponse:
+    async with rpc.channel(consumer) as channel:
+        return await cpb_grpc.ConsumerHostStub(channel).Send(
+            cpb.SendRequest(network=network, src=src, token=token if token is not None else f"tok-{src}",
+                            target=target, payload=payload, request_id=request_id, idempotent=idempotent),
+            timeout=timeout)
+
+
+async def send_status(consumer: str, src: str, payload: bytes = b"ping", **kwargs: object) -> tuple[grpc.StatusCode, str]:
+    try:
+        await send(consumer, src, payload, **kwargs)  # type: ignore[arg-type]
+        return grpc.StatusCode.OK, ""
+    except grpc.aio.AioRpcError as exc:
+        return exc.code(), exc.details() or ""
+
+
+async def leases(registry: str, **filters: str) -> list[rpb.Lease]:
+    async with rpc.channel(registry) as channel:
+        resp = await rpb_grpc.InspectionStub(channel).ListLeases(rpb.ListLeasesRequest(**filters), timeout=5)
+        return list(resp.leases)
+
+
+def history(cluster: LocalCluster) -> list[Path]:
+    return sorted(Path(cluster.workdir).glob("*.history.jsonl"))
