@@ -9,8 +9,12 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-setup: $(PY)
+# reinstall only when the dependencies change
+$(VENV)/.installed: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
 
 # Generated stubs live in leasenet/v1/ (package leasenet.v1, matching the proto package);
 # they are committed so that installing leasenet needs no protoc.
@@ -21,7 +25,7 @@ proto-check: proto
 	git diff --exit-code -- leasenet/v1 || (echo "generated stubs are stale: run make proto" && exit 1)
 
 test: setup
-	$(PY) -m pytest -q tests --ignore=tests/docker
+	$(PY) -m pytest tests --ignore=tests/docker
 
 unit: setup
 	$(PY) -m pytest -q tests/unit tests/contract

@@ -1,0 +1,66 @@
+"""The CLI's contract: every flag has an environment variable; bad input is one line, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from leasenet.cli import build_parser, env_name
+from registry.config import load_cluster_config, parse_cluster_config
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "leasenet", *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["send", "--consumer-host", "127.0.0.1:1", "--network", "blue", "--src", "10.1.0.1", "--token", "t",
+      "--target", "10.1.255.1:7", "--timeout", "1"], "UNAVAILABLE"),
+    (["registry", "--etcd-endpoints", "127.0.0.1:1", "--cluster-config", "/nonexistent.toml"], "cannot read"),
+    (["producer-host", "--etcd-endpoints", "nonsense", "--host-id", "p", "--network", "b", "--service", "s",
+      "--vm-address-start", "10.1.1.1"], "not host:port"),
+    (["producer-host", "--etcd-endpoints", "127.0.0.1:1", "--host-id", "p", "--network", "b", "--service", "s",
+      "--vm-address-start", "10.1.1.300"], "not an IPv4 address"),
+    (["leases", "--registry", "127.0.0.1:1"], "UNAVAILABLE"),
+    (["demo", "--requests", "3"], "at least 20"),
+])
+def test_bad_input_is_one_clear_line_without_a_traceback(args: list[str], needle: str) -> None:
+    out = run(*args)
+    assert out.returncode != 0
+    lines = [line for line in out.stderr.splitlines() if not line.startswith(("WARNING:", "E0000", "I0000"))]
+    assert len(lines) == 1 and lines[0].startswith("leasenet: ") and needle in lines[0], out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_every_flag_reads_its_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEASENET_ETCD_ENDPOINTS", "10.0.0.1:2379")
+    monkeypatch.setenv("LEASENET_HOST_ID", "from-env")
+    monkeypatch.setenv("LEASENET_NETWORK", "blue")
+    monkeypatch.setenv("LEASENET_SERVICE", "echo")
+    monkeypatch.setenv("LEASENET_VM_ADDRESS_START", "10.1.1.1")
+    monkeypatch.setenv("LEASENET_VMS", "7")
+    args = build_parser().parse_args(["producer-host"])
+    assert (args.etcd_endpoints, args.host_id, args.vms) == ("10.0.0.1:2379", "from-env", 7)
+    assert env_name("--vm-address-start") == "LEASENET_VM_ADDRESS_START"
+    help_text = build_parser()._subparsers._group_actions[0].choices["consumer-host"].format_help()  # type: ignore[union-attr]
+    assert "LEASENET_REGISTRY" in help_text and "LEASENET_CONFIG" in help_text
+
+
+def test_cluster_config_errors_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="names network 'green', which is not defined"):
+        parse_cluster_config({"networks": [{"name": "blue", "vni": 1}],
+                              "services": [{"name": "s", "network": "green", "target": "10.1.1.1:7"}]})
+    with pytest.raises(ValueError, match="min_pool <= max_pool"):
+        parse_cluster_config({"networks": [{"name": "blue", "vni": 1}],
+                              "services": [{"name": "s", "network": "blue", "target": "10.1.1.1:7",
+                                            "min_pool": 3, "max_pool": 2}]})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[networks]\n")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        load_cluster_config(bad)

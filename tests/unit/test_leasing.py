@@ -1,0 +1,129 @@
+"""The leasing agent over the in-memory store (the contract suite holds it to etcd's behaviour)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+
+import pytest
+
+from registry import keys
+from registry.errors import ClaimConflict, LeaseExpired, NotFound, PermissionDenied, PoolExhausted
+from registry.leasing import ClaimCollector, LeasingAgent
+from registry.model import ConsumerRef, Host, HostId, HostKind, LeasePolicy, Network, ProducerVm, Service
+from registry.placement import choose_vms
+from registry.replica import Replica
+from registry.store.memory import MemoryStore
+
+SERVICE = Service("echo", "blue", "10.1.255.1", 7, LeasePolicy(min_pool=2, max_pool=3, lease_ttl_s=5))
+
+
+@pytest.fixture
+async def setup() -> AsyncIterator[tuple[MemoryStore, Replica, LeasingAgent]]:
+    store = MemoryStore()
+    for record in [Network("blue", 100), SERVICE, Host(HostId("p1"), HostKind.PRODUCER, "127.0.0.1:7101"),
+                   Host(HostId("p2"), HostKind.PRODUCER, "127.0.0.1:7102")]:
+        await store.put(keys.key_of(record), keys.encode(record))
+    for n in range(4):
+        vm = ProducerVm("blue", f"10.1.1.{n}", HostId("p1" if n < 2 else "p2"), "echo")
+        await store.put(keys.key_of(vm), keys.encode(vm))
+    replica = Replica(store)
+    task = asyncio.create_task(replica.run())
+    await replica.synced.wait()
+    yield store, replica, LeasingAgent(store, replica, rng=random.Random(1))
+    task.cancel()
+    await store.close()
+
+
+def consumer(n: int, host: str = "c1") -> ConsumerRef:
+    return ConsumerRef("blue", f"10.1.0.{n}", HostId(host))
+
+
+async def test_a_grant_claims_min_pool_vms_in_one_transaction(setup) -> None:
+    store, replica, agent = setup
+    before = store.requests
+    view = await agent.request_lease(consumer(1), "echo")
+    assert len(view.members) == 2 and len({m.fencing_token for m in view.members}) == 1
+    assert store.requests - before == 2  # one lease grant, one transaction
+    assert len(replica.state.claims) == 2
+
+
+async def test_asking_again_returns_the_same_lease_and_another_host_cannot_take_it(setup) -> None:
+    _, _, agent = setup
+    first = await agent.request_lease(consumer(1), "echo")
+    assert (await agent.request_lease(consumer(1), "echo")).pool.lease_id == first.pool.lease_id
+    with pytest.raises(ClaimConflict):
+        await agent.request_lease(consumer(1, host="c2"), "echo")
+
+
+async def test_no_capacity_is_resource_exhausted_naming_the_service_and_the_shortfall(setup) -> None:
+    _, replica, agent = setup
+    await agent.request_lease(consumer(1), "echo")
+    await agent.request_lease(consumer(2), "echo")
+    with pytest.raises(PoolExhausted, match=r"service 'echo' has 0 free producer VM\(s\) but 2 are needed .*short by 2"):
+        await agent.request_lease(consumer(3), "echo")
+    assert len(replica.state.pools) == 2  # the failed attempt left nothing behind
+
+
+async def test_racing_grants_never_claim_a_vm_twice(setup) -> None:
+    _, replica, agent = setup
+    results = await asyncio.gather(*(agent.request_lease(consumer(n), "echo") for n in range(1, 6)),
+                                   return_exceptions=True)
+    granted = [r for r in results if not isinstance(r, BaseException)]
+    assert len(granted) == 2 and all(isinstance(r, PoolExhausted) for r in results if r not in granted)
+    members = [m.vm.vm_id for view in granted for m in view.members]
+    assert len(members) == len(set(members)) == 4
+
+
+async def test_a_pool_grows_to_max_pool_and_no_further(setup) -> None:
+    _, _, agent = setup
+    view = await agent.request_lease(consumer(1), "echo")
+    grown = await agent.grow_lease(view.pool.lease_id)
+    assert len(grown.members) == 3
+    with pytest.raises(PoolExhausted, match="max_pool is 3"):
+        await agent.grow_lease(view.pool.lease_id)
+
+
+async def test_a_released_lease_frees_its_vms_and_cannot_be_renewed(setup) -> None:
+    _, replica, agent = setup
+    view = await agent.request_lease(consumer(1), "echo")
+    assert await agent.renew_lease(view.pool.lease_id) == 5
+    await agent.release_lease(view.pool.lease_id)
+    await asyncio.sleep(0)
+    assert replica.state.claims == {}
+    with pytest.raises(LeaseExpired):
+        await agent.renew_lease(view.pool.lease_id)
+
+
+async def test_leases_are_refused_for_unknown_services_and_other_networks(setup) -> None:
+    _, _, agent = setup
+    with pytest.raises(NotFound, match="'nope'"):
+        await agent.request_lease(consumer(1), "nope")
+    with pytest.raises(PermissionDenied, match="network 'red'"):
+        await agent.request_lease(ConsumerRef("red", "10.2.0.1", HostId("c1")), "echo")
+
+
+async def test_claims_on_a_vanished_vm_are_collected(setup) -> None:
+    store, replica, agent = setup
+    collector = ClaimCollector(store, replica)
+    task = asyncio.create_task(collector.run())
+    view = await agent.request_lease(consumer(1), "echo")
+    victim = view.members[0].vm
+    await store.delete(keys.key_of(victim))
+    for _ in range(100):
+        if victim.vm_id not in replica.state.claims:
+            break
+        await asyncio.sleep(0.01)
+    assert victim.vm_id not in replica.state.claims
+    assert len(replica.state.members_by_lease[view.pool.lease_id]) == 1
+    task.cancel()
+
+
+def test_placement_prefers_lightly_loaded_hosts_and_never_repeats_a_vm() -> None:
+    vms = [ProducerVm("blue", f"10.1.1.{n}", HostId("busy" if n < 5 else "idle"), "echo") for n in range(10)]
+    rng = random.Random(7)
+    picks = [choose_vms(vms, {HostId("busy"): 0.9, HostId("idle"): 0.0}, 3, rng) for _ in range(200)]
+    assert all(len({vm.vm_id for vm in p}) == 3 for p in picks)
+    idle_share = sum(vm.host_id == "idle" for p in picks for vm in p) / (3 * 200)
+    assert idle_share > 0.7
