@@ -8,20 +8,15 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 from consumer_host.datapath import Attachment
+from registry.config import read_toml
 from registry.model import VmId, parse_ipv4
 
 
 def load_attachments(path: str | Path) -> dict[VmId, Attachment]:
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except OSError as exc:
-        raise ValueError(f"cannot read consumer host config {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"consumer host config {path} is not valid TOML: {exc}") from None
+    data = read_toml(path, "consumer host config")
     attachments: dict[VmId, Attachment] = {}
     for i, vm in enumerate(data.get("vms", [])):
         try:

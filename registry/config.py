@@ -57,11 +57,15 @@ def parse_cluster_config(data: dict[str, Any], source: str = "cluster config") -
     return ClusterConfig(networks, services)
 
 
-def load_cluster_config(path: str | Path) -> ClusterConfig:
+def read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """A TOML file as a dict, or a ValueError with one sentence naming the file and the problem."""
     try:
-        data = tomllib.loads(Path(path).read_text())
+        return tomllib.loads(Path(path).read_text())
     except OSError as exc:
-        raise ValueError(f"cannot read cluster config {path}: {exc.strerror}") from None
+        raise ValueError(f"cannot read {what} {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"cluster config {path} is not valid TOML: {exc}") from None
-    return parse_cluster_config(data, str(path))
+        raise ValueError(f"{what} {path} is not valid TOML: {exc}") from None
+
+
+def load_cluster_config(path: str | Path) -> ClusterConfig:
+    return parse_cluster_config(read_toml(path, "cluster config"), str(path))
