@@ -216,6 +216,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
             print(f"[demo] {text}", flush=True)
 
     cluster = LocalCluster(workdir, etcd_endpoints=endpoints)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cleans up like Ctrl-C
     try:
         summary = asyncio.run(run(cluster, args.requests, say))
     finally:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import grpc
 import pytest
@@ -14,7 +17,7 @@ from leasenet import rpc
 from leasenet.history import overlapping_executions, read_executions
 from leasenet.v1 import registry_pb2 as rpb
 from leasenet.v1 import registry_pb2_grpc as rpb_grpc
-from tests.integration.helpers import TARGET, history, leases, send, send_status, start
+from tests.integration.helpers import history, leases, send, send_status, start
 
 pytestmark = pytest.mark.integration
 
@@ -184,4 +187,23 @@ def test_demo_json_keeps_its_promises(tmp_path):
     assert summary["failover_s"] is not None
 
 
-_ = TARGET
+def test_demo_stops_every_process_it_started_on_ctrl_c(tmp_path):
+    demo = subprocess.Popen([sys.executable, "-m", "leasenet", "demo", "--requests", "1000000", "--workdir",
+                             str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    consumer_ready = tmp_path / "consumer1.ready"
+    deadline = time.monotonic() + 60
+    while not consumer_ready.exists() and time.monotonic() < deadline and demo.poll() is None:
+        time.sleep(0.05)
+    assert consumer_ready.exists(), demo.stdout.read() if demo.stdout else ""
+    pids = [json.loads(p.read_text())["pid"] for p in tmp_path.glob("*.ready")]
+    demo.send_signal(signal.SIGINT)
+    assert demo.wait(30) == 130
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    assert len(pids) == 5 and not [pid for pid in pids if alive(pid)]  # 2 registries, 2 producers, 1 consumer
