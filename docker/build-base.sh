@@ -20,7 +20,7 @@ mkdir -p "$CACHE"
 
 need_build() { ((FORCE)) || ! docker image inspect "$1" >/dev/null 2>&1; }
 
-# Use the same Debian mirror as the host's apt (the only one reachable offline-ish).
+# Use the same Debian mirror as the host's apt: that one is known to be reachable here.
 debian_mirror() {
   if [[ -n "${LEASENET_DEBIAN_MIRROR:-}" ]]; then echo "$LEASENET_DEBIAN_MIRROR"; return; fi
   local m

@@ -7,7 +7,9 @@
 # (overlay2 storage driver, iptables on), answering `docker info` ~2 s after start.
 # The fallbacks (vfs storage, then no iptables) are for hosts where overlay mounts or
 # netfilter are not allowed; compose networking and 127.0.0.1 port publishing still
-# work there because docker falls back to its userland proxy.
+# work there (same-bridge traffic and docker's userland proxy need neither). Without
+# iptables, `internal: true` networks are not enforced, so forwarding is off as well.
+# (The vfs fallback was exercised here with a dockerd stand-in that refuses overlay2.)
 set -euo pipefail
 
 LOG=${LEASENET_DOCKERD_LOG:-/var/log/leasenet-dockerd.log}
@@ -51,5 +53,5 @@ if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
 fi
 try_dockerd ||
   try_dockerd --storage-driver=vfs ||
-  try_dockerd --storage-driver=vfs --iptables=false --ip-masq=false ||
+  try_dockerd --storage-driver=vfs --iptables=false --ip-masq=false --ip-forward=false ||
   { echo "install-docker: could not start dockerd, see $LOG" >&2; exit 1; }

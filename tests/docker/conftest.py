@@ -132,9 +132,21 @@ class ComposeProject:
     def up(self, *services: str, wait: bool = True, timeout: float = 180) -> None:
         """`up -d` the services (all if none), then wait until those with a healthcheck
         are healthy and the others running (or exited 0)."""
+        self.require_images(*services)
         self.compose("up", "-d", *services, timeout=timeout)
         if wait:
             self.wait_healthy(*services, timeout=timeout)
+
+    def require_images(self, *services: str) -> None:
+        # A missing image makes docker try to pull it from a registry: fail here instead.
+        wanted = set()
+        if not services or any(s.startswith("etcd") for s in services):
+            wanted.add(self.env["LEASENET_ETCD_IMAGE"])
+        if not services or any(not s.startswith("etcd") for s in services):
+            wanted.add(self.env.get("LEASENET_IMAGE", LEASENET_IMAGE))
+        missing = [i for i in sorted(wanted) if docker("image", "inspect", i, check=False).returncode]
+        if missing:
+            raise RuntimeError(f"images {missing} not built (docker/build-images.sh); not pulling")
 
     def down(self, stop_timeout: int = 1) -> None:
         # Everything is thrown away, so no long grace period: an etcd member left last
