@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import socket
 from collections.abc import AsyncIterator, Iterator, Sequence
 
 import grpc
@@ -38,6 +40,20 @@ def parse_endpoints(text: str) -> list[str]:
     return endpoints
 
 
+def _resolve(endpoint: str) -> str:
+    """host:port with the host as an IPv4 literal (docker service names become container IPs)."""
+    host, _, port = endpoint.rpartition(":")
+    try:
+        ipaddress.IPv4Address(host)
+        return endpoint
+    except ValueError:
+        pass
+    try:
+        return f"{socket.getaddrinfo(host, int(port), socket.AF_INET)[0][4][0]}:{port}"
+    except OSError as exc:
+        raise StoreUnavailable(f"cannot resolve etcd endpoint {endpoint}: {exc}") from None
+
+
 @contextlib.contextmanager
 def _unavailable_on_failure(operation: str) -> Iterator[None]:
     """Map the client's failures to the project's StoreUnavailable, with a sentence."""
@@ -58,7 +74,8 @@ class EtcdStore:
         self.endpoints = list(endpoints)
         self.timeout_s = timeout_s
         self.requests = 0
-        self._client = Etcd3Client(self.endpoints, rpc_max_attempts=2,
+        # etcd3aio dials `ipv4:a,b,c` (round robin over all members), which takes IP literals only
+        self._client = Etcd3Client([_resolve(e) for e in self.endpoints], rpc_max_attempts=2,
                                    watch_reconnect_backoff_seconds=0.1, watch_max_reconnect_backoff_seconds=1.0)
         self._connected = False
 
