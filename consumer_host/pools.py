@@ -15,7 +15,7 @@ from consumer_host.datapath import Admitted, Grow, Member, Pool, Use, members_fr
 from consumer_host.registry_client import RegistryClient
 from leasenet.v1 import registry_pb2 as pb
 from registry import keys
-from registry.errors import LeaseExpired, LeasenetError, PoolExhausted
+from registry.errors import LeaseExpired, LeasenetError, PoolExhausted, StoreUnavailable
 from registry.model import Claim, Host, LeaseId, Pool as PoolRecord, ProducerVm, Record, VmId, lease_hex, parse_lease_hex
 from registry.replica import Replica
 
@@ -47,7 +47,9 @@ class PoolManager:
         self._grow_blocked_until: dict[PoolKey, float] = {}
         self._next_renew: dict[PoolKey, float] = {}
         self._background: set[asyncio.Task[None]] = set()
-        self._forgotten: dict[LeaseId, set[VmId]] = {}  # members we gave up on: a late answer must not revive them
+        # claims we gave up on (VM -> fencing token): a late answer must not revive them, but the same
+        # VM claimed again later (a new token, e.g. after its host came back) is a member like any other
+        self._forgotten: dict[LeaseId, dict[VmId, int]] = {}
         self._avoid_hosts: dict[str, float] = {}  # producer host address -> until
         replica.subscribe(self._on_change)
 
@@ -57,7 +59,7 @@ class PoolManager:
         the deadline."""
         key = (admitted.attachment.vm_id, admitted.service.name)
         while True:
-            pool = self.pools.get(key) or await self._lease(key, admitted)
+            pool = self.pools.get(key) or await self._lease(key, admitted, deadline)
             now = self.clock()
             decision = pool.decide()
             if isinstance(decision, Use):
@@ -85,12 +87,17 @@ class PoolManager:
         self._notify((pool.consumer, pool.service.name))
 
     # --- leasing -------------------------------------------------------------------------------
-    async def _lease(self, key: PoolKey, admitted: Admitted) -> Pool:
+    async def _lease(self, key: PoolKey, admitted: Admitted, deadline: float) -> Pool:
         task = self._leasing.get(key)
         if task is None:  # one lease request per pool, however many requests wait for it
             task = self._leasing[key] = asyncio.get_running_loop().create_task(self._request_lease(key, admitted))
             task.add_done_callback(lambda _: self._leasing.pop(key, None))
-        return await asyncio.shield(task)
+        try:
+            async with asyncio.timeout(max(0.0, deadline - self.clock())):
+                return await asyncio.shield(task)
+        except TimeoutError:  # a hung agent or etcd: answer within the deadline; the lease request goes on
+            raise StoreUnavailable(f"no leasing agent granted consumer VM {key[0]} a lease of service {key[1]!r} "
+                                   f"within the request's deadline") from None
 
     async def _request_lease(self, key: PoolKey, admitted: Admitted) -> Pool:
         a = admitted.attachment
@@ -124,8 +131,8 @@ class PoolManager:
                     return
             lease = await self.registry.grow_lease(lease_hex(pool.lease_id), 1, pool.revision,
                                                    self._hosts_to_avoid())
-            forgotten = self._forgotten.get(pool.lease_id, set())
-            pool.members.update({vm: m for vm, m in _members(lease).items() if vm not in forgotten})
+            forgotten = self._forgotten.get(pool.lease_id, {})
+            pool.members.update({vm: m for vm, m in _members(lease).items() if m.fencing_token > forgotten.get(vm, 0)})
             pool.revision = max(pool.revision, max((m.fencing_token for m in lease.members), default=0))
         except LeaseExpired:
             self._drop(key)
@@ -139,16 +146,31 @@ class PoolManager:
     # --- following the replica -----------------------------------------------------------------
     def _on_change(self, key: str, old: Record | None, new: Record | None, revision: int) -> None:
         if isinstance(old, Claim) and old.lease_id in self._by_lease and (new is None or new.lease_id != old.lease_id):
-            self._forget_members(self._by_lease[old.lease_id], [old.vm])
+            self._forget_members(self._by_lease[old.lease_id], [old.vm], tokens={old.vm: old.revision})
         elif isinstance(old, PoolRecord) and new is None and old.lease_id in self._by_lease:
             log.info("lease %s ended (released or expired)", lease_hex(old.lease_id))
             self._drop(self._by_lease[old.lease_id])
+        elif isinstance(new, Claim) and new.lease_id in self._by_lease:
+            self._adopt(self._by_lease[new.lease_id], new)
         elif isinstance(new, Host) and (old is None or old.revision != new.revision):
             self._avoid_hosts.pop(new.address, None)  # the host (re)registered: worth trying again
         elif isinstance(old, ProducerVm) and (new is None or new.revision != old.revision):
             for pool_key, pool in list(self.pools.items()):
                 if old.vm_id in pool.members:
                     self._forget_members(pool_key, [old.vm_id])
+
+    def _adopt(self, key: PoolKey, claim: Claim) -> None:
+        """A claim of one of our leases that no agent told us of (a grow whose answer was lost when
+        its agent failed): the replica shows it, so the pool uses it instead of leaking it."""
+        pool, state = self.pools.get(key), self.replica.state
+        vm, host_address = state.vms.get(claim.vm), state.host_address(claim.vm)
+        if (pool is None or vm is None or host_address is None or claim.vm in pool.members
+                or not state.claim_is_current(claim)
+                or claim.revision <= self._forgotten.get(pool.lease_id, {}).get(claim.vm, 0)):
+            return
+        pool.members[claim.vm] = Member(claim.vm, vm.address, host_address, claim.revision)
+        pool.revision = max(pool.revision, claim.revision)
+        self._notify(key)
 
     def host_broken(self, address: str) -> None:
         """The tunnel to a producer host broke: give its VMs back now instead of waiting for its
@@ -165,14 +187,17 @@ class PoolManager:
         except LeasenetError as exc:  # the registry's claim collector cleans up when the host's lease lapses
             log.info("could not give back %s: %s", vms, exc.message)
 
-    def _forget_members(self, key: PoolKey, vms: list[VmId], give_back: bool = False) -> None:
+    def _forget_members(self, key: PoolKey, vms: list[VmId], give_back: bool = False,
+                        tokens: dict[VmId, int] | None = None) -> None:
         pool = self.pools.get(key)
         if pool is None:
             return
+        forgotten = self._forgotten.setdefault(pool.lease_id, {})
         for vm in vms:
-            pool.members.pop(vm, None)
+            member = pool.members.pop(vm, None)
             pool.busy.discard(vm)
-        self._forgotten.setdefault(pool.lease_id, set()).update(vms)
+            token = member.fencing_token if member is not None else (tokens or {}).get(vm, 0)
+            forgotten[vm] = max(forgotten.get(vm, 0), token)
         pool.avoid.clear()
         if give_back:
             self._spawn(self._grow(key, pool, give_back=vms))
@@ -204,7 +229,9 @@ class PoolManager:
 
     async def _renew(self, key: PoolKey, pool: Pool) -> None:
         try:
-            await self.registry.renew_lease(lease_hex(pool.lease_id))
+            # a hung agent is given up on within a renewal period, so the next agent renews in time
+            ttl = pool.service.policy.lease_ttl_s
+            await self.registry.renew_lease(lease_hex(pool.lease_id), timeout_s=min(3.0, max(0.5, ttl / 3)))
         except LeaseExpired:
             log.warning("lease %s of %s expired; the next request leases anew", lease_hex(pool.lease_id),
                         pool.consumer)
@@ -227,6 +254,23 @@ class PoolManager:
             self._drop(k)
         await asyncio.gather(*(self._release(p) for p in pools))
         return len(pools)
+
+    async def release_leftovers(self, settle_s: float = 2.0) -> int:
+        """Leases held under this host id by a previous life of the host (killed, restarted within
+        the TTL). This process knows nothing of them: adopting them would keep a dead host's leases
+        alive, so they are given back at start and their VMs are free at once (SPEC §6)."""
+        stale = [p.lease_id for p in self.replica.state.pools.values() if p.consumer_host == self.host_id]
+        for lease_id in stale:
+            try:
+                await self.registry.release_lease(lease_hex(lease_id))
+                log.info("released lease %s left by a previous run of this host", lease_hex(lease_id))
+            except LeasenetError as exc:  # their TTL ends them anyway
+                log.warning("could not release leftover lease %s: %s", lease_hex(lease_id), exc.message)
+        # a first request must not find them again: wait (bounded) until the replica shows them gone
+        deadline = self.clock() + settle_s
+        while any(i in self.replica.state.pools_by_lease for i in stale) and self.clock() < deadline:
+            await asyncio.sleep(0.02)
+        return len(stale)
 
     # --- plumbing -------------------------------------------------------------------------------
     def _waiters(self, key: PoolKey) -> bool:

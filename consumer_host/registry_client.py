@@ -31,24 +31,26 @@ class RegistryClient:
         self._current = 0
         self.calls = 0
 
-    def _stub(self) -> pb_grpc.LeasingStub:
+    def _stub(self, index: int | None = None) -> pb_grpc.LeasingStub:
         if not self._stubs:  # channels are created inside the running loop, on first use
             self._channels = [rpc.channel(a) for a in self.addresses]
             self._stubs = [pb_grpc.LeasingStub(c) for c in self._channels]
-        return self._stubs[self._current]
+        return self._stubs[self._current if index is None else index]
 
-    async def _call(self, method: str, request: Any) -> Any:
+    async def _call(self, method: str, request: Any, timeout_s: float = CALL_TIMEOUT_S) -> Any:
         retrying = AsyncRetrying(stop=stop_after_attempt(2 * len(self.addresses)),
                                  wait=wait_random_exponential(multiplier=0.05, max=0.5),
                                  retry=retry_if_exception(_is_unavailable), reraise=True)
         async for attempt in retrying:
             with attempt:
                 self.calls += 1
+                index = self._current
                 try:
-                    return await getattr(self._stub(), method)(request, timeout=CALL_TIMEOUT_S)
+                    return await getattr(self._stub(index), method)(request, timeout=timeout_s)
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                        self._current = (self._current + 1) % len(self.addresses)  # fail over
+                        if self._current == index:  # fail over once: calls failing together must not flip back
+                            self._current = (index + 1) % len(self.addresses)
                         raise StoreUnavailable(f"no leasing agent answered ({exc.details() or exc.code().name})")
                     raise error_for_status(exc.code(), exc.details() or exc.code().name) from None
 
@@ -65,8 +67,9 @@ class RegistryClient:
     async def shrink_lease(self, lease_id: str, vm_ids: list[str]) -> pb.Lease:
         return await self._call("ShrinkLease", pb.ShrinkLeaseRequest(lease_id=lease_id, vm_ids=vm_ids))
 
-    async def renew_lease(self, lease_id: str) -> int:
-        return int((await self._call("RenewLease", pb.LeaseRef(lease_id=lease_id))).ttl_s)
+    async def renew_lease(self, lease_id: str, timeout_s: float = CALL_TIMEOUT_S) -> int:
+        """`timeout_s`: per attempt; a renewal must fail over from a hung agent before the TTL runs out."""
+        return int((await self._call("RenewLease", pb.LeaseRef(lease_id=lease_id), timeout_s)).ttl_s)
 
     async def release_lease(self, lease_id: str) -> None:
         await self._call("ReleaseLease", pb.LeaseRef(lease_id=lease_id))

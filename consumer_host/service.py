@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
 import grpc.aio
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random
+from google.protobuf.message import DecodeError
 
 from consumer_host.datapath import Attachment, Refusal, admit, answer_source, route
 from consumer_host.pools import PoolManager
@@ -72,15 +73,17 @@ class RequestPath:
         admitted = admit(self.config.attachments, self.replica.state, req.network, req.src, req.token, req.target)
         if isinstance(admitted, Refusal):
             raise error_for_status(admitted.code, admitted.message)
-        retrying = AsyncRetrying(stop=stop_after_attempt(self.config.max_attempts), wait=wait_random(0, 0.01),
-                                 retry=retry_if_exception_type(_Retry), reraise=True)
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    answer = await self._attempt(admitted, req, deadline)
-        except _Retry as exc:
-            raise ProducerUnavailable(f"request {req.request_id} was not delivered after "
-                                      f"{self.config.max_attempts} attempts: {exc}") from None
+        # a plain loop, not tenacity: its per-call set-up was half of this method's CPU (bench/PROFILE.md)
+        attempts = max(1, self.config.max_attempts)
+        for attempt in range(1, attempts + 1):
+            try:
+                answer = await self._attempt(admitted, req, deadline)
+                break
+            except _Retry as exc:
+                if attempt >= attempts:
+                    raise ProducerUnavailable(f"request {req.request_id} was not delivered after "
+                                              f"{self.config.max_attempts} attempts: {exc}") from None
+                await asyncio.sleep(random.uniform(0, 0.01))  # a short jittered pause, then another VM
         vip, port = answer_source(admitted.service)
         return pb.SendResponse(src=vip, src_port=port, dst=req.src, payload=answer.payload, request_id=req.request_id)
 
@@ -172,18 +175,25 @@ class ConsumerHostServicer(pb_grpc.ConsumerHostServicer):
             out.put_nowait(resp)
 
         async def read() -> None:
-            async for req in request_iterator:
-                task = asyncio.get_running_loop().create_task(one(req))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            while tasks:
-                await asyncio.gather(*list(tasks), return_exceptions=True)
-            out.put_nowait(None)
+            try:
+                async for req in request_iterator:
+                    task = asyncio.get_running_loop().create_task(one(req))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+            finally:  # also when a message cannot be parsed: answer what was taken, then end the stream
+                while tasks:
+                    await asyncio.gather(*list(tasks), return_exceptions=True)
+                out.put_nowait(None)
 
         reader = asyncio.get_running_loop().create_task(read())
         try:
             while (resp := await out.get()) is not None:
                 yield resp
+            error = reader.exception() if reader.done() and not reader.cancelled() else None
+            if isinstance(error, DecodeError):  # an unparseable request: say so, not a silent end
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"a request could not be parsed: {error}")
+            if error is not None:
+                raise error
         finally:
             reader.cancel()
             for task in tasks:
@@ -202,6 +212,7 @@ async def serve(config: ConsumerConfig, store: Store, stop: asyncio.Event,
     async with asyncio.TaskGroup() as tasks:
         background = [tasks.create_task(replica.run(), name="replica")]
         await replica.synced.wait()
+        await pools.release_leftovers()  # a restart after SIGKILL must not adopt the dead run's leases
         bound = await server.start(serving=False)
         path.address = config.advertise or bound
         liveness = Liveness(store, config.host_id,

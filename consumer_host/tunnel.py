@@ -21,6 +21,16 @@ from leasenet.v1 import tunnel_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 1.0
+# Batching where the stream is busy: a stream message costs about as much CPU as a dozen frames
+# inside one, and frames reach the writer one at a time even under load. So when frames arrive
+# fast and enough of them await answers, the writer lingers long enough to gather about
+# BATCH_FRAMES (at most LINGER_S) and sends them as one message; a quiet or slow stream sends at
+# once, so low load sees no added latency. See bench/PROFILE.md for the measurements.
+BUSY_FRAMES = 4
+BATCH_FRAMES = 16
+LINGER_S = 0.005
+# one stream message stays far below rpc.MAX_MESSAGE_BYTES (4 MiB) although a payload may be 1 MiB
+MAX_BATCH_BYTES = 1024 * 1024
 
 
 class NotDelivered(Exception):
@@ -39,6 +49,9 @@ class TunnelClient:
         self._sent: dict[int, asyncio.Future[pb.Frame]] = {}
         self._ids = itertools.count(1)
         self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._gap = 1.0  # moving average of the time between two frames, in seconds
+        self._last_at = self._loop.time()
         self.broken: str | None = None
         self.frames_sent = 0
         self.batches_sent = 0
@@ -47,10 +60,13 @@ class TunnelClient:
     async def exchange(self, frame: pb.Frame) -> pb.Frame:
         if self.broken is not None:
             raise NotDelivered(self.broken)
-        future: asyncio.Future[pb.Frame] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[pb.Frame] = self._loop.create_future()
         frame.id = next(self._ids)
         self._outbox.append((frame, future))
         self._wake.set()
+        now = self._loop.time()
+        self._gap += (now - self._last_at - self._gap) * 0.1
+        self._last_at = now
         try:
             return await future
         except asyncio.CancelledError:
@@ -94,15 +110,23 @@ class TunnelClient:
         while not reader.done():
             await self._wake.wait()
             self._wake.clear()
+            if len(self._sent) >= BUSY_FRAMES and self._gap < LINGER_S / 2:
+                await asyncio.sleep(min(LINGER_S, self._gap * BATCH_FRAMES))
+                if reader.done():
+                    break  # the stream ended meanwhile: what is queued was never sent (NotDelivered)
             batch, self._outbox = self._outbox, []
             live = [(f, fut) for f, fut in batch if not fut.done()]
-            if not live:
-                continue
-            for frame, future in live:
-                self._sent[frame.id] = future
-            await call.write(pb.FrameBatch(frames=[f for f, _ in live]))
-            self.frames_sent += len(live)
-            self.batches_sent += 1
+            while live:
+                chunk, live = _take(live)
+                for frame, future in chunk:
+                    self._sent[frame.id] = future
+                try:
+                    await call.write(pb.FrameBatch(frames=[f for f, _ in chunk]))
+                except BaseException:
+                    self._outbox[:0] = live  # never written: they fail as NotDelivered
+                    raise
+                self.frames_sent += len(chunk)
+                self.batches_sent += 1
         reader.result()  # surface why the reader ended
 
     async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
@@ -127,6 +151,19 @@ class TunnelClient:
         self._outbox, self._sent = [], {}
         log.warning("%s%s", reason, " (failing its requests)" if had_traffic else "")
         self._on_broken(self.address)
+
+
+def _take(frames: list[tuple[pb.Frame, asyncio.Future[pb.Frame]]],
+          ) -> tuple[list[tuple[pb.Frame, asyncio.Future[pb.Frame]]], list[tuple[pb.Frame, asyncio.Future[pb.Frame]]]]:
+    """The first frames that fit in one stream message (at least one), and the rest."""
+    if len(frames) == 1:
+        return frames, []
+    size = 0
+    for i, (frame, _) in enumerate(frames):
+        size += len(frame.payload) + 256
+        if size > MAX_BATCH_BYTES and i > 0:
+            return frames[:i], frames[i:]
+    return frames, []
 
 
 class Tunnels:

@@ -74,9 +74,12 @@ def wait_healthy(endpoint: str, timeout_s: float = 20.0, process: subprocess.Pop
 class EtcdCluster:
     """One or more etcd members on loopback, each its own process."""
 
-    def __init__(self, workdir: Path, size: int = 1, host: str = "127.0.0.1") -> None:
-        self.members = [EtcdMember(f"etcd{i}", host, free_port(host), free_port(host), workdir / f"etcd{i}")
-                        for i in range(size)]
+    def __init__(self, workdir: Path, size: int = 1, host: str = "127.0.0.1",
+                 hosts: list[str] | None = None) -> None:
+        # `hosts`: one loopback address per member (chaos tests give each process its own)
+        member_hosts = hosts or [host] * size
+        self.members = [EtcdMember(f"etcd{i}", h, free_port(h), free_port(h), workdir / f"etcd{i}")
+                        for i, h in zip(range(size), member_hosts)]
         self.initial_cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
         self.logs: list[Path] = [workdir / f"etcd{i}.log" for i in range(size)]
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import grpc.aio
+from google.protobuf.message import DecodeError
 
 from leasenet.rpc import Server
 from leasenet.v1 import tunnel_pb2 as pb
@@ -27,6 +28,8 @@ from registry.store import Store
 log = logging.getLogger(__name__)
 
 EARLY_CLAIM_WAIT_S = 1.0  # a frame may outrun the claim's arrival in our replica
+# one stream message stays far below rpc.MAX_MESSAGE_BYTES (4 MiB) although a payload may be 1 MiB
+MAX_BATCH_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +90,21 @@ class TunnelServicer(pb_grpc.TunnelServicer):
             while True:
                 first = await out.get()
                 if first is None:
+                    await _end_of_stream(reader, context)
                     return
-                frames = [first]
-                while not out.empty() and (f := out.get_nowait()) is not None:
+                # every answer that is ready goes in one stream message, up to MAX_BATCH_BYTES
+                frames, size, ended = [first], len(first.payload), False
+                while size < MAX_BATCH_BYTES and not out.empty():
+                    f = out.get_nowait()
+                    if f is None:
+                        ended = True
+                        break
                     frames.append(f)
+                    size += len(f.payload) + 256
                 yield pb.FrameBatch(frames=frames)
+                if ended:
+                    await _end_of_stream(reader, context)
+                    return
         finally:
             reader.cancel()
 
@@ -124,6 +137,15 @@ class TunnelServicer(pb_grpc.TunnelServicer):
         inner = frame.inner
         actor.tell(Envelope(frame.payload, inner.request_id, f"{inner.network}/{inner.src}",
                             frame.outer.fencing_token, inner.deadline_ms, reply))
+
+
+async def _end_of_stream(reader: asyncio.Task[None], context: grpc.aio.ServicerContext) -> None:
+    """The stream ends; if a message on it could not be parsed, the caller hears so (not a silent OK)."""
+    error = reader.exception() if reader.done() and not reader.cancelled() else None
+    if isinstance(error, DecodeError):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"a frame batch could not be parsed: {error}")
+    if error is not None:
+        raise error
 
 
 def _addressing(frame: pb.Frame) -> Addressing:

@@ -218,6 +218,10 @@ class ClaimCollector:
             claim = await self._pending.get()
             if self.replica.state.claims.get(claim.vm) != claim:
                 continue  # already gone (another registry replica, or the lease ended)
+            if self.replica.state.claim_is_current(claim):
+                # its VM is there after all: a snapshot load applies claims/ keys before vms/ ones,
+                # so every claim looked orphaned for a moment when a registry started
+                continue
             key = keys.claim_key(claim.vm)
             try:
                 if (await self.store.delete(key, require=[Require(key, claim.revision)])).succeeded:

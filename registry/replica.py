@@ -74,7 +74,9 @@ class Replica:
                 continue  # already in the snapshot (or seen before a resume)
             record = None if ev.value is None else keys.decode(ev.key, ev.value, ev.create_revision)
             self._set(ev.key, record, ev.mod_revision)
-        self._advance(max(batch.revision, max((e.mod_revision for e in batch.events), default=0)))
+        # An event batch is complete only up to its last event (during a catch-up etcd puts its own
+        # current revision in the header while more events follow); an empty batch is a progress mark.
+        self._advance(max(e.mod_revision for e in batch.events) if batch.events else batch.revision)
         async with self._advanced:
             self._advanced.notify_all()
 

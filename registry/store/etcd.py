@@ -77,6 +77,9 @@ class EtcdStore:
         # etcd3aio dials `ipv4:a,b,c` (round robin over all members), which takes IP literals only
         self._client = Etcd3Client([_resolve(e) for e in self.endpoints], rpc_max_attempts=2,
                                    watch_reconnect_backoff_seconds=0.1, watch_max_reconnect_backoff_seconds=1.0)
+        # reconnect within a second once etcd is back (gRPC's default backoff grows to minutes)
+        self._client._manager.grpc_options += [("grpc.initial_reconnect_backoff_ms", 100),
+                                               ("grpc.max_reconnect_backoff_ms", 1_000)]
         self._connected = False
 
     async def connect(self) -> EtcdStore:
@@ -168,12 +171,21 @@ class EtcdStore:
     async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchBatch]:
         self.requests += 1
         assert self._client.watch is not None
+        streams = 0
         async for resp in self._client.watch.watch(prefix, range_end=prefix_range_end(prefix),
                                                    start_revision=start_revision, progress_notify=True):
             if resp.compact_revision > 0:
                 raise Compacted(resp.compact_revision)
             if resp.canceled:
                 raise StoreUnavailable(f"etcd cancelled the watch on {prefix}: {resp.cancel_reason}")
+            if resp.created:
+                # Its header is the store's revision, not a watch position: the catch-up events below
+                # it are still to come. A second one means etcd3aio re-created the stream after a
+                # break, from a position of its own that may skip events: the caller resumes instead.
+                streams += 1
+                if streams > 1:
+                    raise StoreUnavailable(f"the watch on {prefix} broke and must resume from the caller's revision")
+                continue
             yield WatchBatch(resp.header.revision,
                              [WatchEvent(key=ev.kv.key.decode(), value=None if ev.type == _DELETE else ev.kv.value,
                                          create_revision=ev.kv.create_revision, mod_revision=ev.kv.mod_revision)
