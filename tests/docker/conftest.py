@@ -5,6 +5,7 @@ Fixtures:
   base_images       session: leasenet-base:bookworm and leasenet-etcd:3.5 (docker/build-base.sh)
   leasenet_image    session: leasenet:latest from the repo's wheelhouse (docker/build-images.sh)
   compose_project   factory: ComposeProject objects with unique names, always `down -v`'d
+FIGURES: text blocks appended by tests, printed in the terminal summary (also under -q).
 
 Containers are found by compose labels, never by name: docker-compose v1 names them
 `proj_svc_1`, `docker compose` v2 `proj-svc-1`. Set LEASENET_COMPOSE="docker compose" to
@@ -36,6 +37,18 @@ ETCD_ENDPOINTS = "etcd1:2379,etcd2:2379,etcd3:2379"
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "docker: runs containers; needs root or a docker engine")
+
+
+# Text blocks tests want shown after the run (the deployment test's faults and checker figures),
+# printed in the terminal summary even under -q and when the output is captured.
+FIGURES: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if FIGURES:
+        terminalreporter.section("docker deployment figures")
+        for block in FIGURES:
+            terminalreporter.write_line(block)
 
 
 def pytest_collection_modifyitems(config, items):
