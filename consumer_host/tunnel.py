@@ -23,11 +23,13 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 1.0
 # Batching where the stream is busy: a stream message costs about as much CPU as a dozen frames
 # inside one, and frames reach the writer one at a time even under load. So when frames arrive
-# fast and enough of them await answers, the writer lingers long enough to gather about
-# BATCH_FRAMES (at most LINGER_S) and sends them as one message; a quiet or slow stream sends at
-# once, so low load sees no added latency. See bench/PROFILE.md for the measurements.
+# fast enough that at least MIN_BATCH come within LINGER_S, and BUSY_FRAMES await answers, the
+# writer lingers long enough to gather about BATCH_FRAMES (at most LINGER_S) and sends them as
+# one message; a quiet or slow stream sends at once, so low load sees no added latency.
+# See bench/PROFILE.md for the measurements behind these numbers.
 BUSY_FRAMES = 4
-BATCH_FRAMES = 16
+MIN_BATCH = 8
+BATCH_FRAMES = 32
 LINGER_S = 0.005
 # one stream message stays far below rpc.MAX_MESSAGE_BYTES (4 MiB) although a payload may be 1 MiB
 MAX_BATCH_BYTES = 1024 * 1024
@@ -110,7 +112,7 @@ class TunnelClient:
         while not reader.done():
             await self._wake.wait()
             self._wake.clear()
-            if len(self._sent) >= BUSY_FRAMES and self._gap < LINGER_S / 2:
+            if len(self._sent) >= BUSY_FRAMES and self._gap * MIN_BATCH < LINGER_S:
                 await asyncio.sleep(min(LINGER_S, self._gap * BATCH_FRAMES))
                 if reader.done():
                     break  # the stream ended meanwhile: what is queued was never sent (NotDelivered)
