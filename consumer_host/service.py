@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
 import grpc.aio
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random
 from google.protobuf.message import DecodeError
 
 from consumer_host.datapath import Attachment, Refusal, admit, answer_source, route
@@ -73,19 +73,27 @@ class RequestPath:
         admitted = admit(self.config.attachments, self.replica.state, req.network, req.src, req.token, req.target)
         if isinstance(admitted, Refusal):
             raise error_for_status(admitted.code, admitted.message)
-        # a plain loop, not tenacity: its per-call set-up was half of this method's CPU (bench/PROFILE.md)
-        attempts = max(1, self.config.max_attempts)
-        for attempt in range(1, attempts + 1):
-            try:
-                answer = await self._attempt(admitted, req, deadline)
-                break
-            except _Retry as exc:
-                if attempt >= attempts:
-                    raise ProducerUnavailable(f"request {req.request_id} was not delivered after "
-                                              f"{self.config.max_attempts} attempts: {exc}") from None
-                await asyncio.sleep(random.uniform(0, 0.01))  # a short jittered pause, then another VM
+        try:
+            answer = await self._attempt(admitted, req, deadline)
+        except _Retry:
+            # only now pay for tenacity: its per-call set-up was half of this method's CPU when every
+            # request built one (bench/PROFILE.md); first attempts are the hot path
+            answer = await self._retry(admitted, req, deadline)
         vip, port = answer_source(admitted.service)
         return pb.SendResponse(src=vip, src_port=port, dst=req.src, payload=answer.payload, request_id=req.request_id)
+
+    async def _retry(self, admitted, req: pb.SendRequest, deadline: float) -> tpb.Frame:  # noqa: ANN001
+        """Attempts 2..max_attempts on other VMs, after a short jittered pause each (tenacity)."""
+        retrying = AsyncRetrying(stop=stop_after_attempt(max(1, self.config.max_attempts - 1)),
+                                 wait=wait_random(0, 0.01), retry=retry_if_exception_type(_Retry), reraise=True)
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._attempt(admitted, req, deadline)
+        except _Retry as exc:
+            raise ProducerUnavailable(f"request {req.request_id} was not delivered after "
+                                      f"{self.config.max_attempts} attempts: {exc}") from None
+        raise AssertionError("unreachable: tenacity either returns or reraises")
 
     async def _attempt(self, admitted, req: pb.SendRequest, deadline: float) -> tpb.Frame:  # noqa: ANN001
         pool, member = await self.pools.acquire(admitted, deadline)

@@ -155,7 +155,8 @@ async def run(cluster: LocalCluster, total: int, say: callable) -> Summary:  # t
                                        registries=registries)
     tracker, synced, half_done = PoolTracker(), asyncio.Event(), asyncio.Event()
     watcher = asyncio.create_task(watch_leases(registries[0], tracker, synced))
-    await asyncio.wait_for(synced.wait(), 10)
+    async with asyncio.timeout(10):  # not wait_for: in 3.11 it can swallow a Ctrl-C's cancellation
+        await synced.wait()
 
     say(f"{len(CONSUMER_VMS)} consumer VMs send {total} requests to {SERVICE} at {TARGET}")
     traffic = asyncio.create_task(drive(consumer.address, total, half_done))

@@ -16,6 +16,7 @@ VmId = NewType("VmId", str)  # "<network>/<address>": unique because addresses a
 LeaseId = NewType("LeaseId", int)  # the etcd lease backing a pool
 
 MAX_VNI = (1 << 24) - 1
+MAX_MIN_POOL = 63  # etcd's default --max-txn-ops is 128; a grant compares 2 keys per VM plus the pool key
 
 
 def vm_id(network: str, address: str) -> VmId:
@@ -77,6 +78,9 @@ class LeasePolicy:
     def __post_init__(self) -> None:
         if not 1 <= self.min_pool <= self.max_pool:
             raise ValueError(f"lease policy needs 1 <= min_pool <= max_pool, got {self.min_pool}..{self.max_pool}")
+        if self.min_pool > MAX_MIN_POOL:
+            raise ValueError(f"min_pool {self.min_pool} is too large: a grant is one etcd transaction, which holds "
+                             f"at most 128 operations (2 per VM + 1), so min_pool can be at most {MAX_MIN_POOL}")
         if self.lease_ttl_s < 2:
             raise ValueError(f"lease_ttl_s must be at least 2 s, got {self.lease_ttl_s}")
         if self.idle_release_s <= 0:

@@ -190,14 +190,22 @@ def test_demo_json_keeps_its_promises(tmp_path):
 def test_demo_stops_every_process_it_started_on_ctrl_c(tmp_path):
     demo = subprocess.Popen([sys.executable, "-m", "leasenet", "demo", "--requests", "1000000", "--workdir",
                              str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    consumer_ready = tmp_path / "consumer1.ready"
-    deadline = time.monotonic() + 60
-    while not consumer_ready.exists() and time.monotonic() < deadline and demo.poll() is None:
-        time.sleep(0.05)
-    assert consumer_ready.exists(), demo.stdout.read() if demo.stdout else ""
-    pids = [json.loads(p.read_text())["pid"] for p in tmp_path.glob("*.ready")]
-    demo.send_signal(signal.SIGINT)
-    assert demo.wait(30) == 130
+    try:
+        consumer_ready = tmp_path / "consumer1.ready"
+        deadline = time.monotonic() + 60
+        while not consumer_ready.exists() and time.monotonic() < deadline and demo.poll() is None:
+            time.sleep(0.05)
+        assert consumer_ready.exists(), demo.stdout.read() if demo.stdout else ""
+        pids = [json.loads(p.read_text())["pid"] for p in tmp_path.glob("*.ready")]
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(30) == 130
+    finally:
+        if demo.poll() is None:  # never leave a demo running: SIGTERM cleans up like Ctrl-C
+            demo.terminate()
+            try:
+                demo.wait(30)
+            except subprocess.TimeoutExpired:
+                demo.kill()
 
     def alive(pid: int) -> bool:
         try:
