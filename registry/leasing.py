@@ -74,7 +74,8 @@ class LeasingAgent:
                                    f"service {service.name!r} is in network {service.network!r}")
         pool_key = keys.pool_key(service.name, consumer.vm_id)
         existing = self.state.pools.get(pool_key)
-        if existing is not None:
+        # a pool released a moment ago may linger in our replica: hand it out only if its etcd lease lives
+        if existing is not None and await self.store.refresh_lease(existing.lease_id) > 0:
             return self._existing(existing, consumer)
         quota = service.policy.max_pools_per_consumer
         if quota and sum(p.consumer_vm == consumer.vm_id for p in self.state.pools.values()) >= quota:

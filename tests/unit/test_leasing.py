@@ -127,3 +127,12 @@ def test_placement_prefers_lightly_loaded_hosts_and_never_repeats_a_vm() -> None
     assert all(len({vm.vm_id for vm in p}) == 3 for p in picks)
     idle_share = sum(vm.host_id == "idle" for p in picks for vm in p) / (3 * 200)
     assert idle_share > 0.7
+
+
+async def test_a_pool_released_a_moment_ago_is_not_handed_out_again(setup) -> None:
+    _, replica, agent = setup
+    first = await agent.request_lease(consumer(1), "echo")
+    await agent.release_lease(first.pool.lease_id)
+    assert first.pool.lease_id in replica.state.pools_by_lease  # the replica has not caught up yet
+    second = await agent.request_lease(consumer(1), "echo")
+    assert second.pool.lease_id != first.pool.lease_id and len(second.members) == 2
