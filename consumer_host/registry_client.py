@@ -51,7 +51,9 @@ class RegistryClient:
                     if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                         if self._current == index:  # fail over once: calls failing together must not flip back
                             self._current = (index + 1) % len(self.addresses)
-                        raise StoreUnavailable(f"no leasing agent answered ({exc.details() or exc.code().name})")
+                        # say which agent, and pass on its own sentence (e.g. "etcd is unavailable ...")
+                        raise StoreUnavailable(f"leasing agent {self.addresses[index]} is unavailable: "
+                                               f"{exc.details() or exc.code().name}")
                     raise error_for_status(exc.code(), exc.details() or exc.code().name) from None
 
     async def request_lease(self, service: str, network: str, address: str, host_id: str,
