@@ -39,6 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from registry.config import ClusterConfig, to_toml
+from registry.model import LeasePolicy, Network, Service, parse_target
+
 NETWORK, VNI = "bench", 77
 DATA_SERVICE, DATA_TARGET, DATA_VMS = "echo", "10.7.255.1:7", 64
 # 4 consumer VMs with a pool of 16 each: 64 requests in flight find 64 unused producer VMs. (One
@@ -55,47 +58,18 @@ PAYLOADS = (100, 16 * 1024)
 CONCURRENCIES = (1, 16, 64)
 MODES = ("unary", "stream")
 
-CLUSTER_TOML = f"""
-[[networks]]
-name = "{NETWORK}"
-vni = {VNI}
+def _pool_service(name: str, target: str, pool: int, ttl_s: int) -> Service:
+    """A service whose pools have a fixed size and are never released for idleness during a run."""
+    return Service(name, NETWORK, *parse_target(target),
+                   LeasePolicy(min_pool=pool, max_pool=pool, lease_ttl_s=ttl_s, idle_release_s=600))
 
-[[services]]
-name = "{DATA_SERVICE}"
-network = "{NETWORK}"
-target = "{DATA_TARGET}"
-min_pool = {DATA_POOL}
-max_pool = {DATA_POOL}
-lease_ttl_s = 10
-idle_release_s = 600
 
-[[services]]
-name = "{GRANT_SERVICE}"
-network = "{NETWORK}"
-target = "{GRANT_TARGET}"
-min_pool = {GRANT_POOL}
-max_pool = {GRANT_POOL}
-lease_ttl_s = 10
-idle_release_s = 600
-
-[[services]]
-name = "{RACE_SERVICE}"
-network = "{NETWORK}"
-target = "{RACE_TARGET}"
-min_pool = {RACE_POOL}
-max_pool = {RACE_POOL}
-lease_ttl_s = 5
-idle_release_s = 600
-
-[[services]]
-name = "{FO_SERVICE}"
-network = "{NETWORK}"
-target = "{FO_TARGET}"
-min_pool = {FO_POOL}
-max_pool = {FO_POOL}
-lease_ttl_s = 5
-idle_release_s = 600
-"""
+CLUSTER = ClusterConfig([Network(NETWORK, VNI)], [
+    _pool_service(DATA_SERVICE, DATA_TARGET, DATA_POOL, 10),
+    _pool_service(GRANT_SERVICE, GRANT_TARGET, GRANT_POOL, 10),
+    _pool_service(RACE_SERVICE, RACE_TARGET, RACE_POOL, 5),
+    _pool_service(FO_SERVICE, FO_TARGET, FO_POOL, 5),
+])
 
 
 # =================================================================================================
@@ -669,7 +643,7 @@ class Bench:
                 stale.unlink(missing_ok=True)
         self.cluster.start_etcd()
         self.metrics = f"http://{self.cluster.etcd_endpoints[0]}/metrics"
-        self.config.write_text(CLUSTER_TOML)
+        self.config.write_text(to_toml(CLUSTER))
         self.registry = self.start({"registry": ["registry", "--listen", "127.0.0.1:0", "--cluster-config",
                                                  str(self.config)]})["registry"].address
 

@@ -26,6 +26,8 @@ from leasenet.v1 import consumer_pb2 as cpb
 from leasenet.v1 import consumer_pb2_grpc as cpb_grpc
 from leasenet.v1 import registry_pb2 as rpb
 from leasenet.v1 import registry_pb2_grpc as rpb_grpc
+from registry.config import ClusterConfig, to_toml
+from registry.model import LeasePolicy, Network, Service, parse_target
 
 NETWORK, VNI, SERVICE, TARGET = "blue", 100, "compute", "10.1.255.1:7"
 CONSUMER_VMS = [("10.1.0.1", "token-a"), ("10.1.0.2", "token-b"), ("10.1.0.3", "token-c")]
@@ -33,20 +35,9 @@ WORKERS_PER_VM = 3
 VMS_PER_HOST = 6  # enough that the surviving host alone can hold every pool at max_pool
 REQUEST_TIMEOUT_S = 5.0
 
-CLUSTER_TOML = f"""
-[[networks]]
-name = "{NETWORK}"
-vni = {VNI}
-
-[[services]]
-name = "{SERVICE}"
-network = "{NETWORK}"
-target = "{TARGET}"
-min_pool = 1
-max_pool = 2
-lease_ttl_s = 5
-idle_release_s = 30
-"""
+CLUSTER = ClusterConfig(networks=[Network(NETWORK, VNI)],
+                        services=[Service(SERVICE, NETWORK, *parse_target(TARGET),
+                                          LeasePolicy(min_pool=1, max_pool=2, lease_ttl_s=5, idle_release_s=30))])
 
 
 @dataclass
@@ -139,7 +130,7 @@ def failover_seconds(outcomes: list[Outcome], killed_at: float) -> float:
 
 async def run(cluster: LocalCluster, total: int, say: callable) -> Summary:  # type: ignore[valid-type]
     work = cluster.workdir
-    config = write_toml(work / "cluster.toml", CLUSTER_TOML)
+    config = write_toml(work / "cluster.toml", to_toml(CLUSTER))
     consumer_toml = "".join(f'[[vms]]\nnetwork = "{NETWORK}"\naddress = "{a}"\ntoken = "{t}"\n\n'
                             for a, t in CONSUMER_VMS)
     say(f"starting etcd in {work}")

@@ -57,6 +57,19 @@ def parse_cluster_config(data: dict[str, Any], source: str = "cluster config") -
     return ClusterConfig(networks, services)
 
 
+def to_toml(config: ClusterConfig) -> str:
+    """The TOML a registry reads back as `config` (the demo, the bench and tests write theirs so)."""
+    lines = []
+    for n in config.networks:
+        lines += ["[[networks]]", f'name = "{n.name}"', f"vni = {n.vni}", ""]
+    for s in config.services:
+        p = s.policy
+        lines += ["[[services]]", f'name = "{s.name}"', f'network = "{s.network}"', f'target = "{s.target}"',
+                  f"min_pool = {p.min_pool}", f"max_pool = {p.max_pool}", f"lease_ttl_s = {p.lease_ttl_s}",
+                  f"idle_release_s = {p.idle_release_s}", f"max_pools_per_consumer = {p.max_pools_per_consumer}", ""]
+    return "\n".join(lines)
+
+
 def read_toml(path: str | Path, what: str) -> dict[str, Any]:
     """A TOML file as a dict, or a ValueError with one sentence naming the file and the problem."""
     try:

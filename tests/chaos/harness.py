@@ -28,6 +28,8 @@ from leasenet import checker
 from leasenet.checker import Fault, Report
 from leasenet.cluster import LocalCluster, Proc, write_toml
 from leasenet.etcd import EtcdCluster, free_port
+from registry.config import ClusterConfig, to_toml
+from registry.model import LeasePolicy, Network, Service, parse_target
 from registry.model import Claim, Pool as PoolRecord, Record
 from registry.replica import Replica
 from registry.store.etcd import EtcdStore
@@ -47,20 +49,8 @@ CONSUMER_HOSTS = ["127.0.0.31", "127.0.0.32"]
 
 
 def cluster_toml(lease_ttl_s: int = LEASE_TTL_S) -> str:
-    return f"""
-[[networks]]
-name = "{NETWORK}"
-vni = 100
-
-[[services]]
-name = "{SERVICE}"
-network = "{NETWORK}"
-target = "{TARGET}"
-min_pool = 1
-max_pool = 2
-lease_ttl_s = {lease_ttl_s}
-idle_release_s = {IDLE_RELEASE_S}
-"""
+    policy = LeasePolicy(min_pool=1, max_pool=2, lease_ttl_s=lease_ttl_s, idle_release_s=IDLE_RELEASE_S)
+    return to_toml(ClusterConfig([Network(NETWORK, 100)], [Service(SERVICE, NETWORK, *parse_target(TARGET), policy)]))
 
 
 def consumer_vms(host_index: int) -> list[str]:

@@ -15,36 +15,19 @@ from leasenet.v1 import consumer_pb2 as cpb
 from leasenet.v1 import consumer_pb2_grpc as cpb_grpc
 from leasenet.v1 import registry_pb2 as rpb
 from leasenet.v1 import registry_pb2_grpc as rpb_grpc
+from registry.config import ClusterConfig, to_toml
+from registry.model import LeasePolicy, Network, Service, parse_target
 
 TARGET = "10.1.255.1:7"
 
 
-def cluster_toml(*, min_pool: int = 1, max_pool: int = 2, ttl: int = 5, idle: float = 30.0,
-                 extra: str = "") -> str:
-    return f"""
-[[networks]]
-name = "blue"
-vni = 100
-
-[[networks]]
-name = "red"
-vni = 200
-
-[[services]]
-name = "echo"
-network = "blue"
-target = "{TARGET}"
-min_pool = {min_pool}
-max_pool = {max_pool}
-lease_ttl_s = {ttl}
-idle_release_s = {idle}
-
-[[services]]
-name = "red-echo"
-network = "red"
-target = "10.2.255.1:7"
-{extra}
-"""
+def cluster_toml(*, min_pool: int = 1, max_pool: int = 2, ttl: int = 5, idle: float = 30.0) -> str:
+    """Networks blue and red; service echo (in blue, policy as given) and red-echo (in red)."""
+    policy = LeasePolicy(min_pool=min_pool, max_pool=max_pool, lease_ttl_s=ttl, idle_release_s=idle)
+    return to_toml(ClusterConfig(
+        networks=[Network("blue", 100), Network("red", 200)],
+        services=[Service("echo", "blue", *parse_target(TARGET), policy),
+                  Service("red-echo", "red", *parse_target("10.2.255.1:7"))]))
 
 
 def consumer_toml(addresses: list[str], network: str = "blue") -> str:

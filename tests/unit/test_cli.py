@@ -64,3 +64,15 @@ def test_cluster_config_errors_name_the_problem(tmp_path: Path) -> None:
     bad.write_text("[[networks]\n")
     with pytest.raises(ValueError, match="not valid TOML"):
         load_cluster_config(bad)
+
+
+def test_a_cluster_config_written_as_toml_reads_back_the_same(tmp_path: Path) -> None:
+    from registry.config import ClusterConfig, to_toml
+    from registry.model import LeasePolicy, Network, Service
+
+    config = ClusterConfig([Network("blue", 100), Network("red", 200)],
+                           [Service("echo", "blue", "10.1.255.1", 7, LeasePolicy(2, 5, 9, 1.5, 3)),
+                            Service("kv", "red", "10.2.255.1", 9)])
+    path = tmp_path / "cluster.toml"
+    path.write_text(to_toml(config))
+    assert load_cluster_config(path) == config
