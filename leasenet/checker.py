@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from leasenet.history import Execution, read_executions
+from leasenet.history import Execution, overlapping_executions, read_executions
 
 NS = 1_000_000_000
 OK = "OK"
@@ -262,21 +262,9 @@ def double_leases(claims: Iterable[ClaimSpan]) -> list[Violation]:
 
 
 def overlapping(executions: Iterable[Execution]) -> list[Violation]:
-    by_vm: dict[str, list[Execution]] = defaultdict(list)
-    for e in executions:
-        by_vm[e.vm].append(e)
-    out = []
-    for vm, runs in by_vm.items():
-        runs.sort(key=lambda e: (e.start_ns, e.end_ns))
-        latest = runs[0] if runs else None
-        for run in runs[1:]:
-            assert latest is not None
-            if run.start_ns < latest.end_ns:
-                out.append(Violation("overlap", f"{vm} ran request {run.request_id} (from {run.start_ns}) while "
-                                     f"still running request {latest.request_id} (until {latest.end_ns})"))
-            if run.end_ns > latest.end_ns:
-                latest = run
-    return out
+    return [Violation("overlap", f"{run.vm} ran request {run.request_id} (from {run.start_ns}) while "
+                      f"still running request {latest.request_id} (until {latest.end_ns})")
+            for latest, run in overlapping_executions(executions)]
 
 
 def executed_twice(requests: Iterable[Request], executions: Iterable[Execution]) -> list[Violation]:

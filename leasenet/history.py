@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,17 +35,21 @@ def read_executions(paths: list[Path]) -> list[Execution]:
     return out
 
 
-def overlapping_executions(executions: list[Execution]) -> list[tuple[Execution, Execution]]:
-    """Pairs of executions on one VM whose [start, end] intervals overlap."""
+def overlapping_executions(executions: Iterable[Execution]) -> list[tuple[Execution, Execution]]:
+    """(still running, started meanwhile) pairs on one VM. Compared with the run that ends last so
+    far, not just the previous one: a long run overlaps every short one that starts inside it."""
     by_vm: dict[str, list[Execution]] = defaultdict(list)
     for e in executions:
         by_vm[e.vm].append(e)
     overlaps = []
     for runs in by_vm.values():
-        runs.sort(key=lambda e: e.start_ns)
-        for before, after in zip(runs, runs[1:]):
-            if after.start_ns < before.end_ns:
-                overlaps.append((before, after))
+        runs.sort(key=lambda e: (e.start_ns, e.end_ns))
+        latest = runs[0]
+        for run in runs[1:]:
+            if run.start_ns < latest.end_ns:
+                overlaps.append((latest, run))
+            if run.end_ns > latest.end_ns:
+                latest = run
     return overlaps
 
 
