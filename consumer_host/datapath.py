@@ -113,14 +113,12 @@ class Pool:
     avoid: set[VmId] = field(default_factory=set)  # refused a frame: skip until the replica catches up
     growing: bool = False
     last_used: float = 0.0
-    cursor: int = 0
 
     def decide(self) -> Decision:
-        """Steps 4-6: an unused member (round-robin, so load spreads), else grow, else wait."""
-        candidates = [m for vm, m in self.members.items() if vm not in self.busy and vm not in self.avoid]
-        if candidates:
-            self.cursor = (self.cursor + 1) % len(candidates)
-            return Use(candidates[self.cursor])
+        """Steps 4-6: the unused member taken least recently (so load spreads), else grow, else wait."""
+        for vm, m in self.members.items():  # in order of last take: see take()
+            if vm not in self.busy and vm not in self.avoid:
+                return Use(m)
         if not self.growing and len(self.members) < self.service.policy.max_pool:
             return Grow()
         return Wait()
@@ -128,6 +126,10 @@ class Pool:
     def take(self, member: Member, now: float) -> None:
         self.busy.add(member.vm)
         self.last_used = now
+        # to the back of the order: busy members gather there, so decide() finds a free one early
+        current = self.members.pop(member.vm, None)
+        if current is not None:
+            self.members[member.vm] = current
 
     def give_back(self, member: Member, now: float) -> None:
         self.busy.discard(member.vm)

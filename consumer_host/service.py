@@ -106,8 +106,7 @@ class RequestPath:
                                   deadline_ms=int((time.time() + remaining) * 1000)),
             payload=req.payload)
         try:
-            async with asyncio.timeout(remaining):
-                answer = await self.tunnels.to(r.dst_host).exchange(frame)
+            answer = await self.tunnels.to(r.dst_host).exchange(frame, remaining)
         except BaseException as exc:
             self.pools.give_back(pool, member)
             if isinstance(exc, NotDelivered):

@@ -59,7 +59,8 @@ class TunnelClient:
         self.batches_sent = 0
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"tunnel to {address}")
 
-    async def exchange(self, frame: pb.Frame) -> pb.Frame:
+    async def exchange(self, frame: pb.Frame, timeout_s: float) -> pb.Frame:
+        """Send one frame and wait for its answer; TimeoutError after timeout_s (it may have run)."""
         if self.broken is not None:
             raise NotDelivered(self.broken)
         future: asyncio.Future[pb.Frame] = self._loop.create_future()
@@ -69,12 +70,16 @@ class TunnelClient:
         now = self._loop.time()
         self._gap += (now - self._last_at - self._gap) * 0.1
         self._last_at = now
+        # a bare timer on the future: a third of the CPU of asyncio.timeout() (bench/PROFILE.md)
+        timer = self._loop.call_at(now + timeout_s, _expire, future)
         try:
             return await future
-        except asyncio.CancelledError:
-            # the caller gave up (deadline): the answer, if any, is dropped when it arrives
+        except BaseException:
+            # deadline or the caller gave up: the answer, if any, is dropped when it arrives
             self._sent.pop(frame.id, None)
             raise
+        finally:
+            timer.cancel()
 
     async def close(self) -> None:
         self._task.cancel()
@@ -153,6 +158,11 @@ class TunnelClient:
         self._outbox, self._sent = [], {}
         log.warning("%s%s", reason, " (failing its requests)" if had_traffic else "")
         self._on_broken(self.address)
+
+
+def _expire(future: asyncio.Future[pb.Frame]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 def _take(frames: list[tuple[pb.Frame, asyncio.Future[pb.Frame]]],
