@@ -6,6 +6,8 @@
                in two client styles, each used for both: `unary` (one Send call per request) and
                `stream` (SendStream, C requests in flight on one stream); C = 1, 16, 64; payloads of
                100 B and 16 KiB. Throughput and p50/p99 latency; ratios overlay/direct per run.
+               Next to each unary C=1 cell, the floor: a bare relay (two processes adding only the
+               overlay's two grpc hops) shows what any overlay of this shape costs over the direct call.
     etcd load  etcd's own counters (/metrics: gRPC messages received) around every overlay cell and
                around an idle window (the background rate): what traffic adds, per service request.
     leasing    RequestLease latency for a pool of 4 (at the leasing API), and grants/s with 4
@@ -135,7 +137,7 @@ def etcd_counts(metrics_url: str) -> Counter[str]:
 # =================================================================================================
 # role: the direct baseline server (the same echo handler, one hop, plain grpc.aio)
 # =================================================================================================
-async def _direct_server(listen: str, ready_file: str, handler_name: str) -> None:
+async def _direct_server(listen: str, ready_file: str, handler_name: str = "echo") -> None:
     from leasenet.rpc import Server
     from leasenet.v1 import consumer_pb2 as cpb
     from leasenet.v1 import consumer_pb2_grpc as cpb_grpc
@@ -158,18 +160,78 @@ async def _direct_server(listen: str, ready_file: str, handler_name: str) -> Non
                 yield cpb.SendResponse(src=request.target, dst=request.src, payload=payload,
                                        request_id=request.request_id)
 
+    server = Server(listen)
+    server.add(cpb_grpc.add_ConsumerHostServicer_to_server, Direct(), "leasenet.v1.ConsumerHost")
+    await _serve_until_stopped(server, ready_file)
+
+
+async def _serve_until_stopped(server: Any, ready_file: str) -> None:
+    """Start a leasenet.rpc.Server, write its address to ready_file, serve until SIGTERM/SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = Server(listen)
-    server.add(cpb_grpc.add_ConsumerHostServicer_to_server, Direct(), "leasenet.v1.ConsumerHost")
     address = await server.start()
     tmp = Path(ready_file).with_suffix(".tmp")
     tmp.write_text(json.dumps({"address": address, "pid": os.getpid()}))
     tmp.replace(ready_file)
     await stop.wait()
     await server.stop(0.5)
+
+
+# =================================================================================================
+# roles: the relay floor. The overlay adds two one-way grpc hops to a direct call; these two
+# processes add exactly those hops and nothing else (no leasing, validation, batching or retries):
+#   client -> relay (unary Send) -> one bidi stream -> relay end (echo) -> back the same way.
+# What the relay costs over the direct call is the floor of any overlay built this way on grpc.aio.
+# =================================================================================================
+async def _relay_end(listen: str, ready_file: str) -> None:
+    from leasenet.rpc import Server
+    from leasenet.v1 import tunnel_pb2 as tpb
+    from leasenet.v1 import tunnel_pb2_grpc as tpb_grpc
+
+    class Echo(tpb_grpc.TunnelServicer):
+        async def Exchange(self, request_iterator: Any, context: Any) -> Any:
+            async for batch in request_iterator:
+                yield tpb.FrameBatch(frames=[tpb.Frame(id=f.id, payload=f.payload) for f in batch.frames])
+
+    server = Server(listen)
+    server.add(tpb_grpc.add_TunnelServicer_to_server, Echo(), "leasenet.v1.Tunnel")
+    await _serve_until_stopped(server, ready_file)
+
+
+async def _relay(listen: str, ready_file: str, upstream: str) -> None:
+    from leasenet import rpc
+    from leasenet.v1 import consumer_pb2 as cpb
+    from leasenet.v1 import consumer_pb2_grpc as cpb_grpc
+    from leasenet.v1 import tunnel_pb2 as tpb
+    from leasenet.v1 import tunnel_pb2_grpc as tpb_grpc
+
+    call = tpb_grpc.TunnelStub(rpc.channel(upstream)).Exchange()
+    waiting: dict[int, asyncio.Future[Any]] = {}
+    ids = iter(range(1, 1 << 62))
+    lock = asyncio.Lock()  # one write at a time on the stream
+
+    async def read() -> None:
+        async for batch in call:
+            for frame in batch.frames:
+                waiting.pop(frame.id).set_result(frame)
+
+    class Relay(cpb_grpc.ConsumerHostServicer):
+        async def Send(self, request: cpb.SendRequest, context: Any) -> cpb.SendResponse:
+            frame_id = next(ids)
+            answer = waiting[frame_id] = asyncio.get_running_loop().create_future()
+            async with lock:
+                await call.write(tpb.FrameBatch(frames=[tpb.Frame(id=frame_id, payload=request.payload)]))
+            frame = await answer
+            return cpb.SendResponse(src=request.target, dst=request.src, payload=frame.payload,
+                                    request_id=request.request_id)
+
+    reader = asyncio.get_running_loop().create_task(read())
+    server = rpc.Server(listen)
+    server.add(cpb_grpc.add_ConsumerHostServicer_to_server, Relay(), "leasenet.v1.ConsumerHost")
+    await _serve_until_stopped(server, ready_file)
+    reader.cancel()
 
 
 # =================================================================================================
@@ -473,6 +535,8 @@ async def _failover(task: dict[str, Any]) -> dict[str, Any]:
 
 ROLES: dict[str, Callable[[dict[str, Any]], Any]] = {"load": _load, "grants": _grants, "race": _race,
                                                      "failover": _failover}
+# the harness's servers: `python -m leasenet.bench NAME LISTEN READY_FILE [ARG]`
+SERVERS: dict[str, Callable[..., Any]] = {"direct-server": _direct_server, "relay-end": _relay_end, "relay": _relay}
 
 
 # =================================================================================================
@@ -583,18 +647,19 @@ class Bench:
         for name in names:
             self.cluster.stop(name)
 
-    def start_direct_server(self) -> tuple[str, subprocess.Popen[bytes]]:
-        ready = self.workdir / "direct.ready"
+    def start_server(self, role: str, *args: str) -> tuple[str, subprocess.Popen[bytes]]:
+        """Start one of the harness's servers (SERVERS); returns its address once it serves."""
+        ready = self.workdir / f"{role}.ready"
         ready.unlink(missing_ok=True)
-        with open(self.workdir / "direct.log", "ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "leasenet.bench", "direct-server", "127.0.0.1:0",
-                                     str(ready)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        with open(self.workdir / f"{role}.log", "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "leasenet.bench", role, "127.0.0.1:0", str(ready), *args],
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                     env={**os.environ, **self.env})
         self.extra.append(proc)
         deadline = time.monotonic() + 60
         while not ready.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the direct baseline server did not start (see {self.workdir / 'direct.log'})")
+                raise RuntimeError(f"the {role} did not start (see {self.workdir / (role + '.log')})")
             time.sleep(0.02)
         return json.loads(ready.read_text())["address"], proc
 
@@ -651,13 +716,16 @@ class Bench:
         self.say("data path: starting a producer host (64 VMs), a consumer host and the direct baseline server")
         procs = self.start({"p-data": self._producer("p-data", DATA_SERVICE, DATA_VMS, "10.7.10.1", history=False),
                             "c-data": self._consumer("c-data", DATA_CONSUMERS)})
-        direct, direct_proc = self.start_direct_server()
+        direct, direct_proc = self.start_server("direct-server")
+        relay_end, relay_end_proc = self.start_server("relay-end")
+        relay, relay_proc = self.start_server("relay", relay_end)
         pids = {"direct": {"server": direct_proc.pid},
                 "overlay": {"consumer host": procs["c-data"].process.pid,
-                            "producer host": procs["p-data"].process.pid}}
+                            "producer host": procs["p-data"].process.pid},
+                "relay": {"relay": relay_proc.pid, "relay end": relay_end_proc.pid}}
         base = {"role": "load", "consumers": [[NETWORK, a, t, DATA_TARGET] for a, t in DATA_CONSUMERS],
-                "addresses": {"direct": direct, "overlay": procs["c-data"].address}, "etcd_metrics": self.metrics,
-                "pids": pids}
+                "addresses": {"direct": direct, "overlay": procs["c-data"].address, "relay": relay},
+                "etcd_metrics": self.metrics, "pids": pids}
         p = self.plan
         # lease every pool and warm both paths up (not measured)
         self.role("warmup", {**base, "cells": [{"target": t, "mode": "unary", "payload": 100, "concurrency": 64,
@@ -667,14 +735,16 @@ class Bench:
         for run in range(p.runs):
             order = ("direct", "overlay") if run % 2 == 0 else ("overlay", "direct")  # cancel drift
             cells = [{"target": t, "mode": m, "payload": size, "concurrency": c, "warmup_s": p.warmup_s,
-                      "duration_s": p.duration_s} for m, size, c in p.cells for t in order]
+                      "duration_s": p.duration_s}
+                     for m, size, c in p.cells for t in order + (("relay",) if (m, c) == ("unary", 1) else ())]
             cells.append({"target": "idle", "duration_s": p.idle_s})
             self.say(f"data path run {run + 1}/{p.runs}: {len(p.cells)} cells x 2 targets, "
                      f"{p.warmup_s + p.duration_s:.1f} s each")
             runs.append(self.role(f"load-{run + 1}", {**base, "cells": cells},
                                   60 + len(cells) * (p.warmup_s + p.duration_s + 10)))
-        direct_proc.terminate()
-        direct_proc.wait(10)
+        for proc in (direct_proc, relay_proc, relay_end_proc):
+            proc.terminate()
+            proc.wait(10)
         self.stop(procs)
         return runs
 
@@ -743,10 +813,11 @@ def summarize_datapath(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if cell["target"] != "idle" and (cell["mode"], cell["payload"], cell["concurrency"]) not in keys:
             keys.append((cell["mode"], cell["payload"], cell["concurrency"]))
     for mode, payload, conc in keys:
-        per_run = []
+        per_run, founds = [], []
         for run in runs:
             found = {c["target"]: c for c in run["cells"] if c["target"] != "idle" and
                      (c["mode"], c["payload"], c["concurrency"]) == (mode, payload, conc)}
+            founds.append(found)
             d, o = found["direct"], found["overlay"]
             per_run.append({"direct": d, "overlay": o,
                             "ratio": {k: _ratio(o[k], d[k]) for k in ("rps", "p50_ms", "p99_ms")}})
@@ -757,11 +828,15 @@ def summarize_datapath(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[side]["cpu_us_per_request"] = {n: median(r[side]["cpu_us_per_request"].get(n) for r in per_run)
                                                for n in names}
         row["ratio"] = {k: median(r["ratio"][k] for r in per_run) for k in ("rps", "p50_ms", "p99_ms")}
+        relays = [(f["relay"], f["direct"]) for f in founds if "relay" in f]
+        if relays:  # the floor: what two extra grpc hops alone cost over the direct call
+            row["relay"] = {k: median(r[k] for r, _ in relays) for k in ("rps", "p50_ms", "p99_ms")}
+            row["relay"]["p50_ratio"] = median(_ratio(r["p50_ms"], d["p50_ms"]) for r, d in relays)
         row["ratio_runs"] = [r["ratio"] for r in per_run]
-        row["requests"] = {side: sum(r[side]["sent"] for r in per_run) for side in ("direct", "overlay")}
-        row["answered"] = {side: sum(r[side]["answered"] for r in per_run) for side in ("direct", "overlay")}
-        row["errors"] = {side: dict(sum((Counter(r[side]["errors"]) for r in per_run), Counter()))
-                         for side in ("direct", "overlay")}
+        sides = [side for side in ("direct", "overlay", "relay") if side in founds[0]]
+        row["requests"] = {side: sum(f[side]["sent"] for f in founds) for side in sides}
+        row["answered"] = {side: sum(f[side]["answered"] for f in founds) for side in sides}
+        row["errors"] = {side: dict(sum((Counter(f[side]["errors"]) for f in founds), Counter())) for side in sides}
         rows.append(row)
     return rows
 
@@ -833,7 +908,8 @@ def targets(datapath: list[dict[str, Any]], etcd: dict[str, Any], leasing: dict[
                         "value": r["ratio"]["rps"], "limit": 0.7, "pass": (r["ratio"]["rps"] or 0) >= 0.7})
         if (r := row(mode, 100, 1)) is not None:
             out.append({"target": f"overlay p50 <= 2 x direct ({mode}, C=1, 100 B)",
-                        "value": r["ratio"]["p50_ms"], "limit": 2.0, "pass": (r["ratio"]["p50_ms"] or 99) <= 2.0})
+                        "value": r["ratio"]["p50_ms"], "limit": 2.0, "pass": (r["ratio"]["p50_ms"] or 99) <= 2.0,
+                        "floor": r.get("relay", {}).get("p50_ratio")})
     per_request = etcd["requests_per_service_request"]
     out.append({"target": "etcd requests per service request in steady state = 0", "value": per_request,
                 "limit": 0, "pass": etcd["request_path_etcd_requests"] == 0 and (per_request or 0) < 0.001})
@@ -848,9 +924,9 @@ def targets(datapath: list[dict[str, Any]], etcd: dict[str, Any], leasing: dict[
 def correctness(datapath: list[dict[str, Any]], leasing: dict[str, Any], failover: dict[str, Any],
                 double_claims: int) -> dict[str, Any]:
     """What --quick asserts: every request answered, no errors without a fault, no double claims."""
-    sent = sum(r["requests"]["direct"] + r["requests"]["overlay"] for r in datapath)
-    answered = sum(r["answered"]["direct"] + r["answered"]["overlay"] for r in datapath)
-    errors = sum(sum(r["errors"][side].values()) for r in datapath for side in ("direct", "overlay"))
+    sent = sum(sum(r["requests"].values()) for r in datapath)
+    answered = sum(sum(r["answered"].values()) for r in datapath)
+    errors = sum(sum(e.values()) for r in datapath for e in r["errors"].values())
     problems = []
     if answered != sent:
         problems.append(f"{sent - answered} data-path request(s) got no answer")
@@ -903,8 +979,13 @@ def render(report: dict[str, Any]) -> str:
              _num(r["overlay"]["rps"], 0), _num(r["ratio"]["rps"]), _num(r["direct"]["p50_ms"], 2, " ms"),
              _num(r["overlay"]["p50_ms"], 2, " ms"), _num(r["ratio"]["p50_ms"]), _num(r["direct"]["p99_ms"], 2, " ms"),
              _num(r["overlay"]["p99_ms"], 2, " ms"), _num(r["ratio"]["p99_ms"])] for r in report["datapath"]]
-    lines += ["", table(rows, header), "",
-              "CPU per request in microseconds (all threads of each process, measured window only)"]
+    floors = [f"{r['mode']} {_size(r['payload'])} C={r['concurrency']}: p50 {_num(r['relay']['p50_ms'], 2, ' ms')}, "
+              f"{_num(r['relay']['p50_ratio'])} x direct" for r in report["datapath"] if "relay" in r]
+    lines += ["", table(rows, header)]
+    if floors:
+        lines += ["floor: a bare relay (client -> relay -> one bidi stream -> echo, two processes adding the "
+                  "overlay's two grpc hops and nothing else): " + "; ".join(floors)]
+    lines += ["", "CPU per request in microseconds (all threads of each process, measured window only)"]
     header = ["mode", "payload", "C", "direct server", "client", "consumer host", "producer host", "client",
               "overlay total / direct total"]
     rows = []
@@ -942,7 +1023,9 @@ def render(report: dict[str, Any]) -> str:
                   + "".join(f"\n  ! {p}" for p in c["problems"])]
     else:
         lines += ["", "targets (SPEC §8):"]
-        lines += [f"  {'PASS' if t['pass'] else 'FAIL'}  {t['target']}: {_num(t['value'], 3)}" for t in report["targets"]]
+        lines += [f"  {'PASS' if t['pass'] else 'FAIL'}  {t['target']}: {_num(t['value'], 3)}"
+                  + (f"  (floor: the bare relay's p50 is {_num(t['floor'], 3)} x direct)" if t.get("floor") else "")
+                  for t in report["targets"]]
     return "\n".join(lines)
 
 
@@ -1005,12 +1088,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def _role_main(argv: list[str]) -> int:
-    """`python -m leasenet.bench direct-server LISTEN READY_FILE` | `... ROLE TASK.json RESULT.json`."""
+    """`python -m leasenet.bench SERVER LISTEN READY_FILE [ARG]` | `... ROLE TASK.json RESULT.json`."""
     from leasenet.rpc import install_event_loop
 
     loop_name = install_event_loop()  # the same event loop as the hosts: a like-for-like baseline
-    if argv[0] == "direct-server":
-        asyncio.run(_direct_server(argv[1], argv[2], argv[3] if len(argv) > 3 else "echo"))
+    if argv[0] in SERVERS:
+        asyncio.run(SERVERS[argv[0]](*argv[1:]))
         return 0
     task = json.loads(Path(argv[1]).read_text())
     result = asyncio.run(ROLES[argv[0]](task))

@@ -32,6 +32,9 @@ def test_bench_quick_json_runs_every_step_and_keeps_the_promises(tmp_path):
         for side in ("direct", "overlay"):
             assert row[side]["rps"] > 0 and row["answered"][side] == row["requests"][side]
         assert row["ratio"]["rps"] is not None and row["ratio"]["p50_ms"] is not None
+    # the relay floor is measured next to the C=1 latency cell, and every request it relayed came back
+    floor = next(r for r in report["datapath"] if (r["mode"], r["payload"], r["concurrency"]) == ("unary", 100, 1))
+    assert floor["relay"]["p50_ratio"] > 0 and floor["answered"]["relay"] == floor["requests"]["relay"] > 0
     assert report["etcd"]["service_requests"] > 0 and report["etcd"]["request_path_etcd_requests"] == 0
     leasing = report["leasing"]
     assert leasing["grants_measured"] > 0 and leasing["grant_pool_sizes"] == {"4": leasing["grants_measured"]}
