@@ -23,11 +23,11 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 1.0
 # Batching where the stream is busy: a stream message costs about as much CPU as a dozen frames
 # inside one, and frames reach the writer one at a time even under load. So when frames arrive
-# fast enough that at least MIN_BATCH come within LINGER_S, and BUSY_FRAMES await answers, the
-# writer lingers long enough to gather about BATCH_FRAMES (at most LINGER_S) and sends them as
-# one message; a quiet or slow stream sends at once, so low load sees no added latency.
+# fast enough that at least MIN_BATCH come within LINGER_S and some frames await answers, the
+# writer gathers before it sends: until as many frames are queued as await answers (in a steady
+# flow their answers bring about as many new frames; at most BATCH_FRAMES), or LINGER_S passed.
+# A quiet or slow stream sends at once, so low load sees no added latency.
 # See bench/PROFILE.md for the measurements behind these numbers.
-BUSY_FRAMES = 4
 MIN_BATCH = 8
 BATCH_FRAMES = 32
 LINGER_S = 0.005
@@ -55,9 +55,15 @@ class TunnelClient:
         self._gap = 1.0  # moving average of the time between two frames, in seconds
         self._last_at = self._loop.time()
         self.broken: str | None = None
+        self._gathered: asyncio.Future[None] | None = None  # set while the writer gathers a batch
+        self._gather_target = 0
         self.frames_sent = 0
         self.batches_sent = 0
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"tunnel to {address}")
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> TunnelClient:
+        self._task = self._loop.create_task(self._run(), name=f"tunnel to {self.address}")
+        return self
 
     async def exchange(self, frame: pb.Frame, timeout_s: float) -> pb.Frame:
         """Send one frame and wait for its answer; TimeoutError after timeout_s (it may have run)."""
@@ -67,6 +73,8 @@ class TunnelClient:
         frame.id = next(self._ids)
         self._outbox.append((frame, future))
         self._wake.set()
+        if self._gathered is not None and len(self._outbox) >= self._gather_target:
+            _resolve(self._gathered)
         now = self._loop.time()
         self._gap += (now - self._last_at - self._gap) * 0.1
         self._last_at = now
@@ -82,6 +90,8 @@ class TunnelClient:
             timer.cancel()
 
     async def close(self) -> None:
+        if self._task is None:
+            return
         self._task.cancel()
         try:
             await self._task
@@ -117,8 +127,8 @@ class TunnelClient:
         while not reader.done():
             await self._wake.wait()
             self._wake.clear()
-            if len(self._sent) >= BUSY_FRAMES and self._gap * MIN_BATCH < LINGER_S:
-                await asyncio.sleep(min(LINGER_S, self._gap * BATCH_FRAMES))
+            if self._sent and self._gap * MIN_BATCH < LINGER_S:
+                await self._gather(min(BATCH_FRAMES, max(2, len(self._sent))))
                 if reader.done():
                     break  # the stream ended meanwhile: what is queued was never sent (NotDelivered)
             batch, self._outbox = self._outbox, []
@@ -135,6 +145,18 @@ class TunnelClient:
                 self.frames_sent += len(chunk)
                 self.batches_sent += 1
         reader.result()  # surface why the reader ended
+
+    async def _gather(self, target: int) -> None:
+        """Wait until `target` frames are queued (exchange() says so) or LINGER_S passed."""
+        if len(self._outbox) >= target:
+            return
+        self._gathered, self._gather_target = self._loop.create_future(), target
+        timer = self._loop.call_later(LINGER_S, _resolve, self._gathered)
+        try:
+            await self._gathered
+        finally:
+            timer.cancel()
+            self._gathered = None
 
     async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
         try:
@@ -158,6 +180,11 @@ class TunnelClient:
         self._outbox, self._sent = [], {}
         log.warning("%s%s", reason, " (failing its requests)" if had_traffic else "")
         self._on_broken(self.address)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _expire(future: asyncio.Future[pb.Frame]) -> None:
@@ -188,7 +215,7 @@ class Tunnels:
     def to(self, address: str) -> TunnelClient:
         client = self._clients.get(address)
         if client is None or client.broken is not None:
-            client = self._clients[address] = TunnelClient(address, self._on_broken)
+            client = self._clients[address] = TunnelClient(address, self._on_broken).start()
         return client
 
     async def close(self) -> None:
