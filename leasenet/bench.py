@@ -901,15 +901,20 @@ def targets(datapath: list[dict[str, Any]], etcd: dict[str, Any], leasing: dict[
         return next((r for r in datapath if (r["mode"], r["payload"], r["concurrency"]) == (mode, payload, conc)),
                     None)
 
+    # SPEC §8 and issue 5 compare with "a direct single-hop gRPC call": the unary rows. The stream
+    # rows are held to the same bars for reference only (a direct stream round trip is ~0.25 ms,
+    # so no overlay with an extra round trip comes near 2x at C=1).
     out = []
     for mode in MODES:
+        reference = mode != "unary"
         if (r := row(mode, 100, 64)) is not None:
             out.append({"target": f"overlay throughput >= 0.7 x direct ({mode}, C=64, 100 B)",
-                        "value": r["ratio"]["rps"], "limit": 0.7, "pass": (r["ratio"]["rps"] or 0) >= 0.7})
+                        "value": r["ratio"]["rps"], "limit": 0.7, "pass": (r["ratio"]["rps"] or 0) >= 0.7,
+                        "reference": reference})
         if (r := row(mode, 100, 1)) is not None:
             out.append({"target": f"overlay p50 <= 2 x direct ({mode}, C=1, 100 B)",
                         "value": r["ratio"]["p50_ms"], "limit": 2.0, "pass": (r["ratio"]["p50_ms"] or 99) <= 2.0,
-                        "floor": r.get("relay", {}).get("p50_ratio")})
+                        "floor": r.get("relay", {}).get("p50_ratio"), "reference": reference})
     per_request = etcd["requests_per_service_request"]
     out.append({"target": "etcd requests per service request in steady state = 0", "value": per_request,
                 "limit": 0, "pass": etcd["request_path_etcd_requests"] == 0 and (per_request or 0) < 0.001})
@@ -1022,10 +1027,13 @@ def render(report: dict[str, Any]) -> str:
                       f"data-path requests answered, {c['errors']} errors, {c['double_claims']} double claims"
                   + "".join(f"\n  ! {p}" for p in c["problems"])]
     else:
-        lines += ["", "targets (SPEC §8):"]
-        lines += [f"  {'PASS' if t['pass'] else 'FAIL'}  {t['target']}: {_num(t['value'], 3)}"
-                  + (f"  (floor: the bare relay's p50 is {_num(t['floor'], 3)} x direct)" if t.get("floor") else "")
-                  for t in report["targets"]]
+        def verdict(t: dict[str, Any]) -> str:
+            return (f"  {'PASS' if t['pass'] else 'FAIL'}  {t['target']}: {_num(t['value'], 3)}"
+                    + (f"  (floor: the bare relay's p50 is {_num(t['floor'], 3)} x direct)" if t.get("floor") else ""))
+
+        lines += ["", "targets (SPEC §8, issue 5):"] + [verdict(t) for t in report["targets"] if not t.get("reference")]
+        lines += ["the same bars for the stream style, for reference:"]
+        lines += [verdict(t) for t in report["targets"] if t.get("reference")]
     return "\n".join(lines)
 
 
