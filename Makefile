@@ -16,15 +16,20 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 
 setup: $(VENV)/.installed
 
-# Generated stubs live in leasenet/v1/ (package leasenet.v1, matching the proto package);
-# they are committed so that installing leasenet needs no protoc.
-proto:
-	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+# Generated stubs live in wire/v1/ (the bottom layer) for the proto package leasenet.v1; they are
+# committed so that installing leasenet needs no protoc. protoc names modules after the .proto
+# path (leasenet/v1/...), so the stubs' imports are made relative and their module names moved.
+proto: setup
+	rm -rf build/proto && mkdir -p build/proto
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=build/proto --pyi_out=build/proto --grpc_python_out=build/proto $(PROTOS)
+	sed -i -e 's/^from leasenet\.v1 import /from . import /' -e "s/'leasenet\.v1\.\([a-z]*_pb2\)'/'wire.v1.\1'/" build/proto/leasenet/v1/*.py
+	cp build/proto/leasenet/v1/*_pb2* wire/v1/
 
 proto-check: proto
-	git diff --exit-code -- leasenet/v1 || (echo "generated stubs are stale: run make proto" && exit 1)
+	git diff --exit-code -- wire/v1 || (echo "generated stubs are stale: run make proto" && exit 1)
 
 test: setup
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest tests --ignore=tests/docker
 
 unit: setup

@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from consumer_host.datapath import Attachment
-from registry.config import read_toml
-from registry.model import VmId, parse_ipv4
+from mapping.config import read_toml
+from mapping.model import VmId, parse_ipv4
 
 
 def load_attachments(path: str | Path) -> dict[VmId, Attachment]:

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from registry.model import LeaseId, Service, VmId, parse_target, vm_id
-from registry.state import ClusterState
+from mapping.model import LeaseId, Service, VmId, parse_target, vm_id
+from mapping.state import ClusterState
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,11 +13,11 @@ from collections.abc import Callable
 
 from consumer_host.datapath import Admitted, Grow, Member, Pool, Use, members_from_state
 from consumer_host.registry_client import RegistryClient
-from leasenet.v1 import registry_pb2 as pb
-from registry import keys
-from registry.errors import LeaseExpired, LeasenetError, PoolExhausted, StoreUnavailable
-from registry.model import Claim, Host, LeaseId, Pool as PoolRecord, ProducerVm, Record, VmId, lease_hex, parse_lease_hex
-from registry.replica import Replica
+from wire.v1 import registry_pb2 as pb
+from mapping import keys
+from wire.errors import LeaseExpired, LeasenetError, PoolExhausted, StoreUnavailable
+from mapping.model import Claim, Host, LeaseId, Pool as PoolRecord, ProducerVm, Record, VmId, lease_hex, parse_lease_hex
+from mapping.replica import Replica
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ import grpc
 import grpc.aio
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from leasenet import rpc
-from leasenet.v1 import registry_pb2 as pb
-from leasenet.v1 import registry_pb2_grpc as pb_grpc
-from registry.errors import LeasenetError, StoreUnavailable, error_for_status
+from wire import rpc
+from wire.v1 import registry_pb2 as pb
+from wire.v1 import registry_pb2_grpc as pb_grpc
+from wire.errors import LeasenetError, StoreUnavailable, error_for_status
 
 CALL_TIMEOUT_S = 3.0
 

@@ -18,11 +18,11 @@ from consumer_host.datapath import Admitted, Attachment, Member, Refusal, admit,
 from consumer_host.pools import PoolManager
 from consumer_host.registry_client import RegistryClient
 from consumer_host.tunnel import DeliveryUnknown, NotDelivered, Tunnels
-from leasenet.rpc import STATUS_BY_NUMBER, Server, edge
-from leasenet.v1 import consumer_pb2 as pb
-from leasenet.v1 import consumer_pb2_grpc as pb_grpc
-from leasenet.v1 import tunnel_pb2 as tpb
-from registry.errors import (
+from wire.rpc import STATUS_BY_NUMBER, Server, edge
+from wire.v1 import consumer_pb2 as pb
+from wire.v1 import consumer_pb2_grpc as pb_grpc
+from wire.v1 import tunnel_pb2 as tpb
+from wire.errors import (
     DeadlineExceeded,
     InvalidRequest,
     LeasenetError,
@@ -30,10 +30,10 @@ from registry.errors import (
     Unauthenticated,
     error_for_status,
 )
-from registry.liveness import Liveness
-from registry.model import Host, HostId, HostKind, Network, Record, Service, VmId, vm_id
-from registry.replica import Replica
-from registry.store import Store
+from mapping.liveness import Liveness
+from mapping.model import Host, HostId, HostKind, Network, Record, Service, VmId, vm_id
+from mapping.replica import Replica
+from mapping.store import Store
 
 log = logging.getLogger(__name__)
 

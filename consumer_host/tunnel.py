@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 import grpc.aio
 
-from leasenet import rpc
-from leasenet.v1 import tunnel_pb2 as pb
-from leasenet.v1 import tunnel_pb2_grpc as pb_grpc
+from wire import rpc
+from wire.v1 import tunnel_pb2 as pb
+from wire.v1 import tunnel_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 

@@ -41,8 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from registry.config import ClusterConfig, to_toml
-from registry.model import LeasePolicy, Network, Service, parse_target
+from mapping.config import ClusterConfig, to_toml
+from mapping.model import LeasePolicy, Network, Service, parse_target
 
 NETWORK, VNI = "bench", 77
 DATA_SERVICE, DATA_TARGET, DATA_VMS = "echo", "10.7.255.1:7", 64
@@ -138,9 +138,9 @@ def etcd_counts(metrics_url: str) -> Counter[str]:
 # role: the direct baseline server (the same echo handler, one hop, plain grpc.aio)
 # =================================================================================================
 async def _direct_server(listen: str, ready_file: str, handler_name: str = "echo") -> None:
-    from leasenet.rpc import Server
-    from leasenet.v1 import consumer_pb2 as cpb
-    from leasenet.v1 import consumer_pb2_grpc as cpb_grpc
+    from wire.rpc import Server
+    from wire.v1 import consumer_pb2 as cpb
+    from wire.v1 import consumer_pb2_grpc as cpb_grpc
     from producer_host.handlers import load_handler
 
     handler = load_handler(handler_name)
@@ -166,7 +166,7 @@ async def _direct_server(listen: str, ready_file: str, handler_name: str = "echo
 
 
 async def _serve_until_stopped(server: Any, ready_file: str) -> None:
-    """Start a leasenet.rpc.Server, write its address to ready_file, serve until SIGTERM/SIGINT."""
+    """Start a wire.rpc.Server, write its address to ready_file, serve until SIGTERM/SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -186,9 +186,9 @@ async def _serve_until_stopped(server: Any, ready_file: str) -> None:
 # What the relay costs over the direct call is the floor of any overlay built this way on grpc.aio.
 # =================================================================================================
 async def _relay_end(listen: str, ready_file: str) -> None:
-    from leasenet.rpc import Server
-    from leasenet.v1 import tunnel_pb2 as tpb
-    from leasenet.v1 import tunnel_pb2_grpc as tpb_grpc
+    from wire.rpc import Server
+    from wire.v1 import tunnel_pb2 as tpb
+    from wire.v1 import tunnel_pb2_grpc as tpb_grpc
 
     class Echo(tpb_grpc.TunnelServicer):
         async def Exchange(self, request_iterator: Any, context: Any) -> Any:
@@ -201,11 +201,11 @@ async def _relay_end(listen: str, ready_file: str) -> None:
 
 
 async def _relay(listen: str, ready_file: str, upstream: str) -> None:
-    from leasenet import rpc
-    from leasenet.v1 import consumer_pb2 as cpb
-    from leasenet.v1 import consumer_pb2_grpc as cpb_grpc
-    from leasenet.v1 import tunnel_pb2 as tpb
-    from leasenet.v1 import tunnel_pb2_grpc as tpb_grpc
+    from wire import rpc
+    from wire.v1 import consumer_pb2 as cpb
+    from wire.v1 import consumer_pb2_grpc as cpb_grpc
+    from wire.v1 import tunnel_pb2 as tpb
+    from wire.v1 import tunnel_pb2_grpc as tpb_grpc
 
     call = tpb_grpc.TunnelStub(rpc.channel(upstream)).Exchange()
     waiting: dict[int, asyncio.Future[Any]] = {}
@@ -333,9 +333,9 @@ async def _stream_cell(stub: Any, requests: list[Any], concurrency: int, warmup_
 
 
 async def _load(task: dict[str, Any]) -> dict[str, Any]:
-    from leasenet import rpc
-    from leasenet.v1 import consumer_pb2 as cpb
-    from leasenet.v1 import consumer_pb2_grpc as cpb_grpc
+    from wire import rpc
+    from wire.v1 import consumer_pb2 as cpb
+    from wire.v1 import consumer_pb2_grpc as cpb_grpc
 
     channels: dict[str, Any] = {}
     metrics = task["etcd_metrics"]
@@ -382,9 +382,9 @@ async def _load(task: dict[str, Any]) -> dict[str, Any]:
 async def _grants(task: dict[str, Any]) -> dict[str, Any]:
     import grpc.aio
 
-    from leasenet import rpc
-    from leasenet.v1 import registry_pb2 as rpb
-    from leasenet.v1 import registry_pb2_grpc as rpb_grpc
+    from wire import rpc
+    from wire.v1 import registry_pb2 as rpb
+    from wire.v1 import registry_pb2_grpc as rpb_grpc
 
     latencies: list[float] = []
     sizes: Counter[int] = Counter()
@@ -419,11 +419,11 @@ async def _race(task: dict[str, Any]) -> dict[str, Any]:
     import grpc
     import grpc.aio
 
-    from leasenet import rpc
+    from wire import rpc
     from leasenet.demo import watch_leases
     from leasenet.history import PoolTracker
-    from leasenet.v1 import consumer_pb2 as cpb
-    from leasenet.v1 import consumer_pb2_grpc as cpb_grpc
+    from wire.v1 import consumer_pb2 as cpb
+    from wire.v1 import consumer_pb2_grpc as cpb_grpc
 
     tracker, synced = PoolTracker(), asyncio.Event()
     watcher = asyncio.create_task(watch_leases(task["registry"], tracker, synced))
@@ -474,11 +474,11 @@ async def _race(task: dict[str, Any]) -> dict[str, Any]:
 async def _failover(task: dict[str, Any]) -> dict[str, Any]:
     import grpc.aio
 
-    from leasenet import rpc
-    from leasenet.v1 import consumer_pb2 as cpb
-    from leasenet.v1 import consumer_pb2_grpc as cpb_grpc
-    from leasenet.v1 import registry_pb2 as rpb
-    from leasenet.v1 import registry_pb2_grpc as rpb_grpc
+    from wire import rpc
+    from wire.v1 import consumer_pb2 as cpb
+    from wire.v1 import consumer_pb2_grpc as cpb_grpc
+    from wire.v1 import registry_pb2 as rpb
+    from wire.v1 import registry_pb2_grpc as rpb_grpc
 
     outcomes: list[tuple[str, bool, float, float, str]] = []  # vm, idempotent, sent, done, code
     samples: list[str] = []
@@ -964,7 +964,7 @@ def _size(payload: int) -> str:
 
 
 def render(report: dict[str, Any]) -> str:
-    from leasenet.inspect import table
+    from leasenet.inspection import table
 
     m, st = report["machine"], report["settings"]
     lines = [f"leasenet bench: {st['runs']} run(s){' (--quick: correctness only)' if st['quick'] else ''}; "
@@ -1097,7 +1097,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 def _role_main(argv: list[str]) -> int:
     """`python -m leasenet.bench SERVER LISTEN READY_FILE [ARG]` | `... ROLE TASK.json RESULT.json`."""
-    from leasenet.rpc import install_event_loop
+    from wire.rpc import install_event_loop
 
     loop_name = install_event_loop()  # the same event loop as the hosts: a like-for-like baseline
     if argv[0] in SERVERS:

@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from registry.errors import LeasenetError
+from wire.errors import LeasenetError
 
 log = logging.getLogger("leasenet")
 
@@ -168,7 +168,7 @@ def _write_ready(path: str | None, address: str) -> None:
 
 
 async def _run_service(args: argparse.Namespace, serve: Callable[..., Awaitable[None]], config: Any) -> None:
-    from registry.store.etcd import EtcdStore, parse_endpoints
+    from mapping.store.etcd import EtcdStore, parse_endpoints
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -192,7 +192,7 @@ def _options(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_registry(args: argparse.Namespace) -> None:
-    from registry.config import load_cluster_config
+    from mapping.config import load_cluster_config
     from registry.service import RegistryConfig, serve
 
     cluster = load_cluster_config(args.cluster_config) if args.cluster_config else None
@@ -201,7 +201,7 @@ def cmd_registry(args: argparse.Namespace) -> None:
 
 def cmd_producer_host(args: argparse.Namespace) -> None:
     from producer_host.service import ProducerConfig, serve
-    from registry.model import HostId
+    from mapping.model import HostId
 
     if args.vms < 1:
         raise CliError("--vms must be at least 1")
@@ -217,8 +217,8 @@ def cmd_producer_host(args: argparse.Namespace) -> None:
 def cmd_consumer_host(args: argparse.Namespace) -> None:
     from consumer_host.config import load_attachments
     from consumer_host.service import ConsumerConfig, serve
-    from leasenet.rpc import split_addresses
-    from registry.model import HostId
+    from wire.rpc import split_addresses
+    from mapping.model import HostId
 
     config = ConsumerConfig(host_id=HostId(args.host_id), listen=args.listen, advertise=args.advertise,
                             registries=split_addresses(args.registry, "registry"),
@@ -236,9 +236,9 @@ def cmd_etcd(args: argparse.Namespace) -> None:
 
 
 def cmd_send(args: argparse.Namespace) -> None:
-    from leasenet import rpc
-    from leasenet.v1 import consumer_pb2 as cpb
-    from leasenet.v1 import consumer_pb2_grpc as cpb_grpc
+    from wire import rpc
+    from wire.v1 import consumer_pb2 as cpb
+    from wire.v1 import consumer_pb2_grpc as cpb_grpc
 
     async def send() -> Any:
         async with rpc.channel(args.consumer_host) as channel:
@@ -256,7 +256,7 @@ def cmd_send(args: argparse.Namespace) -> None:
 
 
 def cmd_health(args: argparse.Namespace) -> None:
-    from leasenet.rpc import check_health
+    from wire.rpc import check_health
 
     if not asyncio.run(check_health(args.address, args.timeout)):
         raise CliError(f"{args.address} is not serving")
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=getattr(logging, str(level).upper(), logging.INFO),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
         if args.command in ("registry", "producer-host", "consumer-host"):
-            from leasenet.rpc import install_event_loop
+            from wire.rpc import install_event_loop
 
             install_event_loop()  # uvloop when installed (the `perf` extra): less CPU per message
         handler = COMMANDS[args.command]
@@ -309,10 +309,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "consumer-host": cmd_consumer_host,
     "send": cmd_send,
     "health": cmd_health,
-    "leases": _lazy("leasenet.inspect", "cmd_leases"),
-    "hosts": _lazy("leasenet.inspect", "cmd_hosts"),
-    "vms": _lazy("leasenet.inspect", "cmd_vms"),
-    "services": _lazy("leasenet.inspect", "cmd_services"),
+    "leases": _lazy("leasenet.inspection", "cmd_leases"),
+    "hosts": _lazy("leasenet.inspection", "cmd_hosts"),
+    "vms": _lazy("leasenet.inspection", "cmd_vms"),
+    "services": _lazy("leasenet.inspection", "cmd_services"),
     "demo": _lazy("leasenet.demo", "cmd_demo"),
     "bench": _lazy("leasenet.bench", "cmd_bench"),
     "traffic": _lazy("leasenet.traffic", "cmd_traffic"),

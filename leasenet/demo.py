@@ -18,16 +18,16 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
-from leasenet import rpc
+from wire import rpc
 from leasenet.cluster import LocalCluster, write_toml
 from leasenet.history import PoolTracker, overlapping_executions, read_executions, shared_claims
-from leasenet.inspect import LEASE_HEADER, table
-from leasenet.v1 import consumer_pb2 as cpb
-from leasenet.v1 import consumer_pb2_grpc as cpb_grpc
-from leasenet.v1 import registry_pb2 as rpb
-from leasenet.v1 import registry_pb2_grpc as rpb_grpc
-from registry.config import ClusterConfig, to_toml
-from registry.model import LeasePolicy, Network, Service, parse_target
+from leasenet.inspection import LEASE_HEADER, table
+from wire.v1 import consumer_pb2 as cpb
+from wire.v1 import consumer_pb2_grpc as cpb_grpc
+from wire.v1 import registry_pb2 as rpb
+from wire.v1 import registry_pb2_grpc as rpb_grpc
+from mapping.config import ClusterConfig, to_toml
+from mapping.model import LeasePolicy, Network, Service, parse_target
 
 NETWORK, VNI, SERVICE, TARGET = "blue", 100, "compute", "10.1.255.1:7"
 CONSUMER_VMS = [("10.1.0.1", "token-a"), ("10.1.0.2", "token-b"), ("10.1.0.3", "token-c")]
@@ -195,7 +195,7 @@ def render(s: Summary) -> str:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from leasenet.cli import CliError
-    from leasenet.rpc import split_addresses
+    from wire.rpc import split_addresses
 
     if args.requests < 20:
         raise CliError("--requests must be at least 20 (the demo kills a host halfway)")

@@ -40,9 +40,9 @@ from typing import IO, Any
 import grpc
 import grpc.aio
 
-from leasenet import rpc
-from leasenet.v1 import consumer_pb2 as cpb
-from leasenet.v1 import consumer_pb2_grpc as cpb_grpc
+from wire import rpc
+from wire.v1 import consumer_pb2 as cpb
+from wire.v1 import consumer_pb2_grpc as cpb_grpc
 
 DEFAULT_TARGET = "10.1.255.1:7"
 ERROR_PAUSE_S = 0.05  # after a failed request a worker pauses, so a dead consumer host does not eat the load
@@ -220,7 +220,7 @@ async def run_traffic(plan: TrafficPlan, consumer_hosts: Sequence[str], total: i
 
 def cmd_traffic(args: argparse.Namespace) -> None:
     from leasenet.cli import CliError
-    from leasenet.rpc import split_addresses
+    from wire.rpc import split_addresses
 
     if args.requests < 1 or args.concurrency < 1:
         raise CliError("--requests and --concurrency must be at least 1")

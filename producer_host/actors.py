@@ -15,7 +15,7 @@ from typing import IO
 import grpc
 
 from producer_host.handlers import Handler, HandlerError
-from registry.model import ProducerVm
+from mapping.model import ProducerVm
 
 log = logging.getLogger(__name__)
 

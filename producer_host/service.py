@@ -13,17 +13,17 @@ import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
 
-from leasenet.rpc import Server
-from leasenet.v1 import tunnel_pb2 as pb
-from leasenet.v1 import tunnel_pb2_grpc as pb_grpc
+from wire.rpc import Server
+from wire.v1 import tunnel_pb2 as pb
+from wire.v1 import tunnel_pb2_grpc as pb_grpc
 from producer_host.actors import Envelope, History, VmActor
 from producer_host.handlers import load_handler
 from producer_host.validate import Accept, Addressing, Reject, validate
-from registry.errors import StoreUnavailable
-from registry.liveness import Liveness
-from registry.model import Host, HostId, HostKind, ProducerVm, VmId, parse_ipv4
-from registry.replica import Replica
-from registry.store import Store
+from wire.errors import StoreUnavailable
+from mapping.liveness import Liveness
+from mapping.model import Host, HostId, HostKind, ProducerVm, VmId, parse_ipv4
+from mapping.replica import Replica
+from mapping.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import grpc
 
-from registry.model import Claim, HostId, VmId, vm_id
-from registry.state import ClusterState
+from mapping.model import Claim, HostId, VmId, vm_id
+from mapping.state import ClusterState
 
 
 @dataclass(frozen=True, slots=True)

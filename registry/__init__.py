@@ -1,1 +1,2 @@
-"""The VM mapping repository over etcd: records, leasing, the watch-synced replica, the registry service."""
+"""`leasenet registry`, the leasing agent: grants, grows, shrinks, renews and releases lease pools in
+etcd, collects dead claims, and serves the leasing and inspection gRPC APIs."""

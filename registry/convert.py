@@ -1,11 +1,11 @@
-"""Domain records <-> leasenet.v1 messages. The only registry module that knows protobuf types."""
+"""Domain records <-> wire.v1 (proto package leasenet.v1) messages. The only registry module that knows protobuf types."""
 
 from __future__ import annotations
 
-from leasenet.v1 import registry_pb2 as pb
+from wire.v1 import registry_pb2 as pb
 from registry.leasing import LeaseView
-from registry.model import Host, ProducerVm, Service, lease_hex
-from registry.state import ClusterState
+from mapping.model import Host, ProducerVm, Service, lease_hex
+from mapping.state import ClusterState
 
 
 def host_to_pb(host: Host) -> pb.Host:

@@ -12,13 +12,13 @@ import logging
 import random
 from dataclasses import dataclass
 
-from registry import keys
-from registry.errors import ClaimConflict, InvalidRequest, LeaseExpired, NotFound, PermissionDenied, PoolExhausted
-from registry.model import Claim, ConsumerRef, LeaseId, Pool, ProducerVm, Service, VmId, lease_hex
+from mapping import keys
+from wire.errors import ClaimConflict, InvalidRequest, LeaseExpired, NotFound, PermissionDenied, PoolExhausted
+from mapping.model import Claim, ConsumerRef, LeaseId, Pool, ProducerVm, Service, VmId, lease_hex
 from registry.placement import choose_vms, host_loads
-from registry.replica import Replica
-from registry.state import ClusterState
-from registry.store import Require, Store
+from mapping.replica import Replica
+from mapping.state import ClusterState
+from mapping.store import Require, Store
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import random
 from collections import Counter
 from collections.abc import Iterable
 
-from registry.model import HostId, ProducerVm
-from registry.state import ClusterState
+from mapping.model import HostId, ProducerVm
+from mapping.state import ClusterState
 
 
 def host_loads(state: ClusterState) -> dict[HostId, float]:

@@ -10,17 +10,17 @@ from dataclasses import dataclass
 
 import grpc.aio
 
-from leasenet.rpc import Server, edge
-from leasenet.v1 import registry_pb2 as pb
-from leasenet.v1 import registry_pb2_grpc as pb_grpc
-from registry import keys
-from registry.config import ClusterConfig
+from wire.rpc import Server, edge
+from wire.v1 import registry_pb2 as pb
+from wire.v1 import registry_pb2_grpc as pb_grpc
+from mapping import keys
+from mapping.config import ClusterConfig
 from registry.convert import host_to_pb, lease_to_pb, service_to_pb, vm_to_pb
-from registry.errors import InvalidRequest, NotFound
+from wire.errors import InvalidRequest, NotFound
 from registry.leasing import ClaimCollector, LeasingAgent, describe
-from registry.model import ConsumerRef, HostId, HostKind, LeaseId, Pool, Record, VmId, parse_lease_hex, vm_id
-from registry.replica import Replica
-from registry.store import Store
+from mapping.model import ConsumerRef, HostId, HostKind, LeaseId, Pool, Record, VmId, parse_lease_hex, vm_id
+from mapping.replica import Replica
+from mapping.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -28,11 +28,11 @@ from leasenet import checker
 from leasenet.checker import Fault, Report
 from leasenet.cluster import LocalCluster, Proc, write_toml
 from leasenet.etcd import EtcdCluster, free_port
-from registry.config import ClusterConfig, to_toml
-from registry.model import LeasePolicy, Network, Service, parse_target
-from registry.model import Claim, Pool as PoolRecord, Record
-from registry.replica import Replica
-from registry.store.etcd import EtcdStore
+from mapping.config import ClusterConfig, to_toml
+from mapping.model import LeasePolicy, Network, Service, parse_target
+from mapping.model import Claim, Pool as PoolRecord, Record
+from mapping.replica import Replica
+from mapping.store.etcd import EtcdStore
 
 REPO = Path(__file__).resolve().parents[2]
 NETWORK, SERVICE, TARGET = "blue", "echo", "10.1.255.1:7"

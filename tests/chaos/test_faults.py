@@ -13,11 +13,11 @@ import grpc
 import pytest
 
 from leasenet.cluster import LocalCluster
-from leasenet.v1 import tunnel_pb2 as tpb
-from registry import keys
-from registry.model import Network
-from registry.replica import Replica
-from registry.store.etcd import EtcdStore
+from wire.v1 import tunnel_pb2 as tpb
+from mapping import keys
+from mapping.model import Network
+from mapping.replica import Replica
+from mapping.store.etcd import EtcdStore
 from tests.integration.helpers import leases, send, send_status, start
 from tests.integration.test_tunnel_validation import exchange
 

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from registry.store import Compacted, Require, Store
-from registry.store.etcd import EtcdStore
-from registry.store.memory import MemoryStore
+from mapping.store import Compacted, Require, Store
+from mapping.store.etcd import EtcdStore
+from mapping.store.memory import MemoryStore
 
 _run = itertools.count()
 

@@ -18,9 +18,9 @@ import sys
 import time
 from typing import Any
 
-from registry.model import Claim, Pool, Record
-from registry.replica import Replica
-from registry.store.etcd import EtcdStore, parse_endpoints
+from mapping.model import Claim, Pool, Record
+from mapping.replica import Replica
+from mapping.store.etcd import EtcdStore, parse_endpoints
 
 
 def write(line: dict[str, Any]) -> None:

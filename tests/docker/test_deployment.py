@@ -36,7 +36,7 @@ import pytest
 
 from leasenet import checker
 from leasenet.checker import Fault
-from registry.config import load_cluster_config
+from mapping.config import load_cluster_config
 from tests.docker.conftest import DOCKER_DIR, ETCD_ENDPOINTS, FIGURES, ComposeProject, docker
 from tests.docker.test_etcd_cluster import leader
 

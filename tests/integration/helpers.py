@@ -9,14 +9,14 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
-from leasenet import rpc
+from wire import rpc
 from leasenet.cluster import LocalCluster, Proc, write_toml
-from leasenet.v1 import consumer_pb2 as cpb
-from leasenet.v1 import consumer_pb2_grpc as cpb_grpc
-from leasenet.v1 import registry_pb2 as rpb
-from leasenet.v1 import registry_pb2_grpc as rpb_grpc
-from registry.config import ClusterConfig, to_toml
-from registry.model import LeasePolicy, Network, Service, parse_target
+from wire.v1 import consumer_pb2 as cpb
+from wire.v1 import consumer_pb2_grpc as cpb_grpc
+from wire.v1 import registry_pb2 as rpb
+from wire.v1 import registry_pb2_grpc as rpb_grpc
+from mapping.config import ClusterConfig, to_toml
+from mapping.model import LeasePolicy, Network, Service, parse_target
 
 TARGET = "10.1.255.1:7"
 

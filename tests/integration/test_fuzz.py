@@ -16,12 +16,12 @@ import grpc
 import grpc.aio
 import pytest
 
-from leasenet import rpc
+from wire import rpc
 from leasenet.history import read_executions
-from leasenet.v1 import consumer_pb2 as cpb
-from leasenet.v1 import tunnel_pb2 as tpb
-from registry import keys
-from registry.store.etcd import EtcdStore
+from wire.v1 import consumer_pb2 as cpb
+from wire.v1 import tunnel_pb2 as tpb
+from mapping import keys
+from mapping.store.etcd import EtcdStore
 from tests.integration.helpers import TARGET, history, leases, send, start
 from tests.integration.test_tunnel_validation import exchange
 

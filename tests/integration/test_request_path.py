@@ -13,10 +13,10 @@ import time
 import grpc
 import pytest
 
-from leasenet import rpc
+from wire import rpc
 from leasenet.history import overlapping_executions, read_executions
-from leasenet.v1 import registry_pb2 as rpb
-from leasenet.v1 import registry_pb2_grpc as rpb_grpc
+from wire.v1 import registry_pb2 as rpb
+from wire.v1 import registry_pb2_grpc as rpb_grpc
 from tests.integration.helpers import history, leases, send, send_status, start
 
 pytestmark = pytest.mark.integration
@@ -70,8 +70,8 @@ async def test_racing_consumer_hosts_never_share_a_producer_vm_and_losers_hear_w
     assert len(winners) == 3
     assert all(code == grpc.StatusCode.RESOURCE_EXHAUSTED and "'echo'" in msg for code, msg in losers), losers
     # checked in etcd itself: one claim per VM, each claim in a live pool of the consumer it names
-    from registry import keys
-    from registry.store.etcd import EtcdStore
+    from mapping import keys
+    from mapping.store.etcd import EtcdStore
 
     store = await EtcdStore(cluster.etcd_endpoints).connect()
     try:

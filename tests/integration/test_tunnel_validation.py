@@ -6,9 +6,9 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from leasenet import rpc
-from leasenet.v1 import tunnel_pb2 as tpb
-from leasenet.v1 import tunnel_pb2_grpc as tpb_grpc
+from wire import rpc
+from wire.v1 import tunnel_pb2 as tpb
+from wire.v1 import tunnel_pb2_grpc as tpb_grpc
 from tests.integration.helpers import leases, send, start
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from leasenet.cli import build_parser, env_name
-from registry.config import load_cluster_config, parse_cluster_config
+from mapping.config import load_cluster_config, parse_cluster_config
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -67,8 +67,8 @@ def test_cluster_config_errors_name_the_problem(tmp_path: Path) -> None:
 
 
 def test_a_cluster_config_written_as_toml_reads_back_the_same(tmp_path: Path) -> None:
-    from registry.config import ClusterConfig, to_toml
-    from registry.model import LeasePolicy, Network, Service
+    from mapping.config import ClusterConfig, to_toml
+    from mapping.model import LeasePolicy, Network, Service
 
     config = ClusterConfig([Network("blue", 100), Network("red", 200)],
                            [Service("echo", "blue", "10.1.255.1", 7, LeasePolicy(2, 5, 9, 1.5, 3)),

@@ -17,8 +17,8 @@ from consumer_host.datapath import (
     answer_source,
     route,
 )
-from registry.model import LeaseId, LeasePolicy, Network, Service, VmId
-from registry.state import ClusterState
+from mapping.model import LeaseId, LeasePolicy, Network, Service, VmId
+from mapping.state import ClusterState
 
 BLUE = Service("echo", "blue", "10.1.255.1", 7, LeasePolicy(min_pool=1, max_pool=2, lease_ttl_s=5, idle_release_s=2))
 RED = Service("red-echo", "red", "10.2.255.1", 7)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from registry import keys
-from registry.model import Claim, Host, HostId, HostKind, LeaseId, LeasePolicy, Network, Pool, ProducerVm, Service, VmId
+from mapping import keys
+from mapping.model import Claim, Host, HostId, HostKind, LeaseId, LeasePolicy, Network, Pool, ProducerVm, Service, VmId
 
 
 def test_every_record_round_trips_through_its_key_and_value() -> None:

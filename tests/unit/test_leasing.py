@@ -8,13 +8,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from registry import keys
-from registry.errors import ClaimConflict, LeaseExpired, NotFound, PermissionDenied, PoolExhausted
+from mapping import keys
+from wire.errors import ClaimConflict, LeaseExpired, NotFound, PermissionDenied, PoolExhausted
 from registry.leasing import ClaimCollector, LeasingAgent
-from registry.model import ConsumerRef, Host, HostId, HostKind, LeasePolicy, Network, ProducerVm, Service
+from mapping.model import ConsumerRef, Host, HostId, HostKind, LeasePolicy, Network, ProducerVm, Service
 from registry.placement import choose_vms
-from registry.replica import Replica
-from registry.store.memory import MemoryStore
+from mapping.replica import Replica
+from mapping.store.memory import MemoryStore
 
 SERVICE = Service("echo", "blue", "10.1.255.1", 7, LeasePolicy(min_pool=2, max_pool=3, lease_ttl_s=5))
 

@@ -30,9 +30,9 @@ from consumer_host.datapath import (
 from leasenet.checker import overlapping
 from leasenet.history import Execution
 from producer_host.validate import Accept, Addressing, Reject, validate
-from registry import keys
-from registry.model import Claim, Host, HostId, HostKind, LeaseId, LeasePolicy, Network, ProducerVm, Service, VmId
-from registry.state import ClusterState
+from mapping import keys
+from mapping.model import Claim, Host, HostId, HostKind, LeaseId, LeasePolicy, Network, ProducerVm, Service, VmId
+from mapping.state import ClusterState
 
 ME, ADDRESS = HostId("p1"), "127.0.0.1:7100"
 CONSUMER_HOST = "127.0.0.1:7200"

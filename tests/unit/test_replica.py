@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
-from registry import keys
-from registry.model import Host, HostId, HostKind, Network
-from registry.replica import Replica
-from registry.store.memory import MemoryStore
-from registry.store import WatchBatch, WatchEvent
+from mapping import keys
+from mapping.model import Host, HostId, HostKind, Network
+from mapping.replica import Replica
+from mapping.store.memory import MemoryStore
+from mapping.store import WatchBatch, WatchEvent
 
 
 def host(n: int) -> Host:

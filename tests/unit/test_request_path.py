@@ -10,12 +10,12 @@ import pytest
 
 from consumer_host.datapath import Attachment, Member, route
 from consumer_host.service import ConsumerConfig, RequestPath
-from leasenet.v1 import consumer_pb2 as pb
-from registry import keys
-from registry.errors import LeasenetError
-from registry.model import HostId, LeasePolicy, Network, Service, VmId
-from registry.replica import Replica
-from registry.store.memory import MemoryStore
+from wire.v1 import consumer_pb2 as pb
+from mapping import keys
+from wire.errors import LeasenetError
+from mapping.model import HostId, LeasePolicy, Network, Service, VmId
+from mapping.replica import Replica
+from mapping.store.memory import MemoryStore
 
 ECHO = Service("echo", "blue", "10.1.255.1", 7, LeasePolicy())
 VM = Attachment("blue", "10.1.0.1", "secret")

@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Callable
 
 from consumer_host.tunnel import TunnelClient
-from leasenet.v1 import tunnel_pb2 as pb
+from wire.v1 import tunnel_pb2 as pb
 
 
 class FakeCall:

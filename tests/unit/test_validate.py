@@ -5,9 +5,9 @@ from __future__ import annotations
 import grpc
 
 from producer_host.validate import Accept, Addressing, Reject, validate
-from registry import keys
-from registry.model import Claim, Host, HostId, HostKind, LeaseId, Network, ProducerVm, VmId
-from registry.state import ClusterState
+from mapping import keys
+from mapping.model import Claim, Host, HostId, HostKind, LeaseId, Network, ProducerVm, VmId
+from mapping.state import ClusterState
 
 ME, ADDRESS = HostId("p1"), "127.0.0.1:7100"
 

@@ -15,7 +15,7 @@ import dataclasses
 import json
 from typing import Any
 
-from registry.model import (
+from mapping.model import (
     Claim,
     Host,
     HostId,

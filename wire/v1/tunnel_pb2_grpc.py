@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from leasenet.v1 import tunnel_pb2 as leasenet_dot_v1_dot_tunnel__pb2
+from . import tunnel_pb2 as leasenet_dot_v1_dot_tunnel__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

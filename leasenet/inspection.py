@@ -11,9 +11,9 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
-from leasenet import rpc
-from leasenet.v1 import registry_pb2 as pb
-from leasenet.v1 import registry_pb2_grpc as pb_grpc
+from wire import rpc
+from wire.v1 import registry_pb2 as pb
+from wire.v1 import registry_pb2_grpc as pb_grpc
 
 WATCH_PERIOD_S = 1.0
 

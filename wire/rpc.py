@@ -17,7 +17,7 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from registry.errors import LeasenetError
+from wire.errors import LeasenetError
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,11 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from registry import keys
-from registry.errors import StoreUnavailable
-from registry.model import Record
-from registry.state import ClusterState
-from registry.store import Compacted, Snapshot, Store, WatchBatch
+from mapping import keys
+from wire.errors import StoreUnavailable
+from mapping.model import Record
+from mapping.state import ClusterState
+from mapping.store import Compacted, Snapshot, Store, WatchBatch
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
-from registry.errors import StoreUnavailable
-from registry.store.base import Compacted, KeyValue, Require, Snapshot, TxnResult, WatchBatch, WatchEvent
+from wire.errors import StoreUnavailable
+from mapping.store.base import Compacted, KeyValue, Require, Snapshot, TxnResult, WatchBatch, WatchEvent
 
 
 @dataclass

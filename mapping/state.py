@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from registry import keys
-from registry.model import Claim, Host, HostId, HostKind, LeaseId, Network, Pool, ProducerVm, Record, Service, VmId
+from mapping import keys
+from mapping.model import Claim, Host, HostId, HostKind, LeaseId, Network, Pool, ProducerVm, Record, Service, VmId
 
 
 @dataclass

@@ -21,8 +21,8 @@ import grpc.aio
 import etcd3aio
 from etcd3aio import Etcd3Client, EtcdError, prefix_range_end
 from etcd3aio.kv import KVService
-from registry.errors import StoreUnavailable
-from registry.store.base import Compacted, KeyValue, Require, Snapshot, TxnResult, WatchBatch, WatchEvent
+from wire.errors import StoreUnavailable
+from mapping.store.base import Compacted, KeyValue, Require, Snapshot, TxnResult, WatchBatch, WatchEvent
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from registry.model import LeasePolicy, Network, Service, parse_target
+from mapping.model import LeasePolicy, Network, Service, parse_target
 
 _POLICY_FIELDS = {"min_pool", "max_pool", "lease_ttl_s", "idle_release_s", "max_pools_per_consumer"}
 

@@ -7,10 +7,10 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 
-from registry import keys
-from registry.errors import InvalidRequest, StoreUnavailable
-from registry.model import HostId, Record
-from registry.store import Require, Store
+from mapping import keys
+from wire.errors import InvalidRequest, StoreUnavailable
+from mapping.model import HostId, Record
+from mapping.store import Require, Store
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The project's own small store interface. Two backends implement it: `etcd.EtcdStore` (the real
 one) and `memory.MemoryStore` (unit tests); `tests/contract/` runs one suite against both.
 
-Every method raises `registry.errors.StoreUnavailable` when the backend cannot be reached.
+Every method raises `wire.errors.StoreUnavailable` when the backend cannot be reached.
 """
 
 from __future__ import annotations
