@@ -2,7 +2,7 @@
 module asks these functions what to do, then does it.
 
     admit()            step 1    source is the attached VM, target exists in its network
-    Pool.decide()      steps 4-6 use an unused VM, grow the pool, or wait
+    HeldPool.decide()  steps 4-6 use an unused VM, grow the pool, or wait
     route()            steps 7-9 rewrite the destination, resolve the host, build the outer header
     answer_source()    step 12   the response's source becomes the target virtual address
 """
@@ -73,8 +73,8 @@ def admit(attachments: dict[VmId, Attachment], state: ClusterState, network: str
 
 
 @dataclass(frozen=True, slots=True)
-class Member:
-    """A producer VM in a pool, with what the tunnel needs to reach it."""
+class PoolVm:
+    """A producer VM in a held pool (one claim on one VM), with what the tunnel needs to reach it."""
 
     vm: VmId
     address: str
@@ -84,7 +84,7 @@ class Member:
 
 @dataclass(frozen=True, slots=True)
 class Use:
-    member: Member
+    member: PoolVm
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,14 +101,15 @@ Decision = Use | Grow | Wait
 
 
 @dataclass
-class Pool:
-    """One lease pool as the consumer host tracks it: members, which are busy, when last used."""
+class HeldPool:
+    """One lease pool as this consumer host holds it: members, which are busy, when last used.
+    (`mapping.model.Pool` is the pool's record in etcd.)"""
 
     service: Service
     consumer: VmId
     lease_id: LeaseId
     revision: int
-    members: dict[VmId, Member] = field(default_factory=dict)
+    members: dict[VmId, PoolVm] = field(default_factory=dict)
     busy: set[VmId] = field(default_factory=set)
     avoid: set[VmId] = field(default_factory=set)  # refused a frame: skip until the replica catches up
     growing: bool = False
@@ -123,7 +124,7 @@ class Pool:
             return Grow()
         return Wait()
 
-    def take(self, member: Member, now: float) -> None:
+    def take(self, member: PoolVm, now: float) -> None:
         self.busy.add(member.vm)
         self.last_used = now
         # to the back of the order: busy members gather there, so decide() finds a free one early
@@ -131,7 +132,8 @@ class Pool:
         if current is not None:
             self.members[member.vm] = current
 
-    def give_back(self, member: Member, now: float) -> None:
+    def put_back(self, member: PoolVm, now: float) -> None:
+        """The request on `member` is over: it is unused again (step 12)."""
         self.busy.discard(member.vm)
         self.last_used = now
 
@@ -154,7 +156,7 @@ class Route:
     fencing_token: int
 
 
-def route(member: Member, service: Service, vni: int, consumer_host_address: str) -> Route:
+def route(member: PoolVm, service: Service, vni: int, consumer_host_address: str) -> Route:
     return Route(dst=member.address, dst_port=service.port, vni=vni, src_host=consumer_host_address,
                  dst_host=member.host_address, fencing_token=member.fencing_token)
 
@@ -164,11 +166,11 @@ def answer_source(service: Service) -> tuple[str, int]:
     return service.vip, service.port
 
 
-def members_from_state(state: ClusterState, lease_id: LeaseId) -> dict[VmId, Member]:
+def members_from_state(state: ClusterState, lease_id: LeaseId) -> dict[VmId, PoolVm]:
     """The pool's members as the replica shows them (claims that are current and routable)."""
     members = {}
     for vm in state.members_by_lease.get(lease_id, ()):
         claim, record, host_address = state.claims[vm], state.vms.get(vm), state.host_address(vm)
         if record is not None and host_address is not None and state.claim_is_current(claim):
-            members[vm] = Member(vm, record.address, host_address, claim.revision)
+            members[vm] = PoolVm(vm, record.address, host_address, claim.revision)
     return members

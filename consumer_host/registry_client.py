@@ -1,6 +1,10 @@
 """The consumer host's client for the leasing agents: several registry replicas, failing over on
 UNAVAILABLE with bounded, jittered retries (tenacity). Every leasing call is safe to repeat on
-another replica: a repeated RequestLease finds the pool the first one created."""
+another replica: a repeated RequestLease finds the pool the first one created.
+
+A new lease asks each agent at most once: when they all answer UNAVAILABLE (etcd unreachable, or
+no agent reachable), going round again only spends the request's deadline (SPEC §6: new leases
+fail fast with etcd down)."""
 
 from __future__ import annotations
 
@@ -37,8 +41,9 @@ class RegistryClient:
             self._stubs = [pb_grpc.LeasingStub(c) for c in self._channels]
         return self._stubs[self._current if index is None else index]
 
-    async def _call(self, method: str, request: Any, timeout_s: float = CALL_TIMEOUT_S) -> Any:
-        retrying = AsyncRetrying(stop=stop_after_attempt(2 * len(self.addresses)),
+    async def _call(self, method: str, request: Any, timeout_s: float = CALL_TIMEOUT_S, rounds: int = 2) -> Any:
+        """`rounds`: how many times each agent may be asked before the last UNAVAILABLE is the answer."""
+        retrying = AsyncRetrying(stop=stop_after_attempt(rounds * len(self.addresses)),
                                  wait=wait_random_exponential(multiplier=0.05, max=0.5),
                                  retry=retry_if_exception(_is_unavailable), reraise=True)
         async for attempt in retrying:
@@ -60,7 +65,7 @@ class RegistryClient:
                             avoid_hosts: list[str]) -> pb.Lease:
         return await self._call("RequestLease", pb.RequestLeaseRequest(
             service=service, consumer_network=network, consumer_vm=address, consumer_host=host_id,
-            avoid_hosts=avoid_hosts))
+            avoid_hosts=avoid_hosts), rounds=1)
 
     async def grow_lease(self, lease_id: str, count: int, min_revision: int, avoid_hosts: list[str]) -> pb.Lease:
         return await self._call("GrowLease", pb.GrowLeaseRequest(lease_id=lease_id, count=count,

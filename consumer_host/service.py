@@ -14,7 +14,7 @@ import grpc.aio
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random
 from google.protobuf.message import DecodeError
 
-from consumer_host.datapath import Admitted, Attachment, Member, Refusal, admit, answer_source, route
+from consumer_host.datapath import Admitted, Attachment, PoolVm, Refusal, admit, answer_source, route
 from consumer_host.pools import PoolManager
 from consumer_host.registry_client import RegistryClient
 from consumer_host.tunnel import DeliveryUnknown, NotDelivered, Tunnels
@@ -72,7 +72,7 @@ class RequestPath:
         self.tunnels = tunnels
         self.address = config.advertise
         self._admitted: dict[tuple[str, str, str, str], Admitted] = {}
-        self._templates: dict[Member, tpb.Frame] = {}
+        self._templates: dict[PoolVm, tpb.Frame] = {}
         replica.subscribe(self._on_change)
 
     def _on_change(self, key: str, old: Record | None, new: Record | None, revision: int) -> None:
@@ -90,7 +90,7 @@ class RequestPath:
             admitted = self._admitted[key] = verdict
         return admitted
 
-    def _frame(self, member: Member, admitted: Admitted, req: pb.SendRequest, remaining: float) -> tpb.Frame:
+    def _frame(self, member: PoolVm, admitted: Admitted, req: pb.SendRequest, remaining: float) -> tpb.Frame:
         """Steps 7-9: the outer header and the rewritten inner destination come from the member's
         template (datapath.route); the rest from the request."""
         template = self._templates.get(member)
@@ -144,7 +144,7 @@ class RequestPath:
         try:
             answer = await self.tunnels.to(member.host_address).exchange(frame, remaining)
         except BaseException as exc:
-            self.pools.give_back(pool, member)
+            self.pools.put_back(pool, member)
             if isinstance(exc, NotDelivered):
                 raise _Retry(str(exc)) from None
             if isinstance(exc, DeliveryUnknown):
@@ -158,7 +158,7 @@ class RequestPath:
             raise
         code = STATUS_BY_NUMBER.get(answer.status_code, grpc.StatusCode.UNKNOWN)
         refused = code not in (grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED) and not answer.delivered
-        self.pools.give_back(pool, member, refused=refused)
+        self.pools.put_back(pool, member, refused=refused)
         if code is grpc.StatusCode.OK:
             return answer
         if refused:  # the producer host refused the frame before the VM saw it: another VM may take it
@@ -262,7 +262,7 @@ async def serve(config: ConsumerConfig, store: Store, stop: asyncio.Event,
                             lambda: [Host(config.host_id, HostKind.CONSUMER, path.address)], config.liveness_ttl_s)
         await liveness.register()
         background += [tasks.create_task(liveness.keep_alive(), name="liveness"),
-                       tasks.create_task(pools.maintain(), name="pools")]
+                       tasks.create_task(pools.run(), name="pools")]
         await server.set_serving(True)
         log.info("consumer host %s serving %d consumer VM(s) on %s", config.host_id, len(config.attachments),
                  path.address)

@@ -10,11 +10,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mapping import keys
-from wire.errors import ClaimConflict, InvalidRequest, LeaseExpired, NotFound, PermissionDenied, PoolExhausted
-from mapping.model import Claim, ConsumerRef, LeaseId, Pool, ProducerVm, Service, VmId, lease_hex
+from wire.errors import (
+    ClaimConflict,
+    InvalidRequest,
+    LeaseExpired,
+    LeasenetError,
+    NotFound,
+    PermissionDenied,
+    PoolExhausted,
+    ProducerUnavailable,
+)
+from mapping.model import Claim, ConsumerRef, Host, HostId, LeaseId, Pool, ProducerVm, Record, Service, VmId, lease_hex
 from registry.placement import choose_vms, host_loads
 from mapping.replica import Replica
 from mapping.state import ClusterState
@@ -23,10 +34,15 @@ from mapping.store import Require, Store
 log = logging.getLogger(__name__)
 
 CATCH_UP_S = 2.0  # how long we wait for our replica to show a revision etcd already has
+# a producer VM that vanished this recently is most likely coming back: its host's liveness lease
+# lapsed (e.g. while etcd was down) and the host is re-registering
+RETURNING_WINDOW_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
-class Member:
+class LeasedVm:
+    """A producer VM in a lease, as the registry describes it."""
+
     vm: ProducerVm
     host_address: str
     fencing_token: int
@@ -35,7 +51,20 @@ class Member:
 @dataclass(frozen=True, slots=True)
 class LeaseView:
     pool: Pool
-    members: list[Member]
+    members: list[LeasedVm]
+
+
+def shortfall(service: str, need: int, free: int, returning: int, purpose: str) -> LeasenetError:
+    """Why `need` producer VMs of `service` cannot be claimed now (pure). `returning`: VMs of the
+    service on their way back, which vanished moments ago or are back but still carry their previous
+    incarnation's claim: while they would cover the need, producer hosts are re-registering (a wait,
+    UNAVAILABLE) and the fleet is not exhausted (RESOURCE_EXHAUSTED)."""
+    if returning and free + returning >= need:
+        return ProducerUnavailable(f"producer hosts are re-registering; try again: service {service!r} has {free} "
+                                   f"free producer VM(s) now and {returning} coming back, and {need} are needed "
+                                   f"to {purpose}")
+    return PoolExhausted(f"service {service!r} has {free} free producer VM(s) but {need} are needed to {purpose} "
+                         f"(short by {need - free})")
 
 
 def describe(state: ClusterState, pool: Pool) -> LeaseView:
@@ -44,17 +73,31 @@ def describe(state: ClusterState, pool: Pool) -> LeaseView:
         claim, vm = state.claims[vm_id], state.vms.get(vm_id)
         address = state.host_address(vm_id)
         if vm is not None and address is not None:
-            members.append(Member(vm, address, claim.revision))
+            members.append(LeasedVm(vm, address, claim.revision))
     return LeaseView(pool, members)
 
 
 class LeasingAgent:
     def __init__(self, store: Store, replica: Replica, *, rng: random.Random | None = None,
-                 max_attempts: int = 8) -> None:
+                 max_attempts: int = 8, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.replica = replica
         self.rng = rng or random.Random()
         self.max_attempts = max_attempts
+        self.clock = clock
+        self._vanished: dict[VmId, tuple[str, float]] = {}  # producer VM -> (its service, when it vanished)
+        self._drained: set[HostId] = set()
+        replica.subscribe(self._on_change)
+
+    def _on_change(self, key: str, old: Record | None, new: Record | None, revision: int) -> None:
+        if isinstance(new, ProducerVm):
+            self._vanished.pop(new.vm_id, None)
+        elif isinstance(old, ProducerVm) and old.host_id not in self._drained:
+            self._vanished[old.vm_id] = (old.service, self.clock())
+        elif isinstance(new, Host) and new.draining:  # it will deregister, and not come back
+            self._drained.add(new.host_id)
+        elif isinstance(new, Host):
+            self._drained.discard(new.host_id)
 
     @property
     def state(self) -> ClusterState:
@@ -168,9 +211,21 @@ class LeasingAgent:
         stay in etcd until their liveness lease lapses, but they are not worth leasing from."""
         free = [vm for vm in self.state.free_vms(service.name) if self.state.host_address(vm.vm_id) not in avoid_hosts]
         if len(free) < count:
-            raise PoolExhausted(f"service {service.name!r} has {len(free)} free producer VM(s) but {count} "
-                                f"are needed to {purpose} (short by {count - len(free)})")
+            raise shortfall(service.name, count, len(free), self._returning(service.name, avoid_hosts), purpose)
         return choose_vms(free, host_loads(self.state), count, self.rng)
+
+    def _returning(self, service: str, avoid_hosts: frozenset[str]) -> int:
+        """VMs of `service` on their way back: vanished within RETURNING_WINDOW_S and not yet seen
+        again, or re-registered while the claim collector has yet to delete their stale claim."""
+        since = self.clock() - RETURNING_WINDOW_S
+        for vm_id in [v for v, (_, when) in self._vanished.items() if when < since]:
+            del self._vanished[vm_id]
+        state = self.state
+        reclaimable = [vm for vm in state.vms.values()
+                       if vm.service == service and vm.vm_id in state.claims and state.is_usable(vm)
+                       and not state.claim_is_current(state.claims[vm.vm_id])
+                       and state.host_address(vm.vm_id) not in avoid_hosts]
+        return sum(s == service for s, _ in self._vanished.values()) + len(reclaimable)
 
     @staticmethod
     def _claims(chosen: list[ProducerVm], pool: Pool) -> list[tuple[str, bytes]]:

@@ -8,8 +8,8 @@ from consumer_host.datapath import (
     Admitted,
     Attachment,
     Grow,
-    Member,
-    Pool,
+    HeldPool,
+    PoolVm,
     Refusal,
     Use,
     Wait,
@@ -53,12 +53,12 @@ def test_each_bad_request_is_refused_with_its_own_status() -> None:
         assert len(verdict.message.split()) >= 5  # a sentence, not a code
 
 
-def member(n: int) -> Member:
-    return Member(VmId(f"blue/10.1.1.{n}"), f"10.1.1.{n}", "127.0.0.1:7100", 10 + n)
+def member(n: int) -> PoolVm:
+    return PoolVm(VmId(f"blue/10.1.1.{n}"), f"10.1.1.{n}", "127.0.0.1:7100", 10 + n)
 
 
 def test_a_pool_uses_an_unused_member_then_grows_then_waits() -> None:
-    pool = Pool(BLUE, VmId("blue/10.1.0.1"), LeaseId(1), 1, members={member(1).vm: member(1)})
+    pool = HeldPool(BLUE, VmId("blue/10.1.0.1"), LeaseId(1), 1, members={member(1).vm: member(1)})
     decision = pool.decide()
     assert decision == Use(member(1))
     pool.take(member(1), now=0.0)
@@ -67,21 +67,21 @@ def test_a_pool_uses_an_unused_member_then_grows_then_waits() -> None:
     assert pool.decide() == Use(member(2))
     pool.take(member(2), now=0.0)
     assert pool.decide() == Wait()  # at max_pool 2, both busy
-    pool.give_back(member(1), now=1.0)
+    pool.put_back(member(1), now=1.0)
     assert pool.decide() == Use(member(1))
 
 
 def test_a_member_that_refused_a_frame_is_skipped() -> None:
-    pool = Pool(BLUE, VmId("blue/10.1.0.1"), LeaseId(1), 1, members={member(1).vm: member(1), member(2).vm: member(2)})
+    pool = HeldPool(BLUE, VmId("blue/10.1.0.1"), LeaseId(1), 1, members={member(1).vm: member(1), member(2).vm: member(2)})
     pool.avoid.add(member(1).vm)
     assert {pool.decide() for _ in range(4)} == {Use(member(2))}
 
 
 def test_a_pool_is_idle_only_when_nothing_runs_for_idle_release_s() -> None:
-    pool = Pool(BLUE, VmId("blue/10.1.0.1"), LeaseId(1), 1, members={member(1).vm: member(1)})
+    pool = HeldPool(BLUE, VmId("blue/10.1.0.1"), LeaseId(1), 1, members={member(1).vm: member(1)})
     pool.take(member(1), now=0.0)
     assert not pool.is_idle(now=100.0)
-    pool.give_back(member(1), now=10.0)
+    pool.put_back(member(1), now=10.0)
     assert not pool.is_idle(now=11.0) and pool.is_idle(now=12.0)
 
 

@@ -17,8 +17,8 @@ from consumer_host.datapath import (
     Admitted,
     Attachment,
     Grow,
-    Member,
-    Pool,
+    HeldPool,
+    PoolVm,
     Refusal,
     Use,
     Wait,
@@ -113,8 +113,8 @@ def test_admission_admits_exactly_an_attached_vm_with_its_token_reaching_its_own
         assert len(verdict.message.split()) >= 5
 
 
-def member(n: int) -> Member:
-    return Member(VmId(f"blue/10.1.1.{n}"), f"10.1.1.{n}", f"127.0.0.{n}:7100", 100 + n)
+def member(n: int) -> PoolVm:
+    return PoolVm(VmId(f"blue/10.1.1.{n}"), f"10.1.1.{n}", f"127.0.0.{n}:7100", 100 + n)
 
 
 class PoolMachine(RuleBasedStateMachine):
@@ -123,7 +123,7 @@ class PoolMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.pool = Pool(ECHO, VmId("blue/10.1.0.1"), LeaseId(1), 1)
+        self.pool = HeldPool(ECHO, VmId("blue/10.1.0.1"), LeaseId(1), 1)
         self.taken: set[VmId] = set()
 
     @rule(n=st.integers(1, 6))
@@ -156,7 +156,7 @@ class PoolMachine(RuleBasedStateMachine):
     @rule(data=st.data(), refused=st.booleans())
     def answer(self, data: st.DataObject, refused: bool) -> None:
         vm = data.draw(st.sampled_from(sorted(self.taken)))
-        self.pool.give_back(self.pool.members[vm], now=1.0)
+        self.pool.put_back(self.pool.members[vm], now=1.0)
         if refused:
             self.pool.avoid.add(vm)
         self.taken.discard(vm)

@@ -8,7 +8,7 @@ import asyncio
 import grpc
 import pytest
 
-from consumer_host.datapath import Attachment, Member, route
+from consumer_host.datapath import Attachment, PoolVm, route
 from consumer_host.service import ConsumerConfig, RequestPath
 from wire.v1 import consumer_pb2 as pb
 from mapping import keys
@@ -19,7 +19,7 @@ from mapping.store.memory import MemoryStore
 
 ECHO = Service("echo", "blue", "10.1.255.1", 7, LeasePolicy())
 VM = Attachment("blue", "10.1.0.1", "secret")
-MEMBER = Member(VmId("blue/10.1.1.5"), "10.1.1.5", "127.0.0.1:7100", 42)
+MEMBER = PoolVm(VmId("blue/10.1.1.5"), "10.1.1.5", "127.0.0.1:7100", 42)
 
 
 def request(token: str = "secret", src: str = "10.1.0.1", request_id: int = 1) -> pb.SendRequest:
