@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mapping import keys
+from mapping.state import ClusterState
 from mapping.model import Claim, Host, HostId, HostKind, LeaseId, LeasePolicy, Network, Pool, ProducerVm, Service, VmId
 
 
@@ -53,3 +54,13 @@ def test_every_record_key_is_written_by_exactly_one_kind() -> None:
                    if any(keys.key_of(record).startswith(p) for p in prefixes)]
         want = record.kind.value if isinstance(record, Host) else expected[type(record)]
         assert writers == [want], (record, writers)
+
+
+def test_a_host_key_finds_only_the_host_of_that_kind() -> None:
+    state = ClusterState()
+    producer = Host(HostId("h1"), HostKind.PRODUCER, "127.0.0.1:7100")
+    state.apply(keys.key_of(producer), producer)
+    assert state.get(keys.host_key(HostKind.PRODUCER, "h1")) == producer
+    assert state.get(keys.host_key(HostKind.CONSUMER, "h1")) is None
+    state.apply(keys.host_key(HostKind.CONSUMER, "h1"), None)  # a delete of the other kind's key
+    assert state.hosts == {"h1": producer}
