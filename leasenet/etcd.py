@@ -263,8 +263,14 @@ def cmd_etcd(args: argparse.Namespace) -> None:
         print(f"etcd serving on {member.endpoint}; export LEASENET_ETCD_ENDPOINTS={member.endpoint}", flush=True)
         os.execv(command[0], command)
     process = subprocess.Popen(command)
+    stopping: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:
+        stopping.append(signum)
+        process.send_signal(signal.SIGTERM)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: process.send_signal(signal.SIGTERM))
+        signal.signal(sig, stop)
     try:
         wait_healthy(member.endpoint, 30.0, process, tls)
         if run_sync(bootstrap_auth([member.endpoint], tls.load())):
@@ -278,4 +284,5 @@ def cmd_etcd(args: argparse.Namespace) -> None:
     except BaseException:
         process.terminate()
         raise
-    sys.exit(process.wait())
+    code = process.wait()
+    sys.exit(0 if stopping and code == -signal.SIGTERM else code)  # etcd dies of the signal it was sent
