@@ -4,7 +4,7 @@ write exactly the key prefixes it owns (mapping.keys.WRITE_PREFIXES), nothing el
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,6 @@ _probe = itertools.count()
 ALL_PREFIXES = sorted({p for prefixes in keys.WRITE_PREFIXES.values() for p in prefixes})
 IDS = {Kind.REGISTRY: "r1", Kind.PRODUCER: "p1", Kind.CONSUMER: "c1", Kind.OPERATOR: "admin", Kind.ETCD: "e1"}
 
-StoreFactory = Callable[[Kind], "AsyncIterator[EtcdStore]"]
 
 
 @pytest.fixture
