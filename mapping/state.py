@@ -32,6 +32,9 @@ class ClusterState:
         }.get(kind)  # type: ignore[assignment]
         if table is None:
             return None
+        if kind == "hosts":  # hosts/<kind>/<id>, kept by id: the record must be this key's
+            host = self.hosts.get(HostId(rest.partition("/")[2]))
+            return host if host is not None and keys.key_of(host) == key else None
         return table.get(key if kind == "pools" else rest)
 
     def apply(self, key: str, record: Record | None) -> Record | None:

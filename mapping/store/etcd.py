@@ -3,7 +3,11 @@
 - after `import etcd3aio`, its bundled protos sit early on sys.path: we only import its public names
   and `_protobuf` for the Compare message;
 - its watch reconnects forever on transient errors and never surfaces compaction: we check
-  `compact_revision` and `canceled` ourselves.
+  `compact_revision` and `canceled` ourselves;
+- over TLS it dials `ipv4:a,b,c`, so no single host name can be verified: members are checked by the
+  name every etcd certificate carries (etcd.leasenet, see wire/tls.py) instead of their addresses;
+- with etcd auth on, a refused write is PERMISSION_DENIED (not retried): it surfaces as our
+  PermissionDenied with a sentence, not as StoreUnavailable.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ import grpc
 import grpc.aio
 
 import etcd3aio
-from etcd3aio import Etcd3Client, EtcdError, prefix_range_end
+from etcd3aio import Etcd3Client, EtcdError, EtcdPermissionDeniedError, EtcdUnauthenticatedError, prefix_range_end
 from etcd3aio.kv import KVService
-from wire.errors import StoreUnavailable
+from wire.errors import PermissionDenied, StoreUnavailable, Unauthenticated
+from wire.tls import Kind, TlsConfigError, TlsMaterial, server_name
 from mapping.store.base import Compacted, KeyValue, Require, Snapshot, TxnResult, WatchBatch, WatchEvent
 
 log = logging.getLogger(__name__)
@@ -29,15 +34,30 @@ log = logging.getLogger(__name__)
 _DELETE = 1  # mvccpb.Event.DELETE
 
 
+HTTPS = "https://"
+
+
 def parse_endpoints(text: str) -> list[str]:
+    """host:port or https://host:port, comma-separated (http:// is dropped: plaintext is the default)."""
     endpoints = [e.strip().removeprefix("http://") for e in text.split(",") if e.strip()]
     if not endpoints:
         raise ValueError("no etcd endpoints given (LEASENET_ETCD_ENDPOINTS, e.g. 127.0.0.1:2379)")
     for e in endpoints:
-        host, sep, port = e.rpartition(":")
+        host, sep, port = e.removeprefix(HTTPS).rpartition(":")
         if not sep or not host or not port.isdigit():
-            raise ValueError(f"etcd endpoint {e!r} is not host:port")
+            raise ValueError(f"etcd endpoint {e!r} is not host:port or https://host:port")
     return endpoints
+
+
+def _tls_args(endpoints: Sequence[str], tls: TlsMaterial | None) -> dict[str, bytes | str]:
+    """etcd3aio's TLS arguments: TLS whenever credentials are given; https:// demands them."""
+    if tls is None:
+        secure = [e for e in endpoints if e.startswith(HTTPS)]
+        if secure:
+            raise TlsConfigError(f"etcd endpoint {secure[0]} needs TLS credentials (--tls-dir, or --tls-cert, "
+                                 "--tls-key and --tls-ca)")
+        return {}
+    return {"ca_cert": tls.ca, "cert_key": tls.key, "cert_chain": tls.cert, "tls_server_name": server_name(Kind.ETCD)}
 
 
 def _resolve(endpoint: str) -> str:
@@ -59,9 +79,24 @@ def _unavailable_on_failure(operation: str) -> Iterator[None]:
     """Map the client's failures to the project's StoreUnavailable, with a sentence."""
     try:
         yield
-    except (EtcdError, grpc.aio.AioRpcError, TimeoutError, OSError) as exc:
+    except (EtcdPermissionDeniedError, EtcdUnauthenticatedError) as exc:
+        raise _refused(operation, exc) from exc
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+            raise _refused(operation, exc) from exc
+        raise StoreUnavailable(f"etcd is unavailable ({operation}: {exc.details()})") from exc
+    except (EtcdError, TimeoutError, OSError) as exc:
         detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc) or type(exc).__name__
         raise StoreUnavailable(f"etcd is unavailable ({operation}: {detail})") from exc
+
+
+def _refused(operation: str, exc: Exception) -> PermissionDenied | Unauthenticated:
+    """etcd's RBAC said no: this process's certificate (its CN is the etcd user) may not do this."""
+    denied = isinstance(exc, EtcdPermissionDeniedError) or (
+        isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.PERMISSION_DENIED)
+    if denied:
+        return PermissionDenied(f"etcd refused {operation}: this process's etcd user may not write there")
+    return Unauthenticated(f"etcd refused {operation}: the certificate names no etcd user")
 
 
 def _kv(kv: object) -> KeyValue:
@@ -70,13 +105,14 @@ def _kv(kv: object) -> KeyValue:
 
 
 class EtcdStore:
-    def __init__(self, endpoints: Sequence[str], *, timeout_s: float = 3.0) -> None:
+    def __init__(self, endpoints: Sequence[str], *, timeout_s: float = 3.0, tls: TlsMaterial | None = None) -> None:
         self.endpoints = list(endpoints)
         self.timeout_s = timeout_s
         self.requests = 0
         # etcd3aio dials `ipv4:a,b,c` (round robin over all members), which takes IP literals only
-        self._client = Etcd3Client([_resolve(e) for e in self.endpoints], rpc_max_attempts=2,
-                                   watch_reconnect_backoff_seconds=0.1, watch_max_reconnect_backoff_seconds=1.0)
+        self._client = Etcd3Client([_resolve(e.removeprefix(HTTPS)) for e in self.endpoints], rpc_max_attempts=2,
+                                   watch_reconnect_backoff_seconds=0.1, watch_max_reconnect_backoff_seconds=1.0,
+                                   **_tls_args(self.endpoints, tls))  # type: ignore[arg-type]
         # reconnect within a second once etcd is back (gRPC's default backoff grows to minutes)
         self._client._manager.grpc_options += [("grpc.initial_reconnect_backoff_ms", 100),
                                                ("grpc.max_reconnect_backoff_ms", 1_000)]
@@ -192,8 +228,8 @@ class EtcdStore:
                               for ev in resp.events])
 
 
-async def connect(endpoints: Sequence[str], **kwargs: float) -> EtcdStore:
-    return await EtcdStore(endpoints, **kwargs).connect()
+async def connect(endpoints: Sequence[str], *, timeout_s: float = 3.0, tls: TlsMaterial | None = None) -> EtcdStore:
+    return await EtcdStore(endpoints, timeout_s=timeout_s, tls=tls).connect()
 
 
 __all__ = ["EtcdStore", "connect", "parse_endpoints", "etcd3aio"]

@@ -29,10 +29,10 @@ async def test_the_replica_follows_the_store_without_gap_or_duplicate() -> None:
     task = asyncio.create_task(replica.run())
     await replica.synced.wait()
     rev = await put(store, host(2))
-    await store.delete(keys.host_key("h1"))
+    await store.delete(keys.host_key(HostKind.PRODUCER, "h1"))
     assert await replica.wait_for_revision(rev + 1, 5)
     assert set(replica.state.hosts) == {"h2"}
-    assert changes == [(keys.host_key("h1"), True), (keys.host_key("h2"), True), (keys.host_key("h1"), False)]
+    assert changes == [(keys.host_key(HostKind.PRODUCER, "h1"), True), (keys.host_key(HostKind.PRODUCER, "h2"), True), (keys.host_key(HostKind.PRODUCER, "h1"), False)]
     task.cancel()
 
 
@@ -51,12 +51,12 @@ async def test_a_reload_reports_what_vanished_while_the_watch_was_away() -> None
     await put(store, Network("blue", 100))
     replica = Replica(store)
     replica.load(await store.snapshot(keys.ROOT))
-    await store.delete(keys.host_key("h1"))
+    await store.delete(keys.host_key(HostKind.PRODUCER, "h1"))
     await put(store, host(2))
     gone: list[str] = []
     replica.subscribe(lambda key, old, new, rev: gone.append(key) if new is None else None)
     replica.load(await store.snapshot(keys.ROOT))
-    assert gone == [keys.host_key("h1")] and set(replica.state.hosts) == {"h2"}
+    assert gone == [keys.host_key(HostKind.PRODUCER, "h1")] and set(replica.state.hosts) == {"h2"}
     assert set(replica.state.networks) == {"blue"}
 
 

