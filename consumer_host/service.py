@@ -18,7 +18,7 @@ from consumer_host.datapath import Admitted, Attachment, Member, Refusal, admit,
 from consumer_host.pools import PoolManager
 from consumer_host.registry_client import RegistryClient
 from consumer_host.tunnel import DeliveryUnknown, NotDelivered, Tunnels
-from wire.rpc import STATUS_BY_NUMBER, Server, edge
+from wire.rpc import Server, edge
 from wire.v1 import consumer_pb2 as pb
 from wire.v1 import consumer_pb2_grpc as pb_grpc
 from wire.v1 import tunnel_pb2 as tpb
@@ -27,6 +27,7 @@ from wire.errors import (
     InvalidRequest,
     LeasenetError,
     ProducerUnavailable,
+    Status,
     Unauthenticated,
     error_for_status,
 )
@@ -86,7 +87,7 @@ class RequestPath:
         if admitted is None:
             verdict = admit(self.config.attachments, self.replica.state, *key)
             if isinstance(verdict, Refusal):
-                raise error_for_status(verdict.code, verdict.message)
+                raise verdict.error(verdict.message)
             admitted = self._admitted[key] = verdict
         return admitted
 
@@ -132,9 +133,9 @@ class RequestPath:
             async for attempt in retrying:
                 with attempt:
                     return await self._attempt(admitted, req, deadline)
-        except _Retry as exc:
+        except _Retry as exc:  # why stays in our log: it names producer hosts and VMs (SPEC §7, tenancy)
             raise ProducerUnavailable(f"request {req.request_id} was not delivered after "
-                                      f"{self.config.max_attempts} attempts: {exc}") from None
+                                      f"{self.config.max_attempts} attempts", detail=str(exc)) from None
         raise AssertionError("unreachable: tenacity either returns or reraises")
 
     async def _attempt(self, admitted: Admitted, req: pb.SendRequest, deadline: float) -> tpb.Frame:
@@ -150,20 +151,23 @@ class RequestPath:
             if isinstance(exc, DeliveryUnknown):
                 if req.idempotent:
                     raise _Retry(str(exc)) from None
-                raise ProducerUnavailable(f"delivery unknown: {exc}; request {req.request_id} is not idempotent, "
-                                          f"so it was not retried") from None
+                raise ProducerUnavailable(f"delivery unknown: the tunnel broke while request {req.request_id} was "
+                                          f"in flight; it is not idempotent, so it was not retried",
+                                          detail=str(exc)) from None
             if isinstance(exc, TimeoutError):
                 raise DeadlineExceeded(f"request {req.request_id} got no answer from its producer VM before the "
                                        f"deadline (it may have run)") from None
             raise
-        code = STATUS_BY_NUMBER.get(answer.status_code, grpc.StatusCode.UNKNOWN)
-        refused = code not in (grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED) and not answer.delivered
+        code = Status.of(answer.status_code)
+        refused = code not in (Status.OK, Status.DEADLINE_EXCEEDED) and not answer.delivered
         self.pools.give_back(pool, member, refused=refused)
-        if code is grpc.StatusCode.OK:
+        if code is Status.OK:
             return answer
         if refused:  # the producer host refused the frame before the VM saw it: another VM may take it
             raise _Retry(answer.status_message)
-        raise error_for_status(code, answer.status_message)
+        # a frame names no error type; a producer's UNAVAILABLE means its VM stopped
+        raise error_for_status(code, answer.status_message,
+                               ProducerUnavailable.__name__ if code is Status.UNAVAILABLE else None)
 
     def attachment(self, network: str, address: str, token: str) -> Attachment:
         a = self.config.attachments.get(vm_id(network, address))
@@ -208,12 +212,12 @@ class ConsumerHostServicer(pb_grpc.ConsumerHostServicer):
             try:
                 resp = await self.path.forward(req, time.monotonic() + self.path.config.default_deadline_s)
             except LeasenetError as exc:
-                resp = pb.SendResponse(request_id=req.request_id, dst=req.src, status_code=exc.code.value[0],
+                resp = pb.SendResponse(request_id=req.request_id, dst=req.src, status_code=int(exc.code),
                                        status_message=exc.message)
             except Exception:
                 log.exception("request %d failed", req.request_id)
                 resp = pb.SendResponse(request_id=req.request_id, dst=req.src,
-                                       status_code=grpc.StatusCode.INTERNAL.value[0],
+                                       status_code=int(Status.INTERNAL),
                                        status_message="internal error; see the consumer host log")
             out.put_nowait(resp)
 
@@ -234,7 +238,8 @@ class ConsumerHostServicer(pb_grpc.ConsumerHostServicer):
                 yield resp
             error = reader.exception() if reader.done() and not reader.cancelled() else None
             if isinstance(error, DecodeError):  # an unparseable request: say so, not a silent end
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"a request could not be parsed: {error}")
+                log.info("a request on a SendStream could not be parsed: %s", error)
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a request on the stream could not be parsed")
             if error is not None:
                 raise error
         finally:

@@ -19,7 +19,7 @@ from wire.v1 import tunnel_pb2_grpc as pb_grpc
 from producer_host.actors import Envelope, History, VmActor
 from producer_host.handlers import load_handler
 from producer_host.validate import Accept, Addressing, Reject, validate
-from wire.errors import StoreUnavailable
+from wire.errors import Status, StoreUnavailable
 from mapping.liveness import Liveness
 from mapping.model import Host, HostId, HostKind, ProducerVm, VmId, parse_ipv4
 from mapping.replica import Replica
@@ -123,7 +123,7 @@ class TunnelServicer(pb_grpc.TunnelServicer):
         self._dispatch(frame, validate(_addressing(frame), self.replica.state, self.host_id, self.address), out)
 
     def _dispatch(self, frame: pb.Frame, verdict: Accept | Reject, out: asyncio.Queue[pb.Frame | None]) -> None:
-        def reply(code: grpc.StatusCode, message: str, payload: bytes, delivered: bool = False) -> None:
+        def reply(code: Status, message: str, payload: bytes, delivered: bool = False) -> None:
             out.put_nowait(_response(frame, code, message, payload, delivered))
 
         if isinstance(verdict, Reject):
@@ -132,7 +132,7 @@ class TunnelServicer(pb_grpc.TunnelServicer):
             return
         actor = self.actors.get(verdict.vm)
         if actor is None:
-            reply(grpc.StatusCode.NOT_FOUND, f"producer VM {verdict.vm} is not running on this host", b"")
+            reply(Status.NOT_FOUND, f"producer VM {verdict.vm} is not running on this host", b"")
             return
         inner = frame.inner
         actor.tell(Envelope(frame.payload, inner.request_id, f"{inner.network}/{inner.src}",
@@ -153,7 +153,7 @@ def _addressing(frame: pb.Frame) -> Addressing:
     return Addressing(o.vni, o.src_host, o.dst_host, o.fencing_token, i.network, i.src, i.dst)
 
 
-def _response(frame: pb.Frame, code: grpc.StatusCode, message: str, payload: bytes, delivered: bool) -> pb.Frame:
+def _response(frame: pb.Frame, code: Status, message: str, payload: bytes, delivered: bool) -> pb.Frame:
     """SPEC §3 step 12: the answer goes back with outer addresses swapped and inner ones reversed."""
     o, i = frame.outer, frame.inner
     return pb.Frame(
@@ -161,7 +161,7 @@ def _response(frame: pb.Frame, code: grpc.StatusCode, message: str, payload: byt
         outer=pb.OuterHeader(vni=o.vni, src_host=o.dst_host, dst_host=o.src_host, fencing_token=o.fencing_token),
         inner=pb.InnerHeader(network=i.network, src=i.dst, src_port=i.dst_port, dst=i.src, dst_port=i.src_port,
                              request_id=i.request_id),
-        payload=payload, status_code=code.value[0], status_message=message, delivered=delivered)
+        payload=payload, status_code=int(code), status_message=message, delivered=delivered)
 
 
 async def serve(config: ProducerConfig, store: Store, stop: asyncio.Event,

@@ -61,7 +61,7 @@ def _unavailable_on_failure(operation: str) -> Iterator[None]:
         yield
     except (EtcdError, grpc.aio.AioRpcError, TimeoutError, OSError) as exc:
         detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc) or type(exc).__name__
-        raise StoreUnavailable(f"etcd is unavailable ({operation}: {detail})") from exc
+        raise StoreUnavailable(f"etcd is unavailable ({operation})", detail=detail) from exc
 
 
 def _kv(kv: object) -> KeyValue:
