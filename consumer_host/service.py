@@ -18,6 +18,7 @@ from consumer_host.datapath import Admitted, Attachment, Member, Refusal, admit,
 from consumer_host.pools import PoolManager
 from consumer_host.registry_client import RegistryClient
 from consumer_host.tunnel import DeliveryUnknown, NotDelivered, Tunnels
+from wire.lifecycle import Step, cancel_all, shut_down
 from wire.rpc import Server, edge
 from wire.v1 import consumer_pb2 as pb
 from wire.v1 import consumer_pb2_grpc as pb_grpc
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 MAX_PAYLOAD_BYTES = 1024 * 1024
 MAX_TEMPLATES = 4096
 DEADLINE_MARGIN_S = 0.05
+DRAIN_S = 2.0  # at shutdown, requests in flight get this long to finish
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,8 +250,11 @@ class ConsumerHostServicer(pb_grpc.ConsumerHostServicer):
                 task.cancel()
 
 
-async def serve(config: ConsumerConfig, store: Store, stop: asyncio.Event,
-                ready: Callable[[str], None] = lambda address: None) -> None:
+async def serve(config: ConsumerConfig, store: Store, *, stop: asyncio.Event,
+                ready: Callable[[str], None] | None = None) -> None:
+    """The consumer host until `stop` is set. Its long-running tasks live in one task group; the
+    shutdown (stop serving, let requests in flight finish, give the leases back, deregister) runs in
+    `finally`, so a failed task or a start-up that broke halfway gives the leases back too."""
     replica = Replica(store)
     registry = RegistryClient(config.registries)
     pools = PoolManager(config.host_id, registry, replica)
@@ -257,31 +262,34 @@ async def serve(config: ConsumerConfig, store: Store, stop: asyncio.Event,
     path = RequestPath(config, replica, pools, tunnels)
     server = Server(config.listen)
     server.add(pb_grpc.add_ConsumerHostServicer_to_server, ConsumerHostServicer(path), "leasenet.v1.ConsumerHost")
+    liveness = Liveness(store, config.host_id,
+                        lambda: [Host(config.host_id, HostKind.CONSUMER, path.address)], config.liveness_ttl_s)
     async with asyncio.TaskGroup() as tasks:
         background = [tasks.create_task(replica.run(), name="replica")]
-        await replica.synced.wait()
-        await pools.release_leftovers()  # a restart after SIGKILL must not adopt the dead run's leases
-        bound = await server.start(serving=False)
-        path.address = config.advertise or bound
-        liveness = Liveness(store, config.host_id,
-                            lambda: [Host(config.host_id, HostKind.CONSUMER, path.address)], config.liveness_ttl_s)
-        await liveness.register()
-        background += [tasks.create_task(liveness.keep_alive(), name="liveness"),
-                       tasks.create_task(pools.maintain(), name="pools")]
-        await server.set_serving(True)
-        log.info("consumer host %s serving %d consumer VM(s) on %s", config.host_id, len(config.attachments),
-                 path.address)
-        ready(path.address)
-        await stop.wait()
-        # drain: refuse new work, let in-flight requests finish, give the leases back
-        await server.set_serving(False)
-        await server.stop(2.0)
-        await pools.release_all()
-        for task in background:
-            task.cancel()
+        keep_alive: asyncio.Task[None] | None = None
         try:
-            await liveness.deregister()
-        except LeasenetError as exc:
-            log.warning("could not deregister (the liveness lease will lapse): %s", exc)
-        await tunnels.close()
-        await registry.close()
+            await replica.synced.wait()
+            await pools.release_leftovers()  # a restart after SIGKILL must not adopt the dead run's leases
+            path.address = config.advertise or await server.start(serving=False)
+            await liveness.register()
+            keep_alive = tasks.create_task(liveness.keep_alive(), name="liveness")
+            # the pool manager's renewals and idle releases (its own driver's run() once it has one)
+            background += [keep_alive, tasks.create_task(pools.maintain(), name="pools")]
+            await server.set_serving(True)
+            log.info("consumer host %s serving %d consumer VM(s) on %s", config.host_id, len(config.attachments),
+                     path.address)
+            if ready is not None:
+                ready(path.address)
+            await stop.wait()
+            log.info("consumer host %s stopping", config.host_id)
+        finally:
+            serving = bool(server.port)
+            await shut_down([
+                Step("stop taking requests", lambda: server.set_serving(False), 1.0) if serving else None,
+                Step("let the requests in flight finish", lambda: server.stop(DRAIN_S), DRAIN_S + 1) if serving else None,
+                Step("give every lease back", pools.release_all),
+                Step("deregister", lambda: liveness.deregister(keep_alive), 2.0) if liveness.registrations else None,
+                Step("close the tunnels", tunnels.close, 2.0),
+                Step("close the channels to the leasing agents", registry.close, 2.0),
+            ])
+            cancel_all(background)

@@ -56,8 +56,11 @@ class VmActor:
         self.busy = False
         self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"vm {self.vm.vm_id}")
+    def start(self, tasks: asyncio.TaskGroup | None = None) -> asyncio.Task[None]:
+        """Run the actor, as a child of `tasks` when given (a host's task group)."""
+        spawn = tasks.create_task if tasks is not None else asyncio.get_running_loop().create_task
+        self._task = spawn(self._run(), name=f"vm {self.vm.vm_id}")
+        return self._task
 
     def tell(self, envelope: Envelope) -> None:
         if self._task is None or self._task.done():
