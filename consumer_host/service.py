@@ -286,7 +286,8 @@ async def serve(config: ConsumerConfig, store: Store, *, stop: asyncio.Event,
             serving = bool(server.port)
             await shut_down([
                 Step("stop taking requests", lambda: server.set_serving(False), 1.0) if serving else None,
-                Step("let the requests in flight finish", lambda: server.stop(DRAIN_S), DRAIN_S + 1) if serving else None,
+                Step("let the requests in flight finish", lambda: server.stop(DRAIN_S), DRAIN_S + 1.0)
+                if serving else None,
                 Step("give every lease back", pools.release_all),
                 Step("deregister", lambda: liveness.deregister(keep_alive), 2.0) if liveness.registrations else None,
                 Step("close the tunnels", tunnels.close, 2.0),
