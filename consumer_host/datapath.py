@@ -12,10 +12,9 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass, field
 
-import grpc
-
 from mapping.model import LeaseId, Service, VmId, parse_target, vm_id
 from mapping.state import ClusterState
+from wire.errors import InvalidRequest, LeasenetError, NotFound, PermissionDenied, Status, Unauthenticated
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +32,12 @@ class Attachment:
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    code: grpc.StatusCode
+    error: type[LeasenetError]
     message: str
+
+    @property
+    def code(self) -> Status:
+        return self.error.code
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,26 +52,26 @@ def admit(attachments: dict[VmId, Attachment], state: ClusterState, network: str
     """Step 1: the source really is an attached VM, and the target exists in that VM's network."""
     attachment = attachments.get(vm_id(network, src))
     if attachment is None:
-        return Refusal(grpc.StatusCode.PERMISSION_DENIED,
+        return Refusal(PermissionDenied,
                        f"source {src} in network {network!r} is not a consumer VM attached to this host")
     if not hmac.compare_digest(attachment.token.encode(), token.encode()):
-        return Refusal(grpc.StatusCode.UNAUTHENTICATED,
+        return Refusal(Unauthenticated,
                        f"the token does not match consumer VM {src}: the source address is spoofed")
     service = state.services_by_target.get((network, target))
     if service is None:
         try:
             parse_target(target)
         except ValueError as exc:
-            return Refusal(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            return Refusal(InvalidRequest, str(exc))
         elsewhere = [s for s in state.services.values() if s.target == target]
         if elsewhere:
-            return Refusal(grpc.StatusCode.PERMISSION_DENIED,
+            return Refusal(PermissionDenied,
                            f"target {target} belongs to network {elsewhere[0].network!r}; consumer VM {src} is in "
                            f"network {network!r} and cannot reach it")
-        return Refusal(grpc.StatusCode.NOT_FOUND, f"no service listens on target {target} in network {network!r}")
+        return Refusal(NotFound, f"no service listens on target {target} in network {network!r}")
     net = state.networks.get(network)
     if net is None:
-        return Refusal(grpc.StatusCode.NOT_FOUND, f"network {network!r} is not registered")
+        return Refusal(NotFound, f"network {network!r} is not registered")
     return Admitted(attachment, service, net.vni)
 
 

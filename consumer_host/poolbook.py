@@ -14,11 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import grpc
-
 from consumer_host.datapath import Admitted, Grow, HeldPool, PoolVm, Refusal, Use
 from mapping.model import Claim, Host, LeaseId, Pool as PoolRecord, ProducerVm, Record, VmId
 from mapping.state import ClusterState
+from wire.errors import PoolExhausted, StoreUnavailable, Unavailable
 
 PoolKey = tuple[VmId, str]  # (consumer VM, service)
 
@@ -206,7 +205,7 @@ class PoolBook:
                 return Waiting(), []
             down = self.leasing_down
             if down is not None and now < down.until:
-                return Refusal(grpc.StatusCode.UNAVAILABLE,
+                return Refusal(StoreUnavailable,
                                f"{down.reason}; requests needing a new lease fail at once until a leasing agent "
                                f"answers again (asked again within {LEASING_PAUSE_S:g} s)"), []
             self.leasing.add(key)
@@ -223,10 +222,10 @@ class PoolBook:
         """Why a request that waited until its deadline got nothing."""
         pool = self.pools.get(key)
         if pool is None:  # a hung agent or etcd: answer within the deadline; the lease request goes on
-            return Refusal(grpc.StatusCode.UNAVAILABLE,
+            return Refusal(StoreUnavailable,
                            f"no leasing agent granted consumer VM {key[0]} a lease of service {key[1]!r} within the "
                            f"request's deadline")
-        return Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED,
+        return Refusal(PoolExhausted,
                        f"no producer VM of service {pool.service.name!r} freed up in time: the pool of consumer VM "
                        f"{pool.consumer} has {len(pool.members)} VM(s), all busy (max_pool "
                        f"{pool.service.policy.max_pool})")
@@ -243,7 +242,7 @@ class PoolBook:
                 return self._granted(event)
             case LeaseRefused(key=key, refusal=refusal, now=now):
                 self.leasing.discard(key)
-                if refusal.code == grpc.StatusCode.UNAVAILABLE:
+                if issubclass(refusal.error, Unavailable):
                     self.leasing_down = LeasingDown(now + LEASING_PAUSE_S, refusal.message)
                 return [Wake(key, refusal)]
             case Grown():

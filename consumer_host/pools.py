@@ -40,7 +40,7 @@ from consumer_host.poolbook import (
 from consumer_host.registry_client import RegistryClient
 from mapping.model import LeaseId, Record, VmId, lease_hex, parse_lease_hex
 from mapping.replica import Replica
-from wire.errors import LeaseExpired, LeasenetError, error_for_status
+from wire.errors import LeaseExpired, LeasenetError
 from wire.v1 import registry_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def _members(lease: pb.Lease) -> tuple[PoolVm, ...]:
 
 
 def _error(refusal: Refusal) -> LeasenetError:
-    return error_for_status(refusal.code, refusal.message)
+    return refusal.error(refusal.message)
 
 
 class _Signal:
@@ -152,7 +152,7 @@ class PoolManager:
             event = await self._call(effect)
         except Exception as exc:  # a bug, not a refusal: say so, and let the book go on
             log.exception("pool effect %s failed", type(effect).__name__)
-            event = self._ended(effect, Refusal(LeasenetError.code, f"internal error in the consumer host: {exc}"))
+            event = self._ended(effect, Refusal(LeasenetError, "internal error in the consumer host; see its log"))
         self._feed(event)
 
     async def _call(self, effect: Effect) -> Event | None:
@@ -179,7 +179,7 @@ class PoolManager:
                     return None
         except LeasenetError as exc:
             log.info("%s refused: %s", type(effect).__name__, exc.message)
-            return self._ended(effect, Refusal(exc.code, exc.message), expired=isinstance(exc, LeaseExpired))
+            return self._ended(effect, Refusal(type(exc), exc.message), expired=isinstance(exc, LeaseExpired))
         raise TypeError(f"the pool manager cannot carry out {effect!r}")
 
     def _ended(self, effect: Effect, refusal: Refusal | None, expired: bool = False) -> Event | None:
@@ -188,7 +188,7 @@ class PoolManager:
         now = self.clock()
         match effect:
             case RequestLease(key=key):
-                return LeaseRefused(key, refusal or Refusal(LeasenetError.code, "no answer"), now)
+                return LeaseRefused(key, refusal or Refusal(LeasenetError, "no answer"), now)
             case GrowLease(key=key, lease_id=lease_id):
                 return GrowRefused(key, lease_id, expired, now)
             case ShrinkLease(key=key, lease_id=lease_id):

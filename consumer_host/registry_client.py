@@ -18,13 +18,13 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from wire import rpc
 from wire.v1 import registry_pb2 as pb
 from wire.v1 import registry_pb2_grpc as pb_grpc
-from wire.errors import LeasenetError, StoreUnavailable, error_for_status
+from wire.errors import StoreUnavailable, Unavailable
 
 CALL_TIMEOUT_S = 3.0
 
 
 def _is_unavailable(exc: BaseException) -> bool:
-    return isinstance(exc, LeasenetError) and exc.code == grpc.StatusCode.UNAVAILABLE
+    return isinstance(exc, Unavailable)
 
 
 class RegistryClient:
@@ -53,13 +53,16 @@ class RegistryClient:
                 try:
                     return await getattr(self._stub(index), method)(request, timeout=timeout_s)
                 except grpc.aio.AioRpcError as exc:
+                    agent = f"leasing agent {self.addresses[index]}"
+                    error = rpc.error_from_rpc(exc, agent)
                     if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                         if self._current == index:  # fail over once: calls failing together must not flip back
                             self._current = (index + 1) % len(self.addresses)
-                        # say which agent, and pass on its own sentence (e.g. "etcd is unavailable ...")
-                        raise StoreUnavailable(f"leasing agent {self.addresses[index]} is unavailable: "
-                                               f"{exc.details() or exc.code().name}")
-                    raise error_for_status(exc.code(), exc.details() or exc.code().name) from None
+                        # say which agent, and pass on its own sentence (e.g. "etcd is unavailable ..."),
+                        # never grpc's text about the connection
+                        said = f": {error.message}" if isinstance(error, StoreUnavailable) else ""
+                        raise StoreUnavailable(f"{agent} is unavailable{said}", detail=error.detail) from None
+                    raise error from None
 
     async def request_lease(self, service: str, network: str, address: str, host_id: str,
                             avoid_hosts: list[str]) -> pb.Lease:

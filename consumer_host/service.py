@@ -18,7 +18,8 @@ from consumer_host.datapath import Admitted, Attachment, PoolVm, Refusal, admit,
 from consumer_host.pools import PoolManager
 from consumer_host.registry_client import RegistryClient
 from consumer_host.tunnel import DeliveryUnknown, NotDelivered, Tunnels
-from wire.rpc import STATUS_BY_NUMBER, Server, edge
+from wire.lifecycle import Step, cancel_all, shut_down
+from wire.rpc import Server, edge
 from wire.v1 import consumer_pb2 as pb
 from wire.v1 import consumer_pb2_grpc as pb_grpc
 from wire.v1 import tunnel_pb2 as tpb
@@ -27,6 +28,7 @@ from wire.errors import (
     InvalidRequest,
     LeasenetError,
     ProducerUnavailable,
+    Status,
     Unauthenticated,
     error_for_status,
 )
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 MAX_PAYLOAD_BYTES = 1024 * 1024
 MAX_TEMPLATES = 4096
 DEADLINE_MARGIN_S = 0.05
+DRAIN_S = 2.0  # at shutdown, requests in flight get this long to finish
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +89,7 @@ class RequestPath:
         if admitted is None:
             verdict = admit(self.config.attachments, self.replica.state, *key)
             if isinstance(verdict, Refusal):
-                raise error_for_status(verdict.code, verdict.message)
+                raise verdict.error(verdict.message)
             admitted = self._admitted[key] = verdict
         return admitted
 
@@ -132,9 +135,9 @@ class RequestPath:
             async for attempt in retrying:
                 with attempt:
                     return await self._attempt(admitted, req, deadline)
-        except _Retry as exc:
+        except _Retry as exc:  # why stays in our log: it names producer hosts and VMs (SPEC §7, tenancy)
             raise ProducerUnavailable(f"request {req.request_id} was not delivered after "
-                                      f"{self.config.max_attempts} attempts: {exc}") from None
+                                      f"{self.config.max_attempts} attempts", detail=str(exc)) from None
         raise AssertionError("unreachable: tenacity either returns or reraises")
 
     async def _attempt(self, admitted: Admitted, req: pb.SendRequest, deadline: float) -> tpb.Frame:
@@ -150,20 +153,23 @@ class RequestPath:
             if isinstance(exc, DeliveryUnknown):
                 if req.idempotent:
                     raise _Retry(str(exc)) from None
-                raise ProducerUnavailable(f"delivery unknown: {exc}; request {req.request_id} is not idempotent, "
-                                          f"so it was not retried") from None
+                raise ProducerUnavailable(f"delivery unknown: the tunnel broke while request {req.request_id} was "
+                                          f"in flight; it is not idempotent, so it was not retried",
+                                          detail=str(exc)) from None
             if isinstance(exc, TimeoutError):
                 raise DeadlineExceeded(f"request {req.request_id} got no answer from its producer VM before the "
                                        f"deadline (it may have run)") from None
             raise
-        code = STATUS_BY_NUMBER.get(answer.status_code, grpc.StatusCode.UNKNOWN)
-        refused = code not in (grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED) and not answer.delivered
+        code = Status.of(answer.status_code)
+        refused = code not in (Status.OK, Status.DEADLINE_EXCEEDED) and not answer.delivered
         self.pools.put_back(pool, member, refused=refused)
-        if code is grpc.StatusCode.OK:
+        if code is Status.OK:
             return answer
         if refused:  # the producer host refused the frame before the VM saw it: another VM may take it
             raise _Retry(answer.status_message)
-        raise error_for_status(code, answer.status_message)
+        # a frame names no error type; a producer's UNAVAILABLE means its VM stopped
+        raise error_for_status(code, answer.status_message,
+                               ProducerUnavailable.__name__ if code is Status.UNAVAILABLE else None)
 
     def attachment(self, network: str, address: str, token: str) -> Attachment:
         a = self.config.attachments.get(vm_id(network, address))
@@ -208,12 +214,12 @@ class ConsumerHostServicer(pb_grpc.ConsumerHostServicer):
             try:
                 resp = await self.path.forward(req, time.monotonic() + self.path.config.default_deadline_s)
             except LeasenetError as exc:
-                resp = pb.SendResponse(request_id=req.request_id, dst=req.src, status_code=exc.code.value[0],
+                resp = pb.SendResponse(request_id=req.request_id, dst=req.src, status_code=int(exc.code),
                                        status_message=exc.message)
             except Exception:
                 log.exception("request %d failed", req.request_id)
                 resp = pb.SendResponse(request_id=req.request_id, dst=req.src,
-                                       status_code=grpc.StatusCode.INTERNAL.value[0],
+                                       status_code=int(Status.INTERNAL),
                                        status_message="internal error; see the consumer host log")
             out.put_nowait(resp)
 
@@ -234,7 +240,8 @@ class ConsumerHostServicer(pb_grpc.ConsumerHostServicer):
                 yield resp
             error = reader.exception() if reader.done() and not reader.cancelled() else None
             if isinstance(error, DecodeError):  # an unparseable request: say so, not a silent end
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"a request could not be parsed: {error}")
+                log.info("a request on a SendStream could not be parsed: %s", error)
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a request on the stream could not be parsed")
             if error is not None:
                 raise error
         finally:
@@ -243,8 +250,11 @@ class ConsumerHostServicer(pb_grpc.ConsumerHostServicer):
                 task.cancel()
 
 
-async def serve(config: ConsumerConfig, store: Store, stop: asyncio.Event,
-                ready: Callable[[str], None] = lambda address: None) -> None:
+async def serve(config: ConsumerConfig, store: Store, *, stop: asyncio.Event,
+                ready: Callable[[str], None] | None = None) -> None:
+    """The consumer host until `stop` is set. Its long-running tasks live in one task group; the
+    shutdown (stop serving, let requests in flight finish, give the leases back, deregister) runs in
+    `finally`, so a failed task or a start-up that broke halfway gives the leases back too."""
     replica = Replica(store)
     registry = RegistryClient(config.registries)
     pools = PoolManager(config.host_id, registry, replica)
@@ -252,31 +262,35 @@ async def serve(config: ConsumerConfig, store: Store, stop: asyncio.Event,
     path = RequestPath(config, replica, pools, tunnels)
     server = Server(config.listen)
     server.add(pb_grpc.add_ConsumerHostServicer_to_server, ConsumerHostServicer(path), "leasenet.v1.ConsumerHost")
+    liveness = Liveness(store, config.host_id,
+                        lambda: [Host(config.host_id, HostKind.CONSUMER, path.address)], config.liveness_ttl_s)
     async with asyncio.TaskGroup() as tasks:
         background = [tasks.create_task(replica.run(), name="replica")]
-        await replica.synced.wait()
-        await pools.release_leftovers()  # a restart after SIGKILL must not adopt the dead run's leases
-        bound = await server.start(serving=False)
-        path.address = config.advertise or bound
-        liveness = Liveness(store, config.host_id,
-                            lambda: [Host(config.host_id, HostKind.CONSUMER, path.address)], config.liveness_ttl_s)
-        await liveness.register()
-        background += [tasks.create_task(liveness.keep_alive(), name="liveness"),
-                       tasks.create_task(pools.run(), name="pools")]
-        await server.set_serving(True)
-        log.info("consumer host %s serving %d consumer VM(s) on %s", config.host_id, len(config.attachments),
-                 path.address)
-        ready(path.address)
-        await stop.wait()
-        # drain: refuse new work, let in-flight requests finish, give the leases back
-        await server.set_serving(False)
-        await server.stop(2.0)
-        await pools.release_all()
-        for task in background:
-            task.cancel()
+        keep_alive: asyncio.Task[None] | None = None
         try:
-            await liveness.deregister()
-        except LeasenetError as exc:
-            log.warning("could not deregister (the liveness lease will lapse): %s", exc)
-        await tunnels.close()
-        await registry.close()
+            await replica.synced.wait()
+            await pools.release_leftovers()  # a restart after SIGKILL must not adopt the dead run's leases
+            path.address = config.advertise or await server.start(serving=False)
+            await liveness.register()
+            keep_alive = tasks.create_task(liveness.keep_alive(), name="liveness")
+            # the pool manager's driver: renewals, idle releases and every effect of its pool book
+            background += [keep_alive, tasks.create_task(pools.run(), name="pools")]
+            await server.set_serving(True)
+            log.info("consumer host %s serving %d consumer VM(s) on %s", config.host_id, len(config.attachments),
+                     path.address)
+            if ready is not None:
+                ready(path.address)
+            await stop.wait()
+            log.info("consumer host %s stopping", config.host_id)
+        finally:
+            serving = bool(server.port)
+            await shut_down([
+                Step("stop taking requests", lambda: server.set_serving(False), 1.0) if serving else None,
+                Step("let the requests in flight finish", lambda: server.stop(DRAIN_S), DRAIN_S + 1.0)
+                if serving else None,
+                Step("give every lease back", pools.release_all),
+                Step("deregister", lambda: liveness.deregister(keep_alive), 2.0) if liveness.registrations else None,
+                Step("close the tunnels", tunnels.close, 2.0),
+                Step("close the channels to the leasing agents", registry.close, 2.0),
+            ])
+            cancel_all(background)

@@ -8,7 +8,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -18,6 +17,7 @@ import grpc
 import grpc.aio
 
 from wire.errors import LeasenetError
+from wire.lifecycle import run_until_signalled
 
 log = logging.getLogger("leasenet")
 
@@ -194,13 +194,10 @@ def _write_ready(path: str | None, address: str) -> None:
 async def _run_service(args: argparse.Namespace, serve: Callable[..., Awaitable[None]], config: Any) -> None:
     from mapping.store.etcd import EtcdStore, parse_endpoints
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     store = await EtcdStore(parse_endpoints(args.etcd_endpoints)).connect()
     try:
-        await serve(config, store, stop, lambda address: _write_ready(args.ready_file, address))
+        await run_until_signalled(
+            lambda stop: serve(config, store, stop=stop, ready=lambda address: _write_ready(args.ready_file, address)))
     finally:
         await store.close()
 

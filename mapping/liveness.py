@@ -63,5 +63,10 @@ class Liveness:
     async def update(self, record: Record) -> None:
         await self.store.put(keys.key_of(record), keys.encode(record), lease=self.lease_id)
 
-    async def deregister(self) -> None:
-        await self.store.revoke_lease(self.lease_id)
+    async def deregister(self, keep_alive: asyncio.Task[None] | None = None) -> None:
+        """Revoke the lease, so that our records vanish now rather than at the TTL. Its keep-alive
+        task is cancelled first: finding the lease gone, it would register again."""
+        if keep_alive is not None:
+            keep_alive.cancel()
+        if self.registrations:
+            await self.store.revoke_lease(self.lease_id)

@@ -12,16 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO
 
-import grpc
-
 from producer_host.handlers import Handler, HandlerError
 from mapping.model import ProducerVm
+from wire.errors import Status
 
 log = logging.getLogger(__name__)
 
 # (status, message, payload, delivered) -> None: sends the answer back through the tunnel;
 # delivered says whether the VM started running the request (the consumer host retries only if not)
-Reply = Callable[[grpc.StatusCode, str, bytes, bool], None]
+Reply = Callable[[Status, str, bytes, bool], None]
 
 
 @dataclass(slots=True)
@@ -57,12 +56,15 @@ class VmActor:
         self.busy = False
         self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"vm {self.vm.vm_id}")
+    def start(self, tasks: asyncio.TaskGroup | None = None) -> asyncio.Task[None]:
+        """Run the actor, as a child of `tasks` when given (a host's task group)."""
+        spawn = tasks.create_task if tasks is not None else asyncio.get_running_loop().create_task
+        self._task = spawn(self._run(), name=f"vm {self.vm.vm_id}")
+        return self._task
 
     def tell(self, envelope: Envelope) -> None:
         if self._task is None or self._task.done():
-            envelope.reply(grpc.StatusCode.UNAVAILABLE, f"producer VM {self.vm.vm_id} is stopped", b"", False)
+            envelope.reply(Status.UNAVAILABLE, f"producer VM {self.vm.vm_id} is stopped", b"", False)
             return
         self.inbox.put_nowait(envelope)
 
@@ -79,14 +81,14 @@ class VmActor:
             except asyncio.CancelledError:
                 pass
         while not self.inbox.empty():
-            self.inbox.get_nowait().reply(grpc.StatusCode.UNAVAILABLE,
+            self.inbox.get_nowait().reply(Status.UNAVAILABLE,
                                           f"producer VM {self.vm.vm_id} stopped before running the request", b"", False)
 
     async def _run(self) -> None:
         while True:
             env = await self.inbox.get()
             if env.deadline_ms and time.time() * 1000 > env.deadline_ms:
-                env.reply(grpc.StatusCode.DEADLINE_EXCEEDED,
+                env.reply(Status.DEADLINE_EXCEEDED,
                           f"the request's deadline passed while it queued for producer VM {self.vm.vm_id}", b"", False)
                 continue
             self.busy = True
@@ -95,16 +97,16 @@ class VmActor:
             try:
                 result = await self.handler(env.payload)
                 ok = True
-                env.reply(grpc.StatusCode.OK, "", result, True)
+                env.reply(Status.OK, "", result, True)
             except HandlerError as exc:
-                env.reply(grpc.StatusCode.INVALID_ARGUMENT, str(exc), b"", True)
+                env.reply(Status.INVALID_ARGUMENT, str(exc), b"", True)
             except asyncio.CancelledError:
-                env.reply(grpc.StatusCode.UNAVAILABLE,
+                env.reply(Status.UNAVAILABLE,
                           f"producer VM {self.vm.vm_id} stopped while running the request", b"", True)
                 raise
             except Exception:
                 log.exception("handler of %s failed", self.vm.vm_id)
-                env.reply(grpc.StatusCode.INTERNAL, f"the handler of producer VM {self.vm.vm_id} failed", b"", True)
+                env.reply(Status.INTERNAL, f"the handler of producer VM {self.vm.vm_id} failed", b"", True)
             finally:
                 self.busy = False
                 self.served += 1

@@ -6,20 +6,21 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
 import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
 
+from wire.lifecycle import Step, cancel_all, shut_down
 from wire.rpc import Server
 from wire.v1 import tunnel_pb2 as pb
 from wire.v1 import tunnel_pb2_grpc as pb_grpc
 from producer_host.actors import Envelope, History, VmActor
 from producer_host.handlers import load_handler
 from producer_host.validate import Accept, Addressing, Reject, validate
-from wire.errors import StoreUnavailable
+from wire.errors import Status
 from mapping.liveness import Liveness
 from mapping.model import Host, HostId, HostKind, ProducerVm, VmId, parse_ipv4
 from mapping.replica import Replica
@@ -27,6 +28,8 @@ from mapping.store import Store
 
 log = logging.getLogger(__name__)
 
+# at shutdown, requests running or queued on a VM get this long to finish (SPEC §5 drain)
+DRAIN_LIMIT_S = 8.0
 EARLY_CLAIM_WAIT_S = 1.0  # a frame may outrun the claim's arrival in our replica
 # one stream message stays far below rpc.MAX_MESSAGE_BYTES (4 MiB) although a payload may be 1 MiB
 MAX_BATCH_BYTES = 1024 * 1024
@@ -123,7 +126,7 @@ class TunnelServicer(pb_grpc.TunnelServicer):
         self._dispatch(frame, validate(_addressing(frame), self.replica.state, self.host_id, self.address), out)
 
     def _dispatch(self, frame: pb.Frame, verdict: Accept | Reject, out: asyncio.Queue[pb.Frame | None]) -> None:
-        def reply(code: grpc.StatusCode, message: str, payload: bytes, delivered: bool = False) -> None:
+        def reply(code: Status, message: str, payload: bytes, delivered: bool = False) -> None:
             out.put_nowait(_response(frame, code, message, payload, delivered))
 
         if isinstance(verdict, Reject):
@@ -132,7 +135,7 @@ class TunnelServicer(pb_grpc.TunnelServicer):
             return
         actor = self.actors.get(verdict.vm)
         if actor is None:
-            reply(grpc.StatusCode.NOT_FOUND, f"producer VM {verdict.vm} is not running on this host", b"")
+            reply(Status.NOT_FOUND, f"producer VM {verdict.vm} is not running on this host", b"")
             return
         inner = frame.inner
         actor.tell(Envelope(frame.payload, inner.request_id, f"{inner.network}/{inner.src}",
@@ -153,7 +156,7 @@ def _addressing(frame: pb.Frame) -> Addressing:
     return Addressing(o.vni, o.src_host, o.dst_host, o.fencing_token, i.network, i.src, i.dst)
 
 
-def _response(frame: pb.Frame, code: grpc.StatusCode, message: str, payload: bytes, delivered: bool) -> pb.Frame:
+def _response(frame: pb.Frame, code: Status, message: str, payload: bytes, delivered: bool) -> pb.Frame:
     """SPEC §3 step 12: the answer goes back with outer addresses swapped and inner ones reversed."""
     o, i = frame.outer, frame.inner
     return pb.Frame(
@@ -161,53 +164,63 @@ def _response(frame: pb.Frame, code: grpc.StatusCode, message: str, payload: byt
         outer=pb.OuterHeader(vni=o.vni, src_host=o.dst_host, dst_host=o.src_host, fencing_token=o.fencing_token),
         inner=pb.InnerHeader(network=i.network, src=i.dst, src_port=i.dst_port, dst=i.src, dst_port=i.src_port,
                              request_id=i.request_id),
-        payload=payload, status_code=code.value[0], status_message=message, delivered=delivered)
+        payload=payload, status_code=int(code), status_message=message, delivered=delivered)
 
 
-async def serve(config: ProducerConfig, store: Store, stop: asyncio.Event,
-                ready: Callable[[str], None] = lambda address: None) -> None:
+async def serve(config: ProducerConfig, store: Store, *, stop: asyncio.Event,
+                ready: Callable[[str], None] | None = None) -> None:
+    """The producer host until `stop` is set. Its long-running tasks (replica, liveness, one actor
+    per VM) live in one task group; the drain of SPEC §5 (no new claims, in-flight requests finish,
+    deregister) runs in `finally`, so a failed task or a broken start-up deregisters too."""
     load_handler(config.handler, config.handler_options)  # fail fast on a bad handler or option
     history = History(open(config.history_path, "a", encoding="utf-8")) if config.history_path else None
     replica = Replica(store)
     server = Server(config.listen)
     tunnel = TunnelServicer(config.host_id, replica)
     server.add(pb_grpc.add_TunnelServicer_to_server, tunnel, "leasenet.v1.Tunnel")
-    async with asyncio.TaskGroup() as tasks:
-        replica_task = tasks.create_task(replica.run(), name="replica")
-        await replica.synced.wait()
-        bound = await server.start(serving=False)
-        address = config.advertise or bound
-        tunnel.address = address
-        registration = Liveness(store, config.host_id,
-                                lambda: [host_record(config, address), *vm_records(config)], config.liveness_ttl_s)
-        await registration.register()
-        actors = {vm.vm_id: VmActor(vm, load_handler(config.handler, config.handler_options), history)
-                  for vm in vm_records(config)}
-        for actor in actors.values():
-            actor.start()
-        tunnel.actors = actors
-        await server.set_serving(True)
-        keepalive_task = tasks.create_task(registration.keep_alive(), name="liveness")
-        log.info("producer host %s serving %d VMs on %s", config.host_id, len(actors), address)
-        ready(address)
-        await stop.wait()
-        # drain (SPEC §5): no new claims, in-flight requests finish, then deregister
-        log.info("producer host %s draining", config.host_id)
-        try:
-            await registration.update(host_record(config, address, draining=True))
-        except StoreUnavailable as exc:
-            log.warning("could not mark host draining: %s", exc)
-        await server.set_serving(False)
-        for actor in actors.values():
-            await actor.idle()
-        keepalive_task.cancel()
-        try:
-            await registration.deregister()
-        except StoreUnavailable as exc:
-            log.warning("could not deregister (the liveness lease will lapse): %s", exc)
-        await server.stop(0.5)
-        for actor in actors.values():
-            await actor.stop()
-        replica_task.cancel()
-        if history is not None:
+    registration = Liveness(store, config.host_id,
+                            lambda: [host_record(config, tunnel.address), *vm_records(config)], config.liveness_ttl_s)
+    actors = {vm.vm_id: VmActor(vm, load_handler(config.handler, config.handler_options), history)
+              for vm in vm_records(config)}
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            background = [tasks.create_task(replica.run(), name="replica")]
+            keep_alive: asyncio.Task[None] | None = None
+            try:
+                await replica.synced.wait()
+                tunnel.address = config.advertise or await server.start(serving=False)
+                await registration.register()
+                keep_alive = tasks.create_task(registration.keep_alive(), name="liveness")
+                background += [keep_alive, *(actor.start(tasks) for actor in actors.values())]
+                tunnel.actors = actors
+                await server.set_serving(True)
+                log.info("producer host %s serving %d VMs on %s", config.host_id, len(actors), tunnel.address)
+                if ready is not None:
+                    ready(tunnel.address)
+                await stop.wait()
+                log.info("producer host %s draining", config.host_id)
+            finally:
+                registered, serving = bool(registration.registrations), bool(server.port)
+                draining = host_record(config, tunnel.address, draining=True)
+                await shut_down([
+                    Step("mark the host draining", lambda: registration.update(draining), 2.0) if registered else None,
+                    Step("stop taking frames", lambda: server.set_serving(False), 1.0) if serving else None,
+                    Step("let the requests in flight finish", lambda: _idle(actors.values()), DRAIN_LIMIT_S),
+                    Step("deregister", lambda: registration.deregister(keep_alive), 2.0) if registered else None,
+                    Step("stop the tunnel server", lambda: server.stop(0.5), 1.5) if serving else None,
+                    Step("stop the VMs", lambda: _stop(actors.values()), 2.0),
+                ])
+                cancel_all(background)
+    finally:
+        if history is not None:  # after the actors, which write to it, have ended
             history.stream.close()
+
+
+async def _idle(actors: Iterable[VmActor]) -> None:
+    for actor in actors:
+        await actor.idle()
+
+
+async def _stop(actors: Iterable[VmActor]) -> None:
+    for actor in actors:
+        await actor.stop()

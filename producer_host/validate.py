@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import grpc
-
 from mapping.model import Claim, HostId, VmId, vm_id
 from mapping.state import ClusterState
+from wire.errors import InvalidRequest, LeasenetError, NotFound, PermissionDenied, StaleClaim, Status
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,10 +31,14 @@ class Accept:
 
 @dataclass(frozen=True, slots=True)
 class Reject:
-    code: grpc.StatusCode
+    error: type[LeasenetError]
     message: str
     # the claim may simply not have reached our replica yet: worth waiting for the revision
     may_be_early: bool = False
+
+    @property
+    def code(self) -> Status:
+        return self.error.code
 
 
 Verdict = Accept | Reject
@@ -43,31 +46,31 @@ Verdict = Accept | Reject
 
 def validate(frame: Addressing, state: ClusterState, host_id: HostId, address: str) -> Verdict:
     if not (frame.network and frame.src and frame.dst and frame.src_host):
-        return Reject(grpc.StatusCode.INVALID_ARGUMENT, "frame is missing its inner or outer header fields")
+        return Reject(InvalidRequest, "frame is missing its inner or outer header fields")
     if frame.dst_host != address:
-        return Reject(grpc.StatusCode.INVALID_ARGUMENT,
+        return Reject(InvalidRequest,
                       f"frame is addressed to host {frame.dst_host}, but this is host {address}")
     network = state.networks.get(frame.network)
     if network is None or network.vni != frame.vni:
-        return Reject(grpc.StatusCode.NOT_FOUND,
+        return Reject(NotFound,
                       f"VNI {frame.vni} (network {frame.network!r}) is not a known overlay network here")
     vm = vm_id(frame.network, frame.dst)
     record = state.vms.get(vm)
     if record is None or record.host_id != host_id:
-        return Reject(grpc.StatusCode.NOT_FOUND, f"producer VM {vm} is not hosted on host {host_id}")
+        return Reject(NotFound, f"producer VM {vm} is not hosted on host {host_id}")
     claim = state.claims.get(vm)
     if claim is None or claim.revision != frame.fencing_token or claim.vm_revision != record.revision:
-        return Reject(grpc.StatusCode.FAILED_PRECONDITION,
+        return Reject(StaleClaim,
                       f"fencing token {frame.fencing_token} is not the current claim on producer VM {vm} "
                       f"(the lease expired, was released, or the VM was re-registered)",
                       may_be_early=claim is None or frame.fencing_token > claim.revision)
     consumer = vm_id(frame.network, frame.src)
     if claim.consumer_vm != consumer:
-        return Reject(grpc.StatusCode.PERMISSION_DENIED,
+        return Reject(PermissionDenied,
                       f"producer VM {vm} is leased to consumer VM {claim.consumer_vm}, not to {consumer}")
     consumer_host = state.hosts.get(claim.consumer_host)
     if consumer_host is not None and consumer_host.address != frame.src_host:
-        return Reject(grpc.StatusCode.PERMISSION_DENIED,
+        return Reject(PermissionDenied,
                       f"the claim on producer VM {vm} belongs to consumer host {claim.consumer_host} "
                       f"({consumer_host.address}), but the frame came from {frame.src_host}")
     return Accept(vm, claim)

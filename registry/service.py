@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import grpc.aio
 
+from wire.lifecycle import Step, cancel_all, shut_down
 from wire.rpc import Server, edge
 from wire.v1 import registry_pb2 as pb
 from wire.v1 import registry_pb2_grpc as pb_grpc
@@ -217,8 +218,10 @@ async def publish_cluster_config(store: Store, replica: Replica, cluster: Cluste
             await store.put(key, keys.encode(record))
 
 
-async def serve(config: RegistryConfig, store: Store, stop: asyncio.Event,
-                ready: Callable[[str], None] = lambda address: None) -> None:
+async def serve(config: RegistryConfig, store: Store, *, stop: asyncio.Event,
+                ready: Callable[[str], None] | None = None) -> None:
+    """A registry until `stop` is set: replica and claim collector in one task group; in `finally`,
+    stop serving and let the calls in flight finish (a consumer host fails over meanwhile)."""
     replica = Replica(store)
     agent = LeasingAgent(store, replica)
     collector = ClaimCollector(store, replica)
@@ -226,16 +229,21 @@ async def serve(config: RegistryConfig, store: Store, stop: asyncio.Event,
     server.add(pb_grpc.add_LeasingServicer_to_server, LeasingServicer(agent), "leasenet.v1.Leasing")
     server.add(pb_grpc.add_InspectionServicer_to_server, InspectionServicer(replica), "leasenet.v1.Inspection")
     async with asyncio.TaskGroup() as tasks:
-        replica_task = tasks.create_task(replica.run(), name="replica")
-        await replica.synced.wait()
-        if config.cluster is not None:
-            await publish_cluster_config(store, replica, config.cluster)
-        collector_task = tasks.create_task(collector.run(), name="claim-collector")
-        address = await server.start()
-        log.info("registry serving on %s", address)
-        ready(address)
-        await stop.wait()
-        await server.set_serving(False)
-        await server.stop(1.0)
-        replica_task.cancel()
-        collector_task.cancel()
+        background = [tasks.create_task(replica.run(), name="replica")]
+        try:
+            await replica.synced.wait()
+            if config.cluster is not None:
+                await publish_cluster_config(store, replica, config.cluster)
+            background.append(tasks.create_task(collector.run(), name="claim-collector"))
+            address = await server.start()
+            log.info("registry serving on %s", address)
+            if ready is not None:
+                ready(address)
+            await stop.wait()
+        finally:
+            serving = bool(server.port)
+            await shut_down([
+                Step("stop taking calls", lambda: server.set_serving(False), 1.0) if serving else None,
+                Step("let the calls in flight finish", lambda: server.stop(1.0), 2.0) if serving else None,
+            ])
+            cancel_all(background)

@@ -1,70 +1,140 @@
-"""The error taxonomy. Each error carries the gRPC status it maps to at the service edge and a
-sentence for the user; anything that is not a LeasenetError becomes INTERNAL there."""
+"""The error vocabulary. Each failure has its own type; each type carries the status it maps to at
+the service edge and a sentence for the user. `Status` names a status without grpc, so pure modules
+can use it; `wire.rpc` alone converts to and from `grpc.StatusCode`.
+
+Across the wire a server sends the status, the sentence and the error's type name (trailing
+metadata `leasenet-error`); `error_for_status` rebuilds exactly that type, or, when the name is
+missing (a foreign server, a transport failure, a tunnel frame), the most general type for the
+status. Anything that is not a LeasenetError becomes INTERNAL at the edge with a generic sentence."""
 
 from __future__ import annotations
 
-import grpc
+import enum
+from typing import ClassVar
+
+ERROR_METADATA_KEY = "leasenet-error"  # trailing metadata: the error's type name
+
+
+class Status(enum.IntEnum):
+    """The gRPC status codes, with gRPC's numbers (a tunnel frame carries the number)."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+    @classmethod
+    def of(cls, number: int) -> Status:
+        """The status a number on the wire names; UNKNOWN for a number no status has."""
+        try:
+            return cls(number)
+        except ValueError:
+            return cls.UNKNOWN
 
 
 class LeasenetError(Exception):
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    """The base, and the type of an error we know only by an unusual status. `detail` says what
+    went wrong underneath (an exception's text): it goes to the log, never over the wire."""
 
-    def __init__(self, message: str) -> None:
+    code: Status = Status.INTERNAL
+    by_name: ClassVar[dict[str, type[LeasenetError]]] = {}
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        LeasenetError.by_name[cls.__name__] = cls
+
+    def __init__(self, message: str, *, detail: str = "") -> None:
         super().__init__(message)
         self.message = message
+        self.detail = detail
+
+
+LeasenetError.by_name[LeasenetError.__name__] = LeasenetError
 
 
 class NotFound(LeasenetError):
-    code = grpc.StatusCode.NOT_FOUND
+    code = Status.NOT_FOUND
 
 
 class InvalidRequest(LeasenetError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    code = Status.INVALID_ARGUMENT
 
 
 class PermissionDenied(LeasenetError):
-    code = grpc.StatusCode.PERMISSION_DENIED
+    code = Status.PERMISSION_DENIED
 
 
 class Unauthenticated(LeasenetError):
-    code = grpc.StatusCode.UNAUTHENTICATED
+    code = Status.UNAUTHENTICATED
 
 
 class ClaimConflict(LeasenetError):
-    code = grpc.StatusCode.ABORTED
+    code = Status.ABORTED
 
 
 class PoolExhausted(LeasenetError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-
-class LeaseExpired(LeasenetError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
-
-
-class StaleClaim(LeasenetError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
-
-
-class StoreUnavailable(LeasenetError):
-    code = grpc.StatusCode.UNAVAILABLE
-
-
-class ProducerUnavailable(LeasenetError):
-    code = grpc.StatusCode.UNAVAILABLE
+    code = Status.RESOURCE_EXHAUSTED
 
 
 class DeadlineExceeded(LeasenetError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    code = Status.DEADLINE_EXCEEDED
 
 
-def error_for_status(code: grpc.StatusCode, message: str) -> LeasenetError:
-    """Rebuild a typed error from a status that crossed the wire (tunnel frames, registry calls)."""
-    for cls in (NotFound, InvalidRequest, PermissionDenied, Unauthenticated, ClaimConflict, PoolExhausted,
-                LeaseExpired, StoreUnavailable, DeadlineExceeded):
-        if cls.code == code:
-            err: LeasenetError = cls(message)
-            return err
-    err = LeasenetError(message)
-    err.code = code
-    return err
+class PreconditionFailed(LeasenetError):
+    """Something the call relied on no longer holds (which thing: the subclasses)."""
+
+    code = Status.FAILED_PRECONDITION
+
+
+class LeaseExpired(PreconditionFailed):
+    """The pool's lease expired or was released: lease anew."""
+
+
+class StaleClaim(PreconditionFailed):
+    """A frame's fencing token is not the VM's current claim: the frame is refused, not run."""
+
+
+class Unavailable(LeasenetError):
+    """Someone we depend on did not answer (who: the subclasses)."""
+
+    code = Status.UNAVAILABLE
+
+
+class StoreUnavailable(Unavailable):
+    """etcd, or every leasing agent, did not answer."""
+
+
+class ProducerUnavailable(Unavailable):
+    """No producer VM ran the request (its host broke, or the VM stopped)."""
+
+
+# what a status alone rebuilds: the most general type that has it
+_BY_STATUS: dict[Status, type[LeasenetError]] = {
+    cls.code: cls for cls in (NotFound, InvalidRequest, PermissionDenied, Unauthenticated, ClaimConflict,
+                              PoolExhausted, DeadlineExceeded, PreconditionFailed, Unavailable, LeasenetError)}
+
+
+def error_for_status(code: Status, message: str, name: str | None = None) -> LeasenetError:
+    """Rebuild a typed error from a status that crossed the wire: the type `name` says when it is
+    one of ours with that very status, else the most general type for the status."""
+    cls = LeasenetError.by_name.get(name or "")
+    if cls is None or cls.code != code:
+        cls = _BY_STATUS.get(code)
+    if cls is None:  # a status none of ours has (e.g. UNIMPLEMENTED from a foreign server)
+        err = LeasenetError(message)
+        err.code = code
+        return err
+    return cls(message)

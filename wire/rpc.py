@@ -17,13 +17,14 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from wire.errors import LeasenetError
+from wire.errors import ERROR_METADATA_KEY, LeasenetError, Status, error_for_status
 
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+_GRPC_BY_STATUS = {Status(code.value[0]): code for code in grpc.StatusCode}
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -46,9 +47,33 @@ SERVER_OPTIONS = [
 ]
 
 
+def to_grpc(status: Status) -> grpc.StatusCode:
+    return _GRPC_BY_STATUS[status]
+
+
+def from_grpc(code: grpc.StatusCode) -> Status:
+    return Status(code.value[0])
+
+
+def error_from_rpc(exc: grpc.aio.AioRpcError, peer: str) -> LeasenetError:
+    """The typed error a failed call to `peer` stands for. A leasenet server names the type in the
+    trailing metadata and its details are our sentence; without the name the details are grpc's or a
+    foreign server's text, which goes to the log (`detail`), never on to a consumer VM."""
+    status = from_grpc(exc.code())
+    name = next((str(v) for k, v in exc.trailing_metadata() or () if k == ERROR_METADATA_KEY), None)
+    if name is not None:
+        return error_for_status(status, exc.details() or status.name, name)
+    err = error_for_status(status, f"{peer} failed the call with {status.name}")
+    err.detail = exc.details() or ""
+    return err
+
+
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
     if isinstance(exc, LeasenetError):
-        await context.abort(exc.code, exc.message)
+        if exc.detail:
+            log.info("%s in %s: %s (%s)", type(exc).__name__, method, exc.message, exc.detail)
+        await context.abort(to_grpc(exc.code), exc.message,
+                            trailing_metadata=((ERROR_METADATA_KEY, type(exc).__name__),))
     log.error("unexpected error in %s", method, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log")
 
@@ -156,9 +181,5 @@ def channel(address: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
 
 
-def status_of(exc: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str]:
-    return exc.code(), exc.details() or exc.code().name
-
-
-__all__: Sequence[str] = ["Server", "edge", "channel", "check_health", "install_event_loop", "split_addresses",
-                          "status_of"]
+__all__: Sequence[str] = ["Server", "edge", "channel", "check_health", "error_from_rpc", "from_grpc",
+                          "install_event_loop", "split_addresses", "to_grpc"]

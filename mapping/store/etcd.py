@@ -87,7 +87,7 @@ def _unavailable_on_failure(operation: str) -> Iterator[None]:
         raise StoreUnavailable(f"etcd is unavailable ({operation}: {exc.details()})") from exc
     except (EtcdError, TimeoutError, OSError) as exc:
         detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc) or type(exc).__name__
-        raise StoreUnavailable(f"etcd is unavailable ({operation}: {detail})") from exc
+        raise StoreUnavailable(f"etcd is unavailable ({operation})", detail=detail) from exc
 
 
 def _refused(operation: str, exc: Exception) -> PermissionDenied | Unauthenticated:

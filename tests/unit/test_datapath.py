@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import grpc
-
 from consumer_host.datapath import (
     Admitted,
     Attachment,
@@ -17,6 +15,7 @@ from consumer_host.datapath import (
     answer_source,
     route,
 )
+from wire.errors import Status
 from mapping.model import LeaseId, LeasePolicy, Network, Service, VmId
 from mapping.state import ClusterState
 
@@ -41,11 +40,11 @@ def test_an_attached_vm_reaching_a_service_in_its_network_is_admitted() -> None:
 def test_each_bad_request_is_refused_with_its_own_status() -> None:
     s = state()
     cases = {
-        ("blue", "10.1.0.9", "secret", "10.1.255.1:7"): grpc.StatusCode.PERMISSION_DENIED,  # not attached
-        ("blue", "10.1.0.1", "guess", "10.1.255.1:7"): grpc.StatusCode.UNAUTHENTICATED,  # spoofed
-        ("blue", "10.1.0.1", "secret", "10.1.255.9:7"): grpc.StatusCode.NOT_FOUND,  # no such target
-        ("blue", "10.1.0.1", "secret", "10.2.255.1:7"): grpc.StatusCode.PERMISSION_DENIED,  # other network
-        ("blue", "10.1.0.1", "secret", "not-an-address"): grpc.StatusCode.INVALID_ARGUMENT,
+        ("blue", "10.1.0.9", "secret", "10.1.255.1:7"): Status.PERMISSION_DENIED,  # not attached
+        ("blue", "10.1.0.1", "guess", "10.1.255.1:7"): Status.UNAUTHENTICATED,  # spoofed
+        ("blue", "10.1.0.1", "secret", "10.1.255.9:7"): Status.NOT_FOUND,  # no such target
+        ("blue", "10.1.0.1", "secret", "10.2.255.1:7"): Status.PERMISSION_DENIED,  # other network
+        ("blue", "10.1.0.1", "secret", "not-an-address"): Status.INVALID_ARGUMENT,
     }
     for args, code in cases.items():
         verdict = admit(ATTACHED, s, *args)

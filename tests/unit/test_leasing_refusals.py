@@ -8,7 +8,6 @@ import random
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
-import grpc
 import pytest
 
 from mapping import keys
@@ -16,7 +15,7 @@ from mapping.model import ConsumerRef, Host, HostId, HostKind, LeasePolicy, Netw
 from mapping.replica import Replica
 from mapping.store.memory import MemoryStore
 from registry.leasing import RETURNING_WINDOW_S, LeasingAgent, shortfall
-from wire.errors import PoolExhausted, ProducerUnavailable
+from wire.errors import PoolExhausted, ProducerUnavailable, Status
 
 KV = Service("kv", "blue", "10.1.255.2", 7, LeasePolicy(min_pool=2, max_pool=2, lease_ttl_s=5))
 P1 = Host(HostId("p1"), HostKind.PRODUCER, "127.0.0.1:7101")
@@ -25,7 +24,7 @@ VMS = [ProducerVm("blue", f"10.1.1.{n}", HostId("p1"), "kv") for n in range(4)]
 
 def test_a_shortfall_covered_by_returning_vms_is_a_wait_and_otherwise_exhaustion() -> None:
     waiting = shortfall("kv", need=2, free=0, returning=6, purpose="lease a pool")
-    assert isinstance(waiting, ProducerUnavailable) and waiting.code == grpc.StatusCode.UNAVAILABLE
+    assert isinstance(waiting, ProducerUnavailable) and waiting.code == Status.UNAVAILABLE
     assert waiting.message.startswith("producer hosts are re-registering; try again")
     exhausted = shortfall("kv", need=2, free=0, returning=0, purpose="lease a pool")
     assert isinstance(exhausted, PoolExhausted) and "has 0 free producer VM(s)" in exhausted.message

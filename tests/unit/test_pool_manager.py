@@ -7,7 +7,6 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
-import grpc
 import pytest
 
 from consumer_host.datapath import Admitted, Attachment
@@ -16,7 +15,7 @@ from consumer_host.registry_client import RegistryClient
 from mapping.model import LeasePolicy, Service
 from mapping.replica import Replica
 from mapping.store.memory import MemoryStore
-from wire.errors import LeasenetError, StoreUnavailable
+from wire.errors import LeasenetError, Status, StoreUnavailable
 from wire.v1 import registry_pb2 as pb
 
 ECHO = Service("echo", "blue", "10.1.255.1", 7, LeasePolicy(min_pool=1, max_pool=2))
@@ -75,7 +74,7 @@ async def test_a_bug_in_an_effect_is_logged_and_answered_and_the_manager_goes_on
     registry.answer = KeyError("oops")
     with pytest.raises(LeasenetError, match="internal error") as failed:
         await pools.acquire(admitted(1), time.monotonic() + 3600)
-    assert failed.value.code == grpc.StatusCode.INTERNAL
+    assert failed.value.code == Status.INTERNAL
     assert "RequestLease failed" in caplog.text
 
     registry.answer = None

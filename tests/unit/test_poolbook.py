@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import grpc
 
 from consumer_host.datapath import Admitted, Attachment, PoolVm, Refusal
 from consumer_host.poolbook import (
@@ -31,6 +30,7 @@ from consumer_host.poolbook import (
 )
 from mapping.model import Claim, Host, HostId, HostKind, LeaseId, LeasePolicy, Service, VmId
 from mapping.state import ClusterState
+from wire.errors import PoolExhausted, Status, StoreUnavailable
 
 ECHO = Service("echo", "blue", "10.1.255.1", 7,
                LeasePolicy(min_pool=1, max_pool=2, lease_ttl_s=6, idle_release_s=30.0))
@@ -69,12 +69,12 @@ def test_a_first_request_asks_for_one_lease_however_many_requests_wait_for_it() 
 def test_leasing_agents_answering_unavailable_make_new_leases_fail_at_once_for_a_while() -> None:
     book = PoolBook()
     book.take(KEY, ADMITTED, 0.0)
-    refusal = Refusal(grpc.StatusCode.UNAVAILABLE, "leasing agent r1 is unavailable: etcd is unavailable (lease grant)")
+    refusal = Refusal(StoreUnavailable, "leasing agent r1 is unavailable: etcd is unavailable (lease grant)")
     assert book.handle(LeaseRefused(KEY, refusal, 1.0)) == [Wake(KEY, refusal)]  # the waiters fail with it
 
     other = (VmId("blue/10.1.0.2"), "echo")
     outcome, effects = book.take(other, ADMITTED, 1.5)
-    assert isinstance(outcome, Refusal) and outcome.code == grpc.StatusCode.UNAVAILABLE and effects == []
+    assert isinstance(outcome, Refusal) and outcome.code == Status.UNAVAILABLE and effects == []
     assert "etcd is unavailable" in outcome.message and "fail at once" in outcome.message
     # after the pause one request asks again, and an answer ends the pause for everyone
     assert book.take(other, ADMITTED, 1.0 + LEASING_PAUSE_S) == (Waiting(), [RequestLease(other, ADMITTED, ())])
@@ -85,7 +85,7 @@ def test_leasing_agents_answering_unavailable_make_new_leases_fail_at_once_for_a
 def test_no_capacity_fails_the_waiters_but_the_next_request_asks_again() -> None:
     book = PoolBook()
     book.take(KEY, ADMITTED, 0.0)
-    refusal = Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, "service 'echo' has 0 free producer VM(s)")
+    refusal = Refusal(PoolExhausted, "service 'echo' has 0 free producer VM(s)")
     assert book.handle(LeaseRefused(KEY, refusal, 0.5)) == [Wake(KEY, refusal)]
     assert book.take(KEY, ADMITTED, 0.6) == (Waiting(), [RequestLease(KEY, ADMITTED, ())])
 
@@ -184,7 +184,7 @@ def test_a_shrink_with_nobody_waiting_and_min_pool_met_does_not_grow() -> None:
 def test_a_request_past_its_deadline_hears_why() -> None:
     book = PoolBook()
     no_lease = book.past_deadline(KEY, ADMITTED)
-    assert no_lease.code == grpc.StatusCode.UNAVAILABLE and "within the request's deadline" in no_lease.message
+    assert no_lease.code == Status.UNAVAILABLE and "within the request's deadline" in no_lease.message
     book = leased(vm(1))
     all_busy = book.past_deadline(KEY, ADMITTED)
-    assert all_busy.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_pool 2" in all_busy.message
+    assert all_busy.code == Status.RESOURCE_EXHAUSTED and "max_pool 2" in all_busy.message

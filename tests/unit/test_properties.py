@@ -8,11 +8,11 @@ from __future__ import annotations
 import copy
 import itertools
 
-import grpc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from wire.errors import Status
 from consumer_host.datapath import (
     Admitted,
     Attachment,
@@ -90,8 +90,8 @@ def test_validation_accepts_exactly_the_frames_of_a_current_claim(frame: Address
         assert isinstance(verdict, Accept) and verdict.vm == "blue/10.1.1.1" and verdict.claim.revision == 20
         return
     assert isinstance(verdict, Reject), frame
-    assert verdict.code != grpc.StatusCode.OK and len(verdict.message.split()) >= 5
-    assert not verdict.may_be_early or verdict.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert verdict.code != Status.OK and len(verdict.message.split()) >= 5
+    assert not verdict.may_be_early or verdict.code == Status.FAILED_PRECONDITION
 
 
 ATTACHED = {VmId("blue/10.1.0.1"): Attachment("blue", "10.1.0.1", "secret"),
@@ -109,7 +109,7 @@ def test_admission_admits_exactly_an_attached_vm_with_its_token_reaching_its_own
     if attached is not None and attached.token == token and service is not None:
         assert verdict == Admitted(attached, service, {"blue": 100, "red": 200}[network])
     else:
-        assert isinstance(verdict, Refusal) and verdict.code != grpc.StatusCode.OK
+        assert isinstance(verdict, Refusal) and verdict.code != Status.OK
         assert len(verdict.message.split()) >= 5
 
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
 import pytest
 
 from consumer_host.datapath import Attachment, PoolVm, route
 from consumer_host.service import ConsumerConfig, RequestPath
 from wire.v1 import consumer_pb2 as pb
 from mapping import keys
-from wire.errors import LeasenetError
+from wire.errors import LeasenetError, NotFound, Status, Unauthenticated
 from mapping.model import HostId, LeasePolicy, Network, Service, VmId
 from mapping.replica import Replica
 from mapping.store.memory import MemoryStore
@@ -46,14 +45,14 @@ async def test_an_admission_holds_until_its_service_changes() -> None:
         assert path._admit(request()) is first  # remembered
         with pytest.raises(LeasenetError) as refused:
             path._admit(request(token="guess"))
-        assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
+        assert type(refused.value) is Unauthenticated and refused.value.code == Status.UNAUTHENTICATED
         assert path._admit(request()) is first  # a refusal is not remembered over the verdict
 
         revision = (await store.delete(keys.service_key("echo"))).revision
         assert await replica.wait_for_revision(revision, 5)
         with pytest.raises(LeasenetError) as gone:
             path._admit(request())
-        assert gone.value.code == grpc.StatusCode.NOT_FOUND
+        assert type(gone.value) is NotFound and gone.value.code == Status.NOT_FOUND
     finally:
         task.cancel()
 

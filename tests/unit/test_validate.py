@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import grpc
-
 from producer_host.validate import Accept, Addressing, Reject, validate
 from mapping import keys
 from mapping.model import Claim, Host, HostId, HostKind, LeaseId, Network, ProducerVm, VmId
 from mapping.state import ClusterState
+from wire.errors import StaleClaim, Status
 
 ME, ADDRESS = HostId("p1"), "127.0.0.1:7100"
 
@@ -36,13 +35,13 @@ def test_a_frame_for_the_current_claim_is_accepted() -> None:
 def test_each_reason_to_refuse_has_its_status() -> None:
     s = state()
     cases = [
-        (frame(dst_host="127.0.0.1:1"), grpc.StatusCode.INVALID_ARGUMENT, "addressed to host"),
-        (frame(vni=7), grpc.StatusCode.NOT_FOUND, "VNI 7"),
-        (frame(dst="10.1.1.2"), grpc.StatusCode.NOT_FOUND, "not hosted"),
-        (frame(fencing_token=19), grpc.StatusCode.FAILED_PRECONDITION, "fencing token 19"),
-        (frame(src="10.1.0.2"), grpc.StatusCode.PERMISSION_DENIED, "leased to consumer VM blue/10.1.0.1"),
-        (frame(src_host="127.0.0.1:9999"), grpc.StatusCode.PERMISSION_DENIED, "came from 127.0.0.1:9999"),
-        (frame(network=""), grpc.StatusCode.INVALID_ARGUMENT, "missing"),
+        (frame(dst_host="127.0.0.1:1"), Status.INVALID_ARGUMENT, "addressed to host"),
+        (frame(vni=7), Status.NOT_FOUND, "VNI 7"),
+        (frame(dst="10.1.1.2"), Status.NOT_FOUND, "not hosted"),
+        (frame(fencing_token=19), Status.FAILED_PRECONDITION, "fencing token 19"),
+        (frame(src="10.1.0.2"), Status.PERMISSION_DENIED, "leased to consumer VM blue/10.1.0.1"),
+        (frame(src_host="127.0.0.1:9999"), Status.PERMISSION_DENIED, "came from 127.0.0.1:9999"),
+        (frame(network=""), Status.INVALID_ARGUMENT, "missing"),
     ]
     for addressing, code, text in cases:
         verdict = validate(addressing, s, ME, ADDRESS)
@@ -61,4 +60,4 @@ def test_a_claim_on_an_older_incarnation_of_the_vm_is_refused() -> None:
     reborn = ProducerVm("blue", "10.1.1.1", ME, "echo", revision=30)
     s.apply(keys.key_of(reborn), reborn)
     verdict = validate(frame(), s, ME, ADDRESS)
-    assert isinstance(verdict, Reject) and verdict.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert isinstance(verdict, Reject) and verdict.error is StaleClaim
