@@ -12,13 +12,12 @@ from dataclasses import dataclass
 import grpc
 import grpc.aio
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random
-from google.protobuf.message import DecodeError
 
 from consumer_host.datapath import Admitted, Attachment, Member, Refusal, admit, answer_source, route
 from consumer_host.pools import PoolManager
 from consumer_host.registry_client import RegistryClient
 from consumer_host.tunnel import DeliveryUnknown, NotDelivered, Tunnels
-from wire.rpc import STATUS_BY_NUMBER, Server, edge
+from wire.rpc import STATUS_BY_NUMBER, Server, edge, end_of_stream
 from wire.v1 import consumer_pb2 as pb
 from wire.v1 import consumer_pb2_grpc as pb_grpc
 from wire.v1 import tunnel_pb2 as tpb
@@ -232,11 +231,7 @@ class ConsumerHostServicer(pb_grpc.ConsumerHostServicer):
         try:
             while (resp := await out.get()) is not None:
                 yield resp
-            error = reader.exception() if reader.done() and not reader.cancelled() else None
-            if isinstance(error, DecodeError):  # an unparseable request: say so, not a silent end
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"a request could not be parsed: {error}")
-            if error is not None:
-                raise error
+            await end_of_stream(reader, context, "a request")
         finally:
             reader.cancel()
             for task in tasks:
