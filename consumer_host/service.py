@@ -16,7 +16,8 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from consumer_host.datapath import Admitted, Attachment, Member, Refusal, admit, answer_source, route
 from consumer_host.pools import PoolManager
 from consumer_host.registry_client import RegistryClient
-from consumer_host.tunnel import DeliveryUnknown, NotDelivered, Tunnels
+from consumer_host.failover import Fail, Happened, Retry, out_of_attempts, verdict
+from consumer_host.tunnel import TunnelFailure, Tunnels
 from wire.rpc import STATUS_BY_NUMBER, Server, edge, end_of_stream
 from wire.v1 import consumer_pb2 as pb
 from wire.v1 import consumer_pb2_grpc as pb_grpc
@@ -54,7 +55,19 @@ class ConsumerConfig:
 
 
 class _Retry(Exception):
-    """This attempt did not reach a producer VM: try another one."""
+    """This attempt cannot have run on a producer VM: try another one."""
+
+    def __init__(self, retry: Retry) -> None:
+        super().__init__(retry.happened.value)
+        self.retry = retry
+
+
+# a failed request's status, from the failover verdict (which knows no grpc)
+_FAILURES: dict[str, type[LeasenetError]] = {"UNAVAILABLE": ProducerUnavailable, "DEADLINE_EXCEEDED": DeadlineExceeded}
+
+
+def _failure(fail: Fail) -> LeasenetError:
+    return _FAILURES[fail.code](fail.message)
 
 
 class RequestPath:
@@ -132,8 +145,7 @@ class RequestPath:
                 with attempt:
                     return await self._attempt(admitted, req, deadline)
         except _Retry as exc:
-            raise ProducerUnavailable(f"request {req.request_id} was not delivered after "
-                                      f"{self.config.max_attempts} attempts: {exc}") from None
+            raise _failure(out_of_attempts(exc.retry, req.request_id, self.config.max_attempts)) from None
         raise AssertionError("unreachable: tenacity either returns or reraises")
 
     async def _attempt(self, admitted: Admitted, req: pb.SendRequest, deadline: float) -> tpb.Frame:
@@ -142,18 +154,12 @@ class RequestPath:
         frame = self._frame(member, admitted, req, remaining)
         try:
             answer = await self.tunnels.to(member.host_address).exchange(frame, remaining)
-        except BaseException as exc:
+        except TunnelFailure as exc:  # its text names the producer host: for our log only
             self.pools.give_back(pool, member)
-            if isinstance(exc, NotDelivered):
-                raise _Retry(str(exc)) from None
-            if isinstance(exc, DeliveryUnknown):
-                if req.idempotent:
-                    raise _Retry(str(exc)) from None
-                raise ProducerUnavailable(f"delivery unknown: {exc}; request {req.request_id} is not idempotent, "
-                                          f"so it was not retried") from None
-            if isinstance(exc, TimeoutError):
-                raise DeadlineExceeded(f"request {req.request_id} got no answer from its producer VM before the "
-                                       f"deadline (it may have run)") from None
+            log.debug("request %d: %s (%s)", req.request_id, exc.happened.value, exc)
+            raise self._failover(exc.happened, req) from None
+        except BaseException:
+            self.pools.give_back(pool, member)
             raise
         code = STATUS_BY_NUMBER.get(answer.status_code, grpc.StatusCode.UNKNOWN)
         refused = code not in (grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED) and not answer.delivered
@@ -161,8 +167,15 @@ class RequestPath:
         if code is grpc.StatusCode.OK:
             return answer
         if refused:  # the producer host refused the frame before the VM saw it: another VM may take it
-            raise _Retry(answer.status_message)
+            log.debug("request %d refused: %s %s", req.request_id, code.name, answer.status_message)
+            raise self._failover(Happened.REFUSED, req)
         raise error_for_status(code, answer.status_message)
+
+    @staticmethod
+    def _failover(happened: Happened, req: pb.SendRequest) -> Exception:
+        """SPEC §6 by failover.verdict: _Retry to try another VM, or the error to answer with."""
+        decision = verdict(happened, req.idempotent, req.request_id)
+        return _Retry(decision) if isinstance(decision, Retry) else _failure(decision)
 
     def attachment(self, network: str, address: str, token: str) -> Attachment:
         a = self.config.attachments.get(vm_id(network, address))
