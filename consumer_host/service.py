@@ -12,14 +12,14 @@ from dataclasses import dataclass
 import grpc
 import grpc.aio
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random
-from google.protobuf.message import DecodeError
 
 from consumer_host.datapath import Admitted, Attachment, PoolVm, Refusal, admit, answer_source, route
 from consumer_host.pools import PoolManager
 from consumer_host.registry_client import RegistryClient
-from consumer_host.tunnel import DeliveryUnknown, NotDelivered, Tunnels
+from consumer_host.failover import Happened, Retry, out_of_attempts, verdict
+from consumer_host.tunnel import TunnelFailure, Tunnels
 from wire.lifecycle import Step, cancel_all, shut_down
-from wire.rpc import Server, edge
+from wire.rpc import Server, edge, end_of_stream
 from wire.v1 import consumer_pb2 as pb
 from wire.v1 import consumer_pb2_grpc as pb_grpc
 from wire.v1 import tunnel_pb2 as tpb
@@ -58,7 +58,11 @@ class ConsumerConfig:
 
 
 class _Retry(Exception):
-    """This attempt did not reach a producer VM: try another one."""
+    """This attempt cannot have run on a producer VM: try another one."""
+
+    def __init__(self, retry: Retry) -> None:
+        super().__init__(retry.happened.value)
+        self.retry = retry
 
 
 class RequestPath:
@@ -135,9 +139,8 @@ class RequestPath:
             async for attempt in retrying:
                 with attempt:
                     return await self._attempt(admitted, req, deadline)
-        except _Retry as exc:  # why stays in our log: it names producer hosts and VMs (SPEC §7, tenancy)
-            raise ProducerUnavailable(f"request {req.request_id} was not delivered after "
-                                      f"{self.config.max_attempts} attempts", detail=str(exc)) from None
+        except _Retry as exc:
+            raise out_of_attempts(exc.retry, req.request_id, self.config.max_attempts).exception() from None
         raise AssertionError("unreachable: tenacity either returns or reraises")
 
     async def _attempt(self, admitted: Admitted, req: pb.SendRequest, deadline: float) -> tpb.Frame:
@@ -146,19 +149,12 @@ class RequestPath:
         frame = self._frame(member, admitted, req, remaining)
         try:
             answer = await self.tunnels.to(member.host_address).exchange(frame, remaining)
-        except BaseException as exc:
+        except TunnelFailure as exc:  # its text names the producer host: for our log only
             self.pools.put_back(pool, member)
-            if isinstance(exc, NotDelivered):
-                raise _Retry(str(exc)) from None
-            if isinstance(exc, DeliveryUnknown):
-                if req.idempotent:
-                    raise _Retry(str(exc)) from None
-                raise ProducerUnavailable(f"delivery unknown: the tunnel broke while request {req.request_id} was "
-                                          f"in flight; it is not idempotent, so it was not retried",
-                                          detail=str(exc)) from None
-            if isinstance(exc, TimeoutError):
-                raise DeadlineExceeded(f"request {req.request_id} got no answer from its producer VM before the "
-                                       f"deadline (it may have run)") from None
+            log.debug("request %d: %s (%s)", req.request_id, exc.happened.value, exc)
+            raise self._failover(exc.happened, req) from None
+        except BaseException:
+            self.pools.put_back(pool, member)
             raise
         code = Status.of(answer.status_code)
         refused = code not in (Status.OK, Status.DEADLINE_EXCEEDED) and not answer.delivered
@@ -166,10 +162,17 @@ class RequestPath:
         if code is Status.OK:
             return answer
         if refused:  # the producer host refused the frame before the VM saw it: another VM may take it
-            raise _Retry(answer.status_message)
+            log.debug("request %d refused: %s %s", req.request_id, code.name, answer.status_message)
+            raise self._failover(Happened.REFUSED, req)
         # a frame names no error type; a producer's UNAVAILABLE means its VM stopped
         raise error_for_status(code, answer.status_message,
                                ProducerUnavailable.__name__ if code is Status.UNAVAILABLE else None)
+
+    @staticmethod
+    def _failover(happened: Happened, req: pb.SendRequest) -> Exception:
+        """SPEC §6 by failover.verdict: _Retry to try another VM, or the error to answer with."""
+        decision = verdict(happened, req.idempotent, req.request_id)
+        return _Retry(decision) if isinstance(decision, Retry) else decision.exception()
 
     def attachment(self, network: str, address: str, token: str) -> Attachment:
         a = self.config.attachments.get(vm_id(network, address))
@@ -238,12 +241,7 @@ class ConsumerHostServicer(pb_grpc.ConsumerHostServicer):
         try:
             while (resp := await out.get()) is not None:
                 yield resp
-            error = reader.exception() if reader.done() and not reader.cancelled() else None
-            if isinstance(error, DecodeError):  # an unparseable request: say so, not a silent end
-                log.info("a request on a SendStream could not be parsed: %s", error)
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a request on the stream could not be parsed")
-            if error is not None:
-                raise error
+            await end_of_stream(reader, context, "a request")
         finally:
             reader.cancel()
             for task in tasks:

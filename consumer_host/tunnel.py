@@ -2,18 +2,22 @@
 host carries every frame to it. A writer task sends whatever is queued as one FrameBatch, so a busy
 stream batches; a reader task matches answers to waiting requests by frame id.
 
-When a stream breaks, each waiting request learns which side of the break it was on:
-NotDelivered (never written: safe to retry anywhere) or DeliveryUnknown (written: it may have run)."""
+Each frame's life cycle is consumer_host/frames.py's table, driven here: when a stream ends, each
+waiting request learns which side of the break its frame was on: NotDelivered (never written: safe
+to retry anywhere) or DeliveryUnknown (written: it may have run). What to do then is
+consumer_host/failover.py's verdict."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import grpc.aio
 
+from consumer_host.failover import Happened
+from consumer_host.frames import HAPPENED, Event, FrameStateError, State, advance
 from wire import rpc
 from wire.v1 import tunnel_pb2 as pb
 from wire.v1 import tunnel_pb2_grpc as pb_grpc
@@ -35,20 +39,49 @@ LINGER_S = 0.005
 MAX_BATCH_BYTES = 1024 * 1024
 
 
-class NotDelivered(Exception):
+class TunnelFailure(Exception):
+    """A frame got no answer; `happened` says why, for the failover verdict. The text is for the
+    consumer host's log (it names the producer host), never for a consumer VM."""
+
+    happened: Happened
+
+
+class NotDelivered(TunnelFailure):
     """The frame never left this host."""
 
+    happened = Happened.NOT_DELIVERED
 
-class DeliveryUnknown(Exception):
+
+class DeliveryUnknown(TunnelFailure):
     """The frame was sent, then the stream broke: it may or may not have run."""
+
+    happened = Happened.DELIVERY_UNKNOWN
+
+
+class NoAnswer(TunnelFailure):
+    """The deadline passed before the answer came (the frame may have run)."""
+
+    happened = Happened.NO_ANSWER
+
+
+FAILURE: dict[Happened, type[TunnelFailure]] = {cls.happened: cls for cls in (NotDelivered, DeliveryUnknown)}
+
+
+class _Pending:
+    """A frame on this tunnel, the request waiting for its answer, and where the frame is in its life."""
+
+    __slots__ = ("frame", "future", "state")
+
+    def __init__(self, frame: pb.Frame, future: asyncio.Future[pb.Frame]) -> None:
+        self.frame, self.future, self.state = frame, future, State.QUEUED
 
 
 class TunnelClient:
     def __init__(self, address: str, on_broken: Callable[[str], None]) -> None:
         self.address = address
         self._on_broken = on_broken
-        self._outbox: list[tuple[pb.Frame, asyncio.Future[pb.Frame]]] = []
-        self._sent: dict[int, asyncio.Future[pb.Frame]] = {}
+        self._frames: dict[int, _Pending] = {}  # every frame not yet answered, failed or given up, by id
+        self._outbox: list[_Pending] = []  # the QUEUED ones among them, in order (and some given up since)
         self._ids = itertools.count(1)
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -66,12 +99,14 @@ class TunnelClient:
         return self
 
     async def exchange(self, frame: pb.Frame, timeout_s: float) -> pb.Frame:
-        """Send one frame and wait for its answer; TimeoutError after timeout_s (it may have run)."""
+        """Send one frame and wait for its answer. NotDelivered or DeliveryUnknown if the stream ends
+        first, NoAnswer after timeout_s."""
         if self.broken is not None:
             raise NotDelivered(self.broken)
         future: asyncio.Future[pb.Frame] = self._loop.create_future()
         frame.id = next(self._ids)
-        self._outbox.append((frame, future))
+        pending = self._frames[frame.id] = _Pending(frame, future)
+        self._outbox.append(pending)
         self._wake.set()
         if self._gathered is not None and len(self._outbox) >= self._gather_target:
             _resolve(self._gathered)
@@ -83,8 +118,9 @@ class TunnelClient:
         try:
             return await future
         except BaseException:
-            # deadline or the caller gave up: the answer, if any, is dropped when it arrives
-            self._sent.pop(frame.id, None)
+            # the deadline passed or the caller left: an answer that still comes is dropped
+            if self._frames.pop(frame.id, None) is not None:
+                pending.state = advance(pending.state, Event.GIVEN_UP)
             raise
         finally:
             timer.cancel()
@@ -100,12 +136,24 @@ class TunnelClient:
 
     async def _run(self) -> None:
         channel = rpc.channel(self.address)
-        reason = f"tunnel to producer host {self.address} closed"
-        try:
+
+        async def connect() -> grpc.aio.StreamStreamCall:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 await channel.channel_ready()
-            call = pb_grpc.TunnelStub(channel).Exchange()
-            reader = asyncio.get_running_loop().create_task(self._read(call))
+            return pb_grpc.TunnelStub(channel).Exchange()
+
+        try:
+            await self.carry(connect)
+        finally:
+            await channel.close()
+
+    async def carry(self, connect: Callable[[], Awaitable[grpc.aio.StreamStreamCall]]) -> None:
+        """Open one stream and carry frames over it until it ends, then fail every frame left
+        unanswered on its side of the break. The reason names the producer host: it is for our log."""
+        reason = f"tunnel to producer host {self.address} closed"
+        try:
+            call = await connect()
+            reader = self._loop.create_task(self._read(call))
             try:
                 await self._write(call, reader)
             finally:
@@ -117,34 +165,48 @@ class TunnelClient:
         except asyncio.CancelledError:
             reason = f"tunnel to producer host {self.address} was closed"
             raise
-        except Exception as exc:  # e.g. a write on a call that just ended
+        except Exception as exc:
             reason = f"tunnel to producer host {self.address} broke: {exc!r}"
         finally:
             self._fail_all(reason)
-            await channel.close()
 
     async def _write(self, call: grpc.aio.StreamStreamCall, reader: asyncio.Task[None]) -> None:
         while not reader.done():
             await self._wake.wait()
             self._wake.clear()
-            if self._sent and self._gap * MIN_BATCH < LINGER_S:
-                await self._gather(min(BATCH_FRAMES, max(2, len(self._sent))))
-                if reader.done():
-                    break  # the stream ended meanwhile: what is queued was never sent (NotDelivered)
+            awaiting = len(self._frames) - len(self._outbox)  # about how many were sent and await answers
+            if awaiting > 0 and self._gap * MIN_BATCH < LINGER_S:
+                await self._gather(min(BATCH_FRAMES, max(2, awaiting)))
+            if reader.done():
+                break  # the stream ended meanwhile: what is queued stays QUEUED (NotDelivered)
             batch, self._outbox = self._outbox, []
-            live = [(f, fut) for f, fut in batch if not fut.done()]
-            while live:
-                chunk, live = _take(live)
-                for frame, future in chunk:
-                    self._sent[frame.id] = future
-                try:
-                    await call.write(pb.FrameBatch(frames=[f for f, _ in chunk]))
-                except BaseException:
-                    self._outbox[:0] = live  # never written: they fail as NotDelivered
-                    raise
-                self.frames_sent += len(chunk)
-                self.batches_sent += 1
-        reader.result()  # surface why the reader ended
+            # a frame whose request already gave up (its future is done) is not sent at all
+            queued = [p for p in batch if p.state is State.QUEUED and not p.future.done()]
+            if not await self._send(call, queued):
+                break  # the call had already finished: the reader is about to say why
+        await reader  # surface why the stream ended
+
+    async def _send(self, call: grpc.aio.StreamStreamCall, queued: list[_Pending]) -> bool:
+        """Write the queued frames, as many per stream message as fit; False if the call refused
+        because it had already finished (then they are QUEUED again, and fail as NotDelivered)."""
+        while queued:
+            chunk, queued = _take(queued)
+            _advance(chunk, State.QUEUED, Event.WRITE_BEGAN)
+            try:
+                await call.write(pb.FrameBatch(frames=[p.frame for p in chunk]))
+            except asyncio.InvalidStateError:
+                # "RPC already finished": the call checks that before it sends anything
+                _advance(chunk, State.WRITING, Event.WRITE_REFUSED)
+                self._outbox[:0] = [p for p in chunk if p.state is State.QUEUED] + queued
+                return False
+            except BaseException:
+                # anything else may have failed after sending: the chunk stays WRITING (unknown)
+                self._outbox[:0] = queued
+                raise
+            _advance(chunk, State.WRITING, Event.WRITE_DONE)
+            self.frames_sent += len(chunk)
+            self.batches_sent += 1
+        return True
 
     async def _gather(self, target: int) -> None:
         """Wait until `target` frames are queued (exchange() says so) or LINGER_S passed."""
@@ -162,22 +224,29 @@ class TunnelClient:
         try:
             async for batch in call:
                 for frame in batch.frames:
-                    future = self._sent.pop(frame.id, None)
-                    if future is not None and not future.done():
-                        future.set_result(frame)
+                    pending = self._frames.get(frame.id)
+                    if pending is None:
+                        continue  # its request gave up (deadline): the answer is dropped
+                    try:
+                        pending.state = advance(pending.state, Event.ANSWER)
+                    except FrameStateError as exc:  # the producer host answered a frame it was never sent
+                        log.warning("tunnel to %s: frame %d: %s; answer dropped", self.address, frame.id, exc)
+                        continue
+                    del self._frames[frame.id]
+                    if not pending.future.done():
+                        pending.future.set_result(frame)
         finally:
             self._wake.set()  # let the writer notice
 
     def _fail_all(self, reason: str) -> None:
+        """The stream ended: every frame not yet answered fails on its side of the break."""
         self.broken = reason
-        for _, future in self._outbox:
-            if not future.done():
-                future.set_exception(NotDelivered(reason))
-        for future in self._sent.values():
-            if not future.done():
-                future.set_exception(DeliveryUnknown(reason))
-        had_traffic = bool(self._outbox or self._sent)
-        self._outbox, self._sent = [], {}
+        for pending in self._frames.values():
+            pending.state = advance(pending.state, Event.STREAM_ENDED)
+            if not pending.future.done():
+                pending.future.set_exception(FAILURE[HAPPENED[pending.state]](reason))
+        had_traffic = bool(self._frames)
+        self._outbox, self._frames = [], {}
         log.warning("%s%s", reason, " (failing its requests)" if had_traffic else "")
         self._on_broken(self.address)
 
@@ -189,17 +258,24 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 def _expire(future: asyncio.Future[pb.Frame]) -> None:
     if not future.done():
-        future.set_exception(TimeoutError())
+        future.set_exception(NoAnswer("no answer before the deadline"))
 
 
-def _take(frames: list[tuple[pb.Frame, asyncio.Future[pb.Frame]]],
-          ) -> tuple[list[tuple[pb.Frame, asyncio.Future[pb.Frame]]], list[tuple[pb.Frame, asyncio.Future[pb.Frame]]]]:
+def _advance(chunk: list[_Pending], state: State, event: Event) -> None:
+    """The event for every frame of a written chunk still in `state` (others were answered or given
+    up while the write was under way)."""
+    for pending in chunk:
+        if pending.state is state:
+            pending.state = advance(state, event)
+
+
+def _take(frames: list[_Pending]) -> tuple[list[_Pending], list[_Pending]]:
     """The first frames that fit in one stream message (at least one), and the rest."""
     if len(frames) == 1:
         return frames, []
     size = 0
-    for i, (frame, _) in enumerate(frames):
-        size += len(frame.payload) + 256
+    for i, pending in enumerate(frames):
+        size += len(pending.frame.payload) + 256
         if size > MAX_BATCH_BYTES and i > 0:
             return frames[:i], frames[i:]
     return frames, []

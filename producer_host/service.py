@@ -11,10 +11,9 @@ from dataclasses import dataclass, field
 
 import grpc
 import grpc.aio
-from google.protobuf.message import DecodeError
 
 from wire.lifecycle import Step, cancel_all, shut_down
-from wire.rpc import Server
+from wire.rpc import Server, end_of_stream
 from wire.v1 import tunnel_pb2 as pb
 from wire.v1 import tunnel_pb2_grpc as pb_grpc
 from producer_host.actors import Envelope, History, VmActor
@@ -93,7 +92,7 @@ class TunnelServicer(pb_grpc.TunnelServicer):
             while True:
                 first = await out.get()
                 if first is None:
-                    await _end_of_stream(reader, context)
+                    await end_of_stream(reader, context, "a frame batch")
                     return
                 # every answer that is ready goes in one stream message, up to MAX_BATCH_BYTES
                 frames, size, ended = [first], len(first.payload), False
@@ -106,7 +105,7 @@ class TunnelServicer(pb_grpc.TunnelServicer):
                     size += len(f.payload) + 256
                 yield pb.FrameBatch(frames=frames)
                 if ended:
-                    await _end_of_stream(reader, context)
+                    await end_of_stream(reader, context, "a frame batch")
                     return
         finally:
             reader.cancel()
@@ -140,15 +139,6 @@ class TunnelServicer(pb_grpc.TunnelServicer):
         inner = frame.inner
         actor.tell(Envelope(frame.payload, inner.request_id, f"{inner.network}/{inner.src}",
                             frame.outer.fencing_token, inner.deadline_ms, reply))
-
-
-async def _end_of_stream(reader: asyncio.Task[None], context: grpc.aio.ServicerContext) -> None:
-    """The stream ends; if a message on it could not be parsed, the caller hears so (not a silent OK)."""
-    error = reader.exception() if reader.done() and not reader.cancelled() else None
-    if isinstance(error, DecodeError):
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"a frame batch could not be parsed: {error}")
-    if error is not None:
-        raise error
 
 
 def _addressing(frame: pb.Frame) -> Addressing:

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -104,6 +105,17 @@ def edge(fn: F) -> F:
     return unary  # type: ignore[return-value]
 
 
+async def end_of_stream(reader: asyncio.Task[None], context: grpc.aio.ServicerContext, what: str) -> None:
+    """A bidi servicer's response stream ends after its request reader did. If a request on the stream
+    could not be parsed, the caller hears so (INVALID_ARGUMENT naming `what`), not a silent OK; any
+    other error of the reader is raised again."""
+    error = reader.exception() if reader.done() and not reader.cancelled() else None
+    if isinstance(error, DecodeError):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{what} could not be parsed; the stream ends here")
+    if error is not None:
+        raise error
+
+
 def split_addresses(text: str, what: str) -> list[str]:
     addresses = [a.strip() for a in text.split(",") if a.strip()]
     if not addresses:
@@ -181,5 +193,5 @@ def channel(address: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
 
 
-__all__: Sequence[str] = ["Server", "edge", "channel", "check_health", "error_from_rpc", "from_grpc",
+__all__: Sequence[str] = ["Server", "edge", "channel", "check_health", "end_of_stream", "error_from_rpc", "from_grpc",
                           "install_event_loop", "split_addresses", "to_grpc"]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from consumer_host.tunnel import TunnelClient
+from consumer_host.frames import State
+from consumer_host.tunnel import TunnelClient, _Pending
 from wire.v1 import tunnel_pb2 as pb
 
 
@@ -31,7 +32,9 @@ async def writer(busy: bool, awaiting: int) -> tuple[TunnelClient, FakeCall, asy
     if busy:
         client._gap = 1e-4  # frames arrive every 0.1 ms
     loop = asyncio.get_running_loop()
-    client._sent = {1000 + i: loop.create_future() for i in range(awaiting)}  # frames awaiting answers
+    for i in range(awaiting):  # frames written earlier, awaiting answers
+        pending = client._frames[1000 + i] = _Pending(pb.Frame(id=1000 + i), loop.create_future())
+        pending.state = State.WRITTEN
     reader = loop.create_task(asyncio.Event().wait())  # a stream that stays open
     task = loop.create_task(client._write(call, reader))  # type: ignore[arg-type]
     return client, call, task

@@ -1,0 +1,62 @@
+"""The failover verdict (SPEC §6), the one place it lives: given what happened to one attempt of a
+request and whether the request is idempotent, retry it on another VM or fail it with a sentence.
+Pure: no I/O, no grpc; the request path asks, then does it.
+
+    what happened       idempotent      not idempotent
+    NOT_DELIVERED       retry           retry              the frame never left this host
+    REFUSED             retry           retry              the producer host refused it; no VM saw it
+    DELIVERY_UNKNOWN    retry           UNAVAILABLE        sent, then the stream broke: it may have run
+    NO_ANSWER           DEADLINE_EXCEEDED                  the deadline passed first: it may have run
+
+The sentences are leasenet's own: a consumer VM never learns which producer host or VM served it
+(SPEC §10), nor any internal exception's text; the consumer host's log has the detail."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from wire.errors import DeadlineExceeded, LeasenetError, ProducerUnavailable
+
+
+class Happened(Enum):
+    """What became of one attempt that got no answer from a producer VM."""
+
+    NOT_DELIVERED = "not delivered"
+    REFUSED = "refused by its producer host"
+    DELIVERY_UNKNOWN = "delivery unknown"
+    NO_ANSWER = "no answer before the deadline"
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Try another VM: this attempt cannot have run."""
+
+    happened: Happened
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    """Answer the consumer VM with this error (its type carries the status) and sentence."""
+
+    error: type[LeasenetError]
+    message: str
+
+    def exception(self) -> LeasenetError:
+        return self.error(self.message)
+
+
+def verdict(happened: Happened, idempotent: bool, request_id: int) -> Retry | Fail:
+    if happened is Happened.NO_ANSWER:
+        return Fail(DeadlineExceeded, f"request {request_id} got no answer from its producer VM before the "
+                                         f"deadline (it may have run)")
+    if happened is Happened.DELIVERY_UNKNOWN and not idempotent:
+        return Fail(ProducerUnavailable, f"delivery unknown: the tunnel broke after request {request_id} was sent, so it "
+                                   f"may have run; it is not idempotent, so it was not retried")
+    return Retry(happened)
+
+
+def out_of_attempts(last: Retry, request_id: int, attempts: int) -> Fail:
+    """Every attempt ended in a retry: the request fails, saying what happened to the last one."""
+    return Fail(ProducerUnavailable, f"request {request_id} was not answered after {attempts} attempts "
+                               f"(the last: {last.happened.value})")
