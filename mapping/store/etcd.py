@@ -29,17 +29,6 @@ log = logging.getLogger(__name__)
 _DELETE = 1  # mvccpb.Event.DELETE
 
 
-def parse_endpoints(text: str) -> list[str]:
-    endpoints = [e.strip().removeprefix("http://") for e in text.split(",") if e.strip()]
-    if not endpoints:
-        raise ValueError("no etcd endpoints given (LEASENET_ETCD_ENDPOINTS, e.g. 127.0.0.1:2379)")
-    for e in endpoints:
-        host, sep, port = e.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"etcd endpoint {e!r} is not host:port")
-    return endpoints
-
-
 def _resolve(endpoint: str) -> str:
     """host:port with the host as an IPv4 literal (docker service names become container IPs)."""
     host, _, port = endpoint.rpartition(":")
@@ -196,4 +185,4 @@ async def connect(endpoints: Sequence[str], **kwargs: float) -> EtcdStore:
     return await EtcdStore(endpoints, **kwargs).connect()
 
 
-__all__ = ["EtcdStore", "connect", "parse_endpoints", "etcd3aio"]
+__all__ = ["EtcdStore", "connect", "etcd3aio"]
