@@ -22,20 +22,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def eventually(check: Callable[[], T], timeout_s: float = 10.0, interval_s: float = 0.05, what: str = "") -> T:
-    """Poll `check` until it returns something truthy (or stops raising AssertionError)."""
-    deadline = time.monotonic() + timeout_s
-    last: object = None
-    while True:
-        try:
-            result = check()
-            if result:
-                return result
-            last = result
-        except AssertionError as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout_s} s: {what or check} (last: {last})")
-        time.sleep(interval_s)
+    """Poll `check` until it returns something truthy (or stops raising AssertionError); for a
+    test without a running event loop (inside one, await eventually_async)."""
+    return asyncio.run(eventually_async(check, timeout_s, interval_s, what))
 
 
 async def eventually_async(check: Callable[[], T | Awaitable[T]], timeout_s: float = 10.0, interval_s: float = 0.05,

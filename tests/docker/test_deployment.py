@@ -242,8 +242,9 @@ def drive(project: ComposeProject, tmp_path: Path, timings: dict[str, float]) ->
         faults: list[Fault] = []
         snapshots: list[str] = []
         for step in STEPS:
-            eventually(lambda: answered(project) >= step.at * REQUESTS or project.state("traffic")["Status"] != "running",
-                       300, 0.5, f"{step.at:.0%} of the requests answered")
+            eventually(lambda: answered(project) >= step.at * REQUESTS
+                       or project.state("traffic")["Status"] != "running", 300, 0.5,
+                       f"{step.at:.0%} of the requests answered")
             assert project.state("traffic")["Status"] == "running", f"traffic ended before {step} (schedule too late)"
             view = check_leases(inspect("leases", port), producers)
             snapshots.append(f"  before {step.kind} {step.action}: {len(view)} leases, "
