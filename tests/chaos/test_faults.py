@@ -37,7 +37,7 @@ def compact(endpoint: str, revision: int) -> None:
         resp.read()
 
 
-async def served(consumer: str, src: str) -> bool:
+async def answered_ok(consumer: str, src: str) -> bool:
     code, message = await send_status(consumer, src, timeout=3)
     assert code == grpc.StatusCode.OK, message
     return True
@@ -91,7 +91,7 @@ async def test_with_etcd_down_pools_keep_serving_new_leases_fail_fast_and_everyt
 
     await asyncio.to_thread(cluster.etcd.restart, 0)
     # nothing is restarted by hand: the replicas resume their watches, keep-alives go on
-    await eventually_async(lambda: served(consumer, "10.1.0.2"), timeout_s=30,
+    await eventually_async(lambda: answered_ok(consumer, "10.1.0.2"), timeout_s=30,
                            what="a new claim, which the producer host accepted")
     assert (await send(consumer, "10.1.0.1", b"still")).payload == b"still"
     assert {lease.consumer_vm for lease in await leases(topo.registry.address)} == {"10.1.0.1", "10.1.0.2"}
@@ -109,7 +109,7 @@ async def test_with_etcd_hung_a_new_lease_ends_unavailable_within_the_requests_d
         assert code == grpc.StatusCode.UNAVAILABLE and "within the request's deadline" in message, message
     finally:
         cluster.etcd.kill(0, signal.SIGCONT)
-    await eventually_async(lambda: served(consumer, "10.1.0.2"), timeout_s=20, what="a new lease once etcd is back")
+    await eventually_async(lambda: answered_ok(consumer, "10.1.0.2"), timeout_s=20, what="a new lease once etcd is back")
 
 
 async def test_a_replica_whose_watch_start_was_compacted_reloads_and_keeps_no_ghost(cluster):
