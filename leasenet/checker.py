@@ -1,11 +1,13 @@
-"""The history checker: pure functions over what a chaos run recorded, reporting every broken
-promise of SPEC §4 and §6 and the figures of the run.
+"""The history checker: pure functions over what a run recorded, reporting every broken promise
+of SPEC §4 and §6 and the figures of the run. The one checker of the demo, the bench, the chaos
+tests and the docker tests.
 
 Inputs (each a list of JSON lines; any may be missing):
 - requests   (`leasenet traffic --history`): a "sent" and an "outcome" line per request;
 - executions (`producer-host --history`): one line per run of a request on a producer VM;
-- claims     (a recorder following etcd): "claimed" / "released" lines per claim and "pool-granted" /
-             "pool-ended" lines per lease, with their etcd revisions;
+- claims     (a recorder following etcd, or `ClaimLog` following a registry's lease events):
+             "claimed" / "released" lines per claim and "pool-granted" / "pool-ended" lines per
+             lease, with their etcd revisions;
 - faults     (the chaos harness): what was done to which process, when, and when it was healed.
 Times are time.monotonic_ns() of one machine, so lines of different processes compare.
 
@@ -16,6 +18,7 @@ Violations reported:
 - overlap:         two executions on one producer VM overlapping in time;
 - executed-twice:  a non-idempotent request run more than once;
 - foreign-claim:   an execution under a claim of another consumer VM, or one never granted;
+- claim-shared:    one claim (one fencing token) that served two consumer VMs (needs executions only);
 - ok-not-run:      a request answered OK that no producer VM ran (needs executions);
 - lease-not-freed: claims of a SIGKILLed consumer host still held TTL + 1 s after it died;
 - lease-lost:      a pool that ended although its consumer VM was busy and its host was fine
@@ -27,6 +30,7 @@ Violations reported:
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 from collections import Counter, defaultdict
@@ -35,13 +39,24 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from leasenet.history import Execution, overlapping_executions, read_executions
-
 NS = 1_000_000_000
 OK = "OK"
 
 
 # --- records -------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Execution:
+    """One run of a request on a producer VM, as its producer host recorded it (--history)."""
+
+    vm: str
+    request_id: int
+    consumer: str
+    token: int
+    start_ns: int
+    end_ns: int
+    ok: bool
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     status: str
@@ -158,6 +173,16 @@ def read_lines(paths: Iterable[Path]) -> list[dict[str, Any]]:
     return out
 
 
+def executions_from_lines(lines: Iterable[dict[str, Any]]) -> list[Execution]:
+    out = []
+    for line in lines:
+        try:
+            out.append(Execution(**line))
+        except TypeError:
+            continue  # not an execution line
+    return out
+
+
 def requests_from_lines(lines: Iterable[dict[str, Any]]) -> list[Request]:
     """Join "sent" and "outcome" lines by request_id (an outcome line alone also counts as sent)."""
     sent: dict[int, dict[str, Any]] = {}
@@ -212,8 +237,38 @@ def faults_from_lines(lines: Iterable[dict[str, Any]]) -> list[Fault]:
                   tuple(f.get("affects", ()))) for f in lines]
 
 
+class ClaimLog:
+    """Claim lines (as `claims_from_lines` reads them) from a registry's lease events, for runs
+    that follow WatchLeases instead of etcd: a member joining a lease is claimed, a member leaving
+    it or the lease ending is released, at the event's revision."""
+
+    def __init__(self) -> None:
+        self.lines: list[dict[str, Any]] = []
+        self.leases: set[str] = set()  # every lease seen live
+        self._members: dict[str, dict[str, int]] = {}  # lease -> vm -> fencing token
+
+    def update(self, lease_id: str, consumer_vm: str, consumer_host: str, members: dict[str, int], revision: int,
+               ended: bool, seen_ns: int) -> None:
+        now = {} if ended else members
+        before = self._members.pop(lease_id, {})
+        for vm, token in before.items():
+            if now.get(vm) != token:
+                self.lines.append({"event": "released", "vm": vm, "token": token, "revision": revision,
+                                   "seen_ns": seen_ns})
+        for vm, token in now.items():
+            if before.get(vm) != token:
+                self.lines.append({"event": "claimed", "vm": vm, "token": token, "lease_id": lease_id,
+                                   "consumer_vm": consumer_vm, "consumer_host": consumer_host, "revision": revision,
+                                   "seen_ns": seen_ns})
+        if not ended:
+            self._members[lease_id] = dict(now)
+            self.leases.add(lease_id)
+
+
 @dataclass(frozen=True, slots=True)
-class History:
+class Recording:
+    """Everything recorded about one run, decoded: what the checks read."""
+
     requests: list[Request]
     executions: list[Execution]
     claims: list[ClaimSpan]
@@ -222,10 +277,10 @@ class History:
 
 
 def load(requests: Sequence[Path] = (), executions: Sequence[Path] = (), claims: Sequence[Path] = (),
-         faults: Sequence[Path] = ()) -> History:
+         faults: Sequence[Path] = ()) -> Recording:
     """`claims`: a recording of claims and pools (one file may hold both kinds of line)."""
     recorded = read_lines(claims)
-    return History(requests_from_lines(read_lines(requests)), read_executions([Path(p) for p in executions]),
+    return Recording(requests_from_lines(read_lines(requests)), executions_from_lines(read_lines(executions)),
                    claims_from_lines(recorded), pools_from_lines(recorded), faults_from_lines(read_lines(faults)))
 
 
@@ -262,9 +317,31 @@ def double_leases(claims: Iterable[ClaimSpan]) -> list[Violation]:
 
 
 def overlapping(executions: Iterable[Execution]) -> list[Violation]:
-    return [Violation("overlap", f"{run.vm} ran request {run.request_id} (from {run.start_ns}) while "
-                      f"still running request {latest.request_id} (until {latest.end_ns})")
-            for latest, run in overlapping_executions(executions)]
+    """A producer VM runs one request at a time. Each run is compared with the run that ends last
+    so far on its VM, not just the previous one: a long run overlaps every short one inside it."""
+    by_vm: dict[str, list[Execution]] = defaultdict(list)
+    for e in executions:
+        by_vm[e.vm].append(e)
+    out = []
+    for runs in by_vm.values():
+        runs.sort(key=lambda e: (e.start_ns, e.end_ns))
+        latest = runs[0]
+        for run in runs[1:]:
+            if run.start_ns < latest.end_ns:
+                out.append(Violation("overlap", f"{run.vm} ran request {run.request_id} (from {run.start_ns}) "
+                                     f"while still running request {latest.request_id} (until {latest.end_ns})"))
+            if run.end_ns > latest.end_ns:
+                latest = run
+    return out
+
+
+def shared_claims(executions: Iterable[Execution]) -> list[Violation]:
+    """One claim (a VM and its fencing token) serves one consumer VM."""
+    consumers: dict[tuple[str, int], set[str]] = defaultdict(set)
+    for e in executions:
+        consumers[(e.vm, e.token)].add(e.consumer)
+    return [Violation("claim-shared", f"claim {token} on {vm} served {sorted(c)}")
+            for (vm, token), c in consumers.items() if len(c) > 1]
 
 
 def executed_twice(requests: Iterable[Request], executions: Iterable[Execution]) -> list[Violation]:
@@ -369,28 +446,35 @@ def lost_members(claims: Iterable[ClaimSpan], pools: Iterable[PoolSpan], faults:
     return out
 
 
-def recoveries(requests: Sequence[Request], faults: Iterable[Fault]) -> list[Recovery]:
-    """For each fault and each consumer VM it hit: from the fault (or its heal) to the first OK
-    answer of a request that VM sent after that moment."""
+def recovered_after(requests: Iterable[Request], start_ns: int, vms: Iterable[str]) -> dict[str, float | None]:
+    """For each consumer VM that sent a request at or after `start_ns` and got its outcome: the
+    seconds until its first OK answer among those, or None if none was OK."""
     by_vm: dict[str, list[Request]] = defaultdict(list)
     for r in requests:
-        by_vm[r.vm].append(r)
-    out = []
-    for f in faults:
-        start = f.healed_ns if f.recover_from == "heal" and f.healed_ns is not None else f.at_ns
-        seconds, unrecovered = [], []
-        for vm in f.affects or tuple(sorted(by_vm)):
-            after = [r for r in by_vm.get(vm, ()) if r.sent_ns >= start and r.outcome is not None]
-            done = [r.outcome.done_ns for r in after if r.outcome is not None and r.outcome.status == OK]
-            if done:
-                seconds.append(max(0.0, (min(done) - start) / NS))
-            elif after:
-                unrecovered.append(vm)
-        out.append(Recovery(f, tuple(seconds), tuple(unrecovered)))
+        if r.sent_ns >= start_ns and r.outcome is not None:
+            by_vm[r.vm].append(r)
+    out: dict[str, float | None] = {}
+    for vm in vms:
+        if vm in by_vm:
+            done = [r.outcome.done_ns for r in by_vm[vm] if r.outcome is not None and r.outcome.status == OK]
+            out[vm] = max(0.0, (min(done) - start_ns) / NS) if done else None
     return out
 
 
-def check(history: History, *, lease_ttl_s: float | None = None, idle_release_s: float | None = None,
+def recoveries(requests: Sequence[Request], faults: Iterable[Fault]) -> list[Recovery]:
+    """For each fault and each consumer VM it hit: from the fault (or its heal) to the first OK
+    answer of a request that VM sent after that moment."""
+    everyone = tuple(sorted({r.vm for r in requests}))
+    out = []
+    for f in faults:
+        start = f.healed_ns if f.recover_from == "heal" and f.healed_ns is not None else f.at_ns
+        after = recovered_after(requests, start, f.affects or everyone)
+        out.append(Recovery(f, tuple(s for s in after.values() if s is not None),
+                            tuple(vm for vm, s in after.items() if s is None)))
+    return out
+
+
+def check(history: Recording, *, lease_ttl_s: float | None = None, idle_release_s: float | None = None,
           fault_grace_s: float = 5.0, observed_until_ns: int | None = None) -> Report:
     """Every check whose inputs are present; figures from the requests.
 
@@ -398,7 +482,7 @@ def check(history: History, *, lease_ttl_s: float | None = None, idle_release_s:
     the lease-lost check (needs pools and requests); `fault_grace_s` is how long after a producer
     host's fault heals its VMs may still leave pools (a liveness TTL and some slack)."""
     h = history
-    violations = outcome_violations(h.requests) + overlapping(h.executions)
+    violations = outcome_violations(h.requests) + overlapping(h.executions) + shared_claims(h.executions)
     violations += executed_twice(h.requests, h.executions)
     if h.executions and h.requests:
         ours = {r.request_id for r in h.requests}
@@ -447,8 +531,6 @@ def render(name: str, report: Report) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m leasenet.checker --requests H.jsonl [--executions P*.jsonl] [--claims C] [--faults F]`"""
-    import argparse
-
     p = argparse.ArgumentParser(prog="python -m leasenet.checker", description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", nargs="*", default=[], type=Path, help="traffic histories")
     p.add_argument("--executions", nargs="*", default=[], type=Path, help="producer host histories")

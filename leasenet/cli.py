@@ -16,14 +16,26 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from consumer_host.config import load_attachments
+from consumer_host.service import ConsumerConfig
+from consumer_host.service import serve as serve_consumer_host
+from leasenet import certs, demo, etcd, inspection, traffic
+from leasenet.bench.command import cmd_bench
+from leasenet.console import CliError
+from mapping.config import load_cluster_config
+from mapping.model import HostId
+from mapping.store.etcd import EtcdStore
+from producer_host.service import ProducerConfig
+from producer_host.service import serve as serve_producer_host
+from registry.service import RegistryConfig
+from registry.service import serve as serve_registry
+from wire import rpc
 from wire.errors import LeasenetError
 from wire.lifecycle import run_until_signalled
+from wire.v1 import consumer_pb2 as cpb
+from wire.v1 import consumer_pb2_grpc as cpb_grpc
 
 log = logging.getLogger("leasenet")
-
-
-class CliError(Exception):
-    """A one-line message for the user."""
 
 
 def env_name(flag: str) -> str:
@@ -192,9 +204,9 @@ def _write_ready(path: str | None, address: str) -> None:
 
 
 async def _run_service(args: argparse.Namespace, serve: Callable[..., Awaitable[None]], config: Any) -> None:
-    from mapping.store.etcd import EtcdStore, parse_endpoints
-
-    store = await EtcdStore(parse_endpoints(args.etcd_endpoints)).connect()
+    endpoints = rpc.split_addresses(args.etcd_endpoints, "etcd endpoint",
+                                    hint="LEASENET_ETCD_ENDPOINTS, e.g. 127.0.0.1:2379")
+    store = await EtcdStore(endpoints).connect()
     try:
         await run_until_signalled(
             lambda stop: serve(config, store, stop=stop, ready=lambda address: _write_ready(args.ready_file, address)))
@@ -213,17 +225,11 @@ def _options(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_registry(args: argparse.Namespace) -> None:
-    from mapping.config import load_cluster_config
-    from registry.service import RegistryConfig, serve
-
     cluster = load_cluster_config(args.cluster_config) if args.cluster_config else None
-    asyncio.run(_run_service(args, serve, RegistryConfig(listen=args.listen, cluster=cluster)))
+    asyncio.run(_run_service(args, serve_registry, RegistryConfig(listen=args.listen, cluster=cluster)))
 
 
 def cmd_producer_host(args: argparse.Namespace) -> None:
-    from producer_host.service import ProducerConfig, serve
-    from mapping.model import HostId
-
     if args.vms < 1:
         raise CliError("--vms must be at least 1")
     config = ProducerConfig(host_id=HostId(args.host_id), listen=args.listen, advertise=args.advertise,
@@ -232,27 +238,18 @@ def cmd_producer_host(args: argparse.Namespace) -> None:
                             handler_options=_options(args.handler_option), liveness_ttl_s=args.liveness_ttl,
                             history_path=args.history)
     config.vm_addresses()  # validates the start address
-    asyncio.run(_run_service(args, serve, config))
+    asyncio.run(_run_service(args, serve_producer_host, config))
 
 
 def cmd_consumer_host(args: argparse.Namespace) -> None:
-    from consumer_host.config import load_attachments
-    from consumer_host.service import ConsumerConfig, serve
-    from wire.rpc import split_addresses
-    from mapping.model import HostId
-
     config = ConsumerConfig(host_id=HostId(args.host_id), listen=args.listen, advertise=args.advertise,
-                            registries=split_addresses(args.registry, "registry"),
+                            registries=rpc.split_addresses(args.registry, "registry"),
                             attachments=load_attachments(args.config), default_deadline_s=args.deadline,
                             liveness_ttl_s=args.liveness_ttl)
-    asyncio.run(_run_service(args, serve, config))
+    asyncio.run(_run_service(args, serve_consumer_host, config))
 
 
 def cmd_send(args: argparse.Namespace) -> None:
-    from wire import rpc
-    from wire.v1 import consumer_pb2 as cpb
-    from wire.v1 import consumer_pb2_grpc as cpb_grpc
-
     async def send() -> Any:
         async with rpc.channel(args.consumer_host) as channel:
             return await cpb_grpc.ConsumerHostStub(channel).Send(cpb.SendRequest(
@@ -269,9 +266,7 @@ def cmd_send(args: argparse.Namespace) -> None:
 
 
 def cmd_health(args: argparse.Namespace) -> None:
-    from wire.rpc import check_health
-
-    if not asyncio.run(check_health(args.address, args.timeout)):
+    if not asyncio.run(rpc.check_health(args.address, args.timeout)):
         raise CliError(f"{args.address} is not serving")
     print(f"{args.address} SERVING")
 
@@ -283,9 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=getattr(logging, str(level).upper(), logging.INFO),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
         if args.command in ("registry", "producer-host", "consumer-host"):
-            from wire.rpc import install_event_loop
-
-            install_event_loop()  # uvloop when installed (the `perf` extra): less CPU per message
+            rpc.install_event_loop()  # uvloop when installed (the `perf` extra): less CPU per message
         handler = COMMANDS[args.command]
         handler(args)
         return 0
@@ -308,28 +301,21 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
-def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], None]:
-    def run(args: argparse.Namespace) -> None:
-        import importlib
-        getattr(importlib.import_module(module), name)(args)
-    return run
-
-
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
-    "etcd": _lazy("leasenet.etcd", "cmd_etcd"),
-    "certs": _lazy("leasenet.certs", "cmd_certs"),
+    "etcd": etcd.cmd_etcd,
+    "certs": certs.cmd_certs,
     "registry": cmd_registry,
     "producer-host": cmd_producer_host,
     "consumer-host": cmd_consumer_host,
     "send": cmd_send,
     "health": cmd_health,
-    "leases": _lazy("leasenet.inspection", "cmd_leases"),
-    "hosts": _lazy("leasenet.inspection", "cmd_hosts"),
-    "vms": _lazy("leasenet.inspection", "cmd_vms"),
-    "services": _lazy("leasenet.inspection", "cmd_services"),
-    "demo": _lazy("leasenet.demo", "cmd_demo"),
-    "bench": _lazy("leasenet.bench", "cmd_bench"),
-    "traffic": _lazy("leasenet.traffic", "cmd_traffic"),
+    "leases": inspection.cmd_leases,
+    "hosts": inspection.cmd_hosts,
+    "vms": inspection.cmd_vms,
+    "services": inspection.cmd_services,
+    "demo": demo.cmd_demo,
+    "bench": cmd_bench,
+    "traffic": traffic.cmd_traffic,
 }
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,6 +148,27 @@ class LocalCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerVm:
+    """A consumer VM as a consumer host's config attaches it (and `leasenet traffic` acts as it)."""
+
+    network: str
+    address: str
+    token: str
+    consumer_host: str = ""  # traffic configs only: the consumer host to send through
+
+
+def consumer_toml(vms: Iterable[ConsumerVm], **settings: str | float) -> str:
+    """The `[[vms]]` config a consumer host (consumer_host.config) reads back as its attachments;
+    `settings` come first, as a traffic config's top-level keys (target, timeout_s, rate ...)."""
+    lines = [f"{key} = {json.dumps(value)}" for key, value in settings.items()]  # JSON strings are TOML's
+    for vm in vms:
+        lines += ["", "[[vms]]", f"network = {json.dumps(vm.network)}", f"address = {json.dumps(vm.address)}",
+                  f"token = {json.dumps(vm.token)}"]
+        lines += [f"consumer_host = {json.dumps(vm.consumer_host)}"] if vm.consumer_host else []
+    return "\n".join(lines).lstrip() + "\n"
 
 
 def write_toml(path: Path, text: str) -> Path:

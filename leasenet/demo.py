@@ -18,16 +18,18 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
-from wire import rpc
-from leasenet.cluster import LocalCluster, write_toml
-from leasenet.history import PoolTracker, overlapping_executions, read_executions, shared_claims
+from leasenet import checker
+from leasenet.checker import ClaimLog, Recording, Request
+from leasenet.cluster import ConsumerVm, LocalCluster, consumer_toml, write_toml
+from leasenet.console import CliError
 from leasenet.inspection import LEASE_HEADER, table
+from mapping.config import ClusterConfig, to_toml
+from mapping.model import LeasePolicy, Network, Service, parse_target
+from wire import rpc
 from wire.v1 import consumer_pb2 as cpb
 from wire.v1 import consumer_pb2_grpc as cpb_grpc
 from wire.v1 import registry_pb2 as rpb
 from wire.v1 import registry_pb2_grpc as rpb_grpc
-from mapping.config import ClusterConfig, to_toml
-from mapping.model import LeasePolicy, Network, Service, parse_target
 
 NETWORK, VNI, SERVICE, TARGET = "blue", 100, "compute", "10.1.255.1:7"
 CONSUMER_VMS = [("10.1.0.1", "token-a"), ("10.1.0.2", "token-b"), ("10.1.0.3", "token-c")]
@@ -56,17 +58,10 @@ class Summary:
     violations: list[str] = field(default_factory=list)
 
 
-@dataclass
-class Outcome:
-    vm: str
-    sent_at: float
-    done_at: float
-    code: str
-
-
-async def drive(consumer_address: str, total: int, half_done: asyncio.Event) -> list[Outcome]:
-    """Every consumer VM sends its share with a few concurrent workers; idempotent requests."""
-    outcomes: list[Outcome] = []
+async def drive(consumer_address: str, total: int, half_done: asyncio.Event) -> list[Request]:
+    """Every consumer VM sends its share with a few concurrent workers; idempotent requests. Each
+    comes back as the checker's record of a request and its outcome."""
+    outcomes: list[Request] = []
     ids = iter(range(1, total + 1))
     async with rpc.channel(consumer_address) as channel:
         stub = cpb_grpc.ConsumerHostStub(channel)
@@ -74,7 +69,7 @@ async def drive(consumer_address: str, total: int, half_done: asyncio.Event) -> 
         async def worker(address: str, token: str, share: int) -> None:
             for _ in range(share):
                 request_id = next(ids)
-                sent = time.monotonic()
+                sent = time.monotonic_ns()
                 try:
                     await stub.Send(cpb.SendRequest(network=NETWORK, src=address, token=token, target=TARGET,
                                                     payload=f"job {request_id}".encode(), request_id=request_id,
@@ -82,7 +77,8 @@ async def drive(consumer_address: str, total: int, half_done: asyncio.Event) -> 
                     code = "OK"
                 except grpc.aio.AioRpcError as exc:
                     code = exc.code().name
-                outcomes.append(Outcome(address, sent, time.monotonic(), code))
+                outcomes.append(Request(request_id, address, True, sent,
+                                        (checker.Outcome(code, time.monotonic_ns()),)))
                 if len(outcomes) >= total // 2:
                     half_done.set()
 
@@ -95,14 +91,17 @@ async def drive(consumer_address: str, total: int, half_done: asyncio.Event) -> 
     return outcomes
 
 
-async def watch_leases(registry: str, tracker: PoolTracker, synced: asyncio.Event) -> None:
+async def watch_leases(registry: str, log: ClaimLog, synced: asyncio.Event) -> None:
+    """Follow a registry's lease events into `log`, the claims the checker reads."""
     async with rpc.channel(registry) as channel:
         async for event in rpb_grpc.InspectionStub(channel).WatchLeases(rpb.WatchLeasesRequest()):
             if event.type == rpb.LeaseEvent.SYNCED:
                 synced.set()
                 continue
-            tracker.update(event.lease.lease_id, {m.vm_id for m in event.lease.members},
-                           ended=event.type == rpb.LeaseEvent.ENDED)
+            lease = event.lease
+            log.update(lease.lease_id, f"{lease.consumer_network}/{lease.consumer_vm}", lease.consumer_host,
+                       {m.vm_id: m.fencing_token for m in lease.members}, event.revision,
+                       ended=event.type == rpb.LeaseEvent.ENDED, seen_ns=time.monotonic_ns())
 
 
 async def busiest_producer(registry: str) -> str:
@@ -117,22 +116,17 @@ async def final_leases(registry: str) -> list[rpb.Lease]:
         return list((await rpb_grpc.InspectionStub(channel).ListLeases(rpb.ListLeasesRequest(), timeout=5)).leases)
 
 
-def failover_seconds(outcomes: list[Outcome], killed_at: float) -> float:
+def failover_seconds(outcomes: list[Request], killed_ns: int) -> float:
     """For each consumer VM, from the kill to its first success on a request sent after the kill;
     the longest of these is how long traffic took to flow again."""
-    recovered = []
-    for vm, _ in CONSUMER_VMS:
-        after = [o.done_at for o in outcomes if o.vm == vm and o.sent_at >= killed_at and o.code == "OK"]
-        if after:
-            recovered.append(min(after) - killed_at)
+    recovered = [s for s in checker.recovered_after(outcomes, killed_ns, [a for a, _ in CONSUMER_VMS]).values()
+                 if s is not None]
     return round(max(recovered), 3) if recovered else float("nan")
 
 
 async def run(cluster: LocalCluster, total: int, say: callable) -> Summary:  # type: ignore[valid-type]
     work = cluster.workdir
     config = write_toml(work / "cluster.toml", to_toml(CLUSTER))
-    consumer_toml = "".join(f'[[vms]]\nnetwork = "{NETWORK}"\naddress = "{a}"\ntoken = "{t}"\n\n'
-                            for a, t in CONSUMER_VMS)
     say(f"starting etcd in {work}")
     await asyncio.to_thread(cluster.start_etcd)
     say(f"etcd at {','.join(cluster.etcd_endpoints)}; starting 2 registries, 2 producer hosts, 1 consumer host")
@@ -141,11 +135,11 @@ async def run(cluster: LocalCluster, total: int, say: callable) -> Summary:  # t
         await asyncio.to_thread(cluster.producer, f"producer{i}", network=NETWORK, service=SERVICE, vms=VMS_PER_HOST,
                                 vm_address_start=f"10.1.{i}.1", handler="work",
                                 extra=("--handler-option", "iterations=2000"))
-    consumer = await asyncio.to_thread(cluster.consumer, "consumer1", config=write_toml(work / "consumer1.toml",
-                                                                                         consumer_toml),
+    consumer = await asyncio.to_thread(cluster.consumer, "consumer1", config=write_toml(
+        work / "consumer1.toml", consumer_toml(ConsumerVm(NETWORK, a, t) for a, t in CONSUMER_VMS)),
                                        registries=registries)
-    tracker, synced, half_done = PoolTracker(), asyncio.Event(), asyncio.Event()
-    watcher = asyncio.create_task(watch_leases(registries[0], tracker, synced))
+    claims, synced, half_done = ClaimLog(), asyncio.Event(), asyncio.Event()
+    watcher = asyncio.create_task(watch_leases(registries[0], claims, synced))
     async with asyncio.timeout(10):  # not wait_for: in 3.11 it can swallow a Ctrl-C's cancellation
         await synced.wait()
 
@@ -154,25 +148,24 @@ async def run(cluster: LocalCluster, total: int, say: callable) -> Summary:  # t
     await half_done.wait()
     victim = await busiest_producer(registries[0])
     say(f"halfway: SIGKILL {victim} (the producer host with the most leased VMs)")
-    killed_at = time.monotonic()
+    killed_ns = time.monotonic_ns()
     cluster.signal(victim, signal.SIGKILL)
     outcomes = await traffic
     leases = await final_leases(registries[0])
     watcher.cancel()
 
-    executions = read_executions(sorted(work.glob("*.history.jsonl")))
-    overlaps = overlapping_executions(executions)
-    shared = shared_claims(executions)
-    codes = Counter(o.code for o in outcomes)
+    recorded = checker.load(executions=sorted(work.glob("*.history.jsonl")))
+    executions = recorded.executions
+    exclusivity = checker.check(Recording([], executions, checker.claims_from_lines(claims.lines), [], []))
+    codes = Counter(o.outcome.status for o in outcomes if o.outcome is not None)
     s = Summary(requests=total, ok=codes.pop("OK", 0), killed_host=victim)
     s.errors = sum(codes.values())
     s.errors_by_code = dict(codes)
     s.lost = total - s.ok - s.errors
-    s.leases_granted = len(tracker.granted)
-    s.violations = tracker.violations + [f"overlapping runs on {a.vm}" for a, _ in overlaps] + \
-        [f"claim {t} on {vm} served {sorted(c)}" for vm, t, c in shared]
+    s.leases_granted = len(claims.leases)
+    s.violations = [f"{v.kind}: {v.detail}" for v in exclusivity.violations]
     s.exclusivity_violations = len(s.violations)
-    s.failover_s = failover_seconds(outcomes, killed_at)
+    s.failover_s = failover_seconds(outcomes, killed_ns)
     s.per_vm_requests = dict(sorted(Counter(e.vm for e in executions if e.ok).items()))
     s.leases = [{"lease_id": l.lease_id, "consumer_vm": l.consumer_vm, "members": [m.vm_id for m in l.members]}
                 for l in leases]
@@ -194,12 +187,9 @@ def render(s: Summary) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from leasenet.cli import CliError
-    from wire.rpc import split_addresses
-
     if args.requests < 20:
         raise CliError("--requests must be at least 20 (the demo kills a host halfway)")
-    endpoints = split_addresses(args.etcd_endpoints, "etcd") if args.etcd_endpoints else []
+    endpoints = rpc.split_addresses(args.etcd_endpoints, "etcd endpoint") if args.etcd_endpoints else []
     tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="leasenet-demo-")
     workdir = Path(args.workdir or tmp.name)  # type: ignore[union-attr]
 

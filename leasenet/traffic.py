@@ -40,6 +40,7 @@ from typing import IO, Any
 import grpc
 import grpc.aio
 
+from leasenet.console import CliError
 from wire import rpc
 from wire.v1 import consumer_pb2 as cpb
 from wire.v1 import consumer_pb2_grpc as cpb_grpc
@@ -219,12 +220,9 @@ async def run_traffic(plan: TrafficPlan, consumer_hosts: Sequence[str], total: i
 
 
 def cmd_traffic(args: argparse.Namespace) -> None:
-    from leasenet.cli import CliError
-    from wire.rpc import split_addresses
-
     if args.requests < 1 or args.concurrency < 1:
         raise CliError("--requests and --concurrency must be at least 1")
-    hosts = split_addresses(args.consumer_host, "consumer host")
+    hosts = rpc.split_addresses(args.consumer_host, "consumer host")
     plan = load_plan(args.config, hosts)
     stream = open(args.history, "a", encoding="utf-8") if args.history else None
     try:

@@ -3,10 +3,12 @@ keyspace) and its own leasenet processes, all stopped at the end, with logs kept
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -20,12 +22,22 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def eventually(check: Callable[[], T], timeout_s: float = 10.0, interval_s: float = 0.05, what: str = "") -> T:
-    """Poll `check` until it returns something truthy (or stops raising AssertionError)."""
+    """Poll `check` until it returns something truthy (or stops raising AssertionError); for a
+    test without a running event loop (inside one, await eventually_async)."""
+    return asyncio.run(eventually_async(check, timeout_s, interval_s, what))
+
+
+async def eventually_async(check: Callable[[], T | Awaitable[T]], timeout_s: float = 10.0, interval_s: float = 0.05,
+                           what: str = "") -> T:
+    """eventually() inside a running event loop, which keeps running meanwhile (the test's own
+    requests go on); `check` may be a coroutine function (a gRPC call) or a plain one."""
     deadline = time.monotonic() + timeout_s
     last: object = None
     while True:
         try:
             result = check()
+            if inspect.isawaitable(result):
+                result = await result
             if result:
                 return result
             last = result
@@ -33,7 +45,7 @@ def eventually(check: Callable[[], T], timeout_s: float = 10.0, interval_s: floa
             last = exc
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {timeout_s} s: {what or check} (last: {last})")
-        time.sleep(interval_s)
+        await asyncio.sleep(interval_s)
 
 
 @pytest.fixture(scope="session")

@@ -116,14 +116,17 @@ async def end_of_stream(reader: asyncio.Task[None], context: grpc.aio.ServicerCo
         raise error
 
 
-def split_addresses(text: str, what: str) -> list[str]:
-    addresses = [a.strip() for a in text.split(",") if a.strip()]
+def split_addresses(text: str, what: str, *, hint: str = "") -> list[str]:
+    """A comma-separated host:port list, the one parser of address lists (registries, consumer
+    hosts, etcd endpoints). `https://host:port` is kept (TLS to etcd); an `http://` prefix, as etcd
+    prints its plaintext client URLs, is dropped."""
+    addresses = [a.strip().removeprefix("http://") for a in text.split(",") if a.strip()]
     if not addresses:
-        raise ValueError(f"no {what} address given")
+        raise ValueError(f"no {what} address given" + (f" ({hint})" if hint else ""))
     for a in addresses:
-        host, sep, port = a.rpartition(":")
+        host, sep, port = a.removeprefix("https://").rpartition(":")
         if not sep or not host or not port.isdigit():
-            raise ValueError(f"{what} address {a!r} is not host:port")
+            raise ValueError(f"{what} address {a!r} is not host:port or https://host:port")
     return addresses
 
 

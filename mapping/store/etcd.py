@@ -37,18 +37,6 @@ _DELETE = 1  # mvccpb.Event.DELETE
 HTTPS = "https://"
 
 
-def parse_endpoints(text: str) -> list[str]:
-    """host:port or https://host:port, comma-separated (http:// is dropped: plaintext is the default)."""
-    endpoints = [e.strip().removeprefix("http://") for e in text.split(",") if e.strip()]
-    if not endpoints:
-        raise ValueError("no etcd endpoints given (LEASENET_ETCD_ENDPOINTS, e.g. 127.0.0.1:2379)")
-    for e in endpoints:
-        host, sep, port = e.removeprefix(HTTPS).rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"etcd endpoint {e!r} is not host:port or https://host:port")
-    return endpoints
-
-
 def _tls_args(endpoints: Sequence[str], tls: TlsMaterial | None) -> dict[str, bytes | str]:
     """etcd3aio's TLS arguments: TLS whenever credentials are given; https:// demands them."""
     if tls is None:
@@ -232,4 +220,4 @@ async def connect(endpoints: Sequence[str], *, timeout_s: float = 3.0, tls: TlsM
     return await EtcdStore(endpoints, timeout_s=timeout_s, tls=tls).connect()
 
 
-__all__ = ["EtcdStore", "connect", "parse_endpoints", "etcd3aio"]
+__all__ = ["EtcdStore", "connect", "etcd3aio"]

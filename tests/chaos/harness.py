@@ -26,13 +26,14 @@ from typing import IO, Any
 
 from leasenet import checker
 from leasenet.checker import Fault, Report
-from leasenet.cluster import LocalCluster, Proc, write_toml
+from leasenet.cluster import ConsumerVm, LocalCluster, Proc, consumer_toml, write_toml
 from leasenet.etcd import EtcdCluster, free_port
 from mapping.config import ClusterConfig, to_toml
 from mapping.model import LeasePolicy, Network, Service, parse_target
 from mapping.model import Claim, Pool as PoolRecord, Record
 from mapping.replica import Replica
 from mapping.store.etcd import EtcdStore
+from tests.conftest import eventually_async
 
 REPO = Path(__file__).resolve().parents[2]
 NETWORK, SERVICE, TARGET = "blue", "echo", "10.1.255.1:7"
@@ -62,9 +63,8 @@ def producer_vms(index: int) -> list[str]:
     return [f"{NETWORK}/10.1.{index + 1}.{n}" for n in range(1, VMS_PER_PRODUCER + 1)]
 
 
-def vm_lines(addresses: list[str], consumer_host: str = "") -> str:
-    extra = f'consumer_host = "{consumer_host}"\n' if consumer_host else ""
-    return "".join(f'[[vms]]\nnetwork = "{NETWORK}"\naddress = "{a}"\ntoken = "tok-{a}"\n{extra}\n' for a in addresses)
+def attached(addresses: list[str], consumer_host: str = "") -> list[ConsumerVm]:
+    return [ConsumerVm(NETWORK, a, f"tok-{a}", consumer_host) for a in addresses]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +89,7 @@ class Scenario:
 @dataclass
 class Outcome:
     scenario: Scenario
-    history: checker.History
+    history: checker.Recording
     report: Report
     table: str
     workdir: Path
@@ -198,7 +198,7 @@ class Chaos:
         consumers = []
         for i in range(CONSUMERS):
             name = f"consumer{i + 1}"
-            config_path = write_toml(self.workdir / f"{name}.toml", vm_lines(consumer_vms(i)))
+            config_path = write_toml(self.workdir / f"{name}.toml", consumer_toml(attached(consumer_vms(i))))
             consumers.append(self.cluster.spawn(
                 name, "consumer-host", "--host-id", name, "--listen", self.listen[name],
                 "--registry", ",".join(self.listen[r] for r in ("registry1", "registry2")),
@@ -207,9 +207,9 @@ class Chaos:
             self.cluster.wait_ready(proc)
 
     def traffic_toml(self) -> Path:
-        text = f'target = "{TARGET}"\ntimeout_s = {REQUEST_TIMEOUT_S}\nidempotent_share = 0.5\n' \
-               f"rate = {self.scenario.rate}\n\n"
-        text += "".join(vm_lines(consumer_vms(i), self.listen[f"consumer{i + 1}"]) for i in range(CONSUMERS))
+        vms = [vm for i in range(CONSUMERS) for vm in attached(consumer_vms(i), self.listen[f"consumer{i + 1}"])]
+        text = consumer_toml(vms, target=TARGET, timeout_s=REQUEST_TIMEOUT_S, idempotent_share=0.5,
+                             rate=self.scenario.rate)
         return write_toml(self.workdir / "traffic.toml", text)
 
     # --- faults --------------------------------------------------------------------------------
@@ -278,10 +278,12 @@ class Chaos:
         try:
             with open(self.faults_path, "a", encoding="utf-8") as fault_log:
                 for step in self.scenario.steps:
-                    while counter.poll() < step.at * self.scenario.requests:
+                    def due(step: Step = step) -> bool:
                         if traffic.poll() is not None:
-                            raise AssertionError(f"the traffic ended before the fault {step} (schedule too late)")
-                        await asyncio.sleep(0.02)
+                            raise RuntimeError(f"the traffic ended before the fault {step} (schedule too late)")
+                        return counter.poll() >= step.at * self.scenario.requests
+
+                    await eventually_async(due, timeout_s=300, interval_s=0.02, what=f"the moment of {step}")
                     fault = await self.inject(step)
                     faults.append(fault)
                     fault_log.write(json.dumps(asdict(fault)) + "\n")
@@ -291,8 +293,7 @@ class Chaos:
             # watch long enough that a killed consumer host's leases had time to end
             killed = [f.at_ns for f in faults if (f.kind, f.action) == ("consumer", "sigkill")]
             until = max(killed, default=0) + int((LEASE_TTL_S + 1.5) * checker.NS)
-            while time.monotonic_ns() < until:
-                await asyncio.sleep(0.1)
+            await asyncio.sleep(max(0, until - time.monotonic_ns()) / checker.NS)  # a span to observe, not a sync
             observed_until = time.monotonic_ns()
         finally:
             if traffic.poll() is None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from leasenet.checker import NS, History, Request
+from leasenet.checker import NS, Recording, Request
 from tests.chaos.conftest import TABLES
 from tests.chaos.harness import Scenario, Step, run_scenario
 
@@ -64,7 +64,7 @@ def test_every_request_gets_one_outcome_and_no_invariant_breaks(scenario: Scenar
     shutil.rmtree(workdir, ignore_errors=True)  # kept when anything above failed
 
 
-def failed_during(history: History, kind: str, after_heal_s: float = 1.0) -> list[Request]:
+def failed_during(history: Recording, kind: str, after_heal_s: float = 1.0) -> list[Request]:
     """Requests sent while a fault of this kind was on (until shortly after its heal) that failed."""
     windows = [(f.at_ns, (f.healed_ns or f.at_ns) + int(after_heal_s * NS)) for f in history.faults if f.kind == kind]
     return [r for r in history.requests if r.outcome is not None and r.outcome.status != "OK"

@@ -5,14 +5,17 @@ watch that must reload after compaction, and drain on SIGTERM for both host kind
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
 
 from leasenet.cluster import LocalCluster
+from tests.conftest import eventually_async
 from wire.v1 import tunnel_pb2 as tpb
 from mapping import keys
 from mapping.model import Network
@@ -26,12 +29,18 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(120)]
 HANDLER = "tests.chaos.handlers:announcing"
 
 
-async def until(check, what: str, timeout_s: float = 10.0) -> None:  # noqa: ANN001
-    """eventually(), for a test whose own requests must keep running meanwhile."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"not true within {timeout_s} s: {what}"
-        await asyncio.sleep(0.02)
+def compact(endpoint: str, revision: int) -> None:
+    """Compact etcd's history up to `revision` through etcd's own (JSON gateway) API."""
+    request = urllib.request.Request(f"http://{endpoint}/v3/kv/compaction", method="POST",
+                                     data=json.dumps({"revision": revision, "physical": True}).encode())
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        resp.read()
+
+
+async def answered_ok(consumer: str, src: str) -> bool:
+    code, message = await send_status(consumer, src, timeout=3)
+    assert code == grpc.StatusCode.OK, message
+    return True
 
 
 def announced(path: Path) -> list[bytes]:
@@ -54,7 +63,7 @@ async def test_a_request_that_may_have_run_is_retried_only_if_idempotent(cluster
                      extra=("--handler-option", f"path={path}", "--handler-option", "seconds=2"))
     once = asyncio.create_task(send_status(consumer, "10.1.0.1", b"slow-once", timeout=10))
     twice = asyncio.create_task(send_status(consumer, "10.1.0.2", b"slow-twice", idempotent=True, timeout=10))
-    await until(lambda: {b"slow-once", b"slow-twice"} <= set(announced(path)), "both requests running")
+    await eventually_async(lambda: {b"slow-once", b"slow-twice"} <= set(announced(path)), what="both requests running")
 
     cluster.signal("p1", signal.SIGKILL)
     code, message = await once
@@ -82,12 +91,8 @@ async def test_with_etcd_down_pools_keep_serving_new_leases_fail_fast_and_everyt
 
     await asyncio.to_thread(cluster.etcd.restart, 0)
     # nothing is restarted by hand: the replicas resume their watches, keep-alives go on
-    for _ in range(150):
-        code, message = await send_status(consumer, "10.1.0.2", timeout=3)
-        if code == grpc.StatusCode.OK:
-            break
-        await asyncio.sleep(0.1)
-    assert code == grpc.StatusCode.OK, message  # a new claim, which the producer host accepted
+    await eventually_async(lambda: answered_ok(consumer, "10.1.0.2"), timeout_s=30,
+                           what="a new claim, which the producer host accepted")
     assert (await send(consumer, "10.1.0.1", b"still")).payload == b"still"
     assert {lease.consumer_vm for lease in await leases(topo.registry.address)} == {"10.1.0.1", "10.1.0.2"}
 
@@ -104,12 +109,7 @@ async def test_with_etcd_hung_a_new_lease_ends_unavailable_within_the_requests_d
         assert code == grpc.StatusCode.UNAVAILABLE and "within the request's deadline" in message, message
     finally:
         cluster.etcd.kill(0, signal.SIGCONT)
-    for _ in range(100):
-        code, message = await send_status(consumer, "10.1.0.2", timeout=3)
-        if code == grpc.StatusCode.OK:
-            break
-        await asyncio.sleep(0.1)
-    assert code == grpc.StatusCode.OK, message
+    await eventually_async(lambda: answered_ok(consumer, "10.1.0.2"), timeout_s=20, what="a new lease once etcd is back")
 
 
 async def test_a_replica_whose_watch_start_was_compacted_reloads_and_keeps_no_ghost(cluster):
@@ -132,7 +132,7 @@ async def test_a_replica_whose_watch_start_was_compacted_reloads_and_keeps_no_gh
         await store.delete(keys.network_key("green"))  # gone while p1 was away
         yellow = Network("yellow", 400)
         revision = await store.put(keys.key_of(yellow), keys.encode(yellow))  # new while p1 was away
-        await store._kvs.compact(revision, timeout=5)
+        await asyncio.to_thread(compact, cluster.etcd_endpoints[0], revision)
     finally:
         await store.close()
     cluster.signal("p1", signal.SIGCONT)
@@ -145,11 +145,11 @@ async def test_a_replica_whose_watch_start_was_compacted_reloads_and_keeps_no_gh
         answers = await exchange(producer.address, [frame("green", 300), frame("yellow", 400)])
         return {"green": answers[300].status_message, "yellow": answers[400].status_message}
 
-    for _ in range(100):
+    async def reloaded() -> dict[str, str]:
         seen = await verdicts()
-        if "not hosted" in seen["yellow"]:
-            break
-        await asyncio.sleep(0.1)
+        return seen if "not hosted" in seen["yellow"] else {}
+
+    seen = await eventually_async(reloaded, what="the producer host's replica reloaded")
     assert "not a known overlay network" in seen["green"], seen  # no ghost of the deleted record
     assert "not hosted" in seen["yellow"], seen  # the record created meanwhile is there
     assert "was compacted" in producer.log.read_text()  # the reload path, not a lucky resume
@@ -182,12 +182,11 @@ async def test_a_replica_gets_every_event_written_while_its_watch_was_being_crea
         replica = Replica(WritesWhileTheWatchIsAway(store, [Network(f"n{i}", 500 + i) for i in range(3)]))  # type: ignore[arg-type]
         task = asyncio.create_task(replica.run())
         await replica.synced.wait()
-        for _ in range(100):
-            if {"n0", "n1", "n2"} <= set(replica.state.networks):
-                break
-            await asyncio.sleep(0.05)
-        task.cancel()
-        assert {"n0", "n1", "n2"} <= set(replica.state.networks)
+        try:
+            await eventually_async(lambda: {"n0", "n1", "n2"} <= set(replica.state.networks),
+                                   what="every network written while the watch was being created")
+        finally:
+            task.cancel()
     finally:
         await store.close()
 
@@ -199,7 +198,7 @@ async def test_a_producer_host_drains_on_sigterm_its_in_flight_requests_finish(c
     cluster.producer("p2", network="blue", service="echo", vms=2, vm_address_start="10.1.2.1", handler=HANDLER,
                      extra=("--handler-option", f"path={path}", "--handler-option", "seconds=1.5"))
     in_flight = [asyncio.create_task(send_status(consumer, "10.1.0.1", b"slow %d" % i, timeout=10)) for i in (1, 2)]
-    await until(lambda: {b"slow 1", b"slow 2"} <= set(announced(path)), "both requests running on p1")
+    await eventually_async(lambda: {b"slow 1", b"slow 2"} <= set(announced(path)), what="both requests running on p1")
 
     exit_code = await asyncio.to_thread(cluster.stop, "p1", 20)
     assert exit_code == 0
@@ -213,7 +212,7 @@ async def test_a_consumer_host_drains_on_sigterm_and_gives_its_leases_back(clust
     consumer = topo.consumers[0].address
     await send(consumer, "10.1.0.1", b"warm-up")
     in_flight = asyncio.create_task(send_status(consumer, "10.1.0.1", b"slow", timeout=10))
-    await until(lambda: b"slow" in announced(path), "the request running")
+    await eventually_async(lambda: b"slow" in announced(path), what="the request running")
 
     exit_code = await asyncio.to_thread(cluster.stop, "c1", 20)
     assert exit_code == 0

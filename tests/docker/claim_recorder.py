@@ -20,7 +20,8 @@ from typing import Any
 
 from mapping.model import Claim, Pool, Record
 from mapping.replica import Replica
-from mapping.store.etcd import EtcdStore, parse_endpoints
+from mapping.store.etcd import EtcdStore
+from wire.rpc import split_addresses
 
 
 def write(line: dict[str, Any]) -> None:
@@ -56,4 +57,4 @@ async def record(endpoints: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(record(parse_endpoints(sys.argv[1])))
+    asyncio.run(record(split_addresses(sys.argv[1], "etcd endpoint")))

@@ -27,7 +27,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ import pytest
 from leasenet import checker
 from leasenet.checker import Fault
 from mapping.config import load_cluster_config
+from tests.conftest import eventually
 from tests.docker.conftest import DOCKER_DIR, ETCD_ENDPOINTS, FIGURES, ComposeProject, docker
 from tests.docker.test_etcd_cluster import leader
 
@@ -83,20 +83,6 @@ def inspect(kind: str, port: int, *args: str) -> list[dict[str, Any]]:
     return json.loads(leasenet(kind, "--registry", f"127.0.0.1:{port}", "--json", *args).stdout)[kind]
 
 
-def poll(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if result := check():
-                return result
-            last: Any = result
-        except AssertionError as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not true within {timeout} s (last: {last})")
-        time.sleep(interval)
-
-
 def lease_view(leases: list[dict[str, Any]]) -> dict[str, tuple[str, tuple[str, ...]]]:
     """lease id -> (consumer VM, member VM ids)."""
     return {lease["lease_id"]: (f"{lease['consumer_network']}/{lease['consumer_vm']}",
@@ -134,7 +120,7 @@ class Recorder:
             if self.proc.poll() is not None:  # not an AssertionError: poll() would keep waiting
                 raise RuntimeError(f"recorder exited: {self.out.with_suffix('.log').read_text()[-2000:]}")
             return '"event":"synced"' in self.out.read_text()
-        poll(synced, timeout, "claim recorder synced with etcd", 0.2)
+        eventually(synced, timeout, 0.2, "claim recorder synced with etcd")
 
     def stop(self) -> None:
         docker("stop", "-t", "2", self.name, check=False, timeout=60)
@@ -196,7 +182,7 @@ def fault_figures(faults: list[Fault], requests: list[checker.Request], t0: int)
     return lines
 
 
-def fault_effects(faults: list[Fault], history: checker.History) -> tuple[list[str], list[str]]:
+def fault_effects(faults: list[Fault], history: checker.Recording) -> tuple[list[str], list[str]]:
     """What each fault did to the leases, from the recorded claims and pools (so that a fault that
     did nothing cannot pass unnoticed). Returns (figure lines, broken promises): a producer host
     killed or cut off longer than its liveness TTL must leave every pool (SPEC §6)."""
@@ -256,8 +242,9 @@ def drive(project: ComposeProject, tmp_path: Path, timings: dict[str, float]) ->
         faults: list[Fault] = []
         snapshots: list[str] = []
         for step in STEPS:
-            poll(lambda: answered(project) >= step.at * REQUESTS or project.state("traffic")["Status"] != "running",
-                 300, f"{step.at:.0%} of the requests answered")
+            eventually(lambda: answered(project) >= step.at * REQUESTS
+                       or project.state("traffic")["Status"] != "running", 300, 0.5,
+                       f"{step.at:.0%} of the requests answered")
             assert project.state("traffic")["Status"] == "running", f"traffic ended before {step} (schedule too late)"
             view = check_leases(inspect("leases", port), producers)
             snapshots.append(f"  before {step.kind} {step.action}: {len(view)} leases, "
@@ -273,12 +260,13 @@ def drive(project: ComposeProject, tmp_path: Path, timings: dict[str, float]) ->
 
         # After the heals: every host is back, all VMs registered, and both registries show the
         # same leases (their replicas converge), each respecting the invariants.
-        poll(lambda: set(h["host_id"] for h in inspect("hosts", port)) == producers | set(CONSUMER_VMS), 60,
-             "every host registered again")
-        poll(lambda: len(inspect("vms", port2)) == len(PRODUCERS) * VMS_PER_PRODUCER, 60, "every VM registered again")
-        final = poll(lambda: (v := check_leases(inspect("leases", port), producers))
-                     == check_leases(inspect("leases", port2), producers) and v, 30,
-                     "both registries show the same leases")
+        eventually(lambda: set(h["host_id"] for h in inspect("hosts", port)) == producers | set(CONSUMER_VMS), 60, 0.5,
+                   "every host registered again")
+        eventually(lambda: len(inspect("vms", port2)) == len(PRODUCERS) * VMS_PER_PRODUCER, 60, 0.5,
+                   "every VM registered again")
+        final = eventually(lambda: (v := check_leases(inspect("leases", port), producers))
+                           == check_leases(inspect("leases", port2), producers) and v, 30, 0.5,
+                           "both registries show the same leases")
     finally:
         recorder.stop()
     project.copy_from("traffic", "/history", tmp_path / "history")  # docker cp: works after the exit

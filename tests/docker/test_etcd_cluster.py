@@ -4,9 +4,10 @@ writes with one member killed, paused or cut off; `down -v` leaves nothing behin
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
+
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.docker
 
@@ -24,14 +25,12 @@ def etcdctl(project, via: str, *args: str, endpoints: tuple[str, ...] = MEMBERS,
 def put_eventually(project, via: str, key: str, value: str, endpoints, timeout: float = 30) -> None:
     # Right after the leader dies a proposal can fail with "request timed out, possibly due
     # to previous leader failure" (~7 s); a client retries, and so do we.
-    deadline = time.monotonic() + timeout
-    while True:
+    def put() -> bool:
         proc = etcdctl(project, via, "put", key, value, endpoints=endpoints, check=False)
-        if proc.returncode == 0:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"put {key} failed for {timeout}s: {proc.stderr[-2000:]}")
-        time.sleep(0.5)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return True
+
+    eventually(put, timeout, 0.5, f"put {key}")
 
 
 def get(project, via: str, key: str, endpoints) -> str | None:
@@ -104,10 +103,8 @@ def test_writes_survive_a_paused_and_a_partitioned_member(etcd):
     put_eventually(etcd, "etcd1", "partitioned", "1", ("etcd1", "etcd2"))
     etcd.connect("etcd3")
     etcd.wait_healthy("etcd3", timeout=60)
-    deadline = time.monotonic() + 30
-    while get(etcd, "etcd3", "partitioned", ("etcd3",)) != "1":
-        assert time.monotonic() < deadline, "etcd3 did not catch up after reconnect"
-        time.sleep(0.5)
+    eventually(lambda: get(etcd, "etcd3", "partitioned", ("etcd3",)) == "1", 30, 0.5,
+               "etcd3 caught up after reconnect")
 
 
 def test_down_leaves_nothing(compose_project, base_images):

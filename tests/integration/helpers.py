@@ -9,14 +9,14 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
+from leasenet.cluster import ConsumerVm, LocalCluster, Proc, consumer_toml, write_toml
+from mapping.config import ClusterConfig, to_toml
+from mapping.model import LeasePolicy, Network, Service, parse_target
 from wire import rpc
-from leasenet.cluster import LocalCluster, Proc, write_toml
 from wire.v1 import consumer_pb2 as cpb
 from wire.v1 import consumer_pb2_grpc as cpb_grpc
 from wire.v1 import registry_pb2 as rpb
 from wire.v1 import registry_pb2_grpc as rpb_grpc
-from mapping.config import ClusterConfig, to_toml
-from mapping.model import LeasePolicy, Network, Service, parse_target
 
 TARGET = "10.1.255.1:7"
 
@@ -30,8 +30,8 @@ def cluster_toml(*, min_pool: int = 1, max_pool: int = 2, ttl: int = 5, idle: fl
                   Service("red-echo", "red", *parse_target("10.2.255.1:7"))]))
 
 
-def consumer_toml(addresses: list[str], network: str = "blue") -> str:
-    return "".join(f'[[vms]]\nnetwork = "{network}"\naddress = "{a}"\ntoken = "tok-{a}"\n\n' for a in addresses)
+def attached(addresses: list[str], network: str = "blue") -> list[ConsumerVm]:
+    return [ConsumerVm(network, a, f"tok-{a}") for a in addresses]
 
 
 @dataclass
@@ -50,7 +50,7 @@ def start(cluster: LocalCluster, *, producers: int = 1, vms: int = 2, handler: s
     prods = [cluster.producer(f"p{i}", network="blue", service="echo", vms=vms, vm_address_start=f"10.1.{i}.1",
                               handler=handler, extra=tuple(x for o in handler_options for x in ("--handler-option", o)))
              for i in range(1, producers + 1)]
-    cons = [cluster.consumer(f"c{i}", config=write_toml(cluster.workdir / f"c{i}.toml", consumer_toml(addrs)),
+    cons = [cluster.consumer(f"c{i}", config=write_toml(cluster.workdir / f"c{i}.toml", consumer_toml(attached(addrs))),
                              registries=[registry.address])
             for i, addrs in enumerate(consumers or [["10.1.0.1"]], start=1)]
     return Topology(cluster, registry, prods, cons)

@@ -8,16 +8,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import grpc
 import pytest
 
+from leasenet import checker
+from tests.conftest import eventually, eventually_async
+from tests.integration.helpers import history, leases, send, send_status, start
 from wire import rpc
-from leasenet.history import overlapping_executions, read_executions
 from wire.v1 import registry_pb2 as rpb
 from wire.v1 import registry_pb2_grpc as rpb_grpc
-from tests.integration.helpers import history, leases, send, send_status, start
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ async def test_answer_comes_from_the_target_virtual_address_not_the_producer_vm(
     [member] = lease.members
     assert member.address.startswith("10.1.1.") and resp.src != member.address
     # the producer VM really ran it
-    runs = read_executions(history(cluster))
+    runs = checker.load(executions=history(cluster)).executions
     assert [(r.vm, r.request_id, r.consumer) for r in runs] == [(member.vm_id, 7, "blue/10.1.0.1")]
 
 
@@ -94,16 +94,13 @@ async def test_a_busy_pool_grows_to_max_pool_then_requests_wait_then_are_exhaust
         found = await leases(topo.registry.address)
         return len(found[0].members) if found else 0
 
-    for _ in range(100):  # poll until both run: the pool had to grow to 2
-        if await pool_size() == 2:
-            break
-        await asyncio.sleep(0.05)
-    assert await pool_size() == 2
-    await asyncio.sleep(0.1)  # both are now running on the two members
-    waits = asyncio.create_task(send_status(consumer, "10.1.0.1", b"0", timeout=8))  # waits for a free VM
-    code, msg = await send_status(consumer, "10.1.0.1", b"0", timeout=0.5)  # cannot wait that long
+    async def exhausted() -> str:  # a request that cannot wait, once both members run a slow one
+        code, msg = await send_status(consumer, "10.1.0.1", b"0", timeout=0.5)
+        return msg if code == grpc.StatusCode.RESOURCE_EXHAUSTED else ""
 
-    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_pool 2" in msg
+    assert "max_pool 2" in await eventually_async(exhausted, what="both members busy")
+    assert await pool_size() == 2  # the pool had to grow to 2
+    waits = asyncio.create_task(send_status(consumer, "10.1.0.1", b"0", timeout=8))  # waits for a free VM
     assert await waits == (grpc.StatusCode.OK, "")
     assert [await t for t in slow] == [(grpc.StatusCode.OK, "")] * 2
     assert await pool_size() == 2  # never past max_pool
@@ -115,20 +112,19 @@ async def test_a_producer_vm_never_runs_two_requests_at_once(cluster):
     results = await asyncio.gather(*(send_status(consumer, "10.1.0.1", b"x", timeout=20) for _ in range(60)))
 
     assert results == [(grpc.StatusCode.OK, "")] * 60
-    runs = read_executions(history(cluster))
+    runs = checker.load(executions=history(cluster)).executions
     assert len(runs) == 60 and len({r.vm for r in runs}) == 2
-    assert overlapping_executions(runs) == []
+    assert checker.overlapping(runs) == []
 
 
 async def test_an_idle_lease_is_released(cluster):
     topo = start(cluster, idle=1.0)
     await send(topo.consumers[0].address, "10.1.0.1")
     assert len(await leases(topo.registry.address)) == 1
-    for _ in range(200):
-        if not await leases(topo.registry.address):
-            break
-        await asyncio.sleep(0.05)
-    assert await leases(topo.registry.address) == []
+    async def released() -> bool:
+        return await leases(topo.registry.address) == []
+
+    await eventually_async(released, what="the idle lease released")
 
 
 async def test_leases_of_a_killed_consumer_host_expire_and_the_vms_go_to_another_consumer(cluster):
@@ -139,12 +135,12 @@ async def test_leases_of_a_killed_consumer_host_expire_and_the_vms_go_to_another
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
 
     cluster.signal("c1")  # SIGKILL: nobody renews its lease any more
-    for _ in range(100):  # TTL 2 s + 1 s
+    async def served() -> bool:  # within TTL 2 s + 1 s
         code, msg = await send_status(second.address, "10.1.0.2", timeout=2)
-        if code == grpc.StatusCode.OK:
-            break
-        await asyncio.sleep(0.1)
-    assert code == grpc.StatusCode.OK, msg
+        assert code == grpc.StatusCode.OK, msg
+        return True
+
+    await eventually_async(served, timeout_s=15, what="the second consumer VM served")
     [lease] = await leases(topo.registry.address)
     assert lease.consumer_vm == "10.1.0.2"
 
@@ -192,9 +188,7 @@ def test_demo_stops_every_process_it_started_on_ctrl_c(tmp_path):
                              str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         consumer_ready = tmp_path / "consumer1.ready"
-        deadline = time.monotonic() + 60
-        while not consumer_ready.exists() and time.monotonic() < deadline and demo.poll() is None:
-            time.sleep(0.05)
+        eventually(lambda: consumer_ready.exists() or demo.poll() is not None, 60, what="the demo's consumer host")
         assert consumer_ready.exists(), demo.stdout.read() if demo.stdout else ""
         pids = [json.loads(p.read_text())["pid"] for p in tmp_path.glob("*.ready")]
         demo.send_signal(signal.SIGINT)

@@ -8,18 +8,22 @@ from pathlib import Path
 
 from leasenet.checker import (
     NS,
+    ClaimLog,
     ClaimSpan,
+    Execution,
     Fault,
-    History,
     Outcome,
     PoolSpan,
+    Recording,
     Report,
     Request,
     check,
+    claims_from_lines,
+    double_leases,
     load,
+    recovered_after,
     render,
 )
-from leasenet.history import Execution
 
 S = NS  # one second in the histories' nanoseconds
 
@@ -47,8 +51,8 @@ def pool(lease: str = "a", revision: int = 9, *, consumer_vm: str = "blue/10.1.0
                     None if ended_at is None else int(ended_at * S))
 
 
-def clean() -> History:
-    return History(requests=[req(1), req(2, sent=2.0, outcomes=(("UNAVAILABLE", 2.2),)), req(3, sent=3.0,
+def clean() -> Recording:
+    return Recording(requests=[req(1), req(2, sent=2.0, outcomes=(("UNAVAILABLE", 2.2),)), req(3, sent=3.0,
                                                                                             outcomes=(("OK", 3.1),))],
                    executions=[run(1), run(3, start=3.0, end=3.05)], claims=[claim()], pools=[pool()], faults=[])
 
@@ -87,7 +91,7 @@ def test_an_overlapping_execution_is_caught() -> None:
     assert "overlap" in kinds(check(h))
     # one that nests inside a long earlier run is caught too, not only neighbours
     nested = [run(1, start=1.0, end=2.0), run(2, start=1.1, end=1.2), run(3, start=1.5, end=1.6)]
-    assert kinds(check(History([], nested, [], [], []))).count("overlap") == 2
+    assert kinds(check(Recording([], nested, [], [], []))).count("overlap") == 2
 
 
 def test_a_lost_request_is_caught() -> None:
@@ -158,7 +162,7 @@ def test_a_member_taken_from_a_live_pool_without_a_fault_is_caught() -> None:
 
 
 def test_recovery_is_measured_per_affected_vm_from_the_fault_or_its_heal() -> None:
-    h = History([req(1, sent=1.0, outcomes=(("UNAVAILABLE", 1.1),)), req(2, sent=1.2, outcomes=(("OK", 1.5),)),
+    h = Recording([req(1, sent=1.0, outcomes=(("UNAVAILABLE", 1.1),)), req(2, sent=1.2, outcomes=(("OK", 1.5),)),
                  req(3, vm="blue/10.1.0.2", sent=1.3, outcomes=(("OK", 1.35),)),
                  req(4, vm="blue/10.1.0.3", sent=1.3, outcomes=(("UNAVAILABLE", 1.4),))], [], [], [],
                 [Fault("producer", "sigkill", "p1", at_ns=1 * S, affects=("blue/10.1.0.1", "blue/10.1.0.2"))])
@@ -195,3 +199,36 @@ def test_histories_are_read_from_json_lines_even_cut_short(tmp_path: Path) -> No
     assert h.claims == [ClaimSpan("blue/10.1.1.1", 5, "a", "blue/10.1.0.1", "c1", 1, 9, 4, "p1")]
     assert h.pools == [PoolSpan("a", "blue/10.1.0.1", "c1", 5, 1, 9, 4)]
     assert check(h).lost == 1
+
+
+def test_a_claim_that_served_two_consumer_vms_is_caught_from_executions_alone() -> None:
+    shared = [run(1), run(2, start=2.0, end=2.05, consumer="blue/10.1.0.2")]  # one token, two consumers
+    assert kinds(check(Recording([], shared, [], [], []))) == ["claim-shared"]
+    assert kinds(check(Recording([], [run(1), run(2, start=2.0, end=2.05, token=11)], [], [], []))) == []
+
+
+def test_lease_events_become_claims_that_catch_a_vm_in_two_leases_at_once() -> None:
+    log = ClaimLog()
+    log.update("a", "10.1.0.1", "c1", {"blue/10.1.1.1": 5}, revision=5, ended=False, seen_ns=1)
+    log.update("a", "10.1.0.1", "c1", {"blue/10.1.1.1": 5}, revision=6, ended=True, seen_ns=2)
+    log.update("b", "10.1.0.2", "c1", {"blue/10.1.1.1": 7}, revision=7, ended=False, seen_ns=3)
+    assert double_leases(claims_from_lines(log.lines)) == [] and log.leases == {"a", "b"}
+    log.update("c", "10.1.0.3", "c1", {"blue/10.1.1.1": 8}, revision=8, ended=False, seen_ns=4)  # b still holds it
+    assert [v.kind for v in double_leases(claims_from_lines(log.lines))] == ["double-lease"]
+
+
+def test_a_member_leaving_a_live_lease_is_released_at_that_events_revision() -> None:
+    log = ClaimLog()
+    log.update("a", "10.1.0.1", "c1", {"blue/10.1.1.1": 5, "blue/10.1.1.2": 5}, revision=5, ended=False, seen_ns=1)
+    log.update("a", "10.1.0.1", "c1", {"blue/10.1.1.2": 5}, revision=9, ended=False, seen_ns=2)
+    [gone, kept] = sorted(claims_from_lines(log.lines), key=lambda c: c.vm)
+    assert (gone.vm, gone.ended_revision, kept.ended_revision) == ("blue/10.1.1.1", 9, None)
+
+
+def test_recovery_per_vm_leaves_out_vms_that_sent_nothing_after_the_moment() -> None:
+    requests = [req(1, sent=1.0, outcomes=(("UNAVAILABLE", 1.1),)), req(2, sent=1.2, outcomes=(("OK", 1.5),)),
+                req(3, vm="blue/10.1.0.2", sent=1.3, outcomes=(("UNAVAILABLE", 1.4),)),
+                req(4, vm="blue/10.1.0.3", sent=0.5)]
+    after = recovered_after(requests, 1 * S, ["blue/10.1.0.1", "blue/10.1.0.2", "blue/10.1.0.3"])
+    assert {vm: None if s is None else round(s, 3) for vm, s in after.items()} == {"blue/10.1.0.1": 0.5,
+                                                                                     "blue/10.1.0.2": None}

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from consumer_host.config import load_attachments
 from leasenet.cli import build_parser, env_name
-from mapping.config import load_cluster_config, parse_cluster_config
+from leasenet.cluster import ConsumerVm, consumer_toml
+from leasenet.traffic import load_plan
+from mapping.config import ClusterConfig, load_cluster_config, parse_cluster_config, to_toml
+from mapping.model import LeasePolicy, Network, Service
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    import os
-
     return subprocess.run([sys.executable, "-m", "leasenet", *args], capture_output=True, text=True, timeout=60,
                           env={**os.environ, **(env or {})})
 
@@ -67,12 +70,21 @@ def test_cluster_config_errors_name_the_problem(tmp_path: Path) -> None:
 
 
 def test_a_cluster_config_written_as_toml_reads_back_the_same(tmp_path: Path) -> None:
-    from mapping.config import ClusterConfig, to_toml
-    from mapping.model import LeasePolicy, Network, Service
-
     config = ClusterConfig([Network("blue", 100), Network("red", 200)],
                            [Service("echo", "blue", "10.1.255.1", 7, LeasePolicy(2, 5, 9, 1.5, 3)),
                             Service("kv", "red", "10.2.255.1", 9)])
     path = tmp_path / "cluster.toml"
     path.write_text(to_toml(config))
     assert load_cluster_config(path) == config
+
+
+def test_a_consumer_config_written_as_toml_reads_back_as_the_same_attachments(tmp_path: Path) -> None:
+    vms = [ConsumerVm("blue", "10.1.0.1", "tok-1"), ConsumerVm("red", "10.2.0.7", 'odd "token"', "127.0.0.1:7200")]
+    path = tmp_path / "consumer.toml"
+    path.write_text(consumer_toml(vms, target="10.1.255.1:7", rate=2.5))
+    attached = load_attachments(path)
+    assert [(a.network, str(a.address), a.token) for a in attached.values()] == [(v.network, v.address, v.token)
+                                                                                 for v in vms]
+    plan = load_plan(path, ["127.0.0.1:7200"])
+    assert (plan.target, plan.rate, [v.consumer_host for v in plan.vms]) == ("10.1.255.1:7", 2.5,
+                                                                              ["", "127.0.0.1:7200"])

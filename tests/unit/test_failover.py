@@ -15,8 +15,8 @@ from consumer_host.failover import Fail, Happened, Retry, out_of_attempts, verdi
 from consumer_host.tunnel import TunnelClient
 from mapping.model import VmId
 from tests.unit.test_request_path import request, synced_path
-from tests.unit.test_tunnel_batching import until
 from tests.unit.test_tunnel_frames import BIG, EndingCall
+from tests.conftest import eventually_async
 from wire.errors import DeadlineExceeded, LeasenetError, ProducerUnavailable, Status
 from wire.v1 import tunnel_pb2 as tpb
 
@@ -104,7 +104,7 @@ async def test_requests_on_a_chunk_refused_after_the_stream_ended_are_retried_on
 
     try:
         sends = [asyncio.create_task(send(i)) for i in (1, 2, 3)]
-        await until(lambda: len(dying._outbox) == 3)  # none written yet: the stream opens now
+        await eventually_async(lambda: len(dying._outbox) == 3, timeout_s=5, interval_s=0.001)  # none written yet: the stream opens now
         await dying.carry(opened)  # type: ignore[arg-type]
         outcomes = [await s for s in sends]
     finally:

@@ -27,8 +27,7 @@ from consumer_host.datapath import (
     members_from_state,
     route,
 )
-from leasenet.checker import overlapping
-from leasenet.history import Execution
+from leasenet.checker import Execution, overlapping
 from producer_host.validate import Accept, Addressing, Reject, validate
 from mapping import keys
 from mapping.model import Claim, Host, HostId, HostKind, LeaseId, LeasePolicy, Network, ProducerVm, Service, VmId

@@ -12,7 +12,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from leasenet import certs
-from mapping.store.etcd import EtcdStore, parse_endpoints
+from mapping.store.etcd import EtcdStore
+from wire.rpc import split_addresses
 from wire.tls import (
     Identity,
     Kind,
@@ -118,9 +119,9 @@ def test_peer_identity_reads_the_peer_certificate_and_is_none_without_one() -> N
 
 
 def test_the_store_takes_https_endpoints_and_demands_credentials_for_them() -> None:
-    assert parse_endpoints("https://10.0.0.1:2379, http://10.0.0.2:2379,10.0.0.3:2379") == [
+    assert split_addresses("https://10.0.0.1:2379, http://10.0.0.2:2379,10.0.0.3:2379", "etcd endpoint") == [
         "https://10.0.0.1:2379", "10.0.0.2:2379", "10.0.0.3:2379"]
     with pytest.raises(ValueError, match="not host:port or https://host:port"):
-        parse_endpoints("https://10.0.0.1")
+        split_addresses("https://10.0.0.1", "etcd endpoint")
     with pytest.raises(TlsConfigError, match="needs TLS credentials"):
         EtcdStore(["https://127.0.0.1:2379"])

@@ -4,10 +4,10 @@ as many frames as await answers into one stream message, and never holds a frame
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 from consumer_host.frames import State
 from consumer_host.tunnel import TunnelClient, _Pending
+from tests.conftest import eventually_async
 from wire.v1 import tunnel_pb2 as pb
 
 
@@ -19,12 +19,6 @@ class FakeCall:
 
     async def write(self, batch: pb.FrameBatch) -> None:
         self.messages.append([f.id for f in batch.frames])
-
-
-async def until(condition: Callable[[], object], timeout_s: float = 5.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not condition():
-            await asyncio.sleep(0.001)
 
 
 async def writer(busy: bool, awaiting: int) -> tuple[TunnelClient, FakeCall, asyncio.Task[None]]:
@@ -48,7 +42,7 @@ async def settle() -> None:
 async def test_a_quiet_stream_sends_each_frame_at_once() -> None:
     client, call, task = await writer(busy=False, awaiting=5)
     asyncio.create_task(client.exchange(pb.Frame(), 5.0))
-    await until(lambda: call.messages)
+    await eventually_async(lambda: call.messages, timeout_s=5, interval_s=0.001, what="a stream message")
     assert call.messages == [[1]]
     task.cancel()
 
@@ -60,7 +54,7 @@ async def test_a_busy_stream_gathers_as_many_frames_as_await_answers() -> None:
     assert call.messages == []
     for _ in range(2):
         asyncio.create_task(client.exchange(pb.Frame(), 5.0))
-    await until(lambda: call.messages)
+    await eventually_async(lambda: call.messages, timeout_s=5, interval_s=0.001, what="a stream message")
     assert call.messages == [[1, 2, 3]]
     task.cancel()
 
@@ -68,6 +62,6 @@ async def test_a_busy_stream_gathers_as_many_frames_as_await_answers() -> None:
 async def test_a_gathered_frame_leaves_after_the_linger_even_if_no_other_comes() -> None:
     client, call, task = await writer(busy=True, awaiting=8)
     asyncio.create_task(client.exchange(pb.Frame(), 5.0))
-    await until(lambda: call.messages)
+    await eventually_async(lambda: call.messages, timeout_s=5, interval_s=0.001, what="a stream message")
     assert call.messages == [[1]]
     task.cancel()

@@ -11,7 +11,7 @@ import pytest
 
 from consumer_host.frames import TRANSITIONS, Event, FrameStateError, State, advance
 from consumer_host.tunnel import DeliveryUnknown, NotDelivered, TunnelClient, TunnelFailure
-from tests.unit.test_tunnel_batching import until
+from tests.conftest import eventually_async
 from wire.v1 import tunnel_pb2 as pb
 
 LIVE = (State.QUEUED, State.WRITING, State.WRITTEN)
@@ -85,7 +85,7 @@ async def test_frames_of_a_chunk_refused_after_the_stream_ended_are_not_delivere
     client = TunnelClient("127.0.0.1:1", on_broken=lambda address: None)  # not started: no dialing
     call = EndingCall(survives=1)
     exchanges = [asyncio.create_task(client.exchange(pb.Frame(payload=b"x" * BIG), 5.0)) for _ in range(3)]
-    await until(lambda: len(client._outbox) == 3)  # every exchange has queued its frame
+    await eventually_async(lambda: len(client._outbox) == 3, timeout_s=5, interval_s=0.001)  # every exchange has queued its frame
 
     async def opened() -> EndingCall:
         return call
@@ -105,7 +105,7 @@ async def test_a_frame_queued_on_a_broken_tunnel_is_not_delivered() -> None:
         return call
 
     first = asyncio.create_task(client.exchange(pb.Frame(), 5.0))
-    await until(lambda: client._outbox)
+    await eventually_async(lambda: client._outbox, timeout_s=5, interval_s=0.001)
     await client.carry(opened)  # type: ignore[arg-type]
     assert await outcome(first) is DeliveryUnknown
     with pytest.raises(NotDelivered):

@@ -1,0 +1,76 @@
+"""`leasenet bench`: run every phase, gather the report, print it (a table, or --json)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from leasenet.bench.harness import Bench, machine
+from leasenet.bench.plans import DATA_CONSUMERS, DATA_POOL, DATA_VMS, Plan, make_plan
+from leasenet.bench.report import (
+    correctness, render, summarize_datapath, summarize_etcd, summarize_failover, summarize_leasing, targets,
+)
+from leasenet.console import CliError
+
+
+def run(workdir: Path, plan: Plan, say: Callable[[str], None]) -> dict[str, Any]:
+    bench = Bench(workdir, plan, say)
+    started = time.monotonic()
+    try:
+        info = machine()
+        bench.base()
+        datapath_runs = bench.datapath()
+        grants, races = bench.leasing()
+        failover_runs = bench.failover()
+    finally:
+        bench.close()
+    datapath = summarize_datapath(datapath_runs)
+    etcd = summarize_etcd(datapath_runs)
+    leasing = summarize_leasing(grants, races)
+    failover = summarize_failover(failover_runs)
+    claims = bench.double_claims() + leasing["race_violations"]
+    return {"machine": info, "event_loop": datapath_runs[0].event_loop,
+            "settings": {"quick": plan.quick, "runs": plan.runs, "warmup_s": plan.warmup_s,
+                         "duration_s": plan.duration_s, "idle_s": plan.idle_s, "data_vms": DATA_VMS,
+                         "consumer_vms": len(DATA_CONSUMERS), "pool_per_consumer_vm": DATA_POOL},
+            "datapath": datapath, "etcd": etcd, "leasing": leasing, "failover": failover,
+            "double_claims": len(claims), "double_claim_details": claims,
+            "targets": targets(datapath, etcd, leasing, failover, len(claims)),
+            "correctness": correctness(datapath, leasing, failover, len(claims)),
+            "elapsed_s": round(time.monotonic() - started, 1),
+            "raw": {"datapath_runs": [asdict(r) for r in datapath_runs]}}
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    if args.runs < 1:
+        raise CliError("--runs must be at least 1")
+    plan = make_plan(args.quick, args.runs)
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="leasenet-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    def say(text: str) -> None:
+        print(f"[bench] {text}", file=sys.stderr, flush=True)
+
+    try:
+        report = run(workdir, plan, say)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # one line for the user; the logs stay in the work dir
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CliError(f"bench failed: {first} (logs in {workdir})") from None
+    if not args.workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(render(report))
+    if args.quick and not report["correctness"]["ok"]:
+        raise CliError("bench --quick found a correctness problem: " + "; ".join(report["correctness"]["problems"]))

@@ -1,0 +1,253 @@
+"""The harness: starts the processes of each phase (a LocalCluster for etcd and leasenet's own,
+the bench's servers and roles besides), runs the measuring roles, gathers their typed results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar
+
+from leasenet import checker
+from leasenet.bench.plans import (
+    CLUSTER, DATA_CONSUMERS, DATA_SERVICE, DATA_TARGET, DATA_VMS, FO_CONSUMERS, FO_SERVICE, FO_TARGET, FO_VMS,
+    GRANT_POOL, GRANT_SERVICE, GRANT_VMS, NETWORK, RACE_HOSTS, RACE_SERVICE, RACE_TARGET, RACE_VMS, RACE_VMS_PER_HOST, Cell,
+    FailoverResult, FailoverTask, GrantsResult, GrantsTask, LoadResult, LoadTask, Plan, RaceConsumerHost, RaceResult,
+    RaceTask, decode,
+)
+from leasenet.cluster import ConsumerVm, LocalCluster, Proc, consumer_toml
+from leasenet.etcd import etcd_binary
+from mapping.config import to_toml
+
+R = TypeVar("R")
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory_gib = None
+    try:
+        memory_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError):
+        pass
+    etcd = ""
+    try:
+        out = subprocess.run([str(etcd_binary()), "--version"], capture_output=True, text=True, timeout=10).stdout
+        etcd = out.splitlines()[0].split(":", 1)[1].strip() if out else ""
+    except (OSError, IndexError, subprocess.SubprocessError):
+        pass
+    return {"platform": f"{platform.system()} {platform.release()} {platform.machine()}",
+            "cpu": model or platform.processor(), "cores": os.cpu_count(),
+            "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "memory_gib": memory_gib, "python": platform.python_version(),
+            "implementation": platform.python_implementation(), "leasenet": _version("leasenet"),
+            "grpcio": _version("grpcio"), "protobuf": _version("protobuf"), "etcd3aio": _version("etcd3aio"),
+            "etcd": etcd, "uvloop": _version("uvloop"),
+            "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
+
+
+class Bench:
+    """Starts the processes of each phase, runs the measuring roles, gathers their results."""
+
+    def __init__(self, workdir: Path, plan: Plan, say: Callable[[str], None]) -> None:
+        self.workdir = workdir
+        self.plan = plan
+        self.say = say
+        self.cluster = LocalCluster(workdir)
+        self.env = {"PYTHONPATH": os.pathsep.join(p for p in [PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")] if p)}
+        self.cluster.env.update(self.env)
+        self.extra: list[subprocess.Popen[bytes]] = []  # harness processes besides the cluster's
+        self.registry = ""
+        self.metrics = ""
+        self.config = self.workdir / "cluster.toml"
+
+    # --- processes -----------------------------------------------------------------------------
+    def producer(self, host_id: str, service: str, vms: int, start: str, history: bool) -> list[str]:
+        args = ["producer-host", "--host-id", host_id, "--listen", "127.0.0.1:0", "--network", NETWORK,
+                "--service", service, "--vms", str(vms), "--vm-address-start", start, "--handler", "echo"]
+        return args + (["--history", str(self.workdir / f"{host_id}.history.jsonl")] if history else [])
+
+    def consumer(self, host_id: str, vms: list[tuple[str, str]]) -> list[str]:
+        config = self.workdir / f"{host_id}.toml"
+        config.write_text(consumer_toml(ConsumerVm(NETWORK, a, t) for a, t in vms))
+        return ["consumer-host", "--host-id", host_id, "--listen", "127.0.0.1:0", "--registry", self.registry,
+                "--config", str(config)]
+
+    def start(self, specs: dict[str, list[str]]) -> dict[str, Proc]:
+        """Start several leasenet processes at once; wait until each is serving."""
+        procs = {name: self.cluster.spawn(name, *args, wait=False) for name, args in specs.items()}
+        for proc in procs.values():
+            self.cluster.wait_ready(proc, 60)
+        return procs
+
+    def stop(self, names: Iterable[str]) -> None:
+        for name in names:
+            self.cluster.stop(name)
+
+    def _popen(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        with open(self.workdir / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "leasenet.bench", *args], stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **self.env})
+        self.extra.append(proc)
+        return proc
+
+    def start_server(self, role: str, *args: str) -> tuple[str, subprocess.Popen[bytes]]:
+        """Start one of the harness's servers (bench.servers); returns its address once it serves."""
+        ready = self.workdir / f"{role}.ready"
+        ready.unlink(missing_ok=True)
+        proc = self._popen(role, role, "127.0.0.1:0", str(ready), *args)
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the {role} did not start (see {self.workdir / (role + '.log')})")
+            time.sleep(0.02)
+        return json.loads(ready.read_text())["address"], proc
+
+    def role(self, name: str, task: Any, result: type[R], timeout_s: float) -> R:
+        """Run one measuring role in its own process; its result comes back as a JSON file."""
+        task_file, result_file = self.workdir / f"{name}.task.json", self.workdir / f"{name}.result.json"
+        task_file.write_text(json.dumps(asdict(task)))
+        result_file.unlink(missing_ok=True)
+        proc = self._popen(name, task.role, str(task_file), str(result_file))
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+            raise RuntimeError(f"the {name} step did not finish within {timeout_s:.0f} s") from None
+        if proc.returncode != 0 or not result_file.exists():
+            tail = (self.workdir / f"{name}.log").read_text(errors="replace").strip().splitlines()[-1:]
+            raise RuntimeError(f"the {name} step failed: {tail[0] if tail else 'exit ' + str(proc.returncode)}")
+        return decode(result, json.loads(result_file.read_text()))
+
+    def close(self) -> None:
+        for proc in self.extra:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
+        self.cluster.close()
+
+    # --- phases --------------------------------------------------------------------------------
+    def base(self) -> None:
+        self.say(f"starting etcd and a registry in {self.workdir}")
+        # a reused --workdir: a fresh etcd, and no history of an earlier run in the double-claim check
+        for stale in [*self.workdir.glob("etcd[0-9]*"), *self.workdir.glob("*.history.jsonl")]:
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            elif stale.suffix == ".jsonl":
+                stale.unlink(missing_ok=True)
+        self.cluster.start_etcd()
+        self.metrics = f"http://{self.cluster.etcd_endpoints[0]}/metrics"
+        self.config.write_text(to_toml(CLUSTER))
+        self.registry = self.start({"registry": ["registry", "--listen", "127.0.0.1:0", "--cluster-config",
+                                                 str(self.config)]})["registry"].address
+
+    def load_task(self, procs: dict[str, Proc], addresses: dict[str, str], cells: list[Cell],
+                  pids: dict[str, dict[str, int]]) -> LoadTask:
+        return LoadTask([[NETWORK, a, t, DATA_TARGET] for a, t in DATA_CONSUMERS],
+                        {"overlay": procs["c-data"].address, **addresses}, self.metrics, cells, pids)
+
+    def datapath(self) -> list[LoadResult]:
+        self.say("data path: starting a producer host (64 VMs), a consumer host and the direct baseline server")
+        procs = self.start({"p-data": self.producer("p-data", DATA_SERVICE, DATA_VMS, "10.7.10.1", history=False),
+                            "c-data": self.consumer("c-data", DATA_CONSUMERS)})
+        direct, direct_proc = self.start_server("direct-server")
+        relay_end, relay_end_proc = self.start_server("relay-end")
+        relay, relay_proc = self.start_server("relay", relay_end)
+        pids = {"direct": {"server": direct_proc.pid},
+                "overlay": {"consumer host": procs["c-data"].process.pid,  # type: ignore[union-attr]
+                            "producer host": procs["p-data"].process.pid},  # type: ignore[union-attr]
+                "relay": {"relay": relay_proc.pid, "relay end": relay_end_proc.pid}}
+        addresses = {"direct": direct, "relay": relay}
+        p = self.plan
+        # lease every pool and warm both paths up (not measured)
+        warmup = [Cell(t, "unary", 100, 64, 0.0, 0.5) for t in ("direct", "overlay")]
+        self.role("warmup", self.load_task(procs, addresses, warmup, pids), LoadResult, 120)
+        runs = []
+        for run in range(p.runs):
+            order = ("direct", "overlay") if run % 2 == 0 else ("overlay", "direct")  # cancel drift
+            cells = [Cell(t, c.mode, c.payload, c.concurrency, p.warmup_s, p.duration_s)
+                     for c in p.cells for t in order + (("relay",) if (c.mode, c.concurrency) == ("unary", 1) else ())]
+            cells.append(Cell("idle", duration_s=p.idle_s))
+            self.say(f"data path run {run + 1}/{p.runs}: {len(p.cells)} cells x 2 targets, "
+                     f"{p.warmup_s + p.duration_s:.1f} s each")
+            runs.append(self.role(f"load-{run + 1}", self.load_task(procs, addresses, cells, pids), LoadResult,
+                                  60 + len(cells) * (p.warmup_s + p.duration_s + 10)))
+        for proc in (direct_proc, relay_proc, relay_end_proc):
+            proc.terminate()
+            proc.wait(10)
+        self.stop(procs)
+        return runs
+
+    def leasing(self) -> tuple[list[GrantsResult], list[RaceResult]]:
+        self.say(f"leasing: starting 2 producer hosts and {RACE_HOSTS} consumer hosts")
+        race_vms = [[(f"10.7.1.{h * RACE_VMS_PER_HOST + i + 1}", f"race-token-{h}-{i}")
+                     for i in range(RACE_VMS_PER_HOST)] for h in range(RACE_HOSTS)]
+        specs = {"p-grant": self.producer("p-grant", GRANT_SERVICE, GRANT_VMS, "10.7.11.1", history=False),
+                 "p-scarce": self.producer("p-scarce", RACE_SERVICE, RACE_VMS, "10.7.12.1", history=True)}
+        specs.update({f"c-race{h + 1}": self.consumer(f"c-race{h + 1}", vms) for h, vms in enumerate(race_vms)})
+        procs = self.start(specs)
+        grants, races = [], []
+        p = self.plan
+        for run in range(p.runs):
+            self.say(f"leasing run {run + 1}/{p.runs}: {p.grants} grants of a pool of {GRANT_POOL}, "
+                     f"then {RACE_HOSTS} consumer hosts racing for {p.race_s:.1f} s")
+            grants.append(self.role(f"grants-{run + 1}", GrantsTask(self.registry, GRANT_SERVICE, p.grants, 3,
+                                                                    run * (p.grants + 3)), GrantsResult, 120))
+            hosts = [RaceConsumerHost(procs[f"c-race{h + 1}"].address, [list(vm) for vm in vms])
+                     for h, vms in enumerate(race_vms)]
+            races.append(self.role(f"race-{run + 1}", RaceTask(self.registry, RACE_TARGET, p.race_s, hosts),
+                                   RaceResult, 120))
+        self.stop(procs)
+        return grants, races
+
+    def failover(self) -> list[FailoverResult]:
+        self.say("failover: starting 2 producer hosts and a consumer host")
+        vms = [(f"10.7.2.{i + 1}", f"fo-token-{i}") for i in range(FO_CONSUMERS)]
+        procs = self.start({"p-fo1": self.producer("p-fo1", FO_SERVICE, FO_VMS, "10.7.13.1", history=True),
+                            "p-fo2": self.producer("p-fo2", FO_SERVICE, FO_VMS, "10.7.14.1", history=True),
+                            "c-fo": self.consumer("c-fo", vms)})
+        runs = []
+        for run in range(self.plan.runs):
+            self.say(f"failover run {run + 1}/{self.plan.runs}: traffic, SIGKILL of the busiest producer host")
+            victims = {name: self.cluster.procs[name].process.pid for name in ("p-fo1", "p-fo2")}  # type: ignore[union-attr]
+            task = FailoverTask(procs["c-fo"].address, self.registry, FO_SERVICE, FO_TARGET, [list(vm) for vm in vms],
+                                2, 100, victims, self.plan.failover_before_s, self.plan.failover_after_s)
+            result = self.role(f"failover-{run + 1}", task, FailoverResult, 120)
+            runs.append(result)
+            self.cluster.procs[result.victim].process.wait(10)  # type: ignore[union-attr]
+            if run + 1 < self.plan.runs:
+                self.cluster.restart(result.victim, 60)
+        self.stop(["c-fo", "p-fo1", "p-fo2"])
+        return runs
+
+    def double_claims(self) -> list[str]:
+        """What the producer VMs' execution histories show: overlapping runs, a claim shared."""
+        recorded = checker.load(executions=sorted(self.workdir.glob("*.history.jsonl")))
+        return [v.detail for v in checker.check(recorded).violations]

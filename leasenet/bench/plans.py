@@ -1,0 +1,229 @@
+"""What `leasenet bench` runs: the cluster it measures on, the plan of a run (--quick or full),
+and the typed tasks and results its measuring roles exchange with the harness as JSON files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, ClassVar, TypeVar, get_args, get_origin, get_type_hints
+
+from mapping.config import ClusterConfig
+from mapping.model import LeasePolicy, Network, Service, parse_target
+
+NETWORK, VNI = "bench", 77
+DATA_SERVICE, DATA_TARGET, DATA_VMS = "echo", "10.7.255.1:7", 64
+# 4 consumer VMs with a pool of 16 each: 64 requests in flight find 64 unused producer VMs. (One
+# pool of 64 cannot be granted: its one etcd transaction would exceed etcd's 128 operations.)
+DATA_CONSUMERS = [(f"10.7.0.{i}", f"bench-data-token-{i}") for i in range(1, 5)]
+DATA_POOL = DATA_VMS // len(DATA_CONSUMERS)
+GRANT_SERVICE, GRANT_TARGET, GRANT_POOL, GRANT_VMS = "grant4", "10.7.255.2:7", 4, 12
+RACE_SERVICE, RACE_TARGET, RACE_POOL, RACE_VMS = "scarce", "10.7.255.3:7", 2, 12
+RACE_HOSTS, RACE_VMS_PER_HOST = 4, 4  # 16 consumer VMs want 2 producer VMs each: 32 > 12
+FO_SERVICE, FO_TARGET, FO_POOL, FO_VMS, FO_CONSUMERS = "failover", "10.7.255.4:7", 2, 8, 4
+
+REQUEST_TIMEOUT_S = 10.0
+PAYLOADS = (100, 16 * 1024)
+CONCURRENCIES = (1, 16, 64)
+MODES = ("unary", "stream")
+
+
+def _pool_service(name: str, target: str, pool: int, ttl_s: int) -> Service:
+    """A service whose pools have a fixed size and are never released for idleness during a run."""
+    return Service(name, NETWORK, *parse_target(target),
+                   LeasePolicy(min_pool=pool, max_pool=pool, lease_ttl_s=ttl_s, idle_release_s=600))
+
+
+CLUSTER = ClusterConfig([Network(NETWORK, VNI)], [
+    _pool_service(DATA_SERVICE, DATA_TARGET, DATA_POOL, 10),
+    _pool_service(GRANT_SERVICE, GRANT_TARGET, GRANT_POOL, 10),
+    _pool_service(RACE_SERVICE, RACE_TARGET, RACE_POOL, 5),
+    _pool_service(FO_SERVICE, FO_TARGET, FO_POOL, 5),
+])
+
+
+# --- the plan of a run ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class CellSpec:
+    mode: str  # unary | stream
+    payload: int  # bytes
+    concurrency: int
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    quick: bool
+    runs: int
+    warmup_s: float
+    duration_s: float
+    idle_s: float
+    cells: list[CellSpec]
+    grants: int
+    race_s: float
+    failover_before_s: float
+    failover_after_s: float
+
+
+def make_plan(quick: bool, runs: int) -> Plan:
+    if quick:  # correctness only: every kind of step once, briefly
+        cells = [CellSpec("unary", 100, 1), CellSpec("unary", 100, 16), CellSpec("stream", 100, 16),
+                 CellSpec("unary", 16384, 16), CellSpec("stream", 16384, 16)]
+        return Plan(True, 1, 0.1, 0.3, 0.3, cells, grants=10, race_s=1.5, failover_before_s=0.5,
+                    failover_after_s=1.5)
+    cells = [CellSpec(m, p, c) for m in MODES for p in PAYLOADS for c in CONCURRENCIES]
+    return Plan(False, runs, 0.4, 1.5, 3.0, cells, grants=40, race_s=3.0, failover_before_s=1.0,
+                failover_after_s=2.0)
+
+
+# --- tasks: what the harness asks a role process to do -------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Cell:
+    """One measured window: a target (direct | overlay | relay, or idle: nothing sent) in one style."""
+
+    target: str
+    mode: str = ""
+    payload: int = 0
+    concurrency: int = 0
+    warmup_s: float = 0.0
+    duration_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class LoadTask:
+    role: ClassVar[str] = "load"
+    consumers: list[list[str]]  # [network, src, token, target] per consumer VM
+    addresses: dict[str, str]  # target -> the server's address
+    etcd_metrics: str
+    cells: list[Cell]
+    pids: dict[str, dict[str, int]] = field(default_factory=dict)  # target -> process name -> pid
+
+
+@dataclass(frozen=True, slots=True)
+class GrantsTask:
+    role: ClassVar[str] = "grants"
+    registry: str
+    service: str
+    count: int
+    warmup: int
+    first: int  # numbers the fresh consumer VMs, unique across runs
+
+
+@dataclass(frozen=True, slots=True)
+class RaceConsumerHost:
+    address: str
+    vms: list[list[str]]  # [address, token] per consumer VM
+
+
+@dataclass(frozen=True, slots=True)
+class RaceTask:
+    role: ClassVar[str] = "race"
+    registry: str
+    target: str
+    duration_s: float
+    consumers: list[RaceConsumerHost]
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverTask:
+    role: ClassVar[str] = "failover"
+    consumer: str
+    registry: str
+    service: str
+    target: str
+    vms: list[list[str]]  # [address, token] per consumer VM
+    workers_per_vm: int
+    payload: int
+    victims: dict[str, int]  # producer host -> pid
+    before_s: float
+    after_s: float
+
+
+# --- results: what a role process answers --------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class CellResult:
+    target: str
+    mode: str = ""
+    payload: int = 0
+    concurrency: int = 0
+    warmup_s: float = 0.0
+    duration_s: float = 0.0
+    sent: int = 0
+    answered: int = 0
+    ok: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    measured: int = 0
+    rps: float = 0.0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    mean_ms: float | None = None
+    elapsed_s: float = 0.0
+    cpu_us_per_request: dict[str, float] = field(default_factory=dict)
+    etcd: dict[str, int] = field(default_factory=dict)  # gRPC messages etcd received, per method
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return self.mode, self.payload, self.concurrency
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    cells: list[CellResult]
+    event_loop: str = "asyncio"
+
+
+@dataclass(frozen=True, slots=True)
+class GrantsResult:
+    grants: int
+    p50_ms: float | None
+    p99_ms: float | None
+    pool_sizes: dict[str, int]
+    failures: dict[str, int]
+    event_loop: str = "asyncio"
+
+
+@dataclass(frozen=True, slots=True)
+class RaceResult:
+    granted: int
+    served: int
+    detached: int
+    exhausted: int
+    errors: dict[str, int]
+    error_samples: list[str]
+    elapsed_s: float
+    grants_per_s: float
+    violations: list[str]
+    event_loop: str = "asyncio"
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverResult:
+    victim: str
+    consumer_vms_hit: list[str]
+    requests: int
+    ok: int
+    errors: int
+    errors_by_code: dict[str, int]
+    errors_idempotent: int
+    unanswered: int
+    error_samples: list[str]
+    recovered_s: dict[str, float | None]
+    failover_s: float | None
+    event_loop: str = "asyncio"
+
+
+T = TypeVar("T")
+
+
+def decode(cls: type[T], data: dict[str, Any]) -> T:
+    """A task or result dataclass from its JSON form (nested dataclasses and lists of them too)."""
+    hints = get_type_hints(cls)
+    values = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.name not in data:
+            continue
+        value, hint = data[f.name], hints[f.name]
+        items = get_args(hint)[0] if get_origin(hint) is list and get_args(hint) else None
+        if isinstance(hint, type) and is_dataclass(hint):
+            value = decode(hint, value)
+        elif isinstance(items, type) and is_dataclass(items):
+            value = [decode(items, v) for v in value]
+        values[f.name] = value
+    return cls(**values)
