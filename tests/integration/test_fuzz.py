@@ -17,7 +17,7 @@ import grpc.aio
 import pytest
 
 from wire import rpc
-from leasenet.history import read_executions
+from leasenet.checker import executions_from_lines, read_lines
 from wire.v1 import consumer_pb2 as cpb
 from wire.v1 import tunnel_pb2 as tpb
 from mapping import keys
@@ -165,7 +165,7 @@ async def test_ten_thousand_random_and_malformed_inputs_are_refused_and_change_n
     valid = {"vni": 100, "src_host": consumer.address, "dst_host": producer.address,
              "fencing_token": member.fencing_token, "network": "blue", "src": "10.1.0.1", "dst": member.address}
     revision = await etcd_revision(cluster.etcd_endpoints)
-    ran = len(read_executions(history(cluster)))
+    ran = len(executions_from_lines(read_lines(history(cluster))))
     rng = random.Random(SEED)
 
     frames, codes, raw = await asyncio.gather(
@@ -184,7 +184,7 @@ async def test_ten_thousand_random_and_malformed_inputs_are_refused_and_change_n
     assert await etcd_revision(cluster.etcd_endpoints) == revision
     assert [(l.lease_id, [m.vm_id for m in l.members]) for l in await leases(topo.registry.address)] == \
         [(lease.lease_id, [member.vm_id])]
-    assert len(read_executions(history(cluster))) == ran
+    assert len(executions_from_lines(read_lines(history(cluster)))) == ran
     # and both still serve correct traffic
     assert (await send(consumer.address, "10.1.0.1", b"after")).payload == b"after"
     good = tpb.Frame(id=1, outer=tpb.OuterHeader(vni=100, src_host=consumer.address, dst_host=producer.address,
