@@ -129,10 +129,13 @@ class LocalCluster:
             self.wait_ready(proc, timeout_s)
         return proc
 
+    def process_env(self) -> dict[str, str]:
+        """The environment of a process we start: the caller's own LEASENET_TLS_*/INSECURE/IDENTITY
+        would contradict or override the flags we give (tls_args)."""
+        return {**{k: v for k, v in os.environ.items() if k not in SECURITY_ENV}, **self.env, "PYTHONUNBUFFERED": "1"}
+
     def _start(self, proc: Proc) -> None:
-        # the caller's own LEASENET_TLS_*/INSECURE would contradict or override our flags
-        inherited = {k: v for k, v in os.environ.items() if k not in SECURITY_ENV}
-        env = {**inherited, **self.env, "PYTHONUNBUFFERED": "1"}
+        env = self.process_env()
         self.tls(identity_of(proc.args))  # its certificate, before it looks for it
         with open(proc.log, "ab") as out:
             proc.process = subprocess.Popen(
