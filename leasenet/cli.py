@@ -341,7 +341,12 @@ def main(argv: list[str] | None = None) -> int:
         first = group.exceptions[0]
         while isinstance(first, BaseExceptionGroup):
             first = first.exceptions[0]
-        message = first.message if isinstance(first, LeasenetError) else str(first)
+        if isinstance(first, LeasenetError):
+            message = first.message
+        elif isinstance(first, grpc.aio.AioRpcError):
+            message = f"{first.code().name}: {first.details()}"
+        else:
+            message = str(first)
         print(f"leasenet: {message}", file=sys.stderr)
     return 1
 
