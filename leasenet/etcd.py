@@ -53,6 +53,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(host: str, count: int) -> list[int]:
+    """`count` distinct free ports (held open together, so no two are the same)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 @dataclass
 class EtcdMember:
     name: str
@@ -140,8 +152,8 @@ class EtcdCluster:
         # `tls`: one etcd certificate for every member (its SANs must name their addresses)
         member_hosts = hosts or [host] * size
         self.tls = tls
-        self.members = [EtcdMember(f"etcd{i}", h, free_port(h), free_port(h), workdir / f"etcd{i}", tls=tls,
-                                   metrics_port=free_port(h)) for i, h in zip(range(size), member_hosts)]
+        self.members = [EtcdMember(f"etcd{i}", h, *ports[:2], workdir / f"etcd{i}", tls=tls, metrics_port=ports[2])
+                        for i, h in zip(range(size), member_hosts) for ports in [free_ports(h, 3)]]
         self.initial_cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
         self.logs: list[Path] = [workdir / f"etcd{i}.log" for i in range(size)]
 
