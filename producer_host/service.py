@@ -20,6 +20,7 @@ from producer_host.actors import Envelope, History, VmActor
 from producer_host.handlers import load_handler
 from producer_host.validate import Accept, Addressing, Reject, validate
 from wire.errors import Status
+from wire.tls import TlsMaterial
 from mapping.liveness import Liveness
 from mapping.model import Host, HostId, HostKind, ProducerVm, VmId, parse_ipv4
 from mapping.replica import Replica
@@ -47,6 +48,7 @@ class ProducerConfig:
     handler_options: dict[str, str] = field(default_factory=dict)
     liveness_ttl_s: int = 3
     history_path: str | None = None
+    tls: TlsMaterial | None = field(default=None, repr=False)  # None: plaintext (--insecure)
 
     def vm_addresses(self) -> list[str]:
         first = ipaddress.IPv4Address(parse_ipv4(self.vm_address_start, "--vm-address-start"))
@@ -63,8 +65,9 @@ def vm_records(config: ProducerConfig) -> list[ProducerVm]:
 
 
 class TunnelServicer(pb_grpc.TunnelServicer):
-    def __init__(self, host_id: HostId, replica: Replica) -> None:
+    def __init__(self, host_id: HostId, replica: Replica, *, insecure: bool = False) -> None:
         self.host_id = host_id
+        self.insecure = insecure  # plaintext (--insecure): no peer certificate, frames' fields are believed
         self.address = ""  # set once the server is bound: frames for anyone else are refused
         self.replica = replica
         self.actors: dict[VmId, VmActor] = {}
@@ -165,8 +168,8 @@ async def serve(config: ProducerConfig, store: Store, *, stop: asyncio.Event,
     load_handler(config.handler, config.handler_options)  # fail fast on a bad handler or option
     history = History(open(config.history_path, "a", encoding="utf-8")) if config.history_path else None
     replica = Replica(store)
-    server = Server(config.listen)
-    tunnel = TunnelServicer(config.host_id, replica)
+    server = Server(config.listen, config.tls)
+    tunnel = TunnelServicer(config.host_id, replica, insecure=config.tls is None)
     server.add(pb_grpc.add_TunnelServicer_to_server, tunnel, "leasenet.v1.Tunnel")
     registration = Liveness(store, config.host_id,
                             lambda: [host_record(config, tunnel.address), *vm_records(config)], config.liveness_ttl_s)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc.aio
 
@@ -18,6 +18,7 @@ from mapping import keys
 from mapping.config import ClusterConfig
 from registry.convert import host_to_pb, lease_to_pb, service_to_pb, vm_to_pb
 from wire.errors import InvalidRequest, NotFound
+from wire.tls import TlsMaterial
 from registry.leasing import ClaimCollector, LeasingAgent, describe
 from mapping.model import ConsumerRef, HostId, HostKind, LeaseId, Pool, Record, VmId, parse_lease_hex, vm_id
 from mapping.replica import Replica
@@ -38,8 +39,9 @@ def _consumer_vm(text: str, network: str = "") -> str:
 
 
 class LeasingServicer(pb_grpc.LeasingServicer):
-    def __init__(self, agent: LeasingAgent) -> None:
+    def __init__(self, agent: LeasingAgent, *, insecure: bool = False) -> None:
         self.agent = agent
+        self.insecure = insecure  # plaintext (--insecure): no peer certificate, callers' fields are believed
 
     @edge
     async def RequestLease(self, request: pb.RequestLeaseRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
@@ -71,8 +73,9 @@ class LeasingServicer(pb_grpc.LeasingServicer):
 
 
 class InspectionServicer(pb_grpc.InspectionServicer):
-    def __init__(self, replica: Replica) -> None:
+    def __init__(self, replica: Replica, *, insecure: bool = False) -> None:
         self.replica = replica
+        self.insecure = insecure  # plaintext (--insecure): no peer certificate to authorise by
 
     @property
     def state(self):  # noqa: ANN201 - ClusterState
@@ -208,6 +211,7 @@ def _coalesce(changes: list[tuple[LeaseId, Pool | None, Pool | None, int]], stat
 class RegistryConfig:
     listen: str
     cluster: ClusterConfig | None = None
+    tls: TlsMaterial | None = field(default=None, repr=False)  # None: plaintext (--insecure)
 
 
 async def publish_cluster_config(store: Store, replica: Replica, cluster: ClusterConfig) -> None:
@@ -225,9 +229,11 @@ async def serve(config: RegistryConfig, store: Store, *, stop: asyncio.Event,
     replica = Replica(store)
     agent = LeasingAgent(store, replica)
     collector = ClaimCollector(store, replica)
-    server = Server(config.listen)
-    server.add(pb_grpc.add_LeasingServicer_to_server, LeasingServicer(agent), "leasenet.v1.Leasing")
-    server.add(pb_grpc.add_InspectionServicer_to_server, InspectionServicer(replica), "leasenet.v1.Inspection")
+    server = Server(config.listen, config.tls)
+    insecure = config.tls is None
+    server.add(pb_grpc.add_LeasingServicer_to_server, LeasingServicer(agent, insecure=insecure), "leasenet.v1.Leasing")
+    server.add(pb_grpc.add_InspectionServicer_to_server, InspectionServicer(replica, insecure=insecure),
+               "leasenet.v1.Inspection")
     async with asyncio.TaskGroup() as tasks:
         background = [tasks.create_task(replica.run(), name="replica")]
         try:
