@@ -88,7 +88,7 @@ async def leases(registry: str, **filters: str) -> list[rpb.Lease]:
 
 
 async def vms(registry: str, **filters: str) -> list[rpb.ProducerVm]:
-    async with rpc.channel(registry) as channel:
+    async with dial(registry, Kind.REGISTRY) as channel:
         resp = await rpb_grpc.InspectionStub(channel).ListVms(rpb.ListVmsRequest(**filters), timeout=5)
         return list(resp.vms)
 
