@@ -4,8 +4,9 @@ own status.
 
 Who sent a frame is the stream's peer certificate (SPEC §10), never the frame's `src_host`, a field
 the sender fills in: a frame is delivered only for a claim whose pool the peer consumer host owns,
-and refused when that cannot be told. Only a producer host started with `--insecure` (no
-certificates) still believes `src_host`, compared with the owner's registered address."""
+and refused when that cannot be told. `src_host` must still match the owner's registered address
+(a header that lies is refused), but only a producer host started with `--insecure` (no
+certificates) takes that as the word on who sent it."""
 
 from __future__ import annotations
 
@@ -113,14 +114,14 @@ def validate(frame: Addressing, state: ClusterState, host_id: HostId, address: s
                       f"fencing token {frame.fencing_token} is not the current claim on producer VM {vm} "
                       f"(the lease expired, was released, or the VM was re-registered)",
                       may_be_early=claim is None or frame.fencing_token > claim.revision)
-    if insecure:
-        consumer_host = state.hosts.get(claim.consumer_host)
-        if consumer_host is not None and consumer_host.address != frame.src_host:
-            return Reject(PermissionDenied,
-                          f"the claim on producer VM {vm} belongs to consumer host {claim.consumer_host} "
-                          f"({consumer_host.address}), but the frame came from {frame.src_host}")
-    elif (refused := may_send_frame(peer, claim, state.pools_by_lease.get(claim.lease_id))) is not None:
-        return refused  # before the consumer VM check: a forger learns nothing of another tenant
+    if not insecure and (refused := may_send_frame(peer, claim, state.pools_by_lease.get(claim.lease_id))):
+        return refused  # before the checks below: a forger learns nothing of another tenant
+    # with certificates a header consistency check; with --insecure the only word on the sender
+    consumer_host = state.hosts.get(claim.consumer_host)
+    if consumer_host is not None and consumer_host.address != frame.src_host:
+        return Reject(PermissionDenied,
+                      f"the claim on producer VM {vm} belongs to consumer host {claim.consumer_host} "
+                      f"({consumer_host.address}), but the frame came from {frame.src_host}")
     consumer = vm_id(frame.network, frame.src)
     if claim.consumer_vm != consumer:
         return Reject(PermissionDenied,

@@ -55,11 +55,11 @@ def test_each_reason_to_refuse_has_its_status() -> None:
         assert refused(verdict, code, text), (addressing, verdict)
 
 
-def test_with_certificates_the_frame_s_src_host_is_not_what_decides() -> None:
-    lying = frame(src_host="127.0.0.1:9999")
-    assert isinstance(validate(lying, state(), ME, ADDRESS, C1), Accept)
+def test_with_certificates_a_correct_src_host_proves_nothing_and_a_wrong_one_is_refused() -> None:
     assert refused(validate(frame(), state(), ME, ADDRESS, Identity(Kind.CONSUMER, "c2")),
                    Status.PERMISSION_DENIED, "another consumer host's pool, not to consumer/c2")
+    assert refused(validate(frame(src_host="127.0.0.1:9999"), state(), ME, ADDRESS, C1),
+                   Status.PERMISSION_DENIED, "came from 127.0.0.1:9999")
 
 
 def test_another_consumer_host_forging_a_frame_learns_nothing_of_the_lessee() -> None:
