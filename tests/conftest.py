@@ -14,11 +14,17 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from hypothesis import settings
 
 from leasenet import certs
 from leasenet.cluster import LocalCluster
 from leasenet.etcd import EtcdCluster
 from wire.tls import Identity, TlsFiles, TlsMaterial
+
+# No timing in tests (speed belongs in `leasenet bench`): hypothesis's per-example deadline would
+# fail a property on a loaded 2-core machine, not on a wrong answer.
+settings.register_profile("leasenet", deadline=None)
+settings.load_profile("leasenet")
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
