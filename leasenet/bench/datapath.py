@@ -1,5 +1,6 @@
 """The load-generator role (data path): a consumer VM for the overlay and a plain client for the
-direct server and the relay, in the unary and the stream style, cell after cell."""
+direct server and the relay, in the unary and the stream style, slice after slice as the harness
+lists them (the targets of a cell alternate, round after round)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import grpc.aio
 
 from leasenet.bench.measure import CpuMeter, etcd_counts, meter_window, ms, percentile
 from leasenet.bench.plans import REQUEST_TIMEOUT_S, Cell, CellResult, LoadResult, LoadTask
-from wire import rpc
+from leasenet.bench.servers import CLIENT, dial, material
+from wire.tls import Kind
 from wire.v1 import consumer_pb2 as cpb
 from wire.v1 import consumer_pb2_grpc as cpb_grpc
 
@@ -116,8 +118,15 @@ async def idle_cell(cell: Cell, metrics: str) -> CellResult:
     return CellResult(**asdict(cell), elapsed_s=time.perf_counter() - started, etcd=dict(after - before))
 
 
+def counts_etcd(target: str) -> bool:
+    """The slices around which etcd's counters are read: the plaintext overlay's (the TLS
+    overlay's etcd serves its metrics over TLS only)."""
+    return target in ("overlay", "overlay-again")
+
+
 async def load(task: LoadTask) -> LoadResult:
-    channels: dict[str, grpc.aio.Channel] = {}
+    channels: dict[str, grpc.aio.Channel] = {}  # one per address: overlay and overlay-again share theirs
+    credentials = material(task.tls_dir, CLIENT)
     out = []
     for cell in task.cells:
         if cell.target == "idle":
@@ -125,14 +134,14 @@ async def load(task: LoadTask) -> LoadResult:
             continue
         address = task.addresses[cell.target]
         if address not in channels:
-            channels[address] = rpc.channel(address)
+            channels[address] = dial(address, credentials if cell.target.endswith("-tls") else None, Kind.CONSUMER)
             await asyncio.wait_for(channels[address].channel_ready(), 10)
         stub = cpb_grpc.ConsumerHostStub(channels[address])
         payload = random.randbytes(cell.payload)
         requests = [cpb.SendRequest(network=network, src=src, token=token, target=target, payload=payload)
                     for network, src, token, target in task.consumers]
         measure = unary_cell if cell.mode == "unary" else stream_cell
-        overlay = cell.target == "overlay"
+        overlay = counts_etcd(cell.target)
         before = await asyncio.to_thread(etcd_counts, task.etcd_metrics) if overlay else Counter()
         started = time.perf_counter()
         meter = CpuMeter({**task.pids.get(cell.target, {}), "client": os.getpid()})

@@ -21,8 +21,10 @@ from leasenet.bench.plans import (
     CLUSTER, DATA_CONSUMERS, DATA_SERVICE, DATA_TARGET, DATA_VMS, FO_CONSUMERS, FO_SERVICE, FO_TARGET, FO_VMS,
     GRANT_POOL, GRANT_SERVICE, GRANT_VMS, NETWORK, RACE_HOSTS, RACE_SERVICE, RACE_TARGET, RACE_VMS, RACE_VMS_PER_HOST, Cell,
     FailoverResult, FailoverTask, GrantsResult, GrantsTask, LoadResult, LoadTask, Plan, RaceConsumerHost, RaceResult,
-    RaceTask, decode,
+    RaceTask, decode, rounds_of,
 )
+from leasenet.bench.servers import IDENTITIES
+from leasenet.certs import make_dev
 from leasenet.cluster import ConsumerVm, LocalCluster, Proc, consumer_toml
 from leasenet.etcd import etcd_binary
 from mapping.config import to_toml
@@ -113,17 +115,27 @@ class Bench:
         self.extra.append(proc)
         return proc
 
-    def start_server(self, role: str, *args: str) -> tuple[str, subprocess.Popen[bytes]]:
+    def start_server(self, name: str, role: str, *args: str) -> tuple[str, subprocess.Popen[bytes]]:
         """Start one of the harness's servers (bench.servers); returns its address once it serves."""
-        ready = self.workdir / f"{role}.ready"
+        ready = self.workdir / f"{name}.ready"
         ready.unlink(missing_ok=True)
-        proc = self._popen(role, role, "127.0.0.1:0", str(ready), *args)
+        proc = self._popen(name, role, "127.0.0.1:0", str(ready), *args)
         deadline = time.monotonic() + 60
         while not ready.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the {role} did not start (see {self.workdir / (role + '.log')})")
+                raise RuntimeError(f"the {name} did not start (see {self.workdir / (name + '.log')})")
             time.sleep(0.02)
         return json.loads(ready.read_text())["address"], proc
+
+    def baselines(self, suffix: str, tls_dir: str) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+        """The direct server and the bare relay (plaintext, or mutual TLS with tls_dir): their
+        addresses and pids by target name."""
+        direct, direct_proc = self.start_server(f"direct{suffix}", "direct-server", tls_dir)
+        end, end_proc = self.start_server(f"relay-end{suffix}", "relay-end", tls_dir)
+        relay, relay_proc = self.start_server(f"relay{suffix}", "relay", tls_dir, end)
+        return ({f"direct{suffix}": direct, f"relay{suffix}": relay},
+                {f"direct{suffix}": {"server": direct_proc.pid},
+                 f"relay{suffix}": {"relay": relay_proc.pid, "relay end": end_proc.pid}})
 
     def role(self, name: str, task: Any, result: type[R], timeout_s: float) -> R:
         """Run one measuring role in its own process; its result comes back as a JSON file."""
@@ -168,42 +180,50 @@ class Bench:
         self.registry = self.start({"registry": ["registry", "--listen", "127.0.0.1:0", "--cluster-config",
                                                  str(self.config)]})["registry"].address
 
-    def load_task(self, procs: dict[str, Proc], addresses: dict[str, str], cells: list[Cell],
-                  pids: dict[str, dict[str, int]]) -> LoadTask:
-        return LoadTask([[NETWORK, a, t, DATA_TARGET] for a, t in DATA_CONSUMERS],
-                        {"overlay": procs["c-data"].address, **addresses}, self.metrics, cells, pids)
+    def load_task(self, addresses: dict[str, str], cells: list[Cell], pids: dict[str, dict[str, int]],
+                  tls_dir: str) -> LoadTask:
+        return LoadTask([[NETWORK, a, t, DATA_TARGET] for a, t in DATA_CONSUMERS], addresses, self.metrics, cells,
+                        pids, tls_dir)
 
-    def datapath(self) -> list[LoadResult]:
-        self.say("data path: starting a producer host (64 VMs), a consumer host and the direct baseline server")
+    def datapath(self) -> LoadResult:
+        p = self.plan
+        self.say("data path: a producer host (64 VMs), a consumer host, the direct server and the bare relay"
+                 + (", each also over mutual TLS" if p.tls else ""))
         procs = self.start({"p-data": self.producer("p-data", DATA_SERVICE, DATA_VMS, "10.7.10.1", history=False),
                             "c-data": self.consumer("c-data", DATA_CONSUMERS)})
-        direct, direct_proc = self.start_server("direct-server")
-        relay_end, relay_end_proc = self.start_server("relay-end")
-        relay, relay_proc = self.start_server("relay", relay_end)
-        pids = {"direct": {"server": direct_proc.pid},
-                "overlay": {"consumer host": procs["c-data"].process.pid,  # type: ignore[union-attr]
-                            "producer host": procs["p-data"].process.pid},  # type: ignore[union-attr]
-                "relay": {"relay": relay_proc.pid, "relay end": relay_end_proc.pid}}
-        addresses = {"direct": direct, "relay": relay}
-        p = self.plan
-        # lease every pool and warm both paths up (not measured)
-        warmup = [Cell(t, "unary", 100, 64, 0.0, 0.5) for t in ("direct", "overlay")]
-        self.role("warmup", self.load_task(procs, addresses, warmup, pids), LoadResult, 120)
-        runs = []
-        for run in range(p.runs):
-            order = ("direct", "overlay") if run % 2 == 0 else ("overlay", "direct")  # cancel drift
-            cells = [Cell(t, c.mode, c.payload, c.concurrency, p.warmup_s, p.duration_s)
-                     for c in p.cells for t in order + (("relay",) if (c.mode, c.concurrency) == ("unary", 1) else ())]
-            cells.append(Cell("idle", duration_s=p.idle_s))
-            self.say(f"data path run {run + 1}/{p.runs}: {len(p.cells)} cells x 2 targets, "
-                     f"{p.warmup_s + p.duration_s:.1f} s each")
-            runs.append(self.role(f"load-{run + 1}", self.load_task(procs, addresses, cells, pids), LoadResult,
-                                  60 + len(cells) * (p.warmup_s + p.duration_s + 10)))
-        for proc in (direct_proc, relay_proc, relay_end_proc):
+        overlay = {"consumer host": procs["c-data"].process.pid,  # type: ignore[union-attr]
+                   "producer host": procs["p-data"].process.pid}  # type: ignore[union-attr]
+        addresses = {"overlay": procs["c-data"].address, "overlay-again": procs["c-data"].address}
+        pids = {"overlay": overlay, "overlay-again": overlay}
+        started = len(self.extra)
+        found, found_pids = self.baselines("", "")
+        addresses.update(found)
+        pids.update(found_pids)
+        tls_dir = ""
+        if p.tls:
+            tls_dir = str(self.workdir / "bench-tls")
+            make_dev(tls_dir, IDENTITIES)
+            found, found_pids = self.baselines("-tls", tls_dir)
+            addresses.update(found)
+            pids.update(found_pids)
+        targets = sorted({t for spec in p.cells for t in spec.targets})
+        missing = [t for t in targets if t not in addresses]
+        if missing:
+            raise RuntimeError(f"no {', '.join(missing)} to measure: the TLS overlay needs hosts that take --tls-dir")
+        # lease every pool and warm every path up (not measured)
+        warmup = [Cell(t, "unary", 100, 64, 0.0, 0.5) for t in targets]
+        self.role("warmup", self.load_task(addresses, warmup, pids, tls_dir), LoadResult, 120)
+        cells = [cell for spec in p.cells for cell in rounds_of(spec, p)]
+        cells.append(Cell("idle", duration_s=p.idle_s))
+        self.say(f"data path: {len(p.cells)} cells, {len(cells) - 1} slices of {p.slice_warmup_s + p.slice_s:.2f} s "
+                 f"(targets alternating, {p.rounds} rounds per cell)")
+        result = self.role("load", self.load_task(addresses, cells, pids, tls_dir), LoadResult,
+                           120 + len(cells) * (p.slice_warmup_s + p.slice_s + 2))
+        for proc in self.extra[started:]:
             proc.terminate()
             proc.wait(10)
         self.stop(procs)
-        return runs
+        return result
 
     def leasing(self) -> tuple[list[GrantsResult], list[RaceResult]]:
         self.say(f"leasing: starting 2 producer hosts and {RACE_HOSTS} consumer hosts")

@@ -1,10 +1,17 @@
 """The harness's servers, each its own process (`python -m leasenet.bench NAME LISTEN READY_FILE
-[ARG]`): the direct baseline, and the two processes of the relay floor.
+TLS_DIR [UPSTREAM]`; TLS_DIR "" for plaintext): the direct baseline, and the two processes of the
+bare relay.
 
-The relay floor: the overlay adds two one-way grpc hops to a direct call; these two processes add
-exactly those hops and nothing else (no leasing, validation, batching or retries):
-    client -> relay (unary Send) -> one bidi stream -> relay end (echo) -> back the same way.
-What the relay costs over the direct call is the floor of any overlay built this way on grpc.aio."""
+The bare relay: the overlay adds two one-way grpc hops to a direct call; these two processes add
+those hops, carried the way the overlay carries them, and nothing else:
+    client -> relay (Send or SendStream) -> one bidi stream -> relay end (echo) -> back the same way.
+The relay's end of the stream is the consumer host's own TunnelClient (its batching included), so
+overlay/relay is what the overlay's own work costs (admission, leasing, validation, VM actors):
+no leasing, validation, actors or retries here.
+
+With TLS every hop is mutual TLS, with the certificates and kinds the overlay's hops use: the
+direct server and the relay serve as `consumer` (what a consumer VM dials), the relay end as
+`producer` (what the relay dials), the load generator is `operator/bench`."""
 
 from __future__ import annotations
 
@@ -12,27 +19,57 @@ import asyncio
 import json
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
+import grpc.aio
+
+from consumer_host.tunnel import TunnelClient
+from leasenet.bench.plans import REQUEST_TIMEOUT_S
 from producer_host.handlers import load_handler
-from wire import rpc
+from wire import rpc, tls
 from wire.v1 import consumer_pb2 as cpb
 from wire.v1 import consumer_pb2_grpc as cpb_grpc
 from wire.v1 import tunnel_pb2 as tpb
 from wire.v1 import tunnel_pb2_grpc as tpb_grpc
 
+CLIENT = tls.Identity(tls.Kind.OPERATOR, "bench")
+DIRECT = tls.Identity(tls.Kind.CONSUMER, "bench-direct")
+RELAY = tls.Identity(tls.Kind.CONSUMER, "bench-relay")
+RELAY_END = tls.Identity(tls.Kind.PRODUCER, "bench-relay-end")
+IDENTITIES = (CLIENT, DIRECT, RELAY, RELAY_END)
 
-async def serve_until_stopped(server: rpc.Server, ready_file: str) -> None:
-    """Start a server, write its address to ready_file, serve until SIGTERM/SIGINT."""
+
+def material(tls_dir: str, identity: tls.Identity) -> tls.TlsMaterial | None:
+    """`identity`'s certificate, key and the CA from tls_dir; None (plaintext) without a dir."""
+    return tls.TlsFiles.in_dir(tls_dir, identity).load() if tls_dir else None
+
+
+def dial(address: str, credentials: tls.TlsMaterial | None, expected: tls.Kind) -> grpc.aio.Channel:
+    """A channel as the overlay's processes open theirs, over mutual TLS when given credentials."""
+    if credentials is None:
+        return rpc.channel(address)
+    return grpc.aio.secure_channel(address, tls.channel_credentials(credentials),
+                                   options=rpc.CHANNEL_OPTIONS + tls.channel_options(expected))
+
+
+async def serve_until_stopped(listen: str, ready_file: str, credentials: tls.TlsMaterial | None,
+                              add: Callable[[grpc.aio.Server], None]) -> None:
+    """Start a server with leasenet's server options, write its address to ready_file, serve until
+    SIGTERM/SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    address = await server.start()
+    server = grpc.aio.server(options=rpc.SERVER_OPTIONS)
+    add(server)
+    port = (server.add_secure_port(listen, tls.server_credentials(credentials)) if credentials
+            else server.add_insecure_port(listen))
+    await server.start()
     tmp = Path(ready_file).with_suffix(".tmp")
-    tmp.write_text(json.dumps({"address": address, "pid": os.getpid()}))
+    tmp.write_text(json.dumps({"address": f"{listen.rpartition(':')[0]}:{port}", "pid": os.getpid()}))
     tmp.replace(ready_file)
     await stop.wait()
     await server.stop(0.5)
@@ -56,10 +93,10 @@ class Direct(cpb_grpc.ConsumerHostServicer):
                                    request_id=request.request_id)
 
 
-async def direct_server(listen: str, ready_file: str, handler_name: str = "echo") -> None:
-    server = rpc.Server(listen)
-    server.add(cpb_grpc.add_ConsumerHostServicer_to_server, Direct(handler_name), "leasenet.v1.ConsumerHost")
-    await serve_until_stopped(server, ready_file)
+async def direct_server(listen: str, ready_file: str, tls_dir: str) -> None:
+    servicer = Direct("echo")
+    await serve_until_stopped(listen, ready_file, material(tls_dir, DIRECT),
+                              lambda server: cpb_grpc.add_ConsumerHostServicer_to_server(servicer, server))
 
 
 class Echo(tpb_grpc.TunnelServicer):
@@ -68,43 +105,63 @@ class Echo(tpb_grpc.TunnelServicer):
             yield tpb.FrameBatch(frames=[tpb.Frame(id=f.id, payload=f.payload) for f in batch.frames])
 
 
-async def relay_end(listen: str, ready_file: str) -> None:
-    server = rpc.Server(listen)
-    server.add(tpb_grpc.add_TunnelServicer_to_server, Echo(), "leasenet.v1.Tunnel")
-    await serve_until_stopped(server, ready_file)
+async def relay_end(listen: str, ready_file: str, tls_dir: str) -> None:
+    await serve_until_stopped(listen, ready_file, material(tls_dir, RELAY_END),
+                              lambda server: tpb_grpc.add_TunnelServicer_to_server(Echo(), server))
 
 
 class Relay(cpb_grpc.ConsumerHostServicer):
-    """Each Send becomes one frame on one long-lived stream to the relay end."""
+    """Each request becomes one frame on the one stream to the relay end."""
 
-    def __init__(self, upstream: str) -> None:
-        self.call = tpb_grpc.TunnelStub(rpc.channel(upstream)).Exchange()
-        self.waiting: dict[int, asyncio.Future[Any]] = {}
-        self.ids = iter(range(1, 1 << 62))
-        self.lock = asyncio.Lock()  # one write at a time on the stream
-
-    async def read(self) -> None:
-        async for batch in self.call:
-            for frame in batch.frames:
-                self.waiting.pop(frame.id).set_result(frame)
+    def __init__(self, tunnel: TunnelClient) -> None:
+        self.tunnel = tunnel
 
     async def Send(self, request: cpb.SendRequest, context: Any) -> cpb.SendResponse:
-        frame_id = next(self.ids)
-        answer = self.waiting[frame_id] = asyncio.get_running_loop().create_future()
-        async with self.lock:
-            await self.call.write(tpb.FrameBatch(frames=[tpb.Frame(id=frame_id, payload=request.payload)]))
-        frame = await answer
-        return cpb.SendResponse(src=request.target, dst=request.src, payload=frame.payload,
+        answer = await self.tunnel.exchange(tpb.Frame(payload=request.payload), REQUEST_TIMEOUT_S)
+        return cpb.SendResponse(src=request.target, dst=request.src, payload=answer.payload,
                                 request_id=request.request_id)
 
+    async def SendStream(self, request_iterator: AsyncIterator[cpb.SendRequest],
+                         context: Any) -> AsyncIterator[cpb.SendResponse]:
+        """As the consumer host does it: a task per request, answers in the order they come."""
+        out: asyncio.Queue[cpb.SendResponse | None] = asyncio.Queue()
 
-async def relay(listen: str, ready_file: str, upstream: str) -> None:
-    servicer = Relay(upstream)
-    reader = asyncio.get_running_loop().create_task(servicer.read())
-    server = rpc.Server(listen)
-    server.add(cpb_grpc.add_ConsumerHostServicer_to_server, servicer, "leasenet.v1.ConsumerHost")
-    await serve_until_stopped(server, ready_file)
-    reader.cancel()
+        async def one(request: cpb.SendRequest) -> None:
+            out.put_nowait(await self.Send(request, context))
+
+        async def read() -> None:
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    async for request in request_iterator:
+                        tasks.create_task(one(request))
+            finally:
+                out.put_nowait(None)
+
+        reader = asyncio.get_running_loop().create_task(read())
+        try:
+            while (answer := await out.get()) is not None:
+                yield answer
+        finally:
+            reader.cancel()
+
+
+async def relay(listen: str, ready_file: str, tls_dir: str, upstream: str) -> None:
+    credentials = material(tls_dir, RELAY)
+    channel = dial(upstream, credentials, tls.Kind.PRODUCER)
+    tunnel = TunnelClient(upstream, on_broken=lambda _address: None)
+
+    async def connect() -> grpc.aio.StreamStreamCall:
+        await asyncio.wait_for(channel.channel_ready(), 10)
+        return tpb_grpc.TunnelStub(channel).Exchange()
+
+    carrier = asyncio.get_running_loop().create_task(tunnel.carry(connect))
+    servicer = Relay(tunnel)
+    try:
+        await serve_until_stopped(listen, ready_file, credentials,
+                                  lambda server: cpb_grpc.add_ConsumerHostServicer_to_server(servicer, server))
+    finally:
+        carrier.cancel()
+        await channel.close()
 
 
 SERVERS: dict[str, Callable[..., Any]] = {"direct-server": direct_server, "relay-end": relay_end, "relay": relay}
