@@ -80,5 +80,11 @@ async def leases(registry: str, **filters: str) -> list[rpb.Lease]:
         return list(resp.leases)
 
 
+async def vms(registry: str, **filters: str) -> list[rpb.ProducerVm]:
+    async with rpc.channel(registry) as channel:
+        resp = await rpb_grpc.InspectionStub(channel).ListVms(rpb.ListVmsRequest(**filters), timeout=5)
+        return list(resp.vms)
+
+
 def history(cluster: LocalCluster) -> list[Path]:
     return sorted(Path(cluster.workdir).glob("*.history.jsonl"))
