@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -115,27 +115,35 @@ class Bench:
         self.extra.append(proc)
         return proc
 
-    def start_server(self, name: str, role: str, *args: str) -> tuple[str, subprocess.Popen[bytes]]:
-        """Start one of the harness's servers (bench.servers); returns its address once it serves."""
-        ready = self.workdir / f"{name}.ready"
-        ready.unlink(missing_ok=True)
-        proc = self._popen(name, role, "127.0.0.1:0", str(ready), *args)
+    def start_servers(self, specs: dict[str, list[str]]) -> dict[str, tuple[str, subprocess.Popen[bytes]]]:
+        """Start several of the harness's servers (bench.servers) at once, name -> [role, args...];
+        returns each one's address and process once all serve."""
+        started = {}
+        for name, (role, *args) in specs.items():
+            ready = self.workdir / f"{name}.ready"
+            ready.unlink(missing_ok=True)
+            started[name] = (ready, self._popen(name, role, "127.0.0.1:0", str(ready), *args))
         deadline = time.monotonic() + 60
-        while not ready.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the {name} did not start (see {self.workdir / (name + '.log')})")
-            time.sleep(0.02)
-        return json.loads(ready.read_text())["address"], proc
+        for name, (ready, proc) in started.items():
+            while not ready.exists():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the {name} did not start (see {self.workdir / (name + '.log')})")
+                time.sleep(0.02)
+        return {name: (json.loads(ready.read_text())["address"], proc) for name, (ready, proc) in started.items()}
 
-    def baselines(self, suffix: str, tls_dir: str) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
-        """The direct server and the bare relay (plaintext, or mutual TLS with tls_dir): their
-        addresses and pids by target name."""
-        direct, direct_proc = self.start_server(f"direct{suffix}", "direct-server", tls_dir)
-        end, end_proc = self.start_server(f"relay-end{suffix}", "relay-end", tls_dir)
-        relay, relay_proc = self.start_server(f"relay{suffix}", "relay", tls_dir, end)
-        return ({f"direct{suffix}": direct, f"relay{suffix}": relay},
-                {f"direct{suffix}": {"server": direct_proc.pid},
-                 f"relay{suffix}": {"relay": relay_proc.pid, "relay end": end_proc.pid}})
+    def baselines(self, suffixes: tuple[str, ...], tls_dir: str) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+        """The direct server and the bare relay, once per suffix ("-tls": over mutual TLS with the
+        certificates in tls_dir): their addresses and pids by target name."""
+        where = {s: tls_dir if s else "" for s in suffixes}
+        first = self.start_servers({**{f"direct{s}": ["direct-server", where[s]] for s in suffixes},
+                                    **{f"relay-end{s}": ["relay-end", where[s]] for s in suffixes}})
+        relays = self.start_servers({f"relay{s}": ["relay", where[s], first[f"relay-end{s}"][0]] for s in suffixes})
+        addresses, pids = {}, {}
+        for s in suffixes:
+            addresses.update({f"direct{s}": first[f"direct{s}"][0], f"relay{s}": relays[f"relay{s}"][0]})
+            pids.update({f"direct{s}": {"server": first[f"direct{s}"][1].pid},
+                         f"relay{s}": {"relay": relays[f"relay{s}"][1].pid, "relay end": first[f"relay-end{s}"][1].pid}})
+        return addresses, pids
 
     def role(self, name: str, task: Any, result: type[R], timeout_s: float) -> R:
         """Run one measuring role in its own process; its result comes back as a JSON file."""
@@ -187,6 +195,9 @@ class Bench:
 
     def datapath(self) -> LoadResult:
         p = self.plan
+        if p.tls:  # the TLS overlay needs hosts that take --tls-dir (the mtls branch): the TLS baselines only
+            self.say("no TLS overlay yet (hosts without --tls-dir): measuring the direct server and relay over TLS")
+            p = replace(p, cells=[replace(c, targets=tuple(t for t in c.targets if t != "overlay-tls")) for c in p.cells])
         self.say("data path: a producer host (64 VMs), a consumer host, the direct server and the bare relay"
                  + (", each also over mutual TLS" if p.tls else ""))
         procs = self.start({"p-data": self.producer("p-data", DATA_SERVICE, DATA_VMS, "10.7.10.1", history=False),
@@ -196,20 +207,13 @@ class Bench:
         addresses = {"overlay": procs["c-data"].address, "overlay-again": procs["c-data"].address}
         pids = {"overlay": overlay, "overlay-again": overlay}
         started = len(self.extra)
-        found, found_pids = self.baselines("", "")
+        tls_dir = str(self.workdir / "bench-tls") if p.tls else ""
+        if p.tls:
+            make_dev(tls_dir, IDENTITIES)
+        found, found_pids = self.baselines(("", "-tls") if p.tls else ("",), tls_dir)
         addresses.update(found)
         pids.update(found_pids)
-        tls_dir = ""
-        if p.tls:
-            tls_dir = str(self.workdir / "bench-tls")
-            make_dev(tls_dir, IDENTITIES)
-            found, found_pids = self.baselines("-tls", tls_dir)
-            addresses.update(found)
-            pids.update(found_pids)
         targets = sorted({t for spec in p.cells for t in spec.targets})
-        missing = [t for t in targets if t not in addresses]
-        if missing:
-            raise RuntimeError(f"no {', '.join(missing)} to measure: the TLS overlay needs hosts that take --tls-dir")
         # lease every pool and warm every path up (not measured)
         warmup = [Cell(t, "unary", 100, 64, 0.0, 0.5) for t in targets]
         self.role("warmup", self.load_task(addresses, warmup, pids, tls_dir), LoadResult, 120)
@@ -220,7 +224,8 @@ class Bench:
         result = self.role("load", self.load_task(addresses, cells, pids, tls_dir), LoadResult,
                            120 + len(cells) * (p.slice_warmup_s + p.slice_s + 2))
         for proc in self.extra[started:]:
-            proc.terminate()
+            proc.terminate()  # all at once, then wait
+        for proc in self.extra[started:]:
             proc.wait(10)
         self.stop(procs)
         return result

@@ -90,11 +90,12 @@ def render(report: dict[str, Any]) -> str:
     lines += datapath_tables(compared, "")
     lines += ["", f"CPU per request in microseconds, plaintext; event loop: {loop} (all threads of each process, "
                   "the median slice)", cpu_table(compared, "")]
-    if st["tls"]:
+    with_tls = [r for r in compared if "direct-tls" in r["targets"]]
+    if with_tls:
         lines += ["", f"data path with mutual TLS on every hop and on the direct baseline; event loop in every "
                       f"process: {loop} (overlay TLS/plain: the TLS overlay over the plaintext one, same rounds)", ""]
-        lines += datapath_tables(compared, "-tls")
-        lines += ["", f"CPU per request in microseconds, TLS; event loop: {loop}", cpu_table(compared, "-tls")]
+        lines += datapath_tables(with_tls, "-tls")
+        lines += ["", f"CPU per request in microseconds, TLS; event loop: {loop}", cpu_table(with_tls, "-tls")]
     checks = [t for t in report["targets"] if t.get("method")]
     lines += ["", "the method's self-check (the overlay against itself, the same alternating slices):"]
     lines += [verdict(t) for t in checks] or ["  not measured"]
