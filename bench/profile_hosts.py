@@ -80,8 +80,9 @@ def main() -> None:
     bench = Bench(out / "cluster", make_plan(False, 1), lambda text: print(f"[profile] {text}", file=sys.stderr))
     try:
         bench.base()
+        plain, registry = bench.plaintext_cluster()  # the plaintext overlay, as in the bench's main tables
         procs = bench.start({"p-data": bench.producer("p-data", DATA_SERVICE, DATA_VMS, "10.7.10.1", False),
-                             "c-data": bench.consumer("c-data", DATA_CONSUMERS)})
+                             "c-data": bench.consumer("c-data", DATA_CONSUMERS, registry)}, plain)
         addresses = {"overlay": procs["c-data"].address}
         warmup = [Cell("overlay", "unary", 100, 64, 0.0, 1.0)]
         bench.role("warmup", bench.load_task(addresses, warmup, {}, ""), LoadResult, 120)

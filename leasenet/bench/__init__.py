@@ -11,7 +11,8 @@
                runs its targets in short slices, alternating round after round; every ratio is the
                median of the ratios paired within a round, with its 95% interval (report), and the
                overlay run against itself checks that the method reads 1.00 within it.
-               (The TLS overlay needs hosts that take --tls-dir: the mtls branch.)
+               The plaintext overlay runs in a cluster of its own (--insecure); the TLS overlay, the
+               leasing and the failover phases in the bench's mutual-TLS cluster.
     etcd load  etcd's own counters (/metrics: gRPC messages received) around every plaintext overlay
                slice and around an idle window (the background rate): what traffic adds, per service request.
     leasing    RequestLease latency for a pool of 4 (at the leasing API), and grants/s with 4

@@ -15,9 +15,9 @@ from typing import Any
 
 import grpc.aio
 
-from leasenet.bench.measure import CpuMeter, etcd_counts, meter_window, ms, percentile
+from leasenet.bench.measure import CpuMeter, cluster_channel, etcd_counts, meter_window, ms, percentile
 from leasenet.bench.plans import REQUEST_TIMEOUT_S, Cell, CellResult, LoadResult, LoadTask
-from leasenet.bench.servers import CLIENT, dial, material
+from wire import rpc
 from wire.tls import Kind
 from wire.v1 import consumer_pb2 as cpb
 from wire.v1 import consumer_pb2_grpc as cpb_grpc
@@ -126,7 +126,6 @@ def counts_etcd(target: str) -> bool:
 
 async def load(task: LoadTask) -> LoadResult:
     channels: dict[str, grpc.aio.Channel] = {}  # one per address: overlay and overlay-again share theirs
-    credentials = material(task.tls_dir, CLIENT)
     out = []
     for cell in task.cells:
         if cell.target == "idle":
@@ -134,7 +133,9 @@ async def load(task: LoadTask) -> LoadResult:
             continue
         address = task.addresses[cell.target]
         if address not in channels:
-            channels[address] = dial(address, credentials if cell.target.endswith("-tls") else None, Kind.CONSUMER)
+            # the *-tls targets over mutual TLS as the operator (the harness's CA), the others in plaintext
+            channels[address] = (cluster_channel(address, Kind.CONSUMER) if cell.target.endswith("-tls")
+                                 else rpc.channel(address))
             await asyncio.wait_for(channels[address].channel_ready(), 10)
         stub = cpb_grpc.ConsumerHostStub(channels[address])
         payload = random.randbytes(cell.payload)

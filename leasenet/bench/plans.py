@@ -132,7 +132,6 @@ class LoadTask:
     etcd_metrics: str
     cells: list[Cell]
     pids: dict[str, dict[str, int]] = field(default_factory=dict)  # target -> process name -> pid
-    tls_dir: str = ""  # the *-tls targets: the client's certificate (operator/bench) and the CA
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,5 @@
 """The harness's servers, each its own process (`python -m leasenet.bench NAME LISTEN READY_FILE
-TLS_DIR [UPSTREAM]`; TLS_DIR "" for plaintext): the direct baseline, and the two processes of the
-bare relay.
+tls|plain [UPSTREAM]`): the direct baseline, and the two processes of the bare relay.
 
 The bare relay: the overlay adds two one-way grpc hops to a direct call; these two processes add
 those hops, carried the way the overlay carries them, and nothing else:
@@ -9,9 +8,10 @@ The relay's end of the stream is the consumer host's own TunnelClient (its batch
 overlay/relay is what the overlay's own work costs (admission, leasing, validation, VM actors):
 no leasing, validation, actors or retries here.
 
-With TLS every hop is mutual TLS, with the certificates and kinds the overlay's hops use: the
-direct server and the relay serve as `consumer` (what a consumer VM dials), the relay end as
-`producer` (what the relay dials), the load generator is `operator/bench`."""
+With `tls` every hop is mutual TLS, with certificates of the harness's CA (LEASENET_TLS_DIR) and
+the kinds the overlay's hops use: the direct server and the relay serve as `consumer` (what a
+consumer VM dials), the relay end as `producer` (what the relay dials); the load generator is the
+operator, as it is for the TLS overlay."""
 
 from __future__ import annotations
 
@@ -23,53 +23,39 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
-import grpc.aio
 
 from consumer_host.tunnel import TunnelClient
+from leasenet.bench.measure import cluster_tls
 from leasenet.bench.plans import REQUEST_TIMEOUT_S
 from producer_host.handlers import load_handler
-from wire import rpc, tls
+from wire import rpc
+from wire.tls import Identity, Kind, TlsMaterial
 from wire.v1 import consumer_pb2 as cpb
 from wire.v1 import consumer_pb2_grpc as cpb_grpc
 from wire.v1 import tunnel_pb2 as tpb
 from wire.v1 import tunnel_pb2_grpc as tpb_grpc
 
-CLIENT = tls.Identity(tls.Kind.OPERATOR, "bench")
-DIRECT = tls.Identity(tls.Kind.CONSUMER, "bench-direct")
-RELAY = tls.Identity(tls.Kind.CONSUMER, "bench-relay")
-RELAY_END = tls.Identity(tls.Kind.PRODUCER, "bench-relay-end")
-IDENTITIES = (CLIENT, DIRECT, RELAY, RELAY_END)
+DIRECT = Identity(Kind.CONSUMER, "bench-direct")
+RELAY = Identity(Kind.CONSUMER, "bench-relay")
+RELAY_END = Identity(Kind.PRODUCER, "bench-relay-end")
+IDENTITIES = (DIRECT, RELAY, RELAY_END)
 
 
-def material(tls_dir: str, identity: tls.Identity) -> tls.TlsMaterial | None:
-    """`identity`'s certificate, key and the CA from tls_dir; None (plaintext) without a dir."""
-    return tls.TlsFiles.in_dir(tls_dir, identity).load() if tls_dir else None
+def credentials(mode: str, identity: Identity) -> TlsMaterial | None:
+    if mode not in ("tls", "plain"):
+        raise ValueError(f"{mode!r} is neither tls nor plain")
+    return cluster_tls(identity) if mode == "tls" else None
 
 
-def dial(address: str, credentials: tls.TlsMaterial | None, expected: tls.Kind) -> grpc.aio.Channel:
-    """A channel as the overlay's processes open theirs, over mutual TLS when given credentials."""
-    if credentials is None:
-        return rpc.channel(address)
-    return grpc.aio.secure_channel(address, tls.channel_credentials(credentials),
-                                   options=rpc.CHANNEL_OPTIONS + tls.channel_options(expected))
-
-
-async def serve_until_stopped(listen: str, ready_file: str, credentials: tls.TlsMaterial | None,
-                              add: Callable[[grpc.aio.Server], None]) -> None:
-    """Start a server with leasenet's server options, write its address to ready_file, serve until
-    SIGTERM/SIGINT."""
+async def serve_until_stopped(server: rpc.Server, ready_file: str) -> None:
+    """Start a server, write its address to ready_file, serve until SIGTERM/SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = grpc.aio.server(options=rpc.SERVER_OPTIONS)
-    add(server)
-    port = (server.add_secure_port(listen, tls.server_credentials(credentials)) if credentials
-            else server.add_insecure_port(listen))
-    await server.start()
+    address = await server.start()
     tmp = Path(ready_file).with_suffix(".tmp")
-    tmp.write_text(json.dumps({"address": f"{listen.rpartition(':')[0]}:{port}", "pid": os.getpid()}))
+    tmp.write_text(json.dumps({"address": address, "pid": os.getpid()}))
     tmp.replace(ready_file)
     await stop.wait()
     await server.stop(0.5)
@@ -93,10 +79,10 @@ class Direct(cpb_grpc.ConsumerHostServicer):
                                    request_id=request.request_id)
 
 
-async def direct_server(listen: str, ready_file: str, tls_dir: str) -> None:
-    servicer = Direct("echo")
-    await serve_until_stopped(listen, ready_file, material(tls_dir, DIRECT),
-                              lambda server: cpb_grpc.add_ConsumerHostServicer_to_server(servicer, server))
+async def direct_server(listen: str, ready_file: str, mode: str) -> None:
+    server = rpc.Server(listen, credentials(mode, DIRECT))
+    server.add(cpb_grpc.add_ConsumerHostServicer_to_server, Direct("echo"), "leasenet.v1.ConsumerHost")
+    await serve_until_stopped(server, ready_file)
 
 
 class Echo(tpb_grpc.TunnelServicer):
@@ -105,9 +91,10 @@ class Echo(tpb_grpc.TunnelServicer):
             yield tpb.FrameBatch(frames=[tpb.Frame(id=f.id, payload=f.payload) for f in batch.frames])
 
 
-async def relay_end(listen: str, ready_file: str, tls_dir: str) -> None:
-    await serve_until_stopped(listen, ready_file, material(tls_dir, RELAY_END),
-                              lambda server: tpb_grpc.add_TunnelServicer_to_server(Echo(), server))
+async def relay_end(listen: str, ready_file: str, mode: str) -> None:
+    server = rpc.Server(listen, credentials(mode, RELAY_END))
+    server.add(tpb_grpc.add_TunnelServicer_to_server, Echo(), "leasenet.v1.Tunnel")
+    await serve_until_stopped(server, ready_file)
 
 
 class Relay(cpb_grpc.ConsumerHostServicer):
@@ -145,23 +132,15 @@ class Relay(cpb_grpc.ConsumerHostServicer):
             reader.cancel()
 
 
-async def relay(listen: str, ready_file: str, tls_dir: str, upstream: str) -> None:
-    credentials = material(tls_dir, RELAY)
-    channel = dial(upstream, credentials, tls.Kind.PRODUCER)
-    tunnel = TunnelClient(upstream, on_broken=lambda _address: None)
-
-    async def connect() -> grpc.aio.StreamStreamCall:
-        await asyncio.wait_for(channel.channel_ready(), 10)
-        return tpb_grpc.TunnelStub(channel).Exchange()
-
-    carrier = asyncio.get_running_loop().create_task(tunnel.carry(connect))
-    servicer = Relay(tunnel)
+async def relay(listen: str, ready_file: str, mode: str, upstream: str) -> None:
+    tls = credentials(mode, RELAY)
+    tunnel = TunnelClient(upstream, on_broken=lambda _address: None, tls=tls).start()  # as a consumer host does
+    server = rpc.Server(listen, tls)
+    server.add(cpb_grpc.add_ConsumerHostServicer_to_server, Relay(tunnel), "leasenet.v1.ConsumerHost")
     try:
-        await serve_until_stopped(listen, ready_file, credentials,
-                                  lambda server: cpb_grpc.add_ConsumerHostServicer_to_server(servicer, server))
+        await serve_until_stopped(server, ready_file)
     finally:
-        carrier.cancel()
-        await channel.close()
+        await tunnel.close()
 
 
 SERVERS: dict[str, Callable[..., Any]] = {"direct-server": direct_server, "relay-end": relay_end, "relay": relay}

@@ -196,6 +196,13 @@ class EtcdStore:
 
     async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchBatch]:
         self.requests += 1
+        # etcd3aio retries UNAVAILABLE itself but raises the rest: over TLS a member shutting down ends
+        # the stream with RST_STREAM (INTERNAL), which must be a break to resume from, not a crash
+        with _unavailable_on_failure("watch"):
+            async for batch in self._watch(prefix, start_revision):
+                yield batch
+
+    async def _watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchBatch]:
         assert self._client.watch is not None
         streams = 0
         async for resp in self._client.watch.watch(prefix, range_end=prefix_range_end(prefix),

@@ -38,6 +38,11 @@ def test_bench_quick_json_runs_every_step_keeps_the_promises_and_checks_its_meth
         for pair in ("overlay/direct", "overlay/relay"):
             ratio = row["ratios"][pair]["rps"]
             assert ratio["n"] == report["settings"]["rounds"] and ratio["low"] <= ratio["median"] <= ratio["high"]
+    # one cell again with mutual TLS on every hop and on the direct baseline, paired with its plaintext twin
+    secure = next(r for r in compared if "overlay-tls" in r["targets"])
+    for target in ("direct-tls", "relay-tls", "overlay-tls"):
+        assert secure["targets"][target]["rps"] > 0 and secure["answered"][target] == secure["requests"][target]
+    assert {"overlay-tls/direct-tls", "overlay-tls/relay-tls", "overlay-tls/overlay"} <= set(secure["ratios"])
     # the method's self-check: the overlay against itself reads 1.00 within the reported interval
     check = next(r for r in report["datapath"] if r["check"])
     for figure in ("rps", "p50_ms"):
