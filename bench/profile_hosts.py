@@ -23,7 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from leasenet import bench as b  # noqa: E402
+from leasenet.bench.harness import Bench  # noqa: E402
+from leasenet.bench.plans import (  # noqa: E402
+    DATA_CONSUMERS, DATA_SERVICE, DATA_VMS, Cell, LoadResult, make_plan,
+)
 
 OURS = ("consumer_host/", "producer_host/", "registry/", "leasenet/")
 
@@ -74,25 +77,24 @@ def main() -> None:
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
     mode, payload, conc = args.cell.split(":")
-    plan = b.Settings(False, 1, 0.0, 0.0, 0.0, [], 0, 0, 0, 0)
-    bench = b.Bench(out / "cluster", plan, lambda text: print(f"[profile] {text}", file=sys.stderr))
+    bench = Bench(out / "cluster", make_plan(False, 1), lambda text: print(f"[profile] {text}", file=sys.stderr))
     try:
         bench.base()
-        procs = bench.start({"p-data": bench._producer("p-data", b.DATA_SERVICE, b.DATA_VMS, "10.7.10.1", False),
-                             "c-data": bench._consumer("c-data", b.DATA_CONSUMERS)})
-        task = {"role": "load", "consumers": [[b.NETWORK, a, t, b.DATA_TARGET] for a, t in b.DATA_CONSUMERS],
-                "addresses": {"overlay": procs["c-data"].address}, "etcd_metrics": bench.metrics, "pids": {}}
-        bench.role("warmup", {**task, "cells": [{"target": "overlay", "mode": "unary", "payload": 100,
-                                                 "concurrency": 64, "warmup_s": 0.0, "duration_s": 1.0}]}, 120)
-        cell = {"target": "overlay", "mode": mode, "payload": int(payload), "concurrency": int(conc),
-                "warmup_s": 1.0, "duration_s": args.seconds + 2.0}
-        result: dict[str, object] = {}
-        load = threading.Thread(target=lambda: result.update(bench.role("load", {**task, "cells": [cell]}, 300)))
+        plain, registry = bench.plaintext_cluster()  # the plaintext overlay, as in the bench's main tables
+        procs = bench.start({"p-data": bench.producer("p-data", DATA_SERVICE, DATA_VMS, "10.7.10.1", False),
+                             "c-data": bench.consumer("c-data", DATA_CONSUMERS, registry)}, plain)
+        addresses = {"overlay": procs["c-data"].address}
+        warmup = [Cell("overlay", "unary", 100, 64, 0.0, 1.0)]
+        bench.role("warmup", bench.load_task(addresses, warmup, {}, ""), LoadResult, 120)
+        cell = Cell("overlay", mode, int(payload), int(conc), 1.0, args.seconds + 2.0)
+        result: dict[str, LoadResult] = {}
+        load = threading.Thread(target=lambda: result.update(
+            load=bench.role("load", bench.load_task(addresses, [cell], {}, ""), LoadResult, 300)))
         load.start()
         threading.Event().wait(1.5)
         spies = []
         for name in ("c-data", "p-data"):
-            pid = str(procs[name].process.pid)
+            pid = str(procs[name].process.pid)  # type: ignore[union-attr]
             for fmt in ("raw", "speedscope"):
                 spies.append(subprocess.Popen([pyspy, "record", "--pid", pid, "--nonblocking", "--rate",
                                                str(args.rate), "--duration", str(int(args.seconds)), "--format", fmt,
@@ -101,8 +103,8 @@ def main() -> None:
         for spy in spies:
             spy.wait()
         load.join()
-        c = result["cells"][0]  # type: ignore[index]
-        print(f"overlay {args.cell}: {c['rps']} req/s, p50 {c['p50_ms']} ms, p99 {c['p99_ms']} ms")
+        c = result["load"].cells[0]
+        print(f"overlay {args.cell}: {c.rps} req/s, p50 {c.p50_ms} ms, p99 {c.p99_ms} ms")
         for name, label in (("c-data", "consumer host"), ("p-data", "producer host")):
             print(f"\n== {label} ({out / (name + '.speedscope')})\n{summary(out / (name + '.raw'))}")
     finally:

@@ -203,7 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="the benchmark harness: overlay vs direct gRPC, leasing, failover")
     add(p, "--json", action="store_true", help="print the results as JSON")
     add(p, "--quick", action="store_true", help="a short smoke run that checks correctness only")
-    add(p, "--runs", default=3, type=int, help="repetitions; medians are reported")
+    add(p, "--runs", default=3, type=int, help="leasing and failover: repetitions; medians are reported")
+    add(p, "--rounds", default=10, type=int, help="data path: rounds of alternating slices per cell (paired ratios)")
+    add(p, "--tls", default="on", choices=["on", "off"],
+        help="also measure the data path with mutual TLS on every hop (--quick: in one cell)")
     add(p, "--workdir", default="", help="keep logs here (default: a temporary directory)")
 
     p = sub.add_parser("traffic", help="act as many consumer VMs: a fixed number of requests, recorded")

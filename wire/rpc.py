@@ -203,9 +203,10 @@ async def check_health(address: str, timeout_s: float = 2.0, tls: TlsMaterial | 
 
 
 def install_event_loop() -> str:
-    """Use uvloop's event loop when it is installed (`pip install leasenet[perf]`) unless
+    """Use uvloop's event loop (a dependency on Linux; elsewhere when installed) unless
     LEASENET_UVLOOP=0: 10-25% less CPU per stream message (bench/PROFILE.md). Call before the
-    loop starts. Returns what the process will run on: 'uvloop <version>' or 'asyncio'."""
+    loop starts. Returns what the process will run on: 'uvloop <version>' or 'asyncio' (what every
+    bench table reports)."""
     if os.environ.get("LEASENET_UVLOOP", "1").strip().lower() in ("0", "false", "no"):
         return "asyncio"
     try:

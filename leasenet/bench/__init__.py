@@ -1,15 +1,20 @@
 """`leasenet bench`: the benchmark harness of SPEC §8, on one machine, every process separate.
 
-    data path  one echo handler reached two ways by the same load-generator process:
+    data path  one echo handler reached three ways by the same load-generator process:
                  direct   client -> a plain grpc.aio server running the handler (one hop)
+                 relay    client -> relay -> one bidi stream (the consumer host's tunnel client) ->
+                          relay end (echo): the overlay's two extra hops and nothing else
                  overlay  client (a consumer VM) -> consumer host -> tunnel -> producer host -> VM
-               in two client styles, each used for both: `unary` (one Send call per request) and
+               in two client styles, each used for all three: `unary` (one Send call per request) and
                `stream` (SendStream, C requests in flight on one stream); C = 1, 16, 64; payloads of
-               100 B and 16 KiB. Throughput and p50/p99 latency; ratios overlay/direct per run.
-               Next to each unary C=1 cell, the floor: a bare relay (two processes adding only the
-               overlay's two grpc hops) shows what any overlay of this shape costs over the direct call.
-    etcd load  etcd's own counters (/metrics: gRPC messages received) around every overlay cell and
-               around an idle window (the background rate): what traffic adds, per service request.
+               100 B and 16 KiB; plaintext, and again with mutual TLS on every hop (--tls). Each cell
+               runs its targets in short slices, alternating round after round; every ratio is the
+               median of the ratios paired within a round, with its 95% interval (report), and the
+               overlay run against itself checks that the method reads 1.00 within it.
+               The plaintext overlay runs in a cluster of its own (--insecure); the TLS overlay, the
+               leasing and the failover phases in the bench's mutual-TLS cluster.
+    etcd load  etcd's own counters (/metrics: gRPC messages received) around every plaintext overlay
+               slice and around an idle window (the background rate): what traffic adds, per service request.
     leasing    RequestLease latency for a pool of 4 (at the leasing API), and grants/s with 4
                consumer hosts racing for a fleet smaller than the demand; double claims from the
                lease-event watch and the producer VMs' execution history (leasenet.checker).
@@ -18,8 +23,9 @@
 
 One module per job: `plans` (the cluster, the plan of a run, the typed tasks and results the roles
 exchange), `measure` (percentiles, CPU and etcd meters), `servers` (the direct baseline and the
-relay floor), `datapath`, `leasing`, `failover` (the measuring roles), `harness` (starts the
-processes of each phase), `report` (summaries, targets, the table) and `command` (`leasenet bench`).
+bare relay), `datapath`, `leasing`, `failover` (the measuring roles), `harness` (starts the
+processes of each phase), `report` (paired ratios, targets), `render` (the tables) and `command`
+(`leasenet bench`).
 The harness's own processes are roles run as `python -m leasenet.bench ROLE` (`__main__`), so an
 installed wheel has them all. `--quick` is the CI smoke test: short, and it asserts correctness
-only, never speed."""
+and the method's self-check, never speed."""

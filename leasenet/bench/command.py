@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from leasenet.bench.harness import Bench, machine
+from leasenet.bench.measure import CONFIDENCE
 from leasenet.bench.plans import DATA_CONSUMERS, DATA_POOL, DATA_VMS, Plan, make_plan
+from leasenet.bench.render import render
 from leasenet.bench.report import (
-    correctness, render, summarize_datapath, summarize_etcd, summarize_failover, summarize_leasing, targets,
+    correctness, method_check, summarize_datapath, summarize_etcd, summarize_failover, summarize_leasing, targets,
 )
 from leasenet.console import CliError
 
@@ -27,32 +29,35 @@ def run(workdir: Path, plan: Plan, say: Callable[[str], None]) -> dict[str, Any]
     try:
         info = machine()
         bench.base()
-        datapath_runs = bench.datapath()
+        load = bench.datapath()
         grants, races = bench.leasing()
         failover_runs = bench.failover()
     finally:
         bench.close()
-    datapath = summarize_datapath(datapath_runs)
-    etcd = summarize_etcd(datapath_runs)
+    datapath = summarize_datapath(load)
+    etcd = summarize_etcd(load)
     leasing = summarize_leasing(grants, races)
     failover = summarize_failover(failover_runs)
     claims = bench.double_claims() + leasing["race_violations"]
-    return {"machine": info, "event_loop": datapath_runs[0].event_loop,
-            "settings": {"quick": plan.quick, "runs": plan.runs, "warmup_s": plan.warmup_s,
-                         "duration_s": plan.duration_s, "idle_s": plan.idle_s, "data_vms": DATA_VMS,
-                         "consumer_vms": len(DATA_CONSUMERS), "pool_per_consumer_vm": DATA_POOL},
+    found = targets(datapath, etcd, leasing, failover, len(claims))
+    return {"machine": info, "event_loop": load.event_loop,
+            "settings": {"quick": plan.quick, "runs": plan.runs, "rounds": plan.rounds,
+                         "check_rounds": plan.check_rounds, "slice_warmup_s": plan.slice_warmup_s,
+                         "slice_s": plan.slice_s, "confidence": CONFIDENCE, "tls": plan.tls, "idle_s": plan.idle_s,
+                         "data_vms": DATA_VMS, "consumer_vms": len(DATA_CONSUMERS), "pool_per_consumer_vm": DATA_POOL},
             "datapath": datapath, "etcd": etcd, "leasing": leasing, "failover": failover,
-            "double_claims": len(claims), "double_claim_details": claims,
-            "targets": targets(datapath, etcd, leasing, failover, len(claims)),
-            "correctness": correctness(datapath, leasing, failover, len(claims)),
-            "elapsed_s": round(time.monotonic() - started, 1),
-            "raw": {"datapath_runs": [asdict(r) for r in datapath_runs]}}
+            "double_claims": len(claims), "double_claim_details": claims, "targets": found,
+            "correctness": correctness(datapath, leasing, failover, len(claims)), "method": method_check(found),
+            "elapsed_s": round(time.monotonic() - started, 1), "raw": {"slices": asdict(load)["cells"]}}
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
     if args.runs < 1:
         raise CliError("--runs must be at least 1")
-    plan = make_plan(args.quick, args.runs)
+    rounds = args.rounds
+    if rounds < 2:
+        raise CliError("--rounds must be at least 2 (a ratio needs pairs to take a median of)")
+    plan = make_plan(args.quick, args.runs, rounds, tls=args.tls == "on")
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="leasenet-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
 
@@ -74,3 +79,5 @@ def cmd_bench(args: argparse.Namespace) -> None:
         print(render(report))
     if args.quick and not report["correctness"]["ok"]:
         raise CliError("bench --quick found a correctness problem: " + "; ".join(report["correctness"]["problems"]))
+    if args.quick and not report["method"]["ok"]:
+        raise CliError("bench --quick: the method's self-check failed: " + "; ".join(report["method"]["problems"]))

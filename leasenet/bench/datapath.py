@@ -1,5 +1,6 @@
 """The load-generator role (data path): a consumer VM for the overlay and a plain client for the
-direct server and the relay, in the unary and the stream style, cell after cell."""
+direct server and the relay, in the unary and the stream style, slice after slice as the harness
+lists them (the targets of a cell alternate, round after round)."""
 
 from __future__ import annotations
 
@@ -117,8 +118,14 @@ async def idle_cell(cell: Cell, metrics: str) -> CellResult:
     return CellResult(**asdict(cell), elapsed_s=time.perf_counter() - started, etcd=dict(after - before))
 
 
+def counts_etcd(target: str) -> bool:
+    """The slices around which etcd's counters are read: the plaintext overlay's (the TLS
+    overlay's etcd serves its metrics over TLS only)."""
+    return target in ("overlay", "overlay-again")
+
+
 async def load(task: LoadTask) -> LoadResult:
-    channels: dict[str, grpc.aio.Channel] = {}
+    channels: dict[str, grpc.aio.Channel] = {}  # one per address: overlay and overlay-again share theirs
     out = []
     for cell in task.cells:
         if cell.target == "idle":
@@ -126,16 +133,16 @@ async def load(task: LoadTask) -> LoadResult:
             continue
         address = task.addresses[cell.target]
         if address not in channels:
-            # the overlay is the cluster (mutual TLS); direct and relay are the harness's plaintext servers
-            channels[address] = cluster_channel(address, Kind.CONSUMER) if cell.target == "overlay" \
-                else rpc.channel(address)
+            # the *-tls targets over mutual TLS as the operator (the harness's CA), the others in plaintext
+            channels[address] = (cluster_channel(address, Kind.CONSUMER) if cell.target.endswith("-tls")
+                                 else rpc.channel(address))
             await asyncio.wait_for(channels[address].channel_ready(), 10)
         stub = cpb_grpc.ConsumerHostStub(channels[address])
         payload = random.randbytes(cell.payload)
         requests = [cpb.SendRequest(network=network, src=src, token=token, target=target, payload=payload)
                     for network, src, token, target in task.consumers]
         measure = unary_cell if cell.mode == "unary" else stream_cell
-        overlay = cell.target == "overlay"
+        overlay = counts_etcd(cell.target)
         before = await asyncio.to_thread(etcd_counts, task.etcd_metrics) if overlay else Counter()
         started = time.perf_counter()
         meter = CpuMeter({**task.pids.get(cell.target, {}), "client": os.getpid()})

@@ -22,8 +22,9 @@ from leasenet.bench.plans import (
     CLUSTER, DATA_CONSUMERS, DATA_SERVICE, DATA_TARGET, DATA_VMS, FO_CONSUMERS, FO_SERVICE, FO_TARGET, FO_VMS,
     GRANT_POOL, GRANT_SERVICE, GRANT_VMS, NETWORK, RACE_HOSTS, RACE_SERVICE, RACE_TARGET, RACE_VMS, RACE_VMS_PER_HOST, Cell,
     FailoverResult, FailoverTask, GrantsResult, GrantsTask, LoadResult, LoadTask, Plan, RaceConsumerHost, RaceResult,
-    RaceTask, decode,
+    RaceTask, decode, rounds_of,
 )
+from leasenet.bench.servers import IDENTITIES
 from leasenet.cluster import ConsumerVm, LocalCluster, Proc, consumer_toml
 from leasenet.etcd import etcd_binary
 from mapping.config import to_toml
@@ -82,6 +83,7 @@ class Bench:
                     "LEASENET_TLS_DIR": str(self.cluster.tls_dir)}  # the roles' certificates
         self.cluster.env.update(self.env)
         self.extra: list[subprocess.Popen[bytes]] = []  # harness processes besides the cluster's
+        self.plain: LocalCluster | None = None  # the plaintext overlay's own cluster (data path)
         self.registry = ""
         self.metrics = ""
         self.config = self.workdir / "cluster.toml"
@@ -92,17 +94,19 @@ class Bench:
                 "--service", service, "--vms", str(vms), "--vm-address-start", start, "--handler", "echo"]
         return args + (["--history", str(self.workdir / f"{host_id}.history.jsonl")] if history else [])
 
-    def consumer(self, host_id: str, vms: list[tuple[str, str]]) -> list[str]:
+    def consumer(self, host_id: str, vms: list[tuple[str, str]], registry: str = "") -> list[str]:
         config = self.workdir / f"{host_id}.toml"
         config.write_text(consumer_toml(ConsumerVm(NETWORK, a, t) for a, t in vms))
-        return ["consumer-host", "--host-id", host_id, "--listen", "127.0.0.1:0", "--registry", self.registry,
+        return ["consumer-host", "--host-id", host_id, "--listen", "127.0.0.1:0", "--registry", registry or self.registry,
                 "--config", str(config)]
 
-    def start(self, specs: dict[str, list[str]]) -> dict[str, Proc]:
-        """Start several leasenet processes at once; wait until each is serving."""
-        procs = {name: self.cluster.spawn(name, *args, wait=False) for name, args in specs.items()}
+    def start(self, specs: dict[str, list[str]], cluster: LocalCluster | None = None) -> dict[str, Proc]:
+        """Start several leasenet processes at once (in the bench's cluster unless told); wait until
+        each is serving."""
+        cluster = cluster or self.cluster
+        procs = {name: cluster.spawn(name, *args, wait=False) for name, args in specs.items()}
         for proc in procs.values():
-            self.cluster.wait_ready(proc, 60)
+            cluster.wait_ready(proc, 60)
         return procs
 
     def stop(self, names: Iterable[str]) -> None:
@@ -116,17 +120,35 @@ class Bench:
         self.extra.append(proc)
         return proc
 
-    def start_server(self, role: str, *args: str) -> tuple[str, subprocess.Popen[bytes]]:
-        """Start one of the harness's servers (bench.servers); returns its address once it serves."""
-        ready = self.workdir / f"{role}.ready"
-        ready.unlink(missing_ok=True)
-        proc = self._popen(role, role, "127.0.0.1:0", str(ready), *args)
+    def start_servers(self, specs: dict[str, list[str]]) -> dict[str, tuple[str, subprocess.Popen[bytes]]]:
+        """Start several of the harness's servers (bench.servers) at once, name -> [role, args...];
+        returns each one's address and process once all serve."""
+        started = {}
+        for name, (role, *args) in specs.items():
+            ready = self.workdir / f"{name}.ready"
+            ready.unlink(missing_ok=True)
+            started[name] = (ready, self._popen(name, role, "127.0.0.1:0", str(ready), *args))
         deadline = time.monotonic() + 60
-        while not ready.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the {role} did not start (see {self.workdir / (role + '.log')})")
-            time.sleep(0.02)
-        return json.loads(ready.read_text())["address"], proc
+        for name, (ready, proc) in started.items():
+            while not ready.exists():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the {name} did not start (see {self.workdir / (name + '.log')})")
+                time.sleep(0.02)
+        return {name: (json.loads(ready.read_text())["address"], proc) for name, (ready, proc) in started.items()}
+
+    def baselines(self, suffixes: tuple[str, ...]) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+        """The direct server and the bare relay, once per suffix ("-tls": over mutual TLS): their
+        addresses and pids by target name."""
+        mode = {s: "tls" if s else "plain" for s in suffixes}
+        first = self.start_servers({**{f"direct{s}": ["direct-server", mode[s]] for s in suffixes},
+                                    **{f"relay-end{s}": ["relay-end", mode[s]] for s in suffixes}})
+        relays = self.start_servers({f"relay{s}": ["relay", mode[s], first[f"relay-end{s}"][0]] for s in suffixes})
+        addresses, pids = {}, {}
+        for s in suffixes:
+            addresses.update({f"direct{s}": first[f"direct{s}"][0], f"relay{s}": relays[f"relay{s}"][0]})
+            pids.update({f"direct{s}": {"server": first[f"direct{s}"][1].pid},
+                         f"relay{s}": {"relay": relays[f"relay{s}"][1].pid, "relay end": first[f"relay-end{s}"][1].pid}})
+        return addresses, pids
 
     def role(self, name: str, task: Any, result: type[R], timeout_s: float) -> R:
         """Run one measuring role in its own process; its result comes back as a JSON file."""
@@ -154,6 +176,8 @@ class Bench:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(10)
+        if self.plain is not None:
+            self.plain.close()
         self.cluster.close()
 
     # --- phases --------------------------------------------------------------------------------
@@ -172,42 +196,67 @@ class Bench:
         self.registry = self.start({"registry": ["registry", "--listen", "127.0.0.1:0", "--cluster-config",
                                                  str(self.config)]})["registry"].address
 
-    def load_task(self, procs: dict[str, Proc], addresses: dict[str, str], cells: list[Cell],
-                  pids: dict[str, dict[str, int]]) -> LoadTask:
-        return LoadTask([[NETWORK, a, t, DATA_TARGET] for a, t in DATA_CONSUMERS],
-                        {"overlay": procs["c-data"].address, **addresses}, self.metrics, cells, pids)
+    def load_task(self, addresses: dict[str, str], cells: list[Cell], pids: dict[str, dict[str, int]],
+                  metrics: str = "") -> LoadTask:
+        return LoadTask([[NETWORK, a, t, DATA_TARGET] for a, t in DATA_CONSUMERS], addresses, metrics or self.metrics,
+                        cells, pids)
 
-    def datapath(self) -> list[LoadResult]:
-        self.say("data path: starting a producer host (64 VMs), a consumer host and the direct baseline server")
-        procs = self.start({"p-data": self.producer("p-data", DATA_SERVICE, DATA_VMS, "10.7.10.1", history=False),
-                            "c-data": self.consumer("c-data", DATA_CONSUMERS)})
-        direct, direct_proc = self.start_server("direct-server")
-        relay_end, relay_end_proc = self.start_server("relay-end")
-        relay, relay_proc = self.start_server("relay", relay_end)
-        pids = {"direct": {"server": direct_proc.pid},
-                "overlay": {"consumer host": procs["c-data"].process.pid,  # type: ignore[union-attr]
-                            "producer host": procs["p-data"].process.pid},  # type: ignore[union-attr]
-                "relay": {"relay": relay_proc.pid, "relay end": relay_end_proc.pid}}
-        addresses = {"direct": direct, "relay": relay}
+    def overlay(self, cluster: LocalCluster, registry: str, suffix: str) -> dict[str, Proc]:
+        """A producer host with 64 VMs and a consumer host in `cluster`, spawned (not yet serving)."""
+        p_name, c_name = f"p-data{suffix}", f"c-data{suffix}"
+        return {p_name: cluster.spawn(p_name, *self.producer(p_name, DATA_SERVICE, DATA_VMS, "10.7.10.1", history=False),
+                                      wait=False),
+                c_name: cluster.spawn(c_name, *self.consumer(c_name, DATA_CONSUMERS, registry), wait=False)}
+
+    def plaintext_cluster(self) -> tuple[LocalCluster, str]:
+        """The plaintext overlay's own cluster (--insecure: etcd, a registry): the bench's cluster is
+        mutual TLS everywhere, and one process is either."""
+        plain = self.plain = LocalCluster(self.workdir / "plain", insecure=True,
+                                          env={"PYTHONPATH": self.env["PYTHONPATH"]})
+        plain.start_etcd()
+        registry = plain.spawn("registry", "registry", "--listen", "127.0.0.1:0", "--cluster-config",
+                               str(self.config), timeout_s=60)
+        return plain, registry.address
+
+    def datapath(self) -> LoadResult:
         p = self.plan
-        # lease every pool and warm both paths up (not measured)
-        warmup = [Cell(t, "unary", 100, 64, 0.0, 0.5) for t in ("direct", "overlay")]
-        self.role("warmup", self.load_task(procs, addresses, warmup, pids), LoadResult, 120)
-        runs = []
-        for run in range(p.runs):
-            order = ("direct", "overlay") if run % 2 == 0 else ("overlay", "direct")  # cancel drift
-            cells = [Cell(t, c.mode, c.payload, c.concurrency, p.warmup_s, p.duration_s)
-                     for c in p.cells for t in order + (("relay",) if (c.mode, c.concurrency) == ("unary", 1) else ())]
-            cells.append(Cell("idle", duration_s=p.idle_s))
-            self.say(f"data path run {run + 1}/{p.runs}: {len(p.cells)} cells x 2 targets, "
-                     f"{p.warmup_s + p.duration_s:.1f} s each")
-            runs.append(self.role(f"load-{run + 1}", self.load_task(procs, addresses, cells, pids), LoadResult,
-                                  60 + len(cells) * (p.warmup_s + p.duration_s + 10)))
-        for proc in (direct_proc, relay_proc, relay_end_proc):
-            proc.terminate()
+        self.say("data path: a producer host (64 VMs), a consumer host, the direct server and the bare relay"
+                 + (", each also over mutual TLS" if p.tls else ""))
+        plain, registry = self.plaintext_cluster()
+        suffixes = ("", "-tls") if p.tls else ("",)
+        for identity in IDENTITIES if p.tls else ():
+            self.cluster.tls(identity)  # the TLS baselines' certificates, from the cluster's CA
+        where = {"": (plain, registry), "-tls": (self.cluster, self.registry)}  # cluster, registry
+        hosts = {s: self.overlay(*where[s], s) for s in suffixes}
+        started = len(self.extra)
+        addresses, pids = self.baselines(suffixes)
+        for s, procs in hosts.items():
+            for proc in procs.values():
+                where[s][0].wait_ready(proc, 60)
+            addresses[f"overlay{s}"] = procs[f"c-data{s}"].address
+            pids[f"overlay{s}"] = {"consumer host": procs[f"c-data{s}"].process.pid,  # type: ignore[union-attr]
+                                   "producer host": procs[f"p-data{s}"].process.pid}  # type: ignore[union-attr]
+        addresses["overlay-again"], pids["overlay-again"] = addresses["overlay"], pids["overlay"]
+        assert plain.etcd is not None
+        metrics = plain.etcd.members[0].metrics_url  # the plaintext overlay's etcd: what its traffic costs
+        targets = sorted({t for spec in p.cells for t in spec.targets})
+        # lease every pool and warm every path up (not measured)
+        warmup = [Cell(t, "unary", 100, 64, 0.0, 0.5) for t in targets]
+        self.role("warmup", self.load_task(addresses, warmup, pids, metrics), LoadResult, 120)
+        cells = [cell for spec in p.cells for cell in rounds_of(spec, p)]
+        cells.append(Cell("idle", duration_s=p.idle_s))
+        self.say(f"data path: {len(p.cells)} cells, {len(cells) - 1} slices of {p.slice_warmup_s + p.slice_s:.2f} s "
+                 f"(targets alternating, {p.rounds} rounds per cell)")
+        result = self.role("load", self.load_task(addresses, cells, pids, metrics), LoadResult,
+                           120 + len(cells) * (p.slice_warmup_s + p.slice_s + 2))
+        for proc in self.extra[started:]:
+            proc.terminate()  # all at once, then wait
+        for proc in self.extra[started:]:
             proc.wait(10)
-        self.stop(procs)
-        return runs
+        self.stop(n for n in ("p-data-tls", "c-data-tls") if n in self.cluster.procs)
+        plain.close()
+        self.plain = None
+        return result
 
     def leasing(self) -> tuple[list[GrantsResult], list[RaceResult]]:
         self.say(f"leasing: starting 2 producer hosts and {RACE_HOSTS} consumer hosts")

@@ -1,15 +1,18 @@
-"""The bench's meters: nearest-rank percentiles and medians, CPU seconds per process from /proc,
-and etcd's own counters of the gRPC messages it received."""
+"""The bench's meters: nearest-rank percentiles and medians, the median of paired ratios with its
+confidence interval, CPU seconds per process from /proc, and etcd's own counters of the gRPC
+messages it received."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import statistics
 import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterable
+from typing import Any
 
 import grpc.aio
 
@@ -36,6 +39,42 @@ def ms(seconds: float) -> float | None:
 
 def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a is not None and b and a == a and b == b else None
+
+
+CONFIDENCE = 0.95
+
+
+def median_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """A distribution-free confidence interval of the median: the order statistics x(k) and
+    x(n+1-k) with the largest k whose coverage, 1 - 2 P(Binomial(n, 1/2) < k), is at least
+    `confidence` (the whole range when no k reaches it). Returns (low, high, the coverage). It
+    assumes only independent samples: no normality, no resampling, the same answer every time."""
+    ordered = sorted(values)
+    n = len(ordered)
+    if n == 0:
+        raise ValueError("no values to take an interval of")
+
+    def coverage(k: int) -> float:
+        return 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2**n
+
+    k = 1
+    while k + 1 <= (n + 1) // 2 and coverage(k + 1) >= confidence:
+        k += 1
+    return ordered[k - 1], ordered[n - k], coverage(k)
+
+
+def paired(ratios: Iterable[float | None]) -> dict[str, Any]:
+    """The median of paired ratios (one per round of slices), its confidence interval (the
+    spread a verdict is read against) and the quartiles of the ratios themselves."""
+    found = [r for r in ratios if r is not None and r == r]
+    if not found:
+        return {"median": None, "low": None, "high": None, "coverage": None, "q1": None, "q3": None, "n": 0,
+                "pairs": []}
+    low, high, coverage = median_interval(found)
+    q = statistics.quantiles(found, n=4, method="inclusive") if len(found) > 1 else [found[0]] * 3
+    return {"median": round(statistics.median(found), 3), "low": round(low, 3), "high": round(high, 3),
+            "coverage": round(coverage, 3), "q1": round(q[0], 3), "q3": round(q[2], 3), "n": len(found),
+            "pairs": [round(r, 3) for r in found]}
 
 
 def cpu_seconds(pid: int) -> float | None:

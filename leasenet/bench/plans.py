@@ -24,6 +24,17 @@ REQUEST_TIMEOUT_S = 10.0
 PAYLOADS = (100, 16 * 1024)
 CONCURRENCIES = (1, 16, 64)
 MODES = ("unary", "stream")
+# The compared targets of a data-path cell, in the order of one round of slices (the next round runs
+# them backwards): the overlay sits between the two it is compared with, so each of its ratios is
+# taken between adjacent slices. With TLS, the same three over mutual TLS on every hop follow.
+PLAIN = ("direct", "overlay", "relay")
+TLS = ("direct-tls", "overlay-tls", "relay-tls")
+# The method's own check: the overlay against itself (the same consumer host, a second name)
+SELF = ("overlay", "overlay-again")
+# numerator / denominator: the ratios reported per cell (only those whose targets were measured)
+PAIRS = (("overlay", "direct"), ("overlay", "relay"), ("relay", "direct"),
+         ("overlay-tls", "direct-tls"), ("overlay-tls", "relay-tls"), ("relay-tls", "direct-tls"),
+         ("overlay-tls", "overlay"), ("direct-tls", "direct"), ("overlay", "overlay-again"))
 
 
 def _pool_service(name: str, target: str, pool: int, ttl_s: int) -> Service:
@@ -46,37 +57,62 @@ class CellSpec:
     mode: str  # unary | stream
     payload: int  # bytes
     concurrency: int
+    targets: tuple[str, ...] = PLAIN  # one round: each of them for one slice
+    check: bool = False  # the method's self-check (SELF), not a comparison
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
     quick: bool
-    runs: int
-    warmup_s: float
-    duration_s: float
+    runs: int  # leasing and failover: repetitions
+    rounds: int  # data path: rounds of alternating slices per cell (the number of paired ratios)
+    check_rounds: int  # the same for the self-check cells
+    slice_warmup_s: float  # per slice, not measured: callers and streams settle
+    slice_s: float  # per slice, measured
     idle_s: float
     cells: list[CellSpec]
     grants: int
     race_s: float
     failover_before_s: float
     failover_after_s: float
+    tls: bool = False  # some cells have the TLS targets
 
 
-def make_plan(quick: bool, runs: int) -> Plan:
-    if quick:  # correctness only: every kind of step once, briefly
-        cells = [CellSpec("unary", 100, 1), CellSpec("unary", 100, 16), CellSpec("stream", 100, 16),
-                 CellSpec("unary", 16384, 16), CellSpec("stream", 16384, 16)]
-        return Plan(True, 1, 0.1, 0.3, 0.3, cells, grants=10, race_s=1.5, failover_before_s=0.5,
-                    failover_after_s=1.5)
-    cells = [CellSpec(m, p, c) for m in MODES for p in PAYLOADS for c in CONCURRENCIES]
-    return Plan(False, runs, 0.4, 1.5, 3.0, cells, grants=40, race_s=3.0, failover_before_s=1.0,
-                failover_after_s=2.0)
+def make_plan(quick: bool, runs: int, rounds: int = 10, tls: bool = True) -> Plan:
+    """--quick: every kind of step once, briefly (with TLS, in one cell); otherwise every cell, each
+    with the TLS targets besides the plaintext ones when `tls`."""
+    if quick:
+        tls_cell = ("unary", 100, 16) if tls else None
+        cells = [CellSpec(m, p, c, PLAIN + TLS if (m, p, c) == tls_cell else PLAIN)
+                 for m, p, c in (("unary", 100, 1), ("unary", 100, 16), ("stream", 100, 16), ("unary", 16384, 16),
+                                 ("stream", 16384, 16))]
+        # 8 pairs: the median's interval is their whole range, which holds 1.00 for a fair method
+        # in all but 2 of 256 cases (0.8%)
+        cells.append(CellSpec("unary", 100, 16, SELF, check=True))
+        return Plan(True, 1, 2, 8, 0.05, 0.15, 0.3, cells, grants=10, race_s=1.5, failover_before_s=0.5,
+                    failover_after_s=1.5, tls=tls)
+    targets = PLAIN + TLS if tls else PLAIN
+    cells = [CellSpec(m, p, c, targets) for m in MODES for p in PAYLOADS for c in CONCURRENCIES]
+    cells += [CellSpec("unary", 100, c, SELF, check=True) for c in (1, 64)]
+    return Plan(False, runs, rounds, rounds, 0.08, 0.2, 3.0, cells, grants=40, race_s=3.0, failover_before_s=1.0,
+                failover_after_s=2.0, tls=tls)
+
+
+def rounds_of(spec: CellSpec, plan: Plan) -> list[Cell]:
+    """Every slice of one cell, in the order they run: round after round, each round the targets
+    in the other direction, so neither side of a pair always runs first."""
+    out = []
+    for r in range(plan.check_rounds if spec.check else plan.rounds):
+        order = spec.targets if r % 2 == 0 else spec.targets[::-1]
+        out += [Cell(t, spec.mode, spec.payload, spec.concurrency, plan.slice_warmup_s, plan.slice_s, r, spec.check)
+                for t in order]
+    return out
 
 
 # --- tasks: what the harness asks a role process to do -------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Cell:
-    """One measured window: a target (direct | overlay | relay, or idle: nothing sent) in one style."""
+    """One measured window (a slice): a target (PLAIN, TLS, SELF, or idle: nothing sent) in one style."""
 
     target: str
     mode: str = ""
@@ -84,6 +120,8 @@ class Cell:
     concurrency: int = 0
     warmup_s: float = 0.0
     duration_s: float = 0.0
+    round: int = 0  # slices of one cell with the same round are paired
+    check: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +183,8 @@ class CellResult:
     concurrency: int = 0
     warmup_s: float = 0.0
     duration_s: float = 0.0
+    round: int = 0
+    check: bool = False
     sent: int = 0
     answered: int = 0
     ok: int = 0
@@ -159,8 +199,9 @@ class CellResult:
     etcd: dict[str, int] = field(default_factory=dict)  # gRPC messages etcd received, per method
 
     @property
-    def key(self) -> tuple[str, int, int]:
-        return self.mode, self.payload, self.concurrency
+    def key(self) -> tuple[str, int, int, bool]:
+        """The cell this slice belongs to."""
+        return self.mode, self.payload, self.concurrency, self.check
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,11 @@
-"""Gathering the runs into one report (medians over runs; ratios overlay/direct within one run,
-then the median), the targets of SPEC §8, what --quick asserts, and the table a person reads.
-The report is the JSON document `leasenet bench --json` prints."""
+"""Gathering the slices into one report, the targets of SPEC §8 and what --quick asserts. The
+report is the JSON document `leasenet bench --json` prints (bench.render makes the tables).
+
+The method (issue 13): the targets of a cell run in many short slices, alternating round after
+round; a ratio (say overlay/relay) is taken within each round, between adjacent slices, so what
+the machine's other work does to both sides cancels out; the cell reports the median of those
+paired ratios with its confidence interval, a target passes on the median, and the overlay run
+against itself shows that the method reads 1.00 within that interval."""
 
 from __future__ import annotations
 
@@ -8,68 +13,72 @@ from collections import Counter
 from dataclasses import asdict
 from typing import Any
 
-from leasenet.bench.measure import median, ratio
+from leasenet.bench.datapath import counts_etcd
+from leasenet.bench.measure import median, paired, ratio
 from leasenet.bench.plans import (
-    GRANT_POOL, MODES, RACE_HOSTS, RACE_POOL, RACE_VMS, RACE_VMS_PER_HOST, CellResult, FailoverResult, GrantsResult,
-    LoadResult, RaceResult,
+    GRANT_POOL, MODES, PAIRS, PAYLOADS, RACE_HOSTS, RACE_POOL, RACE_VMS, RACE_VMS_PER_HOST, SELF, CellResult,
+    FailoverResult, GrantsResult, LoadResult, RaceResult,
 )
-from leasenet.inspection import table
 
 # etcd methods a host's request path would use if it read or wrote etcd (everything but keep-alives)
 REQUEST_PATH_METHODS = ("Range", "Put", "DeleteRange", "Txn", "Compact", "LeaseGrant", "LeaseRevoke")
 FIGURES = ("rps", "p50_ms", "p99_ms")
 
 
+def size_label(payload: int) -> str:
+    return f"{payload // 1024} KiB" if payload >= 1024 else f"{payload} B"
+
+
 def _counts(counters: Any) -> dict[str, int]:
     return dict(sum((Counter(c) for c in counters), Counter()))
 
 
-def summarize_datapath(runs: list[LoadResult]) -> list[dict[str, Any]]:
-    keys: list[tuple[str, int, int]] = []
-    for cell in runs[0].cells:
-        if cell.target != "idle" and cell.key not in keys:
-            keys.append(cell.key)
+def _target(slices: list[CellResult]) -> dict[str, Any]:
+    """One target of one cell: the median slice's figures, and every request it sent."""
+    figures: dict[str, Any] = {k: median(getattr(c, k) for c in slices) for k in FIGURES}
+    names = sorted({n for c in slices for n in c.cpu_us_per_request})
+    figures["cpu_us_per_request"] = {n: median(c.cpu_us_per_request.get(n) for c in slices) for n in names}
+    figures["slices"] = len(slices)
+    return figures
+
+
+def _ratios(numerator: list[CellResult], denominator: list[CellResult]) -> dict[str, Any]:
+    """Each figure's ratio within every round both targets ran in: median and interval."""
+    other = {c.round: c for c in denominator}
+    pairs = [(c, other[c.round]) for c in numerator if c.round in other]
+    return {k: paired(ratio(getattr(a, k), getattr(b, k)) for a, b in pairs) for k in FIGURES}
+
+
+def summarize_datapath(result: LoadResult) -> list[dict[str, Any]]:
+    cells: dict[tuple[str, int, int, bool], dict[str, list[CellResult]]] = {}
+    for cell in result.cells:
+        if cell.target != "idle":
+            cells.setdefault(cell.key, {}).setdefault(cell.target, []).append(cell)
     rows = []
-    for key in keys:
-        founds: list[dict[str, CellResult]] = [{c.target: c for c in run.cells if c.target != "idle" and c.key == key}
-                                               for run in runs]
-        per_run = [{"direct": f["direct"], "overlay": f["overlay"],
-                    "ratio": {k: ratio(getattr(f["overlay"], k), getattr(f["direct"], k)) for k in FIGURES}}
-                   for f in founds]
-        mode, payload, conc = key
-        row: dict[str, Any] = {"mode": mode, "payload": payload, "concurrency": conc}
-        for side in ("direct", "overlay"):
-            row[side] = {k: median(getattr(r[side], k) for r in per_run) for k in FIGURES}
-            names = sorted({n for r in per_run for n in r[side].cpu_us_per_request})
-            row[side]["cpu_us_per_request"] = {n: median(r[side].cpu_us_per_request.get(n) for r in per_run)
-                                               for n in names}
-        row["ratio"] = {k: median(r["ratio"][k] for r in per_run) for k in FIGURES}
-        relays = [(f["relay"], f["direct"]) for f in founds if "relay" in f]
-        if relays:  # the floor: what two extra grpc hops alone cost over the direct call
-            row["relay"] = {k: median(getattr(r, k) for r, _ in relays) for k in FIGURES}
-            row["relay"]["p50_ratio"] = median(ratio(r.p50_ms, d.p50_ms) for r, d in relays)
-        row["ratio_runs"] = [r["ratio"] for r in per_run]
-        sides = [side for side in ("direct", "overlay", "relay") if side in founds[0]]
-        row["requests"] = {side: sum(f[side].sent for f in founds) for side in sides}
-        row["answered"] = {side: sum(f[side].answered for f in founds) for side in sides}
-        row["errors"] = {side: _counts(f[side].errors for f in founds) for side in sides}
-        rows.append(row)
+    for (mode, payload, conc, check), by_target in cells.items():
+        rows.append({
+            "mode": mode, "payload": payload, "concurrency": conc, "check": check,
+            "targets": {t: _target(slices) for t, slices in by_target.items()},
+            "ratios": {f"{a}/{b}": _ratios(by_target[a], by_target[b]) for a, b in PAIRS
+                       if a in by_target and b in by_target},
+            "requests": {t: sum(c.sent for c in slices) for t, slices in by_target.items()},
+            "answered": {t: sum(c.answered for c in slices) for t, slices in by_target.items()},
+            "errors": {t: _counts(c.errors for c in slices) for t, slices in by_target.items()}})
     return rows
 
 
-def summarize_etcd(runs: list[LoadResult]) -> dict[str, Any]:
+def summarize_etcd(result: LoadResult) -> dict[str, Any]:
     by_method: Counter[str] = Counter()
     idle: Counter[str] = Counter()
     requests, busy_s, idle_s = 0, 0.0, 0.0
-    for run in runs:
-        for cell in run.cells:
-            if cell.target == "overlay":
-                by_method.update(cell.etcd)
-                requests += cell.answered
-                busy_s += cell.elapsed_s
-            elif cell.target == "idle":
-                idle.update(cell.etcd)
-                idle_s += cell.elapsed_s
+    for cell in result.cells:
+        if counts_etcd(cell.target):
+            by_method.update(cell.etcd)
+            requests += cell.answered
+            busy_s += cell.elapsed_s
+        elif cell.target == "idle":
+            idle.update(cell.etcd)
+            idle_s += cell.elapsed_s
     total = sum(by_method.values())
     background_per_s = sum(idle.values()) / idle_s if idle_s else 0.0
     excess = max(0.0, total - background_per_s * busy_s)  # what the traffic added to the background
@@ -107,26 +116,57 @@ def summarize_failover(runs: list[FailoverResult]) -> dict[str, Any]:
             "error_samples": [e for r in runs for e in r.error_samples][:3], "runs": [asdict(r) for r in runs]}
 
 
+def find(datapath: list[dict[str, Any]], mode: str, payload: int, conc: int, check: bool = False) -> dict[str, Any] | None:
+    return next((r for r in datapath if (r["mode"], r["payload"], r["concurrency"], r["check"])
+                 == (mode, payload, conc, check)), None)
+
+
+# SPEC §8 (issue 13): (the pair, the figure, <= or >=, the bar, C); for unary and stream, 100 B and 16 KiB
+SPEED_TARGETS = (("overlay/relay", "p50_ms", "<=", 1.05, 1), ("overlay/relay", "rps", ">=", 0.95, 64),
+                 ("overlay/direct", "rps", ">=", 0.8, 64))
+FIGURE_NAMES = {"rps": "throughput", "p50_ms": "p50", "p99_ms": "p99"}
+
+
+def speed_targets(datapath: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each bar on each cell it applies to, plaintext and (when measured) with TLS: passes on the
+    median of the paired ratios; the interval goes with it."""
+    out = []
+    for suffix in ("", "-tls"):
+        for pair, figure, sign, limit, conc in SPEED_TARGETS:
+            a, b = pair.split("/")
+            name = f"{a}{suffix}/{b}{suffix}"
+            for mode in MODES:
+                for payload in PAYLOADS:
+                    row = find(datapath, mode, payload, conc)
+                    if row is None or name not in row["ratios"]:
+                        continue
+                    r = row["ratios"][name][figure]
+                    value = r["median"]
+                    ok = value is not None and (value <= limit if sign == "<=" else value >= limit)
+                    out.append({"target": f"{name} {FIGURE_NAMES[figure]} {sign} {limit} ({mode}, {size_label(payload)}, "
+                                          f"C={conc})", "value": value, "low": r["low"], "high": r["high"],
+                                "limit": limit, "pass": ok, "tls": bool(suffix)})
+    return out
+
+
+def self_checks(datapath: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The method's check: the overlay against itself reads 1.00 within the reported interval."""
+    name = "/".join(SELF)
+    out = []
+    for row in datapath:
+        if row["check"] and name in row["ratios"]:
+            for figure in ("rps", "p50_ms"):
+                r = row["ratios"][name][figure]
+                out.append({"target": f"method: {name} {FIGURE_NAMES[figure]} = 1.00 within its interval "
+                                      f"({row['mode']}, {size_label(row['payload'])}, C={row['concurrency']})",
+                            "value": r["median"], "low": r["low"], "high": r["high"], "limit": 1.0,
+                            "pass": r["low"] is not None and r["low"] <= 1.0 <= r["high"], "method": True})
+    return out
+
+
 def targets(datapath: list[dict[str, Any]], etcd: dict[str, Any], leasing: dict[str, Any],
             failover: dict[str, Any], double_claims: int) -> list[dict[str, Any]]:
-    def row(mode: str, payload: int, conc: int) -> dict[str, Any] | None:
-        return next((r for r in datapath if (r["mode"], r["payload"], r["concurrency"]) == (mode, payload, conc)),
-                    None)
-
-    # SPEC §8 and issue 5 compare with "a direct single-hop gRPC call": the unary rows. The stream
-    # rows are held to the same bars for reference only (a direct stream round trip is ~0.25 ms,
-    # so no overlay with an extra round trip comes near 2x at C=1).
-    out = []
-    for mode in MODES:
-        reference = mode != "unary"
-        if (r := row(mode, 100, 64)) is not None:
-            out.append({"target": f"overlay throughput >= 0.7 x direct ({mode}, C=64, 100 B)",
-                        "value": r["ratio"]["rps"], "limit": 0.7, "pass": (r["ratio"]["rps"] or 0) >= 0.7,
-                        "reference": reference})
-        if (r := row(mode, 100, 1)) is not None:
-            out.append({"target": f"overlay p50 <= 2 x direct ({mode}, C=1, 100 B)",
-                        "value": r["ratio"]["p50_ms"], "limit": 2.0, "pass": (r["ratio"]["p50_ms"] or 99) <= 2.0,
-                        "floor": r.get("relay", {}).get("p50_ratio"), "reference": reference})
+    out = speed_targets(datapath) + self_checks(datapath)
     per_request = etcd["requests_per_service_request"]
     out.append({"target": "etcd requests per service request in steady state = 0", "value": per_request,
                 "limit": 0, "pass": etcd["request_path_etcd_requests"] == 0 and (per_request or 0) < 0.001})
@@ -164,84 +204,10 @@ def correctness(datapath: list[dict[str, Any]], leasing: dict[str, Any], failove
             "failover_unanswered": failover["unanswered"], "ok": not problems, "problems": problems}
 
 
-# --- output ---------------------------------------------------------------------------------------
-def _num(value: float | None, digits: int = 2, unit: str = "") -> str:
-    if value is None or value != value:
-        return "-"
-    return f"{value:,.{digits}f}{unit}"
-
-
-def _size(payload: int) -> str:
-    return f"{payload // 1024} KiB" if payload >= 1024 else f"{payload} B"
-
-
-def render(report: dict[str, Any]) -> str:
-    m, st = report["machine"], report["settings"]
-    lines = [f"leasenet bench: {st['runs']} run(s){' (--quick: correctness only)' if st['quick'] else ''}; "
-             f"medians over runs; each ratio is overlay/direct within one run, then the median",
-             f"machine: {m['platform']}, {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB; "
-             f"Python {m['python']}; leasenet {m['leasenet']}, grpcio {m['grpcio']}, protobuf {m['protobuf']}, "
-             f"etcd3aio {m['etcd3aio']}, etcd {m['etcd'] or '?'}; event loop in every process: "
-             f"{report['event_loop']}; load average at start {m['load_average']}",
-             "",
-             "data path (echo handler; one load-generator process drives both; unary = one Send call per "
-             "request, stream = SendStream",
-             "with C requests in flight on one stream; overlay = consumer VM -> consumer host -> tunnel -> "
-             "producer host -> VM)"]
-    header = ["mode", "payload", "C", "direct req/s", "overlay req/s", "ratio", "direct p50", "overlay p50", "ratio",
-              "direct p99", "overlay p99", "ratio"]
-    rows = [[r["mode"], _size(r["payload"]), str(r["concurrency"]), _num(r["direct"]["rps"], 0),
-             _num(r["overlay"]["rps"], 0), _num(r["ratio"]["rps"]), _num(r["direct"]["p50_ms"], 2, " ms"),
-             _num(r["overlay"]["p50_ms"], 2, " ms"), _num(r["ratio"]["p50_ms"]), _num(r["direct"]["p99_ms"], 2, " ms"),
-             _num(r["overlay"]["p99_ms"], 2, " ms"), _num(r["ratio"]["p99_ms"])] for r in report["datapath"]]
-    floors = [f"{r['mode']} {_size(r['payload'])} C={r['concurrency']}: p50 {_num(r['relay']['p50_ms'], 2, ' ms')}, "
-              f"{_num(r['relay']['p50_ratio'])} x direct" for r in report["datapath"] if "relay" in r]
-    lines += ["", table(rows, header)]
-    if floors:
-        lines += ["floor: a bare relay (client -> relay -> one bidi stream -> echo, two processes adding the "
-                  "overlay's two grpc hops and nothing else): " + "; ".join(floors)]
-    lines += ["", "CPU per request in microseconds (all threads of each process, measured window only)"]
-    header = ["mode", "payload", "C", "direct server", "client", "consumer host", "producer host", "client",
-              "overlay total / direct total"]
-    rows = []
-    for r in report["datapath"]:
-        d, o = r["direct"]["cpu_us_per_request"], r["overlay"]["cpu_us_per_request"]
-        dt, ot = sum(v for v in d.values() if v), sum(v for v in o.values() if v)
-        rows.append([r["mode"], _size(r["payload"]), str(r["concurrency"]), _num(d.get("server"), 0),
-                     _num(d.get("client"), 0), _num(o.get("consumer host"), 0), _num(o.get("producer host"), 0),
-                     _num(o.get("client"), 0), _num(ratio(ot, dt))])
-    lines += [table(rows, header)]
-    e = report["etcd"]
-    methods = ", ".join(f"{k} {v}" for k, v in sorted(e["by_method"].items())) or "none"
-    lines += ["", f"etcd load in steady state: {_num(e['requests_per_service_request'], 5)} etcd requests per "
-                  f"service request: {e['etcd_requests']} etcd requests ({methods}) during {e['service_requests']:,} "
-                  f"overlay requests in {e['seconds']} s; idle background {e['idle_background_per_s']}/s "
-                  f"(host liveness and lease keep-alives); on the request path: {e['request_path_etcd_requests']}"]
-    le = report["leasing"]
-    lines += [f"leasing: pool-of-{le['grant_pool_size']} grant latency p50 {_num(le['grant_p50_ms'], 2, ' ms')}, "
-              f"p99 {_num(le['grant_p99_ms'], 2, ' ms')} ({le['grants_measured']} grants at the leasing API); "
-              f"{le['race_consumer_hosts']} consumer hosts racing ({le['race_consumer_vms']} consumer VMs want "
-              f"{le['race_demand_vms']} producer VMs, {le['race_fleet_vms']} exist): "
-              f"{_num(le['grants_per_s'], 1)} grants/s, {le['race_granted']} granted, {le['race_exhausted']} "
-              f"refused RESOURCE_EXHAUSTED, other errors {le['race_errors'] or 'none'}; "
-              f"double claims {report['double_claims']}"]
-    f = report["failover"]
-    codes = ", ".join(f"{k} {v}" for k, v in f["errors_by_code"].items()) or "none"
-    lines += [f"failover: SIGKILL of the busiest producer host under traffic: flowing again after "
-              f"{_num(f['failover_s'], 3, ' s')} (runs: {', '.join(_num(x, 3) for x in f['failover_runs_s'])}); "
-              f"{f['errors']} of {f['requests']:,} requests ended in an error ({codes}; {f['errors_idempotent']} of "
-              f"them idempotent); {f['unanswered']} without an outcome"]
-    if st["quick"]:
-        c = report["correctness"]
-        lines += ["", f"correctness: {'OK' if c['ok'] else 'FAILED'}: {c['answered']:,} of {c['requests']:,} "
-                      f"data-path requests answered, {c['errors']} errors, {c['double_claims']} double claims"
-                  + "".join(f"\n  ! {p}" for p in c["problems"])]
-    else:
-        def verdict(t: dict[str, Any]) -> str:
-            return (f"  {'PASS' if t['pass'] else 'FAIL'}  {t['target']}: {_num(t['value'], 3)}"
-                    + (f"  (floor: the bare relay's p50 is {_num(t['floor'], 3)} x direct)" if t.get("floor") else ""))
-
-        lines += ["", "targets (SPEC §8, issue 5):"] + [verdict(t) for t in report["targets"] if not t.get("reference")]
-        lines += ["the same bars for the stream style, for reference:"]
-        lines += [verdict(t) for t in report["targets"] if t.get("reference")]
-    return "\n".join(lines)
+def method_check(report_targets: list[dict[str, Any]]) -> dict[str, Any]:
+    """What --quick asserts about the method: its self-check was measured and held."""
+    checks = [t for t in report_targets if t.get("method")]
+    failed = [f"{t['target']}: {t['value']} [{t['low']}, {t['high']}]" for t in checks if not t["pass"]]
+    if not checks:
+        failed.append("the method's self-check (the overlay against itself) was not measured")
+    return {"ok": not failed, "checks": len(checks), "problems": failed}

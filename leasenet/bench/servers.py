@@ -1,10 +1,17 @@
 """The harness's servers, each its own process (`python -m leasenet.bench NAME LISTEN READY_FILE
-[ARG]`): the direct baseline, and the two processes of the relay floor.
+tls|plain [UPSTREAM]`): the direct baseline, and the two processes of the bare relay.
 
-The relay floor: the overlay adds two one-way grpc hops to a direct call; these two processes add
-exactly those hops and nothing else (no leasing, validation, batching or retries):
-    client -> relay (unary Send) -> one bidi stream -> relay end (echo) -> back the same way.
-What the relay costs over the direct call is the floor of any overlay built this way on grpc.aio."""
+The bare relay: the overlay adds two one-way grpc hops to a direct call; these two processes add
+those hops, carried the way the overlay carries them, and nothing else:
+    client -> relay (Send or SendStream) -> one bidi stream -> relay end (echo) -> back the same way.
+The relay's end of the stream is the consumer host's own TunnelClient (its batching included), so
+overlay/relay is what the overlay's own work costs (admission, leasing, validation, VM actors):
+no leasing, validation, actors or retries here.
+
+With `tls` every hop is mutual TLS, with certificates of the harness's CA (LEASENET_TLS_DIR) and
+the kinds the overlay's hops use: the direct server and the relay serve as `consumer` (what a
+consumer VM dials), the relay end as `producer` (what the relay dials); the load generator is the
+operator, as it is for the TLS overlay."""
 
 from __future__ import annotations
 
@@ -12,16 +19,32 @@ import asyncio
 import json
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+
+from consumer_host.tunnel import TunnelClient
+from leasenet.bench.measure import cluster_tls
+from leasenet.bench.plans import REQUEST_TIMEOUT_S
 from producer_host.handlers import load_handler
 from wire import rpc
+from wire.tls import Identity, Kind, TlsMaterial
 from wire.v1 import consumer_pb2 as cpb
 from wire.v1 import consumer_pb2_grpc as cpb_grpc
 from wire.v1 import tunnel_pb2 as tpb
 from wire.v1 import tunnel_pb2_grpc as tpb_grpc
+
+DIRECT = Identity(Kind.CONSUMER, "bench-direct")
+RELAY = Identity(Kind.CONSUMER, "bench-relay")
+RELAY_END = Identity(Kind.PRODUCER, "bench-relay-end")
+IDENTITIES = (DIRECT, RELAY, RELAY_END)
+
+
+def credentials(mode: str, identity: Identity) -> TlsMaterial | None:
+    if mode not in ("tls", "plain"):
+        raise ValueError(f"{mode!r} is neither tls nor plain")
+    return cluster_tls(identity) if mode == "tls" else None
 
 
 async def serve_until_stopped(server: rpc.Server, ready_file: str) -> None:
@@ -56,9 +79,9 @@ class Direct(cpb_grpc.ConsumerHostServicer):
                                    request_id=request.request_id)
 
 
-async def direct_server(listen: str, ready_file: str, handler_name: str = "echo") -> None:
-    server = rpc.Server(listen)
-    server.add(cpb_grpc.add_ConsumerHostServicer_to_server, Direct(handler_name), "leasenet.v1.ConsumerHost")
+async def direct_server(listen: str, ready_file: str, mode: str) -> None:
+    server = rpc.Server(listen, credentials(mode, DIRECT))
+    server.add(cpb_grpc.add_ConsumerHostServicer_to_server, Direct("echo"), "leasenet.v1.ConsumerHost")
     await serve_until_stopped(server, ready_file)
 
 
@@ -68,43 +91,56 @@ class Echo(tpb_grpc.TunnelServicer):
             yield tpb.FrameBatch(frames=[tpb.Frame(id=f.id, payload=f.payload) for f in batch.frames])
 
 
-async def relay_end(listen: str, ready_file: str) -> None:
-    server = rpc.Server(listen)
+async def relay_end(listen: str, ready_file: str, mode: str) -> None:
+    server = rpc.Server(listen, credentials(mode, RELAY_END))
     server.add(tpb_grpc.add_TunnelServicer_to_server, Echo(), "leasenet.v1.Tunnel")
     await serve_until_stopped(server, ready_file)
 
 
 class Relay(cpb_grpc.ConsumerHostServicer):
-    """Each Send becomes one frame on one long-lived stream to the relay end."""
+    """Each request becomes one frame on the one stream to the relay end."""
 
-    def __init__(self, upstream: str) -> None:
-        self.call = tpb_grpc.TunnelStub(rpc.channel(upstream)).Exchange()
-        self.waiting: dict[int, asyncio.Future[Any]] = {}
-        self.ids = iter(range(1, 1 << 62))
-        self.lock = asyncio.Lock()  # one write at a time on the stream
-
-    async def read(self) -> None:
-        async for batch in self.call:
-            for frame in batch.frames:
-                self.waiting.pop(frame.id).set_result(frame)
+    def __init__(self, tunnel: TunnelClient) -> None:
+        self.tunnel = tunnel
 
     async def Send(self, request: cpb.SendRequest, context: Any) -> cpb.SendResponse:
-        frame_id = next(self.ids)
-        answer = self.waiting[frame_id] = asyncio.get_running_loop().create_future()
-        async with self.lock:
-            await self.call.write(tpb.FrameBatch(frames=[tpb.Frame(id=frame_id, payload=request.payload)]))
-        frame = await answer
-        return cpb.SendResponse(src=request.target, dst=request.src, payload=frame.payload,
+        answer = await self.tunnel.exchange(tpb.Frame(payload=request.payload), REQUEST_TIMEOUT_S)
+        return cpb.SendResponse(src=request.target, dst=request.src, payload=answer.payload,
                                 request_id=request.request_id)
 
+    async def SendStream(self, request_iterator: AsyncIterator[cpb.SendRequest],
+                         context: Any) -> AsyncIterator[cpb.SendResponse]:
+        """As the consumer host does it: a task per request, answers in the order they come."""
+        out: asyncio.Queue[cpb.SendResponse | None] = asyncio.Queue()
 
-async def relay(listen: str, ready_file: str, upstream: str) -> None:
-    servicer = Relay(upstream)
-    reader = asyncio.get_running_loop().create_task(servicer.read())
-    server = rpc.Server(listen)
-    server.add(cpb_grpc.add_ConsumerHostServicer_to_server, servicer, "leasenet.v1.ConsumerHost")
-    await serve_until_stopped(server, ready_file)
-    reader.cancel()
+        async def one(request: cpb.SendRequest) -> None:
+            out.put_nowait(await self.Send(request, context))
+
+        async def read() -> None:
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    async for request in request_iterator:
+                        tasks.create_task(one(request))
+            finally:
+                out.put_nowait(None)
+
+        reader = asyncio.get_running_loop().create_task(read())
+        try:
+            while (answer := await out.get()) is not None:
+                yield answer
+        finally:
+            reader.cancel()
+
+
+async def relay(listen: str, ready_file: str, mode: str, upstream: str) -> None:
+    tls = credentials(mode, RELAY)
+    tunnel = TunnelClient(upstream, on_broken=lambda _address: None, tls=tls).start()  # as a consumer host does
+    server = rpc.Server(listen, tls)
+    server.add(cpb_grpc.add_ConsumerHostServicer_to_server, Relay(tunnel), "leasenet.v1.ConsumerHost")
+    try:
+        await serve_until_stopped(server, ready_file)
+    finally:
+        await tunnel.close()
 
 
 SERVERS: dict[str, Callable[..., Any]] = {"direct-server": direct_server, "relay-end": relay_end, "relay": relay}
