@@ -1,0 +1,67 @@
+"""Probes the docker tests run INSIDE a container of the deployment (mounted at /probe.py, run with
+the image's python), each printing one JSON object on stdout:
+
+    python /probe.py connect HOST:PORT ...
+        {"HOST:PORT": "connected" | "<why not>"}: a plain TCP connect, 3 s each (what a container
+        on that network can reach at all)
+    python /probe.py etcd KIND/ID ENDPOINTS put|get KEY ...
+        {"KEY": "ok" | "denied" | "<error>"}: one etcd request per key over mutual TLS with the
+        certificate of KIND/ID in /etc/leasenet-tls (its CN is the etcd user of its kind)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sys
+
+from etcd3aio import EtcdError, EtcdPermissionDeniedError
+
+from leasenet.etcd import etcd_client
+from wire.rpc import split_addresses
+from wire.tls import Identity, Kind, TlsFiles
+
+TLS_DIR = "/etc/leasenet-tls"
+
+
+def connect(address: str) -> str:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=3):
+            return "connected"
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+async def etcd(identity: str, endpoints: str, op: str, keys: list[str]) -> dict[str, str]:
+    kind, _, ident = identity.partition("/")
+    client = etcd_client(split_addresses(endpoints, "etcd endpoint"),
+                         TlsFiles.in_dir(TLS_DIR, Identity(Kind(kind), ident)).load())
+    await client.connect()
+    assert client.kv is not None
+    results = {}
+    try:
+        for key in keys:
+            try:
+                await (client.kv.put(key, "probe") if op == "put" else client.kv.get(key))
+                results[key] = "ok"
+            except EtcdPermissionDeniedError:
+                results[key] = "denied"
+            except EtcdError as exc:
+                results[key] = f"{type(exc).__name__}: {exc}"
+    finally:
+        await client.close()
+    return results
+
+
+def main(argv: list[str]) -> dict[str, str]:
+    if argv[0] == "connect":
+        return {address: connect(address) for address in argv[1:]}
+    if argv[0] == "etcd":
+        return asyncio.run(etcd(argv[1], argv[2], argv[3], argv[4:]))
+    raise SystemExit(f"unknown probe {argv[0]!r}")
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1:])))
