@@ -3,7 +3,8 @@
 Fixtures:
   docker_engine     session: a working docker engine + compose (runs docker/install-docker.sh)
   base_images       session: leasenet-base:bookworm and leasenet-etcd:3.5 (docker/build-base.sh)
-  leasenet_image    session: leasenet:latest from the repo's wheelhouse (docker/build-images.sh)
+  leasenet_image    session: leasenet:latest from the repo's wheelhouse and the deployment's
+                    certificates in docker/certs/ (docker/build-images.sh)
   compose_project   factory: ComposeProject objects with unique names, always `down -v`'d
 The deployment runs secure: certificates in docker/certs/<service> (build-images.sh makes them),
 etcd over mutual TLS with auth on, networks `core` (servers) and `vms` (consumer side).

@@ -4,8 +4,8 @@ the image's python), each printing one JSON object on stdout:
     python /probe.py connect HOST:PORT ...
         {"HOST:PORT": "connected" | "<why not>"}: a plain TCP connect, 3 s each, all at once (a
         name docker's DNS does not know takes ~20 s to fail on an internal network)
-    python /probe.py etcd KIND/ID ENDPOINTS put|get KEY ...
-        {"KEY": "ok" | "denied" | "<error>"}: one etcd request per key over mutual TLS with the
+    python /probe.py etcd KIND/ID ENDPOINTS put:KEY|get:KEY ...
+        {"put:KEY": "ok" | "denied" | "<error>"}: one etcd request each over mutual TLS with the
         certificate of KIND/ID in /etc/leasenet-tls (its CN is the etcd user of its kind)
 """
 
@@ -35,7 +35,7 @@ def connect(address: str) -> str:
         return f"{type(exc).__name__}: {exc}"
 
 
-async def etcd(identity: str, endpoints: str, op: str, keys: list[str]) -> dict[str, str]:
+async def etcd(identity: str, endpoints: str, requests: list[str]) -> dict[str, str]:
     kind, _, ident = identity.partition("/")
     client = etcd_client(split_addresses(endpoints, "etcd endpoint"),
                          TlsFiles.in_dir(TLS_DIR, Identity(Kind(kind), ident)).load())
@@ -43,14 +43,15 @@ async def etcd(identity: str, endpoints: str, op: str, keys: list[str]) -> dict[
     assert client.kv is not None
     results = {}
     try:
-        for key in keys:
+        for request in requests:
+            op, _, key = request.partition(":")
             try:
                 await (client.kv.put(key, "probe") if op == "put" else client.kv.get(key))
-                results[key] = "ok"
+                results[request] = "ok"
             except EtcdPermissionDeniedError:
-                results[key] = "denied"
+                results[request] = "denied"
             except EtcdError as exc:
-                results[key] = f"{type(exc).__name__}: {exc}"
+                results[request] = f"{type(exc).__name__}: {exc}"
     finally:
         await client.close()
     return results
@@ -61,7 +62,7 @@ def main(argv: list[str]) -> dict[str, str]:
         with ThreadPoolExecutor(len(argv) - 1) as pool:
             return dict(zip(argv[1:], pool.map(connect, argv[1:])))
     if argv[0] == "etcd":
-        return asyncio.run(etcd(argv[1], argv[2], argv[3], argv[4:]))
+        return asyncio.run(etcd(argv[1], argv[2], argv[3:]))
     raise SystemExit(f"unknown probe {argv[0]!r}")
 
 
