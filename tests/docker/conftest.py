@@ -124,8 +124,8 @@ def base_images(docker_engine) -> None:
 
 @pytest.fixture(scope="session")
 def leasenet_image(base_images) -> str:
-    # Rebuilt every session so the image holds the code under test (layer cache keeps
-    # an unchanged rebuild at a few seconds).
+    # Checked every session so the image holds the code under test (rebuilt only when the
+    # work tree changed since: build-images.sh compares a hash of it with the image's label).
     run(str(DOCKER_DIR / "build-images.sh"), str(REPO), timeout=900)
     return LEASENET_IMAGE
 
