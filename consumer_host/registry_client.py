@@ -19,6 +19,7 @@ from wire import rpc
 from wire.v1 import registry_pb2 as pb
 from wire.v1 import registry_pb2_grpc as pb_grpc
 from wire.errors import StoreUnavailable, Unavailable
+from wire.tls import Kind, TlsMaterial
 
 CALL_TIMEOUT_S = 3.0
 
@@ -28,8 +29,9 @@ def _is_unavailable(exc: BaseException) -> bool:
 
 
 class RegistryClient:
-    def __init__(self, addresses: Sequence[str]) -> None:
+    def __init__(self, addresses: Sequence[str], tls: TlsMaterial | None = None) -> None:
         self.addresses = list(addresses)
+        self._tls = tls  # ours, presented to the registries; None: plaintext (--insecure)
         self._stubs: list[pb_grpc.LeasingStub] = []
         self._channels: list[grpc.aio.Channel] = []
         self._current = 0
@@ -37,7 +39,7 @@ class RegistryClient:
 
     def _stub(self, index: int | None = None) -> pb_grpc.LeasingStub:
         if not self._stubs:  # channels are created inside the running loop, on first use
-            self._channels = [rpc.channel(a) for a in self.addresses]
+            self._channels = [rpc.channel(a, self._tls, Kind.REGISTRY) for a in self.addresses]
             self._stubs = [pb_grpc.LeasingStub(c) for c in self._channels]
         return self._stubs[self._current if index is None else index]
 

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import grpc.aio
@@ -36,6 +36,7 @@ from mapping.liveness import Liveness
 from mapping.model import Host, HostId, HostKind, Network, Record, Service, VmId, vm_id
 from mapping.replica import Replica
 from mapping.store import Store
+from wire.tls import TlsMaterial
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class ConsumerConfig:
     default_deadline_s: float = 10.0
     max_attempts: int = 3
     liveness_ttl_s: int = 3
+    tls: TlsMaterial | None = field(default=None, repr=False)  # None: plaintext (--insecure)
 
 
 class _Retry(Exception):
@@ -254,11 +256,11 @@ async def serve(config: ConsumerConfig, store: Store, *, stop: asyncio.Event,
     shutdown (stop serving, let requests in flight finish, give the leases back, deregister) runs in
     `finally`, so a failed task or a start-up that broke halfway gives the leases back too."""
     replica = Replica(store)
-    registry = RegistryClient(config.registries)
+    registry = RegistryClient(config.registries, config.tls)
     pools = PoolManager(config.host_id, registry, replica)
-    tunnels = Tunnels(on_broken=pools.host_broken)
+    tunnels = Tunnels(on_broken=pools.host_broken, tls=config.tls)
     path = RequestPath(config, replica, pools, tunnels)
-    server = Server(config.listen)
+    server = Server(config.listen, config.tls)
     server.add(pb_grpc.add_ConsumerHostServicer_to_server, ConsumerHostServicer(path), "leasenet.v1.ConsumerHost")
     liveness = Liveness(store, config.host_id,
                         lambda: [Host(config.host_id, HostKind.CONSUMER, path.address)], config.liveness_ttl_s)

@@ -21,6 +21,7 @@ from consumer_host.frames import HAPPENED, Event, FrameStateError, State, advanc
 from wire import rpc
 from wire.v1 import tunnel_pb2 as pb
 from wire.v1 import tunnel_pb2_grpc as pb_grpc
+from wire.tls import Kind, TlsMaterial
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,9 @@ class _Pending:
 
 
 class TunnelClient:
-    def __init__(self, address: str, on_broken: Callable[[str], None]) -> None:
+    def __init__(self, address: str, on_broken: Callable[[str], None], tls: TlsMaterial | None = None) -> None:
         self.address = address
+        self._tls = tls  # ours, presented to the producer host; None: plaintext (--insecure)
         self._on_broken = on_broken
         self._frames: dict[int, _Pending] = {}  # every frame not yet answered, failed or given up, by id
         self._outbox: list[_Pending] = []  # the QUEUED ones among them, in order (and some given up since)
@@ -135,7 +137,7 @@ class TunnelClient:
             pass
 
     async def _run(self) -> None:
-        channel = rpc.channel(self.address)
+        channel = rpc.channel(self.address, self._tls, Kind.PRODUCER)
 
         async def connect() -> grpc.aio.StreamStreamCall:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
@@ -284,14 +286,15 @@ def _take(frames: list[_Pending]) -> tuple[list[_Pending], list[_Pending]]:
 class Tunnels:
     """The tunnel to each producer host, opened on first use and reopened after a break."""
 
-    def __init__(self, on_broken: Callable[[str], None]) -> None:
+    def __init__(self, on_broken: Callable[[str], None], tls: TlsMaterial | None = None) -> None:
         self._on_broken = on_broken
+        self._tls = tls
         self._clients: dict[str, TunnelClient] = {}
 
     def to(self, address: str) -> TunnelClient:
         client = self._clients.get(address)
         if client is None or client.broken is not None:
-            client = self._clients[address] = TunnelClient(address, self._on_broken).start()
+            client = self._clients[address] = TunnelClient(address, self._on_broken, self._tls).start()
         return client
 
     async def close(self) -> None:

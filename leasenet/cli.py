@@ -19,7 +19,7 @@ import grpc.aio
 from consumer_host.config import load_attachments
 from consumer_host.service import ConsumerConfig
 from consumer_host.service import serve as serve_consumer_host
-from leasenet import certs, demo, etcd, inspection, traffic
+from leasenet import certs, demo, etcd, inspection, security, traffic
 from leasenet.bench.command import cmd_bench
 from leasenet.console import CliError
 from mapping.config import load_cluster_config
@@ -32,6 +32,7 @@ from registry.service import serve as serve_registry
 from wire import rpc
 from wire.errors import LeasenetError
 from wire.lifecycle import run_until_signalled
+from wire.tls import Identity, Kind, TlsMaterial
 from wire.v1 import consumer_pb2 as cpb
 from wire.v1 import consumer_pb2_grpc as cpb_grpc
 
@@ -70,7 +71,21 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _etcd(p: argparse.ArgumentParser) -> None:
-    add(p, "--etcd-endpoints", required=True, help="comma-separated host:port list of etcd members")
+    add(p, "--etcd-endpoints", required=True, help="comma-separated list of etcd members: https://host:port "
+        "(host:port with --insecure)")
+
+
+def tls_flags(p: argparse.ArgumentParser, *, operator: bool = False) -> None:
+    """Mutual TLS (the default, required) or --insecure; an operator command also says who it is."""
+    add(p, "--tls-dir", default="", help="directory of ca.crt and this process's <kind>-<id>.crt/.key "
+        "(made by `leasenet certs`)")
+    add(p, "--tls-cert", default="", help="this process's certificate (instead of the one in --tls-dir)")
+    add(p, "--tls-key", default="", help="its private key")
+    add(p, "--tls-ca", default="", help="the cluster CA certificate")
+    add(p, "--insecure", action="store_true", help="plaintext, no certificates: for local experiments only")
+    if operator:
+        add(p, "--identity", default=security.OPERATOR, help="KIND/ID whose certificate to present "
+            "(a container's healthcheck gives its own, e.g. producer/producer1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(p, "--client-port", default=2379, type=int, help="client port on 127.0.0.1")
     add(p, "--peer-port", default=2380, type=int, help="peer port on 127.0.0.1")
     add(p, "--tls-dir", default="", help="mutual TLS and etcd auth with etcd-leasenet.crt/.key and ca.crt from "
-        "here (made if absent); without it etcd serves plaintext")
-    add(p, "--insecure", action="store_true", help="plaintext, no auth (today's default without --tls-dir)")
+        "here (made if absent); required unless --insecure")
+    add(p, "--insecure", action="store_true", help="plaintext, no auth: for local experiments only")
 
     p = sub.add_parser("etcd-bootstrap", help="enable auth on an etcd cluster over TLS: one role per kind")
     _etcd(p)
@@ -108,19 +123,23 @@ def build_parser() -> argparse.ArgumentParser:
             add(c, "--id", required=True, help="host id, registry name, operator or etcd member name")
         if action in ("create", "dev"):
             add(c, "--san", action="append", help="extra DNS name or IP (etcd: every address it is reached at)")
-        if action == "dev":
+        if action == "dev":  # no environment variables: LEASENET_REGISTRY etc. belong to other commands
             for kind in ("registry", "producer", "consumer", "operator", "etcd"):
-                add(c, f"--{kind}", action="append", help=f"a {kind} id (repeatable)")
+                c.add_argument(f"--{kind}-id", dest=kind, action="append", default=[],
+                               help=f"a {kind} id (repeatable)")
 
     p = sub.add_parser("registry", help="run a leasing agent and inspection API")
     _common(p)
     _etcd(p)
+    tls_flags(p)
+    add(p, "--host-id", default="registry", help="this registry's name: its certificate is registry-<id>.crt")
     add(p, "--listen", default="127.0.0.1:7000", help="host:port to serve on (port 0 = any free port)")
     add(p, "--cluster-config", help="TOML file of networks and services to publish")
 
     p = sub.add_parser("producer-host", help="run a producer host and its producer VMs")
     _common(p)
     _etcd(p)
+    tls_flags(p)
     add(p, "--host-id", required=True, help="unique name of this host")
     add(p, "--listen", default="127.0.0.1:7100", help="host:port to serve the tunnel on")
     add(p, "--advertise", default="", help="host:port consumer hosts dial (default: the bound address)")
@@ -136,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("consumer-host", help="run a consumer host for consumer VMs")
     _common(p)
     _etcd(p)
+    tls_flags(p)
     add(p, "--host-id", required=True, help="unique name of this host")
     add(p, "--listen", default="127.0.0.1:7200", help="host:port of the VM-facing API")
     add(p, "--advertise", default="", help="host:port producer hosts see (default: the bound address)")
@@ -155,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(p, "--request-id", default=0, type=int, help="request id carried end to end")
     add(p, "--timeout", default=10.0, type=float, help="deadline in seconds")
     add(p, "--json", action="store_true", help="print the response as JSON")
+    tls_flags(p, operator=True)
 
     for name, what in (("leases", "lease pools"), ("hosts", "hosts"), ("vms", "producer VMs"),
                        ("services", "services")):
@@ -162,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         add(p, "--registry", default="127.0.0.1:7000", help="a registry's host:port")
         add(p, "--json", action="store_true", help="machine-readable output")
         add(p, "--watch", action="store_true", help="keep printing changes")
+        tls_flags(p, operator=True)
         if name == "leases":
             add(p, "--service", default="", help="only this service")
             add(p, "--consumer-vm", default="", help="only this consumer VM (address or network/address)")
@@ -179,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     add(p, "--requests", default=600, type=int, help="total requests across the consumer VMs")
     add(p, "--etcd-endpoints", default="", help="use this etcd instead of starting an embedded one")
     add(p, "--workdir", default="", help="keep logs and histories here (default: a temporary directory)")
+    add(p, "--tls-dir", default="", help="the CA (with ca.key) to issue the demo's certificates from "
+        "(default: a new CA in the work dir); needed with --etcd-endpoints of a TLS etcd")
+    add(p, "--insecure", action="store_true", help="run the whole demo in plaintext")
 
     p = sub.add_parser("bench", help="the benchmark harness: overlay vs direct gRPC, leasing, failover")
     add(p, "--json", action="store_true", help="print the results as JSON")
@@ -193,10 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     add(p, "--concurrency", default=8, type=int, help="requests in flight at once")
     add(p, "--history", default="", help="append one JSON line per request outcome here")
     add(p, "--json", action="store_true", help="print the outcome counts as JSON")
+    tls_flags(p, operator=True)
 
     p = sub.add_parser("health", help="exit 0 when the gRPC server at ADDRESS reports SERVING")
     p.add_argument("address", help="host:port")
     add(p, "--timeout", default=2.0, type=float, help="seconds")
+    tls_flags(p, operator=True)
     return parser
 
 
@@ -209,9 +236,10 @@ def _write_ready(path: str | None, address: str) -> None:
 
 
 async def _run_service(args: argparse.Namespace, serve: Callable[..., Awaitable[None]], config: Any) -> None:
+    """etcd with the process's own certificate (its CN is the etcd user of its kind), or plaintext."""
     endpoints = rpc.split_addresses(args.etcd_endpoints, "etcd endpoint",
-                                    hint="LEASENET_ETCD_ENDPOINTS, e.g. 127.0.0.1:2379")
-    store = await EtcdStore(endpoints).connect()
+                                    hint="LEASENET_ETCD_ENDPOINTS, e.g. https://127.0.0.1:2379")
+    store = await EtcdStore(endpoints, tls=config.tls).connect()
     try:
         await run_until_signalled(
             lambda stop: serve(config, store, stop=stop, ready=lambda address: _write_ready(args.ready_file, address)))
@@ -229,34 +257,48 @@ def _options(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def _own_tls(args: argparse.Namespace, kind: Kind) -> TlsMaterial | None:
+    """A host process's TLS material, as `kind`/--host-id (None with --insecure)."""
+    try:
+        identity = Identity(kind, args.host_id)
+    except ValueError as exc:
+        raise CliError(f"--host-id: {exc}") from None
+    return security.credentials(args, identity).tls
+
+
 def cmd_registry(args: argparse.Namespace) -> None:
+    tls = _own_tls(args, Kind.REGISTRY)
     cluster = load_cluster_config(args.cluster_config) if args.cluster_config else None
-    asyncio.run(_run_service(args, serve_registry, RegistryConfig(listen=args.listen, cluster=cluster)))
+    asyncio.run(_run_service(args, serve_registry, RegistryConfig(listen=args.listen, cluster=cluster, tls=tls)))
 
 
 def cmd_producer_host(args: argparse.Namespace) -> None:
     if args.vms < 1:
         raise CliError("--vms must be at least 1")
+    tls = _own_tls(args, Kind.PRODUCER)
     config = ProducerConfig(host_id=HostId(args.host_id), listen=args.listen, advertise=args.advertise,
                             network=args.network, service=args.service, vms=args.vms,
                             vm_address_start=args.vm_address_start, handler=args.handler,
                             handler_options=_options(args.handler_option), liveness_ttl_s=args.liveness_ttl,
-                            history_path=args.history)
+                            history_path=args.history, tls=tls)
     config.vm_addresses()  # validates the start address
     asyncio.run(_run_service(args, serve_producer_host, config))
 
 
 def cmd_consumer_host(args: argparse.Namespace) -> None:
+    tls = _own_tls(args, Kind.CONSUMER)
     config = ConsumerConfig(host_id=HostId(args.host_id), listen=args.listen, advertise=args.advertise,
                             registries=rpc.split_addresses(args.registry, "registry"),
                             attachments=load_attachments(args.config), default_deadline_s=args.deadline,
-                            liveness_ttl_s=args.liveness_ttl)
+                            liveness_ttl_s=args.liveness_ttl, tls=tls)
     asyncio.run(_run_service(args, serve_consumer_host, config))
 
 
 def cmd_send(args: argparse.Namespace) -> None:
+    me = security.operator(args)
+
     async def send() -> Any:
-        async with rpc.channel(args.consumer_host) as channel:
+        async with me.channel(args.consumer_host, Kind.CONSUMER) as channel:
             return await cpb_grpc.ConsumerHostStub(channel).Send(cpb.SendRequest(
                 network=args.network, src=args.src, token=args.token, target=args.target,
                 payload=args.payload.encode(), idempotent=args.idempotent, request_id=args.request_id),
@@ -271,7 +313,10 @@ def cmd_send(args: argparse.Namespace) -> None:
 
 
 def cmd_health(args: argparse.Namespace) -> None:
-    if not asyncio.run(rpc.check_health(args.address, args.timeout)):
+    """With TLS, accept any leasenet server; a probe of a host's own kind tries that kind's name first."""
+    me = security.operator(args)
+    kinds = sorted(rpc.SERVER_KINDS, key=lambda kind: kind is not me.identity.kind)
+    if not asyncio.run(rpc.check_health(args.address, args.timeout, me.tls, kinds)):
         raise CliError(f"{args.address} is not serving")
     print(f"{args.address} SERVING")
 
@@ -301,7 +346,12 @@ def main(argv: list[str] | None = None) -> int:
         first = group.exceptions[0]
         while isinstance(first, BaseExceptionGroup):
             first = first.exceptions[0]
-        message = first.message if isinstance(first, LeasenetError) else str(first)
+        if isinstance(first, LeasenetError):
+            message = first.message
+        elif isinstance(first, grpc.aio.AioRpcError):
+            message = f"{first.code().name}: {first.details()}"
+        else:
+            message = str(first)
         print(f"leasenet: {message}", file=sys.stderr)
     return 1
 

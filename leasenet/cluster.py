@@ -1,6 +1,11 @@
 """Start leasenet processes on this machine: what the demo, the benchmark and the tests share.
 Every process is `python -m leasenet ...` in its own session, with its log in the work dir; it
-reports its bound address through a ready file (the 'started' handshake, across processes)."""
+reports its bound address through a ready file (the 'started' handshake, across processes).
+
+Secure by default: a cluster CA in `tls_dir` (the work dir's `tls/` unless given), a certificate per
+process made as it is first spawned, etcd with mutual TLS and auth, every process given `--tls-dir`,
+and the operator's certificate for the harness's own calls (`channel`). `insecure=True` runs all of
+it in plaintext (`--insecure`)."""
 
 from __future__ import annotations
 
@@ -14,7 +19,25 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc.aio
+
+from leasenet import certs
 from leasenet.etcd import EtcdCluster
+from mapping.store.etcd import EtcdStore
+from wire import rpc
+from wire.tls import Identity, Kind, TlsFiles, TlsMaterial
+
+OPERATOR = Identity(Kind.OPERATOR, "admin")
+ETCD = Identity(Kind.ETCD, "local")  # one certificate for every member (root in etcd's auth)
+SECURITY_ENV = {"LEASENET_TLS_DIR", "LEASENET_TLS_CERT", "LEASENET_TLS_KEY", "LEASENET_TLS_CA", "LEASENET_INSECURE",
+                "LEASENET_IDENTITY"}
+KIND_OF_COMMAND = {"registry": Kind.REGISTRY, "producer-host": Kind.PRODUCER, "consumer-host": Kind.CONSUMER}
+
+
+def identity_of(args: list[str]) -> Identity:
+    """Whom `leasenet <args>` runs as: its command's kind and its --host-id (a registry's default)."""
+    host_id = args[args.index("--host-id") + 1] if "--host-id" in args else "registry"
+    return Identity(KIND_OF_COMMAND[args[0]], host_id)
 
 
 @dataclass
@@ -45,16 +68,55 @@ class LocalCluster:
     procs: dict[str, Proc] = field(default_factory=dict)
     etcd: EtcdCluster | None = None
     env: dict[str, str] = field(default_factory=dict)
+    insecure: bool = False
+    tls_dir: Path | None = None  # the CA and certificates; default: the work dir's tls/
+    operator_tls: TlsMaterial | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if not self.insecure:
+            self.tls_dir = self.tls_dir or self.workdir / "tls"
+            self.operator_tls = self.tls(OPERATOR)
+
+    # --- certificates --------------------------------------------------------------------------
+    def tls(self, identity: Identity, sans: tuple[str, ...] = ()) -> TlsMaterial | None:
+        """`identity`'s material, its certificate made (with the CA) on first use; None if insecure."""
+        if self.insecure:
+            return None
+        assert self.tls_dir is not None
+        certs.make_dev(self.tls_dir, [identity], sans=sans)
+        return TlsFiles.in_dir(self.tls_dir, identity).load()
+
+    def tls_args(self) -> list[str]:
+        return ["--insecure"] if self.insecure else ["--tls-dir", str(self.tls_dir)]
+
+    def channel(self, address: str, expect: Kind) -> grpc.aio.Channel:
+        """A channel to one of the cluster's servers, as the operator (inside a running loop)."""
+        return rpc.channel(address, None if self.insecure else self.operator_tls, expect)
 
     # --- etcd ----------------------------------------------------------------------------------
+    def etcd_files(self, hosts: tuple[str, ...] = ()) -> TlsFiles | None:
+        """The etcd members' certificate (naming `hosts` besides localhost), None if insecure."""
+        if self.insecure:
+            return None
+        self.tls(ETCD, sans=hosts)
+        assert self.tls_dir is not None
+        return TlsFiles.in_dir(self.tls_dir, ETCD)
+
+    def use_etcd(self, etcd: EtcdCluster) -> None:
+        """Run against `etcd` (started by the caller, e.g. on several addresses)."""
+        self.etcd, self.etcd_endpoints = etcd, etcd.client_urls
+
     def start_etcd(self, size: int = 1) -> list[str]:
         if not self.etcd_endpoints:
-            self.etcd = EtcdCluster(self.workdir, size=size).start()
-            self.etcd_endpoints = self.etcd.endpoints
+            self.use_etcd(EtcdCluster(self.workdir, size=size, tls=self.etcd_files()).start())
         return self.etcd_endpoints
+
+    async def open_store(self, timeout_s: float = 3.0) -> EtcdStore:
+        """A store on the cluster's etcd as root (the members' certificate): tests and recorders
+        read and write any key."""
+        tls = None if self.insecure else TlsFiles.in_dir(self.tls_dir, ETCD).load()  # type: ignore[arg-type]
+        return await EtcdStore(self.etcd_endpoints, timeout_s=timeout_s, tls=tls).connect()
 
     # --- leasenet processes --------------------------------------------------------------------
     def spawn(self, name: str, *args: str, wait: bool = True, timeout_s: float = 30.0) -> Proc:
@@ -67,12 +129,18 @@ class LocalCluster:
             self.wait_ready(proc, timeout_s)
         return proc
 
+    def process_env(self) -> dict[str, str]:
+        """The environment of a process we start: the caller's own LEASENET_TLS_*/INSECURE/IDENTITY
+        would contradict or override the flags we give (tls_args)."""
+        return {**{k: v for k, v in os.environ.items() if k not in SECURITY_ENV}, **self.env, "PYTHONUNBUFFERED": "1"}
+
     def _start(self, proc: Proc) -> None:
-        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        env = self.process_env()
+        self.tls(identity_of(proc.args))  # its certificate, before it looks for it
         with open(proc.log, "ab") as out:
             proc.process = subprocess.Popen(
                 [sys.executable, "-m", "leasenet", *proc.args, "--ready-file", str(proc.ready_file),
-                 "--etcd-endpoints", ",".join(self.etcd_endpoints)],
+                 "--etcd-endpoints", ",".join(self.etcd_endpoints), *self.tls_args()],
                 stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
     def wait_ready(self, proc: Proc, timeout_s: float = 30.0) -> str:
@@ -87,7 +155,7 @@ class LocalCluster:
         raise TimeoutError(f"{proc.name} was not ready within {timeout_s:.0f} s:\n{proc.log_tail()}")
 
     def registry(self, name: str, cluster_config: Path, listen: str | None = None) -> Proc:
-        return self.spawn(name, "registry", "--listen", listen or f"{self.host}:0",
+        return self.spawn(name, "registry", "--host-id", name, "--listen", listen or f"{self.host}:0",
                           "--cluster-config", str(cluster_config))
 
     def producer(self, host_id: str, *, network: str, service: str, vms: int, vm_address_start: str,

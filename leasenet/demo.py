@@ -26,6 +26,7 @@ from leasenet.inspection import LEASE_HEADER, table
 from mapping.config import ClusterConfig, to_toml
 from mapping.model import LeasePolicy, Network, Service, parse_target
 from wire import rpc
+from wire.tls import Kind, TlsMaterial
 from wire.v1 import consumer_pb2 as cpb
 from wire.v1 import consumer_pb2_grpc as cpb_grpc
 from wire.v1 import registry_pb2 as rpb
@@ -58,12 +59,13 @@ class Summary:
     violations: list[str] = field(default_factory=list)
 
 
-async def drive(consumer_address: str, total: int, half_done: asyncio.Event) -> list[Request]:
+async def drive(consumer_address: str, total: int, half_done: asyncio.Event,
+                tls: TlsMaterial | None = None) -> list[Request]:
     """Every consumer VM sends its share with a few concurrent workers; idempotent requests. Each
     comes back as the checker's record of a request and its outcome."""
     outcomes: list[Request] = []
     ids = iter(range(1, total + 1))
-    async with rpc.channel(consumer_address) as channel:
+    async with rpc.channel(consumer_address, tls, Kind.CONSUMER) as channel:
         stub = cpb_grpc.ConsumerHostStub(channel)
 
         async def worker(address: str, token: str, share: int) -> None:
@@ -91,9 +93,10 @@ async def drive(consumer_address: str, total: int, half_done: asyncio.Event) -> 
     return outcomes
 
 
-async def watch_leases(registry: str, log: ClaimLog, synced: asyncio.Event) -> None:
-    """Follow a registry's lease events into `log`, the claims the checker reads."""
-    async with rpc.channel(registry) as channel:
+async def watch_leases(registry: str, log: ClaimLog, synced: asyncio.Event, tls: TlsMaterial | None = None) -> None:
+    """Follow a registry's lease events into `log`, the claims the checker reads (`tls`: the
+    operator's material; None: plaintext)."""
+    async with rpc.channel(registry, tls, Kind.REGISTRY) as channel:
         async for event in rpb_grpc.InspectionStub(channel).WatchLeases(rpb.WatchLeasesRequest()):
             if event.type == rpb.LeaseEvent.SYNCED:
                 synced.set()
@@ -104,15 +107,13 @@ async def watch_leases(registry: str, log: ClaimLog, synced: asyncio.Event) -> N
                        ended=event.type == rpb.LeaseEvent.ENDED, seen_ns=time.monotonic_ns())
 
 
-async def busiest_producer(registry: str) -> str:
-    async with rpc.channel(registry) as channel:
-        leases = (await rpb_grpc.InspectionStub(channel).ListLeases(rpb.ListLeasesRequest(), timeout=5)).leases
-    counts = Counter(m.host_id for lease in leases for m in lease.members)
+async def busiest_producer(registry: str, tls: TlsMaterial | None) -> str:
+    counts = Counter(m.host_id for lease in await final_leases(registry, tls) for m in lease.members)
     return counts.most_common(1)[0][0] if counts else "producer1"
 
 
-async def final_leases(registry: str) -> list[rpb.Lease]:
-    async with rpc.channel(registry) as channel:
+async def final_leases(registry: str, tls: TlsMaterial | None) -> list[rpb.Lease]:
+    async with rpc.channel(registry, tls, Kind.REGISTRY) as channel:
         return list((await rpb_grpc.InspectionStub(channel).ListLeases(rpb.ListLeasesRequest(), timeout=5)).leases)
 
 
@@ -127,7 +128,8 @@ def failover_seconds(outcomes: list[Request], killed_ns: int) -> float:
 async def run(cluster: LocalCluster, total: int, say: callable) -> Summary:  # type: ignore[valid-type]
     work = cluster.workdir
     config = write_toml(work / "cluster.toml", to_toml(CLUSTER))
-    say(f"starting etcd in {work}")
+    say(f"starting etcd in {work}" + (" (plaintext: --insecure)" if cluster.insecure
+                                       else f" with mutual TLS everywhere (CA and certificates in {cluster.tls_dir})"))
     await asyncio.to_thread(cluster.start_etcd)
     say(f"etcd at {','.join(cluster.etcd_endpoints)}; starting 2 registries, 2 producer hosts, 1 consumer host")
     registries = [(await asyncio.to_thread(cluster.registry, f"registry{i}", config)).address for i in (1, 2)]
@@ -139,19 +141,20 @@ async def run(cluster: LocalCluster, total: int, say: callable) -> Summary:  # t
         work / "consumer1.toml", consumer_toml(ConsumerVm(NETWORK, a, t) for a, t in CONSUMER_VMS)),
                                        registries=registries)
     claims, synced, half_done = ClaimLog(), asyncio.Event(), asyncio.Event()
-    watcher = asyncio.create_task(watch_leases(registries[0], claims, synced))
+    tls = cluster.operator_tls
+    watcher = asyncio.create_task(watch_leases(registries[0], claims, synced, tls))
     async with asyncio.timeout(10):  # not wait_for: in 3.11 it can swallow a Ctrl-C's cancellation
         await synced.wait()
 
     say(f"{len(CONSUMER_VMS)} consumer VMs send {total} requests to {SERVICE} at {TARGET}")
-    traffic = asyncio.create_task(drive(consumer.address, total, half_done))
+    traffic = asyncio.create_task(drive(consumer.address, total, half_done, tls))
     await half_done.wait()
-    victim = await busiest_producer(registries[0])
+    victim = await busiest_producer(registries[0], tls)
     say(f"halfway: SIGKILL {victim} (the producer host with the most leased VMs)")
     killed_ns = time.monotonic_ns()
     cluster.signal(victim, signal.SIGKILL)
     outcomes = await traffic
-    leases = await final_leases(registries[0])
+    leases = await final_leases(registries[0], tls)
     watcher.cancel()
 
     recorded = checker.load(executions=sorted(work.glob("*.history.jsonl")))
@@ -189,6 +192,8 @@ def render(s: Summary) -> str:
 def cmd_demo(args: argparse.Namespace) -> None:
     if args.requests < 20:
         raise CliError("--requests must be at least 20 (the demo kills a host halfway)")
+    if args.insecure and args.tls_dir:
+        raise CliError("--insecure contradicts --tls-dir: give one of them")
     endpoints = rpc.split_addresses(args.etcd_endpoints, "etcd endpoint") if args.etcd_endpoints else []
     tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="leasenet-demo-")
     workdir = Path(args.workdir or tmp.name)  # type: ignore[union-attr]
@@ -197,7 +202,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
         if not args.json:
             print(f"[demo] {text}", flush=True)
 
-    cluster = LocalCluster(workdir, etcd_endpoints=endpoints)
+    cluster = LocalCluster(workdir, etcd_endpoints=endpoints, insecure=args.insecure,
+                           tls_dir=Path(args.tls_dir) if args.tls_dir else None)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cleans up like Ctrl-C
     try:
         summary = asyncio.run(run(cluster, args.requests, say))

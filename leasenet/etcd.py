@@ -6,7 +6,8 @@ peers over mutual TLS only (`--client-cert-auth`: the client certificate's CN is
 `bootstrap_auth` then creates one role per kind of process with write access to exactly the key
 prefixes that kind writes (mapping.keys.WRITE_PREFIXES) and read access to all of /leasenet/v1/, a user
 per kind named after its certificates' CN, and root (the members' own certificate), and enables auth.
-Without TLS files it stays plaintext with no auth, as every existing caller expects.
+Without TLS files it stays plaintext with no auth (`--insecure`). Its Prometheus metrics are also
+served in plaintext on a loopback port of their own (`metrics_url`), so a benchmark needs no certificate.
 """
 
 from __future__ import annotations
@@ -54,6 +55,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(host: str, count: int) -> list[int]:
+    """`count` distinct free ports (held open together, so no two are the same)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 @dataclass
 class EtcdMember:
     name: str
@@ -63,6 +76,11 @@ class EtcdMember:
     data_dir: Path
     process: subprocess.Popen[bytes] | None = None
     tls: TlsFiles | None = None  # the member's certificate, used for clients and peers alike
+    metrics_port: int = 0  # 0: metrics only on the client URL
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics" if self.metrics_port else f"{self.client_url}/metrics"
 
     @property
     def scheme(self) -> str:
@@ -87,7 +105,8 @@ class EtcdMember:
                 "--initial-cluster", initial_cluster, "--initial-cluster-state", state,
                 "--initial-cluster-token", "leasenet", "--log-level", "error",
                 # short heartbeats: a killed member is noticed fast on loopback
-                "--heartbeat-interval", "50", "--election-timeout", "500", *tls_flags(self.tls)]
+                "--heartbeat-interval", "50", "--election-timeout", "500", *tls_flags(self.tls),
+                *(["--listen-metrics-urls", f"http://{self.host}:{self.metrics_port}"] if self.metrics_port else [])]
 
 
 def tls_flags(tls: TlsFiles | None) -> list[str]:
@@ -135,8 +154,8 @@ class EtcdCluster:
         # `tls`: one etcd certificate for every member (its SANs must name their addresses)
         member_hosts = hosts or [host] * size
         self.tls = tls
-        self.members = [EtcdMember(f"etcd{i}", h, free_port(h), free_port(h), workdir / f"etcd{i}", tls=tls)
-                        for i, h in zip(range(size), member_hosts)]
+        self.members = [EtcdMember(f"etcd{i}", h, *ports[:2], workdir / f"etcd{i}", tls=tls, metrics_port=ports[2])
+                        for i, h in zip(range(size), member_hosts) for ports in [free_ports(h, 3)]]
         self.initial_cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
         self.logs: list[Path] = [workdir / f"etcd{i}.log" for i in range(size)]
 
@@ -268,10 +287,13 @@ def dev_files(tls_dir: str | Path) -> TlsFiles:
 
 
 def cmd_etcd(args: argparse.Namespace) -> None:
-    """One local member. Plaintext without --tls-dir (today's default; --insecure says so explicitly);
-    with --tls-dir, mutual TLS and auth bootstrapped on first start, running until SIGTERM/SIGINT."""
+    """One local member: with --tls-dir (secure by default), mutual TLS and auth bootstrapped on first
+    start, running until SIGTERM/SIGINT; plaintext only with --insecure."""
     if args.insecure and args.tls_dir:
         raise ValueError("--insecure contradicts --tls-dir: give one of them")
+    if not args.insecure and not args.tls_dir:
+        raise ValueError("no TLS credentials for etcd: give --tls-dir (its certificate and CA are made there "
+                         "if absent), or --insecure to run without TLS and auth")
     tls = dev_files(args.tls_dir) if args.tls_dir else None
     member = EtcdMember(DEV_MEMBER, "127.0.0.1", args.client_port, args.peer_port, Path(args.data_dir), tls=tls)
     command = member.command(f"{DEV_MEMBER}={member.peer_url}")

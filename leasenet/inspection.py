@@ -11,7 +11,8 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
-from wire import rpc
+from leasenet import security
+from wire.tls import Kind
 from wire.v1 import registry_pb2 as pb
 from wire.v1 import registry_pb2_grpc as pb_grpc
 
@@ -38,8 +39,10 @@ LEASE_HEADER = ["LEASE", "SERVICE", "CONSUMER VM", "CONSUMER HOST", "SIZE", "MEM
 
 def _run(args: argparse.Namespace, fetch: Callable[[pb_grpc.InspectionStub], Awaitable[tuple[list[Any], str]]],
          header: list[str], rows: Callable[[list[Any]], list[list[str]]]) -> None:
+    me = security.operator(args)
+
     async def once_or_watch() -> None:
-        async with rpc.channel(args.registry) as channel:
+        async with me.channel(args.registry, Kind.REGISTRY) as channel:
             stub = pb_grpc.InspectionStub(channel)
             while True:
                 items, key = await fetch(stub)
@@ -69,7 +72,7 @@ def cmd_leases(args: argparse.Namespace) -> None:
 
 
 async def _watch_leases(args: argparse.Namespace) -> None:
-    async with rpc.channel(args.registry) as channel:
+    async with security.operator(args).channel(args.registry, Kind.REGISTRY) as channel:
         stream = pb_grpc.InspectionStub(channel).WatchLeases(pb.WatchLeasesRequest(service=args.service))
         async for event in stream:
             kind = pb.LeaseEvent.Type.Name(event.type)

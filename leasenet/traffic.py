@@ -40,8 +40,10 @@ from typing import IO, Any
 import grpc
 import grpc.aio
 
+from leasenet import security
 from leasenet.console import CliError
 from wire import rpc
+from wire.tls import Kind, TlsMaterial
 from wire.v1 import consumer_pb2 as cpb
 from wire.v1 import consumer_pb2_grpc as cpb_grpc
 
@@ -167,15 +169,17 @@ async def find_consumer_hosts(vms: list[TrafficVm], hosts: Sequence[str],
 
 async def run_traffic(plan: TrafficPlan, consumer_hosts: Sequence[str], total: int, concurrency: int,
                       history: IO[str] | None = None, on_outcome: Callable[[dict[str, Any]], None] | None = None,
-                      rng: random.Random | None = None) -> TrafficSummary:
+                      rng: random.Random | None = None, tls: TlsMaterial | None = None) -> TrafficSummary:
     """Send `total` requests, round-robin over the VMs, `concurrency` at a time. Every request sent
-    gets exactly one outcome line: OK or the status the consumer host (or gRPC) gave."""
+    gets exactly one outcome line: OK or the status the consumer host (or gRPC) gave. `tls`: the
+    certificate to present to the consumer hosts (None: plaintext)."""
     rng = rng or random.Random()
     writer = HistoryWriter(history)
     tag, ids = request_ids(total, rng)
     started = time.monotonic()
     codes: Counter[str] = Counter()
-    channels = {h: rpc.channel(h) for h in {*consumer_hosts, *(vm.consumer_host for vm in plan.vms if vm.consumer_host)}}
+    hosts = {*consumer_hosts, *(vm.consumer_host for vm in plan.vms if vm.consumer_host)}
+    channels = {h: rpc.channel(h, tls, Kind.CONSUMER) for h in hosts}
     try:
         vms = await find_consumer_hosts(plan.vms, consumer_hosts, channels)
         stubs = {h: cpb_grpc.ConsumerHostStub(c) for h, c in channels.items()}
@@ -222,11 +226,12 @@ async def run_traffic(plan: TrafficPlan, consumer_hosts: Sequence[str], total: i
 def cmd_traffic(args: argparse.Namespace) -> None:
     if args.requests < 1 or args.concurrency < 1:
         raise CliError("--requests and --concurrency must be at least 1")
+    me = security.operator(args)
     hosts = rpc.split_addresses(args.consumer_host, "consumer host")
     plan = load_plan(args.config, hosts)
     stream = open(args.history, "a", encoding="utf-8") if args.history else None
     try:
-        summary = asyncio.run(run_traffic(plan, hosts, args.requests, args.concurrency, stream))
+        summary = asyncio.run(run_traffic(plan, hosts, args.requests, args.concurrency, stream, tls=me.tls))
     finally:
         if stream is not None:
             stream.close()

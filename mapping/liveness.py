@@ -8,9 +8,9 @@ import logging
 from collections.abc import Callable, Sequence
 
 from mapping import keys
+from mapping.model import Host, HostId, Record
+from mapping.store import MAX_TXN_OPS, Require, Store
 from wire.errors import InvalidRequest, StoreUnavailable
-from mapping.model import HostId, Record
-from mapping.store import Require, Store
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +25,29 @@ class Liveness:
         self.registrations = 0
 
     async def register(self) -> None:
-        items = [(keys.key_of(r), keys.encode(r)) for r in self.records()]
+        """Create every record under a new liveness lease, in transactions of at most etcd's limit
+        (a host may have thousands of VMs). The host record goes last: until it exists no one can
+        route to the VMs already written, so a half-registered host is never used. A conflict
+        revokes the lease, which takes every chunk written so far with it, and starts again."""
+        records = sorted(self.records(), key=lambda r: isinstance(r, Host))
+        items = [(keys.key_of(r), keys.encode(r)) for r in records]
+        chunks = [items[i:i + MAX_TXN_OPS] for i in range(0, len(items), MAX_TXN_OPS)]
         for _ in range(3):
             self.lease_id = await self.store.grant_lease(self.ttl_s)
-            if (await self.store.create_all(items, lease=self.lease_id)).succeeded:
+            if await self._create_chunks(chunks):
                 self.registrations += 1
-                log.info("host %s registered %d record(s) under lease %x", self.host_id, len(items), self.lease_id)
+                log.info("host %s registered %d record(s) in %d transaction(s) under lease %x", self.host_id,
+                         len(items), len(chunks), self.lease_id)
                 return
             await self.store.revoke_lease(self.lease_id)
             await self._clear_own_leftovers(items)
         raise InvalidRequest(f"host {self.host_id} cannot register: its records keep conflicting")
+
+    async def _create_chunks(self, chunks: list[list[tuple[str, bytes]]]) -> bool:
+        for chunk in chunks:
+            if not (await self.store.create_all(chunk, lease=self.lease_id)).succeeded:
+                return False
+        return True
 
     async def _clear_own_leftovers(self, items: list[tuple[str, bytes]]) -> None:
         """A previous life of this host (restarted before its lease lapsed) may still hold our keys;

@@ -13,12 +13,13 @@ import grpc
 import grpc.aio
 
 from wire.lifecycle import Step, cancel_all, shut_down
-from wire.rpc import Server, end_of_stream
+from wire.rpc import Server, edge, end_of_stream
+from wire.tls import Identity, TlsMaterial, peer_identity
 from wire.v1 import tunnel_pb2 as pb
 from wire.v1 import tunnel_pb2_grpc as pb_grpc
 from producer_host.actors import Envelope, History, VmActor
 from producer_host.handlers import load_handler
-from producer_host.validate import Accept, Addressing, Reject, validate
+from producer_host.validate import Accept, Addressing, Reject, may_open_tunnel, validate
 from wire.errors import Status
 from mapping.liveness import Liveness
 from mapping.model import Host, HostId, HostKind, ProducerVm, VmId, parse_ipv4
@@ -47,6 +48,7 @@ class ProducerConfig:
     handler_options: dict[str, str] = field(default_factory=dict)
     liveness_ttl_s: int = 3
     history_path: str | None = None
+    tls: TlsMaterial | None = field(default=None, repr=False)  # None: plaintext (--insecure)
 
     def vm_addresses(self) -> list[str]:
         first = ipaddress.IPv4Address(parse_ipv4(self.vm_address_start, "--vm-address-start"))
@@ -63,16 +65,24 @@ def vm_records(config: ProducerConfig) -> list[ProducerVm]:
 
 
 class TunnelServicer(pb_grpc.TunnelServicer):
-    def __init__(self, host_id: HostId, replica: Replica) -> None:
+    """The tunnel endpoint. A stream's sender is its peer certificate's consumer host (validate.py);
+    `insecure`: no certificates, the frame's `src_host` is believed (today's plaintext mode)."""
+
+    def __init__(self, host_id: HostId, replica: Replica, *, insecure: bool = False) -> None:
         self.host_id = host_id
+        self.insecure = insecure  # plaintext (--insecure): no peer certificate, frames' fields are believed
         self.address = ""  # set once the server is bound: frames for anyone else are refused
         self.replica = replica
         self.actors: dict[VmId, VmActor] = {}
         self.frames_in = 0
         self.rejected = 0
 
+    @edge
     async def Exchange(self, request_iterator: AsyncIterator[pb.FrameBatch],
                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.FrameBatch]:
+        peer = None if self.insecure else peer_identity(context)
+        if not self.insecure and (refused := may_open_tunnel(peer)) is not None:
+            raise refused.error(refused.message)
         out: asyncio.Queue[pb.Frame | None] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
 
@@ -80,7 +90,7 @@ class TunnelServicer(pb_grpc.TunnelServicer):
             try:
                 async for batch in request_iterator:
                     for frame in batch.frames:
-                        self._accept(frame, out, pending)
+                        self._accept(frame, peer, out, pending)
             finally:
                 # answer what is in flight before closing our side (requests already taken are not dropped)
                 while pending:
@@ -110,19 +120,24 @@ class TunnelServicer(pb_grpc.TunnelServicer):
         finally:
             reader.cancel()
 
-    def _accept(self, frame: pb.Frame, out: asyncio.Queue[pb.Frame | None], pending: set[asyncio.Task[None]]) -> None:
+    def _validate(self, frame: pb.Frame, peer: Identity | None) -> Accept | Reject:
+        return validate(_addressing(frame), self.replica.state, self.host_id, self.address, peer,
+                        insecure=self.insecure)
+
+    def _accept(self, frame: pb.Frame, peer: Identity | None, out: asyncio.Queue[pb.Frame | None],
+                pending: set[asyncio.Task[None]]) -> None:
         self.frames_in += 1
-        verdict = validate(_addressing(frame), self.replica.state, self.host_id, self.address)
+        verdict = self._validate(frame, peer)
         if isinstance(verdict, Reject) and verdict.may_be_early:
-            task = asyncio.get_running_loop().create_task(self._accept_late(frame, out))
+            task = asyncio.get_running_loop().create_task(self._accept_late(frame, peer, out))
             pending.add(task)
             task.add_done_callback(pending.discard)
             return
         self._dispatch(frame, verdict, out)
 
-    async def _accept_late(self, frame: pb.Frame, out: asyncio.Queue[pb.Frame | None]) -> None:
+    async def _accept_late(self, frame: pb.Frame, peer: Identity | None, out: asyncio.Queue[pb.Frame | None]) -> None:
         await self.replica.wait_for_revision(frame.outer.fencing_token, EARLY_CLAIM_WAIT_S)
-        self._dispatch(frame, validate(_addressing(frame), self.replica.state, self.host_id, self.address), out)
+        self._dispatch(frame, self._validate(frame, peer), out)
 
     def _dispatch(self, frame: pb.Frame, verdict: Accept | Reject, out: asyncio.Queue[pb.Frame | None]) -> None:
         def reply(code: Status, message: str, payload: bytes, delivered: bool = False) -> None:
@@ -165,8 +180,8 @@ async def serve(config: ProducerConfig, store: Store, *, stop: asyncio.Event,
     load_handler(config.handler, config.handler_options)  # fail fast on a bad handler or option
     history = History(open(config.history_path, "a", encoding="utf-8")) if config.history_path else None
     replica = Replica(store)
-    server = Server(config.listen)
-    tunnel = TunnelServicer(config.host_id, replica)
+    server = Server(config.listen, config.tls)
+    tunnel = TunnelServicer(config.host_id, replica, insecure=config.tls is None)
     server.add(pb_grpc.add_TunnelServicer_to_server, tunnel, "leasenet.v1.Tunnel")
     registration = Liveness(store, config.host_id,
                             lambda: [host_record(config, tunnel.address), *vm_records(config)], config.liveness_ttl_s)

@@ -1,13 +1,33 @@
 """Frame validation at the producer host (SPEC §3 step 11): a pure function from a frame's
-addressing and the replica's state to a verdict. Each reason to refuse has its own status."""
+addressing, the stream's peer and the replica's state to a verdict. Each reason to refuse has its
+own status.
+
+Who sent a frame is the stream's peer certificate (SPEC §10), never the frame's `src_host`, a field
+the sender fills in: a frame is delivered only for a claim whose pool the peer consumer host owns,
+and refused when that cannot be told. `src_host` must still match the owner's registered address
+(a header that lies is refused), but only a producer host started with `--insecure` (no
+certificates) takes that as the word on who sent it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from mapping.model import Claim, HostId, VmId, vm_id
+from mapping.model import Claim, HostId, Pool, VmId, lease_hex, vm_id
 from mapping.state import ClusterState
-from wire.errors import InvalidRequest, LeasenetError, NotFound, PermissionDenied, StaleClaim, Status
+from wire.errors import (
+    InvalidRequest,
+    LeasenetError,
+    NotFound,
+    PermissionDenied,
+    StaleClaim,
+    Status,
+)
+
+if TYPE_CHECKING:  # wire.tls imports grpc, and this module stays pure: it compares the kind by value
+    from wire.tls import Identity
+
+CONSUMER = "consumer"  # wire.tls.Kind.CONSUMER, a str enum
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +64,37 @@ class Reject:
 Verdict = Accept | Reject
 
 
-def validate(frame: Addressing, state: ClusterState, host_id: HostId, address: str) -> Verdict:
+def _sender(peer: Identity | None) -> Identity | Reject:
+    if peer is None:
+        return Reject(PermissionDenied, "the tunnel's peer certificate names no leasenet identity")
+    if peer.kind != CONSUMER:
+        return Reject(PermissionDenied, f"only consumer hosts send tunnel frames; this stream's peer is {peer}")
+    return peer
+
+
+def may_open_tunnel(peer: Identity | None) -> Reject | None:
+    """Only consumer hosts send frames: anyone else is refused before a frame is read."""
+    sender = _sender(peer)
+    return sender if isinstance(sender, Reject) else None
+
+
+def may_send_frame(peer: Identity | None, claim: Claim, pool: Pool | None) -> Reject | None:
+    """A frame for `claim` only from the consumer host that owns the claim's pool (from our replica)."""
+    sender = _sender(peer)
+    if isinstance(sender, Reject):
+        return sender
+    if pool is None or pool.consumer_host != claim.consumer_host:
+        return Reject(PermissionDenied, f"the claim on producer VM {claim.vm} belongs to no pool this host knows "
+                                        f"(lease {lease_hex(claim.lease_id)}): refused until it can tell its owner")
+    if pool.consumer_host != sender.id:
+        return Reject(PermissionDenied, f"the claim on producer VM {claim.vm} belongs to another consumer host's "
+                                        f"pool, not to {sender}")
+    return None
+
+
+def validate(frame: Addressing, state: ClusterState, host_id: HostId, address: str, peer: Identity | None,
+             *, insecure: bool = False) -> Verdict:
+    """`peer`: the stream's certificate identity; `insecure`: there is none, believe `src_host`."""
     if not (frame.network and frame.src and frame.dst and frame.src_host):
         return Reject(InvalidRequest, "frame is missing its inner or outer header fields")
     if frame.dst_host != address:
@@ -64,13 +114,16 @@ def validate(frame: Addressing, state: ClusterState, host_id: HostId, address: s
                       f"fencing token {frame.fencing_token} is not the current claim on producer VM {vm} "
                       f"(the lease expired, was released, or the VM was re-registered)",
                       may_be_early=claim is None or frame.fencing_token > claim.revision)
-    consumer = vm_id(frame.network, frame.src)
-    if claim.consumer_vm != consumer:
-        return Reject(PermissionDenied,
-                      f"producer VM {vm} is leased to consumer VM {claim.consumer_vm}, not to {consumer}")
+    if not insecure and (refused := may_send_frame(peer, claim, state.pools_by_lease.get(claim.lease_id))):
+        return refused  # before the checks below: a forger learns nothing of another tenant
+    # with certificates a header consistency check; with --insecure the only word on the sender
     consumer_host = state.hosts.get(claim.consumer_host)
     if consumer_host is not None and consumer_host.address != frame.src_host:
         return Reject(PermissionDenied,
                       f"the claim on producer VM {vm} belongs to consumer host {claim.consumer_host} "
                       f"({consumer_host.address}), but the frame came from {frame.src_host}")
+    consumer = vm_id(frame.network, frame.src)
+    if claim.consumer_vm != consumer:
+        return Reject(PermissionDenied,
+                      f"producer VM {vm} is leased to consumer VM {claim.consumer_vm}, not to {consumer}")
     return Accept(vm, claim)

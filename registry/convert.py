@@ -32,11 +32,13 @@ def service_to_pb(state: ClusterState, service: Service) -> pb.Service:
         vms=len(vms), free_vms=len(state.free_vms(service.name)))
 
 
-def lease_to_pb(view: LeaseView) -> pb.Lease:
+def lease_to_pb(view: LeaseView, fencing_tokens: bool = True) -> pb.Lease:
+    """`fencing_tokens`: False leaves them 0, for callers who have no use for them (registry/authz.py)."""
     pool = view.pool
     network, _, address = pool.consumer_vm.partition("/")
     return pb.Lease(
         lease_id=lease_hex(pool.lease_id), service=pool.service, consumer_network=network, consumer_vm=address,
         consumer_host=pool.consumer_host, ttl_s=pool.ttl_s, revision=pool.revision,
         members=[pb.PoolMember(vm_id=m.vm.vm_id, network=m.vm.network, address=m.vm.address, host_id=m.vm.host_id,
-                               host_address=m.host_address, fencing_token=m.fencing_token) for m in view.members])
+                               host_address=m.host_address,
+                               fencing_token=m.fencing_token if fencing_tokens else 0) for m in view.members])

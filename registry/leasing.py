@@ -26,6 +26,7 @@ from wire.errors import (
     ProducerUnavailable,
 )
 from mapping.model import Claim, ConsumerRef, Host, HostId, LeaseId, Pool, ProducerVm, Record, Service, VmId, lease_hex
+from registry.authz import ANYONE, Caller, may_act_on_pool
 from registry.placement import choose_vms, host_loads
 from mapping.replica import Replica
 from mapping.state import ClusterState
@@ -147,12 +148,12 @@ class LeasingAgent:
             raise
 
     async def grow_lease(self, lease_id: LeaseId, count: int = 1, min_revision: int = 0,
-                         avoid_hosts: frozenset[str] = frozenset()) -> LeaseView:
+                         avoid_hosts: frozenset[str] = frozenset(), *, caller: Caller = ANYONE) -> LeaseView:
         if count < 1:
             raise InvalidRequest(f"grow count must be at least 1, got {count}")
         await self.replica.wait_for_revision(min_revision, CATCH_UP_S)
         for _ in range(self.max_attempts):
-            pool = self._pool(lease_id)
+            pool = self._pool(lease_id, caller, "grow")
             service = self._service(pool.service)
             held = len(self.state.members_by_lease.get(lease_id, ()))
             if held + count > service.policy.max_pool:
@@ -167,9 +168,9 @@ class LeasingAgent:
         raise PoolExhausted(f"service {pool.service!r}: every attempt to grow lease {lease_hex(lease_id)} "
                             f"lost a race to other consumers ({self.max_attempts} attempts)")
 
-    async def shrink_lease(self, lease_id: LeaseId, vms: list[VmId]) -> LeaseView:
+    async def shrink_lease(self, lease_id: LeaseId, vms: list[VmId], *, caller: Caller = ANYONE) -> LeaseView:
         """Delete the lease's claims on `vms` (each guarded by its own revision)."""
-        self._pool(lease_id)
+        self._pool(lease_id, caller, "shrink")
         revision = 0
         for vm in vms:
             claim = self.state.claims.get(vm)
@@ -181,13 +182,15 @@ class LeasingAgent:
         await self.replica.wait_for_revision(revision, CATCH_UP_S)
         return self._view(lease_id)
 
-    async def renew_lease(self, lease_id: LeaseId) -> int:
+    async def renew_lease(self, lease_id: LeaseId, *, caller: Caller = ANYONE) -> int:
+        self._pool_lease(lease_id, caller, "renew")
         ttl = await self.store.refresh_lease(lease_id)
         if ttl <= 0:
             raise LeaseExpired(f"lease {lease_hex(lease_id)} has expired or was released")
         return ttl
 
-    async def release_lease(self, lease_id: LeaseId) -> None:
+    async def release_lease(self, lease_id: LeaseId, *, caller: Caller = ANYONE) -> None:
+        self._pool_lease(lease_id, caller, "release")
         await self.store.revoke_lease(lease_id)
 
     # --- helpers -------------------------------------------------------------------------------
@@ -197,10 +200,26 @@ class LeasingAgent:
                                 f"for service {pool.service!r} through consumer host {pool.consumer_host!r}")
         return describe(self.state, pool)
 
-    def _pool(self, lease_id: LeaseId) -> Pool:
+    def _pool(self, lease_id: LeaseId, caller: Caller = ANYONE, action: str = "use") -> Pool:
         pool = self.state.pools_by_lease.get(lease_id)
         if pool is None:
             raise LeaseExpired(f"lease {lease_hex(lease_id)} has expired or was released")
+        return self._authorised(pool, caller, action)
+
+    def _pool_lease(self, lease_id: LeaseId, caller: Caller, action: str) -> Pool:
+        """Renew and release touch an etcd lease directly: only a pool's, never a host's liveness lease.
+        A pool our replica has not seen yet (granted a moment ago elsewhere) is refused as NOT_FOUND,
+        which the consumer host retries at its next renewal instead of dropping the pool."""
+        pool = self.state.pools_by_lease.get(lease_id)
+        if pool is None:
+            raise NotFound(f"lease {lease_hex(lease_id)} is not the lease of any pool (it ended, or it is not "
+                           f"a pool's: the leasing API cannot {action} a host's liveness lease)")
+        return self._authorised(pool, caller, action)
+
+    @staticmethod
+    def _authorised(pool: Pool, caller: Caller, action: str) -> Pool:
+        if (denied := may_act_on_pool(caller, pool, action)) is not None:
+            raise denied.exception()
         return pool
 
     def _view(self, lease_id: LeaseId) -> LeaseView:

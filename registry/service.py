@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc.aio
 
@@ -16,8 +16,10 @@ from wire.v1 import registry_pb2 as pb
 from wire.v1 import registry_pb2_grpc as pb_grpc
 from mapping import keys
 from mapping.config import ClusterConfig
+from registry.authz import ANYONE, Caller, Deny, lessee, may_inspect, sees_fencing_tokens
 from registry.convert import host_to_pb, lease_to_pb, service_to_pb, vm_to_pb
 from wire.errors import InvalidRequest, NotFound
+from wire.tls import TlsMaterial, peer_identity
 from registry.leasing import ClaimCollector, LeasingAgent, describe
 from mapping.model import ConsumerRef, HostId, HostKind, LeaseId, Pool, Record, VmId, parse_lease_hex, vm_id
 from mapping.replica import Replica
@@ -37,49 +39,76 @@ def _consumer_vm(text: str, network: str = "") -> str:
     return text if "/" in text or not network else vm_id(network, text)
 
 
+def caller_of(context: grpc.aio.ServicerContext, insecure: bool) -> Caller:
+    """Who is calling: the certificate's identity, or ANYONE on a plaintext (--insecure) registry."""
+    return ANYONE if insecure else peer_identity(context)
+
+
 class LeasingServicer(pb_grpc.LeasingServicer):
-    def __init__(self, agent: LeasingAgent) -> None:
+    """Serves consumer hosts, each for its own pools only (registry/authz.py); `insecure`: no
+    certificates, so the consumer host a request names is believed."""
+
+    def __init__(self, agent: LeasingAgent, *, insecure: bool = False) -> None:
         self.agent = agent
+        self.insecure = insecure
 
     @edge
     async def RequestLease(self, request: pb.RequestLeaseRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
-        for field in ("service", "consumer_network", "consumer_vm", "consumer_host"):
+        caller = caller_of(context, self.insecure)
+        needed = ("service", "consumer_network", "consumer_vm") + (("consumer_host",) if caller is ANYONE else ())
+        for field in needed:
             if not getattr(request, field):
                 raise InvalidRequest(f"RequestLease needs {field}")
-        consumer = ConsumerRef(request.consumer_network, request.consumer_vm, HostId(request.consumer_host))
+        host = lessee(caller, request.consumer_host)
+        if isinstance(host, Deny):
+            raise host.exception()
+        consumer = ConsumerRef(request.consumer_network, request.consumer_vm, host)
         return lease_to_pb(await self.agent.request_lease(consumer, request.service, frozenset(request.avoid_hosts)))
 
     @edge
     async def GrowLease(self, request: pb.GrowLeaseRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
         view = await self.agent.grow_lease(_lease_id(request.lease_id), request.count or 1, request.min_revision,
-                                           frozenset(request.avoid_hosts))
+                                           frozenset(request.avoid_hosts), caller=caller_of(context, self.insecure))
         return lease_to_pb(view)
 
     @edge
     async def ShrinkLease(self, request: pb.ShrinkLeaseRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
-        view = await self.agent.shrink_lease(_lease_id(request.lease_id), [VmId(v) for v in request.vm_ids])
+        view = await self.agent.shrink_lease(_lease_id(request.lease_id), [VmId(v) for v in request.vm_ids],
+                                             caller=caller_of(context, self.insecure))
         return lease_to_pb(view)
 
     @edge
     async def RenewLease(self, request: pb.LeaseRef, context: grpc.aio.ServicerContext) -> pb.RenewLeaseResponse:
-        return pb.RenewLeaseResponse(ttl_s=await self.agent.renew_lease(_lease_id(request.lease_id)))
+        ttl = await self.agent.renew_lease(_lease_id(request.lease_id), caller=caller_of(context, self.insecure))
+        return pb.RenewLeaseResponse(ttl_s=ttl)
 
     @edge
     async def ReleaseLease(self, request: pb.LeaseRef, context: grpc.aio.ServicerContext) -> pb.ReleaseLeaseResponse:
-        await self.agent.release_lease(_lease_id(request.lease_id))
+        await self.agent.release_lease(_lease_id(request.lease_id), caller=caller_of(context, self.insecure))
         return pb.ReleaseLeaseResponse()
 
 
 class InspectionServicer(pb_grpc.InspectionServicer):
-    def __init__(self, replica: Replica) -> None:
+    """Read-only, for any certificate from the cluster CA; fencing tokens only for operators and
+    registries (registry/authz.py). `insecure`: no certificates, everyone reads everything."""
+
+    def __init__(self, replica: Replica, *, insecure: bool = False) -> None:
         self.replica = replica
+        self.insecure = insecure
 
     @property
     def state(self):  # noqa: ANN201 - ClusterState
         return self.replica.state
 
+    def _reader(self, context: grpc.aio.ServicerContext) -> Caller:
+        caller = caller_of(context, self.insecure)
+        if (denied := may_inspect(caller)) is not None:
+            raise denied.exception()
+        return caller
+
     @edge
     async def ListHosts(self, request: pb.ListHostsRequest, context: grpc.aio.ServicerContext) -> pb.ListHostsResponse:
+        self._reader(context)
         if request.kind and request.kind not in {k.value for k in HostKind}:
             raise InvalidRequest(f"host kind {request.kind!r} is not 'producer' or 'consumer'")
         hosts = [h for h in self.state.hosts.values() if not request.kind or h.kind.value == request.kind]
@@ -87,6 +116,7 @@ class InspectionServicer(pb_grpc.InspectionServicer):
 
     @edge
     async def GetHost(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.Host:
+        self._reader(context)
         host = self.state.hosts.get(HostId(request.id))
         if host is None:
             raise NotFound(f"host {request.id!r} is not registered")
@@ -94,6 +124,7 @@ class InspectionServicer(pb_grpc.InspectionServicer):
 
     @edge
     async def ListVms(self, request: pb.ListVmsRequest, context: grpc.aio.ServicerContext) -> pb.ListVmsResponse:
+        self._reader(context)
         vms = [vm for vm in self.state.vms.values()
                if (not request.service or vm.service == request.service)
                and (not request.host_id or vm.host_id == request.host_id)
@@ -102,6 +133,7 @@ class InspectionServicer(pb_grpc.InspectionServicer):
 
     @edge
     async def GetVm(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.ProducerVm:
+        self._reader(context)
         vm = self.state.vms.get(request.id)
         if vm is None:
             raise NotFound(f"producer VM {request.id!r} is not registered (ids are network/address)")
@@ -110,11 +142,13 @@ class InspectionServicer(pb_grpc.InspectionServicer):
     @edge
     async def ListServices(self, request: pb.ListServicesRequest,
                            context: grpc.aio.ServicerContext) -> pb.ListServicesResponse:
+        self._reader(context)
         services = sorted(self.state.services.values(), key=lambda s: s.name)
         return pb.ListServicesResponse(services=[service_to_pb(self.state, s) for s in services])
 
     @edge
     async def GetService(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.Service:
+        self._reader(context)
         service = self.state.services.get(request.id)
         if service is None:
             raise NotFound(f"service {request.id!r} is not registered")
@@ -135,21 +169,24 @@ class InspectionServicer(pb_grpc.InspectionServicer):
     @edge
     async def ListLeases(self, request: pb.ListLeasesRequest,
                          context: grpc.aio.ServicerContext) -> pb.ListLeasesResponse:
+        tokens = sees_fencing_tokens(self._reader(context))
         pools = sorted((p for p in self.state.pools.values() if self._matches(p, request)), key=lambda p: p.revision)
-        return pb.ListLeasesResponse(leases=[lease_to_pb(describe(self.state, p)) for p in pools],
+        return pb.ListLeasesResponse(leases=[lease_to_pb(describe(self.state, p), tokens) for p in pools],
                                      revision=self.replica.revision)
 
     @edge
     async def GetLease(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
+        tokens = sees_fencing_tokens(self._reader(context))
         lease_id = _lease_id(request.id)
         pool = self.state.pools_by_lease.get(lease_id)
         if pool is None:
             raise NotFound(f"lease {request.id} does not exist (expired, released, or never granted)")
-        return lease_to_pb(describe(self.state, pool))
+        return lease_to_pb(describe(self.state, pool), tokens)
 
     @edge
     async def WatchLeases(self, request: pb.WatchLeasesRequest,
                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.LeaseEvent]:
+        tokens = sees_fencing_tokens(self._reader(context))
         changes: asyncio.Queue[tuple[LeaseId, Pool | None, Pool | None, int]] = asyncio.Queue()
 
         def on_change(key: str, old: Record | None, new: Record | None, revision: int) -> None:
@@ -163,11 +200,12 @@ class InspectionServicer(pb_grpc.InspectionServicer):
         try:
             for pool in sorted(self.state.pools.values(), key=lambda p: p.revision):
                 if not request.service or pool.service == request.service:
-                    yield pb.LeaseEvent(type=pb.LeaseEvent.EXISTING, lease=lease_to_pb(describe(self.state, pool)),
+                    yield pb.LeaseEvent(type=pb.LeaseEvent.EXISTING,
+                                        lease=lease_to_pb(describe(self.state, pool), tokens),
                                         revision=self.replica.revision)
             yield pb.LeaseEvent(type=pb.LeaseEvent.SYNCED, revision=self.replica.revision)
             while True:
-                for event in _coalesce([await changes.get()] + _drain(changes), self.state):
+                for event in _coalesce([await changes.get()] + _drain(changes), self.state, tokens):
                     if not request.service or event.lease.service == request.service:
                         yield event
         finally:
@@ -181,7 +219,8 @@ def _drain(queue: asyncio.Queue) -> list:  # type: ignore[type-arg]
     return items
 
 
-def _coalesce(changes: list[tuple[LeaseId, Pool | None, Pool | None, int]], state) -> list[pb.LeaseEvent]:  # noqa: ANN001
+def _coalesce(changes: list[tuple[LeaseId, Pool | None, Pool | None, int]], state,  # noqa: ANN001
+              tokens: bool) -> list[pb.LeaseEvent]:
     """One event per lease for a burst of key changes (a grant writes the pool and its claims at once)."""
     kinds: dict[LeaseId, tuple[int, Pool | None, int]] = {}
     for lease_id, old, new, revision in changes:
@@ -198,9 +237,10 @@ def _coalesce(changes: list[tuple[LeaseId, Pool | None, Pool | None, int]], stat
             if ended is None:
                 continue  # claims of a lease we never saw: nothing to report
             view = describe(state, ended) if pool is None else describe(state, pool)
-            events.append(pb.LeaseEvent(type=pb.LeaseEvent.ENDED, lease=lease_to_pb(view), revision=revision))
+            events.append(pb.LeaseEvent(type=pb.LeaseEvent.ENDED, lease=lease_to_pb(view, tokens), revision=revision))
         else:
-            events.append(pb.LeaseEvent(type=kind, lease=lease_to_pb(describe(state, pool)), revision=revision))
+            events.append(pb.LeaseEvent(type=kind, lease=lease_to_pb(describe(state, pool), tokens),
+                                        revision=revision))
     return events
 
 
@@ -208,6 +248,7 @@ def _coalesce(changes: list[tuple[LeaseId, Pool | None, Pool | None, int]], stat
 class RegistryConfig:
     listen: str
     cluster: ClusterConfig | None = None
+    tls: TlsMaterial | None = field(default=None, repr=False)  # None: plaintext (--insecure)
 
 
 async def publish_cluster_config(store: Store, replica: Replica, cluster: ClusterConfig) -> None:
@@ -225,9 +266,11 @@ async def serve(config: RegistryConfig, store: Store, *, stop: asyncio.Event,
     replica = Replica(store)
     agent = LeasingAgent(store, replica)
     collector = ClaimCollector(store, replica)
-    server = Server(config.listen)
-    server.add(pb_grpc.add_LeasingServicer_to_server, LeasingServicer(agent), "leasenet.v1.Leasing")
-    server.add(pb_grpc.add_InspectionServicer_to_server, InspectionServicer(replica), "leasenet.v1.Inspection")
+    server = Server(config.listen, config.tls)
+    insecure = config.tls is None
+    server.add(pb_grpc.add_LeasingServicer_to_server, LeasingServicer(agent, insecure=insecure), "leasenet.v1.Leasing")
+    server.add(pb_grpc.add_InspectionServicer_to_server, InspectionServicer(replica, insecure=insecure),
+               "leasenet.v1.Inspection")
     async with asyncio.TaskGroup() as tasks:
         background = [tasks.create_task(replica.run(), name="replica")]
         try:

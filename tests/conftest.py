@@ -4,6 +4,7 @@ keyspace) and its own leasenet processes, all stopped at the end, with logs kept
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import os
 import tempfile
@@ -14,8 +15,10 @@ from typing import TypeVar
 
 import pytest
 
+from leasenet import certs
 from leasenet.cluster import LocalCluster
 from leasenet.etcd import EtcdCluster
+from wire.tls import Identity, TlsFiles, TlsMaterial
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
@@ -48,6 +51,19 @@ async def eventually_async(check: Callable[[], T | Awaitable[T]], timeout_s: flo
         await asyncio.sleep(interval_s)
 
 
+@functools.cache
+def session_pki() -> Path:
+    """One CA for every test cluster of the session, so a helper dials any of them by address alone."""
+    return Path(tempfile.mkdtemp(prefix="leasenet-pki-"))
+
+
+@functools.cache
+def tls_as(identity: Identity) -> TlsMaterial:
+    """`identity`'s certificate from the session's CA (made on first use)."""
+    certs.make_dev(session_pki(), [identity])
+    return TlsFiles.in_dir(session_pki(), identity).load()
+
+
 @pytest.fixture(scope="session")
 def etcd_endpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     """A real etcd for the whole session (contract tests): LEASENET_ETCD_ENDPOINTS or our own."""
@@ -63,9 +79,10 @@ def etcd_endpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[st
 
 @pytest.fixture
 def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
-    """A LocalCluster with its own fresh etcd; process logs are printed if the test fails."""
+    """A LocalCluster with its own fresh etcd, mutual TLS and etcd auth (certificates from the session's
+    CA); process logs are printed if the test fails."""
     workdir = Path(tempfile.mkdtemp(prefix=f"leasenet-{request.node.name[:40]}-"))
-    c = LocalCluster(workdir)
+    c = LocalCluster(workdir, tls_dir=session_pki())
     c.env["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     c.start_etcd()
     try:

@@ -1,6 +1,10 @@
 """What every leasenet gRPC server and client shares: the error edge (LeasenetError -> status with
 its sentence, anything else -> INTERNAL with a generic sentence and a logged traceback), standard
-health checking and reflection, channel options, and parsing of host:port lists."""
+health checking and reflection, channel options, and parsing of host:port lists.
+
+Servers and channels take the process's TLS material (wire.tls): given it, the server requires a
+client certificate from the cluster CA on its one port (health and reflection included) and a
+channel presents ours and checks the server's kind; None is plaintext, chosen with --insecure only."""
 
 from __future__ import annotations
 
@@ -18,7 +22,9 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from wire import tls as wtls
 from wire.errors import ERROR_METADATA_KEY, LeasenetError, Status, error_for_status
+from wire.tls import Kind, TlsMaterial
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +139,9 @@ def split_addresses(text: str, what: str, *, hint: str = "") -> list[str]:
 class Server:
     """A grpc.aio server with health checking and reflection, started and stopped as a unit."""
 
-    def __init__(self, listen: str) -> None:
+    def __init__(self, listen: str, tls: TlsMaterial | None = None) -> None:
         self.listen = listen
+        self.tls = tls  # None: plaintext (--insecure)
         self.server = grpc.aio.server(options=SERVER_OPTIONS)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -149,7 +156,10 @@ class Server:
         """Bind and start; returns the bound host:port (useful with port 0)."""
         reflection.enable_server_reflection(self._services, self.server)
         try:
-            self.port = self.server.add_insecure_port(self.listen)
+            if self.tls is None:
+                self.port = self.server.add_insecure_port(self.listen)
+            else:
+                self.port = self.server.add_secure_port(self.listen, wtls.server_credentials(self.tls))
         except RuntimeError:
             self.port = 0
         if not self.port:
@@ -170,11 +180,26 @@ class Server:
         await self.server.stop(grace_s)
 
 
-async def check_health(address: str, timeout_s: float = 2.0) -> bool:
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        resp = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
-        return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+SERVER_KINDS = (Kind.REGISTRY, Kind.PRODUCER, Kind.CONSUMER)
+
+
+async def check_health(address: str, timeout_s: float = 2.0, tls: TlsMaterial | None = None,
+                       expect: Sequence[Kind] = SERVER_KINDS) -> bool:
+    """Whether the server at `address` reports SERVING. With TLS, a probe presents `tls` and accepts a
+    server of any kind in `expect` (a probe of unknown kind tries each name; a handshake with the
+    wrong name fails at once, before any call)."""
+    kinds = list(expect) if tls is not None else [Kind.REGISTRY]
+    for i, kind in enumerate(kinds):
+        async with channel(address, tls, kind) as chan:
+            try:
+                resp = await health_pb2_grpc.HealthStub(chan).Check(health_pb2.HealthCheckRequest(service=""),
+                                                                    timeout=timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAVAILABLE and i + 1 < len(kinds):
+                    continue
+                raise
+            return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+    return False
 
 
 def install_event_loop() -> str:
@@ -191,10 +216,17 @@ def install_event_loop() -> str:
     return f"uvloop {uvloop.__version__}"
 
 
-def channel(address: str) -> grpc.aio.Channel:
-    """A channel to one peer; must be created inside the running event loop."""
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+def channel(address: str, tls: TlsMaterial | None = None, expect: Kind | None = None) -> grpc.aio.Channel:
+    """A channel to one peer; must be created inside the running event loop. With `tls`, mutual TLS
+    to a server whose certificate names it a `expect` (registry, producer or consumer host)."""
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    if expect is None:
+        raise ValueError(f"a TLS channel to {address} needs the kind of server it expects")
+    return grpc.aio.secure_channel(address, wtls.channel_credentials(tls),
+                                   options=[*CHANNEL_OPTIONS, *wtls.channel_options(expect)])
 
 
-__all__: Sequence[str] = ["Server", "edge", "channel", "check_health", "end_of_stream", "error_from_rpc", "from_grpc",
+__all__: Sequence[str] = ["SERVER_KINDS", "Server", "edge", "channel", "check_health", "end_of_stream",
+                          "error_from_rpc", "from_grpc",
                           "install_event_loop", "split_addresses", "to_grpc"]

@@ -14,9 +14,10 @@ from typing import Any
 
 import grpc.aio
 
-from leasenet.bench.measure import CpuMeter, etcd_counts, meter_window, ms, percentile
+from leasenet.bench.measure import CpuMeter, cluster_channel, etcd_counts, meter_window, ms, percentile
 from leasenet.bench.plans import REQUEST_TIMEOUT_S, Cell, CellResult, LoadResult, LoadTask
 from wire import rpc
+from wire.tls import Kind
 from wire.v1 import consumer_pb2 as cpb
 from wire.v1 import consumer_pb2_grpc as cpb_grpc
 
@@ -125,7 +126,9 @@ async def load(task: LoadTask) -> LoadResult:
             continue
         address = task.addresses[cell.target]
         if address not in channels:
-            channels[address] = rpc.channel(address)
+            # the overlay is the cluster (mutual TLS); direct and relay are the harness's plaintext servers
+            channels[address] = cluster_channel(address, Kind.CONSUMER) if cell.target == "overlay" \
+                else rpc.channel(address)
             await asyncio.wait_for(channels[address].channel_ready(), 10)
         stub = cpb_grpc.ConsumerHostStub(channels[address])
         payload = random.randbytes(cell.payload)

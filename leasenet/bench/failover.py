@@ -13,8 +13,9 @@ from collections import Counter
 import grpc.aio
 
 from leasenet import checker
+from leasenet.bench.measure import cluster_channel
 from leasenet.bench.plans import NETWORK, REQUEST_TIMEOUT_S, FailoverResult, FailoverTask
-from wire import rpc
+from wire.tls import Kind
 from wire.v1 import consumer_pb2 as cpb
 from wire.v1 import consumer_pb2_grpc as cpb_grpc
 from wire.v1 import registry_pb2 as rpb
@@ -23,7 +24,7 @@ from wire.v1 import registry_pb2_grpc as rpb_grpc
 
 async def busiest(task: FailoverTask) -> tuple[str, list[str]]:
     """The victim (the producer host with the most leased VMs) and the consumer VMs it serves."""
-    async with rpc.channel(task.registry) as reg:
+    async with cluster_channel(task.registry, Kind.REGISTRY) as reg:
         leases = (await rpb_grpc.InspectionStub(reg).ListLeases(
             rpb.ListLeasesRequest(service=task.service), timeout=5)).leases
     counts = Counter(m.host_id for lease in leases for m in lease.members if m.host_id in task.victims)
@@ -36,7 +37,7 @@ async def failover(task: FailoverTask) -> FailoverResult:
     samples: list[str] = []
     stopping = False
     payload = random.randbytes(task.payload)
-    channel = rpc.channel(task.consumer)
+    channel = cluster_channel(task.consumer, Kind.CONSUMER)
     await asyncio.wait_for(channel.channel_ready(), 10)
     stub = cpb_grpc.ConsumerHostStub(channel)
 

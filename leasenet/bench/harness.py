@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from leasenet import checker
+from leasenet.bench.measure import GRANTS_HOST
 from leasenet.bench.plans import (
     CLUSTER, DATA_CONSUMERS, DATA_SERVICE, DATA_TARGET, DATA_VMS, FO_CONSUMERS, FO_SERVICE, FO_TARGET, FO_VMS,
     GRANT_POOL, GRANT_SERVICE, GRANT_VMS, NETWORK, RACE_HOSTS, RACE_SERVICE, RACE_TARGET, RACE_VMS, RACE_VMS_PER_HOST, Cell,
@@ -75,8 +76,10 @@ class Bench:
         self.workdir = workdir
         self.plan = plan
         self.say = say
-        self.cluster = LocalCluster(workdir)
-        self.env = {"PYTHONPATH": os.pathsep.join(p for p in [PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")] if p)}
+        self.cluster = LocalCluster(workdir)  # mutual TLS everywhere, its own CA in the work dir
+        self.cluster.tls(GRANTS_HOST)  # the grants role leases as this consumer host
+        self.env = {"PYTHONPATH": os.pathsep.join(p for p in [PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")] if p),
+                    "LEASENET_TLS_DIR": str(self.cluster.tls_dir)}  # the roles' certificates
         self.cluster.env.update(self.env)
         self.extra: list[subprocess.Popen[bytes]] = []  # harness processes besides the cluster's
         self.registry = ""
@@ -163,7 +166,8 @@ class Bench:
             elif stale.suffix == ".jsonl":
                 stale.unlink(missing_ok=True)
         self.cluster.start_etcd()
-        self.metrics = f"http://{self.cluster.etcd_endpoints[0]}/metrics"
+        assert self.cluster.etcd is not None
+        self.metrics = self.cluster.etcd.members[0].metrics_url  # plaintext: no certificate needed
         self.config.write_text(to_toml(CLUSTER))
         self.registry = self.start({"registry": ["registry", "--listen", "127.0.0.1:0", "--cluster-config",
                                                  str(self.config)]})["registry"].address

@@ -12,11 +12,11 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from leasenet.bench.measure import ms, percentile
+from leasenet.bench.measure import GRANTS_HOST, cluster_channel, cluster_tls, ms, percentile
 from leasenet.bench.plans import NETWORK, GrantsResult, GrantsTask, RaceResult, RaceTask
 from leasenet.checker import ClaimLog, claims_from_lines, double_leases
 from leasenet.demo import watch_leases
-from wire import rpc
+from wire.tls import Kind
 from wire.v1 import consumer_pb2 as cpb
 from wire.v1 import consumer_pb2_grpc as cpb_grpc
 from wire.v1 import registry_pb2 as rpb
@@ -28,7 +28,7 @@ async def grants(task: GrantsTask) -> GrantsResult:
     latencies: list[float] = []
     sizes: Counter[int] = Counter()
     failures: Counter[str] = Counter()
-    async with rpc.channel(task.registry) as channel:
+    async with cluster_channel(task.registry, Kind.REGISTRY, GRANTS_HOST) as channel:
         await asyncio.wait_for(channel.channel_ready(), 10)
         stub = rpb_grpc.LeasingStub(channel)
         for i in range(task.count + task.warmup):
@@ -55,9 +55,9 @@ async def race(task: RaceTask) -> RaceResult:
     """Every consumer VM of every consumer host loops: Send (leases a pool on first use) then
     Detach (releases it). The fleet is smaller than the demand, so most attempts lose."""
     claims, synced = ClaimLog(), asyncio.Event()
-    watcher = asyncio.create_task(watch_leases(task.registry, claims, synced))
+    watcher = asyncio.create_task(watch_leases(task.registry, claims, synced, cluster_tls()))
     await asyncio.wait_for(synced.wait(), 10)
-    channels = [rpc.channel(c.address) for c in task.consumers]
+    channels = [cluster_channel(c.address, Kind.CONSUMER) for c in task.consumers]
     served, exhausted, detached = 0, 0, 0
     errors: Counter[str] = Counter()
     samples: list[str] = []

@@ -11,6 +11,11 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterable
 
+import grpc.aio
+
+from wire import rpc
+from wire.tls import Identity, Kind, TlsFiles, TlsMaterial
+
 
 def percentile(values: list[float], p: float) -> float:
     """Nearest-rank percentile of unsorted values (nan when empty)."""
@@ -79,3 +84,18 @@ def etcd_counts(metrics_url: str) -> Counter[str]:
                 method = labels.split('grpc_method="', 1)[1].split('"', 1)[0]
                 counts[method] += int(float(value))
     return counts
+
+
+OPERATOR = Identity(Kind.OPERATOR, "admin")
+GRANTS_HOST = Identity(Kind.CONSUMER, "bench-grants")  # the grants role leases as a consumer host would
+
+
+def cluster_tls(identity: Identity = OPERATOR) -> TlsMaterial | None:
+    """`identity`'s material from the harness's CA (LEASENET_TLS_DIR, set for every role); None: plaintext."""
+    tls_dir = os.environ.get("LEASENET_TLS_DIR")
+    return TlsFiles.in_dir(tls_dir, identity).load() if tls_dir else None
+
+
+def cluster_channel(address: str, expect: Kind, identity: Identity = OPERATOR) -> grpc.aio.Channel:
+    """A channel to one of the bench cluster's servers, presenting `identity`'s certificate."""
+    return rpc.channel(address, cluster_tls(identity), expect)

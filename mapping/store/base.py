@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
+from wire.errors import InvalidRequest
+
 
 @dataclass(frozen=True, slots=True)
 class KeyValue:
@@ -61,6 +63,17 @@ class Compacted(Exception):
         self.compact_revision = compact_revision
 
 
+# etcd's default --max-txn-ops: a transaction's compares and its puts are each limited to this many
+MAX_TXN_OPS = 128
+
+
+def check_txn_size(items: Sequence[tuple[str, bytes]], require: Sequence[Require]) -> None:
+    """Refuse, before sending, a transaction etcd would refuse: callers sized by the fleet chunk."""
+    if len(items) + len(require) > MAX_TXN_OPS:
+        raise InvalidRequest(f"a transaction of {len(items)} keys and {len(require)} guards exceeds etcd's limit of "
+                             f"{MAX_TXN_OPS} operations")
+
+
 class Store(Protocol):
     requests: int  # requests sent to the backend so far (for `leasenet bench`)
 
@@ -80,7 +93,8 @@ class Store(Protocol):
                          require: Sequence[Require] = ()) -> TxnResult:
         """Create every key in one atomic transaction, only if none of them exists and every guard
         holds. On success the revision is each key's create revision. Sent exactly once: a
-        transaction is never retried blindly."""
+        transaction is never retried blindly. More than MAX_TXN_OPS keys and guards together raise
+        InvalidRequest (etcd's limit)."""
         ...
 
     async def grant_lease(self, ttl_s: int) -> int: ...

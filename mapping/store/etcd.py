@@ -27,7 +27,8 @@ from etcd3aio import Etcd3Client, EtcdError, EtcdPermissionDeniedError, EtcdUnau
 from etcd3aio.kv import KVService
 from wire.errors import PermissionDenied, StoreUnavailable, Unauthenticated
 from wire.tls import Kind, TlsConfigError, TlsMaterial, server_name
-from mapping.store.base import Compacted, KeyValue, Require, Snapshot, TxnResult, WatchBatch, WatchEvent
+from mapping.store.base import (Compacted, KeyValue, Require, Snapshot, TxnResult, WatchBatch, WatchEvent,
+                                check_txn_size)
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,7 @@ class EtcdStore:
 
     async def create_all(self, items: Sequence[tuple[str, bytes]], *, lease: int = 0,
                          require: Sequence[Require] = ()) -> TxnResult:
+        check_txn_size(items, require)
         self.requests += 1
         compare = [KVService.txn_compare_create_revision(k, 0) for k, _ in items]
         compare += [KVService.txn_compare_create_revision(r.key, r.create_revision) for r in require]
@@ -194,6 +196,13 @@ class EtcdStore:
 
     async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchBatch]:
         self.requests += 1
+        # etcd3aio retries UNAVAILABLE itself but raises the rest: over TLS a member shutting down ends
+        # the stream with RST_STREAM (INTERNAL), which must be a break to resume from, not a crash
+        with _unavailable_on_failure("watch"):
+            async for batch in self._watch(prefix, start_revision):
+                yield batch
+
+    async def _watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchBatch]:
         assert self._client.watch is not None
         streams = 0
         async for resp in self._client.watch.watch(prefix, range_end=prefix_range_end(prefix),

@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from wire.errors import StoreUnavailable
-from mapping.store.base import Compacted, KeyValue, Require, Snapshot, TxnResult, WatchBatch, WatchEvent
+from mapping.store.base import (Compacted, KeyValue, Require, Snapshot, TxnResult, WatchBatch, WatchEvent,
+                                check_txn_size)
 
 
 @dataclass
@@ -116,6 +117,7 @@ class MemoryStore:
 
     async def create_all(self, items: Sequence[tuple[str, bytes]], *, lease: int = 0,
                          require: Sequence[Require] = ()) -> TxnResult:
+        check_txn_size(items, require)
         self._enter()
         if any(k in self._data for k, _ in items) or not self._holds(require):
             return TxnResult(False, self._revision)

@@ -32,7 +32,6 @@ from mapping.config import ClusterConfig, to_toml
 from mapping.model import LeasePolicy, Network, Service, parse_target
 from mapping.model import Claim, Pool as PoolRecord, Record
 from mapping.replica import Replica
-from mapping.store.etcd import EtcdStore
 from tests.conftest import eventually_async
 
 REPO = Path(__file__).resolve().parents[2]
@@ -100,8 +99,8 @@ class ClaimRecorder:
     """Follows etcd (a Replica: gap-free, resumes after outages, reloads after compaction) and
     writes a line per claim and per pool created or deleted, with revisions and when it was seen."""
 
-    def __init__(self, endpoints: list[str], stream: IO[str]) -> None:
-        self.endpoints = endpoints
+    def __init__(self, cluster: LocalCluster, stream: IO[str]) -> None:
+        self.cluster = cluster  # its etcd, reached as root
         self.stream = stream
         self.replica: Replica | None = None
 
@@ -130,7 +129,7 @@ class ClaimRecorder:
         self.stream.flush()
 
     async def run(self, synced: asyncio.Event) -> None:
-        store = await EtcdStore(self.endpoints).connect()
+        store = await self.cluster.open_store()
         self.replica = Replica(store)
         self.replica.subscribe(self._on_change)
         task = asyncio.create_task(self.replica.run())
@@ -168,7 +167,9 @@ class Chaos:
         self.scenario = scenario
         self.cluster = LocalCluster(workdir)
         self.cluster.env["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
-        self.etcd = EtcdCluster(workdir, size=scenario.etcd_members, hosts=ETCD_HOSTS[:scenario.etcd_members])
+        hosts = ETCD_HOSTS[:scenario.etcd_members]
+        self.etcd = EtcdCluster(workdir, size=scenario.etcd_members, hosts=hosts,
+                                tls=self.cluster.etcd_files(tuple(hosts)))
         self.listen = {f"registry{i + 1}": f"{h}:{free_port(h)}" for i, h in enumerate(REGISTRY_HOSTS)}
         self.listen |= {f"producer{i + 1}": f"{h}:{free_port(h)}" for i, h in enumerate(PRODUCER_HOSTS[:PRODUCERS])}
         self.listen |= {f"consumer{i + 1}": f"{h}:{free_port(h)}" for i, h in enumerate(CONSUMER_HOSTS[:CONSUMERS])}
@@ -181,7 +182,7 @@ class Chaos:
     # --- topology ------------------------------------------------------------------------------
     def start(self) -> None:
         self.etcd.start()
-        self.cluster.etcd, self.cluster.etcd_endpoints = self.etcd, self.etcd.endpoints
+        self.cluster.use_etcd(self.etcd)
         config = write_toml(self.workdir / "cluster.toml", cluster_toml())
         registries = [self.cluster.spawn(name, "registry", "--listen", self.listen[name], "--cluster-config",
                                          str(config), wait=False) for name in ("registry1", "registry2")]
@@ -261,17 +262,18 @@ class Chaos:
     # --- a run ---------------------------------------------------------------------------------
     async def run(self) -> Outcome:
         claims_stream = open(self.claims_path, "a", encoding="utf-8")
-        self.recorder = ClaimRecorder(self.etcd.endpoints, claims_stream)
+        self.recorder = ClaimRecorder(self.cluster, claims_stream)
         synced = asyncio.Event()
         recorder = asyncio.create_task(self.recorder.run(synced))
         await asyncio.wait_for(synced.wait(), 20)
-        env = {**os.environ, **self.cluster.env}
+        env = self.cluster.process_env()
         log = open(self.workdir / "traffic.log", "wb")
         traffic = subprocess.Popen(
             [sys.executable, "-m", "leasenet", "traffic", "--consumer-host",
              ",".join(self.listen[f"consumer{i + 1}"] for i in range(CONSUMERS)), "--config",
              str(self.traffic_toml()), "--requests", str(self.scenario.requests), "--concurrency",
-             str(self.scenario.concurrency), "--history", str(self.requests_path), "--json"],
+             str(self.scenario.concurrency), "--history", str(self.requests_path), "--json",
+             *self.cluster.tls_args()],
             stdout=subprocess.PIPE, stderr=log, env=env, start_new_session=True)
         faults: list[Fault] = []
         counter = OutcomeCounter(self.requests_path)

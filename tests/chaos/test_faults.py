@@ -5,16 +5,15 @@ watch that must reload after compaction, and drain on SIGTERM for both host kind
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import time
-import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
 
 from leasenet.cluster import LocalCluster
+from leasenet.etcd import EtcdCluster, etcd_client
 from tests.conftest import eventually_async
 from wire.v1 import tunnel_pb2 as tpb
 from mapping import keys
@@ -29,12 +28,16 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(120)]
 HANDLER = "tests.chaos.handlers:announcing"
 
 
-def compact(endpoint: str, revision: int) -> None:
-    """Compact etcd's history up to `revision` through etcd's own (JSON gateway) API."""
-    request = urllib.request.Request(f"http://{endpoint}/v3/kv/compaction", method="POST",
-                                     data=json.dumps({"revision": revision, "physical": True}).encode())
-    with urllib.request.urlopen(request, timeout=5) as resp:
-        resp.read()
+async def compact(etcd: EtcdCluster, revision: int) -> None:
+    """Compact etcd's history up to `revision`, as root (the members' certificate)."""
+    assert etcd.tls is not None
+    client = etcd_client(etcd.endpoints, etcd.tls.load())
+    await client.connect()
+    try:
+        assert client.kv is not None
+        await client.kv.compact(revision, physical=True, timeout=5)
+    finally:
+        await client.close()
 
 
 async def answered_ok(consumer: str, src: str) -> bool:
@@ -116,7 +119,7 @@ async def test_a_replica_whose_watch_start_was_compacted_reloads_and_keeps_no_gh
     topo = start(cluster, vms=1)
     producer = topo.producers[0]
     assert cluster.etcd is not None
-    store = await EtcdStore(cluster.etcd_endpoints).connect()
+    store = await cluster.open_store()
     try:
         green = Network("green", 300)
         await store.put(keys.key_of(green), keys.encode(green))
@@ -127,12 +130,12 @@ async def test_a_replica_whose_watch_start_was_compacted_reloads_and_keeps_no_gh
     cluster.signal("p1", signal.SIGSTOP)  # its watch falls behind ...
     cluster.etcd.kill(0)  # ... and its stream breaks
     await asyncio.to_thread(cluster.etcd.restart, 0)
-    store = await EtcdStore(cluster.etcd_endpoints).connect()
+    store = await cluster.open_store()
     try:
         await store.delete(keys.network_key("green"))  # gone while p1 was away
         yellow = Network("yellow", 400)
         revision = await store.put(keys.key_of(yellow), keys.encode(yellow))  # new while p1 was away
-        await asyncio.to_thread(compact, cluster.etcd_endpoints[0], revision)
+        await compact(cluster.etcd, revision)
     finally:
         await store.close()
     cluster.signal("p1", signal.SIGCONT)
@@ -177,7 +180,7 @@ class WritesWhileTheWatchIsAway:
 async def test_a_replica_gets_every_event_written_while_its_watch_was_being_created(cluster):
     # etcd answers a watch created at an old revision with its current revision first, then the
     # events in between: a replica that took that header for its position skipped them
-    store = await EtcdStore(cluster.etcd_endpoints).connect()
+    store = await cluster.open_store()
     try:
         replica = Replica(WritesWhileTheWatchIsAway(store, [Network(f"n{i}", 500 + i) for i in range(3)]))  # type: ignore[arg-type]
         task = asyncio.create_task(replica.run())

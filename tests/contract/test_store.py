@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from mapping.store import Compacted, Require, Store
+from mapping.store import MAX_TXN_OPS, Compacted, Require, Store
 from mapping.store.etcd import EtcdStore
 from mapping.store.memory import MemoryStore
+from wire.errors import InvalidRequest
 
 _run = itertools.count()
 
@@ -109,3 +110,11 @@ async def test_watching_a_compacted_revision_says_so(store: Store, prefix: str) 
     with pytest.raises(Compacted):
         async for _ in store.watch(prefix, r1):
             pass
+
+
+async def test_a_transaction_over_etcds_operation_limit_is_refused_before_it_is_sent(store: Store, prefix: str) -> None:
+    items = [(f"{prefix}{i:04d}", b"x") for i in range(MAX_TXN_OPS + 1)]
+    with pytest.raises(InvalidRequest, match="exceeds etcd's limit of 128 operations"):
+        await store.create_all(items)
+    assert (await store.snapshot(prefix)).items == []
+    assert (await store.create_all(items[:MAX_TXN_OPS])).succeeded  # the limit itself is etcd's: it takes 128

@@ -1,5 +1,5 @@
 """Building blocks for integration tests: configs, a cluster topology, and gRPC calls as a
-consumer VM or an inspection client would make them."""
+consumer VM or an inspection client would make them (over mutual TLS, as the operator unless told)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
-from leasenet.cluster import ConsumerVm, LocalCluster, Proc, consumer_toml, write_toml
+from leasenet.cluster import OPERATOR, ConsumerVm, LocalCluster, Proc, consumer_toml, write_toml
 from mapping.config import ClusterConfig, to_toml
 from mapping.model import LeasePolicy, Network, Service, parse_target
+from tests.conftest import tls_as
 from wire import rpc
+from wire.tls import Identity, Kind
 from wire.v1 import consumer_pb2 as cpb
 from wire.v1 import consumer_pb2_grpc as cpb_grpc
 from wire.v1 import registry_pb2 as rpb
@@ -56,10 +58,15 @@ def start(cluster: LocalCluster, *, producers: int = 1, vms: int = 2, handler: s
     return Topology(cluster, registry, prods, cons)
 
 
+def dial(address: str, expect: Kind, identity: Identity = OPERATOR) -> grpc.aio.Channel:
+    """A channel to a test cluster's server of kind `expect`, presenting `identity`'s certificate."""
+    return rpc.channel(address, tls_as(identity), expect)
+
+
 async def send(consumer: str, src: str, payload: bytes = b"ping", *, target: str = TARGET, network: str = "blue",
                token: str | None = None, timeout: float = 5.0, request_id: int = 0,
                idempotent: bool = False) -> cpb.SendResponse:
-    async with rpc.channel(consumer) as channel:
+    async with dial(consumer, Kind.CONSUMER) as channel:
         return await cpb_grpc.ConsumerHostStub(channel).Send(
             cpb.SendRequest(network=network, src=src, token=token if token is not None else f"tok-{src}",
                             target=target, payload=payload, request_id=request_id, idempotent=idempotent),
@@ -75,9 +82,15 @@ async def send_status(consumer: str, src: str, payload: bytes = b"ping", **kwarg
 
 
 async def leases(registry: str, **filters: str) -> list[rpb.Lease]:
-    async with rpc.channel(registry) as channel:
+    async with dial(registry, Kind.REGISTRY) as channel:
         resp = await rpb_grpc.InspectionStub(channel).ListLeases(rpb.ListLeasesRequest(**filters), timeout=5)
         return list(resp.leases)
+
+
+async def vms(registry: str, **filters: str) -> list[rpb.ProducerVm]:
+    async with dial(registry, Kind.REGISTRY) as channel:
+        resp = await rpb_grpc.InspectionStub(channel).ListVms(rpb.ListVmsRequest(**filters), timeout=5)
+        return list(resp.vms)
 
 
 def history(cluster: LocalCluster) -> list[Path]:

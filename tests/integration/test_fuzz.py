@@ -16,13 +16,13 @@ import grpc
 import grpc.aio
 import pytest
 
-from wire import rpc
 from leasenet.checker import executions_from_lines, read_lines
 from wire.v1 import consumer_pb2 as cpb
 from wire.v1 import tunnel_pb2 as tpb
 from mapping import keys
-from mapping.store.etcd import EtcdStore
-from tests.integration.helpers import TARGET, history, leases, send, start
+from leasenet.cluster import LocalCluster
+from tests.integration.helpers import TARGET, dial, history, leases, send, start
+from wire.tls import Kind
 from tests.integration.test_tunnel_validation import exchange
 
 pytestmark = pytest.mark.integration
@@ -109,7 +109,7 @@ async def fuzz_tunnel(address: str, rng: random.Random, valid: dict[str, object]
 async def fuzz_consumer(address: str, rng: random.Random) -> list[grpc.StatusCode]:
     codes: list[grpc.StatusCode] = []
     requests = [fuzzed_request(rng, i) for i in range(REQUESTS)]
-    async with rpc.channel(address) as channel:
+    async with dial(address, Kind.CONSUMER) as channel:
         send_call = channel.unary_unary("/leasenet.v1.ConsumerHost/Send",
                                         request_serializer=cpb.SendRequest.SerializeToString,
                                         response_deserializer=cpb.SendResponse.FromString)
@@ -126,10 +126,10 @@ async def fuzz_consumer(address: str, rng: random.Random) -> list[grpc.StatusCod
     return codes
 
 
-async def raw_bytes(address: str, methods: list[str], rng: random.Random) -> int:
+async def raw_bytes(address: str, kind: Kind, methods: list[str], rng: random.Random) -> int:
     """Bytes that are no protobuf message, on unary and streaming methods, and unknown methods."""
     sent = 0
-    async with rpc.channel(address) as channel:
+    async with dial(address, kind) as channel:
         for i in range(RAW // 2):
             method = rng.choice(methods + ["/leasenet.v1.Nope/Nothing"])
             garbage = rng.randbytes(rng.randint(1, 300))
@@ -148,8 +148,8 @@ async def raw_bytes(address: str, methods: list[str], rng: random.Random) -> int
     return sent
 
 
-async def etcd_revision(endpoints: list[str]) -> int:
-    store = await EtcdStore(endpoints).connect()
+async def etcd_revision(cluster: LocalCluster) -> int:
+    store = await cluster.open_store()
     try:
         return (await store.snapshot(keys.ROOT)).revision
     finally:
@@ -164,14 +164,14 @@ async def test_ten_thousand_random_and_malformed_inputs_are_refused_and_change_n
     [member] = lease.members
     valid = {"vni": 100, "src_host": consumer.address, "dst_host": producer.address,
              "fencing_token": member.fencing_token, "network": "blue", "src": "10.1.0.1", "dst": member.address}
-    revision = await etcd_revision(cluster.etcd_endpoints)
+    revision = await etcd_revision(cluster)
     ran = len(executions_from_lines(read_lines(history(cluster))))
     rng = random.Random(SEED)
 
     frames, codes, raw = await asyncio.gather(
         fuzz_tunnel(producer.address, rng, valid), fuzz_consumer(consumer.address, random.Random(SEED + 1)),
-        raw_bytes(producer.address, ["/leasenet.v1.Tunnel/Exchange"], random.Random(SEED + 2)))
-    raw += await raw_bytes(consumer.address, ["/leasenet.v1.ConsumerHost/Send", "/leasenet.v1.ConsumerHost/SendStream",
+        raw_bytes(producer.address, Kind.PRODUCER, ["/leasenet.v1.Tunnel/Exchange"], random.Random(SEED + 2)))
+    raw += await raw_bytes(consumer.address, Kind.CONSUMER, ["/leasenet.v1.ConsumerHost/Send", "/leasenet.v1.ConsumerHost/SendStream",
                                               "/leasenet.v1.ConsumerHost/Attach"], random.Random(SEED + 3))
 
     assert len(frames) + len(codes) + raw >= 10_000
@@ -181,7 +181,7 @@ async def test_ten_thousand_random_and_malformed_inputs_are_refused_and_change_n
     assert len(refused) == FRAMES and all(f.status_message and not f.delivered for f in refused)
     assert grpc.StatusCode.OK not in codes and len(codes) == REQUESTS
     # nothing changed: no etcd write, the same lease, no execution
-    assert await etcd_revision(cluster.etcd_endpoints) == revision
+    assert await etcd_revision(cluster) == revision
     assert [(l.lease_id, [m.vm_id for m in l.members]) for l in await leases(topo.registry.address)] == \
         [(lease.lease_id, [member.vm_id])]
     assert len(executions_from_lines(read_lines(history(cluster)))) == ran

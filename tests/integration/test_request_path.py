@@ -14,8 +14,8 @@ import pytest
 
 from leasenet import checker
 from tests.conftest import eventually, eventually_async
-from tests.integration.helpers import history, leases, send, send_status, start
-from wire import rpc
+from tests.integration.helpers import dial, history, leases, send, send_status, start
+from wire.tls import Kind
 from wire.v1 import registry_pb2 as rpb
 from wire.v1 import registry_pb2_grpc as rpb_grpc
 
@@ -39,7 +39,7 @@ async def test_answer_comes_from_the_target_virtual_address_not_the_producer_vm(
 
 async def test_first_request_leases_a_pool_visible_to_the_cli_and_the_watch_stream(cluster):
     topo = start(cluster)
-    async with rpc.channel(topo.registry.address) as channel:
+    async with dial(topo.registry.address, Kind.REGISTRY) as channel:
         stream = rpb_grpc.InspectionStub(channel).WatchLeases(rpb.WatchLeasesRequest())
         first = await stream.read()
         assert first.type == rpb.LeaseEvent.SYNCED  # no lease before the first request
@@ -50,8 +50,8 @@ async def test_first_request_leases_a_pool_visible_to_the_cli_and_the_watch_stre
         assert (event.lease.consumer_vm, event.lease.service, len(event.lease.members)) == ("10.1.0.1", "echo", 1)
         stream.cancel()
 
-    out = subprocess.run([sys.executable, "-m", "leasenet", "leases", "--registry", topo.registry.address, "--json"],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run([sys.executable, "-m", "leasenet", "leases", "--registry", topo.registry.address, "--json",
+                          *cluster.tls_args()], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     [lease] = json.loads(out.stdout)["leases"]
     assert lease["lease_id"] == event.lease.lease_id and lease["consumer_vm"] == "10.1.0.1"
@@ -71,9 +71,8 @@ async def test_racing_consumer_hosts_never_share_a_producer_vm_and_losers_hear_w
     assert all(code == grpc.StatusCode.RESOURCE_EXHAUSTED and "'echo'" in msg for code, msg in losers), losers
     # checked in etcd itself: one claim per VM, each claim in a live pool of the consumer it names
     from mapping import keys
-    from mapping.store.etcd import EtcdStore
 
-    store = await EtcdStore(cluster.etcd_endpoints).connect()
+    store = await cluster.open_store()
     try:
         snap = await store.snapshot(keys.ROOT)
     finally:

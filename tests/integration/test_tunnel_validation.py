@@ -7,15 +7,18 @@ import grpc
 import pytest
 
 from wire import rpc
+from wire.tls import Identity, Kind
 from wire.v1 import tunnel_pb2 as tpb
 from wire.v1 import tunnel_pb2_grpc as tpb_grpc
-from tests.integration.helpers import leases, send, start
+from tests.integration.helpers import dial, leases, send, start
 
 pytestmark = pytest.mark.integration
 
 
-async def exchange(address: str, frames: list[tpb.Frame]) -> dict[int, tpb.Frame]:
-    async with rpc.channel(address) as channel:
+async def exchange(address: str, frames: list[tpb.Frame],
+                   sender: Identity = Identity(Kind.CONSUMER, "c1")) -> dict[int, tpb.Frame]:
+    """Frames sent to a producer host as the consumer host `sender` (its certificate) would send them."""
+    async with dial(address, Kind.PRODUCER, sender) as channel:
         call = tpb_grpc.TunnelStub(channel).Exchange()
         await call.write(tpb.FrameBatch(frames=frames))
         answers: dict[int, tpb.Frame] = {}

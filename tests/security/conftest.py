@@ -13,7 +13,8 @@ from leasenet.etcd import EtcdCluster
 from wire.tls import Identity, Kind, TlsFiles, TlsMaterial
 
 PROCESSES = [Identity(Kind.REGISTRY, "r1"), Identity(Kind.PRODUCER, "p1"), Identity(Kind.CONSUMER, "c1"),
-             Identity(Kind.OPERATOR, "admin"), Identity(Kind.ETCD, "e1")]
+             Identity(Kind.OPERATOR, "admin"), Identity(Kind.ETCD, "e1"),
+             Identity(Kind.CONSUMER, "c2")]  # a second consumer host: test_authz's attacker
 
 
 @pytest.fixture(scope="session")

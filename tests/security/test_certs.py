@@ -80,7 +80,7 @@ def test_the_cli_makes_a_dev_pki_and_explains_bad_input_in_one_line(tmp_path: Pa
         return subprocess.run([sys.executable, "-m", "leasenet", "certs", *args], capture_output=True, text=True,
                               timeout=60)
 
-    made = leasenet("dev", "--tls-dir", str(tmp_path), "--producer", "p1", "--producer", "p2", "--registry", "r1")
+    made = leasenet("dev", "--tls-dir", str(tmp_path), "--producer-id", "p1", "--producer-id", "p2", "--registry-id", "r1")
     assert made.returncode == 0, made.stderr
     assert {p.name for p in tmp_path.glob("*.crt")} == {"ca.crt", "producer-p1.crt", "producer-p2.crt",
                                                        "registry-r1.crt", "etcd-leasenet.crt", "operator-admin.crt"}

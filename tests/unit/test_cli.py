@@ -18,19 +18,23 @@ from mapping.model import LeasePolicy, Network, Service
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("LEASENET_TLS", "LEASENET_INSECURE"))}
     return subprocess.run([sys.executable, "-m", "leasenet", *args], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **(env or {})})
+                          env={**inherited, **(env or {})})
 
 
 @pytest.mark.parametrize("args, needle", [
     (["send", "--consumer-host", "127.0.0.1:1", "--network", "blue", "--src", "10.1.0.1", "--token", "t",
-      "--target", "10.1.255.1:7", "--timeout", "1"], "UNAVAILABLE"),
-    (["registry", "--etcd-endpoints", "127.0.0.1:1", "--cluster-config", "/nonexistent.toml"], "cannot read"),
+      "--target", "10.1.255.1:7", "--timeout", "1", "--insecure"], "UNAVAILABLE"),
+    (["registry", "--etcd-endpoints", "127.0.0.1:1", "--cluster-config", "/nonexistent.toml", "--insecure"],
+     "cannot read"),
     (["producer-host", "--etcd-endpoints", "nonsense", "--host-id", "p", "--network", "b", "--service", "s",
-      "--vm-address-start", "10.1.1.1"], "not host:port"),
+      "--vm-address-start", "10.1.1.1", "--insecure"], "not host:port"),
     (["producer-host", "--etcd-endpoints", "127.0.0.1:1", "--host-id", "p", "--network", "b", "--service", "s",
-      "--vm-address-start", "10.1.1.300"], "not an IPv4 address"),
-    (["leases", "--registry", "127.0.0.1:1"], "UNAVAILABLE"),
+      "--vm-address-start", "10.1.1.300", "--insecure"], "not an IPv4 address"),
+    (["leases", "--registry", "127.0.0.1:1", "--insecure"], "UNAVAILABLE"),
+    (["leases", "--registry", "127.0.0.1:1", "--identity", "admin"], "is not KIND/ID"),
+    (["registry", "--etcd-endpoints", "127.0.0.1:1", "--tls-cert", "/x.crt"], "--tls-key, --tls-ca missing"),
     (["demo", "--requests", "3"], "at least 20"),
 ])
 def test_bad_input_is_one_clear_line_without_a_traceback(args: list[str], needle: str) -> None:

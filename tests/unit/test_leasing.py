@@ -92,7 +92,7 @@ async def test_a_released_lease_frees_its_vms_and_cannot_be_renewed(setup) -> No
     await agent.release_lease(view.pool.lease_id)
     await asyncio.sleep(0)
     assert replica.state.claims == {}
-    with pytest.raises(LeaseExpired):
+    with pytest.raises(NotFound, match="not the lease of any pool"):
         await agent.renew_lease(view.pool.lease_id)
 
 

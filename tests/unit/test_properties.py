@@ -30,8 +30,9 @@ from consumer_host.datapath import (
 from leasenet.checker import Execution, overlapping
 from producer_host.validate import Accept, Addressing, Reject, validate
 from mapping import keys
-from mapping.model import Claim, Host, HostId, HostKind, LeaseId, LeasePolicy, Network, ProducerVm, Service, VmId
+from mapping.model import Claim, Host, HostId, HostKind, LeaseId, LeasePolicy, Network, Pool, ProducerVm, Service, VmId
 from mapping.state import ClusterState
+from wire.tls import Identity, Kind
 
 ME, ADDRESS = HostId("p1"), "127.0.0.1:7100"
 CONSUMER_HOST = "127.0.0.1:7200"
@@ -53,6 +54,7 @@ def cluster_state() -> ClusterState:
         Claim(VmId("blue/10.1.1.1"), LeaseId(9), "echo", VmId("blue/10.1.0.1"), HostId("c1"), 5, revision=20),
         Claim(VmId("blue/10.1.1.2"), LeaseId(9), "echo", VmId("blue/10.1.0.1"), HostId("c1"), 8, revision=21),
         Claim(VmId("blue/10.1.2.1"), LeaseId(9), "echo", VmId("blue/10.1.0.1"), HostId("c1"), 7, revision=22),
+        Pool("echo", VmId("blue/10.1.0.1"), HostId("c1"), LeaseId(9), 10, revision=20),
     ]
     for r in records:
         s.apply(keys.key_of(r), r)
@@ -83,7 +85,7 @@ def near_valid() -> st.SearchStrategy[Addressing]:
 def test_validation_accepts_exactly_the_frames_of_a_current_claim(frame: Addressing) -> None:
     state = cluster_state()
     before = copy.deepcopy(state)
-    verdict = validate(frame, state, ME, ADDRESS)
+    verdict = validate(frame, state, ME, ADDRESS, None, insecure=True)
     assert state == before  # pure: it only reads the replica
     if frame == VALID:
         assert isinstance(verdict, Accept) and verdict.vm == "blue/10.1.1.1" and verdict.claim.revision == 20
@@ -91,6 +93,24 @@ def test_validation_accepts_exactly_the_frames_of_a_current_claim(frame: Address
     assert isinstance(verdict, Reject), frame
     assert verdict.code != Status.OK and len(verdict.message.split()) >= 5
     assert not verdict.may_be_early or verdict.code == Status.FAILED_PRECONDITION
+
+
+OWNER = Identity(Kind.CONSUMER, "c1")
+peers = st.sampled_from([None, OWNER, Identity(Kind.CONSUMER, "c2"), Identity(Kind.PRODUCER, "c1"),
+                         Identity(Kind.REGISTRY, "r1"), Identity(Kind.OPERATOR, "admin")])
+
+
+@settings(max_examples=400)
+@given(st.one_of(addressings, near_valid(), st.just(VALID)), peers)
+def test_with_certificates_validation_accepts_exactly_the_owner_s_frames_of_a_current_claim(
+        frame: Addressing, peer: Identity | None) -> None:
+    verdict = validate(frame, cluster_state(), ME, ADDRESS, peer)
+    # the stream's certificate says who sent it; the header must also be exactly right
+    if peer == OWNER and frame == VALID:
+        assert isinstance(verdict, Accept) and verdict.vm == "blue/10.1.1.1"
+        return
+    assert isinstance(verdict, Reject), (frame, peer)
+    assert verdict.code != Status.OK and len(verdict.message.split()) >= 5
 
 
 ATTACHED = {VmId("blue/10.1.0.1"): Attachment("blue", "10.1.0.1", "secret"),

@@ -1,0 +1,87 @@
+"""Who may call what on a registry (SPEC §10), as pure rules over the caller's identity.
+
+The caller is named by its certificate (`wire.tls.peer_identity`), never by a request field. A
+registry started with `--insecure` has no certificates to read: its callers are ANYONE, and fields
+they state are believed (today's behaviour for local experiments). With TLS on, a connection whose
+certificate names no leasenet identity is None, and every rule refuses it: fail closed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias
+
+from mapping.model import HostId, Pool, lease_hex
+from wire.errors import LeasenetError, PermissionDenied
+
+if TYPE_CHECKING:  # wire.tls imports grpc; these rules stay pure and compare kinds by value (a str enum)
+    from wire.tls import Identity
+
+CONSUMER, OPERATOR, REGISTRY = "consumer", "operator", "registry"
+
+
+@dataclass(frozen=True, slots=True)
+class Anyone:
+    """A plaintext registry's caller (--insecure): whoever it says it is."""
+
+    def __str__(self) -> str:
+        return "an unauthenticated caller (--insecure)"
+
+
+ANYONE = Anyone()
+Caller: TypeAlias = "Identity | Anyone | None"
+
+
+@dataclass(frozen=True, slots=True)
+class Deny:
+    error: type[LeasenetError]
+    reason: str
+
+    def exception(self) -> LeasenetError:
+        return self.error(self.reason)
+
+
+def _consumer_host(caller: Identity | None) -> Identity | Deny:
+    if caller is None:
+        return Deny(PermissionDenied, "the caller's certificate names no leasenet identity")
+    if caller.kind != CONSUMER:
+        return Deny(PermissionDenied, f"the leasing API serves consumer hosts only; the caller is {caller}")
+    return caller
+
+
+def lessee(caller: Caller, stated: str) -> HostId | Deny:
+    """The consumer host a RequestLease is for: the caller's own; a request naming another is refused."""
+    if isinstance(caller, Anyone):
+        return HostId(stated)
+    host = _consumer_host(caller)
+    if isinstance(host, Deny):
+        return host
+    if stated and stated != host.id:
+        return Deny(PermissionDenied, f"{host} cannot lease for consumer host {stated!r}: a consumer host "
+                                      "leases for itself only")
+    return HostId(host.id)
+
+
+def may_act_on_pool(caller: Caller, pool: Pool, action: str) -> Deny | None:
+    """Grow, shrink, renew or release (`action`) only the caller's own pools."""
+    if isinstance(caller, Anyone):
+        return None
+    host = _consumer_host(caller)
+    if isinstance(host, Deny):
+        return host
+    if pool.consumer_host != host.id:
+        return Deny(PermissionDenied, f"lease {lease_hex(pool.lease_id)} is a pool of another consumer host; "
+                                      f"{host} may {action} only its own")
+    return None
+
+
+def may_inspect(caller: Caller) -> Deny | None:
+    """Inspection is read-only: any process with a certificate from the cluster CA may read it."""
+    if caller is None:
+        return Deny(PermissionDenied, "inspection needs a certificate naming a leasenet identity")
+    return None
+
+
+def sees_fencing_tokens(caller: Caller) -> bool:
+    """A fencing token is half of what a forged tunnel frame needs; only operators and registries
+    (the checker, `leasenet leases`) are shown them. Consumer hosts get their own in leasing answers."""
+    return isinstance(caller, Anyone) or (caller is not None and caller.kind in (OPERATOR, REGISTRY))
