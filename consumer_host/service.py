@@ -270,7 +270,8 @@ async def serve(config: ConsumerConfig, store: Store, *, stop: asyncio.Event,
         try:
             await replica.synced.wait()
             await pools.release_leftovers()  # a restart after SIGKILL must not adopt the dead run's leases
-            path.address = config.advertise or await server.start(serving=False)
+            bound = await server.start(serving=False)  # always: `or` would skip it when advertising
+            path.address = config.advertise or bound
             await liveness.register()
             keep_alive = tasks.create_task(liveness.keep_alive(), name="liveness")
             # the pool manager's driver: renewals, idle releases and every effect of its pool book

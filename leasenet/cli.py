@@ -101,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
         "here (made if absent); required unless --insecure")
     add(p, "--insecure", action="store_true", help="plaintext, no auth: for local experiments only")
 
+    p = sub.add_parser("etcd-bootstrap", help="enable auth on an etcd cluster over TLS: one role per kind")
+    _etcd(p)
+    add(p, "--tls-dir", required=True, help="directory of ca.crt and an etcd member's etcd-<member>.crt/.key")
+    add(p, "--member", default=etcd.DEV_MEMBER, help="whose certificate: an etcd member's name (CN root)")
+
     p = sub.add_parser("certs", help="make the cluster CA and certificates (ca.crt, <kind>-<id>.crt/.key)")
     actions = p.add_subparsers(dest="certs_command", metavar="ACTION", required=True)
     for action, what in (("create-ca", "make the cluster CA"), ("create", "issue one process's certificate"),
@@ -356,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "etcd": etcd.cmd_etcd,
+    "etcd-bootstrap": etcd.cmd_etcd_bootstrap,
     "certs": certs.cmd_certs,
     "registry": cmd_registry,
     "producer-host": cmd_producer_host,

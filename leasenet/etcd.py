@@ -35,6 +35,8 @@ from etcd3aio.auth import PermissionType
 
 from leasenet import certs
 from mapping import keys
+from mapping.store.etcd import resolve_endpoint
+from wire.rpc import split_addresses
 from wire.tls import Identity, Kind, TlsFiles, TlsMaterial, etcd_user, server_name
 
 DEV_MEMBER = "leasenet"  # `leasenet etcd`'s member name, and the id in its certificate etcd-leasenet.crt
@@ -214,7 +216,8 @@ def run_sync(coroutine: Coroutine[Any, Any, Any]) -> Any:
 
 def etcd_client(endpoints: Sequence[str], material: TlsMaterial) -> Etcd3Client:
     """An etcd3aio client over mutual TLS, verifying members by their kind's name (etcd.leasenet)."""
-    return Etcd3Client([e.removeprefix("https://") for e in endpoints], ca_cert=material.ca, cert_key=material.key, cert_chain=material.cert,
+    # etcd3aio dials `ipv4:a,b,c`: names (docker services) become addresses first
+    return Etcd3Client([resolve_endpoint(e.removeprefix("https://")) for e in endpoints], ca_cert=material.ca, cert_key=material.key, cert_chain=material.cert,
                        tls_server_name=server_name(Kind.ETCD), rpc_max_attempts=3)
 
 
@@ -258,6 +261,19 @@ async def bootstrap_auth(endpoints: Sequence[str], material: TlsMaterial, timeou
         return True
     finally:
         await client.close()
+
+
+def cmd_etcd_bootstrap(args: argparse.Namespace) -> None:
+    """`leasenet etcd-bootstrap`: auth on an etcd cluster started elsewhere (the docker deployment's
+    one-shot job), as root, i.e. with an etcd member's certificate `etcd-<member>` from --tls-dir."""
+    files = TlsFiles.in_dir(args.tls_dir, Identity(Kind.ETCD, args.member))
+    endpoints = split_addresses(args.etcd_endpoints, "etcd endpoint")
+    try:
+        enabled = run_sync(bootstrap_auth(endpoints, files.load()))
+    except EtcdError as exc:
+        raise ValueError(f"etcd auth bootstrap on {args.etcd_endpoints} failed: {exc}") from None
+    print("etcd auth enabled: one role per kind (leasenet-registry, -producer, -consumer, -operator)" if enabled
+          else "etcd auth was enabled already", flush=True)
 
 
 # --- `leasenet etcd` ---------------------------------------------------------------------------------

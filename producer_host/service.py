@@ -193,7 +193,8 @@ async def serve(config: ProducerConfig, store: Store, *, stop: asyncio.Event,
             keep_alive: asyncio.Task[None] | None = None
             try:
                 await replica.synced.wait()
-                tunnel.address = config.advertise or await server.start(serving=False)
+                bound = await server.start(serving=False)  # always: `or` would skip it when advertising
+                tunnel.address = config.advertise or bound
                 await registration.register()
                 keep_alive = tasks.create_task(registration.keep_alive(), name="liveness")
                 background += [keep_alive, *(actor.start(tasks) for actor in actors.values())]

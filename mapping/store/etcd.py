@@ -49,7 +49,7 @@ def _tls_args(endpoints: Sequence[str], tls: TlsMaterial | None) -> dict[str, by
     return {"ca_cert": tls.ca, "cert_key": tls.key, "cert_chain": tls.cert, "tls_server_name": server_name(Kind.ETCD)}
 
 
-def _resolve(endpoint: str) -> str:
+def resolve_endpoint(endpoint: str) -> str:
     """host:port with the host as an IPv4 literal (docker service names become container IPs)."""
     host, _, port = endpoint.rpartition(":")
     try:
@@ -99,7 +99,7 @@ class EtcdStore:
         self.timeout_s = timeout_s
         self.requests = 0
         # etcd3aio dials `ipv4:a,b,c` (round robin over all members), which takes IP literals only
-        self._client = Etcd3Client([_resolve(e.removeprefix(HTTPS)) for e in self.endpoints], rpc_max_attempts=2,
+        self._client = Etcd3Client([resolve_endpoint(e.removeprefix(HTTPS)) for e in self.endpoints], rpc_max_attempts=2,
                                    watch_reconnect_backoff_seconds=0.1, watch_max_reconnect_backoff_seconds=1.0,
                                    **_tls_args(self.endpoints, tls))  # type: ignore[arg-type]
         # reconnect within a second once etcd is back (gRPC's default backoff grows to minutes)

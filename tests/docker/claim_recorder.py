@@ -6,8 +6,11 @@ per claim and pool created or deleted, in the format leasenet/checker.py reads a
 checker) says the initial state has been read. Times are time.monotonic_ns(): containers share
 the host's monotonic clock, so they compare with the traffic and producer histories.
 
-    docker run --rm --init --network PROJECT_default -v THIS_FILE:/recorder.py:ro \
-        --entrypoint python leasenet:latest /recorder.py etcd1:2379,etcd2:2379,etcd3:2379
+    docker run --rm --init --network PROJECT_core -v THIS_FILE:/recorder.py:ro \
+        -v docker/certs/operator:/etc/leasenet-tls:ro --entrypoint python leasenet:latest /recorder.py \
+        https://etcd1:2379,https://etcd2:2379,https://etcd3:2379 /etc/leasenet-tls
+
+It reads etcd over mutual TLS as operator/admin (the etcd role leasenet-operator: read-only).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from mapping.model import Claim, Pool, Record
 from mapping.replica import Replica
 from mapping.store.etcd import EtcdStore
 from wire.rpc import split_addresses
+from wire.tls import Identity, Kind, TlsFiles
 
 
 def write(line: dict[str, Any]) -> None:
@@ -29,8 +33,8 @@ def write(line: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-async def record(endpoints: list[str]) -> None:
-    store = await EtcdStore(endpoints).connect()
+async def record(endpoints: list[str], tls_dir: str) -> None:
+    store = await EtcdStore(endpoints, tls=TlsFiles.in_dir(tls_dir, Identity(Kind.OPERATOR, "admin")).load()).connect()
     replica = Replica(store)
 
     def on_change(key: str, old: Record | None, new: Record | None, revision: int) -> None:
@@ -57,4 +61,4 @@ async def record(endpoints: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(record(split_addresses(sys.argv[1], "etcd endpoint")))
+    asyncio.run(record(split_addresses(sys.argv[1], "etcd endpoint"), sys.argv[2]))

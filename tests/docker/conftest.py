@@ -3,8 +3,11 @@
 Fixtures:
   docker_engine     session: a working docker engine + compose (runs docker/install-docker.sh)
   base_images       session: leasenet-base:bookworm and leasenet-etcd:3.5 (docker/build-base.sh)
-  leasenet_image    session: leasenet:latest from the repo's wheelhouse (docker/build-images.sh)
+  leasenet_image    session: leasenet:latest from the repo's wheelhouse and the deployment's
+                    certificates in docker/certs/ (docker/build-images.sh)
   compose_project   factory: ComposeProject objects with unique names, always `down -v`'d
+The deployment runs secure: certificates in docker/certs/<service> (build-images.sh makes them),
+etcd over mutual TLS with auth on, networks `core` (servers) and `vms` (consumer side).
 FIGURES: text blocks appended by tests, printed in the terminal summary (also under -q).
 
 Containers are found by compose labels, never by name: docker-compose v1 names them
@@ -32,7 +35,11 @@ DOCKER_DIR = REPO / "docker"
 COMPOSE_FILE = DOCKER_DIR / "compose.yaml"
 ETCD_IMAGE = "leasenet-etcd:3.5"
 LEASENET_IMAGE = "leasenet:latest"
-ETCD_ENDPOINTS = "etcd1:2379,etcd2:2379,etcd3:2379"
+ETCD_MEMBERS = ("etcd1", "etcd2", "etcd3")
+ETCD_ENDPOINTS = "https://etcd1:2379,https://etcd2:2379,https://etcd3:2379"
+CERTS_DIR = DOCKER_DIR / "certs"  # made by docker/make-certs.sh: one directory per service
+TLS_DIR = "/etc/leasenet-tls"  # where every service finds its own certificates
+PROBE = Path(__file__).with_name("probe.py")
 
 
 def pytest_configure(config):
@@ -117,8 +124,8 @@ def base_images(docker_engine) -> None:
 
 @pytest.fixture(scope="session")
 def leasenet_image(base_images) -> str:
-    # Rebuilt every session so the image holds the code under test (layer cache keeps
-    # an unchanged rebuild at a few seconds).
+    # Checked every session so the image holds the code under test (rebuilt only when the
+    # work tree changed since: build-images.sh compares a hash of it with the image's label).
     run(str(DOCKER_DIR / "build-images.sh"), str(REPO), timeout=900)
     return LEASENET_IMAGE
 
@@ -153,9 +160,9 @@ class ComposeProject:
     def require_images(self, *services: str) -> None:
         # A missing image makes docker try to pull it from a registry: fail here instead.
         wanted = set()
-        if not services or any(s.startswith("etcd") for s in services):
+        if not services or any(s in ETCD_MEMBERS for s in services):
             wanted.add(self.env["LEASENET_ETCD_IMAGE"])
-        if not services or any(not s.startswith("etcd") for s in services):
+        if not services or any(s not in ETCD_MEMBERS for s in services):  # etcd-auth is a leasenet job
             wanted.add(self.env.get("LEASENET_IMAGE", LEASENET_IMAGE))
         missing = [i for i in sorted(wanted) if docker("image", "inspect", i, check=False).returncode]
         if missing:
@@ -264,14 +271,21 @@ class ComposeProject:
     def unpause(self, service: str) -> None:
         docker("unpause", self.container(service))
 
-    def network(self, name: str = "default") -> str:
+    def probe(self, service: str, *args: str, timeout: float = 120) -> dict[str, str]:
+        """tests/docker/probe.py in a one-off container of `service`: its networks, volumes and
+        certificates, none of its dependencies started. Returns the probe's JSON answer."""
+        proc = self.compose("run", "--rm", "--no-deps", "-T", "-v", f"{PROBE}:/probe.py:ro", "--entrypoint", "python",
+                            service, "/probe.py", *args, timeout=timeout)
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    def network(self, name: str = "core") -> str:
         return f"{self.name}_{name}"  # same naming in compose v1 and v2
 
-    def disconnect(self, service: str, network: str = "default") -> None:
+    def disconnect(self, service: str, network: str = "core") -> None:
         """Cut the service off a project network (a partition; the container keeps running)."""
         docker("network", "disconnect", self.network(network), self.container(service))
 
-    def connect(self, service: str, network: str = "default") -> None:
+    def connect(self, service: str, network: str = "core") -> None:
         # The service-name alias must be given again, or `etcd1` etc. stop resolving.
         docker("network", "connect", "--alias", service, self.network(network), self.container(service))
 

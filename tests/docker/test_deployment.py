@@ -1,6 +1,9 @@
 """The whole docker/compose.yaml deployment with the real `leasenet` CLI in every container:
-3 etcd members, 2 registries, 3 producer hosts, 2 consumer hosts and a traffic job. While the
-traffic runs, containers are killed, paused and cut off the network:
+3 etcd members, 2 registries, 3 producer hosts, 2 consumer hosts and a traffic job, secure (mutual
+TLS on every connection, etcd auth with one role per kind). First, from the traffic container (the
+consumer VMs' side, network `vms`), only the consumer hosts are reachable: etcd, registries and
+producer hosts are not, by name or by address. While the traffic runs, containers are killed,
+paused and cut off the network:
 
     producer1  docker kill (SIGKILL), then docker start
     etcd       the leader: docker kill, then docker start
@@ -8,13 +11,14 @@ traffic runs, containers are killed, paused and cut off the network:
     producer2  docker network disconnect for longer than its liveness TTL, then connect again
 
 Then the histories (traffic outcomes, producer executions, and claims recorded from etcd by a
-recorder container on the internal network) go through leasenet/checker.py: every request got
-exactly one outcome, no producer VM was in two pools at once, no two executions overlapped on one
-VM, no non-idempotent request ran twice, and no other invariant the checker knows broke. Leases
-are also inspected from the host through the registries' published ports (`leasenet leases
---json`). Requests may legitimately fail during faults (a killed producer's in-flight
-non-idempotent requests end in UNAVAILABLE "delivery unknown", a paused consumer host's in
-DEADLINE_EXCEEDED): those are outcomes, counted and printed, not failures of the test.
+recorder container on the `core` network, reading etcd as operator/admin) go through
+leasenet/checker.py: every request got exactly one outcome, no producer VM was in two pools at
+once, no two executions overlapped on one VM, no non-idempotent request ran twice, and no other
+invariant the checker knows broke. Leases are also inspected from the host through the registries'
+published ports (`leasenet leases --json --tls-dir docker/certs/operator`). Requests may
+legitimately fail during faults (a killed producer's in-flight non-idempotent requests end in
+UNAVAILABLE "delivery unknown", a paused consumer host's in DEADLINE_EXCEEDED): those are
+outcomes, counted and printed, not failures of the test.
 Finally `down -v` must leave no container, network or volume.
 
 The faults and the checker's figures are printed in the terminal summary ("docker deployment
@@ -37,7 +41,7 @@ from leasenet import checker
 from leasenet.checker import Fault
 from mapping.config import load_cluster_config
 from tests.conftest import eventually
-from tests.docker.conftest import DOCKER_DIR, ETCD_ENDPOINTS, FIGURES, ComposeProject, docker
+from tests.docker.conftest import CERTS_DIR, DOCKER_DIR, ETCD_ENDPOINTS, FIGURES, TLS_DIR, ComposeProject, docker
 from tests.docker.test_etcd_cluster import leader
 
 pytestmark = pytest.mark.docker
@@ -50,6 +54,11 @@ CONSUMER_VMS = {"consumer1": ("blue/10.1.0.1", "blue/10.1.0.2"), "consumer2": ("
 SERVICE = load_cluster_config(DOCKER_DIR / "config" / "cluster.toml").services[0]
 REQUESTS = 8000  # at traffic.toml's rate of 100/s: 80 s, room for four faults, each healed before the next
 RECORDER = Path(__file__).with_name("claim_recorder.py")
+OPERATOR_TLS = CERTS_DIR / "operator"  # operator/admin's certificate (docker/make-certs.sh)
+# Every server port, and what the consumer VMs' side (network `vms`) may reach of them.
+PORTS = {"etcd1": 2379, "etcd2": 2380, "registry1": 7000, "producer1": 7100, "producer2": 7100,
+         "consumer1": 7200, "consumer2": 7200}
+REACHABLE_FROM_VMS = {"consumer1", "consumer2"}
 FAULT_WINDOW_GRACE_S = 5.0  # errors counted against a fault: from it until this long after its heal
 
 
@@ -79,8 +88,10 @@ def leasenet(*args: str, timeout: float = 30, check: bool = True) -> subprocess.
 
 
 def inspect(kind: str, port: int, *args: str) -> list[dict[str, Any]]:
-    """`leasenet leases|hosts|vms|services --json` through one registry's published port."""
-    return json.loads(leasenet(kind, "--registry", f"127.0.0.1:{port}", "--json", *args).stdout)[kind]
+    """`leasenet leases|hosts|vms|services --json` through one registry's published port, over mutual
+    TLS as operator/admin (the default --identity)."""
+    return json.loads(leasenet(kind, "--registry", f"127.0.0.1:{port}", "--json", "--tls-dir", str(OPERATOR_TLS),
+                               *args).stdout)[kind]
 
 
 def lease_view(leases: list[dict[str, Any]]) -> dict[str, tuple[str, tuple[str, ...]]]:
@@ -111,9 +122,10 @@ class Recorder:
         self.log = open(out.with_suffix(".log"), "w", encoding="utf-8")  # a pipe could fill up and block it
         self.proc = subprocess.Popen(
             ["docker", "run", "--rm", "--init", "--name", self.name, "--label", f"io.leasenet.test={project.name}",
-             "--network", project.network("default"), "-v", f"{RECORDER}:/recorder.py:ro",
-             "--entrypoint", "python", project.env.get("LEASENET_IMAGE", "leasenet:latest"), "/recorder.py",
-             ETCD_ENDPOINTS], stdout=self.stream, stderr=self.log)
+             "--network", project.network("core"), "-v", f"{RECORDER}:/recorder.py:ro",
+             "-v", f"{OPERATOR_TLS}:{TLS_DIR}:ro", "--entrypoint", "python",
+             project.env.get("LEASENET_IMAGE", "leasenet:latest"), "/recorder.py", ETCD_ENDPOINTS, TLS_DIR],
+            stdout=self.stream, stderr=self.log)
 
     def wait_synced(self, timeout: float = 60) -> None:
         def synced() -> bool:
@@ -209,10 +221,27 @@ def fault_effects(faults: list[Fault], history: checker.Recording) -> tuple[list
     return lines, broken
 
 
+def core_address(project: ComposeProject, service: str) -> str:
+    networks = json.loads(docker("inspect", "-f", "{{json .NetworkSettings.Networks}}", project.container(service)).stdout)
+    return networks[project.network("core")]["IPAddress"]
+
+
+def reachability(project: ComposeProject) -> dict[str, bool]:
+    """What a one-off traffic container (the consumer VMs' side, on `vms` only) can open a TCP
+    connection to: each server by service name, and by its address on `core` (a name it cannot
+    resolve proves nothing about routes). service:port -> connected."""
+    targets = {f"{s}:{p}": f"{s}:{p}" for s, p in PORTS.items()}
+    targets |= {f"{s}:{p} ({(ip := core_address(project, s))})": f"{ip}:{p}"
+                for s, p in PORTS.items() if s not in REACHABLE_FROM_VMS}
+    answers = project.probe("traffic", "connect", *targets.values())
+    return {name: answers[address] == "connected" for name, address in targets.items()}
+
+
 @dataclass
 class Run:
     faults: list[Fault]
     t0: int
+    reachable: dict[str, bool]  # from the traffic container: service:port -> connected
     snapshots: list[str]  # what `leasenet leases --json` showed before each fault
     final: dict[str, tuple[str, tuple[str, ...]]]  # ... and after the run
     summary: str  # the traffic job's own last line
@@ -233,6 +262,10 @@ def drive(project: ComposeProject, tmp_path: Path, timings: dict[str, float]) ->
     (service,) = inspect("services", port2)
     assert (service["name"], service["target"], service["vms"]) == (
         SERVICE.name, SERVICE.target, len(PRODUCERS) * VMS_PER_PRODUCER)
+
+    reachable = reachability(project)
+    assert {name for name, ok in reachable.items() if ok} == {f"{s}:{PORTS[s]}" for s in REACHABLE_FROM_VMS}, (
+        f"from the traffic container: {reachable}")
 
     recorder = Recorder(project, tmp_path / "claims.jsonl")
     try:
@@ -271,7 +304,7 @@ def drive(project: ComposeProject, tmp_path: Path, timings: dict[str, float]) ->
         recorder.stop()
     project.copy_from("traffic", "/history", tmp_path / "history")  # docker cp: works after the exit
     (tmp_path / "faults.jsonl").write_text("".join(json.dumps(asdict(f)) + "\n" for f in faults))
-    return Run(faults, t0, snapshots, final, summary.splitlines()[-1])
+    return Run(faults, t0, reachable, snapshots, final, summary.splitlines()[-1])
 
 
 def test_deployment_survives_kill_pause_and_partition(compose_project, leasenet_image, tmp_path: Path) -> None:
@@ -305,6 +338,8 @@ def test_deployment_survives_kill_pause_and_partition(compose_project, leasenet_
     figures = "\n".join([
         f"== docker deployment: project {project.name}, {REQUESTS} requests",
         f"traffic: {run.summary}",
+        "from the traffic container (network vms): "
+        + ", ".join(f"{name} {'connects' if ok else 'unreachable'}" for name, ok in run.reachable.items()),
         "faults injected (t = seconds after the traffic started):",
         *fault_figures(run.faults, history.requests, run.t0),
         "what the faults did to the leases (recorded from etcd):", *effects,

@@ -1,5 +1,7 @@
-"""The etcd part of docker/compose.yaml: 3 members form one cluster and keep serving
-writes with one member killed, paused or cut off; `down -v` leaves nothing behind."""
+"""The etcd part of docker/compose.yaml: 3 members form one cluster over mutual TLS (clients and
+peers), the one-shot etcd-auth job turns auth on with one role per kind of process, each kind may
+write only its own key prefixes, and the cluster keeps serving writes with one member killed,
+paused or cut off; `down -v` leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -7,17 +9,20 @@ import json
 
 import pytest
 
+from mapping import keys
 from tests.conftest import eventually
+from tests.docker.conftest import ETCD_ENDPOINTS, ETCD_MEMBERS, docker
 
 pytestmark = pytest.mark.docker
 
-MEMBERS = ("etcd1", "etcd2", "etcd3")
+MEMBERS = ETCD_MEMBERS
 
 
 def etcdctl(project, via: str, *args: str, endpoints: tuple[str, ...] = MEMBERS, check: bool = True):
-    """etcdctl inside the `via` container, against the given members (etcdctl is at
+    """etcdctl inside the `via` member's container, against the given members, over TLS as root
+    (the member's own certificate: ETCDCTL_CACERT/CERT/KEY in compose.yaml; etcdctl is at
     /usr/local/bin in both our image and the official one)."""
-    eps = ",".join(f"{m}:2379" for m in endpoints)
+    eps = ",".join(f"https://{m}:2379" for m in endpoints)
     return project.exec(via, "etcdctl", f"--endpoints={eps}", "--command-timeout=5s", *args,
                         timeout=30, check=check)
 
@@ -45,28 +50,56 @@ def status(project, via: str, endpoints=MEMBERS) -> list[dict]:
 
 
 def leader(project) -> str:
-    (lead,) = {s["Endpoint"].split(":")[0] for s in status(project, "etcd1")
+    (lead,) = {s["Endpoint"].removeprefix("https://").split(":")[0] for s in status(project, "etcd1")
                if s["Status"]["leader"] == s["Status"]["header"]["member_id"]}
     return lead
 
 
 @pytest.fixture
-def etcd(compose_project, base_images):
+def etcd(compose_project, leasenet_image):  # leasenet_image: also the certificates (build-images.sh)
     project = compose_project()
     project.up(*MEMBERS, timeout=120)
     return project
 
 
-def test_three_members_form_one_cluster(etcd):
+def test_three_members_form_one_cluster_serving_only_mutual_tls(etcd):
     assert [etcd.health(m) for m in MEMBERS] == ["healthy"] * 3
     members = json.loads(etcdctl(etcd, "etcd2", "member", "list", "-w", "json").stdout)["members"]
     assert sorted(m["name"] for m in members) == list(MEMBERS)
+    assert all(url.startswith("https://") for m in members for url in m["peerURLs"] + m["clientURLs"])
     assert not any(m.get("isLearner") for m in members)
     statuses = status(etcd, "etcd3")
     assert len({s["Status"]["header"]["cluster_id"] for s in statuses}) == 1
     assert len({s["Status"]["leader"] for s in statuses}) == 1
     put_eventually(etcd, "etcd1", "k", "v", MEMBERS)
     assert all(get(etcd, m, "k", (m,)) == "v" for m in MEMBERS)
+
+    plaintext = etcd.exec("etcd1", "etcdctl", "--endpoints=http://etcd2:2379", "--command-timeout=3s",
+                          "get", "k", check=False, timeout=30)
+    assert plaintext.returncode != 0
+    # The CA but no client certificate of its own (the official etcd image has no `env`: docker sets it).
+    no_certificate = docker("exec", "-e", "ETCDCTL_CERT=", "-e", "ETCDCTL_KEY=", etcd.container("etcd1"), "etcdctl",
+                            "--endpoints=https://etcd2:2379", "--command-timeout=3s", "get", "k", check=False)
+    assert no_certificate.returncode != 0
+
+
+def test_auth_lets_each_kind_write_only_its_own_prefixes(compose_project, leasenet_image):
+    etcd = compose_project()
+    etcd.up(*MEMBERS, "etcd-auth", timeout=120)  # etcd-auth: the leasenet image's one-shot job
+    assert "Authentication Status: true" in etcdctl(etcd, "etcd1", "auth", "status").stdout
+    kinds = ["leasenet-consumer", "leasenet-operator", "leasenet-producer", "leasenet-registry"]
+    assert sorted(etcdctl(etcd, "etcd2", "role", "list").stdout.split()) == kinds  # root's role is built in
+    assert sorted(etcdctl(etcd, "etcd3", "user", "list").stdout.split()) == [*kinds, "root"]
+
+    producer, consumer, claims = (f"put:{k}probe" for k in (keys.PRODUCER_HOSTS, keys.CONSUMER_HOSTS, keys.CLAIMS))
+    outside = "put:/elsewhere"
+    assert etcd.probe("producer1", "etcd", "producer/producer1", ETCD_ENDPOINTS, producer, consumer, claims, outside) == {
+        producer: "ok", consumer: "denied", claims: "denied", outside: "denied"}
+    assert etcd.probe("registry1", "etcd", "registry/registry1", ETCD_ENDPOINTS, producer, claims) == {
+        producer: "denied", claims: "ok"}
+    read = f"get:{keys.CLAIMS}probe"  # every kind reads the whole mapping
+    assert etcd.probe("consumer1", "etcd", "consumer/consumer1", ETCD_ENDPOINTS, consumer, producer, claims, read) == {
+        consumer: "ok", producer: "denied", claims: "denied", read: "ok"}
 
 
 def test_writes_survive_killing_the_leader(etcd):
@@ -107,7 +140,7 @@ def test_writes_survive_a_paused_and_a_partitioned_member(etcd):
                "etcd3 caught up after reconnect")
 
 
-def test_down_leaves_nothing(compose_project, base_images):
+def test_down_leaves_nothing(compose_project, leasenet_image):
     project = compose_project()
     project.up(*MEMBERS, timeout=120)
     left = project.leftovers()
