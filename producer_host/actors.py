@@ -1,6 +1,8 @@
 """Producer VMs as actors: each VM owns an inbox and serves ONE request at a time, in order.
 A request whose deadline passed while it queued is answered DEADLINE_EXCEEDED without running.
-When an actor stops, every queued request is answered UNAVAILABLE (no caller waits forever)."""
+When an actor stops, every queued request is answered UNAVAILABLE (no caller waits forever).
+Answers travel back to the consumer VM, which never learns which producer VM served it (SPEC
+§10): their sentences say "its producer VM", and the VM's id goes to this host's log only."""
 
 from __future__ import annotations
 
@@ -64,7 +66,8 @@ class VmActor:
 
     def tell(self, envelope: Envelope) -> None:
         if self._task is None or self._task.done():
-            envelope.reply(Status.UNAVAILABLE, f"producer VM {self.vm.vm_id} is stopped", b"", False)
+            log.info("%s is stopped: request %d refused", self.vm.vm_id, envelope.request_id)
+            envelope.reply(Status.UNAVAILABLE, "its producer VM is stopped", b"", False)
             return
         self.inbox.put_nowait(envelope)
 
@@ -81,15 +84,15 @@ class VmActor:
             except asyncio.CancelledError:
                 pass
         while not self.inbox.empty():
-            self.inbox.get_nowait().reply(Status.UNAVAILABLE,
-                                          f"producer VM {self.vm.vm_id} stopped before running the request", b"", False)
+            self.inbox.get_nowait().reply(Status.UNAVAILABLE, "its producer VM stopped before running the request",
+                                          b"", False)
 
     async def _run(self) -> None:
         while True:
             env = await self.inbox.get()
             if env.deadline_ms and time.time() * 1000 > env.deadline_ms:
                 env.reply(Status.DEADLINE_EXCEEDED,
-                          f"the request's deadline passed while it queued for producer VM {self.vm.vm_id}", b"", False)
+                          "the request's deadline passed while it queued for its producer VM", b"", False)
                 continue
             self.busy = True
             start = time.monotonic_ns()
@@ -101,12 +104,12 @@ class VmActor:
             except HandlerError as exc:
                 env.reply(Status.INVALID_ARGUMENT, str(exc), b"", True)
             except asyncio.CancelledError:
-                env.reply(Status.UNAVAILABLE,
-                          f"producer VM {self.vm.vm_id} stopped while running the request", b"", True)
+                env.reply(Status.UNAVAILABLE, "its producer VM stopped while running the request", b"", True)
                 raise
             except Exception:
                 log.exception("handler of %s failed", self.vm.vm_id)
-                env.reply(Status.INTERNAL, f"the handler of producer VM {self.vm.vm_id} failed", b"", True)
+                env.reply(Status.INTERNAL, "the handler of its producer VM failed; see the producer host's log", b"",
+                          True)
             finally:
                 self.busy = False
                 self.served += 1
