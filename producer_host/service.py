@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import grpc.aio
+from google.protobuf.message import DecodeError
 
 from wire.lifecycle import Step, cancel_all, shut_down
 from wire.rpc import Server, edge, end_of_stream
@@ -64,6 +65,16 @@ def vm_records(config: ProducerConfig) -> list[ProducerVm]:
             for a in config.vm_addresses()]
 
 
+async def _take_first(request_iterator: AsyncIterator[pb.FrameBatch], within_s: float = 1.0) -> None:
+    """Read (and drop) what a refused caller already sent: ending a stream under a write still in
+    flight makes grpc report INTERNAL "Internal error from Core" to the caller, not our status."""
+    try:
+        async with asyncio.timeout(within_s):
+            await anext(aiter(request_iterator), None)
+    except (TimeoutError, grpc.aio.AioRpcError, DecodeError):
+        pass
+
+
 class TunnelServicer(pb_grpc.TunnelServicer):
     """The tunnel endpoint. A stream's sender is its peer certificate's consumer host (validate.py);
     `insecure`: no certificates, the frame's `src_host` is believed (today's plaintext mode)."""
@@ -82,6 +93,7 @@ class TunnelServicer(pb_grpc.TunnelServicer):
                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.FrameBatch]:
         peer = None if self.insecure else peer_identity(context)
         if not self.insecure and (refused := may_open_tunnel(peer)) is not None:
+            await _take_first(request_iterator)
             raise refused.error(refused.message)
         out: asyncio.Queue[pb.Frame | None] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
