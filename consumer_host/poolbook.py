@@ -237,7 +237,15 @@ class PoolBook:
 
     # --- events ------------------------------------------------------------------------------------
     def handle(self, event: Event) -> list[Effect]:
-        match event:
+        match event:  # cases are tried in order: the one every request ends with comes first
+            case RequestDone(key=key, lease_id=lease_id, member=member, refused=refused, now=now):
+                pool = self._pool(key, lease_id)
+                if pool is None:
+                    return []
+                pool.put_back(member, now)
+                if refused:
+                    pool.avoid.add(member.vm)
+                return [Wake(key)]
             case Granted():
                 return self._granted(event)
             case LeaseRefused(key=key, refusal=refusal, now=now):
@@ -261,14 +269,6 @@ class PoolBook:
                 if pool is None or pool.growing or not (pool.needs_refill() or waiting):
                     return []
                 return [self._grow(key, pool, now)]
-            case RequestDone(key=key, lease_id=lease_id, member=member, refused=refused, now=now):
-                pool = self._pool(key, lease_id)
-                if pool is None:
-                    return []
-                pool.put_back(member, now)
-                if refused:
-                    pool.avoid.add(member.vm)
-                return [Wake(key)]
             case Tick(now=now):
                 return self._tick(now)
             case RenewRefused(key=key, lease_id=lease_id, expired=expired):

@@ -21,7 +21,7 @@ from registry.convert import host_to_pb, lease_to_pb, service_to_pb, vm_to_pb
 from wire.errors import InvalidRequest, NotFound
 from wire.tls import TlsMaterial, peer_identity
 from registry.leasing import ClaimCollector, LeasingAgent, describe
-from mapping.model import ConsumerRef, HostId, HostKind, LeaseId, Pool, Record, VmId, parse_lease_hex, vm_id
+from mapping.model import ConsumerRef, HostId, HostKind, LeaseId, Pool, Record, VmId, parse_lease_hex
 from mapping.replica import Replica
 from mapping.store import Store
 
@@ -33,10 +33,6 @@ def _lease_id(text: str) -> LeaseId:
         return parse_lease_hex(text)
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
-
-
-def _consumer_vm(text: str, network: str = "") -> str:
-    return text if "/" in text or not network else vm_id(network, text)
 
 
 def caller_of(context: grpc.aio.ServicerContext, insecure: bool) -> Caller:
