@@ -86,7 +86,9 @@ def test_three_members_form_one_cluster_serving_only_mutual_tls(etcd):
 def test_auth_lets_each_kind_write_only_its_own_prefixes(compose_project, leasenet_image):
     etcd = compose_project()
     etcd.up(*MEMBERS, "etcd-auth", timeout=120)  # etcd-auth: the leasenet image's one-shot job
-    assert "Authentication Status: true" in etcdctl(etcd, "etcd1", "auth", "status").stdout
+    # `up` returns once the job has started, not finished: auth is enabled as its last step
+    eventually(lambda: "Authentication Status: true" in etcdctl(etcd, "etcd1", "auth", "status").stdout,
+               timeout_s=60, interval_s=0.5, what="the etcd-auth job enabled auth")
     kinds = ["leasenet-consumer", "leasenet-operator", "leasenet-producer", "leasenet-registry"]
     assert sorted(etcdctl(etcd, "etcd2", "role", "list").stdout.split()) == kinds  # root's role is built in
     assert sorted(etcdctl(etcd, "etcd3", "user", "list").stdout.split()) == [*kinds, "root"]
