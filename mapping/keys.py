@@ -1,12 +1,13 @@
 """The etcd key schema and value codec: a stable on-disk format (values are JSON so that
 `etcdctl get --prefix /leasenet/v1/` is readable). Change it only with a new version prefix.
 
-    /leasenet/v1/networks/<name>                          {"vni"}
+    /leasenet/v1/networks/<name>                          {"vni","quotas","subnet"}
     /leasenet/v1/services/<name>                          {"network","vip","port","policy"}
     /leasenet/v1/hosts/<kind>/<host_id>                   {"kind","address","draining"}      host liveness lease
     /leasenet/v1/vms/<network>/<address>                  {"host_id","service","handler"}    host liveness lease
     /leasenet/v1/claims/<network>/<address>               {"lease_id","service","consumer_vm","consumer_host","vm_revision"}  pool lease
     /leasenet/v1/pools/<service>/<network>/<address>      {"lease_id","consumer_host","ttl_s"}   pool lease
+    /leasenet/v1/quotas/<scope>/<subject>/<index>         {"lease_id"}   pool lease (one per scope per pool)
 
 Each writer's keys share prefixes (WRITE_PREFIXES), so etcd RBAC can give each kind of process
 write access to exactly its own (`leasenet etcd` bootstraps one role per kind from this table).
@@ -31,6 +32,9 @@ from mapping.model import (
     Network,
     Pool,
     ProducerVm,
+    Quotas,
+    QuotaScope,
+    QuotaSlot,
     Record,
     Service,
     VmId,
@@ -45,12 +49,13 @@ CONSUMER_HOSTS = HOSTS + HostKind.CONSUMER.value + "/"
 VMS = ROOT + "vms/"
 CLAIMS = ROOT + "claims/"
 POOLS = ROOT + "pools/"
+QUOTAS = ROOT + "quotas/"
 
 # The key prefixes each kind of process writes (by certificate kind; every kind reads all of ROOT).
 # Revoking an etcd lease needs write access to every key attached to it, so a registry cannot revoke
 # a producer host's liveness lease, nor a host a pool's lease.
 WRITE_PREFIXES: dict[str, tuple[str, ...]] = {
-    "registry": (NETWORKS, SERVICES, CLAIMS, POOLS),
+    "registry": (NETWORKS, SERVICES, CLAIMS, POOLS, QUOTAS),
     "producer": (PRODUCER_HOSTS, VMS),
     "consumer": (CONSUMER_HOSTS,),
     "operator": (),
@@ -81,6 +86,10 @@ def pool_key(service: str, consumer_vm: VmId | str) -> str:
     return f"{POOLS}{service}/{consumer_vm}"
 
 
+def quota_slot_key(scope: QuotaScope, subject: str, index: int) -> str:
+    return f"{QUOTAS}{scope.value}/{subject}/{index}"
+
+
 def key_of(record: Record) -> str:
     match record:
         case Network():
@@ -95,6 +104,8 @@ def key_of(record: Record) -> str:
             return claim_key(record.vm)
         case Pool():
             return pool_key(record.service, record.consumer_vm)
+        case QuotaSlot():
+            return quota_slot_key(record.scope, record.subject, record.index)
     raise TypeError(f"not a record: {record!r}")
 
 
@@ -102,7 +113,7 @@ def encode(record: Record) -> bytes:
     body: dict[str, Any]
     match record:
         case Network():
-            body = {"vni": record.vni}
+            body = {"vni": record.vni, "quotas": dataclasses.asdict(record.quotas), "subnet": record.subnet}
         case Service():
             body = {"network": record.network, "vip": record.vip, "port": record.port,
                     "policy": dataclasses.asdict(record.policy)}
@@ -115,6 +126,8 @@ def encode(record: Record) -> bytes:
                     "consumer_host": record.consumer_host, "vm_revision": record.vm_revision}
         case Pool():
             body = {"lease_id": record.lease_id, "consumer_host": record.consumer_host, "ttl_s": record.ttl_s}
+        case QuotaSlot():
+            body = {"lease_id": record.lease_id}
         case _:
             raise TypeError(f"not a record: {record!r}")
     return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
@@ -129,7 +142,8 @@ def decode(key: str, value: bytes, revision: int = 0) -> Record | None:
         body = json.loads(value)
         match kind:
             case "networks":
-                return Network(name=rest, vni=int(body["vni"]))
+                return Network(name=rest, vni=int(body["vni"]), quotas=Quotas(**body.get("quotas", {})),
+                               subnet=body.get("subnet", ""))
             case "services":
                 return Service(name=rest, network=body["network"], vip=body["vip"], port=int(body["port"]),
                                policy=LeasePolicy(**body["policy"]))
@@ -151,6 +165,11 @@ def decode(key: str, value: bytes, revision: int = 0) -> Record | None:
                 service, _, consumer_vm = rest.partition("/")
                 return Pool(service=service, consumer_vm=VmId(consumer_vm), consumer_host=HostId(body["consumer_host"]),
                             lease_id=LeaseId(int(body["lease_id"])), ttl_s=int(body["ttl_s"]), revision=revision)
+            case "quotas":
+                scope, _, slot = rest.partition("/")
+                subject, _, index = slot.rpartition("/")
+                return QuotaSlot(scope=QuotaScope(scope), subject=subject, index=int(index),
+                                 lease_id=LeaseId(int(body["lease_id"])))
     except (ValueError, KeyError, TypeError):
         return None
     return None

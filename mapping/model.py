@@ -16,7 +16,14 @@ VmId = NewType("VmId", str)  # "<network>/<address>": unique because addresses a
 LeaseId = NewType("LeaseId", int)  # the etcd lease backing a pool
 
 MAX_VNI = (1 << 24) - 1
-MAX_MIN_POOL = 63  # etcd's default --max-txn-ops is 128; a grant compares 2 keys per VM plus the pool key
+# etcd's default --max-txn-ops is 128; a grant compares 2 keys per VM, the pool key and one quota slot per scope
+MAX_MIN_POOL = 62
+# quotas count leases (pools): safe defaults, large enough for `leasenet bench --scale` (2,000 pools
+# over four consumer hosts); a cluster config may set others (mapping/config.py)
+DEFAULT_POOLS_PER_NETWORK = 10_000
+DEFAULT_POOLS_PER_CONSUMER_HOST = 2_500
+DEFAULT_POOLS_PER_CONSUMER_VM = 64
+MAX_QUOTA = 1_000_000
 
 
 def vm_id(network: str, address: str) -> VmId:
@@ -57,14 +64,52 @@ class HostKind(enum.StrEnum):
     CONSUMER = "consumer"
 
 
+class QuotaScope(enum.StrEnum):
+    """What a quota counts leases of: a network, a consumer host, a consumer VM."""
+
+    NETWORK = "network"
+    CONSUMER_HOST = "consumer-host"
+    CONSUMER_VM = "consumer-vm"
+
+
+@dataclass(frozen=True, slots=True)
+class Quotas:
+    """How many leases (pools) may be held at once in a network, by one consumer host, by one consumer VM."""
+
+    pools_per_network: int = DEFAULT_POOLS_PER_NETWORK
+    pools_per_consumer_host: int = DEFAULT_POOLS_PER_CONSUMER_HOST
+    pools_per_consumer_vm: int = DEFAULT_POOLS_PER_CONSUMER_VM
+
+    def __post_init__(self) -> None:
+        for name in ("pools_per_network", "pools_per_consumer_host", "pools_per_consumer_vm"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 1 <= value <= MAX_QUOTA:
+                raise ValueError(f"quota {name} must be a whole number from 1 to {MAX_QUOTA}, got {value!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class Network:
     name: str
     vni: int
+    quotas: Quotas = field(default_factory=Quotas)
+    subnet: str = ""  # optional CIDR: when set, every VM and VIP address of the network must be in it
 
     def __post_init__(self) -> None:
         if not 0 < self.vni <= MAX_VNI:
             raise ValueError(f"network {self.name!r}: VNI {self.vni} is not a 24-bit value")
+        if self.subnet:
+            try:
+                ipaddress.IPv4Network(self.subnet)
+            except ValueError:
+                raise ValueError(f"network {self.name!r}: subnet {self.subnet!r} is not an IPv4 CIDR "
+                                 "(e.g. 10.1.0.0/16)") from None
+
+    def check_address(self, address: str, what: str = "address") -> str:
+        """`address` if it is an IPv4 address of this network, else ValueError with a sentence."""
+        address = parse_ipv4(address, what)
+        if self.subnet and ipaddress.IPv4Address(address) not in ipaddress.IPv4Network(self.subnet):
+            raise ValueError(f"{what} {address} is not in network {self.name!r} ({self.subnet})")
+        return address
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,18 +118,21 @@ class LeasePolicy:
     max_pool: int = 4
     lease_ttl_s: int = 10
     idle_release_s: float = 30.0
-    max_pools_per_consumer: int = 0  # 0 = unlimited
+    max_pools_per_consumer: int = 0  # 0 = the network's pools_per_consumer_vm; else the lower of the two
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_pool <= self.max_pool:
             raise ValueError(f"lease policy needs 1 <= min_pool <= max_pool, got {self.min_pool}..{self.max_pool}")
         if self.min_pool > MAX_MIN_POOL:
             raise ValueError(f"min_pool {self.min_pool} is too large: a grant is one etcd transaction, which holds "
-                             f"at most 128 operations (2 per VM + 1), so min_pool can be at most {MAX_MIN_POOL}")
+                             f"at most 128 operations (2 per VM + 4), so min_pool can be at most {MAX_MIN_POOL}")
         if self.lease_ttl_s < 2:
             raise ValueError(f"lease_ttl_s must be at least 2 s, got {self.lease_ttl_s}")
         if self.idle_release_s <= 0:
             raise ValueError(f"idle_release_s must be positive, got {self.idle_release_s}")
+        if not 0 <= self.max_pools_per_consumer <= MAX_QUOTA:
+            raise ValueError(f"max_pools_per_consumer must be from 0 (the network's quota) to {MAX_QUOTA}, "
+                             f"got {self.max_pools_per_consumer}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,4 +209,15 @@ class Pool:
     revision: int = 0
 
 
-Record = Network | Service | Host | ProducerVm | Claim | Pool
+@dataclass(frozen=True, slots=True)
+class QuotaSlot:
+    """One lease counted against one quota: slot `index` (0 .. limit-1) of `subject` (a network, a
+    consumer host id or a consumer VM id), attached to the pool's etcd lease, so it ends with it."""
+
+    scope: QuotaScope
+    subject: str
+    index: int
+    lease_id: LeaseId
+
+
+Record = Network | Service | Host | ProducerVm | Claim | Pool | QuotaSlot

@@ -7,7 +7,21 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from mapping import keys
-from mapping.model import Claim, Host, HostId, HostKind, LeaseId, Network, Pool, ProducerVm, Record, Service, VmId
+from mapping.model import (
+    Claim,
+    Host,
+    HostId,
+    HostKind,
+    LeaseId,
+    Network,
+    Pool,
+    ProducerVm,
+    QuotaScope,
+    QuotaSlot,
+    Record,
+    Service,
+    VmId,
+)
 
 
 @dataclass
@@ -18,17 +32,19 @@ class ClusterState:
     vms: dict[VmId, ProducerVm] = field(default_factory=dict)
     claims: dict[VmId, Claim] = field(default_factory=dict)
     pools: dict[str, Pool] = field(default_factory=dict)  # by pool key
+    quota_slots: dict[str, QuotaSlot] = field(default_factory=dict)  # by key below quotas/
     # indexes, kept in step by apply()
     pools_by_lease: dict[LeaseId, Pool] = field(default_factory=dict)
     members_by_lease: dict[LeaseId, set[VmId]] = field(default_factory=lambda: defaultdict(set))
     services_by_target: dict[tuple[str, str], Service] = field(default_factory=dict)
+    slots_by_subject: dict[tuple[QuotaScope, str], set[int]] = field(default_factory=lambda: defaultdict(set))
 
     def get(self, key: str) -> Record | None:
         kind = key[len(keys.ROOT):].partition("/")[0]
         rest = key[len(keys.ROOT) + len(kind) + 1:]
         table: dict[str, Record] | None = {
             "networks": self.networks, "services": self.services, "hosts": self.hosts, "vms": self.vms,
-            "claims": self.claims, "pools": self.pools,
+            "claims": self.claims, "pools": self.pools, "quotas": self.quota_slots,
         }.get(kind)  # type: ignore[assignment]
         if table is None:
             return None
@@ -63,6 +79,9 @@ class ClusterState:
             case Pool():
                 self.pools[key] = r
                 self.pools_by_lease[r.lease_id] = r
+            case QuotaSlot():
+                self.quota_slots[key[len(keys.QUOTAS):]] = r
+                self.slots_by_subject[(r.scope, r.subject)].add(r.index)
 
     def _remove(self, key: str, r: Record) -> None:
         match r:
@@ -86,6 +105,13 @@ class ClusterState:
                 del self.pools[key]
                 if self.pools_by_lease.get(r.lease_id) == r:
                     del self.pools_by_lease[r.lease_id]
+            case QuotaSlot():
+                del self.quota_slots[key[len(keys.QUOTAS):]]
+                used = self.slots_by_subject.get((r.scope, r.subject))
+                if used is not None:
+                    used.discard(r.index)
+                    if not used:
+                        del self.slots_by_subject[(r.scope, r.subject)]
 
     # --- queries used by several components ---------------------------------------------------
     def producer_hosts(self) -> list[Host]:

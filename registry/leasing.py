@@ -27,6 +27,7 @@ from wire.errors import (
 )
 from mapping.model import Claim, ConsumerRef, Host, HostId, LeaseId, Pool, ProducerVm, Record, Service, VmId, lease_hex
 from registry.authz import ANYONE, Caller, may_act_on_pool
+from registry import quotas
 from registry.placement import choose_vms, host_loads
 from mapping.replica import Replica
 from mapping.state import ClusterState
@@ -121,9 +122,15 @@ class LeasingAgent:
         # a pool released a moment ago may linger in our replica: hand it out only if its etcd lease lives
         if existing is not None and await self.store.refresh_lease(existing.lease_id) > 0:
             return self._existing(existing, consumer)
-        quota = service.policy.max_pools_per_consumer
-        if quota and sum(p.consumer_vm == consumer.vm_id for p in self.state.pools.values()) >= quota:
-            raise PoolExhausted(f"consumer VM {consumer.vm_id} already holds {quota} lease(s), its quota")
+        network = self.state.networks.get(service.network)
+        if network is None:
+            raise NotFound(f"network {service.network!r} of service {service.name!r} is not registered")
+        try:
+            network.check_address(consumer.address, "consumer VM address")
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+        wanted = quotas.limits(network, service, consumer)
+        quotas.choose_slots(self.state, wanted, 0, self.rng)  # refuse before granting an etcd lease
 
         need = service.policy.min_pool
         lease_id = LeaseId(await self.store.grant_lease(service.policy.lease_ttl_s))
@@ -131,7 +138,9 @@ class LeasingAgent:
             for _ in range(self.max_attempts):
                 chosen = self._choose(service, need, f"lease a pool for consumer VM {consumer.vm_id}", avoid_hosts)
                 pool = Pool(service.name, consumer.vm_id, consumer.host_id, lease_id, service.policy.lease_ttl_s)
-                items = [(pool_key, keys.encode(pool))] + self._claims(chosen, pool)
+                slots = quotas.choose_slots(self.state, wanted, lease_id, self.rng)
+                items = ([(pool_key, keys.encode(pool))] + self._claims(chosen, pool)
+                         + [(keys.key_of(slot), keys.encode(slot)) for slot in slots])
                 result = await self.store.create_all(items, lease=lease_id, require=self._guards(chosen))
                 await self.replica.wait_for_revision(result.revision, CATCH_UP_S)
                 if result.succeeded:

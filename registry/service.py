@@ -17,6 +17,7 @@ from wire.v1 import registry_pb2_grpc as pb_grpc
 from mapping import keys
 from mapping.config import ClusterConfig
 from registry.authz import ANYONE, Caller, Deny, lessee, may_inspect, sees_fencing_tokens
+from registry import requests
 from registry.convert import host_to_pb, lease_to_pb, service_to_pb, vm_to_pb
 from wire.errors import InvalidRequest, NotFound
 from wire.tls import TlsMaterial, peer_identity
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 
 def _lease_id(text: str) -> LeaseId:
+    if len(text) > 16:  # 64 bits in hex
+        raise InvalidRequest(f"lease id is {len(text)} characters long; an etcd lease id has at most 16 hex digits")
     try:
         return parse_lease_hex(text)
     except ValueError as exc:
@@ -55,21 +58,29 @@ class LeasingServicer(pb_grpc.LeasingServicer):
         for field in needed:
             if not getattr(request, field):
                 raise InvalidRequest(f"RequestLease needs {field}")
+        service = requests.name("service", request.service)
+        network = requests.name("consumer network", request.consumer_network)
+        address = requests.address("consumer VM address", request.consumer_vm)
+        if request.consumer_host:
+            requests.name("consumer host", request.consumer_host)
+        avoid = requests.host_addresses(request.avoid_hosts)
         host = lessee(caller, request.consumer_host)
         if isinstance(host, Deny):
             raise host.exception()
-        consumer = ConsumerRef(request.consumer_network, request.consumer_vm, host)
-        return lease_to_pb(await self.agent.request_lease(consumer, request.service, frozenset(request.avoid_hosts)))
+        consumer = ConsumerRef(network, address, host)
+        return lease_to_pb(await self.agent.request_lease(consumer, service, avoid))
 
     @edge
     async def GrowLease(self, request: pb.GrowLeaseRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
         view = await self.agent.grow_lease(_lease_id(request.lease_id), request.count or 1, request.min_revision,
-                                           frozenset(request.avoid_hosts), caller=caller_of(context, self.insecure))
+                                           requests.host_addresses(request.avoid_hosts),
+                                           caller=caller_of(context, self.insecure))
         return lease_to_pb(view)
 
     @edge
     async def ShrinkLease(self, request: pb.ShrinkLeaseRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
-        view = await self.agent.shrink_lease(_lease_id(request.lease_id), [VmId(v) for v in request.vm_ids],
+        view = await self.agent.shrink_lease(_lease_id(request.lease_id),
+                                             [VmId(v) for v in requests.vm_ids(request.vm_ids)],
                                              caller=caller_of(context, self.insecure))
         return lease_to_pb(view)
 

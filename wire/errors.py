@@ -89,6 +89,11 @@ class PoolExhausted(LeasenetError):
     code = Status.RESOURCE_EXHAUSTED
 
 
+class QuotaExceeded(PoolExhausted):
+    """A lease would exceed a quota (network, consumer host or consumer VM): a pool's exhaustion
+    as far as the consumer host is concerned, with a sentence naming the quota."""
+
+
 class DeadlineExceeded(LeasenetError):
     code = Status.DEADLINE_EXCEEDED
 
