@@ -24,6 +24,7 @@ from leasenet.bench.command import cmd_bench
 from leasenet.console import CliError
 from mapping.config import load_cluster_config
 from mapping.model import HostId
+from mapping.names import check_name
 from mapping.store.etcd import EtcdStore
 from producer_host.service import ProducerConfig
 from producer_host.service import serve as serve_producer_host
@@ -275,9 +276,19 @@ def cmd_registry(args: argparse.Namespace) -> None:
     asyncio.run(_run_service(args, serve_registry, RegistryConfig(listen=args.listen, cluster=cluster, tls=tls)))
 
 
+def _names(*flags: tuple[str, str]) -> None:
+    """Each (flag, value) a valid name (mapping.names), else the CLI's one line naming the flag."""
+    for flag, value in flags:
+        try:
+            check_name(flag, value)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+
+
 def cmd_producer_host(args: argparse.Namespace) -> None:
     if args.vms < 1:
         raise CliError("--vms must be at least 1")
+    _names(("--network", args.network), ("--service", args.service))
     tls = _own_tls(args, Kind.PRODUCER)
     config = ProducerConfig(host_id=HostId(args.host_id), listen=args.listen, advertise=args.advertise,
                             network=args.network, service=args.service, vms=args.vms,

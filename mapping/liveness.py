@@ -9,10 +9,16 @@ from collections.abc import Callable, Sequence
 
 from mapping import keys
 from mapping.model import Host, HostId, Record
-from mapping.store import MAX_TXN_OPS, Require, Store
-from wire.errors import InvalidRequest, StoreUnavailable
+from mapping.store import MAX_TXN_OPS, Compacted, Store
+from wire.errors import ClaimConflict, InvalidRequest, StoreUnavailable
 
 log = logging.getLogger(__name__)
+
+PREVIOUS_LIFE_GRACE_S = 1.0  # beyond the TTL: etcd expires leases on its own clock, a little late
+
+
+class DuplicateHost(ClaimConflict):
+    """Another live process registered this host id (or one of its keys): refused at start."""
 
 
 class Liveness:
@@ -27,8 +33,12 @@ class Liveness:
     async def register(self) -> None:
         """Create every record under a new liveness lease, in transactions of at most etcd's limit
         (a host may have thousands of VMs). The host record goes last: until it exists no one can
-        route to the VMs already written, so a half-registered host is never used. A conflict
-        revokes the lease, which takes every chunk written so far with it, and starts again."""
+        route to the VMs already written, so a half-registered host is never used. Every key is
+        created only where none exists (create_revision == 0): a conflict revokes our lease, which
+        takes every chunk written so far with it, waits for the holder's lease to lapse (a previous
+        life of this host, killed before its lease did) and starts again; a holder that stays alive
+        is another process with our host id, and registering fails with one sentence, its records
+        untouched."""
         records = sorted(self.records(), key=lambda r: isinstance(r, Host))
         items = [(keys.key_of(r), keys.encode(r)) for r in records]
         chunks = [items[i:i + MAX_TXN_OPS] for i in range(0, len(items), MAX_TXN_OPS)]
@@ -40,7 +50,7 @@ class Liveness:
                          len(items), len(chunks), self.lease_id)
                 return
             await self.store.revoke_lease(self.lease_id)
-            await self._clear_own_leftovers(items)
+            await self._wait_for_previous_life(items)
         raise InvalidRequest(f"host {self.host_id} cannot register: its records keep conflicting")
 
     async def _create_chunks(self, chunks: list[list[tuple[str, bytes]]]) -> bool:
@@ -49,18 +59,35 @@ class Liveness:
                 return False
         return True
 
-    async def _clear_own_leftovers(self, items: list[tuple[str, bytes]]) -> None:
-        """A previous life of this host (restarted before its lease lapsed) may still hold our keys;
-        anything held by another host is a configuration error."""
+    async def _wait_for_previous_life(self, items: list[tuple[str, bytes]]) -> None:
+        """Wait until the first of our keys someone holds is gone: its lease lapses within one TTL
+        unless a live process keeps renewing it. Records of another host are a configuration error."""
         for key, _ in items:
-            current = await self.store.get(key)
-            if current is None:
+            held = await self.store.get(key)
+            if held is None:
                 continue
-            record = keys.decode(key, current.value, current.create_revision)
-            owner = getattr(record, "host_id", None)
+            owner = getattr(keys.decode(key, held.value, held.create_revision), "host_id", None)
             if owner != self.host_id:
-                raise InvalidRequest(f"host {self.host_id} cannot register: {key} is registered by host {owner}")
-            await self.store.delete(key, require=[Require(key, current.create_revision)])
+                raise DuplicateHost(f"host {self.host_id} cannot register: {key} is registered by host {owner}")
+            try:
+                async with asyncio.timeout(self.ttl_s + PREVIOUS_LIFE_GRACE_S):
+                    await self._deleted(key, held.mod_revision + 1)
+            except TimeoutError:
+                raise DuplicateHost(f"host id {self.host_id!r} is already in use by a live process ({key} has been "
+                                    f"kept alive for more than its {self.ttl_s} s TTL): stop that process or choose "
+                                    "another --host-id") from None
+            return
+
+    async def _deleted(self, key: str, since: int) -> None:
+        while True:
+            try:
+                async for batch in self.store.watch(key, since):
+                    if any(event.key == key and event.value is None for event in batch.events):
+                        return
+            except Compacted as exc:  # the deletion may be among what was compacted: look again
+                if await self.store.get(key) is None:
+                    return
+                since = exc.compact_revision + 1
 
     async def keep_alive(self) -> None:
         """Renew every TTL/3; if the lease lapsed (a long etcd outage, a SIGSTOP), register anew."""

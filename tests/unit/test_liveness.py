@@ -1,0 +1,69 @@
+"""Registration under a liveness lease (mapping/liveness.py): a host id already held by a live
+process is refused and its records stay; a restarted host whose previous life was killed waits for
+that life's lease to lapse and then registers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from mapping import keys
+from mapping.liveness import DuplicateHost, Liveness
+from mapping.model import Host, HostId, HostKind, ProducerVm
+from mapping.store.memory import MemoryStore
+
+TTL_S = 1
+P1 = Host(HostId("p1"), HostKind.PRODUCER, "127.0.0.1:7101")
+VMS = [ProducerVm("blue", f"10.1.1.{n}", HostId("p1"), "echo") for n in range(1, 4)]
+
+
+def liveness(store: MemoryStore, host: Host = P1) -> Liveness:
+    return Liveness(store, host.host_id, lambda: [host, *VMS], TTL_S)
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[MemoryStore]:
+    store = MemoryStore()
+    yield store
+    await store.close()
+
+
+async def test_a_second_process_with_a_live_host_id_is_refused_and_the_first_keeps_its_records(store) -> None:
+    first = liveness(store)
+    await first.register()
+    keep_alive = asyncio.create_task(first.keep_alive())
+    held = await store.get(keys.key_of(P1))
+    with pytest.raises(DuplicateHost, match="host id 'p1' is already in use by a live process"):
+        await liveness(store).register()
+    assert await store.get(keys.key_of(P1)) == held
+    assert all([await store.get(keys.key_of(vm)) for vm in VMS])
+    keep_alive.cancel()
+
+
+async def test_a_host_restarted_before_its_old_lease_lapsed_registers_once_it_has(store) -> None:
+    killed = liveness(store)
+    await killed.register()  # and never renewed: the process was killed
+    restarted = liveness(store)
+    await restarted.register()
+    assert restarted.lease_id != killed.lease_id
+    assert (await store.get(keys.key_of(P1))).lease == restarted.lease_id  # type: ignore[union-attr]
+
+
+async def test_a_host_that_deregistered_registers_again_at_once(store) -> None:
+    stopped = liveness(store)
+    await stopped.register()
+    await stopped.deregister()
+    again = liveness(store)
+    await asyncio.wait_for(again.register(), TTL_S / 2)  # no waiting for a lease: it was revoked
+    assert again.registrations == 1
+
+
+async def test_records_of_another_host_are_refused_without_waiting(store) -> None:
+    await liveness(store).register()
+    other = Host(HostId("p2"), HostKind.PRODUCER, "127.0.0.1:7102")
+    same_addresses = [ProducerVm(vm.network, vm.address, other.host_id, vm.service) for vm in VMS]
+    with pytest.raises(DuplicateHost, match="is registered by host p1"):
+        await asyncio.wait_for(Liveness(store, other.host_id, lambda: [other, *same_addresses], TTL_S).register(),
+                               TTL_S / 2)
