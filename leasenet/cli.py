@@ -30,6 +30,7 @@ from producer_host.service import ProducerConfig
 from producer_host.service import serve as serve_producer_host
 from registry.service import RegistryConfig
 from registry.service import serve as serve_registry
+from registry.watchers import DEFAULT_BACKLOG, DEFAULT_MAX_WATCHERS, WatchLimits
 from wire import rpc
 from wire.errors import LeasenetError
 from wire.lifecycle import run_until_signalled
@@ -136,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     add(p, "--host-id", default="registry", help="this registry's name: its certificate is registry-<id>.crt")
     add(p, "--listen", default="127.0.0.1:7000", help="host:port to serve on (port 0 = any free port)")
     add(p, "--cluster-config", help="TOML file of networks and services to publish")
+    add(p, "--max-watchers", default=DEFAULT_MAX_WATCHERS, type=int, help="WatchLeases streams served at once")
+    add(p, "--watch-backlog", default=DEFAULT_BACKLOG, type=int,
+        help="key changes a WatchLeases stream may fall behind before it is ended (RESOURCE_EXHAUSTED)")
 
     p = sub.add_parser("producer-host", help="run a producer host and its producer VMs")
     _common(p)
@@ -273,7 +277,9 @@ def _own_tls(args: argparse.Namespace, kind: Kind) -> TlsMaterial | None:
 def cmd_registry(args: argparse.Namespace) -> None:
     tls = _own_tls(args, Kind.REGISTRY)
     cluster = load_cluster_config(args.cluster_config) if args.cluster_config else None
-    asyncio.run(_run_service(args, serve_registry, RegistryConfig(listen=args.listen, cluster=cluster, tls=tls)))
+    watch = WatchLimits(max_watchers=args.max_watchers, backlog=args.watch_backlog)
+    asyncio.run(_run_service(args, serve_registry, RegistryConfig(listen=args.listen, cluster=cluster, tls=tls,
+                                                                  watch=watch)))
 
 
 def _names(*flags: tuple[str, str]) -> None:

@@ -22,6 +22,7 @@ from registry.convert import host_to_pb, lease_to_pb, service_to_pb, vm_to_pb
 from wire.errors import InvalidRequest, NotFound
 from wire.tls import TlsMaterial, peer_identity
 from registry.leasing import ClaimCollector, LeasingAgent, describe
+from registry.watchers import Backlog, Watchers, WatchLimits
 from mapping.model import ConsumerRef, HostId, HostKind, LeaseId, Pool, Record, VmId, parse_lease_hex
 from mapping.replica import Replica
 from mapping.store import Store
@@ -99,9 +100,11 @@ class InspectionServicer(pb_grpc.InspectionServicer):
     """Read-only, for any certificate from the cluster CA; fencing tokens only for operators and
     registries (registry/authz.py). `insecure`: no certificates, everyone reads everything."""
 
-    def __init__(self, replica: Replica, *, insecure: bool = False) -> None:
+    def __init__(self, replica: Replica, *, insecure: bool = False, watch: WatchLimits = WatchLimits()) -> None:
         self.replica = replica
         self.insecure = insecure
+        self.watch = watch
+        self.watchers = Watchers(watch.max_watchers)
 
     @property
     def state(self):  # noqa: ANN201 - ClusterState
@@ -194,14 +197,19 @@ class InspectionServicer(pb_grpc.InspectionServicer):
     async def WatchLeases(self, request: pb.WatchLeasesRequest,
                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.LeaseEvent]:
         tokens = sees_fencing_tokens(self._reader(context))
-        changes: asyncio.Queue[tuple[LeaseId, Pool | None, Pool | None, int]] = asyncio.Queue()
+        with self.watchers.admit():
+            async for event in self._watch(request, tokens):
+                yield event
+
+    async def _watch(self, request: pb.WatchLeasesRequest, tokens: bool) -> AsyncIterator[pb.LeaseEvent]:
+        changes: Backlog[tuple[LeaseId, Pool | None, Pool | None, int]] = Backlog(self.watch.backlog)
 
         def on_change(key: str, old: Record | None, new: Record | None, revision: int) -> None:
             if not key.startswith((keys.POOLS, keys.CLAIMS)):
                 return
             lease_id = getattr(new or old, "lease_id")
-            changes.put_nowait((lease_id, old if isinstance(old, Pool) else None,
-                                new if isinstance(new, Pool) else None, revision))
+            changes.offer((lease_id, old if isinstance(old, Pool) else None,
+                           new if isinstance(new, Pool) else None, revision))
 
         unsubscribe = self.replica.subscribe(on_change)
         try:
@@ -212,18 +220,11 @@ class InspectionServicer(pb_grpc.InspectionServicer):
                                         revision=self.replica.revision)
             yield pb.LeaseEvent(type=pb.LeaseEvent.SYNCED, revision=self.replica.revision)
             while True:
-                for event in _coalesce([await changes.get()] + _drain(changes), self.state, tokens):
+                for event in _coalesce(await changes.next_batch(), self.state, tokens):
                     if not request.service or event.lease.service == request.service:
                         yield event
         finally:
             unsubscribe()
-
-
-def _drain(queue: asyncio.Queue) -> list:  # type: ignore[type-arg]
-    items = []
-    while not queue.empty():
-        items.append(queue.get_nowait())
-    return items
 
 
 def _coalesce(changes: list[tuple[LeaseId, Pool | None, Pool | None, int]], state,  # noqa: ANN001
@@ -256,6 +257,7 @@ class RegistryConfig:
     listen: str
     cluster: ClusterConfig | None = None
     tls: TlsMaterial | None = field(default=None, repr=False)  # None: plaintext (--insecure)
+    watch: WatchLimits = WatchLimits()
 
 
 async def publish_cluster_config(store: Store, replica: Replica, cluster: ClusterConfig) -> None:
@@ -276,7 +278,7 @@ async def serve(config: RegistryConfig, store: Store, *, stop: asyncio.Event,
     server = Server(config.listen, config.tls)
     insecure = config.tls is None
     server.add(pb_grpc.add_LeasingServicer_to_server, LeasingServicer(agent, insecure=insecure), "leasenet.v1.Leasing")
-    server.add(pb_grpc.add_InspectionServicer_to_server, InspectionServicer(replica, insecure=insecure),
+    server.add(pb_grpc.add_InspectionServicer_to_server, InspectionServicer(replica, insecure=insecure, watch=config.watch),
                "leasenet.v1.Inspection")
     async with asyncio.TaskGroup() as tasks:
         background = [tasks.create_task(replica.run(), name="replica")]

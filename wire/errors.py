@@ -94,6 +94,12 @@ class QuotaExceeded(PoolExhausted):
     as far as the consumer host is concerned, with a sentence naming the quota."""
 
 
+class Overloaded(LeasenetError):
+    """A bounded queue or a cap on subscribers is full: what does not fit is refused, not buffered."""
+
+    code = Status.RESOURCE_EXHAUSTED
+
+
 class DeadlineExceeded(LeasenetError):
     code = Status.DEADLINE_EXCEEDED
 
