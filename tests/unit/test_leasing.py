@@ -15,25 +15,17 @@ from mapping.model import ConsumerRef, Host, HostId, HostKind, LeasePolicy, Netw
 from registry.placement import choose_vms
 from mapping.replica import Replica
 from mapping.store.memory import MemoryStore
+from tests.unit.agents import agent_on
 
 SERVICE = Service("echo", "blue", "10.1.255.1", 7, LeasePolicy(min_pool=2, max_pool=3, lease_ttl_s=5))
 
 
 @pytest.fixture
 async def setup() -> AsyncIterator[tuple[MemoryStore, Replica, LeasingAgent]]:
-    store = MemoryStore()
-    for record in [Network("blue", 100), SERVICE, Host(HostId("p1"), HostKind.PRODUCER, "127.0.0.1:7101"),
-                   Host(HostId("p2"), HostKind.PRODUCER, "127.0.0.1:7102")]:
-        await store.put(keys.key_of(record), keys.encode(record))
-    for n in range(4):
-        vm = ProducerVm("blue", f"10.1.1.{n}", HostId("p1" if n < 2 else "p2"), "echo")
-        await store.put(keys.key_of(vm), keys.encode(vm))
-    replica = Replica(store)
-    task = asyncio.create_task(replica.run())
-    await replica.synced.wait()
-    yield store, replica, LeasingAgent(store, replica, rng=random.Random(1))
-    task.cancel()
-    await store.close()
+    vms = [ProducerVm("blue", f"10.1.1.{n}", HostId("p1" if n < 2 else "p2"), "echo") for n in range(4)]
+    async with agent_on([Network("blue", 100), SERVICE, Host(HostId("p1"), HostKind.PRODUCER, "127.0.0.1:7101"),
+                         Host(HostId("p2"), HostKind.PRODUCER, "127.0.0.1:7102"), *vms]) as running:
+        yield running
 
 
 def consumer(n: int, host: str = "c1") -> ConsumerRef:

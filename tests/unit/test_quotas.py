@@ -29,6 +29,7 @@ from mapping.state import ClusterState
 from mapping.store.memory import MemoryStore
 from registry.leasing import LeasingAgent
 from registry.quotas import Limit, choose_slots, limits
+from tests.unit.agents import agent_on
 from wire.errors import PoolExhausted, QuotaExceeded, Status
 
 QUOTAS = Quotas(pools_per_network=6, pools_per_consumer_host=4, pools_per_consumer_vm=2)
@@ -86,15 +87,8 @@ def test_a_quota_slot_survives_the_key_codec() -> None:
 
 @pytest.fixture
 async def agent() -> AsyncIterator[tuple[MemoryStore, Replica, LeasingAgent]]:
-    store = MemoryStore()
-    for record in [BLUE, *SERVICES, P1, *VMS]:
-        await store.put(keys.key_of(record), keys.encode(record))
-    replica = Replica(store)
-    task = asyncio.create_task(replica.run())
-    await replica.synced.wait()
-    yield store, replica, LeasingAgent(store, replica, rng=random.Random(1))
-    task.cancel()
-    await store.close()
+    async with agent_on([BLUE, *SERVICES, P1, *VMS]) as running:
+        yield running
 
 
 async def test_each_quota_refuses_the_lease_that_would_exceed_it_while_other_tenants_still_lease(agent) -> None:
