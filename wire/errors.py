@@ -89,6 +89,12 @@ class PoolExhausted(LeasenetError):
     code = Status.RESOURCE_EXHAUSTED
 
 
+class Overloaded(LeasenetError):
+    """A bounded queue or a rate limit is full: try again later (which one: the sentence)."""
+
+    code = Status.RESOURCE_EXHAUSTED
+
+
 class DeadlineExceeded(LeasenetError):
     code = Status.DEADLINE_EXCEEDED
 

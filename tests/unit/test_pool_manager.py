@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from consumer_host.datapath import Admitted, Attachment
+from consumer_host.tokens import PlainToken
 from consumer_host.pools import PoolManager
 from consumer_host.registry_client import RegistryClient
 from mapping.model import LeasePolicy, Service
@@ -22,7 +23,7 @@ ECHO = Service("echo", "blue", "10.1.255.1", 7, LeasePolicy(min_pool=1, max_pool
 
 
 def admitted(n: int) -> Admitted:
-    return Admitted(Attachment("blue", f"10.1.0.{n}", "secret"), ECHO, 100)
+    return Admitted(Attachment("blue", f"10.1.0.{n}", PlainToken("secret")), ECHO, 100)
 
 
 class FakeRegistry:
