@@ -99,7 +99,7 @@ class RequestPath:
 
     async def _admit(self, req: pb.SendRequest, source: str = "") -> Admitted:
         """Step 1 (datapath.attached, the token gate, datapath.admit), remembered per (network,
-        source, token, target) once the token verified."""
+        src, token, target) once the token verified."""
         key = (req.network, req.src, req.token, req.target)
         admitted = self._admitted.get(key)
         if admitted is None:
