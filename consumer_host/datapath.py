@@ -1,7 +1,7 @@
 """The pure core of the request path (SPEC §3). No I/O, no asyncio, no protobuf: the service
 module asks these functions what to do, then does it.
 
-    admit()            step 1    source is the attached VM, target exists in its network
+    attached(), admit() step 1   source is an attached VM (token: gate.py), target exists in its network
     HeldPool.decide()  steps 4-6 use an unused VM, grow the pool, or wait
     route()            steps 7-9 rewrite the destination, resolve the host, build the outer header
     answer_source()    step 12   the response's source becomes the target virtual address
@@ -9,21 +9,21 @@ module asks these functions what to do, then does it.
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass, field
 
+from consumer_host.tokens import Secret
 from mapping.model import LeaseId, Service, VmId, parse_target, vm_id
 from mapping.state import ClusterState
-from wire.errors import InvalidRequest, LeasenetError, NotFound, PermissionDenied, Status, Unauthenticated
+from wire.errors import InvalidRequest, LeasenetError, NotFound, PermissionDenied, Status
 
 
 @dataclass(frozen=True, slots=True)
 class Attachment:
-    """A consumer VM attached to this consumer host (from configuration)."""
+    """A consumer VM attached to this consumer host (from configuration), with its token's hash."""
 
     network: str
     address: str
-    token: str
+    secret: Secret = field(repr=False)
 
     @property
     def vm_id(self) -> VmId:
@@ -47,16 +47,20 @@ class Admitted:
     vni: int
 
 
-def admit(attachments: dict[VmId, Attachment], state: ClusterState, network: str, src: str, token: str,
-          target: str) -> Admitted | Refusal:
-    """Step 1: the source really is an attached VM, and the target exists in that VM's network."""
+def attached(attachments: dict[VmId, Attachment], network: str, src: str) -> Attachment | Refusal:
+    """Step 1, first half: the source is a consumer VM attached here (its token: consumer_host.gate)."""
     attachment = attachments.get(vm_id(network, src))
     if attachment is None:
         return Refusal(PermissionDenied,
                        f"source {src} in network {network!r} is not a consumer VM attached to this host")
-    if not hmac.compare_digest(attachment.token.encode(), token.encode()):
-        return Refusal(Unauthenticated,
-                       f"the token does not match consumer VM {src}: the source address is spoofed")
+    return attachment
+
+
+def admit(attachment: Attachment, state: ClusterState, target: str) -> Admitted | Refusal:
+    """Step 1, second half (the token checked): the target exists in the VM's own network. A
+    target of another network is refused without naming that network (SPEC §10: tenants never
+    learn of each other)."""
+    network, src = attachment.network, attachment.address
     service = state.services_by_target.get((network, target))
     if service is None:
         try:
@@ -66,8 +70,8 @@ def admit(attachments: dict[VmId, Attachment], state: ClusterState, network: str
         elsewhere = [s for s in state.services.values() if s.target == target]
         if elsewhere:
             return Refusal(PermissionDenied,
-                           f"target {target} belongs to network {elsewhere[0].network!r}; consumer VM {src} is in "
-                           f"network {network!r} and cannot reach it")
+                           f"consumer VM {src} in network {network!r} cannot reach target {target}: it is not in "
+                           "that network")
         return Refusal(NotFound, f"no service listens on target {target} in network {network!r}")
     net = state.networks.get(network)
     if net is None:

@@ -38,9 +38,10 @@ from consumer_host.poolbook import (
     Wake,
 )
 from consumer_host.registry_client import RegistryClient
+from consumer_host.sentences import lease_refused
 from mapping.model import LeaseId, Record, VmId, lease_hex, parse_lease_hex
 from mapping.replica import Replica
-from wire.errors import LeaseExpired, LeasenetError
+from wire.errors import LeaseExpired, LeasenetError, Overloaded
 from wire.v1 import registry_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,10 @@ class _Signal:
 
 class PoolManager:
     def __init__(self, host_id: str, registry: RegistryClient, replica: Replica,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *, max_waiters: int = 512) -> None:
         self.host_id = host_id
+        self.max_waiters = max_waiters  # requests waiting on one pool (SPEC §3 step 5: a bounded queue)
+        self._waiting: dict[PoolKey, int] = {}
         self.registry = registry
         self.replica = replica
         self.clock = clock
@@ -92,27 +95,54 @@ class PoolManager:
     # --- the request path ----------------------------------------------------------------------
     async def acquire(self, admitted: Admitted, deadline: float) -> tuple[HeldPool, PoolVm]:
         """Steps 2-6: a VM of the consumer VM's pool, marked busy. Raises PoolExhausted past the
-        deadline, or the leasing agents' refusal."""
+        deadline, Overloaded when `max_waiters` requests already wait on the pool, or the leasing
+        agents' refusal."""
         key = (admitted.attachment.vm_id, admitted.service.name)
-        while True:
-            now = self.clock()
-            outcome, effects = self.book.take(key, admitted, now)
-            self._apply(effects)
-            if isinstance(outcome, Taken):
-                return outcome.pool, outcome.member
-            if isinstance(outcome, Refusal):
-                raise _error(outcome)
-            remaining = deadline - now
-            if remaining <= 0:
-                raise _error(self.book.past_deadline(key, admitted))
-            signal = self._signals.get(key) or self._signals.setdefault(key, _Signal())
-            try:  # bounded: a grow backoff ends with no event
-                async with asyncio.timeout(min(remaining, GROW_BACKOFF_S)):
-                    await signal.event.wait()
-            except TimeoutError:
-                pass
-            if signal.refusal is not None:
-                raise _error(signal.refusal)
+        queued = False
+        try:
+            while True:
+                now = self.clock()
+                outcome, effects = self.book.take(key, admitted, now)
+                self._apply(effects)
+                if isinstance(outcome, Taken):
+                    return outcome.pool, outcome.member
+                if isinstance(outcome, Refusal):
+                    raise _error(outcome)
+                remaining = deadline - now
+                if remaining <= 0:
+                    raise _error(self.book.past_deadline(key, admitted))
+                if not queued:
+                    queued = self._join_queue(key, admitted)
+                await self._wait(key, remaining)
+        finally:
+            if queued:
+                self._leave_queue(key)
+
+    def _join_queue(self, key: PoolKey, admitted: Admitted) -> bool:
+        waiting = self._waiting.get(key, 0)
+        if waiting >= self.max_waiters:
+            raise Overloaded(f"{waiting} requests of consumer VM {admitted.attachment.address} already wait for a "
+                             f"producer VM of service {admitted.service.name!r}, the limit; try again when some "
+                             "are answered")
+        self._waiting[key] = waiting + 1
+        return True
+
+    def _leave_queue(self, key: PoolKey) -> None:
+        if (left := self._waiting[key] - 1) > 0:
+            self._waiting[key] = left
+        else:
+            del self._waiting[key]
+
+    async def _wait(self, key: PoolKey, remaining: float) -> None:
+        """Until the pool's signal, a grow backoff's end, or `remaining` passed."""
+        signal = self._signals.get(key) or self._signals.setdefault(key, _Signal())
+        try:  # bounded: a grow backoff ends with no event
+            async with asyncio.timeout(min(remaining, GROW_BACKOFF_S)):
+                await signal.event.wait()
+        except TimeoutError:
+            pass
+        if signal.refusal is not None:
+            raise _error(signal.refusal)
 
     def put_back(self, pool: HeldPool, member: PoolVm, *, refused: bool = False) -> None:
         """Step 12: the request on `member` is over. `refused`: the producer host refused the
@@ -178,8 +208,11 @@ class PoolManager:
                     await self._release(effect.lease_id, effect.consumer)
                     return None
         except LeasenetError as exc:
-            log.info("%s refused: %s", type(effect).__name__, exc.message)
-            return self._ended(effect, Refusal(type(exc), exc.message), expired=isinstance(exc, LeaseExpired))
+            log.info("%s refused: %s%s", type(effect).__name__, exc.message, f" ({exc.detail})" if exc.detail else "")
+            refusal = Refusal(type(exc), exc.message)
+            if isinstance(effect, RequestLease):  # its refusal reaches consumer VMs: in their words
+                refusal = lease_refused(exc, effect.admitted.service.name, effect.admitted.attachment.address)
+            return self._ended(effect, refusal, expired=isinstance(exc, LeaseExpired))
         raise TypeError(f"the pool manager cannot carry out {effect!r}")
 
     def _ended(self, effect: Effect, refusal: Refusal | None, expired: bool = False) -> Event | None:

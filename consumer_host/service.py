@@ -13,10 +13,14 @@ import grpc
 import grpc.aio
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random
 
-from consumer_host.datapath import Admitted, Attachment, PoolVm, Refusal, admit, answer_source, route
+from consumer_host.config import Limits, plaintext
+from consumer_host.datapath import Admitted, Attachment, PoolVm, Refusal, admit, answer_source, attached, route
+from consumer_host.gate import TokenGate, source_of
 from consumer_host.pools import PoolManager
 from consumer_host.registry_client import RegistryClient
 from consumer_host.failover import Happened, Retry, out_of_attempts, verdict
+from consumer_host.sentences import producer_answer
+from consumer_host.tokens import Throttle
 from consumer_host.tunnel import TunnelFailure, Tunnels
 from wire.lifecycle import Step, cancel_all, shut_down
 from wire.rpc import Server, edge, end_of_stream
@@ -24,16 +28,13 @@ from wire.v1 import consumer_pb2 as pb
 from wire.v1 import consumer_pb2_grpc as pb_grpc
 from wire.v1 import tunnel_pb2 as tpb
 from wire.errors import (
-    DeadlineExceeded,
     InvalidRequest,
     LeasenetError,
-    ProducerUnavailable,
+    Overloaded,
     Status,
-    Unauthenticated,
-    error_for_status,
 )
 from mapping.liveness import Liveness
-from mapping.model import Host, HostId, HostKind, Network, Record, Service, VmId, vm_id
+from mapping.model import Host, HostId, HostKind, Network, Record, Service, VmId
 from mapping.replica import Replica
 from mapping.store import Store
 from wire.tls import TlsMaterial
@@ -56,6 +57,7 @@ class ConsumerConfig:
     default_deadline_s: float = 10.0
     max_attempts: int = 3
     liveness_ttl_s: int = 3
+    limits: Limits = Limits()
     tls: TlsMaterial | None = field(default=None, repr=False)  # None: plaintext (--insecure)
 
 
@@ -72,7 +74,11 @@ class RequestPath:
 
     Two memos keep the hot path short (bench/PROFILE.md): admission verdicts, which hold until a
     network or service changes (attachments are fixed at start; refusals are never kept), and a
-    frame template per pool member, whose route never changes (a member is one claim on one VM)."""
+    frame template per pool member, whose route never changes (a member is one claim on one VM).
+    An admission verdict is kept only for a token that verified (consumer_host/gate.py).
+
+    `source` is the caller's address (the gRPC peer, without its port): wrong tokens are throttled
+    per source."""
 
     def __init__(self, config: ConsumerConfig, replica: Replica, pools: PoolManager, tunnels: Tunnels) -> None:
         self.config = config
@@ -81,6 +87,9 @@ class RequestPath:
         self.tunnels = tunnels
         self.address = config.advertise
         self._admitted: dict[tuple[str, str, str, str], Admitted] = {}
+        limits = config.limits
+        self.gate = TokenGate(Throttle(limits.bad_tokens, block_s=limits.bad_token_block_s), limits.token_checks)
+        self._in_flight: dict[VmId, int] = {}  # per consumer VM; bounded by the attachments
         self._templates: dict[PoolVm, tpb.Frame] = {}
         replica.subscribe(self._on_change)
 
@@ -88,16 +97,26 @@ class RequestPath:
         if isinstance(old, (Network, Service)) or isinstance(new, (Network, Service)):
             self._admitted.clear()
 
-    def _admit(self, req: pb.SendRequest) -> Admitted:
-        """Step 1 (datapath.admit), remembered per (network, source, token, target)."""
+    async def _admit(self, req: pb.SendRequest, source: str = "") -> Admitted:
+        """Step 1 (datapath.attached, the token gate, datapath.admit), remembered per (network,
+        src, token, target) once the token verified."""
         key = (req.network, req.src, req.token, req.target)
         admitted = self._admitted.get(key)
         if admitted is None:
-            verdict = admit(self.config.attachments, self.replica.state, *key)
+            attachment = await self.attachment(req.network, req.src, req.token, source)
+            verdict = admit(attachment, self.replica.state, req.target)
             if isinstance(verdict, Refusal):
                 raise verdict.error(verdict.message)
             admitted = self._admitted[key] = verdict
         return admitted
+
+    async def attachment(self, network: str, address: str, token: str, source: str = "") -> Attachment:
+        """The attached consumer VM whose token this is (Attach, Detach and step 1)."""
+        verdict = attached(self.config.attachments, network, address)
+        if isinstance(verdict, Refusal):
+            raise verdict.error(verdict.message)
+        await self.gate.check(verdict, token, source)
+        return verdict
 
     def _frame(self, member: PoolVm, admitted: Admitted, req: pb.SendRequest, remaining: float) -> tpb.Frame:
         """Steps 7-9: the outer header and the rewritten inner destination come from the member's
@@ -120,16 +139,28 @@ class RequestPath:
         frame.payload = req.payload
         return frame
 
-    async def forward(self, req: pb.SendRequest, deadline: float) -> pb.SendResponse:
+    async def forward(self, req: pb.SendRequest, deadline: float, source: str = "") -> pb.SendResponse:
         if len(req.payload) > MAX_PAYLOAD_BYTES:
             raise InvalidRequest(f"payload of {len(req.payload)} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit")
-        admitted = self._admit(req)
+        admitted = (self._admitted.get((req.network, req.src, req.token, req.target))
+                    or await self._admit(req, source))
+        vm = admitted.attachment.vm_id
+        in_flight = self._in_flight.get(vm, 0)
+        if in_flight >= self.config.limits.vm_requests:
+            raise Overloaded(f"consumer VM {admitted.attachment.address} already has {in_flight} requests in flight, "
+                             "its limit; try again when some are answered")
+        self._in_flight[vm] = in_flight + 1
         try:
             answer = await self._attempt(admitted, req, deadline)
         except _Retry:
             # only now pay for tenacity: its per-call set-up was half of this method's CPU when every
             # request built one (bench/PROFILE.md); first attempts are the hot path
             answer = await self._retry(admitted, req, deadline)
+        finally:
+            if (left := self._in_flight[vm] - 1) > 0:
+                self._in_flight[vm] = left
+            else:
+                del self._in_flight[vm]
         vip, port = answer_source(admitted.service)
         return pb.SendResponse(src=vip, src_port=port, dst=req.src, payload=answer.payload, request_id=req.request_id)
 
@@ -166,21 +197,15 @@ class RequestPath:
         if refused:  # the producer host refused the frame before the VM saw it: another VM may take it
             log.debug("request %d refused: %s %s", req.request_id, code.name, answer.status_message)
             raise self._failover(Happened.REFUSED, req)
-        # a frame names no error type; a producer's UNAVAILABLE means its VM stopped
-        raise error_for_status(code, answer.status_message,
-                               ProducerUnavailable.__name__ if code is Status.UNAVAILABLE else None)
+        # the producer host's sentence is for our log; the consumer VM gets one that names nothing internal
+        log.debug("request %d answered %s: %s", req.request_id, code.name, answer.status_message)
+        raise producer_answer(code, answer.status_message, req.request_id)
 
     @staticmethod
     def _failover(happened: Happened, req: pb.SendRequest) -> Exception:
         """SPEC §6 by failover.verdict: _Retry to try another VM, or the error to answer with."""
         decision = verdict(happened, req.idempotent, req.request_id)
         return _Retry(decision) if isinstance(decision, Retry) else decision.exception()
-
-    def attachment(self, network: str, address: str, token: str) -> Attachment:
-        a = self.config.attachments.get(vm_id(network, address))
-        if a is None or a.token != token:
-            raise Unauthenticated(f"consumer VM {address} in network {network!r} is not attached here with that token")
-        return a
 
 
 class ConsumerHostServicer(pb_grpc.ConsumerHostServicer):
@@ -196,48 +221,55 @@ class ConsumerHostServicer(pb_grpc.ConsumerHostServicer):
 
     @edge
     async def Attach(self, request: pb.AttachRequest, context: grpc.aio.ServicerContext) -> pb.AttachResponse:
-        a = self.path.attachment(request.network, request.address, request.token)
+        a = await self.path.attachment(request.network, request.address, request.token, source_of(context.peer()))
         network = self.path.replica.state.networks.get(a.network)
         return pb.AttachResponse(network=a.network, address=a.address, vni=network.vni if network else 0)
 
     @edge
     async def Detach(self, request: pb.DetachRequest, context: grpc.aio.ServicerContext) -> pb.DetachResponse:
-        a = self.path.attachment(request.network, request.address, request.token)
+        a = await self.path.attachment(request.network, request.address, request.token, source_of(context.peer()))
         return pb.DetachResponse(released_leases=await self.path.pools.release_all(a.vm_id))
 
     @edge
     async def Send(self, request: pb.SendRequest, context: grpc.aio.ServicerContext) -> pb.SendResponse:
-        return await self.path.forward(request, self._deadline(context))
+        return await self.path.forward(request, self._deadline(context), source_of(context.peer()))
 
     async def SendStream(self, request_iterator: AsyncIterator[pb.SendRequest],
                          context: grpc.aio.ServicerContext) -> AsyncIterator[pb.SendResponse]:
-        """Many requests on one stream; each gets exactly one response, OK or with its status."""
-        out: asyncio.Queue[pb.SendResponse | None] = asyncio.Queue()
+        """Many requests on one stream; each gets exactly one response, OK or with its status.
+        Bounded (SPEC §10): past `limits.stream_requests` in flight a request is answered
+        RESOURCE_EXHAUSTED at once; answers the caller does not read fill `out`, and then nothing
+        more is read from the stream (gRPC's flow control holds the caller back)."""
+        limit = self.path.config.limits.stream_requests
+        source = source_of(context.peer())
+        out: asyncio.Queue[pb.SendResponse | None] = asyncio.Queue(maxsize=limit)
         tasks: set[asyncio.Task[None]] = set()
 
         async def one(req: pb.SendRequest) -> None:
             try:
-                resp = await self.path.forward(req, time.monotonic() + self.path.config.default_deadline_s)
+                resp = await self.path.forward(req, time.monotonic() + self.path.config.default_deadline_s, source)
             except LeasenetError as exc:
-                resp = pb.SendResponse(request_id=req.request_id, dst=req.src, status_code=int(exc.code),
-                                       status_message=exc.message)
+                resp = _refused(req, exc)
             except Exception:
                 log.exception("request %d failed", req.request_id)
-                resp = pb.SendResponse(request_id=req.request_id, dst=req.src,
-                                       status_code=int(Status.INTERNAL),
-                                       status_message="internal error; see the consumer host log")
-            out.put_nowait(resp)
+                resp = _refused(req, LeasenetError("internal error; see the consumer host log"))
+            await out.put(resp)
 
         async def read() -> None:
             try:
                 async for req in request_iterator:
+                    if len(tasks) >= limit:
+                        await out.put(_refused(req, Overloaded(
+                            f"this stream already has {limit} requests in flight, its limit; request "
+                            f"{req.request_id} was not sent")))
+                        continue
                     task = asyncio.get_running_loop().create_task(one(req))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
             finally:  # also when a message cannot be parsed: answer what was taken, then end the stream
                 while tasks:
                     await asyncio.gather(*list(tasks), return_exceptions=True)
-                out.put_nowait(None)
+                await out.put(None)
 
         reader = asyncio.get_running_loop().create_task(read())
         try:
@@ -250,6 +282,11 @@ class ConsumerHostServicer(pb_grpc.ConsumerHostServicer):
                 task.cancel()
 
 
+def _refused(req: pb.SendRequest, error: LeasenetError) -> pb.SendResponse:
+    return pb.SendResponse(request_id=req.request_id, dst=req.src, status_code=int(error.code),
+                           status_message=error.message)
+
+
 async def serve(config: ConsumerConfig, store: Store, *, stop: asyncio.Event,
                 ready: Callable[[str], None] | None = None) -> None:
     """The consumer host until `stop` is set. Its long-running tasks live in one task group; the
@@ -257,7 +294,7 @@ async def serve(config: ConsumerConfig, store: Store, *, stop: asyncio.Event,
     `finally`, so a failed task or a start-up that broke halfway gives the leases back too."""
     replica = Replica(store)
     registry = RegistryClient(config.registries, config.tls)
-    pools = PoolManager(config.host_id, registry, replica)
+    pools = PoolManager(config.host_id, registry, replica, max_waiters=config.limits.pool_waiters)
     tunnels = Tunnels(on_broken=pools.host_broken, tls=config.tls)
     path = RequestPath(config, replica, pools, tunnels)
     server = Server(config.listen, config.tls)
@@ -277,6 +314,10 @@ async def serve(config: ConsumerConfig, store: Store, *, stop: asyncio.Event,
             # the pool manager's driver: renewals, idle releases and every effect of its pool book
             background += [keep_alive, tasks.create_task(pools.run(), name="pools")]
             await server.set_serving(True)
+            if unhashed := plaintext(config.attachments):
+                log.warning("the config holds the token of %d consumer VM(s) in plain text (%s); replace each "
+                            "`token` with `token_hash` from `leasenet token hash`", len(unhashed),
+                            ", ".join(unhashed[:5]) + (" ..." if len(unhashed) > 5 else ""))
             log.info("consumer host %s serving %d consumer VM(s) on %s", config.host_id, len(config.attachments),
                      path.address)
             if ready is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import logging
 import os
@@ -16,9 +17,10 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from consumer_host.config import load_attachments
+from consumer_host.config import Limits, load_attachments
 from consumer_host.service import ConsumerConfig
 from consumer_host.service import serve as serve_consumer_host
+from consumer_host.tokens import hash_token
 from leasenet import certs, demo, etcd, inspection, security, traffic
 from leasenet.bench.command import cmd_bench
 from leasenet.console import CliError
@@ -88,6 +90,9 @@ def tls_flags(p: argparse.ArgumentParser, *, operator: bool = False) -> None:
     if operator:
         add(p, "--identity", default=security.OPERATOR, help="KIND/ID whose certificate to present "
             "(a container's healthcheck gives its own, e.g. producer/producer1)")
+
+
+LIMITS = Limits()  # the consumer host's defaults
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,6 +173,18 @@ def build_parser() -> argparse.ArgumentParser:
     add(p, "--config", required=True, help="TOML file listing the attached consumer VMs and their tokens")
     add(p, "--deadline", default=10.0, type=float, help="default request deadline in seconds")
     add(p, "--liveness-ttl", default=3, type=int, help="seconds before a dead host's records vanish")
+    # limits (SPEC §10): past each, RESOURCE_EXHAUSTED with a sentence
+    add(p, "--max-stream-requests", default=LIMITS.stream_requests, type=int, help="requests in flight on one SendStream")
+    add(p, "--max-vm-requests", default=LIMITS.vm_requests, type=int, help="requests in flight per consumer VM")
+    add(p, "--max-pool-waiters", default=LIMITS.pool_waiters, type=int, help="requests waiting for a VM of one pool")
+    add(p, "--max-bad-tokens", default=LIMITS.bad_tokens, type=int,
+        help="wrong tokens from one address within a minute before it is refused")
+    add(p, "--bad-token-block", default=LIMITS.bad_token_block_s, type=float,
+        help="seconds an address that sent too many wrong tokens is refused")
+
+    p = sub.add_parser("token", help="attach tokens: `token hash` prints the token_hash for a consumer host config")
+    actions = p.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    actions.add_parser("hash", help="read a token from stdin, print its salted scrypt hash")
 
     p = sub.add_parser("send", help="act as a consumer VM and send one request")
     add(p, "--consumer-host", default="127.0.0.1:7200", help="the consumer host's VM-facing API")
@@ -307,11 +324,20 @@ def cmd_producer_host(args: argparse.Namespace) -> None:
 
 def cmd_consumer_host(args: argparse.Namespace) -> None:
     tls = _own_tls(args, Kind.CONSUMER)
-    config = ConsumerConfig(host_id=HostId(args.host_id), listen=args.listen, advertise=args.advertise,
-                            registries=rpc.split_addresses(args.registry, "registry"),
+    limits = Limits(stream_requests=args.max_stream_requests, vm_requests=args.max_vm_requests,
+                    pool_waiters=args.max_pool_waiters, bad_tokens=args.max_bad_tokens,
+                    bad_token_block_s=args.bad_token_block)
+    config = ConsumerConfig(host_id=HostId(check_name("--host-id", args.host_id)), listen=args.listen,
+                            advertise=args.advertise, registries=rpc.split_addresses(args.registry, "registry"),
                             attachments=load_attachments(args.config), default_deadline_s=args.deadline,
-                            liveness_ttl_s=args.liveness_ttl, tls=tls)
+                            liveness_ttl_s=args.liveness_ttl, limits=limits, tls=tls)
     asyncio.run(_run_service(args, serve_consumer_host, config))
+
+
+def cmd_token(args: argparse.Namespace) -> None:
+    """`leasenet token hash`: the token from stdin (never argv, which `ps` shows), its hash to stdout."""
+    token = getpass.getpass("token: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\r\n")
+    print(hash_token(token))
 
 
 def cmd_send(args: argparse.Namespace) -> None:
@@ -383,6 +409,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "registry": cmd_registry,
     "producer-host": cmd_producer_host,
     "consumer-host": cmd_consumer_host,
+    "token": cmd_token,
     "send": cmd_send,
     "health": cmd_health,
     "leases": inspection.cmd_leases,

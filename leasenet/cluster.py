@@ -21,6 +21,7 @@ from pathlib import Path
 
 import grpc.aio
 
+from consumer_host.tokens import hash_token
 from leasenet import certs
 from leasenet.etcd import EtcdCluster
 from mapping.store.etcd import EtcdStore
@@ -228,13 +229,20 @@ class ConsumerVm:
     consumer_host: str = ""  # traffic configs only: the consumer host to send through
 
 
+DEV_SCRYPT_N = 2**10  # throwaway tokens of dev and test clusters: cheap to hash for many VMs
+
+
 def consumer_toml(vms: Iterable[ConsumerVm], **settings: str | float) -> str:
-    """The `[[vms]]` config a consumer host (consumer_host.config) reads back as its attachments;
-    `settings` come first, as a traffic config's top-level keys (target, timeout_s, rate ...)."""
+    """The `[[vms]]` config a consumer host (consumer_host.config) reads back as its attachments,
+    each token stored hashed (`token_hash`). With `settings` it is a traffic config instead: they
+    come first as its top-level keys (target, timeout_s, rate ...), and the tokens stay in plain
+    text (`token`), since `leasenet traffic` acts as the VMs and presents them."""
     lines = [f"{key} = {json.dumps(value)}" for key, value in settings.items()]  # JSON strings are TOML's
     for vm in vms:
+        secret = (f"token = {json.dumps(vm.token)}" if settings
+                  else f"token_hash = {json.dumps(str(hash_token(vm.token, n=DEV_SCRYPT_N)))}")
         lines += ["", "[[vms]]", f"network = {json.dumps(vm.network)}", f"address = {json.dumps(vm.address)}",
-                  f"token = {json.dumps(vm.token)}"]
+                  secret]
         lines += [f"consumer_host = {json.dumps(vm.consumer_host)}"] if vm.consumer_host else []
     return "\n".join(lines).lstrip() + "\n"
 

@@ -95,7 +95,8 @@ class QuotaExceeded(PoolExhausted):
 
 
 class Overloaded(LeasenetError):
-    """A bounded queue or a cap on subscribers is full: what does not fit is refused, not buffered."""
+    """A bounded queue, a cap on subscribers or a rate limit is full: what does not fit is refused, not
+    buffered (which one: the sentence)."""
 
     code = Status.RESOURCE_EXHAUSTED
 

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from consumer_host.datapath import Attachment
+from consumer_host.tokens import PlainToken
 from consumer_host.pools import PoolManager
 from consumer_host.service import ConsumerConfig, RequestPath
 from consumer_host.service import serve as serve_consumer
@@ -27,7 +28,7 @@ from wire.v1 import consumer_pb2 as cpb
 from wire.v1 import registry_pb2 as rpb
 
 ECHO = Service("echo", "blue", "10.1.255.1", 7, LeasePolicy(min_pool=1, max_pool=1))
-VM = Attachment("blue", "10.1.0.1", "secret")
+VM = Attachment("blue", "10.1.0.1", PlainToken("secret"))
 FOREVER = 3600.0
 
 
@@ -67,7 +68,7 @@ class StuckTunnel:
 
 
 def request() -> cpb.SendRequest:
-    return cpb.SendRequest(network="blue", src=VM.address, token=VM.token, target=ECHO.target, payload=b"hi")
+    return cpb.SendRequest(network="blue", src=VM.address, token="secret", target=ECHO.target, payload=b"hi")
 
 
 async def tasks_left(before: set[asyncio.Task[object]], within_s: float = 2.0) -> set[asyncio.Task[object]]:

@@ -86,9 +86,10 @@ def test_a_consumer_config_written_as_toml_reads_back_as_the_same_attachments(tm
     vms = [ConsumerVm("blue", "10.1.0.1", "tok-1"), ConsumerVm("red", "10.2.0.7", 'odd "token"', "127.0.0.1:7200")]
     path = tmp_path / "consumer.toml"
     path.write_text(consumer_toml(vms, target="10.1.255.1:7", rate=2.5))
-    attached = load_attachments(path)
-    assert [(a.network, str(a.address), a.token) for a in attached.values()] == [(v.network, v.address, v.token)
-                                                                                 for v in vms]
+    attached = load_attachments(path)  # a traffic config: plain tokens, still read (with a warning at start)
+    assert [(a.network, str(a.address)) for a in attached.values()] == [(v.network, v.address) for v in vms]
+    assert all(a.secret.matches(v.token) and not a.secret.matches(v.token + "x")
+               for a, v in zip(attached.values(), vms))
     plan = load_plan(path, ["127.0.0.1:7200"])
     assert (plan.target, plan.rate, [v.consumer_host for v in plan.vms]) == ("10.1.255.1:7", 2.5,
                                                                               ["", "127.0.0.1:7200"])

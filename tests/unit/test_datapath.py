@@ -13,15 +13,17 @@ from consumer_host.datapath import (
     Wait,
     admit,
     answer_source,
+    attached,
     route,
 )
+from consumer_host.tokens import PlainToken
 from wire.errors import Status
 from mapping.model import LeaseId, LeasePolicy, Network, Service, VmId
 from mapping.state import ClusterState
 
 BLUE = Service("echo", "blue", "10.1.255.1", 7, LeasePolicy(min_pool=1, max_pool=2, lease_ttl_s=5, idle_release_s=2))
 RED = Service("red-echo", "red", "10.2.255.1", 7)
-ATTACHED = {VmId("blue/10.1.0.1"): Attachment("blue", "10.1.0.1", "secret")}
+ATTACHED = {VmId("blue/10.1.0.1"): Attachment("blue", "10.1.0.1", PlainToken("secret"))}
 
 
 def state() -> ClusterState:
@@ -33,23 +35,25 @@ def state() -> ClusterState:
 
 
 def test_an_attached_vm_reaching_a_service_in_its_network_is_admitted() -> None:
-    verdict = admit(ATTACHED, state(), "blue", "10.1.0.1", "secret", "10.1.255.1:7")
+    verdict = admit(ATTACHED[VmId("blue/10.1.0.1")], state(), "10.1.255.1:7")
     assert verdict == Admitted(ATTACHED[VmId("blue/10.1.0.1")], BLUE, 100)
 
 
 def test_each_bad_request_is_refused_with_its_own_status() -> None:
     s = state()
+    stranger = attached(ATTACHED, "blue", "10.1.0.9")
+    assert isinstance(stranger, Refusal) and stranger.code == Status.PERMISSION_DENIED  # not attached
+    vm = ATTACHED[VmId("blue/10.1.0.1")]
     cases = {
-        ("blue", "10.1.0.9", "secret", "10.1.255.1:7"): Status.PERMISSION_DENIED,  # not attached
-        ("blue", "10.1.0.1", "guess", "10.1.255.1:7"): Status.UNAUTHENTICATED,  # spoofed
-        ("blue", "10.1.0.1", "secret", "10.1.255.9:7"): Status.NOT_FOUND,  # no such target
-        ("blue", "10.1.0.1", "secret", "10.2.255.1:7"): Status.PERMISSION_DENIED,  # other network
-        ("blue", "10.1.0.1", "secret", "not-an-address"): Status.INVALID_ARGUMENT,
+        "10.1.255.9:7": Status.NOT_FOUND,  # no such target
+        "10.2.255.1:7": Status.PERMISSION_DENIED,  # other network
+        "not-an-address": Status.INVALID_ARGUMENT,
     }
-    for args, code in cases.items():
-        verdict = admit(ATTACHED, s, *args)
-        assert isinstance(verdict, Refusal) and verdict.code == code, (args, verdict)
+    for target, code in cases.items():
+        verdict = admit(vm, s, target)
+        assert isinstance(verdict, Refusal) and verdict.code == code, (target, verdict)
         assert len(verdict.message.split()) >= 5  # a sentence, not a code
+    assert "red" not in admit(vm, s, "10.2.255.1:7").message  # the other tenant's network stays unnamed
 
 
 def member(n: int) -> PoolVm:

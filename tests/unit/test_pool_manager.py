@@ -10,19 +10,21 @@ from collections.abc import AsyncIterator
 import pytest
 
 from consumer_host.datapath import Admitted, Attachment
+from consumer_host.tokens import PlainToken
 from consumer_host.pools import PoolManager
 from consumer_host.registry_client import RegistryClient
+from tests.conftest import eventually_async
 from mapping.model import LeasePolicy, Service
 from mapping.replica import Replica
 from mapping.store.memory import MemoryStore
-from wire.errors import LeasenetError, Status, StoreUnavailable
+from wire.errors import LeasenetError, Overloaded, Status, StoreUnavailable
 from wire.v1 import registry_pb2 as pb
 
 ECHO = Service("echo", "blue", "10.1.255.1", 7, LeasePolicy(min_pool=1, max_pool=2))
 
 
 def admitted(n: int) -> Admitted:
-    return Admitted(Attachment("blue", f"10.1.0.{n}", "secret"), ECHO, 100)
+    return Admitted(Attachment("blue", f"10.1.0.{n}", PlainToken("secret")), ECHO, 100)
 
 
 class FakeRegistry:
@@ -90,3 +92,22 @@ async def test_a_new_lease_asks_each_leasing_agent_once() -> None:
         assert registry.calls == 2
     finally:
         await registry.close()
+
+
+async def test_requests_waiting_on_one_pool_are_bounded_and_the_next_is_refused_at_once() -> None:
+    registry = FakeRegistry()
+    pools = PoolManager("c1", registry, Replica(MemoryStore()), max_waiters=2)  # type: ignore[arg-type]
+    one_vm = Admitted(admitted(1).attachment, Service("echo", "blue", "10.1.255.1", 7, LeasePolicy(max_pool=1)), 100)
+    async with asyncio.TaskGroup() as tasks:
+        runner = tasks.create_task(pools.run())
+        pool, member = await pools.acquire(one_vm, time.monotonic() + 3600)
+        waiters = [tasks.create_task(pools.acquire(one_vm, time.monotonic() + 3600)) for _ in range(2)]
+        await eventually_async(lambda: pools._waiting.get((one_vm.attachment.vm_id, "echo")) == 2)
+        with pytest.raises(Overloaded, match="2 requests of consumer VM 10.1.0.1 already wait .* the limit"):
+            await pools.acquire(one_vm, time.monotonic() + 3600)
+        pools.put_back(pool, member)
+        done, _ = await asyncio.wait(waiters, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        assert [task.result()[1] for task in done] == [member]  # a waiter got the VM; the refused one never queued
+        for waiter in waiters:
+            waiter.cancel()
+        runner.cancel()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 from consumer_host.datapath import Admitted, Attachment, PoolVm, Refusal
+from consumer_host.tokens import PlainToken
 from consumer_host.poolbook import (
     AVOID_HOST_S,
     GROW_BACKOFF_S,
@@ -34,7 +35,7 @@ from wire.errors import PoolExhausted, Status, StoreUnavailable
 
 ECHO = Service("echo", "blue", "10.1.255.1", 7,
                LeasePolicy(min_pool=1, max_pool=2, lease_ttl_s=6, idle_release_s=30.0))
-VM = Attachment("blue", "10.1.0.1", "secret")
+VM = Attachment("blue", "10.1.0.1", PlainToken("secret"))
 ADMITTED = Admitted(VM, ECHO, 100)
 KEY = (VM.vm_id, "echo")
 LEASE = LeaseId(7)

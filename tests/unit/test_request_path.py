@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from consumer_host.datapath import Attachment, PoolVm, route
+from consumer_host.tokens import PlainToken
 from consumer_host.service import ConsumerConfig, RequestPath
 from wire.v1 import consumer_pb2 as pb
 from mapping import keys
@@ -17,7 +18,7 @@ from mapping.replica import Replica
 from mapping.store.memory import MemoryStore
 
 ECHO = Service("echo", "blue", "10.1.255.1", 7, LeasePolicy())
-VM = Attachment("blue", "10.1.0.1", "secret")
+VM = Attachment("blue", "10.1.0.1", PlainToken("secret"))
 MEMBER = PoolVm(VmId("blue/10.1.1.5"), "10.1.1.5", "127.0.0.1:7100", 42)
 
 
@@ -41,17 +42,17 @@ async def synced_path() -> tuple[MemoryStore, Replica, RequestPath, asyncio.Task
 async def test_an_admission_holds_until_its_service_changes() -> None:
     store, replica, path, task = await synced_path()
     try:
-        first = path._admit(request())
-        assert path._admit(request()) is first  # remembered
+        first = await path._admit(request())
+        assert await path._admit(request()) is first  # remembered
         with pytest.raises(LeasenetError) as refused:
-            path._admit(request(token="guess"))
+            await path._admit(request(token="guess"))
         assert type(refused.value) is Unauthenticated and refused.value.code == Status.UNAUTHENTICATED
-        assert path._admit(request()) is first  # a refusal is not remembered over the verdict
+        assert await path._admit(request()) is first  # a refusal is not remembered over the verdict
 
         revision = (await store.delete(keys.service_key("echo"))).revision
         assert await replica.wait_for_revision(revision, 5)
         with pytest.raises(LeasenetError) as gone:
-            path._admit(request())
+            await path._admit(request())
         assert type(gone.value) is NotFound and gone.value.code == Status.NOT_FOUND
     finally:
         task.cancel()
@@ -60,7 +61,7 @@ async def test_an_admission_holds_until_its_service_changes() -> None:
 async def test_a_frame_from_a_template_has_the_route_and_its_own_request() -> None:
     _, _, path, task = await synced_path()
     try:
-        admitted = path._admit(request())
+        admitted = await path._admit(request())
         a = path._frame(MEMBER, admitted, request(request_id=1), 5.0)
         b = path._frame(MEMBER, admitted, request(src="10.1.0.1", request_id=2), 5.0)
         r = route(MEMBER, ECHO, 100, "127.0.0.1:7200")
