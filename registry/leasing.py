@@ -27,7 +27,7 @@ from wire.errors import (
 )
 from mapping.model import Claim, ConsumerRef, Host, HostId, LeaseId, Pool, ProducerVm, Record, Service, VmId, lease_hex
 from registry.authz import ANYONE, Caller, may_act_on_pool
-from registry.placement import choose_vms, host_loads
+from registry.placement import choose_vms
 from mapping.replica import Replica
 from mapping.state import ClusterState
 from mapping.store import Require, Store
@@ -122,7 +122,7 @@ class LeasingAgent:
         if existing is not None and await self.store.refresh_lease(existing.lease_id) > 0:
             return self._existing(existing, consumer)
         quota = service.policy.max_pools_per_consumer
-        if quota and sum(p.consumer_vm == consumer.vm_id for p in self.state.pools.values()) >= quota:
+        if quota and len(self.state.pools_by_consumer.get(consumer.vm_id, ())) >= quota:
             raise PoolExhausted(f"consumer VM {consumer.vm_id} already holds {quota} lease(s), its quota")
 
         need = service.policy.min_pool
@@ -227,11 +227,16 @@ class LeasingAgent:
 
     def _choose(self, service: Service, count: int, purpose: str, avoid_hosts: frozenset[str]) -> list[ProducerVm]:
         """`avoid_hosts`: producer hosts the consumer host just lost its tunnel to; their records
-        stay in etcd until their liveness lease lapses, but they are not worth leasing from."""
-        free = [vm for vm in self.state.free_vms(service.name) if self.state.host_address(vm.vm_id) not in avoid_hosts]
-        if len(free) < count:
-            raise shortfall(service.name, count, len(free), self._returning(service.name, avoid_hosts), purpose)
-        return choose_vms(free, host_loads(self.state), count, self.rng)
+        stay in etcd until their liveness lease lapses, but they are not worth leasing from.
+        Reads only the state's indexes: the same cost with 100 or 10,000 VMs."""
+        state = self.state
+        free = state.free_by_service.get(service.name, {})
+        avoid = {h for h in free if (host := state.hosts.get(h)) is not None and host.address in avoid_hosts}
+        available = sum(len(bag) for h, bag in free.items() if h not in avoid)
+        if available < count:
+            raise shortfall(service.name, count, available, self._returning(service.name, avoid_hosts), purpose)
+        loads = {h: state.host_load(h) for h in free}
+        return [state.vms[v] for v in choose_vms(free, loads, count, self.rng, avoid)]
 
     def _returning(self, service: str, avoid_hosts: frozenset[str]) -> int:
         """VMs of `service` on their way back: vanished within RETURNING_WINDOW_S and not yet seen
@@ -240,9 +245,8 @@ class LeasingAgent:
         for vm_id in [v for v, (_, when) in self._vanished.items() if when < since]:
             del self._vanished[vm_id]
         state = self.state
-        reclaimable = [vm for vm in state.vms.values()
-                       if vm.service == service and vm.vm_id in state.claims and state.is_usable(vm)
-                       and not state.claim_is_current(state.claims[vm.vm_id])
+        reclaimable = [vm for vm in (state.vms.get(v) for v in state.stale_claims)
+                       if vm is not None and vm.service == service and state.is_usable(vm)
                        and state.host_address(vm.vm_id) not in avoid_hosts]
         return sum(s == service for s, _ in self._vanished.values()) + len(reclaimable)
 
