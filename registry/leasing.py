@@ -290,9 +290,9 @@ class ClaimCollector:
 
     async def run(self) -> None:
         await self.replica.synced.wait()
-        for claim in list(self.replica.state.claims.values()):
-            if not self.replica.state.claim_is_current(claim):
-                self._pending.put_nowait(claim)
+        state = self.replica.state
+        for vm in list(state.stale_claims):
+            self._pending.put_nowait(state.claims[vm])
         while True:
             claim = await self._pending.get()
             if self.replica.state.claims.get(claim.vm) != claim:
