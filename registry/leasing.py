@@ -129,7 +129,7 @@ class LeasingAgent:
         lease_id = LeaseId(await self.store.grant_lease(service.policy.lease_ttl_s))
         try:
             for _ in range(self.max_attempts):
-                chosen = self._choose(service, need, f"lease a pool for consumer VM {consumer.vm_id}", avoid_hosts)
+                chosen = self.choose(service, need, f"lease a pool for consumer VM {consumer.vm_id}", avoid_hosts)
                 pool = Pool(service.name, consumer.vm_id, consumer.host_id, lease_id, service.policy.lease_ttl_s)
                 items = [(pool_key, keys.encode(pool))] + self._claims(chosen, pool)
                 result = await self.store.create_all(items, lease=lease_id, require=self._guards(chosen))
@@ -159,7 +159,7 @@ class LeasingAgent:
             if held + count > service.policy.max_pool:
                 raise PoolExhausted(f"lease {lease_hex(lease_id)} holds {held} producer VM(s) of service "
                                     f"{service.name!r}; max_pool is {service.policy.max_pool}")
-            chosen = self._choose(service, count, f"grow lease {lease_hex(lease_id)}", avoid_hosts)
+            chosen = self.choose(service, count, f"grow lease {lease_hex(lease_id)}", avoid_hosts)
             guards = [Require(keys.pool_key(pool.service, pool.consumer_vm), pool.revision), *self._guards(chosen)]
             result = await self.store.create_all(self._claims(chosen, pool), lease=lease_id, require=guards)
             await self.replica.wait_for_revision(result.revision, CATCH_UP_S)
@@ -225,7 +225,7 @@ class LeasingAgent:
     def _view(self, lease_id: LeaseId) -> LeaseView:
         return describe(self.state, self._pool(lease_id))
 
-    def _choose(self, service: Service, count: int, purpose: str, avoid_hosts: frozenset[str]) -> list[ProducerVm]:
+    def choose(self, service: Service, count: int, purpose: str, avoid_hosts: frozenset[str]) -> list[ProducerVm]:
         """`avoid_hosts`: producer hosts the consumer host just lost its tunnel to; their records
         stay in etcd until their liveness lease lapses, but they are not worth leasing from.
         Reads only the state's indexes: the same cost with 100 or 10,000 VMs."""

@@ -28,18 +28,16 @@ def choose_vms(free: Mapping[HostId, Bag[VmId]], loads: Mapping[HostId, float], 
     """Up to `count` distinct free VMs, drawn without replacement, weight = (1 - host load) + epsilon;
     hosts in `avoid` are not drawn from. Costs O(count x hosts), whatever the number of VMs."""
     hosts = [h for h, bag in free.items() if bag and h not in avoid]
-    left = {h: len(free[h]) for h in hosts}
+    each = [vm_weight(loads.get(h, 0.0)) for h in hosts]
+    left = [len(free[h]) for h in hosts]
     chosen: list[VmId] = []
     taken: set[VmId] = set()
-    while len(chosen) < count:
-        weights = [left[h] * vm_weight(loads.get(h, 0.0)) for h in hosts]
-        if not any(weights):
-            break
-        host = rng.choices(hosts, weights=weights)[0]
-        vm = _draw(free[host], taken, rng)
+    while len(chosen) < count and any(left):
+        at = rng.choices(range(len(hosts)), weights=[n * w for n, w in zip(left, each)])[0]
+        vm = _draw(free[hosts[at]], taken, rng)
         chosen.append(vm)
         taken.add(vm)
-        left[host] -= 1
+        left[at] -= 1
     return chosen
 
 

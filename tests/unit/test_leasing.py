@@ -147,3 +147,28 @@ async def test_a_pool_released_a_moment_ago_is_not_handed_out_again(setup) -> No
     assert first.pool.lease_id in replica.state.pools_by_lease  # the replica has not caught up yet
     second = await agent.request_lease(consumer(1), "echo")
     assert second.pool.lease_id != first.pool.lease_id and len(second.members) == 2
+
+
+class NoScan(dict):  # type: ignore[type-arg]
+    """A table that refuses to be walked: lookups only."""
+
+    def _refuse(self, *args: object) -> None:
+        raise AssertionError("the whole table was scanned")
+
+    __iter__ = values = items = keys = _refuse  # type: ignore[assignment]
+
+
+async def test_a_grant_and_a_quota_check_read_indexes_and_never_walk_every_vm_claim_or_pool(setup) -> None:
+    store, replica, agent = setup
+    for name, target in (("quota", "10.1.255.2"), ("quota2", "10.1.255.3")):
+        limited = Service(name, "blue", target, 7, LeasePolicy(min_pool=1, max_pool=1, lease_ttl_s=5,
+                                                                max_pools_per_consumer=1))
+        await store.put(keys.key_of(limited), keys.encode(limited))
+    vm = ProducerVm("blue", "10.1.1.9", HostId("p1"), "quota")
+    assert await replica.wait_for_revision(await store.put(keys.key_of(vm), keys.encode(vm)), 2)
+    state = replica.state
+    state.vms, state.claims, state.pools = NoScan(state.vms), NoScan(state.claims), NoScan(state.pools)
+    view = await agent.request_lease(consumer(1), "quota")
+    assert [m.vm.vm_id for m in view.members] == [vm.vm_id]
+    with pytest.raises(PoolExhausted, match="its quota"):
+        await agent.request_lease(consumer(1), "quota2")
