@@ -333,7 +333,7 @@ class ScaleBench:
         return round(time.monotonic() - started, 2)
 
     async def _detach_probe(self) -> None:
-        async with cluster_channel(self.cluster.procs["c1"].address, Kind.CONSUMER) as channel:
+        async with self.cluster.channel(self.cluster.procs["c1"].address, Kind.CONSUMER) as channel:
             await cpb_grpc.ConsumerHostStub(channel).Detach(
                 cpb.DetachRequest(network=NETWORK, address=PROBE[0], token=PROBE[1]), timeout=10)
 
