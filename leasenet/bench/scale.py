@@ -79,6 +79,7 @@ class ScalePlan:
     churn_cycles: int  # grant/release cycles, in four quarters
     workers: int  # grant-rate workers per registry
     contended_s: float
+    churn_quarter_s: float  # each quarter of the churn ends after this long even if its cycles are not done
 
     @property
     def big_vms(self) -> int:
@@ -87,8 +88,8 @@ class ScalePlan:
 
 def scale_plan(quick: bool) -> ScalePlan:
     if quick:
-        return ScalePlan(True, 20, 2, 100, 2, 20, 10, 0.3, 1.0, 100, 4, 1.0)
-    return ScalePlan(False, 100, 10, 1000, 4, 2000, 200, 3.0, 10.0, 20000, 16, 5.0)
+        return ScalePlan(True, 20, 2, 100, 2, 20, 10, 0.3, 1.0, 100, 4, 1.0, 30.0)
+    return ScalePlan(False, 100, 10, 1000, 4, 2000, 200, 3.0, 10.0, 20000, 16, 5.0, 60.0)
 
 
 # --- roles ---------------------------------------------------------------------------------------
@@ -292,15 +293,15 @@ class ScaleBench:
         specs["p-scarce"] = b.producer("p-scarce", SCARCE_SERVICE, SCARCE_VMS, "10.19.0.1", history=False)
         b.start(specs)
 
-    def fleet(self) -> dict[str, Any]:
+    def fleet(self, label: str, first: int) -> dict[str, Any]:
         """Grant latency (pool of 4) and the request path's p50 at C=1 with the fleet as it is."""
         p, b = self.plan, self.bench
-        grants = b.role(f"grants-{self.vms()}", GrantsTask(self.registries[0], SCALE_SERVICE, p.grants, 5,
-                                                           self.vms()), GrantsResult, 300)
+        grants = b.role(f"grants-{label}", GrantsTask(self.registries[0], SCALE_SERVICE, p.grants, 5, first),
+                        GrantsResult, 300)
         probe = LoadTask([[NETWORK, *PROBE, SCALE_TARGET]], {"overlay-tls": self.cluster.procs["c1"].address},
                          self.metrics, [Cell("overlay-tls", "unary", 100, 1, 0.3, p.probe_s)])
         for attempt in range(3):  # a first request may wait for its pool's lease; then measure again
-            cell = b.role(f"probe-{self.vms()}-{attempt}", probe, LoadResult, 120).cells[0]
+            cell = b.role(f"probe-{label}-{attempt}", probe, LoadResult, 120).cells[0]
             if cell.p50_ms is not None and not cell.errors:
                 break
         return {"vms": self.vms(), "grant_p50_ms": grants.p50_ms, "grant_p99_ms": grants.p99_ms,
@@ -393,7 +394,7 @@ class ScaleBench:
         for q in range(4):
             self.say(f"scale: churn quarter {q + 1}/4, {p.churn_cycles // 4} grant/release cycles")
             quarters.append(self.rate(f"churn-{q + 1}", SCALE_SERVICE, 100_000 + q * 1000, p.churn_cycles // 4,
-                                      3600, False, p.workers))
+                                      p.churn_quarter_s, False, p.workers))
             sizes.append(etcd_gauges(self.metrics, db, use))
         grants = sum(r.grants for r in quarters)
         elapsed = sum(r.elapsed_s for r in quarters)
@@ -415,14 +416,14 @@ def run_scale(workdir: Path, quick: bool, say: Callable[[str], None]) -> dict[st
                   "big_us": choice_cost_us(plan.big_vms, plan.producer_hosts)}
         s.start()
         say(f"scale: grants and the request path with {plan.small_vms} VMs")
-        small = s.fleet()
+        small = s.fleet("small", 0)
         registration_s = s.grow_fleet()
         say(f"scale: grants and the request path with {plan.big_vms} VMs")
-        big = s.fleet()
-        snapshot = s.snapshot()
+        big = s.fleet("big", 1000)
         held = s.hold()
+        snapshot = s.snapshot()
         say(f"scale: grants and the request path with {plan.big_vms} VMs and {held['held']} pools held")
-        loaded = s.fleet()
+        loaded = s.fleet("big-with-pools", 2000)
         keep_alive = s.keep_alive()
         rss = s.rss()
         say(f"scale: contended grants for {SCARCE_VMS} VMs from both registries for {plan.contended_s:.0f} s")

