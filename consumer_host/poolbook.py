@@ -344,11 +344,12 @@ class PoolBook:
         if isinstance(new, Host) and (old is None or old.revision != new.revision):
             self.avoided_hosts.pop(new.address, None)  # the host (re)registered: worth trying again
         elif isinstance(old, ProducerVm) and (new is None or new.revision != old.revision):
-            effects: list[Effect] = []
-            for key, pool in list(self.pools.items()):
-                if old.vm_id in pool.members:
-                    effects += self._forget(key, [old.vm_id], now)
-            return effects
+            # the VM's claim (still in the replica: the collector deletes it later) names its pool, so
+            # a VM event costs the same however many pools this host holds
+            claim = event.state.claims.get(old.vm_id)
+            key = self.by_lease.get(claim.lease_id) if claim is not None else None
+            if key is not None and old.vm_id in self.pools[key].members:
+                return self._forget(key, [old.vm_id], now)
         return []
 
     def _adopt(self, key: PoolKey, claim: Claim, state: ClusterState) -> list[Effect]:

@@ -252,7 +252,8 @@ class PoolManager:
         """Leases held under this host id by a previous life of the host (killed, restarted within
         the TTL). This process knows nothing of them: adopting them would keep a dead host's leases
         alive, so they are given back at start and their VMs are free at once (SPEC §6)."""
-        stale = [p.lease_id for p in self.replica.state.pools.values() if p.consumer_host == self.host_id]
+        state = self.replica.state
+        stale = [state.pools[key].lease_id for key in state.pools_by_consumer_host.get(self.host_id, ())]
         for lease_id in stale:
             try:
                 await self.registry.release_lease(lease_hex(lease_id))

@@ -235,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(p, "--tls", default="on", choices=["on", "off"],
         help="also measure the data path with mutual TLS on every hop (--quick: in one cell)")
     add(p, "--workdir", default="", help="keep logs here (default: a temporary directory)")
+    add(p, "--scale", action="store_true", help="only the scale section: 10,000 VMs, 2,000 pools, two registries "
+        "(with --quick: a small cluster)")
 
     p = sub.add_parser("traffic", help="act as many consumer VMs: a fixed number of requests, recorded")
     add(p, "--consumer-host", required=True, help="comma-separated consumer hosts (host:port)")

@@ -54,7 +54,10 @@ class Liveness:
         raise InvalidRequest(f"host {self.host_id} cannot register: its records keep conflicting")
 
     async def _create_chunks(self, chunks: list[list[tuple[str, bytes]]]) -> bool:
-        for chunk in chunks:
+        for i, chunk in enumerate(chunks):
+            # thousands of VMs on a busy machine can take longer than the TTL: keep the lease alive
+            if i and await self.store.refresh_lease(self.lease_id) <= 0:
+                return False
             if not (await self.store.create_all(chunk, lease=self.lease_id)).succeeded:
                 return False
         return True

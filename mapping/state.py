@@ -1,10 +1,18 @@
 """ClusterState: the decoded, indexed view of the keyspace that every replica keeps in memory.
-Pure: `apply` is the only mutation, and it returns what it replaced so listeners see both sides."""
+Pure: `apply` is the only mutation, and it returns what it replaced so listeners see both sides.
+
+Its indexes make every hot question cost the same with 100 or 10,000 VMs: `apply` keeps them in
+step in O(1) per record (a host's own change touches only that host's VMs). A VM is *free* when it
+exists, has no claim and its host is registered and not draining; a claim is *stale* when its VM is
+gone or was re-registered since (the claim collector's work)."""
 
 from __future__ import annotations
 
-from collections import defaultdict
+import random
+from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from mapping import keys
 from mapping.model import (
@@ -23,6 +31,51 @@ from mapping.model import (
     VmId,
 )
 
+T = TypeVar("T")
+
+
+class Bag(Generic[T]):
+    """A set that also draws a uniformly random member in O(1) (placement samples free VMs from it):
+    a list of members and each one's position; removal swaps the last member into the hole."""
+
+    __slots__ = ("_items", "_where")
+
+    def __init__(self) -> None:
+        self._items: list[T] = []
+        self._where: dict[T, int] = {}
+
+    def add(self, item: T) -> None:
+        if item not in self._where:
+            self._where[item] = len(self._items)
+            self._items.append(item)
+
+    def discard(self, item: T) -> None:
+        at = self._where.pop(item, None)
+        if at is None:
+            return
+        last = self._items.pop()
+        if at < len(self._items):
+            self._items[at] = last
+            self._where[last] = at
+
+    def pick(self, rng: random.Random) -> T:
+        return self._items[rng.randrange(len(self._items))]
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._where
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(list(self._items))
+
+    def __eq__(self, other: object) -> bool:  # the same members, in whatever order
+        return isinstance(other, Bag) and self._where.keys() == other._where.keys()
+
+    def __repr__(self) -> str:
+        return f"Bag({self._items!r})"
+
 
 @dataclass
 class ClusterState:
@@ -38,6 +91,13 @@ class ClusterState:
     members_by_lease: dict[LeaseId, set[VmId]] = field(default_factory=lambda: defaultdict(set))
     services_by_target: dict[tuple[str, str], Service] = field(default_factory=dict)
     slots_by_subject: dict[tuple[QuotaScope, str], set[int]] = field(default_factory=lambda: defaultdict(set))
+    vms_by_host: dict[HostId, set[VmId]] = field(default_factory=dict)
+    vms_by_service: dict[str, set[VmId]] = field(default_factory=dict)
+    free_by_service: dict[str, dict[HostId, Bag[VmId]]] = field(default_factory=dict)  # service -> host -> free
+    claimed_by_host: Counter[HostId] = field(default_factory=Counter)  # claims on the host's existing VMs
+    stale_claims: set[VmId] = field(default_factory=set)
+    pools_by_consumer: dict[VmId, set[str]] = field(default_factory=dict)  # consumer VM -> pool keys
+    pools_by_consumer_host: dict[HostId, set[str]] = field(default_factory=dict)
 
     def get(self, key: str) -> Record | None:
         kind = key[len(keys.ROOT):].partition("/")[0]
@@ -71,14 +131,25 @@ class ClusterState:
                 self.services_by_target[(r.network, r.target)] = r
             case Host():
                 self.hosts[r.host_id] = r
+                self._refresh_host(r.host_id)
             case ProducerVm():
                 self.vms[r.vm_id] = r
+                self.vms_by_host.setdefault(r.host_id, set()).add(r.vm_id)
+                self.vms_by_service.setdefault(r.service, set()).add(r.vm_id)
+                if r.vm_id in self.claims:
+                    self.claimed_by_host[r.host_id] += 1
+                self._refresh_vm(r.vm_id)
             case Claim():
                 self.claims[r.vm] = r
                 self.members_by_lease[r.lease_id].add(r.vm)
+                if (vm := self.vms.get(r.vm)) is not None:
+                    self.claimed_by_host[vm.host_id] += 1
+                self._refresh_vm(r.vm)
             case Pool():
                 self.pools[key] = r
                 self.pools_by_lease[r.lease_id] = r
+                self.pools_by_consumer.setdefault(r.consumer_vm, set()).add(key)
+                self.pools_by_consumer_host.setdefault(r.consumer_host, set()).add(key)
             case QuotaSlot():
                 self.quota_slots[key[len(keys.QUOTAS):]] = r
                 self.slots_by_subject[(r.scope, r.subject)].add(r.index)
@@ -92,8 +163,15 @@ class ClusterState:
                 self.services_by_target.pop((r.network, r.target), None)
             case Host():
                 del self.hosts[r.host_id]
+                self._refresh_host(r.host_id)
             case ProducerVm():
                 del self.vms[r.vm_id]
+                _discard(self.vms_by_host, r.host_id, r.vm_id)
+                _discard(self.vms_by_service, r.service, r.vm_id)
+                if r.vm_id in self.claims:
+                    self._uncount_claim(r.host_id)
+                self._set_free(r, False)
+                self._refresh_vm(r.vm_id)
             case Claim():
                 del self.claims[r.vm]
                 members = self.members_by_lease.get(r.lease_id)
@@ -101,10 +179,15 @@ class ClusterState:
                     members.discard(r.vm)
                     if not members:
                         del self.members_by_lease[r.lease_id]
+                if (vm := self.vms.get(r.vm)) is not None:
+                    self._uncount_claim(vm.host_id)
+                self._refresh_vm(r.vm)
             case Pool():
                 del self.pools[key]
                 if self.pools_by_lease.get(r.lease_id) == r:
                     del self.pools_by_lease[r.lease_id]
+                _discard(self.pools_by_consumer, r.consumer_vm, key)
+                _discard(self.pools_by_consumer_host, r.consumer_host, key)
             case QuotaSlot():
                 del self.quota_slots[key[len(keys.QUOTAS):]]
                 used = self.slots_by_subject.get((r.scope, r.subject))
@@ -112,6 +195,40 @@ class ClusterState:
                     used.discard(r.index)
                     if not used:
                         del self.slots_by_subject[(r.scope, r.subject)]
+
+    # --- index upkeep --------------------------------------------------------------------------
+    def _uncount_claim(self, host: HostId) -> None:
+        self.claimed_by_host[host] -= 1
+        if self.claimed_by_host[host] <= 0:
+            del self.claimed_by_host[host]
+
+    def _refresh_vm(self, vm_id: VmId) -> None:
+        """Re-derive the VM's free flag and its claim's staleness: O(1)."""
+        vm, claim = self.vms.get(vm_id), self.claims.get(vm_id)
+        if vm is not None:
+            self._set_free(vm, claim is None and self.is_usable(vm))
+        if claim is not None and not self.claim_is_current(claim):
+            self.stale_claims.add(vm_id)
+        else:
+            self.stale_claims.discard(vm_id)
+
+    def _refresh_host(self, host: HostId) -> None:
+        """A host came, went or toggled draining: only its own VMs change their free flag."""
+        for vm_id in self.vms_by_host.get(host, ()):
+            self._refresh_vm(vm_id)
+
+    def _set_free(self, vm: ProducerVm, free: bool) -> None:
+        if free:
+            self.free_by_service.setdefault(vm.service, {}).setdefault(vm.host_id, Bag()).add(vm.vm_id)
+            return
+        by_host = self.free_by_service.get(vm.service, {})
+        bag = by_host.get(vm.host_id)
+        if bag is not None:
+            bag.discard(vm.vm_id)
+            if not bag:
+                del by_host[vm.host_id]
+                if not by_host:
+                    del self.free_by_service[vm.service]
 
     # --- queries used by several components ---------------------------------------------------
     def producer_hosts(self) -> list[Host]:
@@ -123,8 +240,15 @@ class ClusterState:
         return host is not None and not host.draining
 
     def free_vms(self, service: str) -> list[ProducerVm]:
-        return [vm for vm in self.vms.values()
-                if vm.service == service and vm.vm_id not in self.claims and self.is_usable(vm)]
+        return [self.vms[v] for bag in self.free_by_service.get(service, {}).values() for v in bag]
+
+    def free_count(self, service: str) -> int:
+        return sum(len(bag) for bag in self.free_by_service.get(service, {}).values())
+
+    def host_load(self, host: HostId) -> float:
+        """Share of the producer host's VMs that are claimed, 0.0 .. 1.0."""
+        total = len(self.vms_by_host.get(host, ()))
+        return self.claimed_by_host[host] / total if total else 0.0
 
     def host_address(self, vm: VmId) -> str | None:
         record = self.vms.get(vm)
@@ -135,3 +259,11 @@ class ClusterState:
         """The claim names the VM incarnation that exists now (a re-registered VM voids old claims)."""
         vm = self.vms.get(claim.vm)
         return vm is not None and vm.revision == claim.vm_revision
+
+
+def _discard(index: dict[T, set[VmId]] | dict[T, set[str]], group: T, member: object) -> None:
+    members = index.get(group)
+    if members is not None:
+        members.discard(member)  # type: ignore[arg-type]
+        if not members:
+            del index[group]

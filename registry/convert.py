@@ -23,13 +23,12 @@ def vm_to_pb(state: ClusterState, vm: ProducerVm) -> pb.ProducerVm:
 
 def service_to_pb(state: ClusterState, service: Service) -> pb.Service:
     network = state.networks.get(service.network)
-    vms = [vm for vm in state.vms.values() if vm.service == service.name]
     p = service.policy
     return pb.Service(
         name=service.name, network=service.network, vni=network.vni if network else 0, target=service.target,
         policy=pb.LeasePolicy(min_pool=p.min_pool, max_pool=p.max_pool, lease_ttl_s=p.lease_ttl_s,
                               idle_release_s=p.idle_release_s, max_pools_per_consumer=p.max_pools_per_consumer),
-        vms=len(vms), free_vms=len(state.free_vms(service.name)))
+        vms=len(state.vms_by_service.get(service.name, ())), free_vms=state.free_count(service.name))
 
 
 def lease_to_pb(view: LeaseView, fencing_tokens: bool = True) -> pb.Lease:

@@ -28,7 +28,7 @@ from wire.errors import (
 from mapping.model import Claim, ConsumerRef, Host, HostId, LeaseId, Pool, ProducerVm, Record, Service, VmId, lease_hex
 from registry.authz import ANYONE, Caller, may_act_on_pool
 from registry import quotas
-from registry.placement import choose_vms, host_loads
+from registry.placement import choose_vms
 from mapping.replica import Replica
 from mapping.state import ClusterState
 from mapping.store import Require, Store
@@ -136,7 +136,7 @@ class LeasingAgent:
         lease_id = LeaseId(await self.store.grant_lease(service.policy.lease_ttl_s))
         try:
             for _ in range(self.max_attempts):
-                chosen = self._choose(service, need, f"lease a pool for consumer VM {consumer.vm_id}", avoid_hosts)
+                chosen = self.choose(service, need, f"lease a pool for consumer VM {consumer.vm_id}", avoid_hosts)
                 pool = Pool(service.name, consumer.vm_id, consumer.host_id, lease_id, service.policy.lease_ttl_s)
                 slots = quotas.choose_slots(self.state, wanted, lease_id, self.rng)
                 items = ([(pool_key, keys.encode(pool))] + self._claims(chosen, pool)
@@ -168,7 +168,7 @@ class LeasingAgent:
             if held + count > service.policy.max_pool:
                 raise PoolExhausted(f"lease {lease_hex(lease_id)} holds {held} producer VM(s) of service "
                                     f"{service.name!r}; max_pool is {service.policy.max_pool}")
-            chosen = self._choose(service, count, f"grow lease {lease_hex(lease_id)}", avoid_hosts)
+            chosen = self.choose(service, count, f"grow lease {lease_hex(lease_id)}", avoid_hosts)
             guards = [Require(keys.pool_key(pool.service, pool.consumer_vm), pool.revision), *self._guards(chosen)]
             result = await self.store.create_all(self._claims(chosen, pool), lease=lease_id, require=guards)
             await self.replica.wait_for_revision(result.revision, CATCH_UP_S)
@@ -234,13 +234,18 @@ class LeasingAgent:
     def _view(self, lease_id: LeaseId) -> LeaseView:
         return describe(self.state, self._pool(lease_id))
 
-    def _choose(self, service: Service, count: int, purpose: str, avoid_hosts: frozenset[str]) -> list[ProducerVm]:
+    def choose(self, service: Service, count: int, purpose: str, avoid_hosts: frozenset[str]) -> list[ProducerVm]:
         """`avoid_hosts`: producer hosts the consumer host just lost its tunnel to; their records
-        stay in etcd until their liveness lease lapses, but they are not worth leasing from."""
-        free = [vm for vm in self.state.free_vms(service.name) if self.state.host_address(vm.vm_id) not in avoid_hosts]
-        if len(free) < count:
-            raise shortfall(service.name, count, len(free), self._returning(service.name, avoid_hosts), purpose)
-        return choose_vms(free, host_loads(self.state), count, self.rng)
+        stay in etcd until their liveness lease lapses, but they are not worth leasing from.
+        Reads only the state's indexes: the same cost with 100 or 10,000 VMs."""
+        state = self.state
+        free = state.free_by_service.get(service.name, {})
+        avoid = {h for h in free if (host := state.hosts.get(h)) is not None and host.address in avoid_hosts}
+        available = sum(len(bag) for h, bag in free.items() if h not in avoid)
+        if available < count:
+            raise shortfall(service.name, count, available, self._returning(service.name, avoid_hosts), purpose)
+        loads = {h: state.host_load(h) for h in free}
+        return [state.vms[v] for v in choose_vms(free, loads, count, self.rng, avoid)]
 
     def _returning(self, service: str, avoid_hosts: frozenset[str]) -> int:
         """VMs of `service` on their way back: vanished within RETURNING_WINDOW_S and not yet seen
@@ -249,9 +254,8 @@ class LeasingAgent:
         for vm_id in [v for v, (_, when) in self._vanished.items() if when < since]:
             del self._vanished[vm_id]
         state = self.state
-        reclaimable = [vm for vm in state.vms.values()
-                       if vm.service == service and vm.vm_id in state.claims and state.is_usable(vm)
-                       and not state.claim_is_current(state.claims[vm.vm_id])
+        reclaimable = [vm for vm in (state.vms.get(v) for v in state.stale_claims)
+                       if vm is not None and vm.service == service and state.is_usable(vm)
                        and state.host_address(vm.vm_id) not in avoid_hosts]
         return sum(s == service for s, _ in self._vanished.values()) + len(reclaimable)
 
@@ -295,9 +299,9 @@ class ClaimCollector:
 
     async def run(self) -> None:
         await self.replica.synced.wait()
-        for claim in list(self.replica.state.claims.values()):
-            if not self.replica.state.claim_is_current(claim):
-                self._pending.put_nowait(claim)
+        state = self.replica.state
+        for vm in list(state.stale_claims):
+            self._pending.put_nowait(state.claims[vm])
         while True:
             claim = await self._pending.get()
             if self.replica.state.claims.get(claim.vm) != claim:

@@ -2,32 +2,50 @@
 
 Weighted toward lightly loaded producer hosts: a VM is drawn with a weight that grows with the
 share of its host that is still free. Random (not 'always the emptiest host') so that several
-leasing agents racing for the same fleet spread over different VMs instead of colliding."""
+leasing agents racing for the same fleet spread over different VMs instead of colliding.
+
+It never looks at every VM: the state keeps each service's free VMs in a bag per host, so a draw
+picks a host (weight = its free VMs x its VM weight, O(hosts)) and then a VM of that host's bag
+(O(1)). That is the same distribution as weighing every free VM one by one."""
 
 from __future__ import annotations
 
 import random
-from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Mapping
 
-from mapping.model import HostId, ProducerVm
-from mapping.state import ClusterState
+from mapping.model import HostId, VmId
+from mapping.state import Bag
 
-
-def host_loads(state: ClusterState) -> dict[HostId, float]:
-    """Share of each producer host's VMs that are claimed, 0.0 .. 1.0."""
-    total: Counter[HostId] = Counter(vm.host_id for vm in state.vms.values())
-    claimed: Counter[HostId] = Counter(state.vms[c.vm].host_id for c in state.claims.values() if c.vm in state.vms)
-    return {host: claimed[host] / n for host, n in total.items()}
+SPARE_WEIGHT = 0.05  # a full host still gets a little weight: its last free VMs remain reachable
 
 
-def choose_vms(free: Iterable[ProducerVm], loads: dict[HostId, float], count: int,
-               rng: random.Random) -> list[ProducerVm]:
-    """Up to `count` distinct VMs, drawn without replacement, weight = (1 - host load) + epsilon."""
-    candidates = list(free)
-    chosen: list[ProducerVm] = []
-    while candidates and len(chosen) < count:
-        weights = [1.0 - loads.get(vm.host_id, 0.0) + 0.05 for vm in candidates]
-        pick = rng.choices(range(len(candidates)), weights=weights)[0]
-        chosen.append(candidates.pop(pick))
+def vm_weight(load: float) -> float:
+    return 1.0 - load + SPARE_WEIGHT
+
+
+def choose_vms(free: Mapping[HostId, Bag[VmId]], loads: Mapping[HostId, float], count: int, rng: random.Random,
+               avoid: Collection[HostId] = ()) -> list[VmId]:
+    """Up to `count` distinct free VMs, drawn without replacement, weight = (1 - host load) + epsilon;
+    hosts in `avoid` are not drawn from. Costs O(count x hosts), whatever the number of VMs."""
+    hosts = [h for h, bag in free.items() if bag and h not in avoid]
+    each = [vm_weight(loads.get(h, 0.0)) for h in hosts]
+    left = [len(free[h]) for h in hosts]
+    chosen: list[VmId] = []
+    taken: set[VmId] = set()
+    while len(chosen) < count and any(left):
+        at = rng.choices(range(len(hosts)), weights=[n * w for n, w in zip(left, each)])[0]
+        vm = _draw(free[hosts[at]], taken, rng)
+        chosen.append(vm)
+        taken.add(vm)
+        left[at] -= 1
     return chosen
+
+
+def _draw(bag: Bag[VmId], taken: set[VmId], rng: random.Random) -> VmId:
+    """A member of `bag` not in `taken` (at least one is): a few random tries, then a scan of the
+    bag, which happens only when most of it is taken (and then the bag is small: count <= 63)."""
+    for _ in range(8):
+        vm = bag.pick(rng)
+        if vm not in taken:
+            return vm
+    return rng.choice([vm for vm in bag if vm not in taken])

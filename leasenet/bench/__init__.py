@@ -18,6 +18,8 @@
     leasing    RequestLease latency for a pool of 4 (at the leasing API), and grants/s with 4
                consumer hosts racing for a fleet smaller than the demand; double claims from the
                lease-event watch and the producer VMs' execution history (leasenet.checker).
+    scale      (--scale, alone) 10,000 VMs over ten producer hosts, 2,000 pools through two registries:
+               whether grants and the request path cost the same at 100 and 10,000 VMs (bench.scale).
     failover   SIGKILL of the busiest producer host under traffic: time until every consumer VM is
                served again, and how many requests ended in an error.
 

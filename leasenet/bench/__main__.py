@@ -15,13 +15,14 @@ from leasenet.bench.datapath import load
 from leasenet.bench.failover import failover
 from leasenet.bench.leasing import grants, race
 from leasenet.bench.plans import FailoverTask, GrantsTask, LoadTask, RaceTask, decode
+from leasenet.bench.scale import SCALE_ROLES
 from leasenet.bench.servers import SERVERS
 from wire.rpc import install_event_loop
 
 # role name -> (its task type, the coroutine that runs it)
 ROLES: dict[str, tuple[type[Any], Callable[[Any], Awaitable[Any]]]] = {
     LoadTask.role: (LoadTask, load), GrantsTask.role: (GrantsTask, grants), RaceTask.role: (RaceTask, race),
-    FailoverTask.role: (FailoverTask, failover)}
+    FailoverTask.role: (FailoverTask, failover), **SCALE_ROLES}
 
 
 def main(argv: list[str]) -> int:

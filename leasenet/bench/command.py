@@ -17,6 +17,7 @@ from leasenet.bench.harness import Bench, machine
 from leasenet.bench.measure import CONFIDENCE
 from leasenet.bench.plans import DATA_CONSUMERS, DATA_POOL, DATA_VMS, Plan, make_plan
 from leasenet.bench.render import render
+from leasenet.bench.scale import render_scale, run_scale, scale_problems
 from leasenet.bench.report import (
     correctness, method_check, summarize_datapath, summarize_etcd, summarize_failover, summarize_leasing, targets,
 )
@@ -65,7 +66,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         print(f"[bench] {text}", file=sys.stderr, flush=True)
 
     try:
-        report = run(workdir, plan, say)
+        report = run_scale(workdir, args.quick, say) if args.scale else run(workdir, plan, say)
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # one line for the user; the logs stay in the work dir
@@ -76,7 +77,11 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(render(report))
+        print(render_scale(report) if args.scale else render(report))
+    if args.scale:
+        if args.quick and (problems := scale_problems(report)):
+            raise CliError("bench --scale --quick found a problem: " + "; ".join(problems))
+        return
     if args.quick and not report["correctness"]["ok"]:
         raise CliError("bench --quick found a correctness problem: " + "; ".join(report["correctness"]["problems"]))
     if args.quick and not report["method"]["ok"]:

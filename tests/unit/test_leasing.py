@@ -11,9 +11,10 @@ import pytest
 from mapping import keys
 from wire.errors import ClaimConflict, LeaseExpired, NotFound, PermissionDenied, PoolExhausted
 from registry.leasing import ClaimCollector, LeasingAgent
-from mapping.model import ConsumerRef, Host, HostId, HostKind, LeasePolicy, Network, ProducerVm, Service
+from mapping.model import ConsumerRef, Host, HostId, HostKind, LeasePolicy, Network, ProducerVm, Service, VmId, vm_id
 from registry.placement import choose_vms
 from mapping.replica import Replica
+from mapping.state import Bag
 from mapping.store.memory import MemoryStore
 from tests.unit.agents import agent_on
 
@@ -113,12 +114,22 @@ async def test_claims_on_a_vanished_vm_are_collected(setup) -> None:
 
 
 def test_placement_prefers_lightly_loaded_hosts_and_never_repeats_a_vm() -> None:
-    vms = [ProducerVm("blue", f"10.1.1.{n}", HostId("busy" if n < 5 else "idle"), "echo") for n in range(10)]
+    free: dict[HostId, Bag[VmId]] = {HostId("busy"): Bag(), HostId("idle"): Bag()}
+    for n in range(10):
+        free[HostId("busy" if n < 5 else "idle")].add(vm_id("blue", f"10.1.1.{n}"))
     rng = random.Random(7)
-    picks = [choose_vms(vms, {HostId("busy"): 0.9, HostId("idle"): 0.0}, 3, rng) for _ in range(200)]
-    assert all(len({vm.vm_id for vm in p}) == 3 for p in picks)
-    idle_share = sum(vm.host_id == "idle" for p in picks for vm in p) / (3 * 200)
+    picks = [choose_vms(free, {HostId("busy"): 0.9, HostId("idle"): 0.0}, 3, rng) for _ in range(200)]
+    assert all(len(set(p)) == 3 for p in picks)
+    idle_share = sum(v in free[HostId("idle")] for p in picks for v in p) / (3 * 200)
     assert idle_share > 0.7
+
+
+def test_placement_takes_every_free_vm_when_asked_for_more_and_never_one_of_an_avoided_host() -> None:
+    free: dict[HostId, Bag[VmId]] = {HostId("a"): Bag(), HostId("b"): Bag()}
+    for n in range(6):
+        free[HostId("a" if n < 3 else "b")].add(vm_id("blue", f"10.1.1.{n}"))
+    chosen = choose_vms(free, {}, 10, random.Random(3), avoid={HostId("b")})
+    assert sorted(chosen) == sorted(free[HostId("a")])
 
 
 async def test_a_pool_released_a_moment_ago_is_not_handed_out_again(setup) -> None:
@@ -128,3 +139,28 @@ async def test_a_pool_released_a_moment_ago_is_not_handed_out_again(setup) -> No
     assert first.pool.lease_id in replica.state.pools_by_lease  # the replica has not caught up yet
     second = await agent.request_lease(consumer(1), "echo")
     assert second.pool.lease_id != first.pool.lease_id and len(second.members) == 2
+
+
+class NoScan(dict):  # type: ignore[type-arg]
+    """A table that refuses to be walked: lookups only."""
+
+    def _refuse(self, *args: object) -> None:
+        raise AssertionError("the whole table was scanned")
+
+    __iter__ = values = items = keys = _refuse  # type: ignore[assignment]
+
+
+async def test_a_grant_and_a_quota_check_read_indexes_and_never_walk_every_vm_claim_or_pool(setup) -> None:
+    store, replica, agent = setup
+    for name, target in (("quota", "10.1.255.2"), ("quota2", "10.1.255.3")):
+        limited = Service(name, "blue", target, 7, LeasePolicy(min_pool=1, max_pool=1, lease_ttl_s=5,
+                                                                max_pools_per_consumer=1))
+        await store.put(keys.key_of(limited), keys.encode(limited))
+    vm = ProducerVm("blue", "10.1.1.9", HostId("p1"), "quota")
+    assert await replica.wait_for_revision(await store.put(keys.key_of(vm), keys.encode(vm)), 2)
+    state = replica.state
+    state.vms, state.claims, state.pools = NoScan(state.vms), NoScan(state.claims), NoScan(state.pools)
+    view = await agent.request_lease(consumer(1), "quota")
+    assert [m.vm.vm_id for m in view.members] == [vm.vm_id]
+    with pytest.raises(PoolExhausted, match="its quota"):
+        await agent.request_lease(consumer(1), "quota2")

@@ -1,0 +1,38 @@
+"""`leasenet bench --scale --quick --json`: the scale section runs alone on a small cluster and
+reports every figure; it asserts correctness (every pool held, no errors, no double claims), never
+speed: the speed targets are what the full `leasenet bench --scale` reports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_scale_quick_json_holds_every_pool_and_reports_every_figure(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "leasenet", "bench", "--scale", "--quick", "--json",
+                          "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout)
+    plan = report["settings"]
+
+    assert report["machine"]["cores"] and report["registration_s"] > 0
+    assert report["registration_vms"] == plan["producer_hosts"] * plan["vms_per_host"]
+    assert report["snapshot"]["keys"] > report["registration_vms"] and report["snapshot"]["p50_ms"] > 0
+    assert {"r1", "r2", "c1", "p1", "etcd"} <= set(report["rss_mib"]) and all(report["rss_mib"].values())
+    assert report["held"]["held"] == plan["pools"] and report["held"]["errors"] == {}
+    assert (report["small"]["vms"], report["big"]["vms"]) == (plan["small_vms"], report["registration_vms"])
+    for fleet in (report["small"], report["big"], report["big_with_pools"]):
+        assert fleet["grants"] == plan["grants"] and fleet["grant_failures"] == {}
+        assert fleet["grant_p50_ms"] > 0 and fleet["request_p50_ms"] > 0 and fleet["request_errors"] == {}
+    assert report["grant_p50_ratio"] > 0 and report["request_p50_ratio"] > 0
+    assert report["keep_alive"]["pools"] == plan["pools"] and report["keep_alive"]["requests_per_s"] > 0
+    contended = report["contended"]
+    assert contended["grants"] > 0 and contended["errors"] == {} and report["double_claims"] == 0
+    churn = report["churn"]
+    assert churn["cycles"] > 0 and churn["grants_per_s"] > 0 and churn["errors"] == {}
+    assert len(churn["db_size_mib"]) == 5 and all(size > 0 for size in churn["db_size_mib"])
