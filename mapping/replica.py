@@ -52,6 +52,7 @@ class Replica:
                 if need_snapshot:
                     self.load(await self.store.snapshot(self.prefix))
                     need_snapshot = False
+                    await self._notify()  # a reload also moves the revision that waiters wait for
                 async for batch in self.store.watch(self.prefix, self.revision + 1):
                     await self.apply(batch)
                     backoff = 0.1
@@ -87,6 +88,9 @@ class Replica:
         # An event batch is complete only up to its last event (during a catch-up etcd puts its own
         # current revision in the header while more events follow); an empty batch is a progress mark.
         self._advance(max(e.mod_revision for e in batch.events) if batch.events else batch.revision)
+        await self._notify()
+
+    async def _notify(self) -> None:
         async with self._advanced:
             self._advanced.notify_all()
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import heapq
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import TypeVar
 
 from wire.errors import InvalidRequest
@@ -59,21 +61,22 @@ def page_token(after: str, query: str) -> str:
     return base64.urlsafe_b64encode(json.dumps({"after": after, "query": query}).encode()).decode()
 
 
-def take_page(items: Iterable[T], key: Callable[[T], str], convert: Callable[[T], M], cost: Callable[[M], int],
+def take_page(keyed: Iterable[tuple[str, T]], convert: Callable[[T], M], cost: Callable[[M], int],
               request: PageRequest, budget: int) -> tuple[list[M], str]:
-    """The converted items after the request's cursor (in key order), at most `request.size` of them
-    and, past the first, no more than `budget` in total `cost`; and the token of the next page ("" if
-    this is the last)."""
-    ordered = sorted(((key(item), item) for item in items), key=lambda pair: pair[0])
-    remaining = [(k, item) for k, item in ordered if request.after is None or k > request.after]
+    """The items after the request's cursor in key order (`keyed`: (unique sort key, item) in any
+    order), converted, at most `request.size` of them and, past the first, no more than `budget` in
+    total `cost`; and the token of the next page ("" if this is the last). Only a page's worth is
+    sorted: a page costs one pass over the items, not a sort of them all."""
+    after = request.after
+    remaining = keyed if after is None else ((k, item) for k, item in keyed if k > after)
+    candidates = heapq.nsmallest(request.size + 1, remaining, key=itemgetter(0))
     page: list[M] = []
     used = 0
-    for index, (k, item) in enumerate(remaining):
+    for index, (k, item) in enumerate(candidates[:request.size]):
         message = convert(item)
         used += cost(message)
         if page and used > budget:
-            return page, page_token(remaining[index - 1][0], request.query)
+            return page, page_token(candidates[index - 1][0], request.query)
         page.append(message)
-        if len(page) == request.size and index + 1 < len(remaining):
-            return page, page_token(k, request.query)
-    return page, ""
+    more = len(candidates) > request.size
+    return page, page_token(candidates[len(page) - 1][0], request.query) if more else ""

@@ -113,7 +113,7 @@ class InspectionServicer(pb_grpc.InspectionServicer):
         if request.kind and request.kind not in {k.value for k in HostKind}:
             raise InvalidRequest(f"host kind {request.kind!r} is not 'producer' or 'consumer'")
         hosts = [h for h in self.state.hosts.values() if not request.kind or h.kind.value == request.kind]
-        page, token = _page(request, "ListHosts", hosts, lambda h: h.host_id, host_to_pb)
+        page, token = _page(request, "ListHosts", [(h.host_id, h) for h in hosts], host_to_pb)
         return pb.ListHostsResponse(hosts=page, next_page_token=token)
 
     @edge
@@ -127,11 +127,11 @@ class InspectionServicer(pb_grpc.InspectionServicer):
     @edge
     async def ListVms(self, request: pb.ListVmsRequest, context: grpc.aio.ServicerContext) -> pb.ListVmsResponse:
         self._reader(context)
-        vms = [vm for vm in self.state.vms.values()
+        vms = [(vm_id, vm) for vm_id, vm in self.state.vms.items()
                if (not request.service or vm.service == request.service)
                and (not request.host_id or vm.host_id == request.host_id)
-               and (not request.free_only or vm.vm_id not in self.state.claims)]
-        page, token = _page(request, "ListVms", vms, lambda v: v.vm_id, lambda v: vm_to_pb(self.state, v))
+               and (not request.free_only or vm_id not in self.state.claims)]
+        page, token = _page(request, "ListVms", vms, lambda v: vm_to_pb(self.state, v))
         return pb.ListVmsResponse(vms=page, next_page_token=token)
 
     @edge
@@ -146,7 +146,7 @@ class InspectionServicer(pb_grpc.InspectionServicer):
     async def ListServices(self, request: pb.ListServicesRequest,
                            context: grpc.aio.ServicerContext) -> pb.ListServicesResponse:
         self._reader(context)
-        page, token = _page(request, "ListServices", self.state.services.values(), lambda s: s.name,
+        page, token = _page(request, "ListServices", self.state.services.items(),
                             lambda s: service_to_pb(self.state, s))
         return pb.ListServicesResponse(services=page, next_page_token=token)
 
@@ -174,9 +174,9 @@ class InspectionServicer(pb_grpc.InspectionServicer):
     async def ListLeases(self, request: pb.ListLeasesRequest,
                          context: grpc.aio.ServicerContext) -> pb.ListLeasesResponse:
         tokens = sees_fencing_tokens(self._reader(context))
-        pools = [p for p in self.state.pools.values() if self._matches(p, request)]
-        page, token = _page(request, "ListLeases", pools, lambda p: f"{p.revision:020d}/{p.lease_id:016x}",
-                            lambda p: lease_to_pb(describe(self.state, p), tokens))
+        pools = [(f"{p.revision:020d}/{p.lease_id:016x}", p) for p in self.state.pools.values()
+                 if self._matches(p, request)]
+        page, token = _page(request, "ListLeases", pools, lambda p: lease_to_pb(describe(self.state, p), tokens))
         return pb.ListLeasesResponse(leases=page, revision=self.replica.revision, next_page_token=token)
 
     @edge
@@ -217,7 +217,7 @@ class InspectionServicer(pb_grpc.InspectionServicer):
             unsubscribe()
 
 
-def _page(request: Any, what: str, items: Iterable[T], key: Callable[[T], str],
+def _page(request: Any, what: str, keyed: Iterable[tuple[str, T]],
           convert: Callable[[T], Message]) -> tuple[list[Message], str]:
     """One page of a List call (registry/paging.py), the token tied to the request's filters."""
     filters = type(request)()
@@ -225,7 +225,7 @@ def _page(request: Any, what: str, items: Iterable[T], key: Callable[[T], str],
     filters.ClearField("page_size")
     filters.ClearField("page_token")
     wanted = page_request(request.page_size, request.page_token, filters.SerializeToString(deterministic=True), what)
-    return take_page(items, key, convert, lambda m: m.ByteSize(), wanted, PAGE_BUDGET_BYTES)
+    return take_page(keyed, convert, lambda m: m.ByteSize(), wanted, PAGE_BUDGET_BYTES)
 
 
 def _drain(queue: asyncio.Queue) -> list:  # type: ignore[type-arg]

@@ -24,7 +24,7 @@ from wire.v1 import registry_pb2_grpc as pb_grpc
 
 
 def cut(items: list[str], request: PageRequest, budget: int = 10**9) -> tuple[list[str], str]:
-    return take_page(items, lambda s: s, lambda s: s, len, request, budget)
+    return take_page([(s, s) for s in items], lambda s: s, len, request, budget)
 
 
 def test_pages_continue_after_the_last_key_so_changes_between_pages_repeat_or_skip_nothing_else() -> None:
