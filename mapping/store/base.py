@@ -72,6 +72,14 @@ class Compacted(Exception):
         self.compact_revision = compact_revision
 
 
+class BacklogTooLarge(Compacted):
+    """The events since the watch start do not fit in one message: reload in pages instead."""
+
+    def __init__(self, start_revision: int) -> None:
+        Exception.__init__(self, f"the events since revision {start_revision} exceed one message")
+        self.compact_revision = start_revision
+
+
 # Keys per range of a snapshot: our values are under 1 KiB, so a page stays far below any gRPC
 # message limit however big the keyspace grows (one unpaginated range stopped hosts at ~12k VMs).
 SNAPSHOT_PAGE_KEYS = 1000

@@ -10,6 +10,9 @@
   PermissionDenied with a sentence, not as StoreUnavailable;
 - a range at a compacted revision fails with OUT_OF_RANGE: it surfaces as Compacted (a paged
   snapshot starts again);
+- a watch resuming far behind gets up to 1,000 revisions in one message (etcd's watchBatchMaxRevs),
+  e.g. a 16,000-VM registration: the channel accepts ETCD_MAX_RECEIVE_BYTES, and a backlog larger
+  still surfaces as BacklogTooLarge (reload in pages) instead of a watch retried forever;
 - its lease keep-alives open a stream per lease: every refresh goes over one stream of ours instead
   (etcd_keepalive.py), set up with its lease stub.
 """
@@ -31,13 +34,17 @@ from etcd3aio.kv import KVService
 from wire.errors import PermissionDenied, StoreUnavailable, Unauthenticated
 from wire.tls import Kind, TlsConfigError, TlsMaterial, server_name
 from wire.rpc import MAX_MESSAGE_BYTES
-from mapping.store.base import (SNAPSHOT_PAGE_KEYS, Compacted, KeyValue, Page, Require, Snapshot, TxnResult,
+from mapping.store.base import (SNAPSHOT_PAGE_KEYS, BacklogTooLarge, Compacted, KeyValue, Page, Require, Snapshot, TxnResult,
                                 WatchBatch, WatchEvent, check_txn_size, paged_snapshot)
 from mapping.store.etcd_keepalive import KeepAliveStream
 
 log = logging.getLogger(__name__)
 
 _DELETE = 1  # mvccpb.Event.DELETE
+
+# What one etcd answer may weigh: a watch catching up gets up to 1,000 revisions (of up to 128 keys)
+# at once; etcd's own Go client accepts any size. Snapshots and lists never come near it (pages).
+ETCD_MAX_RECEIVE_BYTES = 16 * MAX_MESSAGE_BYTES
 
 
 HTTPS = "https://"
@@ -110,8 +117,7 @@ class EtcdStore:
         # reconnect within a second once etcd is back (gRPC's default backoff grows to minutes)
         self._client._manager.grpc_options += [("grpc.initial_reconnect_backoff_ms", 100),
                                                ("grpc.max_reconnect_backoff_ms", 1_000),
-                                               # named, not raised: snapshots come in pages far below it
-                                               ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+                                               ("grpc.max_receive_message_length", ETCD_MAX_RECEIVE_BYTES)]
         self._connected = False
         self.keepalive = KeepAliveStream(self._open_keepalive)
 
@@ -215,8 +221,13 @@ class EtcdStore:
         # etcd3aio retries UNAVAILABLE itself but raises the rest: over TLS a member shutting down ends
         # the stream with RST_STREAM (INTERNAL), which must be a break to resume from, not a crash
         with _unavailable_on_failure("watch"):
-            async for batch in self._watch(prefix, start_revision):
-                yield batch
+            try:
+                async for batch in self._watch(prefix, start_revision):
+                    yield batch
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:  # "larger than max": a bigger backlog
+                    raise BacklogTooLarge(start_revision) from None
+                raise
 
     async def _watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchBatch]:
         assert self._client.watch is not None

@@ -44,9 +44,19 @@ async def write_all(store: EtcdStore, records: list[Any]) -> int:
 
 async def test_a_keyspace_bigger_than_the_message_limit_loads_and_lists_in_pages(cluster: LocalCluster) -> None:
     store = await cluster.open_store()
+    lagging = Plug(store)
+    behind = Replica(lagging)  # type: ignore[arg-type]
+    task = asyncio.create_task(behind.run())
     try:
+        await behind.synced.wait()
+        lagging.pull()
         written = await write_all(store, fleet(16_000))
         assert written > MAX_MESSAGE_BYTES  # one range over it all would exceed gRPC's receive limit
+        # a replica cut off meanwhile catches up from its revision: etcd sends up to 1,000 revisions at once
+        lagging.put_back()
+        assert await behind.wait_for_revision((await store.range_page(keys.ROOT, limit=1)).revision, 30)
+        assert len(behind.state.vms) == 16_000 and behind.reloads == 1
+        task.cancel()
         registry = cluster.registry("registry1", write_toml(cluster.workdir / "cluster.toml", cluster_toml()))
         listed = await vms(registry.address)  # the CLI's page follower, 500 VMs a page
         assert len(listed) == 16_000 and len({v.vm_id for v in listed}) == 16_000
