@@ -63,9 +63,7 @@ class _Stream:
                         answer.set_result(max(0, int(resp.TTL)))
         except grpc.aio.AioRpcError as exc:
             failure = exc
-        except asyncio.CancelledError:
-            failure = StoreUnavailable("etcd is unavailable (lease keep-alive: stream closed)")
-        finally:
+        finally:  # also when closed (cancelled): no refresh waits on a dead stream
             for queue in self.waiting.values():
                 for answer in queue:
                     if not answer.done():
