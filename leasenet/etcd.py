@@ -43,7 +43,7 @@ from mapping.store.etcd import resolve_endpoint
 from wire.rpc import split_addresses
 from wire.tls import Identity, Kind, TlsFiles, TlsMaterial, etcd_user, server_name
 
-DEV_MEMBER = "leasenet"
+DEV_MEMBER = "leasenet"  # `leasenet etcd`'s member name, and the id in its certificate etcd-leasenet.crt
 # revisions of history kept: minutes of grants and re-registrations at fleet scale, so a watch that
 # broke for a while resumes without a reload; 0: no compaction
 COMPACTION_RETENTION = 10_000
@@ -53,7 +53,7 @@ def compaction_flags(retention: int) -> list[str]:
     """etcd's flags to keep `retention` revisions of history (none for 0: keep everything)."""
     if retention < 0:
         raise ValueError(f"compaction retention must be 0 (off) or a number of revisions, not {retention}")
-    return ["--auto-compaction-mode", "revision", "--auto-compaction-retention", str(retention)] if retention else []  # `leasenet etcd`'s member name, and the id in its certificate etcd-leasenet.crt
+    return ["--auto-compaction-mode", "revision", "--auto-compaction-retention", str(retention)] if retention else []
 
 
 def etcd_binary() -> Path:

@@ -58,7 +58,7 @@ class Replica:
                     backoff = 0.1
             except Compacted as exc:
                 pause = random.uniform(0, self.reload_jitter_s)
-                log.warning("replica: cannot resume the watch at %d (%s); reloading in %.2f s", self.revision + 1,
+                log.warning("replica: cannot resume the watch at %d: %s; reloading in %.2f s", self.revision + 1,
                             exc, pause)
                 need_snapshot = True
                 await asyncio.sleep(pause)

@@ -67,8 +67,8 @@ class TxnResult(NamedTuple):
 class Compacted(Exception):
     """The watch start revision was compacted away: reload from a fresh snapshot."""
 
-    def __init__(self, compact_revision: int) -> None:
-        super().__init__(f"revision compacted up to {compact_revision}")
+    def __init__(self, compact_revision: int, why: str = "") -> None:
+        super().__init__(why or f"history was compacted up to revision {compact_revision}")
         self.compact_revision = compact_revision
 
 
@@ -76,8 +76,7 @@ class BacklogTooLarge(Compacted):
     """The events since the watch start do not fit in one message: reload in pages instead."""
 
     def __init__(self, start_revision: int) -> None:
-        Exception.__init__(self, f"the events since revision {start_revision} exceed one message")
-        self.compact_revision = start_revision
+        super().__init__(start_revision, f"the events since revision {start_revision} exceed one message")
 
 
 # Keys per range of a snapshot: our values are under 1 KiB, so a page stays far below any gRPC

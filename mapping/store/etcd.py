@@ -34,8 +34,8 @@ from etcd3aio.kv import KVService
 from wire.errors import PermissionDenied, StoreUnavailable, Unauthenticated
 from wire.tls import Kind, TlsConfigError, TlsMaterial, server_name
 from wire.rpc import MAX_MESSAGE_BYTES
-from mapping.store.base import (SNAPSHOT_PAGE_KEYS, BacklogTooLarge, Compacted, KeyValue, Page, Require, Snapshot, TxnResult,
-                                WatchBatch, WatchEvent, check_txn_size, paged_snapshot)
+from mapping.store.base import (SNAPSHOT_PAGE_KEYS, BacklogTooLarge, Compacted, KeyValue, Page, Require, Snapshot,
+                                TxnResult, WatchBatch, WatchEvent, check_txn_size, paged_snapshot)
 from mapping.store.etcd_keepalive import KeepAliveStream
 
 log = logging.getLogger(__name__)

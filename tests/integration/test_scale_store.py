@@ -137,7 +137,8 @@ async def test_a_replica_whose_watch_was_compacted_away_reloads_once_and_converg
         assert await replica.wait_for_revision(revision, 20)
         assert set(replica.state.hosts) == {"h2", "h3", "h4", "h5", "h6", "h7"}
         assert gone == [keys.key_of(host(1))] and replica.reloads == 2  # the first load and one reload
-        assert plug.starts[-2] == cut_off_at + 1 and plug.starts[-1] > revision  # compacted, then resumed after the reload
+        # the watch resumed where it was cut off, was told of the compaction, and resumed after the reload
+        assert plug.starts[-2] == cut_off_at + 1 and plug.starts[-1] > revision
         task.cancel()
     finally:
         await store.close()

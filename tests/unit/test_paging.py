@@ -79,8 +79,8 @@ async def fill(store: MemoryStore) -> None:
         pool = Pool(f"s{i % 5}", f"blue/10.1.0.{i}", HostId("c1"), lease, 30)
         vm = ProducerVm("blue", f"10.1.1.{i}", HostId(f"h{i % HOSTS:02}"), f"s{i % 5}")
         claim = Claim(vm.vm_id, lease, pool.service, pool.consumer_vm, pool.consumer_host, 0)
-        assert (await store.create_all([(keys.key_of(pool), keys.encode(pool)), (keys.key_of(claim), keys.encode(claim))],
-                                       lease=lease)).succeeded
+        items = [(keys.key_of(pool), keys.encode(pool)), (keys.key_of(claim), keys.encode(claim))]
+        assert (await store.create_all(items, lease=lease)).succeeded
 
 
 @pytest.fixture
