@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(p, "--tls-dir", default="", help="mutual TLS and etcd auth with etcd-leasenet.crt/.key and ca.crt from "
         "here (made if absent); required unless --insecure")
     add(p, "--insecure", action="store_true", help="plaintext, no auth: for local experiments only")
+    add(p, "--compaction-retention", default=etcd.COMPACTION_RETENTION, type=int,
+        help="revisions of history etcd keeps (compacted every 5 minutes); 0 keeps all until the space quota")
 
     p = sub.add_parser("etcd-bootstrap", help="enable auth on an etcd cluster over TLS: one role per kind")
     _etcd(p)

@@ -8,6 +8,10 @@ prefixes that kind writes (mapping.keys.WRITE_PREFIXES) and read access to all o
 per kind named after its certificates' CN, and root (the members' own certificate), and enables auth.
 Without TLS files it stays plaintext with no auth (`--insecure`). Its Prometheus metrics are also
 served in plaintext on a loopback port of their own (`metrics_url`), so a benchmark needs no certificate.
+
+Compaction is on (SPEC §9): etcd keeps the last COMPACTION_RETENTION revisions of history and
+compacts the rest every 5 minutes, so history never grows into the space quota's alarm (which
+stops every write). A watcher that falls further behind reloads (mapping/replica.py).
 """
 
 from __future__ import annotations
@@ -40,6 +44,16 @@ from wire.rpc import split_addresses
 from wire.tls import Identity, Kind, TlsFiles, TlsMaterial, etcd_user, server_name
 
 DEV_MEMBER = "leasenet"  # `leasenet etcd`'s member name, and the id in its certificate etcd-leasenet.crt
+# revisions of history kept: minutes of grants and re-registrations at fleet scale, so a watch that
+# broke for a while resumes without a reload; 0: no compaction
+COMPACTION_RETENTION = 10_000
+
+
+def compaction_flags(retention: int) -> list[str]:
+    """etcd's flags to keep `retention` revisions of history (none for 0: keep everything)."""
+    if retention < 0:
+        raise ValueError(f"compaction retention must be 0 (off) or a number of revisions, not {retention}")
+    return ["--auto-compaction-mode", "revision", "--auto-compaction-retention", str(retention)] if retention else []
 
 
 def etcd_binary() -> Path:
@@ -77,6 +91,7 @@ class EtcdMember:
     process: subprocess.Popen[bytes] | None = None
     tls: TlsFiles | None = None  # the member's certificate, used for clients and peers alike
     metrics_port: int = 0  # 0: metrics only on the client URL
+    compaction_retention: int = COMPACTION_RETENTION
 
     @property
     def metrics_url(self) -> str:
@@ -106,6 +121,7 @@ class EtcdMember:
                 "--initial-cluster-token", "leasenet", "--log-level", "error",
                 # short heartbeats: a killed member is noticed fast on loopback
                 "--heartbeat-interval", "50", "--election-timeout", "500", *tls_flags(self.tls),
+                *compaction_flags(self.compaction_retention),
                 *(["--listen-metrics-urls", f"http://{self.host}:{self.metrics_port}"] if self.metrics_port else [])]
 
 
@@ -295,7 +311,8 @@ def cmd_etcd(args: argparse.Namespace) -> None:
         raise ValueError("no TLS credentials for etcd: give --tls-dir (its certificate and CA are made there "
                          "if absent), or --insecure to run without TLS and auth")
     tls = dev_files(args.tls_dir) if args.tls_dir else None
-    member = EtcdMember(DEV_MEMBER, "127.0.0.1", args.client_port, args.peer_port, Path(args.data_dir), tls=tls)
+    member = EtcdMember(DEV_MEMBER, "127.0.0.1", args.client_port, args.peer_port, Path(args.data_dir), tls=tls,
+                        compaction_retention=args.compaction_retention)
     command = member.command(f"{DEV_MEMBER}={member.peer_url}")
     if tls is None:
         print(f"etcd serving on {member.endpoint}; export LEASENET_ETCD_ENDPOINTS={member.endpoint}", flush=True)

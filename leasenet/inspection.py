@@ -1,5 +1,5 @@
 """`leasenet leases|hosts|vms|services`: inspection through the registry's gRPC API, as a table,
-as JSON (--json), or as a live view (--watch)."""
+as JSON (--json), or as a live view (--watch). Lists come in pages (AIP-158): every page is fetched."""
 
 from __future__ import annotations
 
@@ -17,6 +17,19 @@ from wire.v1 import registry_pb2 as pb
 from wire.v1 import registry_pb2_grpc as pb_grpc
 
 WATCH_PERIOD_S = 1.0
+CALL_TIMEOUT_S = 5.0
+
+
+async def all_pages(call: Callable[..., Awaitable[Any]], request: Any, field: str) -> list[Any]:
+    """Every item of a paginated List call: the request again with each next_page_token until none."""
+    request = type(request).FromString(request.SerializeToString())  # the caller's request stays as it was
+    items: list[Any] = []
+    while True:
+        response = await call(request, timeout=CALL_TIMEOUT_S)
+        items.extend(getattr(response, field))
+        if not response.next_page_token:
+            return items
+        request.page_token = response.next_page_token
 
 
 def _dict(message: Any) -> dict[str, Any]:
@@ -66,7 +79,7 @@ def cmd_leases(args: argparse.Namespace) -> None:
         return
 
     async def fetch(stub: pb_grpc.InspectionStub) -> tuple[list[Any], str]:
-        return list((await stub.ListLeases(request, timeout=5)).leases), "leases"
+        return await all_pages(stub.ListLeases, request, "leases"), "leases"
 
     _run(args, fetch, LEASE_HEADER, lease_rows)
 
@@ -87,7 +100,7 @@ async def _watch_leases(args: argparse.Namespace) -> None:
 
 def cmd_hosts(args: argparse.Namespace) -> None:
     async def fetch(stub: pb_grpc.InspectionStub) -> tuple[list[Any], str]:
-        return list((await stub.ListHosts(pb.ListHostsRequest(kind=args.kind), timeout=5)).hosts), "hosts"
+        return await all_pages(stub.ListHosts, pb.ListHostsRequest(kind=args.kind), "hosts"), "hosts"
 
     _run(args, fetch, ["HOST", "KIND", "ADDRESS", "DRAINING"],
          lambda hs: [[h.host_id, h.kind, h.address, "yes" if h.draining else ""] for h in hs])
@@ -97,7 +110,7 @@ def cmd_vms(args: argparse.Namespace) -> None:
     request = pb.ListVmsRequest(service=args.service, host_id=args.host_id, free_only=args.free)
 
     async def fetch(stub: pb_grpc.InspectionStub) -> tuple[list[Any], str]:
-        return list((await stub.ListVms(request, timeout=5)).vms), "vms"
+        return await all_pages(stub.ListVms, request, "vms"), "vms"
 
     _run(args, fetch, ["VM", "HOST", "SERVICE", "HANDLER", "LEASE", "LEASED TO"],
          lambda vs: [[v.vm_id, v.host_id, v.service, v.handler, v.lease_id or "-", v.leased_to or "-"] for v in vs])
@@ -105,7 +118,7 @@ def cmd_vms(args: argparse.Namespace) -> None:
 
 def cmd_services(args: argparse.Namespace) -> None:
     async def fetch(stub: pb_grpc.InspectionStub) -> tuple[list[Any], str]:
-        return list((await stub.ListServices(pb.ListServicesRequest(), timeout=5)).services), "services"
+        return await all_pages(stub.ListServices, pb.ListServicesRequest(), "services"), "services"
 
     _run(args, fetch, ["SERVICE", "NETWORK", "VNI", "TARGET", "POOL", "TTL", "IDLE", "VMS", "FREE"],
          lambda ss: [[s.name, s.network, str(s.vni), s.target, f"{s.policy.min_pool}..{s.policy.max_pool}",

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from mapping import keys
 from mapping.model import Host, HostId, Record
 from mapping.store import MAX_TXN_OPS, Compacted, Store
+from mapping.store.keeper import LeaseKeeper, renewal_period
 from wire.errors import ClaimConflict, InvalidRequest, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ class Liveness:
         self.ttl_s = ttl_s
         self.lease_id = 0
         self.registrations = 0
+        self.keeper = LeaseKeeper(store)
 
     async def register(self) -> None:
         """Create every record under a new liveness lease, in transactions of at most etcd's limit
@@ -93,15 +95,21 @@ class Liveness:
                 since = exc.compact_revision + 1
 
     async def keep_alive(self) -> None:
-        """Renew every TTL/3; if the lease lapsed (a long etcd outage, a SIGSTOP), register anew."""
+        """Keep the lease alive through the keeper (every TTL/3, on the process's one keep-alive
+        stream); if it lapsed (a long etcd outage, a SIGSTOP), register anew."""
         while True:
-            await asyncio.sleep(self.ttl_s / 3)
+            await self.keeper.run(until=self.keeper.hold(self.lease_id, self.ttl_s))
+            log.warning("liveness lease of host %s lapsed; registering again", self.host_id)
+            await self._register_again()
+
+    async def _register_again(self) -> None:
+        while True:
             try:
-                if await self.store.refresh_lease(self.lease_id) <= 0:
-                    log.warning("liveness lease of host %s lapsed; registering again", self.host_id)
-                    await self.register()
+                await self.register()
+                return
             except StoreUnavailable as exc:
-                log.warning("cannot renew liveness of host %s: %s", self.host_id, exc)
+                log.warning("cannot register host %s again: %s", self.host_id, exc)
+                await asyncio.sleep(renewal_period(self.ttl_s))
 
     async def update(self, record: Record) -> None:
         await self.store.put(keys.key_of(record), keys.encode(record), lease=self.lease_id)

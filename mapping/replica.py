@@ -1,13 +1,16 @@
 """The watch-synced local replica of the keyspace (SPEC §3 step 2): the hosts' hot paths read it,
 never etcd. It loads a snapshot at revision R, then applies watch events from R+1 on, skipping
 any event at or below the revision it already holds (no gap, no duplicate). After an outage it
-resumes the watch from where it stopped; if that revision was compacted, it reloads, and the
-reload reports every key that vanished meanwhile as deleted (a reconnect leaves no ghosts)."""
+resumes the watch from where it stopped; if that revision was compacted, it reloads once, in pages
+at the current revision, after a random pause (every host's watch fails at the same compaction: the
+pause spreads their reloads), and the reload reports every key that vanished meanwhile as deleted
+(a reconnect leaves no ghosts). Until then it serves what it holds."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable
 
 from mapping import keys
@@ -21,11 +24,15 @@ log = logging.getLogger(__name__)
 # (key, old record, new record, revision); old or new is None for creates and deletes
 Listener = Callable[[str, Record | None, Record | None, int], None]
 
+# the longest pause before reloading after a compaction (spread over [0, this))
+RELOAD_JITTER_S = 2.0
+
 
 class Replica:
-    def __init__(self, store: Store, *, prefix: str = keys.ROOT) -> None:
+    def __init__(self, store: Store, *, prefix: str = keys.ROOT, reload_jitter_s: float = RELOAD_JITTER_S) -> None:
         self.store = store
         self.prefix = prefix
+        self.reload_jitter_s = reload_jitter_s
         self.state = ClusterState()
         self.revision = 0
         self.synced = asyncio.Event()
@@ -45,12 +52,16 @@ class Replica:
                 if need_snapshot:
                     self.load(await self.store.snapshot(self.prefix))
                     need_snapshot = False
+                    await self._notify()  # a reload also moves the revision that waiters wait for
                 async for batch in self.store.watch(self.prefix, self.revision + 1):
                     await self.apply(batch)
                     backoff = 0.1
             except Compacted as exc:
-                log.warning("replica: watch start %d was compacted (%s); reloading", self.revision + 1, exc)
+                pause = random.uniform(0, self.reload_jitter_s)
+                log.warning("replica: cannot resume the watch at %d: %s; reloading in %.2f s", self.revision + 1,
+                            exc, pause)
                 need_snapshot = True
+                await asyncio.sleep(pause)
             except StoreUnavailable as exc:
                 log.warning("replica: %s; retrying in %.1f s", exc, backoff)
                 await asyncio.sleep(backoff)
@@ -77,6 +88,9 @@ class Replica:
         # An event batch is complete only up to its last event (during a catch-up etcd puts its own
         # current revision in the header while more events follow); an empty batch is a progress mark.
         self._advance(max(e.mod_revision for e in batch.events) if batch.events else batch.revision)
+        await self._notify()
+
+    async def _notify(self) -> None:
         async with self._advanced:
             self._advanced.notify_all()
 

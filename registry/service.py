@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import grpc.aio
+from google.protobuf.message import Message
 
 from wire.lifecycle import Step, cancel_all, shut_down
-from wire.rpc import Server, edge
+from wire.rpc import PAGE_BUDGET_BYTES, Server, edge
 from wire.v1 import registry_pb2 as pb
 from wire.v1 import registry_pb2_grpc as pb_grpc
 from mapping import keys
@@ -23,11 +25,14 @@ from wire.errors import InvalidRequest, NotFound
 from wire.tls import TlsMaterial, peer_identity
 from registry.leasing import ClaimCollector, LeasingAgent, describe
 from registry.watchers import Backlog, Watchers, WatchLimits
+from registry.paging import page_request, take_page
 from mapping.model import ConsumerRef, HostId, HostKind, LeaseId, Pool, Record, VmId, parse_lease_hex
 from mapping.replica import Replica
 from mapping.store import Store
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def _lease_id(text: str) -> LeaseId:
@@ -122,7 +127,8 @@ class InspectionServicer(pb_grpc.InspectionServicer):
         if request.kind and request.kind not in {k.value for k in HostKind}:
             raise InvalidRequest(f"host kind {request.kind!r} is not 'producer' or 'consumer'")
         hosts = [h for h in self.state.hosts.values() if not request.kind or h.kind.value == request.kind]
-        return pb.ListHostsResponse(hosts=[host_to_pb(h) for h in sorted(hosts, key=lambda h: h.host_id)])
+        page, token = _page(request, "ListHosts", [(h.host_id, h) for h in hosts], host_to_pb)
+        return pb.ListHostsResponse(hosts=page, next_page_token=token)
 
     @edge
     async def GetHost(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.Host:
@@ -135,11 +141,12 @@ class InspectionServicer(pb_grpc.InspectionServicer):
     @edge
     async def ListVms(self, request: pb.ListVmsRequest, context: grpc.aio.ServicerContext) -> pb.ListVmsResponse:
         self._reader(context)
-        vms = [vm for vm in self.state.vms.values()
+        vms = [(vm_id, vm) for vm_id, vm in self.state.vms.items()
                if (not request.service or vm.service == request.service)
                and (not request.host_id or vm.host_id == request.host_id)
-               and (not request.free_only or vm.vm_id not in self.state.claims)]
-        return pb.ListVmsResponse(vms=[vm_to_pb(self.state, vm) for vm in sorted(vms, key=lambda v: v.vm_id)])
+               and (not request.free_only or vm_id not in self.state.claims)]
+        page, token = _page(request, "ListVms", vms, lambda v: vm_to_pb(self.state, v))
+        return pb.ListVmsResponse(vms=page, next_page_token=token)
 
     @edge
     async def GetVm(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.ProducerVm:
@@ -153,8 +160,9 @@ class InspectionServicer(pb_grpc.InspectionServicer):
     async def ListServices(self, request: pb.ListServicesRequest,
                            context: grpc.aio.ServicerContext) -> pb.ListServicesResponse:
         self._reader(context)
-        services = sorted(self.state.services.values(), key=lambda s: s.name)
-        return pb.ListServicesResponse(services=[service_to_pb(self.state, s) for s in services])
+        page, token = _page(request, "ListServices", self.state.services.items(),
+                            lambda s: service_to_pb(self.state, s))
+        return pb.ListServicesResponse(services=page, next_page_token=token)
 
     @edge
     async def GetService(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.Service:
@@ -180,9 +188,10 @@ class InspectionServicer(pb_grpc.InspectionServicer):
     async def ListLeases(self, request: pb.ListLeasesRequest,
                          context: grpc.aio.ServicerContext) -> pb.ListLeasesResponse:
         tokens = sees_fencing_tokens(self._reader(context))
-        pools = sorted((p for p in self.state.pools.values() if self._matches(p, request)), key=lambda p: p.revision)
-        return pb.ListLeasesResponse(leases=[lease_to_pb(describe(self.state, p), tokens) for p in pools],
-                                     revision=self.replica.revision)
+        pools = [(f"{p.revision:020d}/{p.lease_id:016x}", p) for p in self.state.pools.values()
+                 if self._matches(p, request)]
+        page, token = _page(request, "ListLeases", pools, lambda p: lease_to_pb(describe(self.state, p), tokens))
+        return pb.ListLeasesResponse(leases=page, revision=self.replica.revision, next_page_token=token)
 
     @edge
     async def GetLease(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
@@ -225,6 +234,18 @@ class InspectionServicer(pb_grpc.InspectionServicer):
                         yield event
         finally:
             unsubscribe()
+
+
+def _page(request: Any, what: str, keyed: Iterable[tuple[str, T]],
+          convert: Callable[[T], Message]) -> tuple[list[Message], str]:
+    """One page of a List call (registry/paging.py), the token tied to the request's filters."""
+    filters = type(request)()
+    filters.CopyFrom(request)
+    filters.ClearField("page_size")
+    filters.ClearField("page_token")
+    wanted = page_request(request.page_size, request.page_token, filters.SerializeToString(deterministic=True), what)
+    return take_page(keyed, convert, lambda m: m.ByteSize(), wanted, PAGE_BUDGET_BYTES)
+
 
 
 def _coalesce(changes: list[tuple[LeaseId, Pool | None, Pool | None, int]], state,  # noqa: ANN001

@@ -32,7 +32,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 _GRPC_BY_STATUS = {Status(code.value[0]): code for code in grpc.StatusCode}
+# --- message limits (issue 12) -------------------------------------------------------------------
+# gRPC's default receive limit, named and set on every channel and server: nothing that grows with the
+# fleet is sent in one message. Lists are paginated (a page stops at PAGE_BUDGET_BYTES whatever its
+# page_size), the replica's snapshot is read in ranges of keys (mapping/store/base.py), so the limit
+# holds at 10,000 VMs and beyond.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+PAGE_BUDGET_BYTES = MAX_MESSAGE_BYTES // 4
+# -------------------------------------------------------------------------------------------------
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

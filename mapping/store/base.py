@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from wire.errors import InvalidRequest
+from wire.errors import InvalidRequest, StoreUnavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +26,15 @@ class KeyValue:
 class Snapshot:
     revision: int
     items: list[KeyValue]
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One range of a prefix at one revision: keys in order, `more` when keys follow the last."""
+
+    revision: int
+    items: list[KeyValue]
+    more: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +67,23 @@ class TxnResult(NamedTuple):
 class Compacted(Exception):
     """The watch start revision was compacted away: reload from a fresh snapshot."""
 
-    def __init__(self, compact_revision: int) -> None:
-        super().__init__(f"revision compacted up to {compact_revision}")
+    def __init__(self, compact_revision: int, why: str = "") -> None:
+        super().__init__(why or f"history was compacted up to revision {compact_revision}")
         self.compact_revision = compact_revision
 
+
+class BacklogTooLarge(Compacted):
+    """The events since the watch start do not fit in one message: reload in pages instead."""
+
+    def __init__(self, start_revision: int) -> None:
+        super().__init__(start_revision, f"the events since revision {start_revision} exceed one message")
+
+
+# Keys per range of a snapshot: our values are under 1 KiB, so a page stays far below any gRPC
+# message limit however big the keyspace grows (one unpaginated range stopped hosts at ~12k VMs).
+SNAPSHOT_PAGE_KEYS = 1000
+# a snapshot whose first revision is compacted away while the rest is read starts again, this often
+SNAPSHOT_ATTEMPTS = 3
 
 # etcd's default --max-txn-ops: a transaction's compares and its puts are each limited to this many
 MAX_TXN_OPS = 128
@@ -77,7 +99,14 @@ def check_txn_size(items: Sequence[tuple[str, bytes]], require: Sequence[Require
 class Store(Protocol):
     requests: int  # requests sent to the backend so far (for `leasenet bench`)
 
-    async def snapshot(self, prefix: str) -> Snapshot: ...
+    async def snapshot(self, prefix: str, *, page_size: int = SNAPSHOT_PAGE_KEYS) -> Snapshot:
+        """Every key under `prefix` at one revision, read in ranges of `page_size` keys."""
+        ...
+
+    async def range_page(self, prefix: str, *, after: str = "", revision: int = 0, limit: int) -> Page:
+        """Up to `limit` keys under `prefix` greater than `after`, in key order, at `revision` (0: the
+        current one). Raises Compacted when `revision` was compacted away."""
+        ...
 
     async def get(self, key: str) -> KeyValue | None: ...
 
@@ -111,3 +140,26 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class _Ranges(Protocol):
+    async def range_page(self, prefix: str, *, after: str = "", revision: int = 0, limit: int) -> Page: ...
+
+
+async def paged_snapshot(store: _Ranges, prefix: str, page_size: int) -> Snapshot:
+    """A snapshot as pages: the first at the current revision, the others at that same revision, each
+    continuing after the last key, so the pages form one consistent snapshot. If compaction overtakes
+    the first page's revision meanwhile, start again at the current one."""
+    if page_size < 1:
+        raise InvalidRequest(f"a snapshot page holds at least one key, not {page_size}")
+    for _ in range(SNAPSHOT_ATTEMPTS):
+        first = await store.range_page(prefix, limit=page_size)
+        items, page = list(first.items), first
+        try:
+            while page.more:
+                page = await store.range_page(prefix, after=items[-1].key, revision=first.revision, limit=page_size)
+                items.extend(page.items)
+        except Compacted:
+            continue
+        return Snapshot(first.revision, items)
+    raise StoreUnavailable(f"etcd compacted the snapshot of {prefix} away {SNAPSHOT_ATTEMPTS} times while it was read")

@@ -7,12 +7,18 @@
 - over TLS it dials `ipv4:a,b,c`, so no single host name can be verified: members are checked by the
   name every etcd certificate carries (etcd.leasenet, see wire/tls.py) instead of their addresses;
 - with etcd auth on, a refused write is PERMISSION_DENIED (not retried): it surfaces as our
-  PermissionDenied with a sentence, not as StoreUnavailable.
+  PermissionDenied with a sentence, not as StoreUnavailable;
+- a range at a compacted revision fails with OUT_OF_RANGE: it surfaces as Compacted (a paged
+  snapshot starts again);
+- a watch resuming far behind gets up to 1,000 revisions in one message (etcd's watchBatchMaxRevs),
+  e.g. a 16,000-VM registration: the channel accepts ETCD_MAX_RECEIVE_BYTES, and a backlog larger
+  still surfaces as BacklogTooLarge (reload in pages) instead of a watch retried forever;
+- its lease keep-alives open a stream per lease: every refresh goes over one stream of ours instead
+  (etcd_keepalive.py), set up with its lease stub.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ipaddress
 import logging
@@ -27,12 +33,18 @@ from etcd3aio import Etcd3Client, EtcdError, EtcdPermissionDeniedError, EtcdUnau
 from etcd3aio.kv import KVService
 from wire.errors import PermissionDenied, StoreUnavailable, Unauthenticated
 from wire.tls import Kind, TlsConfigError, TlsMaterial, server_name
-from mapping.store.base import (Compacted, KeyValue, Require, Snapshot, TxnResult, WatchBatch, WatchEvent,
-                                check_txn_size)
+from wire.rpc import MAX_MESSAGE_BYTES
+from mapping.store.base import (SNAPSHOT_PAGE_KEYS, BacklogTooLarge, Compacted, KeyValue, Page, Require, Snapshot,
+                                TxnResult, WatchBatch, WatchEvent, check_txn_size, paged_snapshot)
+from mapping.store.etcd_keepalive import KeepAliveStream
 
 log = logging.getLogger(__name__)
 
 _DELETE = 1  # mvccpb.Event.DELETE
+
+# What one etcd answer may weigh: a watch catching up gets up to 1,000 revisions (of up to 128 keys)
+# at once; etcd's own Go client accepts any size. Snapshots and lists never come near it (pages).
+ETCD_MAX_RECEIVE_BYTES = 16 * MAX_MESSAGE_BYTES
 
 
 HTTPS = "https://"
@@ -104,8 +116,10 @@ class EtcdStore:
                                    **_tls_args(self.endpoints, tls))  # type: ignore[arg-type]
         # reconnect within a second once etcd is back (gRPC's default backoff grows to minutes)
         self._client._manager.grpc_options += [("grpc.initial_reconnect_backoff_ms", 100),
-                                               ("grpc.max_reconnect_backoff_ms", 1_000)]
+                                               ("grpc.max_reconnect_backoff_ms", 1_000),
+                                               ("grpc.max_receive_message_length", ETCD_MAX_RECEIVE_BYTES)]
         self._connected = False
+        self.keepalive = KeepAliveStream(self._open_keepalive)
 
     async def connect(self) -> EtcdStore:
         # The channel must be created inside the running loop.
@@ -115,6 +129,7 @@ class EtcdStore:
         return self
 
     async def close(self) -> None:
+        self.keepalive.close()
         if self._connected:
             await self._client.close()
             self._connected = False
@@ -124,11 +139,21 @@ class EtcdStore:
         assert self._client.kv is not None, "EtcdStore.connect() was not awaited"
         return self._client.kv
 
-    async def snapshot(self, prefix: str) -> Snapshot:
+    async def snapshot(self, prefix: str, *, page_size: int = SNAPSHOT_PAGE_KEYS) -> Snapshot:
+        return await paged_snapshot(self, prefix, page_size)
+
+    async def range_page(self, prefix: str, *, after: str = "", revision: int = 0, limit: int) -> Page:
         self.requests += 1
+        start = after + "\0" if after else prefix  # the first key after `after`
         with _unavailable_on_failure("range"):
-            resp = await self._kvs.get(prefix, range_end=prefix_range_end(prefix), timeout=self.timeout_s)
-        return Snapshot(revision=resp.header.revision, items=[_kv(kv) for kv in resp.kvs])
+            try:
+                resp = await self._kvs.get(start, range_end=prefix_range_end(prefix), revision=revision, limit=limit,
+                                           timeout=self.timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.OUT_OF_RANGE:  # "mvcc: required revision has been compacted"
+                    raise Compacted(revision) from None
+                raise
+        return Page(int(resp.header.revision), [_kv(kv) for kv in resp.kvs], bool(resp.more))
 
     async def get(self, key: str) -> KeyValue | None:
         self.requests += 1
@@ -171,18 +196,15 @@ class EtcdStore:
         return int(resp.ID)
 
     async def refresh_lease(self, lease_id: int) -> int:
+        """One request on the process's one keep-alive stream (not a stream per refresh)."""
         self.requests += 1
-        assert self._client.lease is not None
-        stream = self._client.lease.keep_alive(lease_id)
-        try:
-            with _unavailable_on_failure("lease keep-alive"):
-                async with asyncio.timeout(self.timeout_s):
-                    resp = await stream.read()
-            if resp is grpc.aio.EOF:
-                raise StoreUnavailable("etcd is unavailable (lease keep-alive: stream closed)")
-            return max(0, int(resp.TTL))
-        finally:
-            stream.cancel()
+        with _unavailable_on_failure("lease keep-alive"):
+            return await self.keepalive.refresh(lease_id, self.timeout_s)
+
+    def _open_keepalive(self) -> grpc.aio.StreamStreamCall:
+        lease = self._client.lease
+        assert lease is not None, "EtcdStore.connect() was not awaited"
+        return lease._stub.LeaseKeepAlive(metadata=lease._metadata or None)  # type: ignore[call-arg]
 
     async def revoke_lease(self, lease_id: int) -> None:
         self.requests += 1
@@ -199,8 +221,13 @@ class EtcdStore:
         # etcd3aio retries UNAVAILABLE itself but raises the rest: over TLS a member shutting down ends
         # the stream with RST_STREAM (INTERNAL), which must be a break to resume from, not a crash
         with _unavailable_on_failure("watch"):
-            async for batch in self._watch(prefix, start_revision):
-                yield batch
+            try:
+                async for batch in self._watch(prefix, start_revision):
+                    yield batch
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:  # "larger than max": a bigger backlog
+                    raise BacklogTooLarge(start_revision) from None
+                raise
 
     async def _watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchBatch]:
         assert self._client.watch is not None

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from wire.errors import StoreUnavailable
-from mapping.store.base import (Compacted, KeyValue, Require, Snapshot, TxnResult, WatchBatch, WatchEvent,
-                                check_txn_size)
+from mapping.store.base import (SNAPSHOT_PAGE_KEYS, Compacted, KeyValue, Page, Require, Snapshot, TxnResult,
+                                WatchBatch, WatchEvent, check_txn_size, paged_snapshot)
 
 
 @dataclass
@@ -30,6 +30,8 @@ class MemoryStore:
         self._revision = 1
         self._compacted = 0
         self._data: dict[str, KeyValue] = {}
+        # every version of every key, (revision, value or None once deleted): ranges at a past revision
+        self._versions: dict[str, list[tuple[int, KeyValue | None]]] = {}
         self._history: list[WatchEvent] = []
         self._leases: dict[int, _Lease] = {}
         self._lease_ids = itertools.count(0x1000)
@@ -55,6 +57,7 @@ class MemoryStore:
         events = []
         for key in keys:
             kv = self._data.pop(key)
+            self._versions[key].append((self._revision, None))
             if kv.lease in self._leases:
                 self._leases[kv.lease].keys.discard(key)
             events.append(WatchEvent(key=key, value=None, create_revision=0, mod_revision=self._revision))
@@ -82,9 +85,21 @@ class MemoryStore:
         self._history = [e for e in self._history if e.mod_revision > revision]
 
     # --- Store -------------------------------------------------------------------------------
-    async def snapshot(self, prefix: str) -> Snapshot:
+    async def snapshot(self, prefix: str, *, page_size: int = SNAPSHOT_PAGE_KEYS) -> Snapshot:
+        return await paged_snapshot(self, prefix, page_size)
+
+    async def range_page(self, prefix: str, *, after: str = "", revision: int = 0, limit: int) -> Page:
         self._enter()
-        return Snapshot(self._revision, [kv for k, kv in sorted(self._data.items()) if k.startswith(prefix)])
+        if revision and revision < self._compacted:
+            raise Compacted(self._compacted)
+        at = revision or self._revision
+        found = [kv for key in sorted(self._versions) if key.startswith(prefix) and key > after
+                 for kv in [self._version_at(key, at)] if kv is not None]
+        return Page(at, found[:limit], len(found) > limit)
+
+    def _version_at(self, key: str, revision: int) -> KeyValue | None:
+        held = [kv for rev, kv in self._versions[key] if rev <= revision]
+        return held[-1] if held else None
 
     async def get(self, key: str) -> KeyValue | None:
         self._enter()
@@ -98,6 +113,7 @@ class MemoryStore:
         if old and old.lease in self._leases:
             self._leases[old.lease].keys.discard(key)
         self._data[key] = KeyValue(key, value, create, revision, lease)
+        self._versions.setdefault(key, []).append((revision, self._data[key]))
         if lease:
             self._leases[lease].keys.add(key)
         return WatchEvent(key, value, create, revision)

@@ -103,13 +103,45 @@ async def test_watch_from_a_revision_replays_exactly_what_came_after(store: Stor
 async def test_watching_a_compacted_revision_says_so(store: Store, prefix: str) -> None:
     r1 = await store.put(prefix + "a", b"1")
     r2 = await store.put(prefix + "a", b"2")
-    if isinstance(store, MemoryStore):
-        store.compact(r2)
-    else:
-        await store._client.kv.compact(r2, physical=True)  # type: ignore[union-attr]  # test-only
+    await compact(store, r2)
     with pytest.raises(Compacted):
         async for _ in store.watch(prefix, r1):
             pass
+
+
+async def compact(store: Store, revision: int) -> None:
+    if isinstance(store, MemoryStore):
+        store.compact(revision)
+    else:
+        await store._client.kv.compact(revision, physical=True)  # type: ignore[attr-defined]  # test-only
+
+
+async def test_a_snapshot_read_in_pages_is_one_revision_holding_every_key_exactly_once(store: Store,
+                                                                                        prefix: str) -> None:
+    keys = [f"{prefix}{i:02d}" for i in range(25)]
+    assert (await store.create_all([(k, k.encode()) for k in keys[:20]])).succeeded
+    assert (await store.create_all([(k, k.encode()) for k in keys[20:]])).succeeded
+    first = await store.range_page(prefix, limit=4)
+    await store.delete(keys[0])  # changes after the first page's revision stay out of this snapshot
+    await store.put(prefix + "99", b"late")
+    pages, page = [first.items], first
+    while page.more:
+        page = await store.range_page(prefix, after=pages[-1][-1].key, revision=first.revision, limit=4)
+        pages.append(page.items)
+    assert [len(p) for p in pages] == [4, 4, 4, 4, 4, 4, 1]
+    assert [kv.key for p in pages for kv in p] == keys
+    now = await store.snapshot(prefix, page_size=4)
+    assert [kv.key for kv in now.items] == keys[1:] + [prefix + "99"] and now.revision > first.revision
+    assert now.items == (await store.snapshot(prefix)).items  # the default page holds them all at once
+
+
+async def test_a_range_at_a_compacted_revision_says_so_and_a_snapshot_still_reads(store: Store, prefix: str) -> None:
+    r1 = await store.put(prefix + "a", b"1")
+    r2 = await store.put(prefix + "a", b"2")
+    await compact(store, r2)
+    with pytest.raises(Compacted):
+        await store.range_page(prefix, revision=r1, limit=1)
+    assert [kv.value for kv in (await store.snapshot(prefix, page_size=1)).items] == [b"2"]
 
 
 async def test_a_transaction_over_etcds_operation_limit_is_refused_before_it_is_sent(store: Store, prefix: str) -> None:

@@ -10,6 +10,7 @@ import grpc
 import grpc.aio
 
 from leasenet.cluster import OPERATOR, ConsumerVm, LocalCluster, Proc, consumer_toml, write_toml
+from leasenet.inspection import all_pages
 from mapping.config import ClusterConfig, to_toml
 from mapping.model import LeasePolicy, Network, Service, parse_target
 from tests.conftest import tls_as
@@ -83,14 +84,12 @@ async def send_status(consumer: str, src: str, payload: bytes = b"ping", **kwarg
 
 async def leases(registry: str, **filters: str) -> list[rpb.Lease]:
     async with dial(registry, Kind.REGISTRY) as channel:
-        resp = await rpb_grpc.InspectionStub(channel).ListLeases(rpb.ListLeasesRequest(**filters), timeout=5)
-        return list(resp.leases)
+        return await all_pages(rpb_grpc.InspectionStub(channel).ListLeases, rpb.ListLeasesRequest(**filters), "leases")
 
 
 async def vms(registry: str, **filters: str) -> list[rpb.ProducerVm]:
     async with dial(registry, Kind.REGISTRY) as channel:
-        resp = await rpb_grpc.InspectionStub(channel).ListVms(rpb.ListVmsRequest(**filters), timeout=5)
-        return list(resp.vms)
+        return await all_pages(rpb_grpc.InspectionStub(channel).ListVms, rpb.ListVmsRequest(**filters), "vms")
 
 
 def history(cluster: LocalCluster) -> list[Path]:

@@ -160,42 +160,60 @@ class ReleaseLeaseResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ListHostsRequest(_message.Message):
-    __slots__ = ("kind",)
+    __slots__ = ("kind", "page_size", "page_token")
     KIND_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     kind: str
-    def __init__(self, kind: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, kind: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListHostsResponse(_message.Message):
-    __slots__ = ("hosts",)
+    __slots__ = ("hosts", "next_page_token")
     HOSTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     hosts: _containers.RepeatedCompositeFieldContainer[Host]
-    def __init__(self, hosts: _Optional[_Iterable[_Union[Host, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, hosts: _Optional[_Iterable[_Union[Host, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ListVmsRequest(_message.Message):
-    __slots__ = ("service", "host_id", "free_only")
+    __slots__ = ("service", "host_id", "free_only", "page_size", "page_token")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     FREE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     service: str
     host_id: str
     free_only: bool
-    def __init__(self, service: _Optional[str] = ..., host_id: _Optional[str] = ..., free_only: _Optional[bool] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, service: _Optional[str] = ..., host_id: _Optional[str] = ..., free_only: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListVmsResponse(_message.Message):
-    __slots__ = ("vms",)
+    __slots__ = ("vms", "next_page_token")
     VMS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     vms: _containers.RepeatedCompositeFieldContainer[ProducerVm]
-    def __init__(self, vms: _Optional[_Iterable[_Union[ProducerVm, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, vms: _Optional[_Iterable[_Union[ProducerVm, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ListServicesRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListServicesResponse(_message.Message):
-    __slots__ = ("services",)
+    __slots__ = ("services", "next_page_token")
     SERVICES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     services: _containers.RepeatedCompositeFieldContainer[Service]
-    def __init__(self, services: _Optional[_Iterable[_Union[Service, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, services: _Optional[_Iterable[_Union[Service, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetRequest(_message.Message):
     __slots__ = ("id",)
@@ -204,24 +222,30 @@ class GetRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class ListLeasesRequest(_message.Message):
-    __slots__ = ("service", "consumer_vm", "consumer_host", "producer_host")
+    __slots__ = ("service", "consumer_vm", "consumer_host", "producer_host", "page_size", "page_token")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     CONSUMER_VM_FIELD_NUMBER: _ClassVar[int]
     CONSUMER_HOST_FIELD_NUMBER: _ClassVar[int]
     PRODUCER_HOST_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     service: str
     consumer_vm: str
     consumer_host: str
     producer_host: str
-    def __init__(self, service: _Optional[str] = ..., consumer_vm: _Optional[str] = ..., consumer_host: _Optional[str] = ..., producer_host: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, service: _Optional[str] = ..., consumer_vm: _Optional[str] = ..., consumer_host: _Optional[str] = ..., producer_host: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListLeasesResponse(_message.Message):
-    __slots__ = ("leases", "revision")
+    __slots__ = ("leases", "revision", "next_page_token")
     LEASES_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     leases: _containers.RepeatedCompositeFieldContainer[Lease]
     revision: int
-    def __init__(self, leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., revision: _Optional[int] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class WatchLeasesRequest(_message.Message):
     __slots__ = ("service",)
