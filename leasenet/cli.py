@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     add(p, "--host-id", default="registry", help="this registry's name: its certificate is registry-<id>.crt")
     add(p, "--listen", default="127.0.0.1:7000", help="host:port to serve on (port 0 = any free port)")
     add(p, "--cluster-config", help="TOML file of networks and services to publish")
+    add(p, "--advertise", help="host:port the other processes reach this registry at (default: --listen's)")
+    add(p, "--no-sharding", action="store_true",
+        help="serve every grant here instead of sharing the services out among the registries")
 
     p = sub.add_parser("producer-host", help="run a producer host and its producer VMs")
     _common(p)
@@ -272,7 +275,9 @@ def _own_tls(args: argparse.Namespace, kind: Kind) -> TlsMaterial | None:
 def cmd_registry(args: argparse.Namespace) -> None:
     tls = _own_tls(args, Kind.REGISTRY)
     cluster = load_cluster_config(args.cluster_config) if args.cluster_config else None
-    asyncio.run(_run_service(args, serve_registry, RegistryConfig(listen=args.listen, cluster=cluster, tls=tls)))
+    config = RegistryConfig(listen=args.listen, cluster=cluster, tls=tls, registry_id=args.host_id,
+                            advertise=args.advertise, sharding=not args.no_sharding)
+    asyncio.run(_run_service(args, serve_registry, config))
 
 
 def cmd_producer_host(args: argparse.Namespace) -> None:

@@ -55,6 +55,7 @@ def parse_target(text: str) -> tuple[str, int]:
 class HostKind(enum.StrEnum):
     PRODUCER = "producer"
     CONSUMER = "consumer"
+    REGISTRY = "registry"  # a leasing agent: its address, under its liveness lease (ownership, mapping/ownership.py)
 
 
 @dataclass(frozen=True, slots=True)

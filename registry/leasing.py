@@ -30,7 +30,7 @@ from registry.authz import ANYONE, Caller, may_act_on_pool
 from registry.placement import choose_vms, host_loads
 from mapping.replica import Replica
 from mapping.state import ClusterState
-from mapping.store import Require, Store
+from mapping.store import Require, Store, TxnResult
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,10 @@ class LeasingAgent:
         self.clock = clock
         self._vanished: dict[VmId, tuple[str, float]] = {}  # producer VM -> (its service, when it vanished)
         self._drained: set[HostId] = set()
+        # VMs our own grants and grows in flight have chosen: the next choice leaves them out, so that
+        # an owner serving all of a service's grants does not race itself (registry/ownership.py)
+        self._in_flight: set[VmId] = set()
+        self.conflicts = 0  # transactions lost to a concurrent claim (measured with and without ownership)
         replica.subscribe(self._on_change)
 
     def _on_change(self, key: str, old: Record | None, new: Record | None, revision: int) -> None:
@@ -132,8 +136,7 @@ class LeasingAgent:
                 chosen = self._choose(service, need, f"lease a pool for consumer VM {consumer.vm_id}", avoid_hosts)
                 pool = Pool(service.name, consumer.vm_id, consumer.host_id, lease_id, service.policy.lease_ttl_s)
                 items = [(pool_key, keys.encode(pool))] + self._claims(chosen, pool)
-                result = await self.store.create_all(items, lease=lease_id, require=self._guards(chosen))
-                await self.replica.wait_for_revision(result.revision, CATCH_UP_S)
+                result = await self._transact(chosen, items, lease_id, self._guards(chosen))
                 if result.succeeded:
                     log.info("granted lease %s: %s -> %s", lease_hex(lease_id), consumer.vm_id,
                              [vm.vm_id for vm in chosen])
@@ -161,8 +164,7 @@ class LeasingAgent:
                                     f"{service.name!r}; max_pool is {service.policy.max_pool}")
             chosen = self._choose(service, count, f"grow lease {lease_hex(lease_id)}", avoid_hosts)
             guards = [Require(keys.pool_key(pool.service, pool.consumer_vm), pool.revision), *self._guards(chosen)]
-            result = await self.store.create_all(self._claims(chosen, pool), lease=lease_id, require=guards)
-            await self.replica.wait_for_revision(result.revision, CATCH_UP_S)
+            result = await self._transact(chosen, self._claims(chosen, pool), lease_id, guards)
             if result.succeeded:
                 return self._view(lease_id)
         raise PoolExhausted(f"service {pool.service!r}: every attempt to grow lease {lease_hex(lease_id)} "
@@ -229,6 +231,8 @@ class LeasingAgent:
         """`avoid_hosts`: producer hosts the consumer host just lost its tunnel to; their records
         stay in etcd until their liveness lease lapses, but they are not worth leasing from."""
         free = [vm for vm in self.state.free_vms(service.name) if self.state.host_address(vm.vm_id) not in avoid_hosts]
+        untaken = [vm for vm in free if vm.vm_id not in self._in_flight]
+        free = untaken if len(untaken) >= count else free  # short: a grant in flight may yet fail, so race it
         if len(free) < count:
             raise shortfall(service.name, count, len(free), self._returning(service.name, avoid_hosts), purpose)
         return choose_vms(free, host_loads(self.state), count, self.rng)
@@ -245,6 +249,22 @@ class LeasingAgent:
                        and not state.claim_is_current(state.claims[vm.vm_id])
                        and state.host_address(vm.vm_id) not in avoid_hosts]
         return sum(s == service for s, _ in self._vanished.values()) + len(reclaimable)
+
+    async def _transact(self, chosen: list[ProducerVm], items: list[tuple[str, bytes]], lease_id: LeaseId,
+                        guards: list[Require]) -> TxnResult:
+        """Claim `chosen` in one transaction, then wait until our replica shows it (or the winner)."""
+        taken = {vm.vm_id for vm in chosen} - self._in_flight
+        self._in_flight |= taken
+        try:
+            result = await self.store.create_all(items, lease=lease_id, require=guards)
+            await self.replica.wait_for_revision(result.revision, CATCH_UP_S)
+        finally:
+            self._in_flight -= taken
+        if not result.succeeded:
+            self.conflicts += 1
+            log.info("grant conflict on %s (lease %s): another claim won; choosing again",
+                     sorted(vm.vm_id for vm in chosen), lease_hex(lease_id))
+        return result
 
     @staticmethod
     def _claims(chosen: list[ProducerVm], pool: Pool) -> list[tuple[str, bytes]]:
