@@ -30,7 +30,10 @@ log = logging.getLogger(__name__)
 
 FORWARDED_FOR = "leasenet-forwarded-for"  # metadata: the consumer host a registry forwards a call for
 UNAUTHENTICATED = "*"  # what a plaintext (--insecure) registry forwards: its caller had no identity
-FORWARD_TIMEOUT_S = 1.0  # at most this much of the caller's deadline is spent on the owner
+# half the caller's deadline goes to the owner, the other half to serving it here if the owner hangs
+# (a busy owner is slow, not gone: a short cap made loaded registries serve forwarded grants
+# themselves, racing the owner again); a caller without a deadline gets this
+FORWARD_TIMEOUT_S = 1.5
 SKIP_UNREACHABLE_S = 1.0  # an owner that just failed is not tried again for this long (SIGSTOP costs a timeout)
 
 
@@ -72,7 +75,7 @@ class Ownership:
         """The owner's answer to `request`, or None when it could not be reached (serve it here).
         A refusal from the owner (no capacity, not your pool) is its answer, raised as is."""
         stated = UNAUTHENTICATED if isinstance(caller, Anyone) or caller is None else caller.id
-        timeout = FORWARD_TIMEOUT_S if time_remaining is None else min(FORWARD_TIMEOUT_S, time_remaining / 2)
+        timeout = FORWARD_TIMEOUT_S if time_remaining is None else time_remaining / 2
         try:
             self.forwarded += 1
             return await getattr(self._stub(address), method)(request, timeout=timeout,
