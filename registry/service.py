@@ -16,10 +16,11 @@ from wire.v1 import registry_pb2 as pb
 from wire.v1 import registry_pb2_grpc as pb_grpc
 from mapping import keys
 from mapping.config import ClusterConfig
+from mapping.liveness import Liveness
 from registry.authz import ANYONE, Caller, Deny, lessee, may_inspect, on_behalf, sees_fencing_tokens
 from registry.ownership import Ownership, forwarded_for, liveness
 from registry.convert import host_to_pb, lease_to_pb, service_to_pb, vm_to_pb
-from wire.errors import InvalidRequest, NotFound
+from wire.errors import InvalidRequest, LeasenetError, NotFound
 from wire.tls import TlsMaterial, peer_identity
 from registry.leasing import ClaimCollector, LeasingAgent, describe
 from mapping.model import ConsumerRef, HostId, HostKind, LeaseId, Pool, Record, VmId, parse_lease_hex
@@ -287,6 +288,17 @@ async def publish_cluster_config(store: Store, replica: Replica, cluster: Cluste
             await store.put(key, keys.encode(record))
 
 
+async def _registered(registration: Liveness) -> bool:
+    """Take our share; a refusal (e.g. an etcd whose registry role predates `hosts/registry/`) leaves
+    this registry serving every call that reaches it, as before sharding, rather than not at all."""
+    try:
+        await registration.register()
+        return True
+    except LeasenetError as exc:
+        log.error("registry %s takes no share of the services: cannot register: %s", registration.host_id, exc)
+        return False
+
+
 async def serve(config: RegistryConfig, store: Store, *, stop: asyncio.Event,
                 ready: Callable[[str], None] | None = None) -> None:
     """A registry until `stop` is set: replica and claim collector in one task group; in `finally`,
@@ -310,10 +322,8 @@ async def serve(config: RegistryConfig, store: Store, *, stop: asyncio.Event,
                 await publish_cluster_config(store, replica, config.cluster)
             background.append(tasks.create_task(collector.run(), name="claim-collector"))
             address = await server.start()
-            if config.sharding:  # take a share only once serving: forwarded calls must find us
-                registration = liveness(store, config.registry_id, config.advertise or address,
-                                        config.liveness_ttl_s)
-                await registration.register()
+            registration = liveness(store, config.registry_id, config.advertise or address, config.liveness_ttl_s)
+            if config.sharding and await _registered(registration):  # only once serving: forwards must find us
                 keep_alive = tasks.create_task(registration.keep_alive(), name="liveness")
                 background.append(keep_alive)
             log.info("registry %s serving on %s", config.registry_id, address)
