@@ -1,5 +1,6 @@
 """Sharing the services out among the registries (mapping/ownership.py, registry/authz.py on_behalf,
-the leasing agent's in-flight choices): the pure rules, and one agent never racing itself."""
+the leasing agent's in-flight choices, the consumer host asking the owner first): the pure rules,
+one agent never racing itself, and where a consumer host sends its grants."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import asyncio
 import random
 from collections import Counter
 
+import grpc
+import grpc.aio
+
+from consumer_host.registry_client import RegistryClient
 from mapping import keys
 from mapping.model import ConsumerRef, Host, HostId, HostKind, LeaseId, LeasePolicy, Network, Pool, ProducerVm, Service
 from mapping.ownership import owner, owner_address, registries, score, shares
@@ -135,3 +140,41 @@ async def test_concurrent_grants_through_one_agent_never_race_each_other() -> No
     finally:
         task.cancel()
         await store.close()
+
+
+class FakeLeasing:
+    """A registry's Leasing stub that answers RequestLease, or fails it as unreachable."""
+
+    def __init__(self, name: str, calls: list[str], reachable: bool = True) -> None:
+        self.name, self.calls, self.reachable = name, calls, reachable
+
+    async def RequestLease(self, request: object, timeout: float) -> str:  # noqa: N802 - the gRPC method's name
+        self.calls.append(self.name)
+        if not self.reachable:
+            raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "down")
+        return self.name
+
+
+def client_with(owner_address: str | None, *, second_reachable: bool = True) -> tuple[RegistryClient, list[str]]:
+    calls: list[str] = []
+    client = RegistryClient(["127.0.0.1:7001", "127.0.0.1:7002"], owner=lambda service: owner_address)
+    client._stubs = [FakeLeasing("first", calls), FakeLeasing("second", calls, second_reachable)]  # type: ignore[list-item]
+    return client, calls
+
+
+async def test_a_consumer_host_sends_a_grant_to_the_services_owner_first() -> None:
+    client, calls = client_with("127.0.0.1:7002")
+    assert await client.request_lease("echo", "blue", "10.1.0.1", "c1", []) == "second"
+    assert calls == ["second"]
+
+
+async def test_an_owner_address_the_consumer_host_was_not_given_is_not_dialled() -> None:
+    client, calls = client_with("10.9.9.9:7000")  # from etcd: never trusted as a place to connect to
+    assert await client.request_lease("echo", "blue", "10.1.0.1", "c1", []) == "first"
+    assert calls == ["first"]
+
+
+async def test_an_unreachable_owner_costs_one_try_then_the_grant_fails_over() -> None:
+    client, calls = client_with("127.0.0.1:7002", second_reachable=False)
+    assert await client.request_lease("echo", "blue", "10.1.0.1", "c1", []) == "first"
+    assert calls == ["second", "first"]
