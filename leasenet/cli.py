@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
             add(p, "--host-id", default="", help="only VMs of this producer host")
             add(p, "--free", action="store_true", help="only VMs not in any pool")
         if name == "hosts":
-            add(p, "--kind", default="", help="producer | consumer")
+            add(p, "--kind", default="", help="producer | consumer | registry")
 
     p = sub.add_parser("demo", help="the main job: a small cluster, traffic, a producer host killed midway")
     add(p, "--json", action="store_true", help="print the summary as JSON")
