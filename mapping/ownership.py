@@ -13,7 +13,7 @@ a moment, at worst loses a race as before)."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 from mapping.model import HostId, HostKind
 from mapping.state import ClusterState
@@ -41,14 +41,3 @@ def owner_address(state: ClusterState, service: str) -> str | None:
     live = registries(state)
     chosen = owner(service, live)
     return live[HostId(chosen)] if chosen is not None else None
-
-
-def shares(units: Iterable[str], members: Iterable[str]) -> Mapping[str, list[str]]:
-    """Member -> the units it owns (members owning nothing are listed with none)."""
-    members = list(members)
-    out: dict[str, list[str]] = {m: [] for m in members}
-    for unit in units:
-        chosen = owner(unit, members)
-        if chosen is not None:
-            out[chosen].append(unit)
-    return out

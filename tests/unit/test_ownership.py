@@ -14,7 +14,7 @@ import grpc.aio
 from consumer_host.registry_client import RegistryClient
 from mapping import keys
 from mapping.model import ConsumerRef, Host, HostId, HostKind, LeaseId, LeasePolicy, Network, Pool, ProducerVm, Service
-from mapping.ownership import owner, owner_address, registries, score, shares
+from mapping.ownership import owner, owner_address, registries, score
 from mapping.replica import Replica
 from mapping.state import ClusterState
 from mapping.store.memory import MemoryStore
@@ -56,11 +56,6 @@ def test_when_a_registry_joins_it_takes_only_its_fair_share_from_the_others() ->
     moved = [s for s in SERVICES if before[s] != after[s]]
     assert all(after[s] == "r3" for s in moved)
     assert abs(len(moved) - len(SERVICES) / 3) < 0.1 * len(SERVICES) / 3
-
-
-def test_shares_lists_every_registry_even_one_owning_nothing() -> None:
-    assert shares([], ["r1", "r2"]) == {"r1": [], "r2": []}
-    assert sorted(sum(shares(SERVICES[:10], ["r1", "r2"]).values(), [])) == sorted(SERVICES[:10])
 
 
 def test_only_registry_records_are_registries_and_the_owner_is_named_by_its_address() -> None:
