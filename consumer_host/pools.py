@@ -196,7 +196,7 @@ class PoolManager:
                     return Granted(key, admitted, parse_lease_hex(lease.lease_id), lease.revision, _members(lease),
                                    self.clock())
                 case GrowLease(key=key, lease_id=lease_id, min_revision=min_revision, avoid_hosts=avoid):
-                    lease = await self.registry.grow_lease(lease_hex(lease_id), 1, min_revision, list(avoid))
+                    lease = await self.registry.grow_lease(lease_hex(lease_id), 1, min_revision, list(avoid), key[1])
                     return Grown(key, lease_id, _members(lease))
                 case ShrinkLease(lease_id=lease_id, vms=vms):
                     await self.registry.shrink_lease(lease_hex(lease_id), list(vms))

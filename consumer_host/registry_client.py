@@ -4,11 +4,14 @@ another replica: a repeated RequestLease finds the pool the first one created.
 
 A new lease asks each agent at most once: when they all answer UNAVAILABLE (etcd unreachable, or
 no agent reachable), going round again only spends the request's deadline (SPEC §6: new leases
-fail fast with etcd down)."""
+fail fast with etcd down).
+
+Grants and grows go first to the registry owning the service (`owner`: mapping/ownership.py over
+our replica), so that they are not forwarded; a registry reached by mistake forwards them itself."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -29,8 +32,10 @@ def _is_unavailable(exc: BaseException) -> bool:
 
 
 class RegistryClient:
-    def __init__(self, addresses: Sequence[str], tls: TlsMaterial | None = None) -> None:
+    def __init__(self, addresses: Sequence[str], tls: TlsMaterial | None = None,
+                 owner: Callable[[str], str | None] | None = None) -> None:
         self.addresses = list(addresses)
+        self._owner = owner  # service -> the address of the registry owning it, if known
         self._tls = tls  # ours, presented to the registries; None: plaintext (--insecure)
         self._stubs: list[pb_grpc.LeasingStub] = []
         self._channels: list[grpc.aio.Channel] = []
@@ -43,15 +48,25 @@ class RegistryClient:
             self._stubs = [pb_grpc.LeasingStub(c) for c in self._channels]
         return self._stubs[self._current if index is None else index]
 
-    async def _call(self, method: str, request: Any, timeout_s: float = CALL_TIMEOUT_S, rounds: int = 2) -> Any:
-        """`rounds`: how many times each agent may be asked before the last UNAVAILABLE is the answer."""
+    def _owner_index(self, service: str) -> int | None:
+        """Where `service`'s owner is among our addresses (it must be one we were given: we trust no
+        address from etcd), or None."""
+        address = self._owner(service) if self._owner is not None and service else None
+        return self.addresses.index(address) if address in self.addresses else None
+
+    async def _call(self, method: str, request: Any, timeout_s: float = CALL_TIMEOUT_S, rounds: int = 2,
+                    service: str = "") -> Any:
+        """`rounds`: how many times each agent may be asked before the last UNAVAILABLE is the answer.
+        `service`: ask its owner first (when we know it), then fail over as usual."""
+        first = self._owner_index(service)
         retrying = AsyncRetrying(stop=stop_after_attempt(rounds * len(self.addresses)),
                                  wait=wait_random_exponential(multiplier=0.05, max=0.5),
                                  retry=retry_if_exception(_is_unavailable), reraise=True)
         async for attempt in retrying:
             with attempt:
                 self.calls += 1
-                index = self._current
+                index = self._current if first is None else first
+                first = None
                 try:
                     return await getattr(self._stub(index), method)(request, timeout=timeout_s)
                 except grpc.aio.AioRpcError as exc:
@@ -70,11 +85,13 @@ class RegistryClient:
                             avoid_hosts: list[str]) -> pb.Lease:
         return await self._call("RequestLease", pb.RequestLeaseRequest(
             service=service, consumer_network=network, consumer_vm=address, consumer_host=host_id,
-            avoid_hosts=avoid_hosts), rounds=1)
+            avoid_hosts=avoid_hosts), rounds=1, service=service)
 
-    async def grow_lease(self, lease_id: str, count: int, min_revision: int, avoid_hosts: list[str]) -> pb.Lease:
+    async def grow_lease(self, lease_id: str, count: int, min_revision: int, avoid_hosts: list[str],
+                         service: str = "") -> pb.Lease:
         return await self._call("GrowLease", pb.GrowLeaseRequest(lease_id=lease_id, count=count,
-                                                                 min_revision=min_revision, avoid_hosts=avoid_hosts))
+                                                                 min_revision=min_revision, avoid_hosts=avoid_hosts),
+                                service=service)
 
     async def shrink_lease(self, lease_id: str, vm_ids: list[str]) -> pb.Lease:
         return await self._call("ShrinkLease", pb.ShrinkLeaseRequest(lease_id=lease_id, vm_ids=vm_ids))

@@ -34,7 +34,8 @@ from wire.errors import (
     Status,
 )
 from mapping.liveness import Liveness
-from mapping.model import Host, HostId, HostKind, Network, Record, Service, VmId
+from mapping.model import Host, HostId, HostKind, Network, Record, Service, VmId, vm_id
+from mapping.ownership import owner_address
 from mapping.replica import Replica
 from mapping.store import Store
 from wire.tls import TlsMaterial
@@ -293,7 +294,7 @@ async def serve(config: ConsumerConfig, store: Store, *, stop: asyncio.Event,
     shutdown (stop serving, let requests in flight finish, give the leases back, deregister) runs in
     `finally`, so a failed task or a start-up that broke halfway gives the leases back too."""
     replica = Replica(store)
-    registry = RegistryClient(config.registries, config.tls)
+    registry = RegistryClient(config.registries, config.tls, owner=lambda service: owner_address(replica.state, service))
     pools = PoolManager(config.host_id, registry, replica, max_waiters=config.limits.pool_waiters)
     tunnels = Tunnels(on_broken=pools.host_broken, tls=config.tls)
     path = RequestPath(config, replica, pools, tunnels)

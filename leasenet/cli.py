@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     add(p, "--max-watchers", default=DEFAULT_MAX_WATCHERS, type=int, help="WatchLeases streams served at once")
     add(p, "--watch-backlog", default=DEFAULT_BACKLOG, type=int,
         help="key changes a WatchLeases stream may fall behind before it is ended (RESOURCE_EXHAUSTED)")
+    add(p, "--advertise", help="host:port the other processes reach this registry at (default: --listen's)")
+    add(p, "--no-sharding", action="store_true",
+        help="serve every grant here instead of sharing the services out among the registries")
 
     p = sub.add_parser("producer-host", help="run a producer host and its producer VMs")
     _common(p)
@@ -218,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
             add(p, "--host-id", default="", help="only VMs of this producer host")
             add(p, "--free", action="store_true", help="only VMs not in any pool")
         if name == "hosts":
-            add(p, "--kind", default="", help="producer | consumer")
+            add(p, "--kind", default="", help="producer | consumer | registry")
 
     p = sub.add_parser("demo", help="the main job: a small cluster, traffic, a producer host killed midway")
     add(p, "--json", action="store_true", help="print the summary as JSON")
@@ -298,9 +301,10 @@ def _own_tls(args: argparse.Namespace, kind: Kind) -> TlsMaterial | None:
 def cmd_registry(args: argparse.Namespace) -> None:
     tls = _own_tls(args, Kind.REGISTRY)
     cluster = load_cluster_config(args.cluster_config) if args.cluster_config else None
-    watch = WatchLimits(max_watchers=args.max_watchers, backlog=args.watch_backlog)
-    asyncio.run(_run_service(args, serve_registry, RegistryConfig(listen=args.listen, cluster=cluster, tls=tls,
-                                                                  watch=watch)))
+    config = RegistryConfig(listen=args.listen, cluster=cluster, tls=tls, registry_id=args.host_id,
+                            advertise=args.advertise, sharding=not args.no_sharding,
+                            watch=WatchLimits(max_watchers=args.max_watchers, backlog=args.watch_backlog))
+    asyncio.run(_run_service(args, serve_registry, config))
 
 
 def _names(*flags: tuple[str, str]) -> None:

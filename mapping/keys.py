@@ -4,6 +4,7 @@
     /leasenet/v1/networks/<name>                          {"vni","quotas","subnet"}
     /leasenet/v1/services/<name>                          {"network","vip","port","policy"}
     /leasenet/v1/hosts/<kind>/<host_id>                   {"kind","address","draining"}      host liveness lease
+                                                          (kind registry: a leasing agent, its own liveness lease)
     /leasenet/v1/vms/<network>/<address>                  {"host_id","service","handler"}    host liveness lease
     /leasenet/v1/claims/<network>/<address>               {"lease_id","service","consumer_vm","consumer_host","vm_revision"}  pool lease
     /leasenet/v1/pools/<service>/<network>/<address>      {"lease_id","consumer_host","ttl_s"}   pool lease
@@ -13,7 +14,7 @@ Each writer's keys share prefixes (WRITE_PREFIXES), so etcd RBAC can give each k
 write access to exactly its own (`leasenet etcd` bootstraps one role per kind from this table).
 Host records are under `hosts/<kind>/` for that reason (they were `hosts/<host_id>` before TLS:
 the version prefix stayed, as host records live only under liveness leases and nothing stored
-outlives a restart of the cluster's hosts). Host ids must stay unique across both kinds.
+outlives a restart of the cluster's hosts). Host ids must stay unique across every kind (registries too).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ SERVICES = ROOT + "services/"
 HOSTS = ROOT + "hosts/"
 PRODUCER_HOSTS = HOSTS + HostKind.PRODUCER.value + "/"
 CONSUMER_HOSTS = HOSTS + HostKind.CONSUMER.value + "/"
+REGISTRIES = HOSTS + HostKind.REGISTRY.value + "/"  # the live leasing agents, who share the services out
 VMS = ROOT + "vms/"
 CLAIMS = ROOT + "claims/"
 POOLS = ROOT + "pools/"
@@ -55,7 +57,7 @@ QUOTAS = ROOT + "quotas/"
 # Revoking an etcd lease needs write access to every key attached to it, so a registry cannot revoke
 # a producer host's liveness lease, nor a host a pool's lease.
 WRITE_PREFIXES: dict[str, tuple[str, ...]] = {
-    "registry": (NETWORKS, SERVICES, CLAIMS, POOLS, QUOTAS),
+    "registry": (NETWORKS, SERVICES, CLAIMS, POOLS, QUOTAS, REGISTRIES),
     "producer": (PRODUCER_HOSTS, VMS),
     "consumer": (CONSUMER_HOSTS,),
     "operator": (),

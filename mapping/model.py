@@ -62,6 +62,7 @@ def parse_target(text: str) -> tuple[str, int]:
 class HostKind(enum.StrEnum):
     PRODUCER = "producer"
     CONSUMER = "consumer"
+    REGISTRY = "registry"  # a leasing agent: its address, under its liveness lease (ownership, mapping/ownership.py)
 
 
 class QuotaScope(enum.StrEnum):

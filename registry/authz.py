@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias
 
 from mapping.model import HostId, Pool, lease_hex
+from mapping.names import check_name
 from wire.errors import LeasenetError, PermissionDenied
 
 if TYPE_CHECKING:  # wire.tls imports grpc; these rules stay pure and compare kinds by value (a str enum)
@@ -28,7 +29,23 @@ class Anyone:
 
 
 ANYONE = Anyone()
-Caller: TypeAlias = "Identity | Anyone | None"
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarded:
+    """A consumer host whose call another registry forwarded to the service's owner: the forwarding
+    registry read `id` from the consumer host's certificate; we believe it only because the peer's
+    own certificate is a registry's (`on_behalf`)."""
+
+    id: str
+    via: str  # the forwarding registry's id
+    kind: str = CONSUMER
+
+    def __str__(self) -> str:
+        return f"consumer/{self.id} (forwarded by registry/{self.via})"
+
+
+Caller: TypeAlias = "Identity | Anyone | Forwarded | None"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +89,21 @@ def may_act_on_pool(caller: Caller, pool: Pool, action: str) -> Deny | None:
         return Deny(PermissionDenied, f"lease {lease_hex(pool.lease_id)} is a pool of another consumer host; "
                                       f"{host} may {action} only its own")
     return None
+
+
+def on_behalf(peer: Caller, stated: str | None) -> Caller | Deny:
+    """Whom a leasing call is for. `stated`: the consumer host a forwarding registry says it carries
+    the call for (None: not forwarded, the peer itself). Only a registry's certificate may state one:
+    a consumer host claiming to forward is refused, so no client can borrow another's identity."""
+    if stated is None or isinstance(peer, Anyone):
+        return peer  # --insecure: every stated field is believed anyway
+    if peer is None or peer.kind != REGISTRY:
+        return Deny(PermissionDenied, f"only a registry may forward a leasing call on behalf of a consumer host; "
+                                      f"the caller is {peer or 'a certificate naming no leasenet identity'}")
+    try:
+        return Forwarded(check_name("forwarded consumer host id", stated), via=peer.id)
+    except ValueError as exc:
+        return Deny(PermissionDenied, str(exc))
 
 
 def may_inspect(caller: Caller) -> Deny | None:

@@ -31,7 +31,7 @@ from registry import quotas
 from registry.placement import choose_vms
 from mapping.replica import Replica
 from mapping.state import ClusterState
-from mapping.store import Require, Store
+from mapping.store import Require, Store, TxnResult
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,10 @@ class LeasingAgent:
         self.clock = clock
         self._vanished: dict[VmId, tuple[str, float]] = {}  # producer VM -> (its service, when it vanished)
         self._drained: set[HostId] = set()
+        # VMs our own grants and grows in flight have chosen: the next choice leaves them out, so that
+        # an owner serving all of a service's grants does not race itself (registry/ownership.py)
+        self._in_flight: set[VmId] = set()
+        self.conflicts = 0  # transactions lost to a concurrent claim (measured with and without ownership)
         replica.subscribe(self._on_change)
 
     def _on_change(self, key: str, old: Record | None, new: Record | None, revision: int) -> None:
@@ -141,8 +145,7 @@ class LeasingAgent:
                 slots = quotas.choose_slots(self.state, wanted, lease_id, self.rng)
                 items = ([(pool_key, keys.encode(pool))] + self._claims(chosen, pool)
                          + [(keys.key_of(slot), keys.encode(slot)) for slot in slots])
-                result = await self.store.create_all(items, lease=lease_id, require=self._guards(chosen))
-                await self.replica.wait_for_revision(result.revision, CATCH_UP_S)
+                result = await self._transact(chosen, items, lease_id, self._guards(chosen))
                 if result.succeeded:
                     log.info("granted lease %s: %s -> %s", lease_hex(lease_id), consumer.vm_id,
                              [vm.vm_id for vm in chosen])
@@ -170,8 +173,7 @@ class LeasingAgent:
                                     f"{service.name!r}; max_pool is {service.policy.max_pool}")
             chosen = self.choose(service, count, f"grow lease {lease_hex(lease_id)}", avoid_hosts)
             guards = [Require(keys.pool_key(pool.service, pool.consumer_vm), pool.revision), *self._guards(chosen)]
-            result = await self.store.create_all(self._claims(chosen, pool), lease=lease_id, require=guards)
-            await self.replica.wait_for_revision(result.revision, CATCH_UP_S)
+            result = await self._transact(chosen, self._claims(chosen, pool), lease_id, guards)
             if result.succeeded:
                 return self._view(lease_id)
         raise PoolExhausted(f"service {pool.service!r}: every attempt to grow lease {lease_hex(lease_id)} "
@@ -236,16 +238,22 @@ class LeasingAgent:
 
     def choose(self, service: Service, count: int, purpose: str, avoid_hosts: frozenset[str]) -> list[ProducerVm]:
         """`avoid_hosts`: producer hosts the consumer host just lost its tunnel to; their records
-        stay in etcd until their liveness lease lapses, but they are not worth leasing from.
-        Reads only the state's indexes: the same cost with 100 or 10,000 VMs."""
+        stay in etcd until their liveness lease lapses, but they are not worth leasing from. VMs our own
+        grants in flight chose are left out while enough others are free (a grant in flight may yet
+        fail, so when short we race it). Reads only the state's indexes: the same cost with 100 or
+        10,000 VMs."""
         state = self.state
         free = state.free_by_service.get(service.name, {})
         avoid = {h for h in free if (host := state.hosts.get(h)) is not None and host.address in avoid_hosts}
         available = sum(len(bag) for h, bag in free.items() if h not in avoid)
         if available < count:
             raise shortfall(service.name, count, available, self._returning(service.name, avoid_hosts), purpose)
+        busy = {vm for vm in self._in_flight
+                if (record := state.vms.get(vm)) is not None and record.host_id not in avoid
+                and vm in free.get(record.host_id, ())}
         loads = {h: state.host_load(h) for h in free}
-        return [state.vms[v] for v in choose_vms(free, loads, count, self.rng, avoid)]
+        return [state.vms[v] for v in choose_vms(free, loads, count, self.rng, avoid,
+                                                 busy if available - len(busy) >= count else ())]
 
     def _returning(self, service: str, avoid_hosts: frozenset[str]) -> int:
         """VMs of `service` on their way back: vanished within RETURNING_WINDOW_S and not yet seen
@@ -258,6 +266,22 @@ class LeasingAgent:
                        if vm is not None and vm.service == service and state.is_usable(vm)
                        and state.host_address(vm.vm_id) not in avoid_hosts]
         return sum(s == service for s, _ in self._vanished.values()) + len(reclaimable)
+
+    async def _transact(self, chosen: list[ProducerVm], items: list[tuple[str, bytes]], lease_id: LeaseId,
+                        guards: list[Require]) -> TxnResult:
+        """Claim `chosen` in one transaction, then wait until our replica shows it (or the winner)."""
+        taken = {vm.vm_id for vm in chosen} - self._in_flight
+        self._in_flight |= taken
+        try:
+            result = await self.store.create_all(items, lease=lease_id, require=guards)
+            await self.replica.wait_for_revision(result.revision, CATCH_UP_S)
+        finally:
+            self._in_flight -= taken
+        if not result.succeeded:
+            self.conflicts += 1
+            log.info("grant conflict on %s (lease %s): another claim won; choosing again",
+                     sorted(vm.vm_id for vm in chosen), lease_hex(lease_id))
+        return result
 
     @staticmethod
     def _claims(chosen: list[ProducerVm], pool: Pool) -> list[tuple[str, bytes]]:

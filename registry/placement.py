@@ -24,14 +24,15 @@ def vm_weight(load: float) -> float:
 
 
 def choose_vms(free: Mapping[HostId, Bag[VmId]], loads: Mapping[HostId, float], count: int, rng: random.Random,
-               avoid: Collection[HostId] = ()) -> list[VmId]:
+               avoid: Collection[HostId] = (), busy: Collection[VmId] = ()) -> list[VmId]:
     """Up to `count` distinct free VMs, drawn without replacement, weight = (1 - host load) + epsilon;
-    hosts in `avoid` are not drawn from. Costs O(count x hosts), whatever the number of VMs."""
+    hosts in `avoid` are not drawn from, nor VMs in `busy` (few: those our own grants in flight chose).
+    Costs O(count x hosts + busy x hosts), whatever the number of VMs."""
     hosts = [h for h, bag in free.items() if bag and h not in avoid]
     each = [vm_weight(loads.get(h, 0.0)) for h in hosts]
-    left = [len(free[h]) for h in hosts]
+    left = [len(free[h]) - sum(1 for vm in busy if vm in free[h]) for h in hosts]
     chosen: list[VmId] = []
-    taken: set[VmId] = set()
+    taken: set[VmId] = set(busy)
     while len(chosen) < count and any(left):
         at = rng.choices(range(len(hosts)), weights=[n * w for n, w in zip(left, each)])[0]
         vm = _draw(free[hosts[at]], taken, rng)

@@ -18,10 +18,12 @@ from wire.v1 import registry_pb2 as pb
 from wire.v1 import registry_pb2_grpc as pb_grpc
 from mapping import keys
 from mapping.config import ClusterConfig
-from registry.authz import ANYONE, Caller, Deny, lessee, may_inspect, sees_fencing_tokens
+from mapping.liveness import Liveness
+from registry.authz import ANYONE, Caller, Deny, lessee, may_inspect, on_behalf, sees_fencing_tokens
 from registry import requests
+from registry.ownership import Ownership, forwarded_for, liveness
 from registry.convert import host_to_pb, lease_to_pb, service_to_pb, vm_to_pb
-from wire.errors import InvalidRequest, NotFound
+from wire.errors import InvalidRequest, LeasenetError, NotFound
 from wire.tls import TlsMaterial, peer_identity
 from registry.leasing import ClaimCollector, LeasingAgent, describe
 from registry.watchers import Backlog, Watchers, WatchLimits
@@ -51,15 +53,31 @@ def caller_of(context: grpc.aio.ServicerContext, insecure: bool) -> Caller:
 
 class LeasingServicer(pb_grpc.LeasingServicer):
     """Serves consumer hosts, each for its own pools only (registry/authz.py); `insecure`: no
-    certificates, so the consumer host a request names is believed."""
+    certificates, so the consumer host a request names is believed. Grants and grows of a service
+    another registry owns go to that owner (`ownership`), unless they were forwarded here already."""
 
-    def __init__(self, agent: LeasingAgent, *, insecure: bool = False) -> None:
+    def __init__(self, agent: LeasingAgent, *, insecure: bool = False, ownership: Ownership | None = None) -> None:
         self.agent = agent
         self.insecure = insecure
+        self.ownership = ownership
+
+    def _caller(self, context: grpc.aio.ServicerContext) -> tuple[Caller, bool]:
+        """Whom the call is for, and whether another registry forwarded it (then it is served here)."""
+        stated = forwarded_for(context.invocation_metadata())
+        caller = on_behalf(caller_of(context, self.insecure), stated)
+        if isinstance(caller, Deny):
+            raise caller.exception()
+        return caller, stated is not None
+
+    async def _at_owner(self, service: str, method: str, request: object, caller: Caller, forwarded: bool,
+                        context: grpc.aio.ServicerContext) -> pb.Lease | None:
+        if forwarded or self.ownership is None or (owner := self.ownership.elsewhere(service)) is None:
+            return None
+        return await self.ownership.forward(owner, method, request, caller, context.time_remaining())
 
     @edge
     async def RequestLease(self, request: pb.RequestLeaseRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
-        caller = caller_of(context, self.insecure)
+        caller, forwarded = self._caller(context)
         needed = ("service", "consumer_network", "consumer_vm") + (("consumer_host",) if caller is ANYONE else ())
         for field in needed:
             if not getattr(request, field):
@@ -73,14 +91,24 @@ class LeasingServicer(pb_grpc.LeasingServicer):
         host = lessee(caller, request.consumer_host)
         if isinstance(host, Deny):
             raise host.exception()
+        request.consumer_host = host
+        answer = await self._at_owner(service, "RequestLease", request, caller, forwarded, context)
+        if answer is not None:
+            return answer
         consumer = ConsumerRef(network, address, host)
         return lease_to_pb(await self.agent.request_lease(consumer, service, avoid))
 
     @edge
     async def GrowLease(self, request: pb.GrowLeaseRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
-        view = await self.agent.grow_lease(_lease_id(request.lease_id), request.count or 1, request.min_revision,
-                                           requests.host_addresses(request.avoid_hosts),
-                                           caller=caller_of(context, self.insecure))
+        caller, forwarded = self._caller(context)
+        lease_id = _lease_id(request.lease_id)
+        avoid = requests.host_addresses(request.avoid_hosts)
+        pool = self.agent.state.pools_by_lease.get(lease_id)
+        answer = None if pool is None else await self._at_owner(pool.service, "GrowLease", request, caller,
+                                                                 forwarded, context)
+        if answer is not None:
+            return answer
+        view = await self.agent.grow_lease(lease_id, request.count or 1, request.min_revision, avoid, caller=caller)
         return lease_to_pb(view)
 
     @edge
@@ -125,7 +153,7 @@ class InspectionServicer(pb_grpc.InspectionServicer):
     async def ListHosts(self, request: pb.ListHostsRequest, context: grpc.aio.ServicerContext) -> pb.ListHostsResponse:
         self._reader(context)
         if request.kind and request.kind not in {k.value for k in HostKind}:
-            raise InvalidRequest(f"host kind {request.kind!r} is not 'producer' or 'consumer'")
+            raise InvalidRequest(f"host kind {request.kind!r} is not 'producer', 'consumer' or 'registry'")
         hosts = [h for h in self.state.hosts.values() if not request.kind or h.kind.value == request.kind]
         page, token = _page(request, "ListHosts", [(h.host_id, h) for h in hosts], host_to_pb)
         return pb.ListHostsResponse(hosts=page, next_page_token=token)
@@ -279,6 +307,10 @@ class RegistryConfig:
     cluster: ClusterConfig | None = None
     tls: TlsMaterial | None = field(default=None, repr=False)  # None: plaintext (--insecure)
     watch: WatchLimits = WatchLimits()
+    registry_id: str = "registry"
+    advertise: str | None = None  # the address other processes reach us at (default: the bound one)
+    sharding: bool = True  # share the services out among the live registries (registry/ownership.py)
+    liveness_ttl_s: int = 3  # how soon our share moves to the others when we die
 
 
 async def publish_cluster_config(store: Store, replica: Replica, cluster: ClusterConfig) -> None:
@@ -289,6 +321,17 @@ async def publish_cluster_config(store: Store, replica: Replica, cluster: Cluste
             await store.put(key, keys.encode(record))
 
 
+async def _registered(registration: Liveness) -> bool:
+    """Take our share; a refusal (e.g. an etcd whose registry role predates `hosts/registry/`) leaves
+    this registry serving every call that reaches it, as before sharding, rather than not at all."""
+    try:
+        await registration.register()
+        return True
+    except LeasenetError as exc:
+        log.error("registry %s takes no share of the services: cannot register: %s", registration.host_id, exc)
+        return False
+
+
 async def serve(config: RegistryConfig, store: Store, *, stop: asyncio.Event,
                 ready: Callable[[str], None] | None = None) -> None:
     """A registry until `stop` is set: replica and claim collector in one task group; in `finally`,
@@ -296,11 +339,14 @@ async def serve(config: RegistryConfig, store: Store, *, stop: asyncio.Event,
     replica = Replica(store)
     agent = LeasingAgent(store, replica)
     collector = ClaimCollector(store, replica)
+    ownership = Ownership(config.registry_id, replica, config.tls, enabled=config.sharding)
     server = Server(config.listen, config.tls)
     insecure = config.tls is None
-    server.add(pb_grpc.add_LeasingServicer_to_server, LeasingServicer(agent, insecure=insecure), "leasenet.v1.Leasing")
+    server.add(pb_grpc.add_LeasingServicer_to_server, LeasingServicer(agent, insecure=insecure, ownership=ownership),
+               "leasenet.v1.Leasing")
     server.add(pb_grpc.add_InspectionServicer_to_server, InspectionServicer(replica, insecure=insecure, watch=config.watch),
                "leasenet.v1.Inspection")
+    keep_alive: asyncio.Task[None] | None = None
     async with asyncio.TaskGroup() as tasks:
         background = [tasks.create_task(replica.run(), name="replica")]
         try:
@@ -309,14 +355,21 @@ async def serve(config: RegistryConfig, store: Store, *, stop: asyncio.Event,
                 await publish_cluster_config(store, replica, config.cluster)
             background.append(tasks.create_task(collector.run(), name="claim-collector"))
             address = await server.start()
-            log.info("registry serving on %s", address)
+            registration = liveness(store, config.registry_id, config.advertise or address, config.liveness_ttl_s)
+            if config.sharding and await _registered(registration):  # only once serving: forwards must find us
+                keep_alive = tasks.create_task(registration.keep_alive(), name="liveness")
+                background.append(keep_alive)
+            log.info("registry %s serving on %s", config.registry_id, address)
             if ready is not None:
                 ready(address)
             await stop.wait()
         finally:
             serving = bool(server.port)
             await shut_down([
+                # hand our share over first: the others take it at once instead of after our TTL
+                Step("deregister", lambda: registration.deregister(keep_alive), 1.0) if keep_alive else None,
                 Step("stop taking calls", lambda: server.set_serving(False), 1.0) if serving else None,
                 Step("let the calls in flight finish", lambda: server.stop(1.0), 2.0) if serving else None,
+                Step("close the channels to the other registries", ownership.close, 1.0),
             ])
             cancel_all(background)

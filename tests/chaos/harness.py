@@ -162,9 +162,10 @@ class OutcomeCounter:
 
 
 class Chaos:
-    def __init__(self, workdir: Path, scenario: Scenario) -> None:
+    def __init__(self, workdir: Path, scenario: Scenario, cluster_text: str | None = None) -> None:
         self.workdir = workdir
         self.scenario = scenario
+        self.cluster_text = cluster_text or cluster_toml()  # networks and services the registries publish
         self.cluster = LocalCluster(workdir)
         self.cluster.env["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
         hosts = ETCD_HOSTS[:scenario.etcd_members]
@@ -183,9 +184,10 @@ class Chaos:
     def start(self) -> None:
         self.etcd.start()
         self.cluster.use_etcd(self.etcd)
-        config = write_toml(self.workdir / "cluster.toml", cluster_toml())
-        registries = [self.cluster.spawn(name, "registry", "--listen", self.listen[name], "--cluster-config",
-                                         str(config), wait=False) for name in ("registry1", "registry2")]
+        config = write_toml(self.workdir / "cluster.toml", self.cluster_text)
+        registries = [self.cluster.spawn(name, "registry", "--host-id", name, "--listen", self.listen[name],
+                                         "--cluster-config", str(config), wait=False)
+                      for name in ("registry1", "registry2")]
         for proc in registries:
             self.cluster.wait_ready(proc)
         producers = []
