@@ -40,7 +40,8 @@ from consumer_host.poolbook import (
 from consumer_host.registry_client import RegistryClient
 from mapping.model import LeaseId, Record, VmId, lease_hex, parse_lease_hex
 from mapping.replica import Replica
-from wire.errors import LeaseExpired, LeasenetError
+from wire import metrics
+from wire.errors import LeaseExpired, LeasenetError, Status
 from wire.v1 import registry_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,11 @@ def _members(lease: pb.Lease) -> tuple[PoolVm, ...]:
     return tuple(PoolVm(VmId(m.vm_id), m.address, m.host_address, m.fencing_token) for m in lease.members)
 
 
-def _error(refusal: Refusal) -> LeasenetError:
+def _error(refusal: Refusal, exhausted_because: str = "lease_refused") -> LeasenetError:
+    """The refusal as an exception; a RESOURCE_EXHAUSTED one is counted with its reason: the pool
+    stayed busy to the deadline, or the leasing agent refused the lease or its growth."""
+    if refusal.error.code is Status.RESOURCE_EXHAUSTED:
+        metrics.exhausted("consumer_host", exhausted_because)
     return refusal.error(refusal.message)
 
 
@@ -74,6 +79,7 @@ class PoolManager:
         self.book = PoolBook()
         self._effects: asyncio.Queue[Effect] = asyncio.Queue()
         self._signals: dict[PoolKey, _Signal] = {}
+        self._waiting: dict[str, int] = {}  # service -> requests waiting for one of its pool VMs
         replica.subscribe(self._on_change)
 
     @property
@@ -88,6 +94,17 @@ class PoolManager:
             while True:
                 effect = await self._effects.get()
                 tasks.create_task(self._carry_out(effect), name=type(effect).__name__)
+
+    # --- metrics (sampled when scraped, on the event loop) -----------------------------------------
+    def by_service(self, count: Callable[[HeldPool], int]) -> dict[tuple[str, ...], float]:
+        """`count` summed over the pools of each service (every service known, 0 without pools)."""
+        totals: dict[tuple[str, ...], float] = {(name,): 0 for name in self.replica.state.services}
+        for pool in self.book.pools.values():
+            totals[(pool.service.name,)] = totals.get((pool.service.name,), 0) + count(pool)
+        return totals
+
+    def waiters(self) -> dict[tuple[str, ...], float]:
+        return {(service,): n for service, n in self._waiting.items()}
 
     # --- the request path ----------------------------------------------------------------------
     async def acquire(self, admitted: Admitted, deadline: float) -> tuple[HeldPool, PoolVm]:
@@ -104,13 +121,16 @@ class PoolManager:
                 raise _error(outcome)
             remaining = deadline - now
             if remaining <= 0:
-                raise _error(self.book.past_deadline(key, admitted))
+                raise _error(self.book.past_deadline(key, admitted), "pool_busy")
             signal = self._signals.get(key) or self._signals.setdefault(key, _Signal())
+            self._waiting[key[1]] = self._waiting.get(key[1], 0) + 1
             try:  # bounded: a grow backoff ends with no event
                 async with asyncio.timeout(min(remaining, GROW_BACKOFF_S)):
                     await signal.event.wait()
             except TimeoutError:
                 pass
+            finally:
+                self._waiting[key[1]] -= 1
             if signal.refusal is not None:
                 raise _error(signal.refusal)
 

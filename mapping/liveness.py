@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from mapping import keys
 from mapping.model import Host, HostId, Record
 from mapping.store import MAX_TXN_OPS, Require, Store
+from wire import metrics
 from wire.errors import InvalidRequest, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -68,9 +69,11 @@ class Liveness:
             await asyncio.sleep(self.ttl_s / 3)
             try:
                 if await self.store.refresh_lease(self.lease_id) <= 0:
+                    metrics.KEEPALIVE_FAILURES.inc()
                     log.warning("liveness lease of host %s lapsed; registering again", self.host_id)
                     await self.register()
             except StoreUnavailable as exc:
+                metrics.KEEPALIVE_FAILURES.inc()
                 log.warning("cannot renew liveness of host %s: %s", self.host_id, exc)
 
     async def update(self, record: Record) -> None:

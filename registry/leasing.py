@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mapping import keys
+from wire import metrics
 from wire.errors import (
     ClaimConflict,
     InvalidRequest,
@@ -123,6 +124,7 @@ class LeasingAgent:
             return self._existing(existing, consumer)
         quota = service.policy.max_pools_per_consumer
         if quota and sum(p.consumer_vm == consumer.vm_id for p in self.state.pools.values()) >= quota:
+            metrics.exhausted("registry", "quota")
             raise PoolExhausted(f"consumer VM {consumer.vm_id} already holds {quota} lease(s), its quota")
 
         need = service.policy.min_pool
@@ -138,9 +140,11 @@ class LeasingAgent:
                     log.info("granted lease %s: %s -> %s", lease_hex(lease_id), consumer.vm_id,
                              [vm.vm_id for vm in chosen])
                     return self._view(lease_id)
+                metrics.GRANT_CONFLICTS.inc()
                 if (existing := self.state.pools.get(pool_key)) is not None:  # another agent was faster
                     await self._revoke_quietly(lease_id)
                     return self._existing(existing, consumer)
+            metrics.exhausted("registry", "lost_races")
             raise PoolExhausted(f"service {service.name!r}: every attempt to claim {need} producer VM(s) "
                                 f"lost a race to other consumers ({self.max_attempts} attempts)")
         except BaseException:
@@ -157,6 +161,7 @@ class LeasingAgent:
             service = self._service(pool.service)
             held = len(self.state.members_by_lease.get(lease_id, ()))
             if held + count > service.policy.max_pool:
+                metrics.exhausted("registry", "max_pool")
                 raise PoolExhausted(f"lease {lease_hex(lease_id)} holds {held} producer VM(s) of service "
                                     f"{service.name!r}; max_pool is {service.policy.max_pool}")
             chosen = self._choose(service, count, f"grow lease {lease_hex(lease_id)}", avoid_hosts)
@@ -165,6 +170,8 @@ class LeasingAgent:
             await self.replica.wait_for_revision(result.revision, CATCH_UP_S)
             if result.succeeded:
                 return self._view(lease_id)
+            metrics.GRANT_CONFLICTS.inc()
+        metrics.exhausted("registry", "lost_races")
         raise PoolExhausted(f"service {pool.service!r}: every attempt to grow lease {lease_hex(lease_id)} "
                             f"lost a race to other consumers ({self.max_attempts} attempts)")
 
@@ -230,7 +237,10 @@ class LeasingAgent:
         stay in etcd until their liveness lease lapses, but they are not worth leasing from."""
         free = [vm for vm in self.state.free_vms(service.name) if self.state.host_address(vm.vm_id) not in avoid_hosts]
         if len(free) < count:
-            raise shortfall(service.name, count, len(free), self._returning(service.name, avoid_hosts), purpose)
+            error = shortfall(service.name, count, len(free), self._returning(service.name, avoid_hosts), purpose)
+            if isinstance(error, PoolExhausted):
+                metrics.exhausted("registry", "no_free_vms")
+            raise error
         return choose_vms(free, host_loads(self.state), count, self.rng)
 
     def _returning(self, service: str, avoid_hosts: frozenset[str]) -> int:
