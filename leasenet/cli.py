@@ -255,8 +255,10 @@ async def _run_service(args: argparse.Namespace, serve: Callable[..., Awaitable[
 
 
 def _serve_metrics(args: argparse.Namespace) -> str:
-    """/metrics when --metrics-listen is given; its bound host:port, or "" when off."""
+    """/metrics when --metrics-listen is given; its bound host:port, or "" when off (and then
+    nothing is recorded)."""
     if not args.metrics_listen:
+        metrics.turn_off()  # nothing to serve: the request path records nothing either
         return ""
     try:
         address = metrics.serve(args.metrics_listen, kind=args.command.replace("-", "_"),

@@ -200,6 +200,36 @@ for _gauge in (POOL_VMS, POOL_VMS_IN_USE, POOL_WAITERS, TUNNEL_STREAMS, LIVE_HOS
     REGISTRY.register(_gauge)
 
 
+# --- off: --metrics-listen empty ------------------------------------------------------------------------
+class _Off:
+    """Stands in for every recorder when metrics are off: each call does nothing."""
+
+    def labels(self, *values: str) -> _Off:
+        return self
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def observe(self, amount: float) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
+
+
+RECORDERS = ("REQUESTS", "REQUEST_DURATION", "RESOURCE_EXHAUSTED", "LEASE_OPERATIONS", "GRANT_DURATION",
+             "GRANT_CONFLICTS", "TUNNEL_FRAMES", "TUNNEL_FRAMES_REJECTED", "TUNNEL_IN", "TUNNEL_OUT", "ETCD_REQUESTS",
+             "ETCD_DURATION", "ETCD_ERRORS", "REPLICA_LAG", "REPLICA_RELOADS", "KEEPALIVE_FAILURES")
+
+
+def turn_off() -> None:
+    """No endpoint, so nothing is recorded: every recorder becomes a no-op (call at start, before
+    any is used: children bound earlier keep recording). Sampled gauges cost nothing unscraped."""
+    off = _Off()
+    for name in RECORDERS:
+        globals()[name] = off
+
+
 # --- the endpoint -------------------------------------------------------------------------------------
 class MetricsConfigError(ValueError):
     """A --metrics-listen value that cannot be served; the message is the sentence to print."""
