@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 # request latencies: from sub-millisecond echo round trips to the 10 s default deadline
@@ -253,3 +255,23 @@ def serve(listen: str, *, kind: str, version: str, event_loop: str) -> str:
         raise MetricsConfigError(f"cannot serve metrics on {listen}: {exc.strerror or exc}") from None
     BUILD_INFO.labels(kind, version, event_loop).set(1)
     return f"{host}:{server.server_port}"
+
+
+# --- reading an endpoint (the demo, the tests) ----------------------------------------------------------
+Scraped = dict[str, list[tuple[dict[str, str], float]]]  # sample name -> (labels, value) per sample
+
+
+def scrape(address: str, timeout_s: float = 5.0) -> Scraped:
+    """Every sample a /metrics endpoint (host:port) serves now."""
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=timeout_s) as resp:
+        text = resp.read().decode()
+    samples: Scraped = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples.setdefault(s.name, []).append((s.labels, s.value))
+    return samples
+
+
+def total(samples: Scraped, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` that carry these label values (0 when none do)."""
+    return sum(v for have, v in samples.get(name, []) if all(have.get(k) == want for k, want in labels.items()))

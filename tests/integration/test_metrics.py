@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import re
-import urllib.request
-from collections import defaultdict
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from leasenet.cluster import ConsumerVm, LocalCluster, consumer_toml, write_toml
 from tests.conftest import eventually
 from tests.integration.helpers import cluster_toml, dial, leases, send, send_status
+from wire import metrics
+from wire.metrics import Scraped, scrape
 from wire.tls import Identity, Kind
 from wire.v1 import tunnel_pb2 as tpb
 from wire.v1 import tunnel_pb2_grpc as tpb_grpc
@@ -27,28 +26,15 @@ RED_VM = "10.2.0.1"  # network red's service has no producer VM: its lease is re
 PER_VM = 15
 IPV4 = re.compile(r"\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\b")
 
-Samples = dict[str, list[tuple[dict[str, str], float]]]
-
-
-def scrape(address: str) -> Samples:
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    samples: Samples = defaultdict(list)
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            samples[s.name].append((s.labels, s.value))
-    return samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
+def value(samples: Scraped, name: str, **labels: str) -> float:
     """The one sample of `name` with exactly these label values (among others); fails if absent."""
     found = [v for have, v in samples.get(name, []) if all(have.get(k) == w for k, w in labels.items())]
     assert len(found) == 1, f"{name}{labels}: {len(found)} samples in {samples.get(name)}"
     return found[0]
 
 
-def total(samples: list[Samples], name: str, **labels: str) -> float:
-    return sum(v for s in samples for have, v in s.get(name, []) if all(have.get(k) == w for k, w in labels.items()))
+def total(samples: list[Scraped], name: str, **labels: str) -> float:
+    return sum(metrics.total(s, name, **labels) for s in samples)
 
 
 async def misaddressed_frame(producer: str) -> tpb.Frame:
