@@ -54,12 +54,19 @@ def datapath_tables(rows: list[dict[str, Any]], suffix: str) -> list[str]:
 
 
 def metrics_table(rows: list[dict[str, Any]]) -> str:
+    """Metrics on beside off: throughput, p50, and the two hosts' CPU per request (median slice)."""
     header = ["mode", "payload", "C", "metrics off req/s", "metrics on req/s", "on/off throughput", "off p50",
-              "on p50", "on/off p50"]
+              "on p50", "on/off p50", "hosts' CPU off", "hosts' CPU on"]
     pair = f"{METRICS_ON}/overlay"
+
+    def hosts_cpu(row: dict[str, Any], target: str) -> str:
+        cpu = row["targets"].get(target, {}).get("cpu_us_per_request", {})
+        used = [cpu.get(name) for name in ("consumer host", "producer host")]
+        return "-" if None in used else f"{sum(used):.0f} us"  # type: ignore[arg-type]
+
     body = [_cell(x) + [_figure(x, "overlay", "rps", 0), _figure(x, METRICS_ON, "rps", 0), _ratio(x, pair, "rps"),
                         _figure(x, "overlay", "p50_ms", 2, " ms"), _figure(x, METRICS_ON, "p50_ms", 2, " ms"),
-                        _ratio(x, pair, "p50_ms")] for x in rows]
+                        _ratio(x, pair, "p50_ms"), hosts_cpu(x, "overlay"), hosts_cpu(x, METRICS_ON)] for x in rows]
     return table(body, header)
 
 

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import REGISTRY, generate_latest
 
 from leasenet.bench.plans import METRICS_ON, CellResult, LoadResult, make_plan, rounds_of
+from leasenet.bench.render import metrics_table
 from leasenet.bench.report import speed_targets, summarize_datapath
 from tests.conftest import REPO
 from wire import metrics
@@ -112,3 +113,10 @@ def test_metrics_pass_the_bench_when_they_cost_at_most_five_percent_of_throughpu
     verdicts = {t["target"]: t for t in speed_targets(summarize_datapath(_slices(ratios)))}
     target = verdicts[f"{METRICS_ON}/overlay throughput >= 0.95 (unary, 100 B, C=64)"]
     assert (target["pass"], target["value"]) == (passes, sorted(ratios)[2])
+
+
+def test_the_bench_prints_metrics_on_beside_off_with_their_ratio() -> None:
+    rows = summarize_datapath(_slices([0.97, 0.99, 0.93, 1.01, 0.96]))
+    header, line = metrics_table(rows).splitlines()[:2]
+    assert header.split()[:5] == ["mode", "payload", "C", "metrics", "off"]
+    assert line.split()[:7] == ["unary", "100", "B", "64", "1,000", "970", "0.97"]
