@@ -41,7 +41,8 @@ from consumer_host.registry_client import RegistryClient
 from consumer_host.sentences import lease_refused
 from mapping.model import LeaseId, Record, VmId, lease_hex, parse_lease_hex
 from mapping.replica import Replica
-from wire.errors import LeaseExpired, LeasenetError, Overloaded
+from wire import metrics
+from wire.errors import LeaseExpired, LeasenetError, Overloaded, Status
 from wire.v1 import registry_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,11 @@ def _members(lease: pb.Lease) -> tuple[PoolVm, ...]:
     return tuple(PoolVm(VmId(m.vm_id), m.address, m.host_address, m.fencing_token) for m in lease.members)
 
 
-def _error(refusal: Refusal) -> LeasenetError:
+def _error(refusal: Refusal, exhausted_because: str = "lease_refused") -> LeasenetError:
+    """The refusal as an exception; a RESOURCE_EXHAUSTED one is counted with its reason: the pool
+    stayed busy to the deadline, or the leasing agent refused the lease or its growth."""
+    if refusal.error.code is Status.RESOURCE_EXHAUSTED:
+        metrics.exhausted("consumer_host", exhausted_because)
     return refusal.error(refusal.message)
 
 
@@ -92,6 +97,21 @@ class PoolManager:
                 effect = await self._effects.get()
                 tasks.create_task(self._carry_out(effect), name=type(effect).__name__)
 
+    # --- metrics (sampled when scraped, on the event loop) -----------------------------------------
+    def by_service(self, count: Callable[[HeldPool], int]) -> dict[tuple[str, ...], float]:
+        """`count` summed over the pools of each service (every service known, 0 without pools)."""
+        totals: dict[tuple[str, ...], float] = {(name,): 0 for name in self.replica.state.services}
+        for pool in self.book.pools.values():
+            totals[(pool.service.name,)] = totals.get((pool.service.name,), 0) + count(pool)
+        return totals
+
+    def waiters(self) -> dict[tuple[str, ...], float]:
+        """Requests waiting for a VM of one of the service's pools."""
+        totals: dict[tuple[str, ...], float] = {}
+        for (_, service), n in self._waiting.items():
+            totals[(service,)] = totals.get((service,), 0) + n
+        return totals
+
     # --- the request path ----------------------------------------------------------------------
     async def acquire(self, admitted: Admitted, deadline: float) -> tuple[HeldPool, PoolVm]:
         """Steps 2-6: a VM of the consumer VM's pool, marked busy. Raises PoolExhausted past the
@@ -110,7 +130,7 @@ class PoolManager:
                     raise _error(outcome)
                 remaining = deadline - now
                 if remaining <= 0:
-                    raise _error(self.book.past_deadline(key, admitted))
+                    raise _error(self.book.past_deadline(key, admitted), "pool_busy")
                 if not queued:
                     queued = self._join_queue(key, admitted)
                 await self._wait(key, remaining)
@@ -121,6 +141,7 @@ class PoolManager:
     def _join_queue(self, key: PoolKey, admitted: Admitted) -> bool:
         waiting = self._waiting.get(key, 0)
         if waiting >= self.max_waiters:
+            metrics.exhausted("consumer_host", "pool_waiters")
             raise Overloaded(f"{waiting} requests of consumer VM {admitted.attachment.address} already wait for a "
                              f"producer VM of service {admitted.service.name!r}, the limit; try again when some "
                              "are answered")

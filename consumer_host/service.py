@@ -22,6 +22,7 @@ from consumer_host.failover import Happened, Retry, out_of_attempts, verdict
 from consumer_host.sentences import producer_answer
 from consumer_host.tokens import Throttle
 from consumer_host.tunnel import TunnelFailure, Tunnels
+from wire import metrics
 from wire.lifecycle import Step, cancel_all, shut_down
 from wire.rpc import Server, edge, end_of_stream
 from wire.v1 import consumer_pb2 as pb
@@ -46,6 +47,8 @@ MAX_PAYLOAD_BYTES = 1024 * 1024
 MAX_TEMPLATES = 4096
 DEADLINE_MARGIN_S = 0.05
 DRAIN_S = 2.0  # at shutdown, requests in flight get this long to finish
+REQUESTS = metrics.Requests("consumer_host")
+UNADMITTED = "unknown"  # the service label of a request refused before its target named a service
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +144,23 @@ class RequestPath:
         return frame
 
     async def forward(self, req: pb.SendRequest, deadline: float, source: str = "") -> pb.SendResponse:
+        """One request, counted and timed by its service and status (wire/metrics.py)."""
+        start, code = time.perf_counter(), Status.INTERNAL.name
+        try:
+            response = await self._forward(req, deadline, source)
+            code = Status.OK.name
+            return response
+        except LeasenetError as exc:
+            code = exc.code.name
+            raise
+        except asyncio.CancelledError:
+            code = Status.CANCELLED.name
+            raise
+        finally:
+            admitted = self._admitted.get((req.network, req.src, req.token, req.target))
+            REQUESTS.record(admitted.service.name if admitted else UNADMITTED, code, time.perf_counter() - start)
+
+    async def _forward(self, req: pb.SendRequest, deadline: float, source: str) -> pb.SendResponse:
         if len(req.payload) > MAX_PAYLOAD_BYTES:
             raise InvalidRequest(f"payload of {len(req.payload)} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit")
         admitted = (self._admitted.get((req.network, req.src, req.token, req.target))
@@ -148,6 +168,7 @@ class RequestPath:
         vm = admitted.attachment.vm_id
         in_flight = self._in_flight.get(vm, 0)
         if in_flight >= self.config.limits.vm_requests:
+            metrics.exhausted("consumer_host", "vm_requests")
             raise Overloaded(f"consumer VM {admitted.attachment.address} already has {in_flight} requests in flight, "
                              "its limit; try again when some are answered")
         self._in_flight[vm] = in_flight + 1
@@ -302,6 +323,9 @@ async def serve(config: ConsumerConfig, store: Store, *, stop: asyncio.Event,
     server.add(pb_grpc.add_ConsumerHostServicer_to_server, ConsumerHostServicer(path), "leasenet.v1.ConsumerHost")
     liveness = Liveness(store, config.host_id,
                         lambda: [Host(config.host_id, HostKind.CONSUMER, path.address)], config.liveness_ttl_s)
+    unwatch = [metrics.POOL_VMS.watch(lambda: pools.by_service(lambda pool: len(pool.members))),
+               metrics.POOL_VMS_IN_USE.watch(lambda: pools.by_service(lambda pool: len(pool.busy))),
+               metrics.POOL_WAITERS.watch(pools.waiters), metrics.TUNNEL_STREAMS.watch(tunnels.open_streams)]
     async with asyncio.TaskGroup() as tasks:
         background = [tasks.create_task(replica.run(), name="replica")]
         keep_alive: asyncio.Task[None] | None = None
@@ -337,3 +361,5 @@ async def serve(config: ConsumerConfig, store: Store, *, stop: asyncio.Event,
                 Step("close the channels to the leasing agents", registry.close, 2.0),
             ])
             cancel_all(background)
+            for undo in unwatch:
+                undo()

@@ -18,7 +18,7 @@ import grpc.aio
 
 from consumer_host.failover import Happened
 from consumer_host.frames import HAPPENED, Event, FrameStateError, State, advance
-from wire import rpc
+from wire import metrics, rpc
 from wire.v1 import tunnel_pb2 as pb
 from wire.v1 import tunnel_pb2_grpc as pb_grpc
 from wire.tls import Kind, TlsMaterial
@@ -92,8 +92,6 @@ class TunnelClient:
         self.broken: str | None = None
         self._gathered: asyncio.Future[None] | None = None  # set while the writer gathers a batch
         self._gather_target = 0
-        self.frames_sent = 0
-        self.batches_sent = 0
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> TunnelClient:
@@ -206,8 +204,7 @@ class TunnelClient:
                 self._outbox[:0] = queued
                 raise
             _advance(chunk, State.WRITING, Event.WRITE_DONE)
-            self.frames_sent += len(chunk)
-            self.batches_sent += 1
+            metrics.TUNNEL_OUT.inc(len(chunk))
         return True
 
     async def _gather(self, target: int) -> None:
@@ -225,6 +222,7 @@ class TunnelClient:
     async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
         try:
             async for batch in call:
+                metrics.TUNNEL_IN.inc(len(batch.frames))
                 for frame in batch.frames:
                     pending = self._frames.get(frame.id)
                     if pending is None:
@@ -296,6 +294,10 @@ class Tunnels:
         if client is None or client.broken is not None:
             client = self._clients[address] = TunnelClient(address, self._on_broken, self._tls).start()
         return client
+
+    def open_streams(self) -> dict[tuple[str, ...], float]:
+        """For leasenet_tunnel_streams: tunnels started and not broken."""
+        return {(): sum(c.broken is None for c in self._clients.values())}
 
     async def close(self) -> None:
         for client in list(self._clients.values()):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import importlib.metadata
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ from registry.service import RegistryConfig
 from registry.service import serve as serve_registry
 from registry.watchers import DEFAULT_BACKLOG, DEFAULT_MAX_WATCHERS, WatchLimits
 from wire import rpc
+from wire import metrics, rpc
 from wire.errors import LeasenetError
 from wire.lifecycle import run_until_signalled
 from wire.tls import Identity, Kind, TlsMaterial
@@ -72,6 +74,8 @@ def add(parser: argparse.ArgumentParser, flag: str, *, required: bool = False, d
 def _common(p: argparse.ArgumentParser) -> None:
     add(p, "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     add(p, "--ready-file", help="write {'address': ...} here once serving (for supervisors and tests)")
+    add(p, "--metrics-listen", default="", help="host:port of a plaintext Prometheus /metrics endpoint (port 0 = any "
+        "free port; empty = none); METRICS.md lists the metrics")
 
 
 def _etcd(p: argparse.ArgumentParser) -> None:
@@ -260,10 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --- running services --------------------------------------------------------------------------
-def _write_ready(path: str | None, address: str) -> None:
+def _write_ready(path: str | None, address: str, metrics_address: str = "") -> None:
     if path:
         tmp = Path(path).with_suffix(".tmp")
-        tmp.write_text(json.dumps({"address": address, "pid": os.getpid()}))
+        tmp.write_text(json.dumps({"address": address, "pid": os.getpid(), "metrics": metrics_address}))
         tmp.replace(path)  # atomic: a reader never sees half a file
 
 
@@ -271,12 +275,28 @@ async def _run_service(args: argparse.Namespace, serve: Callable[..., Awaitable[
     """etcd with the process's own certificate (its CN is the etcd user of its kind), or plaintext."""
     endpoints = rpc.split_addresses(args.etcd_endpoints, "etcd endpoint",
                                     hint="LEASENET_ETCD_ENDPOINTS, e.g. https://127.0.0.1:2379")
+    metrics_address = _serve_metrics(args)
     store = await EtcdStore(endpoints, tls=config.tls).connect()
     try:
-        await run_until_signalled(
-            lambda stop: serve(config, store, stop=stop, ready=lambda address: _write_ready(args.ready_file, address)))
+        await run_until_signalled(lambda stop: serve(config, store, stop=stop, ready=lambda address: _write_ready(
+            args.ready_file, address, metrics_address)))
     finally:
         await store.close()
+
+
+def _serve_metrics(args: argparse.Namespace) -> str:
+    """/metrics when --metrics-listen is given; its bound host:port, or "" when off (and then
+    nothing is recorded)."""
+    if not args.metrics_listen:
+        metrics.turn_off()  # nothing to serve: the request path records nothing either
+        return ""
+    try:
+        address = metrics.serve(args.metrics_listen, kind=args.command.replace("-", "_"),
+                                version=importlib.metadata.version("leasenet"), event_loop=args.event_loop)
+    except metrics.MetricsConfigError as exc:
+        raise CliError(str(exc)) from None
+    log.info("metrics on http://%s/metrics", address)
+    return address
 
 
 def _options(pairs: list[str]) -> dict[str, str]:
@@ -382,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=getattr(logging, str(level).upper(), logging.INFO),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
         if args.command in ("registry", "producer-host", "consumer-host"):
-            rpc.install_event_loop()  # uvloop when installed (the `perf` extra): less CPU per message
+            # uvloop when installed (the `perf` extra): less CPU per message; leasenet_build_info names it
+            args.event_loop = rpc.install_event_loop()
         handler = COMMANDS[args.command]
         handler(args)
         return 0

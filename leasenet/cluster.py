@@ -49,6 +49,7 @@ class Proc:
     ready_file: Path
     process: subprocess.Popen[bytes] | None = None
     address: str = ""
+    metrics: str = ""  # host:port of its /metrics endpoint, when the cluster serves metrics
 
     @property
     def alive(self) -> bool:
@@ -71,6 +72,7 @@ class LocalCluster:
     env: dict[str, str] = field(default_factory=dict)
     insecure: bool = False
     tls_dir: Path | None = None  # the CA and certificates; default: the work dir's tls/
+    metrics: bool = False  # every leasenet process serves /metrics on a free port (Proc.metrics)
     operator_tls: TlsMaterial | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -141,14 +143,16 @@ class LocalCluster:
         with open(proc.log, "ab") as out:
             proc.process = subprocess.Popen(
                 [sys.executable, "-m", "leasenet", *proc.args, "--ready-file", str(proc.ready_file),
-                 "--etcd-endpoints", ",".join(self.etcd_endpoints), *self.tls_args()],
+                 "--etcd-endpoints", ",".join(self.etcd_endpoints), *self.tls_args(),
+                 *(["--metrics-listen", f"{self.host}:0"] if self.metrics else [])],
                 stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
     def wait_ready(self, proc: Proc, timeout_s: float = 30.0) -> str:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if proc.ready_file.exists():
-                proc.address = json.loads(proc.ready_file.read_text())["address"]
+                ready = json.loads(proc.ready_file.read_text())
+                proc.address, proc.metrics = ready["address"], ready.get("metrics", "")
                 return proc.address
             if not proc.alive:
                 raise RuntimeError(f"{proc.name} exited before it was ready:\n{proc.log_tail()}")

@@ -25,7 +25,7 @@ from leasenet.console import CliError
 from leasenet.inspection import LEASE_HEADER, table
 from mapping.config import ClusterConfig, to_toml
 from mapping.model import LeasePolicy, Network, Service, parse_target
-from wire import rpc
+from wire import metrics, rpc
 from wire.tls import Kind, TlsMaterial
 from wire.v1 import consumer_pb2 as cpb
 from wire.v1 import consumer_pb2_grpc as cpb_grpc
@@ -57,6 +57,8 @@ class Summary:
     per_vm_requests: dict[str, int] = field(default_factory=dict)
     leases: list[dict[str, object]] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
+    metrics: dict[str, str] = field(default_factory=dict)  # process -> host:port of its /metrics, at the end
+    metrics_ok: float = 0  # the consumer host's leasenet_requests_total{code="OK"}: the same as ok
 
 
 async def drive(consumer_address: str, total: int, half_done: asyncio.Event,
@@ -172,6 +174,9 @@ async def run(cluster: LocalCluster, total: int, say: callable) -> Summary:  # t
     s.per_vm_requests = dict(sorted(Counter(e.vm for e in executions if e.ok).items()))
     s.leases = [{"lease_id": l.lease_id, "consumer_vm": l.consumer_vm, "members": [m.vm_id for m in l.members]}
                 for l in leases]
+    s.metrics = {name: proc.metrics for name, proc in cluster.procs.items() if proc.alive and proc.metrics}
+    scraped = await asyncio.to_thread(metrics.scrape, consumer.metrics)
+    s.metrics_ok = metrics.total(scraped, "leasenet_requests_total", kind="consumer_host", code="OK")
     return s
 
 
@@ -186,6 +191,13 @@ def render(s: Summary) -> str:
     lines += [f"Requests: {s.requests} sent, {s.ok} ok, {s.errors} errors ({errors}), {s.lost} lost",
               f"Leases granted: {s.leases_granted}; exclusivity violations: {s.exclusivity_violations}"]
     lines += [f"  ! {v}" for v in s.violations]
+    if s.metrics:
+        endpoints = ", ".join(f"{name} {address}" for name, address in s.metrics.items())
+        lines += ["", f"Metrics (Prometheus, listed in METRICS.md): the consumer host counted {s.metrics_ok:.0f} OK "
+                      f"requests in leasenet_requests_total. Every process served /metrics ({endpoints}; they "
+                      f"stopped with the demo). On a running cluster, start each process with --metrics-listen "
+                      f"HOST:PORT and look:",
+                  f"  curl -s http://{s.metrics.get('consumer1', '127.0.0.1:9100')}/metrics | grep '^leasenet_'"]
     return "\n".join(lines)
 
 
@@ -203,7 +215,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
             print(f"[demo] {text}", flush=True)
 
     cluster = LocalCluster(workdir, etcd_endpoints=endpoints, insecure=args.insecure,
-                           tls_dir=Path(args.tls_dir) if args.tls_dir else None)
+                           tls_dir=Path(args.tls_dir) if args.tls_dir else None, metrics=True)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cleans up like Ctrl-C
     try:
         summary = asyncio.run(run(cluster, args.requests, say))

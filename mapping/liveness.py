@@ -11,6 +11,7 @@ from mapping import keys
 from mapping.model import Host, HostId, Record
 from mapping.store import MAX_TXN_OPS, Compacted, Store
 from mapping.store.keeper import LeaseKeeper, renewal_period
+from wire import metrics
 from wire.errors import ClaimConflict, InvalidRequest, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class Liveness:
         stream); if it lapsed (a long etcd outage, a SIGSTOP), register anew."""
         while True:
             await self.keeper.run(until=self.keeper.hold(self.lease_id, self.ttl_s))
+            metrics.KEEPALIVE_FAILURES.inc()
             log.warning("liveness lease of host %s lapsed; registering again", self.host_id)
             await self._register_again()
 
@@ -108,6 +110,7 @@ class Liveness:
                 await self.register()
                 return
             except StoreUnavailable as exc:
+                metrics.KEEPALIVE_FAILURES.inc()
                 log.warning("cannot register host %s again: %s", self.host_id, exc)
                 await asyncio.sleep(renewal_period(self.ttl_s))
 

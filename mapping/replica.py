@@ -14,6 +14,7 @@ import random
 from collections.abc import Callable
 
 from mapping import keys
+from wire import metrics
 from wire.errors import StoreUnavailable
 from mapping.model import Record
 from mapping.state import ClusterState
@@ -70,6 +71,7 @@ class Replica:
     def load(self, snapshot: Snapshot) -> None:
         """Replace the state with a snapshot, telling listeners about every difference."""
         self.reloads += 1
+        metrics.REPLICA_RELOADS.inc()
         fresh = {kv.key: keys.decode(kv.key, kv.value, kv.create_revision) for kv in snapshot.items}
         stale = [k for k in self._all_keys() if fresh.get(k) is None]
         for key in stale:
@@ -88,6 +90,7 @@ class Replica:
         # An event batch is complete only up to its last event (during a catch-up etcd puts its own
         # current revision in the header while more events follow); an empty batch is a progress mark.
         self._advance(max(e.mod_revision for e in batch.events) if batch.events else batch.revision)
+        metrics.REPLICA_LAG.set(max(0, batch.revision - self.revision))
         await self._notify()
 
     async def _notify(self) -> None:

@@ -16,6 +16,7 @@ from typing import IO
 
 from producer_host.handlers import Handler, HandlerError
 from mapping.model import ProducerVm
+from wire import metrics
 from wire.errors import Status
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 # (status, message, payload, delivered) -> None: sends the answer back through the tunnel;
 # delivered says whether the VM started running the request (the consumer host retries only if not)
 Reply = Callable[[Status, str, bytes, bool], None]
+REQUESTS = metrics.Requests("producer_host")  # per execution: its service, status and time
 
 
 @dataclass(slots=True)
@@ -93,17 +95,20 @@ class VmActor:
             if env.deadline_ms and time.time() * 1000 > env.deadline_ms:
                 env.reply(Status.DEADLINE_EXCEEDED,
                           "the request's deadline passed while it queued for its producer VM", b"", False)
+                REQUESTS.record(self.vm.service, Status.DEADLINE_EXCEEDED.name)  # never ran: not timed
                 continue
             self.busy = True
             start = time.monotonic_ns()
-            ok = False
+            ok, code = False, Status.INTERNAL
             try:
                 result = await self.handler(env.payload)
-                ok = True
+                ok, code = True, Status.OK
                 env.reply(Status.OK, "", result, True)
             except HandlerError as exc:
+                code = Status.INVALID_ARGUMENT
                 env.reply(Status.INVALID_ARGUMENT, str(exc), b"", True)
             except asyncio.CancelledError:
+                code = Status.UNAVAILABLE
                 env.reply(Status.UNAVAILABLE, "its producer VM stopped while running the request", b"", True)
                 raise
             except Exception:
@@ -113,5 +118,6 @@ class VmActor:
             finally:
                 self.busy = False
                 self.served += 1
+                REQUESTS.record(self.vm.service, code.name, (time.monotonic_ns() - start) / 1e9)
                 if self.history is not None:
                     self.history.record(self.vm.vm_id, env, start, time.monotonic_ns(), ok)

@@ -13,6 +13,7 @@ import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
 
+from wire import metrics
 from wire.lifecycle import Step, cancel_all, shut_down
 from wire.rpc import Server, edge, end_of_stream
 from wire.tls import Identity, TlsMaterial, peer_identity
@@ -85,22 +86,24 @@ class TunnelServicer(pb_grpc.TunnelServicer):
         self.address = ""  # set once the server is bound: frames for anyone else are refused
         self.replica = replica
         self.actors: dict[VmId, VmActor] = {}
-        self.frames_in = 0
-        self.rejected = 0
+        self.streams = 0  # open tunnel streams (leasenet_tunnel_streams)
 
     @edge
     async def Exchange(self, request_iterator: AsyncIterator[pb.FrameBatch],
                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.FrameBatch]:
         peer = None if self.insecure else peer_identity(context)
         if not self.insecure and (refused := may_open_tunnel(peer)) is not None:
+            metrics.TUNNEL_FRAMES_REJECTED.labels("TunnelRefused").inc()
             await _take_first(request_iterator)
             raise refused.error(refused.message)
+        self.streams += 1
         out: asyncio.Queue[pb.Frame | None] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
 
         async def read() -> None:
             try:
                 async for batch in request_iterator:
+                    metrics.TUNNEL_IN.inc(len(batch.frames))
                     for frame in batch.frames:
                         self._accept(frame, peer, out, pending)
             finally:
@@ -125,11 +128,13 @@ class TunnelServicer(pb_grpc.TunnelServicer):
                         break
                     frames.append(f)
                     size += len(f.payload) + 256
+                metrics.TUNNEL_OUT.inc(len(frames))
                 yield pb.FrameBatch(frames=frames)
                 if ended:
                     await end_of_stream(reader, context, "a frame batch")
                     return
         finally:
+            self.streams -= 1
             reader.cancel()
 
     def _validate(self, frame: pb.Frame, peer: Identity | None) -> Accept | Reject:
@@ -138,7 +143,6 @@ class TunnelServicer(pb_grpc.TunnelServicer):
 
     def _accept(self, frame: pb.Frame, peer: Identity | None, out: asyncio.Queue[pb.Frame | None],
                 pending: set[asyncio.Task[None]]) -> None:
-        self.frames_in += 1
         verdict = self._validate(frame, peer)
         if isinstance(verdict, Reject) and verdict.may_be_early:
             task = asyncio.get_running_loop().create_task(self._accept_late(frame, peer, out))
@@ -156,11 +160,12 @@ class TunnelServicer(pb_grpc.TunnelServicer):
             out.put_nowait(_response(frame, code, message, payload, delivered))
 
         if isinstance(verdict, Reject):
-            self.rejected += 1
+            metrics.TUNNEL_FRAMES_REJECTED.labels(verdict.error.__name__).inc()
             reply(verdict.code, verdict.message, b"")
             return
         actor = self.actors.get(verdict.vm)
         if actor is None:
+            metrics.TUNNEL_FRAMES_REJECTED.labels("VmNotRunning").inc()
             reply(Status.NOT_FOUND, f"producer VM {verdict.vm} is not running on this host", b"")
             return
         inner = frame.inner
@@ -199,6 +204,7 @@ async def serve(config: ProducerConfig, store: Store, *, stop: asyncio.Event,
                             lambda: [host_record(config, tunnel.address), *vm_records(config)], config.liveness_ttl_s)
     actors = {vm.vm_id: VmActor(vm, load_handler(config.handler, config.handler_options), history)
               for vm in vm_records(config)}
+    unwatch = metrics.TUNNEL_STREAMS.watch(lambda: {(): tunnel.streams})
     try:
         async with asyncio.TaskGroup() as tasks:
             background = [tasks.create_task(replica.run(), name="replica")]
@@ -230,6 +236,7 @@ async def serve(config: ProducerConfig, store: Store, *, stop: asyncio.Event,
                 ])
                 cancel_all(background)
     finally:
+        unwatch()
         if history is not None:  # after the actors, which write to it, have ended
             history.stream.close()
 

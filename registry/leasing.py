@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mapping import keys
+from wire import metrics
 from wire.errors import (
     ClaimConflict,
     InvalidRequest,
@@ -23,6 +24,7 @@ from wire.errors import (
     NotFound,
     PermissionDenied,
     PoolExhausted,
+    QuotaExceeded,
     ProducerUnavailable,
 )
 from mapping.model import Claim, ConsumerRef, Host, HostId, LeaseId, Pool, ProducerVm, Record, Service, VmId, lease_hex
@@ -134,7 +136,11 @@ class LeasingAgent:
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
         wanted = quotas.limits(network, service, consumer)
-        quotas.choose_slots(self.state, wanted, 0, self.rng)  # refuse before granting an etcd lease
+        try:  # refuse before granting an etcd lease
+            quotas.choose_slots(self.state, wanted, 0, self.rng)
+        except QuotaExceeded:
+            metrics.exhausted("registry", "quota")
+            raise
 
         need = service.policy.min_pool
         lease_id = LeaseId(await self.store.grant_lease(service.policy.lease_ttl_s))
@@ -150,9 +156,11 @@ class LeasingAgent:
                     log.info("granted lease %s: %s -> %s", lease_hex(lease_id), consumer.vm_id,
                              [vm.vm_id for vm in chosen])
                     return self._view(lease_id)
+                metrics.GRANT_CONFLICTS.inc()
                 if (existing := self.state.pools.get(pool_key)) is not None:  # another agent was faster
                     await self._revoke_quietly(lease_id)
                     return self._existing(existing, consumer)
+            metrics.exhausted("registry", "lost_races")
             raise PoolExhausted(f"service {service.name!r}: every attempt to claim {need} producer VM(s) "
                                 f"lost a race to other consumers ({self.max_attempts} attempts)")
         except BaseException:
@@ -169,6 +177,7 @@ class LeasingAgent:
             service = self._service(pool.service)
             held = len(self.state.members_by_lease.get(lease_id, ()))
             if held + count > service.policy.max_pool:
+                metrics.exhausted("registry", "max_pool")
                 raise PoolExhausted(f"lease {lease_hex(lease_id)} holds {held} producer VM(s) of service "
                                     f"{service.name!r}; max_pool is {service.policy.max_pool}")
             chosen = self.choose(service, count, f"grow lease {lease_hex(lease_id)}", avoid_hosts)
@@ -176,6 +185,8 @@ class LeasingAgent:
             result = await self._transact(chosen, self._claims(chosen, pool), lease_id, guards)
             if result.succeeded:
                 return self._view(lease_id)
+            metrics.GRANT_CONFLICTS.inc()
+        metrics.exhausted("registry", "lost_races")
         raise PoolExhausted(f"service {pool.service!r}: every attempt to grow lease {lease_hex(lease_id)} "
                             f"lost a race to other consumers ({self.max_attempts} attempts)")
 
@@ -247,7 +258,10 @@ class LeasingAgent:
         avoid = {h for h in free if (host := state.hosts.get(h)) is not None and host.address in avoid_hosts}
         available = sum(len(bag) for h, bag in free.items() if h not in avoid)
         if available < count:
-            raise shortfall(service.name, count, available, self._returning(service.name, avoid_hosts), purpose)
+            error = shortfall(service.name, count, available, self._returning(service.name, avoid_hosts), purpose)
+            if isinstance(error, PoolExhausted):
+                metrics.exhausted("registry", "no_free_vms")
+            raise error
         busy = {vm for vm in self._in_flight
                 if (record := state.vms.get(vm)) is not None and record.host_id not in avoid
                 and vm in free.get(record.host_id, ())}

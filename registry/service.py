@@ -4,7 +4,9 @@ Reads come from the replica; only grants, grows, renewals and releases reach etc
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -12,6 +14,7 @@ from typing import Any, TypeVar
 import grpc.aio
 from google.protobuf.message import Message
 
+from wire import metrics
 from wire.lifecycle import Step, cancel_all, shut_down
 from wire.rpc import PAGE_BUDGET_BYTES, Server, edge
 from wire.v1 import registry_pb2 as pb
@@ -23,16 +26,18 @@ from registry.authz import ANYONE, Caller, Deny, lessee, may_inspect, on_behalf,
 from registry import requests
 from registry.ownership import Ownership, forwarded_for, liveness
 from registry.convert import host_to_pb, lease_to_pb, service_to_pb, vm_to_pb
-from wire.errors import InvalidRequest, LeasenetError, NotFound
+from wire.errors import InvalidRequest, LeasenetError, NotFound, Status
 from wire.tls import TlsMaterial, peer_identity
 from registry.leasing import ClaimCollector, LeasingAgent, describe
 from registry.watchers import Backlog, Watchers, WatchLimits
 from registry.paging import page_request, take_page
 from mapping.model import ConsumerRef, HostId, HostKind, LeaseId, Pool, Record, VmId, parse_lease_hex
 from mapping.replica import Replica
+from mapping.state import ClusterState
 from mapping.store import Store
 
 log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
 
 T = TypeVar("T")
 
@@ -44,6 +49,31 @@ def _lease_id(text: str) -> LeaseId:
         return parse_lease_hex(text)
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
+
+
+# the registry's own trouble (etcd down, a bug), as opposed to a refusal of the caller's request
+FAULTS = frozenset({Status.UNAVAILABLE, Status.INTERNAL, Status.UNKNOWN, Status.DEADLINE_EXCEEDED})
+
+
+def counted(op: str) -> Callable[[F], F]:
+    """Count a leasing call in leasenet_lease_operations_total{op,result}; time successful grants."""
+    def wrap(method: F) -> F:
+        @functools.wraps(method)
+        async def call(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            start, result = time.perf_counter(), "error"
+            try:
+                response = await method(self, request, context)
+                result = "ok"
+                return response
+            except LeasenetError as exc:
+                result = "conflict" if exc.code is Status.ABORTED else "error" if exc.code in FAULTS else "refused"
+                raise
+            finally:
+                metrics.LEASE_OPERATIONS.labels(op, result).inc()
+                if op == "grant" and result == "ok":
+                    metrics.GRANT_DURATION.observe(time.perf_counter() - start)
+        return call  # type: ignore[return-value]
+    return wrap
 
 
 def caller_of(context: grpc.aio.ServicerContext, insecure: bool) -> Caller:
@@ -76,6 +106,7 @@ class LeasingServicer(pb_grpc.LeasingServicer):
         return await self.ownership.forward(owner, method, request, caller, context.time_remaining())
 
     @edge
+    @counted("grant")
     async def RequestLease(self, request: pb.RequestLeaseRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
         caller, forwarded = self._caller(context)
         needed = ("service", "consumer_network", "consumer_vm") + (("consumer_host",) if caller is ANYONE else ())
@@ -99,6 +130,7 @@ class LeasingServicer(pb_grpc.LeasingServicer):
         return lease_to_pb(await self.agent.request_lease(consumer, service, avoid))
 
     @edge
+    @counted("grow")
     async def GrowLease(self, request: pb.GrowLeaseRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
         caller, forwarded = self._caller(context)
         lease_id = _lease_id(request.lease_id)
@@ -112,6 +144,7 @@ class LeasingServicer(pb_grpc.LeasingServicer):
         return lease_to_pb(view)
 
     @edge
+    @counted("shrink")
     async def ShrinkLease(self, request: pb.ShrinkLeaseRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
         view = await self.agent.shrink_lease(_lease_id(request.lease_id),
                                              [VmId(v) for v in requests.vm_ids(request.vm_ids)],
@@ -119,11 +152,13 @@ class LeasingServicer(pb_grpc.LeasingServicer):
         return lease_to_pb(view)
 
     @edge
+    @counted("renew")
     async def RenewLease(self, request: pb.LeaseRef, context: grpc.aio.ServicerContext) -> pb.RenewLeaseResponse:
         ttl = await self.agent.renew_lease(_lease_id(request.lease_id), caller=caller_of(context, self.insecure))
         return pb.RenewLeaseResponse(ttl_s=ttl)
 
     @edge
+    @counted("release")
     async def ReleaseLease(self, request: pb.LeaseRef, context: grpc.aio.ServicerContext) -> pb.ReleaseLeaseResponse:
         await self.agent.release_lease(_lease_id(request.lease_id), caller=caller_of(context, self.insecure))
         return pb.ReleaseLeaseResponse()
@@ -313,6 +348,14 @@ class RegistryConfig:
     liveness_ttl_s: int = 3  # how soon our share moves to the others when we die
 
 
+def live_hosts(state: ClusterState) -> dict[tuple[str, ...], float]:
+    """For leasenet_live_hosts: registered hosts by kind (every kind, 0 when none)."""
+    counts: dict[tuple[str, ...], float] = {(kind.value,): 0 for kind in HostKind}
+    for host in state.hosts.values():
+        counts[(host.kind.value,)] += 1
+    return counts
+
+
 async def publish_cluster_config(store: Store, replica: Replica, cluster: ClusterConfig) -> None:
     """Write networks and services unless they are already there as configured (replicas agree)."""
     for record in [*cluster.networks, *cluster.services]:
@@ -347,6 +390,7 @@ async def serve(config: RegistryConfig, store: Store, *, stop: asyncio.Event,
     server.add(pb_grpc.add_InspectionServicer_to_server, InspectionServicer(replica, insecure=insecure, watch=config.watch),
                "leasenet.v1.Inspection")
     keep_alive: asyncio.Task[None] | None = None
+    unwatch = metrics.LIVE_HOSTS.watch(lambda: live_hosts(replica.state))
     async with asyncio.TaskGroup() as tasks:
         background = [tasks.create_task(replica.run(), name="replica")]
         try:
@@ -373,3 +417,4 @@ async def serve(config: RegistryConfig, store: Store, *, stop: asyncio.Event,
                 Step("close the channels to the other registries", ownership.close, 1.0),
             ])
             cancel_all(background)
+            unwatch()

@@ -20,7 +20,7 @@ from leasenet import checker
 from leasenet.bench.measure import GRANTS_HOST
 from leasenet.bench.plans import (
     CLUSTER, DATA_CONSUMERS, DATA_SERVICE, DATA_TARGET, DATA_VMS, FO_CONSUMERS, FO_SERVICE, FO_TARGET, FO_VMS,
-    GRANT_POOL, GRANT_SERVICE, GRANT_VMS, NETWORK, RACE_HOSTS, RACE_SERVICE, RACE_TARGET, RACE_VMS, RACE_VMS_PER_HOST, Cell,
+    GRANT_POOL, GRANT_SERVICE, GRANT_VMS, METRICS_ON, METRICS_SUFFIX, NETWORK, RACE_HOSTS, RACE_SERVICE, RACE_TARGET, RACE_VMS, RACE_VMS_PER_HOST, Cell,
     FailoverResult, FailoverTask, GrantsResult, GrantsTask, LoadResult, LoadTask, Plan, RaceConsumerHost, RaceResult,
     RaceTask, decode, rounds_of,
 )
@@ -83,7 +83,7 @@ class Bench:
                     "LEASENET_TLS_DIR": str(self.cluster.tls_dir)}  # the roles' certificates
         self.cluster.env.update(self.env)
         self.extra: list[subprocess.Popen[bytes]] = []  # harness processes besides the cluster's
-        self.plain: LocalCluster | None = None  # the plaintext overlay's own cluster (data path)
+        self.plain: list[LocalCluster] = []  # the plaintext overlays' own clusters (data path)
         self.registry = ""
         self.metrics = ""
         self.config = self.workdir / "cluster.toml"
@@ -176,8 +176,8 @@ class Bench:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(10)
-        if self.plain is not None:
-            self.plain.close()
+        for plain in self.plain:
+            plain.close()
         self.cluster.close()
 
     # --- phases --------------------------------------------------------------------------------
@@ -208,11 +208,12 @@ class Bench:
                                       wait=False),
                 c_name: cluster.spawn(c_name, *self.consumer(c_name, DATA_CONSUMERS, registry), wait=False)}
 
-    def plaintext_cluster(self) -> tuple[LocalCluster, str]:
-        """The plaintext overlay's own cluster (--insecure: etcd, a registry): the bench's cluster is
-        mutual TLS everywhere, and one process is either."""
-        plain = self.plain = LocalCluster(self.workdir / "plain", insecure=True,
-                                          env={"PYTHONPATH": self.env["PYTHONPATH"]})
+    def plaintext_cluster(self, name: str = "plain", metrics: bool = False) -> tuple[LocalCluster, str]:
+        """A plaintext overlay's own cluster (--insecure: etcd, a registry): the bench's cluster is
+        mutual TLS everywhere, and one process is either. `metrics`: every process serves /metrics."""
+        plain = LocalCluster(self.workdir / name, insecure=True, env={"PYTHONPATH": self.env["PYTHONPATH"]},
+                             metrics=metrics)
+        self.plain.append(plain)
         plain.start_etcd()
         registry = plain.spawn("registry", "registry", "--listen", "127.0.0.1:0", "--cluster-config",
                                str(self.config), timeout_s=60)
@@ -227,7 +228,9 @@ class Bench:
         for identity in IDENTITIES if p.tls else ():
             self.cluster.tls(identity)  # the TLS baselines' certificates, from the cluster's CA
         where = {"": (plain, registry), "-tls": (self.cluster, self.registry)}  # cluster, registry
-        hosts = {s: self.overlay(*where[s], s) for s in suffixes}
+        if any(METRICS_ON in spec.targets for spec in p.cells):  # the same overlay again, serving /metrics
+            where[METRICS_SUFFIX] = self.plaintext_cluster("metrics", metrics=True)
+        hosts = {s: self.overlay(*where[s], s) for s in where if s != "-tls" or p.tls}
         started = len(self.extra)
         addresses, pids = self.baselines(suffixes)
         for s, procs in hosts.items():
@@ -254,8 +257,9 @@ class Bench:
         for proc in self.extra[started:]:
             proc.wait(10)
         self.stop(n for n in ("p-data-tls", "c-data-tls") if n in self.cluster.procs)
-        plain.close()
-        self.plain = None
+        for cluster in self.plain:
+            cluster.close()
+        self.plain = []
         return result
 
     def leasing(self) -> tuple[list[GrantsResult], list[RaceResult]]:

@@ -31,10 +31,15 @@ PLAIN = ("direct", "overlay", "relay")
 TLS = ("direct-tls", "overlay-tls", "relay-tls")
 # The method's own check: the overlay against itself (the same consumer host, a second name)
 SELF = ("overlay", "overlay-again")
+# Metrics on and off (issue 14): a second plaintext overlay whose processes serve /metrics, placed
+# next to the overlay (which runs with metrics off, recording nothing) in the cell METRICS_CELL
+METRICS_SUFFIX = "-metrics"
+METRICS_ON = "overlay" + METRICS_SUFFIX
+METRICS_CELL = ("unary", 100, 64)
 # numerator / denominator: the ratios reported per cell (only those whose targets were measured)
 PAIRS = (("overlay", "direct"), ("overlay", "relay"), ("relay", "direct"),
          ("overlay-tls", "direct-tls"), ("overlay-tls", "relay-tls"), ("relay-tls", "direct-tls"),
-         ("overlay-tls", "overlay"), ("direct-tls", "direct"), ("overlay", "overlay-again"))
+         ("overlay-tls", "overlay"), ("direct-tls", "direct"), ("overlay", "overlay-again"), (METRICS_ON, "overlay"))
 
 
 def _pool_service(name: str, target: str, pool: int, ttl_s: int) -> Service:
@@ -92,10 +97,16 @@ def make_plan(quick: bool, runs: int, rounds: int = 10, tls: bool = True) -> Pla
         return Plan(True, 1, 2, 8, 0.05, 0.15, 0.3, cells, grants=10, race_s=1.5, failover_before_s=0.5,
                     failover_after_s=1.5, tls=tls)
     targets = PLAIN + TLS if tls else PLAIN
-    cells = [CellSpec(m, p, c, targets) for m in MODES for p in PAYLOADS for c in CONCURRENCIES]
+    cells = [CellSpec(m, p, c, with_metrics(targets) if (m, p, c) == METRICS_CELL else targets)
+             for m in MODES for p in PAYLOADS for c in CONCURRENCIES]
     cells += [CellSpec("unary", 100, c, SELF, check=True) for c in (1, 64)]
     return Plan(False, runs, rounds, rounds, 0.08, 0.2, 3.0, cells, grants=40, race_s=3.0, failover_before_s=1.0,
                 failover_after_s=2.0, tls=tls)
+
+
+def with_metrics(targets: tuple[str, ...]) -> tuple[str, ...]:
+    """The targets with the metrics-on overlay next to the overlay (between it and direct)."""
+    return (targets[0], METRICS_ON, *targets[1:])
 
 
 def rounds_of(spec: CellSpec, plan: Plan) -> list[Cell]:

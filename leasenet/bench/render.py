@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from leasenet.bench.measure import ratio
+from leasenet.bench.plans import METRICS_ON
 from leasenet.bench.report import size_label
 from leasenet.inspection import table
 
@@ -52,6 +53,23 @@ def datapath_tables(rows: list[dict[str, Any]], suffix: str) -> list[str]:
     return out + ["latency", table(body, header)]
 
 
+def metrics_table(rows: list[dict[str, Any]]) -> str:
+    """Metrics on beside off: throughput, p50, and the two hosts' CPU per request (median slice)."""
+    header = ["mode", "payload", "C", "metrics off req/s", "metrics on req/s", "on/off throughput", "off p50",
+              "on p50", "on/off p50", "hosts' CPU off", "hosts' CPU on"]
+    pair = f"{METRICS_ON}/overlay"
+
+    def hosts_cpu(row: dict[str, Any], target: str) -> str:
+        cpu = row["targets"].get(target, {}).get("cpu_us_per_request", {})
+        used = [cpu.get(name) for name in ("consumer host", "producer host")]
+        return "-" if None in used else f"{sum(used):.0f} us"  # type: ignore[arg-type]
+
+    body = [_cell(x) + [_figure(x, "overlay", "rps", 0), _figure(x, METRICS_ON, "rps", 0), _ratio(x, pair, "rps"),
+                        _figure(x, "overlay", "p50_ms", 2, " ms"), _figure(x, METRICS_ON, "p50_ms", 2, " ms"),
+                        _ratio(x, pair, "p50_ms"), hosts_cpu(x, "overlay"), hosts_cpu(x, METRICS_ON)] for x in rows]
+    return table(body, header)
+
+
 def cpu_table(rows: list[dict[str, Any]], suffix: str) -> str:
     header = ["mode", "payload", "C", "direct server", "client", "relay + end", "client", "consumer host",
               "producer host", "client", "overlay total / direct total"]
@@ -96,6 +114,11 @@ def render(report: dict[str, Any]) -> str:
                       f"process: {loop} (overlay TLS/plain: the TLS overlay over the plaintext one, same rounds)", ""]
         lines += datapath_tables(with_tls, "-tls")
         lines += ["", f"CPU per request in microseconds, TLS; event loop: {loop}", cpu_table(with_tls, "-tls")]
+    on_off = [r for r in compared if f"{METRICS_ON}/overlay" in r["ratios"]]
+    if on_off:
+        lines += ["", "metrics on/off: the same plaintext overlay with every process serving /metrics (recording "
+                      "every request) over the overlay with metrics off (recording nothing), same rounds",
+                  metrics_table(on_off)]
     checks = [t for t in report["targets"] if t.get("method")]
     lines += ["", "the method's self-check (the overlay against itself, the same alternating slices):"]
     lines += [verdict(t) for t in checks] or ["  not measured"]

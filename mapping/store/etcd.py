@@ -23,6 +23,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 
 import grpc
@@ -31,6 +32,7 @@ import grpc.aio
 import etcd3aio
 from etcd3aio import Etcd3Client, EtcdError, EtcdPermissionDeniedError, EtcdUnauthenticatedError, prefix_range_end
 from etcd3aio.kv import KVService
+from wire import metrics
 from wire.errors import PermissionDenied, StoreUnavailable, Unauthenticated
 from wire.tls import Kind, TlsConfigError, TlsMaterial, server_name
 from wire.rpc import MAX_MESSAGE_BYTES
@@ -76,8 +78,26 @@ def resolve_endpoint(endpoint: str) -> str:
 
 
 @contextlib.contextmanager
-def _unavailable_on_failure(operation: str) -> Iterator[None]:
-    """Map the client's failures to the project's StoreUnavailable, with a sentence."""
+def _unavailable_on_failure(operation: str, *, timed: bool = True) -> Iterator[None]:
+    """Map the client's failures to the project's StoreUnavailable, with a sentence; count and time
+    the request (`timed` False: a stream, whose lifetime is no latency)."""
+    op = metrics.etcd_op(operation.replace(" ", "_").replace("-", ""))
+    op.requests.inc()
+    start = time.perf_counter()
+    try:
+        with _failures_mapped(operation):
+            yield
+    except (StoreUnavailable, PermissionDenied, Unauthenticated):
+        op.errors.inc()
+        raise
+    finally:
+        if timed:
+            op.duration.observe(time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def _failures_mapped(operation: str) -> Iterator[None]:
+    """The client's failures as the project's StoreUnavailable (or a refusal), with a sentence."""
     try:
         yield
     except (EtcdPermissionDeniedError, EtcdUnauthenticatedError) as exc:
@@ -220,7 +240,7 @@ class EtcdStore:
         self.requests += 1
         # etcd3aio retries UNAVAILABLE itself but raises the rest: over TLS a member shutting down ends
         # the stream with RST_STREAM (INTERNAL), which must be a break to resume from, not a crash
-        with _unavailable_on_failure("watch"):
+        with _unavailable_on_failure("watch", timed=False):
             try:
                 async for batch in self._watch(prefix, start_revision):
                     yield batch

@@ -181,6 +181,7 @@ def test_demo_json_keeps_its_promises(tmp_path):
     assert summary["requests"] == 300 and summary["lost"] == 0 and summary["exclusivity_violations"] == 0
     assert summary["ok"] + summary["errors"] == 300 and summary["leases_granted"] >= 3
     assert summary["failover_s"] is not None
+    assert summary["metrics_ok"] == summary["ok"]  # the consumer host's /metrics counted what the VMs got
 
 
 def test_demo_stops_every_process_it_started_on_ctrl_c(tmp_path):
