@@ -29,7 +29,7 @@ from producer_host.service import ProducerConfig
 from producer_host.service import serve as serve_producer_host
 from registry.service import RegistryConfig
 from registry.service import serve as serve_registry
-from wire import rpc
+from wire import logs, rpc
 from wire.errors import LeasenetError
 from wire.lifecycle import run_until_signalled
 from wire.tls import Identity, Kind, TlsMaterial
@@ -68,6 +68,13 @@ def add(parser: argparse.ArgumentParser, flag: str, *, required: bool = False, d
 def _common(p: argparse.ArgumentParser) -> None:
     add(p, "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     add(p, "--ready-file", help="write {'address': ...} here once serving (for supervisors and tests)")
+    add(p, "--log-format", default="text", choices=logs.FORMATS,
+        help="text, or json: one object per line (time, level, kind, host, trace_id, request_id)")
+
+
+def _otlp(p: argparse.ArgumentParser) -> None:
+    add(p, "--otlp-endpoint", default="", help="export spans to this OTLP/gRPC collector (host:port, "
+        "http:// or https://); without it the trace id appears in logs only")
 
 
 def _etcd(p: argparse.ArgumentParser) -> None:
@@ -151,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(p, "--handler-option", action="append", help="key=value passed to the handler factory (repeatable)")
     add(p, "--liveness-ttl", default=3, type=int, help="seconds before a dead host's records vanish")
     add(p, "--history", help="append one JSON line per execution here (for checkers)")
+    _otlp(p)
 
     p = sub.add_parser("consumer-host", help="run a consumer host for consumer VMs")
     _common(p)
@@ -163,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(p, "--config", required=True, help="TOML file listing the attached consumer VMs and their tokens")
     add(p, "--deadline", default=10.0, type=float, help="default request deadline in seconds")
     add(p, "--liveness-ttl", default=3, type=int, help="seconds before a dead host's records vanish")
+    _otlp(p)
 
     p = sub.add_parser("send", help="act as a consumer VM and send one request")
     add(p, "--consumer-host", default="127.0.0.1:7200", help="the consumer host's VM-facing API")
@@ -283,7 +292,7 @@ def cmd_producer_host(args: argparse.Namespace) -> None:
                             network=args.network, service=args.service, vms=args.vms,
                             vm_address_start=args.vm_address_start, handler=args.handler,
                             handler_options=_options(args.handler_option), liveness_ttl_s=args.liveness_ttl,
-                            history_path=args.history, tls=tls)
+                            history_path=args.history, tls=tls, otlp_endpoint=args.otlp_endpoint)
     config.vm_addresses()  # validates the start address
     asyncio.run(_run_service(args, serve_producer_host, config))
 
@@ -293,7 +302,7 @@ def cmd_consumer_host(args: argparse.Namespace) -> None:
     config = ConsumerConfig(host_id=HostId(args.host_id), listen=args.listen, advertise=args.advertise,
                             registries=rpc.split_addresses(args.registry, "registry"),
                             attachments=load_attachments(args.config), default_deadline_s=args.deadline,
-                            liveness_ttl_s=args.liveness_ttl, tls=tls)
+                            liveness_ttl_s=args.liveness_ttl, tls=tls, otlp_endpoint=args.otlp_endpoint)
     asyncio.run(_run_service(args, serve_consumer_host, config))
 
 
@@ -327,9 +336,8 @@ def cmd_health(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        level = getattr(args, "log_level", "WARNING")
-        logging.basicConfig(level=getattr(logging, str(level).upper(), logging.INFO),
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+        logs.setup(getattr(args, "log_level", "WARNING"), getattr(args, "log_format", "text"),
+                   kind=PROCESS_KINDS.get(args.command, args.command), host=getattr(args, "host_id", "") or "")
         if args.command in ("registry", "producer-host", "consumer-host"):
             rpc.install_event_loop()  # uvloop when installed (the `perf` extra): less CPU per message
         handler = COMMANDS[args.command]
@@ -359,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
+PROCESS_KINDS = {"registry": "registry", "producer-host": "producer", "consumer-host": "consumer"}
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "etcd": etcd.cmd_etcd,
     "etcd-bootstrap": etcd.cmd_etcd_bootstrap,
