@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import grpc.aio
 
@@ -18,14 +19,16 @@ from mapping import keys
 from mapping.config import ClusterConfig
 from registry.authz import ANYONE, Caller, Deny, lessee, may_inspect, sees_fencing_tokens
 from registry.convert import host_to_pb, lease_to_pb, service_to_pb, vm_to_pb
-from wire.errors import InvalidRequest, NotFound
+from wire.errors import InvalidRequest, LeasenetError, NotFound
 from wire.tls import TlsMaterial, peer_identity
-from registry.leasing import ClaimCollector, LeasingAgent, describe
+from registry import audit
+from registry.leasing import ClaimCollector, LeaseView, LeasingAgent, describe
 from mapping.model import ConsumerRef, HostId, HostKind, LeaseId, Pool, Record, VmId, parse_lease_hex
 from mapping.replica import Replica
 from mapping.store import Store
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _lease_id(text: str) -> LeaseId:
@@ -51,37 +54,67 @@ class LeasingServicer(pb_grpc.LeasingServicer):
     @edge
     async def RequestLease(self, request: pb.RequestLeaseRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
         caller = caller_of(context, self.insecure)
-        needed = ("service", "consumer_network", "consumer_vm") + (("consumer_host",) if caller is ANYONE else ())
-        for field in needed:
-            if not getattr(request, field):
-                raise InvalidRequest(f"RequestLease needs {field}")
-        host = lessee(caller, request.consumer_host)
-        if isinstance(host, Deny):
-            raise host.exception()
-        consumer = ConsumerRef(request.consumer_network, request.consumer_vm, host)
-        return lease_to_pb(await self.agent.request_lease(consumer, request.service, frozenset(request.avoid_hosts)))
+
+        async def grant() -> LeaseView:
+            needed = ("service", "consumer_network", "consumer_vm") + (("consumer_host",) if caller is ANYONE else ())
+            for field in needed:
+                if not getattr(request, field):
+                    raise InvalidRequest(f"RequestLease needs {field}")
+            host = lessee(caller, request.consumer_host)
+            if isinstance(host, Deny):
+                raise host.exception()
+            consumer = ConsumerRef(request.consumer_network, request.consumer_vm, host)
+            return await self.agent.request_lease(consumer, request.service, frozenset(request.avoid_hosts))
+
+        wanted = f"{request.service}/{request.consumer_network}/{request.consumer_vm}"
+        return lease_to_pb(await self._audited("grant", caller, None, grant(), wanted=wanted))
 
     @edge
     async def GrowLease(self, request: pb.GrowLeaseRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
-        view = await self.agent.grow_lease(_lease_id(request.lease_id), request.count or 1, request.min_revision,
-                                           frozenset(request.avoid_hosts), caller=caller_of(context, self.insecure))
+        caller, lease_id = caller_of(context, self.insecure), _lease_id(request.lease_id)
+        view = await self._audited("grow", caller, lease_id, self.agent.grow_lease(
+            lease_id, request.count or 1, request.min_revision, frozenset(request.avoid_hosts), caller=caller))
         return lease_to_pb(view)
 
     @edge
     async def ShrinkLease(self, request: pb.ShrinkLeaseRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
-        view = await self.agent.shrink_lease(_lease_id(request.lease_id), [VmId(v) for v in request.vm_ids],
-                                             caller=caller_of(context, self.insecure))
+        caller, lease_id = caller_of(context, self.insecure), _lease_id(request.lease_id)
+        vms = [VmId(v) for v in request.vm_ids]
+        view = await self._audited("shrink", caller, lease_id, self.agent.shrink_lease(lease_id, vms, caller=caller),
+                                   vms=vms)
         return lease_to_pb(view)
 
     @edge
     async def RenewLease(self, request: pb.LeaseRef, context: grpc.aio.ServicerContext) -> pb.RenewLeaseResponse:
-        ttl = await self.agent.renew_lease(_lease_id(request.lease_id), caller=caller_of(context, self.insecure))
+        caller, lease_id = caller_of(context, self.insecure), _lease_id(request.lease_id)
+        ttl = await self._audited("renew", caller, lease_id, self.agent.renew_lease(lease_id, caller=caller),
+                                  failures_only=True)
         return pb.RenewLeaseResponse(ttl_s=ttl)
 
     @edge
     async def ReleaseLease(self, request: pb.LeaseRef, context: grpc.aio.ServicerContext) -> pb.ReleaseLeaseResponse:
-        await self.agent.release_lease(_lease_id(request.lease_id), caller=caller_of(context, self.insecure))
+        caller, lease_id = caller_of(context, self.insecure), _lease_id(request.lease_id)
+        await self._audited("release", caller, lease_id, self.agent.release_lease(lease_id, caller=caller))
         return pb.ReleaseLeaseResponse()
+
+    async def _audited(self, action: str, caller: Caller, lease_id: LeaseId | None, work: Awaitable[T], *,
+                       wanted: str = "", vms: list[VmId] | None = None, failures_only: bool = False) -> T:
+        """Run a leasing call and write its audit line (registry/audit.py): the pool as it was before
+        the call (a release removes it), else the one granted, else `wanted`; the VMs given back
+        (`vms`), else the lease's members after the call."""
+        before = self.agent.state.pools_by_lease.get(lease_id) if lease_id is not None else None
+        try:
+            result = await work
+        except LeasenetError as exc:
+            audit.record(audit.line(action, caller, audit.pool_name(before) or wanted, lease_id, vms or (), exc))
+            raise
+        if not failures_only:
+            view = result if isinstance(result, LeaseView) else None
+            pool = view.pool if view is not None else before
+            members = vms if vms is not None else [m.vm.vm_id for m in view.members] if view is not None else ()
+            audit.record(audit.line(action, caller, audit.pool_name(pool) or wanted,
+                                    pool.lease_id if pool is not None else lease_id, members))
+        return result
 
 
 class InspectionServicer(pb_grpc.InspectionServicer):
