@@ -340,6 +340,6 @@ async def serve(config: ConsumerConfig, store: Store, *, stop: asyncio.Event,
                 Step("deregister", lambda: liveness.deregister(keep_alive), 2.0) if liveness.registrations else None,
                 Step("close the tunnels", tunnels.close, 2.0),
                 Step("close the channels to the leasing agents", registry.close, 2.0),
-                Step("export the last spans", lambda: asyncio.to_thread(spans.close), 6.0),
+                Step("export the last spans", lambda: asyncio.to_thread(spans.close), 6.0) if spans.enabled else None,
             ])
             cancel_all(background)

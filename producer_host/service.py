@@ -247,7 +247,8 @@ async def serve(config: ProducerConfig, store: Store, *, stop: asyncio.Event,
                     Step("deregister", lambda: registration.deregister(keep_alive), 2.0) if registered else None,
                     Step("stop the tunnel server", lambda: server.stop(0.5), 1.5) if serving else None,
                     Step("stop the VMs", lambda: _stop(actors.values()), 2.0),
-                    Step("export the last spans", lambda: asyncio.to_thread(spans.close), 6.0),
+                    Step("export the last spans", lambda: asyncio.to_thread(spans.close), 6.0)
+                    if spans.enabled else None,
                 ])
                 cancel_all(background)
     finally:

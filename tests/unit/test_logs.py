@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from leasenet import cli
 from wire import logs
 from wire.trace import CURRENT, bind
 
@@ -93,3 +94,10 @@ def test_the_text_format_appends_the_trace_id_when_there_is_one(restore_root: No
 def test_an_unknown_format_is_refused_with_a_sentence() -> None:
     with pytest.raises(ValueError, match="log format 'xml' is not one of text, json"):
         logs.setup("INFO", "xml")
+
+
+def test_the_cli_refuses_an_unknown_log_format_from_the_environment_in_one_line(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], restore_root: None) -> None:
+    monkeypatch.setenv("LEASENET_LOG_FORMAT", "xml")
+    code = cli.main(["registry", "--etcd-endpoints", "127.0.0.1:1", "--insecure"])
+    assert (code, capsys.readouterr().err) == (1, "leasenet: log format 'xml' is not one of text, json\n")
