@@ -91,6 +91,19 @@ async def test_a_request_without_a_traceparent_gets_a_fresh_trace_id_seen_on_bot
         assert traced_requests(topo.consumers[0].log, request_id) == {trace.trace_id}
 
 
+async def test_a_refused_request_still_tells_the_caller_its_trace(cluster):
+    topo = start(cluster)
+    async with dial(topo.consumers[0].address, Kind.CONSUMER) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await cpb_grpc.ConsumerHostStub(channel).Send(
+                cpb.SendRequest(network="blue", src="10.1.0.1", token="wrong", target=TARGET, request_id=71),
+                metadata=((TRACEPARENT, CALLER),), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    trailing = dict(refused.value.trailing_metadata() or ())
+    assert parse(trailing[TRACEPARENT]).trace_id == CALLER_TRACE  # type: ignore[union-attr]
+    assert trailing["leasenet-error"] == "Unauthenticated"
+
+
 class Collector(otlp_grpc.TraceServiceServicer):
     """An OTLP/gRPC trace receiver: keeps every span it is sent."""
 
