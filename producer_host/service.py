@@ -161,7 +161,8 @@ class TunnelServicer(pb_grpc.TunnelServicer):
         self._dispatch(frame, self._validate(frame, peer), out)
 
     def _dispatch(self, frame: pb.Frame, verdict: Accept | Reject, out: asyncio.Queue[pb.Frame | None]) -> None:
-        ended = self.spans.started("execute", self._parent(frame)) if isinstance(verdict, Accept) else None
+        exported = self.spans.enabled and isinstance(verdict, Accept)
+        ended = self.spans.started("execute", self._parent(frame)) if exported else None
 
         def reply(code: Status, message: str, payload: bytes, delivered: bool = False) -> None:
             if ended is not None:
