@@ -39,7 +39,9 @@ from mapping.model import Host, HostId, HostKind, Network, Record, Service, VmId
 from mapping.ownership import owner_address
 from mapping.replica import Replica
 from mapping.store import Store
+from wire.otel import OtelSpans
 from wire.tls import TlsMaterial
+from wire.trace import CURRENT, NO_SPANS, TRACEPARENT, Spans, TraceParent, bind, parse, start
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ class ConsumerConfig:
     liveness_ttl_s: int = 3
     limits: Limits = Limits()
     tls: TlsMaterial | None = field(default=None, repr=False)  # None: plaintext (--insecure)
+    otlp_endpoint: str = ""  # export spans (admit, acquire, exchange) here; "" = trace ids in logs only
 
 
 class _Retry(Exception):
@@ -84,8 +87,10 @@ class RequestPath:
     `source` is the caller's address (the gRPC peer, without its port): wrong tokens are throttled
     per source."""
 
-    def __init__(self, config: ConsumerConfig, replica: Replica, pools: PoolManager, tunnels: Tunnels) -> None:
+    def __init__(self, config: ConsumerConfig, replica: Replica, pools: PoolManager, tunnels: Tunnels,
+                 spans: Spans = NO_SPANS) -> None:
         self.config = config
+        self.spans = spans
         self.replica = replica
         self.pools = pools
         self.tunnels = tunnels
@@ -143,11 +148,34 @@ class RequestPath:
         frame.payload = req.payload
         return frame
 
-    async def forward(self, req: pb.SendRequest, deadline: float, source: str = "") -> pb.SendResponse:
+    async def traced(self, req: pb.SendRequest, deadline: float, caller: str | None,
+                     tell_caller: Callable[[TraceParent], None] | None = None, source: str = "") -> pb.SendResponse:
+        """forward() as one trace: the caller's traceparent continued, or a new trace; `tell_caller`
+        hears ours before the work starts (so an error answer carries it too). Log records written
+        for the request carry its trace id and request id."""
+        parent = parse(caller) if caller and self.spans.enabled else None
+        with self.spans.span("request", parent) as span:
+            trace = span or start(caller)
+            if tell_caller is not None:
+                tell_caller(trace)
+            token = bind(trace.trace_id, req.request_id)
+            try:
+                resp = await self.forward(req, deadline, source, trace)
+                log.debug("request %d from %s/%s to %s: OK", req.request_id, req.network, req.src, req.target)
+                return resp
+            except LeasenetError as exc:
+                log.debug("request %d from %s/%s to %s: %s %s", req.request_id, req.network, req.src, req.target,
+                          exc.code.name, exc.message)
+                raise
+            finally:
+                CURRENT.reset(token)
+
+    async def forward(self, req: pb.SendRequest, deadline: float, source: str = "",
+                      trace: TraceParent | None = None) -> pb.SendResponse:
         """One request, counted and timed by its service and status (wire/metrics.py)."""
         start, code = time.perf_counter(), Status.INTERNAL.name
         try:
-            response = await self._forward(req, deadline, source)
+            response = await self._forward(req, deadline, source, trace)
             code = Status.OK.name
             return response
         except LeasenetError as exc:
@@ -160,11 +188,13 @@ class RequestPath:
             admitted = self._admitted.get((req.network, req.src, req.token, req.target))
             REQUESTS.record(admitted.service.name if admitted else UNADMITTED, code, time.perf_counter() - start)
 
-    async def _forward(self, req: pb.SendRequest, deadline: float, source: str) -> pb.SendResponse:
+    async def _forward(self, req: pb.SendRequest, deadline: float, source: str,
+                       trace: TraceParent | None) -> pb.SendResponse:
         if len(req.payload) > MAX_PAYLOAD_BYTES:
             raise InvalidRequest(f"payload of {len(req.payload)} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit")
-        admitted = (self._admitted.get((req.network, req.src, req.token, req.target))
-                    or await self._admit(req, source))
+        with self.spans.span("admit"):
+            admitted = (self._admitted.get((req.network, req.src, req.token, req.target))
+                        or await self._admit(req, source))
         vm = admitted.attachment.vm_id
         in_flight = self._in_flight.get(vm, 0)
         if in_flight >= self.config.limits.vm_requests:
@@ -173,11 +203,11 @@ class RequestPath:
                              "its limit; try again when some are answered")
         self._in_flight[vm] = in_flight + 1
         try:
-            answer = await self._attempt(admitted, req, deadline)
+            answer = await self._attempt(admitted, req, deadline, trace)
         except _Retry:
             # only now pay for tenacity: its per-call set-up was half of this method's CPU when every
             # request built one (bench/PROFILE.md); first attempts are the hot path
-            answer = await self._retry(admitted, req, deadline)
+            answer = await self._retry(admitted, req, deadline, trace)
         finally:
             if (left := self._in_flight[vm] - 1) > 0:
                 self._in_flight[vm] = left
@@ -186,24 +216,30 @@ class RequestPath:
         vip, port = answer_source(admitted.service)
         return pb.SendResponse(src=vip, src_port=port, dst=req.src, payload=answer.payload, request_id=req.request_id)
 
-    async def _retry(self, admitted: Admitted, req: pb.SendRequest, deadline: float) -> tpb.Frame:
+    async def _retry(self, admitted: Admitted, req: pb.SendRequest, deadline: float,
+                     trace: TraceParent | None) -> tpb.Frame:
         """Attempts 2..max_attempts on other VMs, after a short jittered pause each (tenacity)."""
         retrying = AsyncRetrying(stop=stop_after_attempt(max(1, self.config.max_attempts - 1)),
                                  wait=wait_random(0, 0.01), retry=retry_if_exception_type(_Retry), reraise=True)
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._attempt(admitted, req, deadline)
+                    return await self._attempt(admitted, req, deadline, trace)
         except _Retry as exc:
             raise out_of_attempts(exc.retry, req.request_id, self.config.max_attempts).exception() from None
         raise AssertionError("unreachable: tenacity either returns or reraises")
 
-    async def _attempt(self, admitted: Admitted, req: pb.SendRequest, deadline: float) -> tpb.Frame:
-        pool, member = await self.pools.acquire(admitted, deadline)
+    async def _attempt(self, admitted: Admitted, req: pb.SendRequest, deadline: float,
+                       trace: TraceParent | None) -> tpb.Frame:
+        with self.spans.span("acquire"):
+            pool, member = await self.pools.acquire(admitted, deadline)
         remaining = deadline - time.monotonic()
         frame = self._frame(member, admitted, req, remaining)
         try:
-            answer = await self.tunnels.to(member.host_address).exchange(frame, remaining)
+            with self.spans.span("exchange") as span:  # the producer host's spans are its children
+                if trace is not None:
+                    frame.traceparent = (span or trace).header()
+                answer = await self.tunnels.to(member.host_address).exchange(frame, remaining)
         except TunnelFailure as exc:  # its text names the producer host: for our log only
             self.pools.put_back(pool, member)
             log.debug("request %d: %s (%s)", req.request_id, exc.happened.value, exc)
@@ -254,7 +290,11 @@ class ConsumerHostServicer(pb_grpc.ConsumerHostServicer):
 
     @edge
     async def Send(self, request: pb.SendRequest, context: grpc.aio.ServicerContext) -> pb.SendResponse:
-        return await self.path.forward(request, self._deadline(context), source_of(context.peer()))
+        def tell_caller(trace: TraceParent) -> None:  # trailing metadata: OK and error answers alike
+            context.set_trailing_metadata(((TRACEPARENT, trace.header()),))
+
+        return await self.path.traced(request, self._deadline(context), _traceparent(context), tell_caller,
+                                     source_of(context.peer()))
 
     async def SendStream(self, request_iterator: AsyncIterator[pb.SendRequest],
                          context: grpc.aio.ServicerContext) -> AsyncIterator[pb.SendResponse]:
@@ -266,10 +306,12 @@ class ConsumerHostServicer(pb_grpc.ConsumerHostServicer):
         source = source_of(context.peer())
         out: asyncio.Queue[pb.SendResponse | None] = asyncio.Queue(maxsize=limit)
         tasks: set[asyncio.Task[None]] = set()
+        caller = _traceparent(context)  # the stream's: each request on it is a span of that trace
 
         async def one(req: pb.SendRequest) -> None:
             try:
-                resp = await self.path.forward(req, time.monotonic() + self.path.config.default_deadline_s, source)
+                resp = await self.path.traced(req, time.monotonic() + self.path.config.default_deadline_s, caller,
+                                              source=source)
             except LeasenetError as exc:
                 resp = _refused(req, exc)
             except Exception:
@@ -309,6 +351,14 @@ def _refused(req: pb.SendRequest, error: LeasenetError) -> pb.SendResponse:
                            status_message=error.message)
 
 
+def _traceparent(context: grpc.aio.ServicerContext) -> str | None:
+    """The caller's W3C traceparent, from its gRPC metadata."""
+    for key, value in context.invocation_metadata() or ():
+        if key == TRACEPARENT:
+            return value if isinstance(value, str) else None
+    return None
+
+
 async def serve(config: ConsumerConfig, store: Store, *, stop: asyncio.Event,
                 ready: Callable[[str], None] | None = None) -> None:
     """The consumer host until `stop` is set. Its long-running tasks live in one task group; the
@@ -318,7 +368,8 @@ async def serve(config: ConsumerConfig, store: Store, *, stop: asyncio.Event,
     registry = RegistryClient(config.registries, config.tls, owner=lambda service: owner_address(replica.state, service))
     pools = PoolManager(config.host_id, registry, replica, max_waiters=config.limits.pool_waiters)
     tunnels = Tunnels(on_broken=pools.host_broken, tls=config.tls)
-    path = RequestPath(config, replica, pools, tunnels)
+    spans = OtelSpans(config.otlp_endpoint, "consumer", config.host_id) if config.otlp_endpoint else NO_SPANS
+    path = RequestPath(config, replica, pools, tunnels, spans)
     server = Server(config.listen, config.tls)
     server.add(pb_grpc.add_ConsumerHostServicer_to_server, ConsumerHostServicer(path), "leasenet.v1.ConsumerHost")
     liveness = Liveness(store, config.host_id,
@@ -359,6 +410,7 @@ async def serve(config: ConsumerConfig, store: Store, *, stop: asyncio.Event,
                 Step("deregister", lambda: liveness.deregister(keep_alive), 2.0) if liveness.registrations else None,
                 Step("close the tunnels", tunnels.close, 2.0),
                 Step("close the channels to the leasing agents", registry.close, 2.0),
+                Step("export the last spans", lambda: asyncio.to_thread(spans.close), 6.0) if spans.enabled else None,
             ])
             cancel_all(background)
             for undo in unwatch:

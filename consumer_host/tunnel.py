@@ -10,6 +10,7 @@ consumer_host/failover.py's verdict."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
@@ -95,7 +96,10 @@ class TunnelClient:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> TunnelClient:
-        self._task = self._loop.create_task(self._run(), name=f"tunnel to {self.address}")
+        # a context of its own: the request that happens to open the stream must not lend it its
+        # trace id (log records) or current span (the stream outlives the request)
+        self._task = self._loop.create_task(self._run(), name=f"tunnel to {self.address}",
+                                            context=contextvars.Context())
         return self
 
     async def exchange(self, frame: pb.Frame, timeout_s: float) -> pb.Frame:

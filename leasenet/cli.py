@@ -34,8 +34,7 @@ from producer_host.service import serve as serve_producer_host
 from registry.service import RegistryConfig
 from registry.service import serve as serve_registry
 from registry.watchers import DEFAULT_BACKLOG, DEFAULT_MAX_WATCHERS, WatchLimits
-from wire import rpc
-from wire import metrics, rpc
+from wire import logs, metrics, rpc
 from wire.errors import LeasenetError
 from wire.lifecycle import run_until_signalled
 from wire.tls import Identity, Kind, TlsMaterial
@@ -76,6 +75,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     add(p, "--ready-file", help="write {'address': ...} here once serving (for supervisors and tests)")
     add(p, "--metrics-listen", default="", help="host:port of a plaintext Prometheus /metrics endpoint (port 0 = any "
         "free port; empty = none); METRICS.md lists the metrics")
+    add(p, "--log-format", default="text", choices=logs.FORMATS,
+        help="text, or json: one object per line (time, level, kind, host, trace_id, request_id)")
+
+
+def _otlp(p: argparse.ArgumentParser) -> None:
+    add(p, "--otlp-endpoint", default="", help="export spans to this OTLP/gRPC collector (host:port, "
+        "http:// or https://); without it the trace id appears in logs only")
 
 
 def _etcd(p: argparse.ArgumentParser) -> None:
@@ -170,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(p, "--handler-option", action="append", help="key=value passed to the handler factory (repeatable)")
     add(p, "--liveness-ttl", default=3, type=int, help="seconds before a dead host's records vanish")
     add(p, "--history", help="append one JSON line per execution here (for checkers)")
+    _otlp(p)
 
     p = sub.add_parser("consumer-host", help="run a consumer host for consumer VMs")
     _common(p)
@@ -182,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(p, "--config", required=True, help="TOML file listing the attached consumer VMs and their tokens")
     add(p, "--deadline", default=10.0, type=float, help="default request deadline in seconds")
     add(p, "--liveness-ttl", default=3, type=int, help="seconds before a dead host's records vanish")
+    _otlp(p)
     # limits (SPEC §10): past each, RESOURCE_EXHAUSTED with a sentence
     add(p, "--max-stream-requests", default=LIMITS.stream_requests, type=int, help="requests in flight on one SendStream")
     add(p, "--max-vm-requests", default=LIMITS.vm_requests, type=int, help="requests in flight per consumer VM")
@@ -345,7 +353,7 @@ def cmd_producer_host(args: argparse.Namespace) -> None:
                             network=args.network, service=args.service, vms=args.vms,
                             vm_address_start=args.vm_address_start, handler=args.handler,
                             handler_options=_options(args.handler_option), liveness_ttl_s=args.liveness_ttl,
-                            history_path=args.history, tls=tls)
+                            history_path=args.history, tls=tls, otlp_endpoint=args.otlp_endpoint)
     config.vm_addresses()  # validates the start address
     asyncio.run(_run_service(args, serve_producer_host, config))
 
@@ -358,7 +366,7 @@ def cmd_consumer_host(args: argparse.Namespace) -> None:
     config = ConsumerConfig(host_id=HostId(check_name("--host-id", args.host_id)), listen=args.listen,
                             advertise=args.advertise, registries=rpc.split_addresses(args.registry, "registry"),
                             attachments=load_attachments(args.config), default_deadline_s=args.deadline,
-                            liveness_ttl_s=args.liveness_ttl, limits=limits, tls=tls)
+                            liveness_ttl_s=args.liveness_ttl, limits=limits, tls=tls, otlp_endpoint=args.otlp_endpoint)
     asyncio.run(_run_service(args, serve_consumer_host, config))
 
 
@@ -398,9 +406,8 @@ def cmd_health(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        level = getattr(args, "log_level", "WARNING")
-        logging.basicConfig(level=getattr(logging, str(level).upper(), logging.INFO),
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+        logs.setup(getattr(args, "log_level", "WARNING"), getattr(args, "log_format", "text"),
+                   kind=PROCESS_KINDS.get(args.command, args.command), host=getattr(args, "host_id", "") or "")
         if args.command in ("registry", "producer-host", "consumer-host"):
             # uvloop when installed (the `perf` extra): less CPU per message; leasenet_build_info names it
             args.event_loop = rpc.install_event_loop()
@@ -431,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
+PROCESS_KINDS = {"registry": "registry", "producer-host": "producer", "consumer-host": "consumer"}
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "etcd": etcd.cmd_etcd,
     "etcd-bootstrap": etcd.cmd_etcd_bootstrap,

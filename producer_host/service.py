@@ -16,7 +16,9 @@ from google.protobuf.message import DecodeError
 from wire import metrics
 from wire.lifecycle import Step, cancel_all, shut_down
 from wire.rpc import Server, edge, end_of_stream
+from wire.otel import OtelSpans
 from wire.tls import Identity, TlsMaterial, peer_identity
+from wire.trace import NO_SPANS, Spans, TraceParent, parse, trace_id_of
 from wire.v1 import tunnel_pb2 as pb
 from wire.v1 import tunnel_pb2_grpc as pb_grpc
 from producer_host.actors import Envelope, History, VmActor
@@ -51,6 +53,7 @@ class ProducerConfig:
     liveness_ttl_s: int = 3
     history_path: str | None = None
     tls: TlsMaterial | None = field(default=None, repr=False)  # None: plaintext (--insecure)
+    otlp_endpoint: str = ""  # export spans (validate, execute) here; "" = trace ids in logs only
 
     def vm_addresses(self) -> list[str]:
         first = ipaddress.IPv4Address(parse_ipv4(self.vm_address_start, "--vm-address-start"))
@@ -80,8 +83,9 @@ class TunnelServicer(pb_grpc.TunnelServicer):
     """The tunnel endpoint. A stream's sender is its peer certificate's consumer host (validate.py);
     `insecure`: no certificates, the frame's `src_host` is believed (today's plaintext mode)."""
 
-    def __init__(self, host_id: HostId, replica: Replica, *, insecure: bool = False) -> None:
+    def __init__(self, host_id: HostId, replica: Replica, *, insecure: bool = False, spans: Spans = NO_SPANS) -> None:
         self.host_id = host_id
+        self.spans = spans
         self.insecure = insecure  # plaintext (--insecure): no peer certificate, frames' fields are believed
         self.address = ""  # set once the server is bound: frames for anyone else are refused
         self.replica = replica
@@ -137,9 +141,14 @@ class TunnelServicer(pb_grpc.TunnelServicer):
             self.streams -= 1
             reader.cancel()
 
+    def _parent(self, frame: pb.Frame) -> TraceParent | None:
+        """The consumer host's exchange span, parent of ours (parsed only when spans are exported)."""
+        return parse(frame.traceparent) if self.spans.enabled and frame.traceparent else None
+
     def _validate(self, frame: pb.Frame, peer: Identity | None) -> Accept | Reject:
-        return validate(_addressing(frame), self.replica.state, self.host_id, self.address, peer,
-                        insecure=self.insecure)
+        with self.spans.span("validate", self._parent(frame)):
+            return validate(_addressing(frame), self.replica.state, self.host_id, self.address, peer,
+                            insecure=self.insecure)
 
     def _accept(self, frame: pb.Frame, peer: Identity | None, out: asyncio.Queue[pb.Frame | None],
                 pending: set[asyncio.Task[None]]) -> None:
@@ -156,7 +165,17 @@ class TunnelServicer(pb_grpc.TunnelServicer):
         self._dispatch(frame, self._validate(frame, peer), out)
 
     def _dispatch(self, frame: pb.Frame, verdict: Accept | Reject, out: asyncio.Queue[pb.Frame | None]) -> None:
+        exported = self.spans.enabled and isinstance(verdict, Accept)
+        ended = self.spans.started("execute", self._parent(frame)) if exported else None
+
         def reply(code: Status, message: str, payload: bytes, delivered: bool = False) -> None:
+            if ended is not None:
+                ended(int(code))
+            if log.isEnabledFor(logging.DEBUG):  # an actor answers outside the stream's task: name the request
+                inner = frame.inner
+                log.debug("request %d from %s/%s to %s: %s %s", inner.request_id, inner.network, inner.src,
+                          inner.dst, code.name, message,
+                          extra={"trace_id": trace_id_of(frame.traceparent), "request_id": inner.request_id})
             out.put_nowait(_response(frame, code, message, payload, delivered))
 
         if isinstance(verdict, Reject):
@@ -186,7 +205,8 @@ def _response(frame: pb.Frame, code: Status, message: str, payload: bytes, deliv
         outer=pb.OuterHeader(vni=o.vni, src_host=o.dst_host, dst_host=o.src_host, fencing_token=o.fencing_token),
         inner=pb.InnerHeader(network=i.network, src=i.dst, src_port=i.dst_port, dst=i.src, dst_port=i.src_port,
                              request_id=i.request_id),
-        payload=payload, status_code=int(code), status_message=message, delivered=delivered)
+        payload=payload, status_code=int(code), status_message=message, delivered=delivered,
+        traceparent=frame.traceparent)
 
 
 async def serve(config: ProducerConfig, store: Store, *, stop: asyncio.Event,
@@ -198,7 +218,8 @@ async def serve(config: ProducerConfig, store: Store, *, stop: asyncio.Event,
     history = History(open(config.history_path, "a", encoding="utf-8")) if config.history_path else None
     replica = Replica(store)
     server = Server(config.listen, config.tls)
-    tunnel = TunnelServicer(config.host_id, replica, insecure=config.tls is None)
+    spans = OtelSpans(config.otlp_endpoint, "producer", config.host_id) if config.otlp_endpoint else NO_SPANS
+    tunnel = TunnelServicer(config.host_id, replica, insecure=config.tls is None, spans=spans)
     server.add(pb_grpc.add_TunnelServicer_to_server, tunnel, "leasenet.v1.Tunnel")
     registration = Liveness(store, config.host_id,
                             lambda: [host_record(config, tunnel.address), *vm_records(config)], config.liveness_ttl_s)
@@ -233,6 +254,8 @@ async def serve(config: ProducerConfig, store: Store, *, stop: asyncio.Event,
                     Step("deregister", lambda: registration.deregister(keep_alive), 2.0) if registered else None,
                     Step("stop the tunnel server", lambda: server.stop(0.5), 1.5) if serving else None,
                     Step("stop the VMs", lambda: _stop(actors.values()), 2.0),
+                    Step("export the last spans", lambda: asyncio.to_thread(spans.close), 6.0)
+                    if spans.enabled else None,
                 ])
                 cancel_all(background)
     finally:

@@ -7,7 +7,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -28,7 +28,8 @@ from registry.ownership import Ownership, forwarded_for, liveness
 from registry.convert import host_to_pb, lease_to_pb, service_to_pb, vm_to_pb
 from wire.errors import InvalidRequest, LeasenetError, NotFound, Status
 from wire.tls import TlsMaterial, peer_identity
-from registry.leasing import ClaimCollector, LeasingAgent, describe
+from registry import audit
+from registry.leasing import ClaimCollector, LeaseView, LeasingAgent, describe
 from registry.watchers import Backlog, Watchers, WatchLimits
 from registry.paging import page_request, take_page
 from mapping.model import ConsumerRef, HostId, HostKind, LeaseId, Pool, Record, VmId, parse_lease_hex
@@ -81,6 +82,16 @@ def caller_of(context: grpc.aio.ServicerContext, insecure: bool) -> Caller:
     return ANYONE if insecure else peer_identity(context)
 
 
+def _lease_pb(result: LeaseView | pb.Lease) -> pb.Lease:
+    """Our own grant's view, or the owner's answer to a forwarded call, as it goes out."""
+    return result if isinstance(result, pb.Lease) else lease_to_pb(result)
+
+
+def audit_name(text: str) -> str:
+    """A requested pool's name for an audit line: bounded, since it is logged before it is checked."""
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
 class LeasingServicer(pb_grpc.LeasingServicer):
     """Serves consumer hosts, each for its own pools only (registry/authz.py); `insecure`: no
     certificates, so the consumer host a request names is believed. Grants and grows of a service
@@ -109,25 +120,29 @@ class LeasingServicer(pb_grpc.LeasingServicer):
     @counted("grant")
     async def RequestLease(self, request: pb.RequestLeaseRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
         caller, forwarded = self._caller(context)
-        needed = ("service", "consumer_network", "consumer_vm") + (("consumer_host",) if caller is ANYONE else ())
-        for field in needed:
-            if not getattr(request, field):
-                raise InvalidRequest(f"RequestLease needs {field}")
-        service = requests.name("service", request.service)
-        network = requests.name("consumer network", request.consumer_network)
-        address = requests.address("consumer VM address", request.consumer_vm)
-        if request.consumer_host:
-            requests.name("consumer host", request.consumer_host)
-        avoid = requests.host_addresses(request.avoid_hosts)
-        host = lessee(caller, request.consumer_host)
-        if isinstance(host, Deny):
-            raise host.exception()
-        request.consumer_host = host
-        answer = await self._at_owner(service, "RequestLease", request, caller, forwarded, context)
-        if answer is not None:
-            return answer
-        consumer = ConsumerRef(network, address, host)
-        return lease_to_pb(await self.agent.request_lease(consumer, service, avoid))
+        wanted = audit_name(f"{request.service}/{request.consumer_network}/{request.consumer_vm}")
+
+        async def grant() -> LeaseView | pb.Lease:
+            needed = ("service", "consumer_network", "consumer_vm") + (("consumer_host",) if caller is ANYONE else ())
+            for field in needed:
+                if not getattr(request, field):
+                    raise InvalidRequest(f"RequestLease needs {field}")
+            service = requests.name("service", request.service)
+            network = requests.name("consumer network", request.consumer_network)
+            address = requests.address("consumer VM address", request.consumer_vm)
+            if request.consumer_host:
+                requests.name("consumer host", request.consumer_host)
+            avoid = requests.host_addresses(request.avoid_hosts)
+            host = lessee(caller, request.consumer_host)
+            if isinstance(host, Deny):
+                raise host.exception()
+            request.consumer_host = host
+            answer = await self._at_owner(service, "RequestLease", request, caller, forwarded, context)
+            if answer is not None:
+                return answer
+            return await self.agent.request_lease(ConsumerRef(network, address, host), service, avoid)
+
+        return _lease_pb(await self._audited("grant", caller, None, grant(), wanted=wanted))
 
     @edge
     @counted("grow")
@@ -135,33 +150,59 @@ class LeasingServicer(pb_grpc.LeasingServicer):
         caller, forwarded = self._caller(context)
         lease_id = _lease_id(request.lease_id)
         avoid = requests.host_addresses(request.avoid_hosts)
-        pool = self.agent.state.pools_by_lease.get(lease_id)
-        answer = None if pool is None else await self._at_owner(pool.service, "GrowLease", request, caller,
-                                                                 forwarded, context)
-        if answer is not None:
-            return answer
-        view = await self.agent.grow_lease(lease_id, request.count or 1, request.min_revision, avoid, caller=caller)
-        return lease_to_pb(view)
+
+        async def grow() -> LeaseView | pb.Lease:
+            pool = self.agent.state.pools_by_lease.get(lease_id)
+            answer = None if pool is None else await self._at_owner(pool.service, "GrowLease", request, caller,
+                                                                     forwarded, context)
+            if answer is not None:
+                return answer
+            return await self.agent.grow_lease(lease_id, request.count or 1, request.min_revision, avoid, caller=caller)
+
+        return _lease_pb(await self._audited("grow", caller, lease_id, grow()))
 
     @edge
     @counted("shrink")
     async def ShrinkLease(self, request: pb.ShrinkLeaseRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
-        view = await self.agent.shrink_lease(_lease_id(request.lease_id),
-                                             [VmId(v) for v in requests.vm_ids(request.vm_ids)],
-                                             caller=caller_of(context, self.insecure))
+        caller, lease_id = caller_of(context, self.insecure), _lease_id(request.lease_id)
+        vms = [VmId(v) for v in requests.vm_ids(request.vm_ids)]
+        view = await self._audited("shrink", caller, lease_id, self.agent.shrink_lease(lease_id, vms, caller=caller),
+                                   vms=vms)
         return lease_to_pb(view)
 
     @edge
     @counted("renew")
     async def RenewLease(self, request: pb.LeaseRef, context: grpc.aio.ServicerContext) -> pb.RenewLeaseResponse:
-        ttl = await self.agent.renew_lease(_lease_id(request.lease_id), caller=caller_of(context, self.insecure))
+        caller, lease_id = caller_of(context, self.insecure), _lease_id(request.lease_id)
+        ttl = await self._audited("renew", caller, lease_id, self.agent.renew_lease(lease_id, caller=caller),
+                                  failures_only=True)
         return pb.RenewLeaseResponse(ttl_s=ttl)
 
     @edge
     @counted("release")
     async def ReleaseLease(self, request: pb.LeaseRef, context: grpc.aio.ServicerContext) -> pb.ReleaseLeaseResponse:
-        await self.agent.release_lease(_lease_id(request.lease_id), caller=caller_of(context, self.insecure))
+        caller, lease_id = caller_of(context, self.insecure), _lease_id(request.lease_id)
+        await self._audited("release", caller, lease_id, self.agent.release_lease(lease_id, caller=caller))
         return pb.ReleaseLeaseResponse()
+
+    async def _audited(self, action: str, caller: Caller, lease_id: LeaseId | None, work: Awaitable[T], *,
+                       wanted: str = "", vms: list[VmId] | None = None, failures_only: bool = False) -> T:
+        """Run a leasing call and write its audit line (registry/audit.py): the pool as it was before
+        the call (a release removes it), else the one granted, else `wanted`; the VMs given back
+        (`vms`), else the lease's members after the call."""
+        before = self.agent.state.pools_by_lease.get(lease_id) if lease_id is not None else None
+        try:
+            result = await work
+        except LeasenetError as exc:
+            audit.record(audit.line(action, caller, audit.pool_name(before) or wanted, lease_id, vms or (), exc))
+            raise
+        if not failures_only and not isinstance(result, pb.Lease):  # a forwarded call: the owner audits it
+            view = result if isinstance(result, LeaseView) else None
+            pool = view.pool if view is not None else before
+            members = vms if vms is not None else [m.vm.vm_id for m in view.members] if view is not None else ()
+            audit.record(audit.line(action, caller, audit.pool_name(pool) or wanted,
+                                    pool.lease_id if pool is not None else lease_id, members))
+        return result
 
 
 class InspectionServicer(pb_grpc.InspectionServicer):

@@ -86,8 +86,10 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: 
     if isinstance(exc, LeasenetError):
         if exc.detail:
             log.info("%s in %s: %s (%s)", type(exc).__name__, method, exc.message, exc.detail)
+        # keep what the servicer already set (a traceparent): abort's metadata replaces it
         await context.abort(to_grpc(exc.code), exc.message,
-                            trailing_metadata=((ERROR_METADATA_KEY, type(exc).__name__),))
+                            trailing_metadata=(*(context.trailing_metadata() or ()),
+                                               (ERROR_METADATA_KEY, type(exc).__name__)))
     log.error("unexpected error in %s", method, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log")
 

@@ -39,7 +39,7 @@ class OuterHeader(_message.Message):
     def __init__(self, vni: _Optional[int] = ..., src_host: _Optional[str] = ..., dst_host: _Optional[str] = ..., fencing_token: _Optional[int] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("id", "outer", "inner", "payload", "status_code", "status_message", "delivered")
+    __slots__ = ("id", "outer", "inner", "payload", "status_code", "status_message", "delivered", "traceparent")
     ID_FIELD_NUMBER: _ClassVar[int]
     OUTER_FIELD_NUMBER: _ClassVar[int]
     INNER_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,7 @@ class Frame(_message.Message):
     STATUS_CODE_FIELD_NUMBER: _ClassVar[int]
     STATUS_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     id: int
     outer: OuterHeader
     inner: InnerHeader
@@ -54,7 +55,8 @@ class Frame(_message.Message):
     status_code: int
     status_message: str
     delivered: bool
-    def __init__(self, id: _Optional[int] = ..., outer: _Optional[_Union[OuterHeader, _Mapping]] = ..., inner: _Optional[_Union[InnerHeader, _Mapping]] = ..., payload: _Optional[bytes] = ..., status_code: _Optional[int] = ..., status_message: _Optional[str] = ..., delivered: _Optional[bool] = ...) -> None: ...
+    traceparent: str
+    def __init__(self, id: _Optional[int] = ..., outer: _Optional[_Union[OuterHeader, _Mapping]] = ..., inner: _Optional[_Union[InnerHeader, _Mapping]] = ..., payload: _Optional[bytes] = ..., status_code: _Optional[int] = ..., status_message: _Optional[str] = ..., delivered: _Optional[bool] = ..., traceparent: _Optional[str] = ...) -> None: ...
 
 class FrameBatch(_message.Message):
     __slots__ = ("frames",)
