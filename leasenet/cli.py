@@ -25,6 +25,7 @@ from leasenet.console import CliError
 from mapping.config import load_cluster_config
 from mapping.model import HostId
 from mapping.store.etcd import EtcdStore
+from producer_host.limits import Limits
 from producer_host.service import ProducerConfig
 from producer_host.service import serve as serve_producer_host
 from registry.service import RegistryConfig
@@ -86,6 +87,19 @@ def tls_flags(p: argparse.ArgumentParser, *, operator: bool = False) -> None:
     if operator:
         add(p, "--identity", default=security.OPERATOR, help="KIND/ID whose certificate to present "
             "(a container's healthcheck gives its own, e.g. producer/producer1)")
+
+
+# producer host limits (producer_host.limits.Limits: a flag per field); past one, RESOURCE_EXHAUSTED
+PRODUCER_LIMITS = (
+    ("--vm-queue", "requests queued for one VM behind the running one"),
+    ("--early-frames", "frames of the host waiting for their claim to reach its replica"),
+    ("--stream-in-flight", "requests of one tunnel stream given to VMs and not yet answered"),
+    ("--reply-queue", "answers of one stream waiting to be written before the host stops reading it"),
+    ("--streams-per-peer", "tunnel streams one consumer host may hold open"),
+    ("--concurrent-rpcs", "RPCs the server runs at once"),
+    ("--streams-per-connection", "HTTP/2 streams on one connection"),
+    ("--handler-timeout", "seconds a handler may run at most, whatever the request's deadline"),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     add(p, "--handler-option", action="append", help="key=value passed to the handler factory (repeatable)")
     add(p, "--liveness-ttl", default=3, type=int, help="seconds before a dead host's records vanish")
     add(p, "--history", help="append one JSON line per execution here (for checkers)")
+    for flag, what in PRODUCER_LIMITS:  # issue 11: what one tenant can make this host hold
+        default = getattr(Limits(), flag[2:].replace("-", "_"))
+        add(p, flag, default=default, type=type(default), help=f"{what} (default {default})")
 
     p = sub.add_parser("consumer-host", help="run a consumer host for consumer VMs")
     _common(p)
@@ -279,11 +296,16 @@ def cmd_producer_host(args: argparse.Namespace) -> None:
     if args.vms < 1:
         raise CliError("--vms must be at least 1")
     tls = _own_tls(args, Kind.PRODUCER)
+    try:
+        limits = Limits(**{flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
+                           for flag, _ in PRODUCER_LIMITS})
+    except ValueError as exc:
+        raise CliError(f"--{exc}") from None
     config = ProducerConfig(host_id=HostId(args.host_id), listen=args.listen, advertise=args.advertise,
                             network=args.network, service=args.service, vms=args.vms,
                             vm_address_start=args.vm_address_start, handler=args.handler,
                             handler_options=_options(args.handler_option), liveness_ttl_s=args.liveness_ttl,
-                            history_path=args.history, tls=tls)
+                            history_path=args.history, tls=tls, limits=limits)
     config.vm_addresses()  # validates the start address
     asyncio.run(_run_service(args, serve_producer_host, config))
 

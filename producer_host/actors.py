@@ -61,7 +61,7 @@ class History:
 class VmActor:
     def __init__(self, vm: ProducerVm, handlers: Callable[[], Handler], history: History | None = None, *,
                  claim_is_current: ClaimCheck | None = None, queue_limit: int = DEFAULTS.vm_queue,
-                 timeout_s: float = DEFAULTS.handler_timeout_s) -> None:
+                 timeout_s: float = DEFAULTS.handler_timeout) -> None:
         self.vm = vm
         self.handlers = handlers  # a fresh handler per claim
         self.history = history

@@ -34,12 +34,12 @@ class Limits:
     # HTTP/2 streams on one connection (a consumer host's tunnel streams and health checks)
     streams_per_connection: int = 16
     # the longest a handler may run when the frame carries no deadline, and a cap on any deadline
-    handler_timeout_s: float = 30.0
+    handler_timeout: float = 30.0  # seconds
 
     def __post_init__(self) -> None:
         for f in fields(self):
             if getattr(self, f.name) <= 0:
-                raise ValueError(f"{f.name.replace('_', ' ')} must be positive, not {getattr(self, f.name)}")
+                raise ValueError(f"{f.name.replace('_', '-')} must be positive, not {getattr(self, f.name)}")
 
 
 def vm_queue_full(limit: int) -> str:

@@ -313,7 +313,7 @@ async def serve(config: ProducerConfig, store: Store, *, stop: asyncio.Event,
                             lambda: [host_record(config, tunnel.address), *vm_records(config)], config.liveness_ttl_s)
     actors = {vm.vm_id: VmActor(vm, handlers, history, claim_is_current=lambda v, token: holds_claim(
                                     replica.state, v, token), queue_limit=caps.vm_queue,
-                                timeout_s=caps.handler_timeout_s)
+                                timeout_s=caps.handler_timeout)
               for vm in vm_records(config)}
     try:
         async with asyncio.TaskGroup() as tasks:
