@@ -93,7 +93,9 @@ def tls_flags(p: argparse.ArgumentParser, *, operator: bool = False) -> None:
 PRODUCER_LIMITS = (
     ("--vm-queue", "requests queued for one VM behind the running one"),
     ("--early-frames", "frames of the host waiting for their claim to reach its replica"),
+    ("--early-bytes", "payload bytes of those frames"),
     ("--stream-in-flight", "requests of one tunnel stream given to VMs and not yet answered"),
+    ("--stream-in-flight-bytes", "payload bytes of those requests"),
     ("--reply-queue", "answers of one stream waiting to be written before the host stops reading it"),
     ("--streams-per-peer", "tunnel streams one consumer host may hold open"),
     ("--concurrent-rpcs", "RPCs the server runs at once"),

@@ -21,10 +21,13 @@ class Overloaded(LeasenetError):
 class Limits:
     # requests queued for one VM behind the one it runs (a consumer host sends one at a time)
     vm_queue: int = 16
-    # frames of the whole host waiting for their claim to reach its replica (SPEC §3 step 11)
+    # frames of the whole host waiting for their claim to reach its replica (SPEC §3 step 11), and
+    # their payload bytes (a payload may be 1 MiB: a count alone would let 256 of them hold 256 MiB)
     early_frames: int = 256
-    # requests of one tunnel stream handed to VMs and not yet answered
+    early_bytes: int = 16 * 1024 * 1024
+    # requests of one tunnel stream handed to VMs and not yet answered, and their payload bytes
     stream_in_flight: int = 1024
+    stream_in_flight_bytes: int = 64 * 1024 * 1024
     # answers of one stream waiting to be written; past it the host reads no more of that stream
     reply_queue: int = 1024
     # tunnel streams one consumer host may hold open to this host at once
@@ -46,13 +49,14 @@ def vm_queue_full(limit: int) -> str:
     return f"its producer VM has {limit} requests queued already, the most it queues; try again later"
 
 
-def early_frames_full(limit: int) -> str:
-    return (f"{limit} frames are already waiting for their claims to reach this producer host, the most it "
-            f"holds; try again later")
+def early_frames_full(frames: int, size: int) -> str:
+    return (f"the frames waiting for their claims to reach this producer host are at its limit ({frames} "
+            f"frames, {size} bytes of payload); try again later")
 
 
-def stream_in_flight_full(limit: int) -> str:
-    return f"this tunnel stream has {limit} requests in flight already, the most one stream may have"
+def stream_in_flight_full(frames: int, size: int) -> str:
+    return (f"this tunnel stream's requests in flight are at their limit ({frames} requests, {size} bytes of "
+            f"payload); try again later")
 
 
 def streams_per_peer_full(peer: str, limit: int) -> str:

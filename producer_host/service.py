@@ -102,6 +102,7 @@ class _Stream:
     out: asyncio.Queue[pb.Frame | None] = field(default_factory=asyncio.Queue)
     room: asyncio.Event = field(default_factory=asyncio.Event)  # `out` is below its bound again
     in_flight: int = 0
+    in_flight_bytes: int = 0
     parked: deque[_Parked] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)  # retry the parked frames
     closing: bool = False  # the caller stopped sending: answer what is in flight, then end
@@ -131,6 +132,7 @@ class TunnelServicer(pb_grpc.TunnelServicer):
         self.frames_in = 0
         self.rejected = 0
         self.early = 0  # parked frames, all streams together
+        self.early_bytes = 0  # and their payload
         self._streams: set[_Stream] = set()
         self._streams_of: Counter[str] = Counter()  # open streams per consumer host
         replica.subscribe(self._on_change)
@@ -190,6 +192,7 @@ class TunnelServicer(pb_grpc.TunnelServicer):
             retrier.cancel()
             self._streams.discard(stream)
             self.early -= len(stream.parked)
+            self.early_bytes -= sum(len(p.frame.payload) for p in stream.parked)
             self._streams_of[owner] -= 1
             if not self._streams_of[owner]:
                 del self._streams_of[owner]
@@ -218,12 +221,17 @@ class TunnelServicer(pb_grpc.TunnelServicer):
         self.frames_in += 1
         verdict = self._validate(frame, stream.peer)
         if isinstance(verdict, Reject) and verdict.may_be_early:
-            if self.early >= self.limits.early_frames:
+            size, bound = len(frame.payload), self.limits
+            if self.early >= bound.early_frames or self.early_bytes + size > bound.early_bytes:
                 self.rejected += 1
-                stream.answer(frame, Status.RESOURCE_EXHAUSTED, limits.early_frames_full(self.limits.early_frames))
+                stream.answer(frame, Status.RESOURCE_EXHAUSTED,
+                              limits.early_frames_full(bound.early_frames, bound.early_bytes))
                 return
             self.early += 1
-            stream.parked.append(_Parked(frame, asyncio.get_running_loop().time() + EARLY_CLAIM_WAIT_S))
+            self.early_bytes += size
+            own = pb.Frame()
+            own.CopyFrom(frame)  # not a view into its batch: a parked frame must not keep the batch alive
+            stream.parked.append(_Parked(own, asyncio.get_running_loop().time() + EARLY_CLAIM_WAIT_S))
             if len(stream.parked) == 1:
                 stream.wake.set()
             return
@@ -251,6 +259,7 @@ class TunnelServicer(pb_grpc.TunnelServicer):
                     waiting.append(parked)
                     continue
                 self.early -= 1
+                self.early_bytes -= len(parked.frame.payload)
                 self._dispatch(parked.frame, verdict, stream)
             stream.parked = waiting
             stream.check_settled()
@@ -265,15 +274,24 @@ class TunnelServicer(pb_grpc.TunnelServicer):
             log.info("frame %d: producer VM %s is not running on this host", frame.id, verdict.vm)
             stream.answer(frame, Status.NOT_FOUND, "its producer VM is not running")
             return
-        if stream.in_flight >= self.limits.stream_in_flight:
+        size, bound = len(frame.payload), self.limits
+        if stream.in_flight >= bound.stream_in_flight or stream.in_flight_bytes + size > bound.stream_in_flight_bytes:
             self.rejected += 1
-            stream.answer(frame, Status.RESOURCE_EXHAUSTED, limits.stream_in_flight_full(self.limits.stream_in_flight))
+            stream.answer(frame, Status.RESOURCE_EXHAUSTED,
+                          limits.stream_in_flight_full(bound.stream_in_flight, bound.stream_in_flight_bytes))
             return
         stream.in_flight += 1
+        stream.in_flight_bytes += size
+        # the answer's headers now, in a message of its own: a waiting reply must not hold on to
+        # `frame`, whose memory is the whole received batch's (protobuf keeps it in one arena)
+        answer = _response(frame, Status.OK, "", b"", False)
 
         def reply(code: Status, message: str, payload: bytes, delivered: bool = False) -> None:
             stream.in_flight -= 1
-            stream.answer(frame, code, message, payload, delivered)
+            stream.in_flight_bytes -= size
+            answer.status_code, answer.status_message, answer.payload = code, message, payload
+            answer.delivered = delivered
+            stream.out.put_nowait(answer)
             stream.check_settled()
 
         inner = frame.inner
