@@ -85,6 +85,27 @@ async def _take_first(request_iterator: AsyncIterator[pb.FrameBatch], within_s: 
         pass
 
 
+@dataclass(slots=True)
+class _Budget:
+    """Frames and their payload bytes held against two bounds (early frames, requests in flight)."""
+
+    frames: int
+    size: int
+    held: int = 0
+    held_bytes: int = 0
+
+    def take(self, size: int) -> bool:
+        if self.held >= self.frames or self.held_bytes + size > self.size:
+            return False
+        self.held += 1
+        self.held_bytes += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.held -= 1
+        self.held_bytes -= size
+
+
 @dataclass(eq=False, slots=True)
 class _Parked:
     """A frame whose claim may not have reached our replica yet."""
@@ -99,10 +120,9 @@ class _Stream:
     early frames, each bounded (limits.Limits)."""
 
     peer: Identity | None
+    in_flight: _Budget
     out: asyncio.Queue[pb.Frame | None] = field(default_factory=asyncio.Queue)
     room: asyncio.Event = field(default_factory=asyncio.Event)  # `out` is below its bound again
-    in_flight: int = 0
-    in_flight_bytes: int = 0
     parked: deque[_Parked] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)  # retry the parked frames
     closing: bool = False  # the caller stopped sending: answer what is in flight, then end
@@ -113,7 +133,7 @@ class _Stream:
         self.out.put_nowait(_response(frame, code, message, payload, delivered))
 
     def check_settled(self) -> None:
-        if self.closing and not self.in_flight and not self.parked:
+        if self.closing and not self.in_flight.held and not self.parked:
             self.settled.set()
 
 
@@ -131,8 +151,7 @@ class TunnelServicer(pb_grpc.TunnelServicer):
         self.actors: dict[VmId, VmActor] = {}
         self.frames_in = 0
         self.rejected = 0
-        self.early = 0  # parked frames, all streams together
-        self.early_bytes = 0  # and their payload
+        self.early = _Budget(limits.early_frames, limits.early_bytes)  # parked frames, all streams together
         self._streams: set[_Stream] = set()
         self._streams_of: Counter[str] = Counter()  # open streams per consumer host
         replica.subscribe(self._on_change)
@@ -144,7 +163,7 @@ class TunnelServicer(pb_grpc.TunnelServicer):
             actor = self.actors.get(old.vm)
             if actor is not None:
                 actor.claim_ended(old.revision)
-        if self.early:
+        if self.early.held:
             for stream in self._streams:
                 if stream.parked:
                     stream.wake.set()
@@ -160,7 +179,7 @@ class TunnelServicer(pb_grpc.TunnelServicer):
         if owner and self._streams_of[owner] >= self.limits.streams_per_peer:
             await _take_first(request_iterator)
             raise Overloaded(limits.streams_per_peer_full(owner, self.limits.streams_per_peer))
-        stream = _Stream(peer)
+        stream = _Stream(peer, _Budget(self.limits.stream_in_flight, self.limits.stream_in_flight_bytes))
         self._streams.add(stream)
         self._streams_of[owner] += 1
         loop = asyncio.get_running_loop()
@@ -191,8 +210,8 @@ class TunnelServicer(pb_grpc.TunnelServicer):
             reader.cancel()
             retrier.cancel()
             self._streams.discard(stream)
-            self.early -= len(stream.parked)
-            self.early_bytes -= sum(len(p.frame.payload) for p in stream.parked)
+            for parked in stream.parked:
+                self.early.give(len(parked.frame.payload))
             self._streams_of[owner] -= 1
             if not self._streams_of[owner]:
                 del self._streams_of[owner]
@@ -221,14 +240,11 @@ class TunnelServicer(pb_grpc.TunnelServicer):
         self.frames_in += 1
         verdict = self._validate(frame, stream.peer)
         if isinstance(verdict, Reject) and verdict.may_be_early:
-            size, bound = len(frame.payload), self.limits
-            if self.early >= bound.early_frames or self.early_bytes + size > bound.early_bytes:
+            if not self.early.take(len(frame.payload)):
                 self.rejected += 1
-                stream.answer(frame, Status.RESOURCE_EXHAUSTED,
-                              limits.early_frames_full(bound.early_frames, bound.early_bytes))
+                stream.answer(frame, Status.RESOURCE_EXHAUSTED, limits.early_frames_full(self.early.frames,
+                                                                                         self.early.size))
                 return
-            self.early += 1
-            self.early_bytes += size
             own = pb.Frame()
             own.CopyFrom(frame)  # not a view into its batch: a parked frame must not keep the batch alive
             stream.parked.append(_Parked(own, asyncio.get_running_loop().time() + EARLY_CLAIM_WAIT_S))
@@ -258,8 +274,7 @@ class TunnelServicer(pb_grpc.TunnelServicer):
                 if isinstance(verdict, Reject) and verdict.may_be_early and parked.until > now:
                     waiting.append(parked)
                     continue
-                self.early -= 1
-                self.early_bytes -= len(parked.frame.payload)
+                self.early.give(len(parked.frame.payload))
                 self._dispatch(parked.frame, verdict, stream)
             stream.parked = waiting
             stream.check_settled()
@@ -274,21 +289,18 @@ class TunnelServicer(pb_grpc.TunnelServicer):
             log.info("frame %d: producer VM %s is not running on this host", frame.id, verdict.vm)
             stream.answer(frame, Status.NOT_FOUND, "its producer VM is not running")
             return
-        size, bound = len(frame.payload), self.limits
-        if stream.in_flight >= bound.stream_in_flight or stream.in_flight_bytes + size > bound.stream_in_flight_bytes:
+        size, in_flight = len(frame.payload), stream.in_flight
+        if not in_flight.take(size):
             self.rejected += 1
-            stream.answer(frame, Status.RESOURCE_EXHAUSTED,
-                          limits.stream_in_flight_full(bound.stream_in_flight, bound.stream_in_flight_bytes))
+            stream.answer(frame, Status.RESOURCE_EXHAUSTED, limits.stream_in_flight_full(in_flight.frames,
+                                                                                         in_flight.size))
             return
-        stream.in_flight += 1
-        stream.in_flight_bytes += size
         # the answer's headers now, in a message of its own: a waiting reply must not hold on to
         # `frame`, whose memory is the whole received batch's (protobuf keeps it in one arena)
         answer = _response(frame, Status.OK, "", b"", False)
 
         def reply(code: Status, message: str, payload: bytes, delivered: bool = False) -> None:
-            stream.in_flight -= 1
-            stream.in_flight_bytes -= size
+            in_flight.give(size)
             answer.status_code, answer.status_message, answer.payload = code, message, payload
             answer.delivered = delivered
             stream.out.put_nowait(answer)

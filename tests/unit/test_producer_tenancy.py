@@ -8,6 +8,7 @@ import asyncio
 import io
 import json
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -43,6 +44,19 @@ class Caller:
         return answer
 
 
+def gated() -> tuple[asyncio.Event, asyncio.Event, Callable[[], Handler]]:
+    """A handler that says when it started and answers only once released."""
+    started, release = asyncio.Event(), asyncio.Event()
+
+    def make() -> Handler:
+        async def handle(payload: bytes) -> bytes:
+            started.set()
+            await release.wait()
+            return payload
+        return handle
+    return started, release, make
+
+
 def no_vm_named(message: str) -> bool:
     return VM.vm_id not in message and VM.address not in message and "p1" not in message
 
@@ -61,17 +75,8 @@ async def test_a_new_claim_gets_a_fresh_kv_store_and_an_ended_claim_s_store_is_w
 
 
 async def test_a_queued_request_whose_claim_ended_is_dropped_not_run() -> None:
-    caller, current = Caller(), {5}
-    out = io.StringIO()
-    started, release = asyncio.Event(), asyncio.Event()
-
-    def make() -> Handler:
-        async def handle(payload: bytes) -> bytes:
-            started.set()
-            await release.wait()
-            return payload
-        return handle
-
+    caller, current, out = Caller(), {5}, io.StringIO()
+    started, release, make = gated()
     actor = VmActor(VM, make, History(out), claim_is_current=lambda vm, token: token in current)
     actor.start()
     actor.tell(caller.envelope(b"running", 1))
@@ -88,15 +93,8 @@ async def test_a_queued_request_whose_claim_ended_is_dropped_not_run() -> None:
 
 
 async def test_a_full_vm_queue_answers_resource_exhausted_without_running() -> None:
-    caller, started, release = Caller(), asyncio.Event(), asyncio.Event()
-
-    def make() -> Handler:
-        async def handle(payload: bytes) -> bytes:
-            started.set()
-            await release.wait()
-            return payload
-        return handle
-
+    caller = Caller()
+    started, release, make = gated()
     actor = VmActor(VM, make, queue_limit=2)
     actor.start()
     actor.tell(caller.envelope(b"x", 1))
