@@ -30,8 +30,8 @@ class Limits:
     stream_in_flight_bytes: int = 64 * 1024 * 1024
     # answers of one stream waiting to be written; past it the host reads no more of that stream
     reply_queue: int = 1024
-    # tunnel streams one consumer host may hold open to this host at once
-    streams_per_peer: int = 4
+    # tunnel streams one consumer host may hold open to this host at once (it uses one; tools more)
+    streams_per_peer: int = 16
     # RPCs the server runs at once (tunnel streams, health checks); past it gRPC refuses new ones
     concurrent_rpcs: int = 256
     # HTTP/2 streams on one connection (a consumer host's tunnel streams and health checks)

@@ -240,6 +240,7 @@ async def test_hostile_floods_get_sentences_while_the_host_keeps_serving_in_boun
 
 
 async def test_a_message_over_grpc_s_limit_and_too_many_streams_are_refused_and_the_host_serves_on(cluster) -> None:
+    cluster.env["LEASENET_STREAMS_PER_PEER"] = "4"  # the flag, through its environment variable
     registry, producer = host(cluster, "echo", vms=1)
     pool = await lease(registry, "10.1.0.1")
     big = Stream(producer, max_send=2 * MAX_MESSAGE_BYTES)
