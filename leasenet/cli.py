@@ -29,6 +29,7 @@ from mapping.config import load_cluster_config
 from mapping.model import HostId
 from mapping.names import check_name
 from mapping.store.etcd import EtcdStore
+from producer_host.limits import Limits as ProducerLimits
 from producer_host.service import ProducerConfig
 from producer_host.service import serve as serve_producer_host
 from registry.service import RegistryConfig
@@ -103,6 +104,19 @@ def tls_flags(p: argparse.ArgumentParser, *, operator: bool = False) -> None:
 
 
 LIMITS = Limits()  # the consumer host's defaults
+# producer host limits (producer_host.limits.Limits: a flag per field); past one, RESOURCE_EXHAUSTED
+PRODUCER_LIMITS = (
+    ("--vm-queue", "requests queued for one VM behind the running one"),
+    ("--early-frames", "frames of the host waiting for their claim to reach its replica"),
+    ("--early-bytes", "payload bytes of those frames"),
+    ("--stream-in-flight", "requests of one tunnel stream given to VMs and not yet answered"),
+    ("--stream-in-flight-bytes", "payload bytes of those requests"),
+    ("--reply-queue", "answers of one stream waiting to be written before the host stops reading it"),
+    ("--streams-per-peer", "tunnel streams one consumer host may hold open"),
+    ("--concurrent-rpcs", "RPCs the server runs at once"),
+    ("--streams-per-connection", "HTTP/2 streams on one connection"),
+    ("--handler-timeout", "seconds a handler may run at most, whatever the request's deadline"),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     add(p, "--liveness-ttl", default=3, type=int, help="seconds before a dead host's records vanish")
     add(p, "--history", help="append one JSON line per execution here (for checkers)")
     _otlp(p)
+    for flag, what in PRODUCER_LIMITS:  # issue 11: what one tenant can make this host hold
+        default = getattr(ProducerLimits(), flag[2:].replace("-", "_"))
+        add(p, flag, default=default, type=type(default), help=f"{what} (default {default})")
 
     p = sub.add_parser("consumer-host", help="run a consumer host for consumer VMs")
     _common(p)
@@ -349,11 +366,17 @@ def cmd_producer_host(args: argparse.Namespace) -> None:
         raise CliError("--vms must be at least 1")
     _names(("--network", args.network), ("--service", args.service))
     tls = _own_tls(args, Kind.PRODUCER)
+    try:
+        limits = ProducerLimits(**{flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
+                           for flag, _ in PRODUCER_LIMITS})
+    except ValueError as exc:
+        raise CliError(f"--{exc}") from None
     config = ProducerConfig(host_id=HostId(args.host_id), listen=args.listen, advertise=args.advertise,
                             network=args.network, service=args.service, vms=args.vms,
                             vm_address_start=args.vm_address_start, handler=args.handler,
                             handler_options=_options(args.handler_option), liveness_ttl_s=args.liveness_ttl,
-                            history_path=args.history, tls=tls, otlp_endpoint=args.otlp_endpoint)
+                            history_path=args.history, tls=tls, limits=limits,
+                            otlp_endpoint=args.otlp_endpoint)
     config.vm_addresses()  # validates the start address
     asyncio.run(_run_service(args, serve_producer_host, config))
 

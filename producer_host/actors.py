@@ -2,7 +2,12 @@
 A request whose deadline passed while it queued is answered DEADLINE_EXCEEDED without running.
 When an actor stops, every queued request is answered UNAVAILABLE (no caller waits forever).
 Answers travel back to the consumer VM, which never learns which producer VM served it (SPEC
-§10): their sentences say "its producer VM", and the VM's id goes to this host's log only."""
+§10): their sentences say "its producer VM", and the VM's id goes to this host's log only.
+
+Tenancy (SPEC §10): the inbox is bounded (RESOURCE_EXHAUSTED past it); the fencing token is checked
+again when a request starts, so a request queued under a claim that has since ended is dropped,
+not run; each claim gets a fresh handler, so a new lessee never sees its predecessor's state; and
+every call runs under the request's deadline (capped by the host's handler timeout)."""
 
 from __future__ import annotations
 
@@ -14,10 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO
 
+from producer_host import limits
 from producer_host.handlers import Handler, HandlerError
-from mapping.model import ProducerVm
+from mapping.model import ProducerVm, VmId
 from wire import metrics
 from wire.errors import Status
+from wire.limits import MAX_PAYLOAD_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +32,9 @@ log = logging.getLogger(__name__)
 # delivered says whether the VM started running the request (the consumer host retries only if not)
 Reply = Callable[[Status, str, bytes, bool], None]
 REQUESTS = metrics.Requests("producer_host")  # per execution: its service, status and time
+# (VM, fencing token) -> whether that token is still the VM's current claim (the host's replica)
+ClaimCheck = Callable[[VmId, int], bool]
+DEFAULTS = limits.Limits()
 
 
 @dataclass(slots=True)
@@ -51,14 +61,22 @@ class History:
 
 
 class VmActor:
-    def __init__(self, vm: ProducerVm, handler: Handler, history: History | None = None) -> None:
+    def __init__(self, vm: ProducerVm, handlers: Callable[[], Handler], history: History | None = None, *,
+                 claim_is_current: ClaimCheck | None = None, queue_limit: int = DEFAULTS.vm_queue,
+                 timeout_s: float = DEFAULTS.handler_timeout) -> None:
         self.vm = vm
-        self.handler = handler
+        self.handlers = handlers  # a fresh handler per claim
         self.history = history
-        self.inbox: asyncio.Queue[Envelope] = asyncio.Queue()
+        self.claim_is_current = claim_is_current  # None: no replica to ask (in-process tests)
+        self.queue_limit = queue_limit
+        self.timeout_s = timeout_s
+        self.inbox: asyncio.Queue[Envelope] = asyncio.Queue(maxsize=queue_limit)
         self.served = 0
+        self.dropped = 0  # requests whose claim ended while they queued
         self.busy = False
         self._task: asyncio.Task[None] | None = None
+        self._handler: Handler | None = None
+        self._token = 0  # the claim `_handler` serves
 
     def start(self, tasks: asyncio.TaskGroup | None = None) -> asyncio.Task[None]:
         """Run the actor, as a child of `tasks` when given (a host's task group)."""
@@ -71,7 +89,18 @@ class VmActor:
             log.info("%s is stopped: request %d refused", self.vm.vm_id, envelope.request_id)
             envelope.reply(Status.UNAVAILABLE, "its producer VM is stopped", b"", False)
             return
-        self.inbox.put_nowait(envelope)
+        try:
+            self.inbox.put_nowait(envelope)
+        except asyncio.QueueFull:
+            log.info("%s has %d requests queued: request %d refused", self.vm.vm_id, self.queue_limit,
+                     envelope.request_id)
+            metrics.exhausted("producer_host", "vm_queue")
+            envelope.reply(Status.RESOURCE_EXHAUSTED, limits.vm_queue_full(self.queue_limit), b"", False)
+
+    def claim_ended(self, token: int) -> None:
+        """The claim `token` ended: its lessee's state goes now, not when the next lessee arrives."""
+        if token == self._token:
+            self._handler = None
 
     async def idle(self) -> None:
         """Return once nothing is queued or running (used by drain)."""
@@ -89,35 +118,67 @@ class VmActor:
             self.inbox.get_nowait().reply(Status.UNAVAILABLE, "its producer VM stopped before running the request",
                                           b"", False)
 
+    def _handler_for(self, token: int) -> Handler:
+        if self._handler is None or token != self._token:
+            self._handler, self._token = None, token
+            self._handler = self.handlers()
+        return self._handler
+
+    def _budget_s(self, env: Envelope) -> float:
+        if not env.deadline_ms:
+            return self.timeout_s
+        return min(self.timeout_s, env.deadline_ms / 1000 - time.time())
+
     async def _run(self) -> None:
         while True:
             env = await self.inbox.get()
             if env.deadline_ms and time.time() * 1000 > env.deadline_ms:
-                env.reply(Status.DEADLINE_EXCEEDED,
-                          "the request's deadline passed while it queued for its producer VM", b"", False)
+                env.reply(Status.DEADLINE_EXCEEDED, limits.DEADLINE_WHILE_QUEUED, b"", False)
                 REQUESTS.record(self.vm.service, Status.DEADLINE_EXCEEDED.name)  # never ran: not timed
+                continue
+            if self.claim_is_current is not None and not self.claim_is_current(self.vm.vm_id, env.fencing_token):
+                self.dropped += 1
+                log.info("%s: claim %d ended while request %d queued; dropped", self.vm.vm_id, env.fencing_token,
+                         env.request_id)
+                env.reply(Status.FAILED_PRECONDITION, limits.CLAIM_ENDED, b"", False)
+                REQUESTS.record(self.vm.service, Status.FAILED_PRECONDITION.name)  # never ran: not timed
                 continue
             self.busy = True
             start = time.monotonic_ns()
-            ok, code = False, Status.INTERNAL
+            status, message, result = Status.INTERNAL, limits.HANDLER_FAILED, b""
             try:
-                result = await self.handler(env.payload)
-                ok, code = True, Status.OK
-                env.reply(Status.OK, "", result, True)
-            except HandlerError as exc:
-                code = Status.INVALID_ARGUMENT
-                env.reply(Status.INVALID_ARGUMENT, str(exc), b"", True)
+                status, message, result = await self._call(env)
             except asyncio.CancelledError:
-                code = Status.UNAVAILABLE
-                env.reply(Status.UNAVAILABLE, "its producer VM stopped while running the request", b"", True)
+                status, message = Status.UNAVAILABLE, "its producer VM stopped while running the request"
                 raise
-            except Exception:
-                log.exception("handler of %s failed", self.vm.vm_id)
-                env.reply(Status.INTERNAL, "the handler of its producer VM failed; see the producer host's log", b"",
-                          True)
             finally:
                 self.busy = False
                 self.served += 1
-                REQUESTS.record(self.vm.service, code.name, (time.monotonic_ns() - start) / 1e9)
+                env.reply(status, message, result, True)
+                REQUESTS.record(self.vm.service, status.name, (time.monotonic_ns() - start) / 1e9)
                 if self.history is not None:
-                    self.history.record(self.vm.vm_id, env, start, time.monotonic_ns(), ok)
+                    self.history.record(self.vm.vm_id, env, start, time.monotonic_ns(), status is Status.OK)
+
+    async def _call(self, env: Envelope) -> tuple[Status, str, bytes]:
+        """One handler call under the request's deadline: the answer, or why there is none. The
+        consumer VM gets leasenet's sentences only; exceptions' text goes to this host's log."""
+        scope = asyncio.timeout(self._budget_s(env))
+        try:
+            async with scope:
+                result = await self._handler_for(env.fencing_token)(env.payload)
+        except HandlerError as exc:
+            return Status.INVALID_ARGUMENT, str(exc), b""
+        except TimeoutError:
+            if scope.expired():
+                log.info("%s: request %d stopped at its deadline", self.vm.vm_id, env.request_id)
+                return Status.DEADLINE_EXCEEDED, limits.DEADLINE_WHILE_RUNNING, b""
+            log.exception("handler of %s failed", self.vm.vm_id)
+            return Status.INTERNAL, limits.HANDLER_FAILED, b""
+        except Exception:
+            log.exception("handler of %s failed", self.vm.vm_id)
+            return Status.INTERNAL, limits.HANDLER_FAILED, b""
+        if not isinstance(result, bytes) or len(result) > MAX_PAYLOAD_BYTES:
+            log.error("handler of %s answered %r...: not bytes within the %d-byte limit", self.vm.vm_id,
+                      result[:40] if isinstance(result, (bytes, str)) else type(result), MAX_PAYLOAD_BYTES)
+            return Status.INTERNAL, limits.BAD_ANSWER, b""
+        return Status.OK, "", result

@@ -1,11 +1,19 @@
 """The producer host process (`leasenet producer-host`): registration under a liveness lease,
-the VM actors, and the tunnel endpoint (SPEC §3 steps 11-12)."""
+the VM actors, and the tunnel endpoint (SPEC §3 steps 11-12).
+
+Everything a consumer host can make this host hold is bounded (limits.Limits, SPEC §10): tunnel
+streams per consumer host, requests in flight per stream, early frames per host (held in one list
+per stream and retried by one task per stream when the replica moves, not a task per frame), each
+VM's queue; past a bound the frame is answered RESOURCE_EXHAUSTED with a sentence. Answers waiting
+to be written are bounded by backpressure instead: past `reply_queue` the stream's reader stops
+reading until the writer catches up (an answer is never dropped)."""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
 import logging
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -15,18 +23,21 @@ from google.protobuf.message import DecodeError
 
 from wire import metrics
 from wire.lifecycle import Step, cancel_all, shut_down
-from wire.rpc import Server, edge, end_of_stream
+from wire.limits import MAX_BATCH_BYTES
 from wire.otel import OtelSpans
+from wire.rpc import Server, ServerCaps, edge, end_of_stream
 from wire.tls import Identity, TlsMaterial, peer_identity
 from wire.trace import NO_SPANS, Spans, TraceParent, parse, trace_id_of
 from wire.v1 import tunnel_pb2 as pb
 from wire.v1 import tunnel_pb2_grpc as pb_grpc
+from producer_host import limits
 from producer_host.actors import Envelope, History, VmActor
-from producer_host.handlers import load_handler
-from producer_host.validate import Accept, Addressing, Reject, may_open_tunnel, validate
+from producer_host.handlers import handler_maker
+from producer_host.limits import Limits, Overloaded
+from producer_host.validate import Accept, Addressing, Reject, holds_claim, may_open_tunnel, validate
 from wire.errors import Status
 from mapping.liveness import Liveness
-from mapping.model import Host, HostId, HostKind, ProducerVm, VmId, parse_ipv4
+from mapping.model import Claim, Host, HostId, HostKind, ProducerVm, Record, VmId, parse_ipv4
 from mapping.replica import Replica
 from mapping.store import Store
 
@@ -35,8 +46,6 @@ log = logging.getLogger(__name__)
 # at shutdown, requests running or queued on a VM get this long to finish (SPEC §5 drain)
 DRAIN_LIMIT_S = 8.0
 EARLY_CLAIM_WAIT_S = 1.0  # a frame may outrun the claim's arrival in our replica
-# one stream message stays far below rpc.MAX_MESSAGE_BYTES (4 MiB) although a payload may be 1 MiB
-MAX_BATCH_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +63,7 @@ class ProducerConfig:
     history_path: str | None = None
     tls: TlsMaterial | None = field(default=None, repr=False)  # None: plaintext (--insecure)
     otlp_endpoint: str = ""  # export spans (validate, execute) here; "" = trace ids in logs only
+    limits: Limits = field(default_factory=Limits)
 
     def vm_addresses(self) -> list[str]:
         first = ipaddress.IPv4Address(parse_ipv4(self.vm_address_start, "--vm-address-start"))
@@ -79,18 +89,87 @@ async def _take_first(request_iterator: AsyncIterator[pb.FrameBatch], within_s: 
         pass
 
 
+@dataclass(slots=True)
+class _Budget:
+    """Frames and their payload bytes held against two bounds (early frames, requests in flight)."""
+
+    frames: int
+    size: int
+    held: int = 0
+    held_bytes: int = 0
+
+    def take(self, size: int) -> bool:
+        if self.held >= self.frames or self.held_bytes + size > self.size:
+            return False
+        self.held += 1
+        self.held_bytes += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.held -= 1
+        self.held_bytes -= size
+
+
+@dataclass(eq=False, slots=True)
+class _Parked:
+    """A frame whose claim may not have reached our replica yet."""
+
+    frame: pb.Frame
+    until: float  # loop time: past it, the frame's refusal stands
+
+
+@dataclass(eq=False, slots=True)
+class _Stream:
+    """One tunnel stream's state: its answers waiting to be written, its requests in flight and its
+    early frames, each bounded (limits.Limits)."""
+
+    peer: Identity | None
+    in_flight: _Budget
+    out: asyncio.Queue[pb.Frame | None] = field(default_factory=asyncio.Queue)
+    room: asyncio.Event = field(default_factory=asyncio.Event)  # `out` is below its bound again
+    parked: deque[_Parked] = field(default_factory=deque)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)  # retry the parked frames
+    closing: bool = False  # the caller stopped sending: answer what is in flight, then end
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def answer(self, frame: pb.Frame, code: Status, message: str, payload: bytes = b"",
+               delivered: bool = False) -> None:
+        self.out.put_nowait(_response(frame, code, message, payload, delivered))
+
+    def check_settled(self) -> None:
+        if self.closing and not self.in_flight.held and not self.parked:
+            self.settled.set()
+
+
 class TunnelServicer(pb_grpc.TunnelServicer):
     """The tunnel endpoint. A stream's sender is its peer certificate's consumer host (validate.py);
     `insecure`: no certificates, the frame's `src_host` is believed (today's plaintext mode)."""
 
-    def __init__(self, host_id: HostId, replica: Replica, *, insecure: bool = False, spans: Spans = NO_SPANS) -> None:
+    def __init__(self, host_id: HostId, replica: Replica, *, insecure: bool = False,
+                 limits: Limits = Limits(), spans: Spans = NO_SPANS) -> None:
         self.host_id = host_id
         self.spans = spans
         self.insecure = insecure  # plaintext (--insecure): no peer certificate, frames' fields are believed
         self.address = ""  # set once the server is bound: frames for anyone else are refused
         self.replica = replica
+        self.limits = limits
         self.actors: dict[VmId, VmActor] = {}
-        self.streams = 0  # open tunnel streams (leasenet_tunnel_streams)
+        self.early = _Budget(limits.early_frames, limits.early_bytes)  # parked frames, all streams together
+        self._streams: set[_Stream] = set()
+        self._streams_of: Counter[str] = Counter()  # open streams per consumer host
+        replica.subscribe(self._on_change)
+
+    def _on_change(self, key: str, old: Record | None, new: Record | None, revision: int) -> None:
+        """A claim that ended wipes its VM's state now; any change may be the claim a parked frame
+        waits for (retried once the whole watch batch is in: the claim and its pool come together)."""
+        if isinstance(old, Claim) and (new is None or getattr(new, "revision", 0) != old.revision):
+            actor = self.actors.get(old.vm)
+            if actor is not None:
+                actor.claim_ended(old.revision)
+        if self.early.held:
+            for stream in self._streams:
+                if stream.parked:
+                    stream.wake.set()
 
     @edge
     async def Exchange(self, request_iterator: AsyncIterator[pb.FrameBatch],
@@ -100,33 +179,27 @@ class TunnelServicer(pb_grpc.TunnelServicer):
             metrics.TUNNEL_FRAMES_REJECTED.labels("TunnelRefused").inc()
             await _take_first(request_iterator)
             raise refused.error(refused.message)
-        self.streams += 1
-        out: asyncio.Queue[pb.Frame | None] = asyncio.Queue()
-        pending: set[asyncio.Task[None]] = set()
-
-        async def read() -> None:
-            try:
-                async for batch in request_iterator:
-                    metrics.TUNNEL_IN.inc(len(batch.frames))
-                    for frame in batch.frames:
-                        self._accept(frame, peer, out, pending)
-            finally:
-                # answer what is in flight before closing our side (requests already taken are not dropped)
-                while pending:
-                    await asyncio.gather(*list(pending), return_exceptions=True)
-                out.put_nowait(None)
-
-        reader = asyncio.get_running_loop().create_task(read())
+        owner = "" if peer is None else str(peer)  # --insecure: no identity to count streams by
+        if owner and self._streams_of[owner] >= self.limits.streams_per_peer:
+            metrics.exhausted("producer_host", "streams_per_peer")
+            await _take_first(request_iterator)
+            raise Overloaded(limits.streams_per_peer_full(owner, self.limits.streams_per_peer))
+        stream = _Stream(peer, _Budget(self.limits.stream_in_flight, self.limits.stream_in_flight_bytes))
+        self._streams.add(stream)
+        self._streams_of[owner] += 1
+        loop = asyncio.get_running_loop()
+        reader = loop.create_task(self._read(request_iterator, stream))
+        retrier = loop.create_task(self._retry_early(stream))
         try:
             while True:
-                first = await out.get()
+                first = await stream.out.get()
                 if first is None:
                     await end_of_stream(reader, context, "a frame batch")
                     return
                 # every answer that is ready goes in one stream message, up to MAX_BATCH_BYTES
                 frames, size, ended = [first], len(first.payload), False
-                while size < MAX_BATCH_BYTES and not out.empty():
-                    f = out.get_nowait()
+                while size < MAX_BATCH_BYTES and not stream.out.empty():
+                    f = stream.out.get_nowait()
                     if f is None:
                         ended = True
                         break
@@ -137,9 +210,39 @@ class TunnelServicer(pb_grpc.TunnelServicer):
                 if ended:
                     await end_of_stream(reader, context, "a frame batch")
                     return
+                if stream.out.qsize() < self.limits.reply_queue:
+                    stream.room.set()
         finally:
-            self.streams -= 1
             reader.cancel()
+            retrier.cancel()
+            self._streams.discard(stream)
+            for parked in stream.parked:
+                self.early.give(len(parked.frame.payload))
+            self._streams_of[owner] -= 1
+            if not self._streams_of[owner]:
+                del self._streams_of[owner]
+
+    async def _read(self, request_iterator: AsyncIterator[pb.FrameBatch], stream: _Stream) -> None:
+        bound = self.limits.reply_queue
+        try:
+            async for batch in request_iterator:
+                metrics.TUNNEL_IN.inc(len(batch.frames))
+                for frame in batch.frames:
+                    if stream.out.qsize() >= bound:  # the caller does not read its answers: stop reading
+                        stream.room.clear()
+                        await stream.room.wait()
+                    self._accept(frame, stream)
+        finally:
+            # answer what is in flight before closing our side (requests already taken are not dropped)
+            stream.closing = True
+            stream.check_settled()
+            await stream.settled.wait()
+            stream.out.put_nowait(None)
+
+    @property
+    def streams(self) -> int:
+        """Open tunnel streams (leasenet_tunnel_streams)."""
+        return len(self._streams)
 
     def _parent(self, frame: pb.Frame) -> TraceParent | None:
         """The consumer host's exchange span, parent of ours (parsed only when spans are exported)."""
@@ -150,43 +253,85 @@ class TunnelServicer(pb_grpc.TunnelServicer):
             return validate(_addressing(frame), self.replica.state, self.host_id, self.address, peer,
                             insecure=self.insecure)
 
-    def _accept(self, frame: pb.Frame, peer: Identity | None, out: asyncio.Queue[pb.Frame | None],
-                pending: set[asyncio.Task[None]]) -> None:
-        verdict = self._validate(frame, peer)
+    def _accept(self, frame: pb.Frame, stream: _Stream) -> None:
+        verdict = self._validate(frame, stream.peer)
         if isinstance(verdict, Reject) and verdict.may_be_early:
-            task = asyncio.get_running_loop().create_task(self._accept_late(frame, peer, out))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
+            if not self.early.take(len(frame.payload)):
+                metrics.TUNNEL_FRAMES_REJECTED.labels("EarlyFramesFull").inc()
+                metrics.exhausted("producer_host", "early_frames")
+                stream.answer(frame, Status.RESOURCE_EXHAUSTED, limits.early_frames_full(self.early.frames,
+                                                                                         self.early.size))
+                return
+            own = pb.Frame()
+            own.CopyFrom(frame)  # not a view into its batch: a parked frame must not keep the batch alive
+            stream.parked.append(_Parked(own, asyncio.get_running_loop().time() + EARLY_CLAIM_WAIT_S))
+            if len(stream.parked) == 1:
+                stream.wake.set()
             return
-        self._dispatch(frame, verdict, out)
+        self._dispatch(frame, verdict, stream)
 
-    async def _accept_late(self, frame: pb.Frame, peer: Identity | None, out: asyncio.Queue[pb.Frame | None]) -> None:
-        await self.replica.wait_for_revision(frame.outer.fencing_token, EARLY_CLAIM_WAIT_S)
-        self._dispatch(frame, self._validate(frame, peer), out)
+    async def _retry_early(self, stream: _Stream) -> None:
+        """The stream's one task for early frames: each is retried whenever the replica moves and
+        dispatched once it is no longer early or its wait is over."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if not stream.parked:
+                await stream.wake.wait()
+                stream.wake.clear()
+                continue
+            try:
+                async with asyncio.timeout(max(0.0, stream.parked[0].until - loop.time())):
+                    await stream.wake.wait()
+            except TimeoutError:
+                pass
+            stream.wake.clear()
+            now, waiting = loop.time(), deque[_Parked]()
+            for parked in stream.parked:
+                verdict = self._validate(parked.frame, stream.peer)
+                if isinstance(verdict, Reject) and verdict.may_be_early and parked.until > now:
+                    waiting.append(parked)
+                    continue
+                self.early.give(len(parked.frame.payload))
+                self._dispatch(parked.frame, verdict, stream)
+            stream.parked = waiting
+            stream.check_settled()
 
-    def _dispatch(self, frame: pb.Frame, verdict: Accept | Reject, out: asyncio.Queue[pb.Frame | None]) -> None:
-        exported = self.spans.enabled and isinstance(verdict, Accept)
-        ended = self.spans.started("execute", self._parent(frame)) if exported else None
+    def _dispatch(self, frame: pb.Frame, verdict: Accept | Reject, stream: _Stream) -> None:
+        if isinstance(verdict, Reject):
+            metrics.TUNNEL_FRAMES_REJECTED.labels(verdict.error.__name__).inc()
+            stream.answer(frame, verdict.code, verdict.message)
+            return
+        actor = self.actors.get(verdict.vm)
+        if actor is None:
+            metrics.TUNNEL_FRAMES_REJECTED.labels("VmNotRunning").inc()
+            log.info("frame %d: producer VM %s is not running on this host", frame.id, verdict.vm)
+            stream.answer(frame, Status.NOT_FOUND, "its producer VM is not running")
+            return
+        size, in_flight = len(frame.payload), stream.in_flight
+        if not in_flight.take(size):
+            metrics.TUNNEL_FRAMES_REJECTED.labels("StreamInFlightFull").inc()
+            metrics.exhausted("producer_host", "stream_in_flight")
+            stream.answer(frame, Status.RESOURCE_EXHAUSTED, limits.stream_in_flight_full(in_flight.frames,
+                                                                                         in_flight.size))
+            return
+        # the answer's headers now, in a message of its own: a waiting reply must not hold on to
+        # `frame`, whose memory is the whole received batch's (protobuf keeps it in one arena)
+        answer = _response(frame, Status.OK, "", b"", False)
+        ended = self.spans.started("execute", self._parent(frame)) if self.spans.enabled else None
 
         def reply(code: Status, message: str, payload: bytes, delivered: bool = False) -> None:
             if ended is not None:
                 ended(int(code))
             if log.isEnabledFor(logging.DEBUG):  # an actor answers outside the stream's task: name the request
-                inner = frame.inner
-                log.debug("request %d from %s/%s to %s: %s %s", inner.request_id, inner.network, inner.src,
-                          inner.dst, code.name, message,
-                          extra={"trace_id": trace_id_of(frame.traceparent), "request_id": inner.request_id})
-            out.put_nowait(_response(frame, code, message, payload, delivered))
+                log.debug("request %d from %s/%s to %s: %s %s", answer.inner.request_id, answer.inner.network,
+                          answer.inner.dst, answer.inner.src, code.name, message,
+                          extra={"trace_id": trace_id_of(answer.traceparent), "request_id": answer.inner.request_id})
+            in_flight.give(size)
+            answer.status_code, answer.status_message, answer.payload = code, message, payload
+            answer.delivered = delivered
+            stream.out.put_nowait(answer)
+            stream.check_settled()
 
-        if isinstance(verdict, Reject):
-            metrics.TUNNEL_FRAMES_REJECTED.labels(verdict.error.__name__).inc()
-            reply(verdict.code, verdict.message, b"")
-            return
-        actor = self.actors.get(verdict.vm)
-        if actor is None:
-            metrics.TUNNEL_FRAMES_REJECTED.labels("VmNotRunning").inc()
-            reply(Status.NOT_FOUND, f"producer VM {verdict.vm} is not running on this host", b"")
-            return
         inner = frame.inner
         actor.tell(Envelope(frame.payload, inner.request_id, f"{inner.network}/{inner.src}",
                             frame.outer.fencing_token, inner.deadline_ms, reply))
@@ -194,7 +339,7 @@ class TunnelServicer(pb_grpc.TunnelServicer):
 
 def _addressing(frame: pb.Frame) -> Addressing:
     o, i = frame.outer, frame.inner
-    return Addressing(o.vni, o.src_host, o.dst_host, o.fencing_token, i.network, i.src, i.dst)
+    return Addressing(o.vni, o.src_host, o.dst_host, o.fencing_token, i.network, i.src, i.dst, len(frame.payload))
 
 
 def _response(frame: pb.Frame, code: Status, message: str, payload: bytes, delivered: bool) -> pb.Frame:
@@ -214,16 +359,19 @@ async def serve(config: ProducerConfig, store: Store, *, stop: asyncio.Event,
     """The producer host until `stop` is set. Its long-running tasks (replica, liveness, one actor
     per VM) live in one task group; the drain of SPEC §5 (no new claims, in-flight requests finish,
     deregister) runs in `finally`, so a failed task or a broken start-up deregisters too."""
-    load_handler(config.handler, config.handler_options)  # fail fast on a bad handler or option
+    handlers = handler_maker(config.handler, config.handler_options)  # fails fast on a bad handler or option
     history = History(open(config.history_path, "a", encoding="utf-8")) if config.history_path else None
     replica = Replica(store)
-    server = Server(config.listen, config.tls)
+    caps = config.limits
+    server = Server(config.listen, config.tls, ServerCaps(caps.concurrent_rpcs, caps.streams_per_connection))
     spans = OtelSpans(config.otlp_endpoint, "producer", config.host_id) if config.otlp_endpoint else NO_SPANS
-    tunnel = TunnelServicer(config.host_id, replica, insecure=config.tls is None, spans=spans)
+    tunnel = TunnelServicer(config.host_id, replica, insecure=config.tls is None, limits=caps, spans=spans)
     server.add(pb_grpc.add_TunnelServicer_to_server, tunnel, "leasenet.v1.Tunnel")
     registration = Liveness(store, config.host_id,
                             lambda: [host_record(config, tunnel.address), *vm_records(config)], config.liveness_ttl_s)
-    actors = {vm.vm_id: VmActor(vm, load_handler(config.handler, config.handler_options), history)
+    actors = {vm.vm_id: VmActor(vm, handlers, history, claim_is_current=lambda v, token: holds_claim(
+                                    replica.state, v, token), queue_limit=caps.vm_queue,
+                                timeout_s=caps.handler_timeout)
               for vm in vm_records(config)}
     unwatch = metrics.TUNNEL_STREAMS.watch(lambda: {(): tunnel.streams})
     try:

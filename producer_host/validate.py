@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from mapping.model import Claim, HostId, Pool, VmId, lease_hex, vm_id
 from mapping.state import ClusterState
+from wire.limits import payload_too_large
 from wire.errors import (
     InvalidRequest,
     LeasenetError,
@@ -41,6 +42,7 @@ class Addressing:
     network: str
     src: str
     dst: str
+    payload_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,8 @@ def validate(frame: Addressing, state: ClusterState, host_id: HostId, address: s
     """`peer`: the stream's certificate identity; `insecure`: there is none, believe `src_host`."""
     if not (frame.network and frame.src and frame.dst and frame.src_host):
         return Reject(InvalidRequest, "frame is missing its inner or outer header fields")
+    if (too_large := payload_too_large(frame.payload_bytes)) is not None:
+        return Reject(InvalidRequest, too_large)
     if frame.dst_host != address:
         return Reject(InvalidRequest,
                       f"frame is addressed to host {frame.dst_host}, but this is host {address}")
@@ -109,7 +113,7 @@ def validate(frame: Addressing, state: ClusterState, host_id: HostId, address: s
     if record is None or record.host_id != host_id:
         return Reject(NotFound, f"producer VM {vm} is not hosted on host {host_id}")
     claim = state.claims.get(vm)
-    if claim is None or claim.revision != frame.fencing_token or claim.vm_revision != record.revision:
+    if claim is None or not holds_claim(state, vm, frame.fencing_token):
         return Reject(StaleClaim,
                       f"fencing token {frame.fencing_token} is not the current claim on producer VM {vm} "
                       f"(the lease expired, was released, or the VM was re-registered)",
@@ -127,3 +131,11 @@ def validate(frame: Addressing, state: ClusterState, host_id: HostId, address: s
         return Reject(PermissionDenied,
                       f"producer VM {vm} is leased to consumer VM {claim.consumer_vm}, not to {consumer}")
     return Accept(vm, claim)
+
+
+def holds_claim(state: ClusterState, vm: VmId, token: int) -> bool:
+    """`token` is the VM's current claim: the claim exists, is the one `token` names, and claimed the
+    VM incarnation registered now. Asked when a frame arrives and again when its request starts."""
+    claim, record = state.claims.get(vm), state.vms.get(vm)
+    return (claim is not None and record is not None and claim.revision == token
+            and claim.vm_revision == record.revision)

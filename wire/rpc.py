@@ -14,6 +14,7 @@ import inspect
 import logging
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -24,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 
 from wire import tls as wtls
 from wire.errors import ERROR_METADATA_KEY, LeasenetError, Status, error_for_status
+from wire.limits import MAX_MESSAGE_BYTES
 from wire.tls import Kind, TlsMaterial
 
 log = logging.getLogger(__name__)
@@ -32,12 +34,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 _GRPC_BY_STATUS = {Status(code.value[0]): code for code in grpc.StatusCode}
-# --- message limits (issue 12) -------------------------------------------------------------------
-# gRPC's default receive limit, named and set on every channel and server: nothing that grows with the
-# fleet is sent in one message. Lists are paginated (a page stops at PAGE_BUDGET_BYTES whatever its
-# page_size), the replica's snapshot is read in ranges of keys (mapping/store/base.py), so the limit
-# holds at 10,000 VMs and beyond.
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# --- message limits (issues 11 and 12) ----------------------------------------------------------
+# gRPC's receive limit, named and set on every channel and server: wire/limits.py derives it from the
+# payload limit. Nothing that grows with the fleet is sent in one message: lists are paginated (a page
+# stops at PAGE_BUDGET_BYTES whatever its page_size), the replica's snapshot is read in ranges of keys
+# (mapping/store/base.py), so the limit holds at 10,000 VMs and beyond.
 PAGE_BUDGET_BYTES = MAX_MESSAGE_BYTES // 4
 # -------------------------------------------------------------------------------------------------
 CHANNEL_OPTIONS = [
@@ -145,13 +146,32 @@ def split_addresses(text: str, what: str, *, hint: str = "") -> list[str]:
     return addresses
 
 
+@dataclass(frozen=True, slots=True)
+class ServerCaps:
+    """How much one server takes at once; None leaves gRPC's default (unbounded). Past
+    `concurrent_rpcs`, a new call is refused at once with RESOURCE_EXHAUSTED; past
+    `streams_per_connection`, a client's new stream on that connection waits (HTTP/2)."""
+
+    concurrent_rpcs: int | None = None
+    streams_per_connection: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("concurrent_rpcs", "streams_per_connection"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name.replace('_', ' ')} must be at least 1, not {value}")
+
+
 class Server:
     """A grpc.aio server with health checking and reflection, started and stopped as a unit."""
 
-    def __init__(self, listen: str, tls: TlsMaterial | None = None) -> None:
+    def __init__(self, listen: str, tls: TlsMaterial | None = None, caps: ServerCaps = ServerCaps()) -> None:
         self.listen = listen
         self.tls = tls  # None: plaintext (--insecure)
-        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        options = list(SERVER_OPTIONS)
+        if caps.streams_per_connection is not None:
+            options.append(("grpc.max_concurrent_streams", caps.streams_per_connection))
+        self.server = grpc.aio.server(options=options, maximum_concurrent_rpcs=caps.concurrent_rpcs)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._services: list[str] = [reflection.SERVICE_NAME, health.SERVICE_NAME]
@@ -237,6 +257,6 @@ def channel(address: str, tls: TlsMaterial | None = None, expect: Kind | None = 
                                    options=[*CHANNEL_OPTIONS, *wtls.channel_options(expect)])
 
 
-__all__: Sequence[str] = ["SERVER_KINDS", "Server", "edge", "channel", "check_health", "end_of_stream",
+__all__: Sequence[str] = ["SERVER_KINDS", "Server", "ServerCaps", "edge", "channel", "check_health", "end_of_stream",
                           "error_from_rpc", "from_grpc",
                           "install_event_loop", "split_addresses", "to_grpc"]

@@ -21,7 +21,7 @@ from mapping.model import Host, HostId, HostKind, LeaseId, LeasePolicy, Network,
 from mapping.replica import Replica
 from mapping.store.memory import MemoryStore
 from producer_host.actors import VmActor
-from producer_host.handlers import load_handler
+from producer_host.handlers import handler_maker
 from producer_host.service import TunnelServicer
 from registry.leasing import LeasingAgent
 from registry.service import InspectionServicer, LeasingServicer
@@ -110,7 +110,7 @@ async def world(pki: Path) -> AsyncIterator[World]:
     producer, producer_address = await _server(pki, PRODUCER)
     tunnel = TunnelServicer(HostId("p1"), replica, insecure=False)
     tunnel.address = producer_address
-    tunnel.actors = {vm.vm_id: VmActor(vm, load_handler("echo")) for vm in VMS}
+    tunnel.actors = {vm.vm_id: VmActor(vm, handler_maker("echo")) for vm in VMS}
     agent = LeasingAgent(store, replica, rng=random.Random(1))
     rpb_grpc.add_LeasingServicer_to_server(LeasingServicer(agent, insecure=False), registry)
     rpb_grpc.add_InspectionServicer_to_server(InspectionServicer(replica, insecure=False), registry)

@@ -31,7 +31,7 @@ async def test_no_answer_of_a_producer_vm_names_it() -> None:
         await asyncio.Event().wait()
         return b""
 
-    broken, blocked, never_started = VmActor(VM, failing), VmActor(VM, stuck), VmActor(VM, stuck)
+    broken, blocked, never_started = VmActor(VM, lambda: failing), VmActor(VM, lambda: stuck), VmActor(VM, lambda: stuck)
     broken.start()
     blocked.start()
     broken.tell(envelope(answers))  # the handler fails
