@@ -24,6 +24,7 @@ from consumer_host.tokens import Throttle
 from consumer_host.tunnel import TunnelFailure, Tunnels
 from wire import metrics
 from wire.lifecycle import Step, cancel_all, shut_down
+from wire.limits import payload_too_large
 from wire.rpc import Server, edge, end_of_stream
 from wire.v1 import consumer_pb2 as pb
 from wire.v1 import consumer_pb2_grpc as pb_grpc
@@ -45,7 +46,6 @@ from wire.trace import CURRENT, NO_SPANS, TRACEPARENT, Spans, TraceParent, bind,
 
 log = logging.getLogger(__name__)
 
-MAX_PAYLOAD_BYTES = 1024 * 1024
 MAX_TEMPLATES = 4096
 DEADLINE_MARGIN_S = 0.05
 DRAIN_S = 2.0  # at shutdown, requests in flight get this long to finish
@@ -190,8 +190,8 @@ class RequestPath:
 
     async def _forward(self, req: pb.SendRequest, deadline: float, source: str,
                        trace: TraceParent | None) -> pb.SendResponse:
-        if len(req.payload) > MAX_PAYLOAD_BYTES:
-            raise InvalidRequest(f"payload of {len(req.payload)} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit")
+        if (too_large := payload_too_large(len(req.payload))) is not None:
+            raise InvalidRequest(too_large)
         with self.spans.span("admit"):
             admitted = (self._admitted.get((req.network, req.src, req.token, req.target))
                         or await self._admit(req, source))

@@ -37,7 +37,7 @@ CONNECT_TIMEOUT_S = 1.0
 MIN_BATCH = 8
 BATCH_FRAMES = 32
 LINGER_S = 0.005
-# one stream message stays far below rpc.MAX_MESSAGE_BYTES (4 MiB) although a payload may be 1 MiB
+# one stream message stays far below rpc.MAX_MESSAGE_BYTES (3 MiB) although a payload may be 1 MiB
 MAX_BATCH_BYTES = 1024 * 1024
 
 
