@@ -34,6 +34,15 @@ else
     -t "$IMAGE" "$HERE" 2> >(grep -v -e DEPRECATED -e 'legacy builder' -e buildx -e '^ *$' >&2) >/dev/null
   echo "build-images: built $IMAGE" >&2
 fi
+# Prometheus (docker/prometheus): Debian's binary on the same base, with the config and rules.
+PROM_IMAGE=${LEASENET_PROMETHEUS_IMAGE:-leasenet-prometheus:2.42}
+"$HERE/fetch-prometheus.sh"
+PROM_ID=$( { docker image inspect -f '{{.Id}}' leasenet-base:bookworm; cat "$HERE"/prometheus/{Dockerfile,prometheus.yml,rules.yml}; } | sha256sum | cut -c1-16)
+if [[ "$(docker image inspect -f '{{index .Config.Labels "io.leasenet.source"}}' "$PROM_IMAGE" 2>/dev/null)" != "$PROM_ID" ]]; then
+  docker build -q --build-arg BASE_IMAGE=leasenet-base:bookworm --label "io.leasenet.source=$PROM_ID" \
+    -t "$PROM_IMAGE" "$HERE/prometheus" 2> >(grep -v -e DEPRECATED -e 'legacy builder' -e buildx -e '^ *$' >&2) >/dev/null
+  echo "build-images: built $PROM_IMAGE" >&2
+fi
 "$HERE/make-certs.sh"
 # Drop superseded/intermediate images of ours (dangling + our label), nobody else's.
 docker image prune -f --filter label=io.leasenet.image=1 >/dev/null

@@ -24,6 +24,7 @@ IDENTITIES=(
   "etcd1 etcd etcd1 etcd1" "etcd2 etcd etcd2 etcd2" "etcd3 etcd etcd3 etcd3"
   "registry1 registry registry1" "registry2 registry registry2"
   "producer1 producer producer1" "producer2 producer producer2" "producer3 producer producer3"
+  "producer producer producer"
   "consumer1 consumer consumer1" "consumer2 consumer consumer2"
   "traffic operator traffic" "operator operator admin"
 )

@@ -201,6 +201,21 @@ class ComposeProject:
             raise LookupError(f"{self.name}: service {service!r} has {len(out)} containers")
         return out[0]
 
+    def containers(self, service: str) -> list[str]:
+        """Ids of every container of a (scaled) service, running or not."""
+        return docker(
+            "ps", "-aq",
+            "--filter", f"label=com.docker.compose.project={self.name}",
+            "--filter", f"label=com.docker.compose.service={service}",
+        ).stdout.split()
+
+    def scale(self, service: str, replicas: int, timeout: float = 180) -> None:
+        """`up -d --scale service=N` of that service alone (nothing recreated, no dependency
+        touched). Returns once compose has started the new containers or stopped and removed the
+        extra ones; whether the new ones serve is for the caller to see (e.g. their registration)."""
+        self.compose("up", "-d", "--no-deps", "--no-recreate", "--scale", f"{service}={replicas}", service,
+                     timeout=timeout)
+
     def state(self, service: str) -> dict:
         """docker inspect .State: Status (running/exited/paused...), ExitCode, Health.Status."""
         return json.loads(docker("inspect", "-f", "{{json .State}}", self.container(service)).stdout)
