@@ -107,7 +107,7 @@ class PoolManager:
 
     def waiters(self) -> dict[tuple[str, ...], float]:
         """Requests waiting for a VM of one of the service's pools."""
-        totals: dict[tuple[str, ...], float] = {}
+        totals: dict[tuple[str, ...], float] = {(name,): 0 for name in self.replica.state.services}
         for (_, service), n in self._waiting.items():
             totals[(service,)] = totals.get((service,), 0) + n
         return totals

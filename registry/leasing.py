@@ -205,14 +205,14 @@ class LeasingAgent:
         return self._view(lease_id)
 
     async def renew_lease(self, lease_id: LeaseId, *, caller: Caller = ANYONE) -> int:
-        self._pool_lease(lease_id, caller, "renew")
+        await self._pool_lease(lease_id, caller, "renew")
         ttl = await self.store.refresh_lease(lease_id)
         if ttl <= 0:
             raise LeaseExpired(f"lease {lease_hex(lease_id)} has expired or was released")
         return ttl
 
     async def release_lease(self, lease_id: LeaseId, *, caller: Caller = ANYONE) -> None:
-        self._pool_lease(lease_id, caller, "release")
+        await self._pool_lease(lease_id, caller, "release")
         await self.store.revoke_lease(lease_id)
 
     # --- helpers -------------------------------------------------------------------------------
@@ -228,11 +228,16 @@ class LeasingAgent:
             raise LeaseExpired(f"lease {lease_hex(lease_id)} has expired or was released")
         return self._authorised(pool, caller, action)
 
-    def _pool_lease(self, lease_id: LeaseId, caller: Caller, action: str) -> Pool:
+    async def _pool_lease(self, lease_id: LeaseId, caller: Caller, action: str) -> Pool:
         """Renew and release touch an etcd lease directly: only a pool's, never a host's liveness lease.
-        A pool our replica has not seen yet (granted a moment ago elsewhere) is refused as NOT_FOUND,
-        which the consumer host retries at its next renewal instead of dropping the pool."""
+        A pool our replica has not seen may have been granted a moment ago by another registry (the
+        service's owner): first catch up with etcd's current revision (one read, on this rare path
+        only), then refuse as NOT_FOUND, which the consumer host retries at its next renewal."""
         pool = self.state.pools_by_lease.get(lease_id)
+        if pool is None:
+            now = await self.store.range_page(keys.POOLS, limit=1)
+            await self.replica.wait_for_revision(now.revision, CATCH_UP_S)
+            pool = self.state.pools_by_lease.get(lease_id)
         if pool is None:
             raise NotFound(f"lease {lease_hex(lease_id)} is not the lease of any pool (it ended, or it is not "
                            f"a pool's: the leasing API cannot {action} a host's liveness lease)")

@@ -140,9 +140,11 @@ class ComposeProject:
         self.env.setdefault("LEASENET_ETCD_IMAGE", ETCD_IMAGE)  # offline: never the registry one
         self.env["LEASENET_REGISTRY_PORT"] = str(free_port())
         self.env["LEASENET_REGISTRY2_PORT"] = str(free_port())
+        self.env["LEASENET_PROMETHEUS_PORT"] = str(free_port())
         self.env.update(env or {})
         self.registry_port = int(self.env["LEASENET_REGISTRY_PORT"])
         self.registry2_port = int(self.env["LEASENET_REGISTRY2_PORT"])
+        self.prometheus_port = int(self.env["LEASENET_PROMETHEUS_PORT"])
 
     # -- compose --------------------------------------------------------------------
     def compose(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:

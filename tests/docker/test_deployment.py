@@ -30,6 +30,8 @@ import json
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,7 +49,7 @@ from tests.docker.test_etcd_cluster import leader
 pytestmark = pytest.mark.docker
 
 SERVERS = ("etcd1", "etcd2", "etcd3", "registry1", "registry2", "producer1", "producer2", "producer3",
-           "consumer1", "consumer2")
+           "consumer1", "consumer2", "prometheus")
 PRODUCERS = ("producer1", "producer2", "producer3")
 VMS_PER_PRODUCER = 4  # --vms in compose.yaml
 CONSUMER_VMS = {"consumer1": ("blue/10.1.0.1", "blue/10.1.0.2"), "consumer2": ("blue/10.1.0.3", "blue/10.1.0.4")}
@@ -111,6 +113,36 @@ def check_leases(leases: list[dict[str, Any]], producers: set[str]) -> dict[str,
     assert all(len(vms) <= SERVICE.policy.max_pool for _, vms in view.values()), view
     assert all(m["host_id"] in producers for lease in leases for m in lease["members"]), leases
     return view
+
+
+# --- Prometheus, through its published port -----------------------------------------------------------
+def prometheus(project: ComposeProject, query: str) -> dict[str, float]:
+    """An instant query's answer: instance (or the series' labels) -> value."""
+    url = f"http://127.0.0.1:{project.prometheus_port}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        body = json.load(answer)
+    assert body["status"] == "success", body
+    return {r["metric"].get("instance", json.dumps(r["metric"], sort_keys=True)): float(r["value"][1])
+            for r in body["data"]["result"]}
+
+
+HOST_TARGETS = {f"{s}:9100" for s in ("producer1", "producer2", "producer3", "consumer1", "consumer2")}
+
+
+def prometheus_saw(project: ComposeProject, window_s: int) -> dict[str, dict[str, float]]:
+    """What Prometheus scraped during the run (SPEC §11): requests counted by every host, the
+    killed producer host's target down, the registries seeing a producer host's liveness go, and
+    the leasing that followed (grants and grows at the registries)."""
+    window = f"[{window_s}s]"
+    return {
+        "requests by host": prometheus(project, f"sum by (instance) (increase(leasenet_requests_total{window}))"),
+        "producer1 up, lowest": prometheus(project, f'min_over_time(up{{instance="producer1:9100"}}{window})'),
+        "live producer hosts, lowest": prometheus(
+            project, f'min by (instance) (min_over_time(leasenet_live_hosts{{kind="producer"}}{window}))'),
+        "lease operations ok": prometheus(
+            project, f'sum by (op) (increase(leasenet_lease_operations_total{{result="ok"}}{window}))'),
+        "targets up now": prometheus(project, 'up{job=~"registry|producer|consumer"}'),
+    }
 
 
 # --- the claim recorder: a container on the internal network, its lines on our side --------------------
@@ -245,6 +277,7 @@ class Run:
     snapshots: list[str]  # what `leasenet leases --json` showed before each fault
     final: dict[str, tuple[str, tuple[str, ...]]]  # ... and after the run
     summary: str  # the traffic job's own last line
+    metrics: dict[str, dict[str, float]]  # what Prometheus saw (prometheus_saw)
 
 
 def drive(project: ComposeProject, tmp_path: Path, timings: dict[str, float]) -> Run:
@@ -256,7 +289,9 @@ def drive(project: ComposeProject, tmp_path: Path, timings: dict[str, float]) ->
 
     # Inspection from the host through both registries' published ports.
     producers = set(PRODUCERS)
-    hosts = {h["host_id"]: h for h in inspect("hosts", port)}
+    hosts = {h["host_id"]: h for h in inspect("hosts", port) if h["kind"] != "registry"}
+    registries = {h["host_id"]: h["address"] for h in inspect("hosts", port) if h["kind"] == "registry"}
+    assert registries == {"registry1": "registry1:7000", "registry2": "registry2:7000"}, registries
     assert {k: (h["kind"], h["address"]) for k, h in hosts.items()} == {
         **{p: ("producer", f"{p}:7100") for p in PRODUCERS}, **{c: ("consumer", f"{c}:7200") for c in CONSUMER_VMS}}
     (service,) = inspect("services", port2)
@@ -288,12 +323,16 @@ def drive(project: ComposeProject, tmp_path: Path, timings: dict[str, float]) ->
 
         code = project.wait_exit("traffic", timeout=600)
         timings["traffic"] = (time.monotonic_ns() - t0) / checker.NS
+        seen = eventually(lambda: (m := prometheus_saw(project, int(timings["traffic"]) + 30))
+                          if set(m["targets up now"]) >= HOST_TARGETS else None, 60, 1.0,
+                          "Prometheus scrapes every host again")
         summary = project.logs("traffic", tail=5).strip()
         assert code == 0, f"traffic exited {code}:\n{summary}"
 
         # After the heals: every host is back, all VMs registered, and both registries show the
         # same leases (their replicas converge), each respecting the invariants.
-        eventually(lambda: set(h["host_id"] for h in inspect("hosts", port)) == producers | set(CONSUMER_VMS), 60, 0.5,
+        eventually(lambda: {h["host_id"] for h in inspect("hosts", port) if h["kind"] != "registry"}
+                   == producers | set(CONSUMER_VMS), 60, 0.5,
                    "every host registered again")
         eventually(lambda: len(inspect("vms", port2)) == len(PRODUCERS) * VMS_PER_PRODUCER, 60, 0.5,
                    "every VM registered again")
@@ -304,7 +343,7 @@ def drive(project: ComposeProject, tmp_path: Path, timings: dict[str, float]) ->
         recorder.stop()
     project.copy_from("traffic", "/history", tmp_path / "history")  # docker cp: works after the exit
     (tmp_path / "faults.jsonl").write_text("".join(json.dumps(asdict(f)) + "\n" for f in faults))
-    return Run(faults, t0, reachable, snapshots, final, summary.splitlines()[-1])
+    return Run(faults, t0, reachable, snapshots, final, summary.splitlines()[-1], seen)
 
 
 def test_deployment_survives_kill_pause_and_partition(compose_project, leasenet_image, tmp_path: Path) -> None:
@@ -350,6 +389,8 @@ def test_deployment_survives_kill_pause_and_partition(compose_project, leasenet_
         f"({', '.join(f'{k} {n}' for k, n in sorted(runs.items()))}), {len(history.claims)} claims, "
         f"{len(history.pools)} pools",
         checker.render("checker (leasenet/checker.py)", report),
+        "Prometheus (scraped every 2 s during the run):",
+        *(f"  {what}: " + ", ".join(f"{k} {v:g}" for k, v in sorted(values.items())) for what, values in run.metrics.items()),
         "timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()),
     ])
     FIGURES.append(figures)
@@ -361,3 +402,10 @@ def test_deployment_survives_kill_pause_and_partition(compose_project, leasenet_
     assert history.executions and history.claims and history.pools, "a history is empty"
     assert broken == [], "\n".join(broken)
     assert left == {} and recorder_left == [], f"down -v left {left}, recorder {recorder_left}"
+    requests = run.metrics["requests by host"]
+    assert all(requests.get(t, 0) > 0 for t in HOST_TARGETS), f"a host's request counter did not move: {requests}"
+    assert run.metrics["producer1 up, lowest"] == {"producer1:9100": 0.0}, "the killed producer host never showed down"
+    assert min(run.metrics["live producer hosts, lowest"].values()) < len(PRODUCERS), (
+        "the registries never saw a producer host's liveness go")
+    operations = run.metrics["lease operations ok"]
+    assert operations.get("grant", 0) > 0, f"no grant counted by the registries: {operations}"
