@@ -117,13 +117,16 @@ def check_leases(leases: list[dict[str, Any]], producers: set[str]) -> dict[str,
 
 # --- Prometheus, through its published port -----------------------------------------------------------
 def prometheus(project: ComposeProject, query: str) -> dict[str, float]:
-    """An instant query's answer: instance (or the series' labels) -> value."""
+    """An instant query's answer: instance (or the series' one label's value, or its labels) -> value."""
     url = f"http://127.0.0.1:{project.prometheus_port}/api/v1/query?" + urllib.parse.urlencode({"query": query})
     with urllib.request.urlopen(url, timeout=10) as answer:
         body = json.load(answer)
     assert body["status"] == "success", body
-    return {r["metric"].get("instance", json.dumps(r["metric"], sort_keys=True)): float(r["value"][1])
-            for r in body["data"]["result"]}
+    def name(labels: dict[str, str]) -> str:
+        if "instance" in labels:
+            return labels["instance"]
+        return next(iter(labels.values())) if len(labels) == 1 else json.dumps(labels, sort_keys=True)
+    return {name(r["metric"]): float(r["value"][1]) for r in body["data"]["result"]}
 
 
 HOST_TARGETS = {f"{s}:9100" for s in ("producer1", "producer2", "producer3", "consumer1", "consumer2")}
@@ -143,6 +146,12 @@ def prometheus_saw(project: ComposeProject, window_s: int) -> dict[str, dict[str
             project, f'sum by (op) (increase(leasenet_lease_operations_total{{result="ok"}}{window}))'),
         "targets up now": prometheus(project, 'up{job=~"registry|producer|consumer"}'),
     }
+
+
+def scraped_again(project: ComposeProject, window_s: int) -> dict[str, dict[str, float]] | None:
+    """prometheus_saw() once every host's target is up again (after the heals), else None."""
+    seen = prometheus_saw(project, window_s)
+    return seen if {t for t, up in seen["targets up now"].items() if up == 1} >= HOST_TARGETS else None
 
 
 # --- the claim recorder: a container on the internal network, its lines on our side --------------------
@@ -323,8 +332,7 @@ def drive(project: ComposeProject, tmp_path: Path, timings: dict[str, float]) ->
 
         code = project.wait_exit("traffic", timeout=600)
         timings["traffic"] = (time.monotonic_ns() - t0) / checker.NS
-        seen = eventually(lambda: (m := prometheus_saw(project, int(timings["traffic"]) + 30))
-                          if set(m["targets up now"]) >= HOST_TARGETS else None, 60, 1.0,
+        seen = eventually(lambda: scraped_again(project, int(timings["traffic"]) + 30), 60, 1.0,
                           "Prometheus scrapes every host again")
         summary = project.logs("traffic", tail=5).strip()
         assert code == 0, f"traffic exited {code}:\n{summary}"
