@@ -172,10 +172,17 @@ class RequestPath:
 
     async def forward(self, req: pb.SendRequest, deadline: float, source: str = "",
                       trace: TraceParent | None = None) -> pb.SendResponse:
-        """One request, counted and timed by its service and status (wire/metrics.py)."""
-        start, code = time.perf_counter(), Status.INTERNAL.name
+        """One request, counted and timed by its service and status (wire/metrics.py). Step 1's
+        verdict is looked up once; only a request refused before it is looked up again, for its label."""
+        start, code, service = time.perf_counter(), Status.INTERNAL.name, ""
         try:
-            response = await self._forward(req, deadline, source, trace)
+            if (too_large := payload_too_large(len(req.payload))) is not None:
+                raise InvalidRequest(too_large)
+            with self.spans.span("admit"):
+                admitted = (self._admitted.get((req.network, req.src, req.token, req.target))
+                            or await self._admit(req, source))
+            service = admitted.service.name
+            response = await self._forward(admitted, req, deadline, trace)
             code = Status.OK.name
             return response
         except LeasenetError as exc:
@@ -185,16 +192,14 @@ class RequestPath:
             code = Status.CANCELLED.name
             raise
         finally:
-            admitted = self._admitted.get((req.network, req.src, req.token, req.target))
-            REQUESTS.record(admitted.service.name if admitted else UNADMITTED, code, time.perf_counter() - start)
+            if not service:  # refused before admission: the label of an earlier verdict, if any
+                earlier = self._admitted.get((req.network, req.src, req.token, req.target))
+                service = earlier.service.name if earlier else UNADMITTED
+            REQUESTS.record(service, code, time.perf_counter() - start)
 
-    async def _forward(self, req: pb.SendRequest, deadline: float, source: str,
+    async def _forward(self, admitted: Admitted, req: pb.SendRequest, deadline: float,
                        trace: TraceParent | None) -> pb.SendResponse:
-        if (too_large := payload_too_large(len(req.payload))) is not None:
-            raise InvalidRequest(too_large)
-        with self.spans.span("admit"):
-            admitted = (self._admitted.get((req.network, req.src, req.token, req.target))
-                        or await self._admit(req, source))
+        """Steps 2-12 for an admitted request, within the consumer VM's bound on requests in flight."""
         vm = admitted.attachment.vm_id
         in_flight = self._in_flight.get(vm, 0)
         if in_flight >= self.config.limits.vm_requests:

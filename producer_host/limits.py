@@ -8,13 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from wire.errors import LeasenetError, Status
+from wire.errors import Overloaded
 
-
-class Overloaded(LeasenetError):
-    """A bound was reached: the host is well, but takes no more of this now."""
-
-    code = Status.RESOURCE_EXHAUSTED
+__all__ = ["Limits", "Overloaded"]  # Overloaded: the one error type for a full bound (wire.errors)
 
 
 @dataclass(frozen=True, slots=True)
