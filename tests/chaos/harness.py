@@ -256,8 +256,12 @@ class Chaos:
         at = time.monotonic_ns()
         await asyncio.to_thread(self._do, step)
         await asyncio.sleep(step.hold_s)  # the fault's duration, part of its definition
+        heal_started = time.monotonic_ns()
         await asyncio.to_thread(self._heal, step)
-        healed = time.monotonic_ns()
+        # A restarted host serves (and may be granted leases) before its ready file is seen, and its
+        # start now waits for its previous life's liveness lease to lapse: it is back from the moment
+        # it was started, so nothing the new process holds is charged to the killed one.
+        healed = heal_started if step.kind != "etcd" and step.action != "sigstop" else time.monotonic_ns()
         recover_from = "heal" if step.kind == "consumer" else "fault"
         return Fault(step.kind, step.action, step.target, at, healed, recover_from, affects)
 
