@@ -2,8 +2,8 @@
 grows? (issue 12 item 6)
 
 On the embedded etcd with mutual TLS: two registries, four consumer hosts (each listing both
-registries, in opposite orders), a producer host of 100 VMs first, then ten producer hosts of 1,000
-VMs each in its place. It reports, with the machine: how long 10,000 VMs take to register; how long
+registries, in opposite orders), ten producer hosts of 10 VMs first, then ten producer hosts of 1,000
+VMs each in their place. It reports, with the machine: how long 10,000 VMs take to register; how long
 a replica's snapshot load takes and each process's RSS; grant p50/p99 for a pool of 4 at 100 and at
 10,000 VMs; the request path's p50 at C=1 at both sizes; with 2,000 pools held, the etcd requests per
 second spent keeping them alive; grants/s through both registries uncontended (churn on the big
@@ -274,7 +274,8 @@ class ScaleBench:
 
     def start(self) -> None:
         p, b = self.plan, self.bench
-        self.say(f"scale: etcd, 2 registries, {p.consumer_hosts} consumer hosts, a producer host of {p.small_vms} VMs")
+        self.say(f"scale: etcd, 2 registries, {p.consumer_hosts} consumer hosts, {p.producer_hosts} producer hosts "
+                 f"of {p.small_vms} VMs in all")
         self.cluster.start_etcd()
         assert self.cluster.etcd is not None
         self.metrics = self.cluster.etcd.members[0].metrics_url
@@ -289,9 +290,17 @@ class ScaleBench:
         specs = {name: b.consumer(name, vms + ([PROBE] if name == "c1" else []),
                                   ",".join(self.registries[::1 if h % 2 == 0 else -1]))
                  for h, (name, vms) in enumerate(self.consumers.items())}
-        specs["p-small"] = b.producer("p-small", SCALE_SERVICE, p.small_vms, "10.20.0.1", history=False)
+        specs |= self.small_fleet()
         specs["p-scarce"] = b.producer("p-scarce", SCARCE_SERVICE, SCARCE_VMS, "10.19.0.1", history=False)
         b.start(specs)
+
+    def small_fleet(self) -> dict[str, Any]:
+        """As many producer hosts as the big fleet, with small_vms VMs in all: the two sizes then differ
+        in VMs alone, not in processes competing for the machine's cores."""
+        p, b = self.plan, self.bench
+        each = p.small_vms // p.producer_hosts
+        return {f"s{i + 1}": b.producer(f"s{i + 1}", SCALE_SERVICE, each, f"10.20.{i}.1", history=False)
+                for i in range(p.producer_hosts)}
 
     def fleet(self, label: str, first: int) -> dict[str, Any]:
         """Grant latency (pool of 4) and the request path's p50 at C=1 with the fleet as it is."""
@@ -317,10 +326,10 @@ class ScaleBench:
             return s.vms, s.free_vms
 
     def grow_fleet(self) -> float:
-        """The small producer host leaves; the big fleet registers. Seconds until a registry sees every VM."""
+        """The small fleet's producer hosts leave; the big fleet registers. Seconds until a registry sees every VM."""
         p, b = self.plan, self.bench
         asyncio.run(self._detach_probe())  # its pool is on the small fleet: lease it anew on the big one
-        b.stop(["p-small"])
+        b.stop([f"s{i + 1}" for i in range(p.producer_hosts)])
         self.say(f"scale: registering {p.big_vms} VMs on {p.producer_hosts} producer hosts")
         started = time.monotonic()
         specs = {f"p{i + 1}": b.producer(f"p{i + 1}", SCALE_SERVICE, p.vms_per_host, f"10.{20 + i + 1}.0.1",
