@@ -6,8 +6,9 @@ registries, in opposite orders), ten producer hosts of 10 VMs first, then ten pr
 VMs each in their place. It reports, with the machine: how long 10,000 VMs take to register; how long
 a replica's snapshot load takes and each process's RSS; grant p50/p99 for a pool of 4 at 100 and at
 10,000 VMs; the request path's p50 at C=1 at both sizes; with 2,000 pools held, the etcd requests per
-second spent keeping them alive; grants/s through both registries uncontended (churn on the big
-fleet) and contended (a fleet smaller than the demand: grants and refusals counted apart, double
+second spent keeping them alive; grants/s through both registries uncontended (churn: two services,
+one owned by each registry, each worker at its service's owner as a consumer host would be, with the
+big fleet and its pools in every replica) and contended (a fleet smaller than the demand: grants and refusals counted apart, double
 claims from the lease events); etcd's db size across 20,000 grant/release cycles in four quarters
 (with compaction it must level off). `--quick` runs the same steps on a small cluster (CI smoke).
 
@@ -42,6 +43,7 @@ from mapping.config import ClusterConfig, to_toml
 from mapping.model import (
     Claim, Host, HostId, HostKind, LeaseId, LeasePolicy, Network, ProducerVm, Service, parse_target, vm_id,
 )
+from mapping.ownership import owner
 from mapping.replica import Replica
 from mapping.store.etcd import EtcdStore
 from mapping.store.memory import MemoryStore
@@ -54,6 +56,11 @@ from wire.v1 import registry_pb2_grpc as rpb_grpc
 
 SCALE_SERVICE, SCALE_TARGET, SCALE_POOL = "scale", "10.7.255.10:7", 4
 SCARCE_SERVICE, SCARCE_TARGET, SCARCE_POOL, SCARCE_VMS = "scale-scarce", "10.7.255.11:7", 2, 12
+# the churn's services: one owned by each registry (rendezvous hashing over r1, r2), each on a producer
+# host of its own, so that both leasing agents grant at once as consumer hosts would reach them
+CHURN_SERVICES = tuple(next(f"churn-{n}" for n in range(100) if owner(f"churn-{n}", ("r1", "r2")) == r)
+                       for r in ("r1", "r2"))
+CHURN_VMS = 200  # per churn service: its workers hold at most one pool of SCALE_POOL each
 SCALE_CLUSTER = ClusterConfig([Network(NETWORK, VNI)], [
     Service(SCALE_SERVICE, NETWORK, *parse_target(SCALE_TARGET),
             # a TTL of 30 s: 2,000 pools renewed one by one every TTL/3 (this branch) at 10 s overran a loaded
@@ -61,6 +68,9 @@ SCALE_CLUSTER = ClusterConfig([Network(NETWORK, VNI)], [
             LeasePolicy(min_pool=SCALE_POOL, max_pool=SCALE_POOL, lease_ttl_s=30, idle_release_s=600)),
     Service(SCARCE_SERVICE, NETWORK, *parse_target(SCARCE_TARGET),
             LeasePolicy(min_pool=SCARCE_POOL, max_pool=SCARCE_POOL, lease_ttl_s=5, idle_release_s=600)),
+    *(Service(name, NETWORK, *parse_target(f"10.7.255.{20 + i}:7"),
+              LeasePolicy(min_pool=SCALE_POOL, max_pool=SCALE_POOL, lease_ttl_s=30, idle_release_s=600))
+      for i, name in enumerate(CHURN_SERVICES)),
 ])
 PROBE = ("10.7.9.1", "scale-probe-token")  # the consumer VM whose requests time the request path
 
@@ -77,7 +87,7 @@ class ScalePlan:
     probe_s: float  # request path at C=1: measured seconds per fleet size
     idle_s: float  # the keep-alive window
     churn_cycles: int  # grant/release cycles, in four quarters
-    workers: int  # grant-rate workers per registry
+    workers: int  # grant-rate workers per lane (churn: per service at its owner; contended: per registry)
     contended_s: float
     churn_quarter_s: float  # each quarter of the churn ends after this long even if its cycles are not done
 
@@ -137,9 +147,8 @@ async def hold(task: HoldTask) -> HoldResult:
 @dataclass(frozen=True, slots=True)
 class RateTask:
     role: ClassVar[str] = "grant-rate"
-    registries: list[str]
-    service: str
-    workers: int  # per registry, each a consumer VM of its own
+    lanes: list[list[str]]  # [service, registry address]: where each group of workers leases
+    workers: int  # per lane, each a consumer VM of its own
     first: int  # numbers the consumer VMs, unique across runs
     cycles: int  # stop after this many grants in all (0: only the duration counts)
     duration_s: float
@@ -164,21 +173,21 @@ async def grant_rate(task: RateTask) -> RateResult:
     claims, synced = ClaimLog(), asyncio.Event()
     watcher = None
     if task.watch:
-        watcher = asyncio.create_task(watch_leases(task.registries[0], claims, synced, cluster_tls()))
+        watcher = asyncio.create_task(watch_leases(task.lanes[0][1], claims, synced, cluster_tls()))
         await asyncio.wait_for(synced.wait(), 30)
     grants = refusals = 0
     errors: Counter[str] = Counter()
     end = time.monotonic() + task.duration_s
-    channels = [cluster_channel(r, Kind.REGISTRY, GRANTS_HOST) for r in task.registries]
+    channels = [cluster_channel(registry, Kind.REGISTRY, GRANTS_HOST) for _, registry in task.lanes]
 
-    async def worker(stub: Any, n: int) -> None:
+    async def worker(stub: Any, service: str, n: int) -> None:
         nonlocal grants, refusals
         rng = random.Random(n)
         consumer = f"10.{60 + n // 62500}.{n // 250 % 250}.{1 + n % 250}"
         while time.monotonic() < end and not (task.cycles and grants >= task.cycles):
             try:
                 lease = await stub.RequestLease(rpb.RequestLeaseRequest(
-                    service=task.service, consumer_network=NETWORK, consumer_vm=consumer,
+                    service=service, consumer_network=NETWORK, consumer_vm=consumer,
                     consumer_host=GRANTS_HOST.id), timeout=10)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
@@ -194,8 +203,9 @@ async def grant_rate(task: RateTask) -> RateResult:
                 errors[f"release {exc.code().name}"] += 1
 
     started = time.monotonic()
-    await asyncio.gather(*(worker(rpb_grpc.LeasingStub(ch), task.first + r * task.workers + w)
-                           for r, ch in enumerate(channels) for w in range(task.workers)))
+    await asyncio.gather(*(worker(rpb_grpc.LeasingStub(ch), service, task.first + lane * task.workers + w)
+                           for lane, (ch, (service, _)) in enumerate(zip(channels, task.lanes))
+                           for w in range(task.workers)))
     elapsed = time.monotonic() - started
     violations: list[str] = []
     if watcher is not None:
@@ -292,6 +302,8 @@ class ScaleBench:
                  for h, (name, vms) in enumerate(self.consumers.items())}
         specs |= self.small_fleet()
         specs["p-scarce"] = b.producer("p-scarce", SCARCE_SERVICE, SCARCE_VMS, "10.19.0.1", history=False)
+        for i, name in enumerate(CHURN_SERVICES):
+            specs[f"p-{name}"] = b.producer(f"p-{name}", name, CHURN_VMS, f"10.{17 - i}.0.1", history=False)
         b.start(specs)
 
     def small_fleet(self) -> dict[str, Any]:
@@ -388,10 +400,15 @@ class ScaleBench:
         etcd = self.cluster.etcd.members[0].process
         return {**found, "etcd": rss_mib(etcd.pid) if etcd is not None else None}
 
-    def rate(self, name: str, service: str, first: int, cycles: int, duration_s: float, watch: bool,
+    def rate(self, name: str, lanes: list[list[str]], first: int, cycles: int, duration_s: float, watch: bool,
              workers: int) -> RateResult:
-        return self.bench.role(name, RateTask(self.registries, service, workers, first, cycles, duration_s, watch),
+        return self.bench.role(name, RateTask(lanes, workers, first, cycles, duration_s, watch),
                                RateResult, duration_s + 120)
+
+    def owner_lanes(self) -> list[list[str]]:
+        """Each churn service at the registry owning it, as a consumer host would reach it."""
+        by_id = dict(zip(("r1", "r2"), self.registries))
+        return [[service, by_id[owner(service, by_id) or "r1"]] for service in CHURN_SERVICES]
 
     def churn(self) -> dict[str, Any]:
         """grant/release cycles in four quarters, etcd's db size after each: uncontended grants/s."""
@@ -402,7 +419,7 @@ class ScaleBench:
         quarters = []
         for q in range(4):
             self.say(f"scale: churn quarter {q + 1}/4, {p.churn_cycles // 4} grant/release cycles")
-            quarters.append(self.rate(f"churn-{q + 1}", SCALE_SERVICE, 100_000 + q * 1000, p.churn_cycles // 4,
+            quarters.append(self.rate(f"churn-{q + 1}", self.owner_lanes(), 100_000 + q * 1000, p.churn_cycles // 4,
                                       p.churn_quarter_s, False, p.workers))
             sizes.append(etcd_gauges(self.metrics, db, use))
         grants = sum(r.grants for r in quarters)
@@ -436,7 +453,9 @@ def run_scale(workdir: Path, quick: bool, say: Callable[[str], None]) -> dict[st
         keep_alive = s.keep_alive()
         rss = s.rss()
         say(f"scale: contended grants for {SCARCE_VMS} VMs from both registries for {plan.contended_s:.0f} s")
-        contended = s.rate("contended", SCARCE_SERVICE, 200_000, 0, plan.contended_s, True, plan.workers)
+        # both registries asked for the one scarce service: its owner grants, the other forwards or races it
+        contended = s.rate("contended", [[SCARCE_SERVICE, r] for r in s.registries], 200_000, 0, plan.contended_s,
+                           True, plan.workers)
         churn = s.churn()
     finally:
         s.close()
@@ -486,7 +505,8 @@ def render_scale(r: dict[str, Any]) -> str:
         [f"a grant's choice of VMs in-process: {small['vms']:,} / {big['vms']:,} VMs",
          f"{r['grant_choice_us']['small_us']} / {r['grant_choice_us']['big_us']} us",
          f"ratio {r['grant_choice_us']['ratio']}"],
-        ["uncontended grants/s (2 registries, churn)", f"{churn['grants_per_s']}", "target >= 1,000/s"],
+        [f"uncontended grants/s (churn: {len(CHURN_SERVICES)} services, one owned by each registry)",
+         f"{churn['grants_per_s']}", "target >= 1,000/s"],
         [f"contended ({SCARCE_VMS} VMs): grants/s, refusals/s", f"{c['grants_per_s']} / {c['refusals_per_s']}",
          f"double claims {r['double_claims']}"],
         [f"etcd requests/s keeping {r['keep_alive']['pools']:,} pools alive", f"{r['keep_alive']['requests_per_s']}",
