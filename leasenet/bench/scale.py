@@ -30,7 +30,9 @@ import grpc
 import grpc.aio
 
 from leasenet.bench.harness import Bench, machine
-from leasenet.bench.measure import GRANTS_HOST, cluster_channel, cluster_tls, etcd_counts, ms, percentile, ratio
+from leasenet.bench.measure import (
+    GRANTS_HOST, cluster_channel, cluster_tls, cpu_seconds, etcd_counts, ms, percentile, ratio,
+)
 from leasenet.bench.plans import (
     NETWORK, VNI, Cell, GrantsResult, GrantsTask, LoadResult, LoadTask, RaceConsumerHost, make_plan,
 )
@@ -400,6 +402,14 @@ class ScaleBench:
         etcd = self.cluster.etcd.members[0].process
         return {**found, "etcd": rss_mib(etcd.pid) if etcd is not None else None}
 
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by every leasenet process and etcd (the load generator not included)."""
+        pids = {name: proc.process.pid for name, proc in self.cluster.procs.items()
+                if proc.alive and proc.process is not None}
+        assert self.cluster.etcd is not None and self.cluster.etcd.members[0].process is not None
+        pids["etcd"] = self.cluster.etcd.members[0].process.pid
+        return {name: used for name, pid in pids.items() if (used := cpu_seconds(pid)) is not None}
+
     def rate(self, name: str, lanes: list[list[str]], first: int, cycles: int, duration_s: float, watch: bool,
              workers: int) -> RateResult:
         return self.bench.role(name, RateTask(lanes, workers, first, cycles, duration_s, watch),
@@ -417,18 +427,33 @@ class ScaleBench:
         use = "etcd_mvcc_db_total_size_in_use_in_bytes"
         sizes = [etcd_gauges(self.metrics, db, use)]
         quarters = []
+        cpu_before = self.cpu()
         for q in range(4):
             self.say(f"scale: churn quarter {q + 1}/4, {p.churn_cycles // 4} grant/release cycles")
             quarters.append(self.rate(f"churn-{q + 1}", self.owner_lanes(), 100_000 + q * 1000, p.churn_cycles // 4,
                                       p.churn_quarter_s, False, p.workers))
             sizes.append(etcd_gauges(self.metrics, db, use))
+        cpu_after = self.cpu()
         grants = sum(r.grants for r in quarters)
         elapsed = sum(r.elapsed_s for r in quarters)
         return {"cycles": grants, "grants_per_s": round(grants / elapsed, 1) if elapsed else None,
+                "cpu_ms_per_cycle": cpu_per_cycle(cpu_before, cpu_after, grants),
                 "refusals": sum(r.refusals for r in quarters),
                 "errors": dict(sum((Counter(r.errors) for r in quarters), Counter())),
                 "db_size_mib": [round(s.get(db, 0) / 2**20, 2) for s in sizes],
                 "db_in_use_mib": [round(s.get(use, 0) / 2**20, 2) for s in sizes]}
+
+
+def cpu_per_cycle(before: dict[str, float], after: dict[str, float], cycles: int) -> dict[str, float]:
+    """Where a grant/release cycle's CPU goes, in ms: etcd, the registries together, and one consumer
+    host and one producer host on average (every host applies every cycle's events to its replica)."""
+    kinds: dict[str, list[float]] = {"etcd": [], "registries": [], "a consumer host": [], "a producer host": []}
+    for name, used in after.items():
+        kind = ("etcd" if name == "etcd" else "registries" if name in ("r1", "r2")
+                else "a consumer host" if name.startswith("c") else "a producer host")
+        kinds[kind].append(used - before.get(name, 0.0))
+    per = {kind: (sum(v) if kind in ("etcd", "registries") else sum(v) / len(v)) for kind, v in kinds.items() if v}
+    return {kind: round(seconds * 1000 / cycles, 2) for kind, seconds in per.items()} if cycles else {}
 
 
 def run_scale(workdir: Path, quick: bool, say: Callable[[str], None]) -> dict[str, Any]:
@@ -507,6 +532,8 @@ def render_scale(r: dict[str, Any]) -> str:
          f"ratio {r['grant_choice_us']['ratio']}"],
         [f"uncontended grants/s (churn: {len(CHURN_SERVICES)} services, one owned by each registry)",
          f"{churn['grants_per_s']}", "target >= 1,000/s"],
+        ["CPU per grant/release cycle (ms)", ", ".join(f"{k} {v}" for k, v in churn["cpu_ms_per_cycle"].items()),
+         "every host watches every cycle"],
         [f"contended ({SCARCE_VMS} VMs): grants/s, refusals/s", f"{c['grants_per_s']} / {c['refusals_per_s']}",
          f"double claims {r['double_claims']}"],
         [f"etcd requests/s keeping {r['keep_alive']['pools']:,} pools alive", f"{r['keep_alive']['requests_per_s']}",

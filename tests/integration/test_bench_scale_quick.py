@@ -35,4 +35,6 @@ def test_bench_scale_quick_json_holds_every_pool_and_reports_every_figure(tmp_pa
     assert contended["grants"] > 0 and contended["errors"] == {} and report["double_claims"] == 0
     churn = report["churn"]
     assert churn["cycles"] > 0 and churn["grants_per_s"] > 0 and churn["errors"] == {}
+    assert set(churn["cpu_ms_per_cycle"]) == {"etcd", "registries", "a consumer host", "a producer host"}
+    assert churn["cpu_ms_per_cycle"]["registries"] > 0 and churn["cpu_ms_per_cycle"]["etcd"] > 0
     assert len(churn["db_size_mib"]) == 5 and all(size > 0 for size in churn["db_size_mib"])
