@@ -14,7 +14,7 @@ import grpc.aio
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random
 
 from consumer_host.config import Limits, plaintext
-from consumer_host.datapath import Admitted, Attachment, PoolVm, Refusal, admit, answer_source, attached, route
+from consumer_host.datapath import Admitted, Attachment, PoolVm, admit, answer_source, attached, route
 from consumer_host.gate import TokenGate, source_of
 from consumer_host.pools import PoolManager
 from consumer_host.registry_client import RegistryClient
@@ -43,6 +43,7 @@ from mapping.store import Store
 from wire.otel import OtelSpans
 from wire.tls import TlsMaterial
 from wire.trace import CURRENT, NO_SPANS, TRACEPARENT, Spans, TraceParent, bind, parse, start
+from wire.verdict import Refusal
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class RequestPath:
             attachment = await self.attachment(req.network, req.src, req.token, source)
             verdict = admit(attachment, self.replica.state, req.target)
             if isinstance(verdict, Refusal):
-                raise verdict.error(verdict.message)
+                raise verdict.exception()
             admitted = self._admitted[key] = verdict
         return admitted
 
@@ -123,7 +124,7 @@ class RequestPath:
         """The attached consumer VM whose token this is (Attach, Detach and step 1)."""
         verdict = attached(self.config.attachments, network, address)
         if isinstance(verdict, Refusal):
-            raise verdict.error(verdict.message)
+            raise verdict.exception()
         await self.gate.check(verdict, token, source)
         return verdict
 
