@@ -17,12 +17,14 @@ from mapping.model import Claim, HostId, Pool, VmId, lease_hex, vm_id
 from mapping.state import ClusterState
 from wire.limits import payload_too_large
 from wire.errors import InvalidRequest, NotFound, PermissionDenied, StaleClaim
-from wire.verdict import Refusal
+from wire.verdict import PeerKind, Refusal
 
-if TYPE_CHECKING:  # wire.tls imports grpc, and this module stays pure: it compares the kind by value
+if TYPE_CHECKING:  # wire.tls imports grpc, and this module stays pure
     from wire.tls import Identity
 
 CONSUMER = "consumer"  # wire.tls.Kind.CONSUMER, a str enum
+SENDER = PeerKind(CONSUMER, "only consumer hosts send tunnel frames", peer="this stream's peer",
+                  certificate="the tunnel's peer certificate")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,23 +57,15 @@ class MaybeEarly(Refusal):
 Verdict = Accept | Refusal
 
 
-def _sender(peer: Identity | None) -> Identity | Refusal:
-    if peer is None:
-        return Refusal(PermissionDenied, "the tunnel's peer certificate names no leasenet identity")
-    if peer.kind != CONSUMER:
-        return Refusal(PermissionDenied, f"only consumer hosts send tunnel frames; this stream's peer is {peer}")
-    return peer
-
-
 def may_open_tunnel(peer: Identity | None) -> Refusal | None:
     """Only consumer hosts send frames: anyone else is refused before a frame is read."""
-    sender = _sender(peer)
+    sender = SENDER.check(peer)
     return sender if isinstance(sender, Refusal) else None
 
 
 def may_send_frame(peer: Identity | None, claim: Claim, pool: Pool | None) -> Refusal | None:
     """A frame for `claim` only from the consumer host that owns the claim's pool (from our replica)."""
-    sender = _sender(peer)
+    sender = SENDER.check(peer)
     if isinstance(sender, Refusal):
         return sender
     if pool is None or pool.consumer_host != claim.consumer_host:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, TypeAlias
 from mapping.model import HostId, Pool, lease_hex
 from mapping.names import check_name
 from wire.errors import PermissionDenied
-from wire.verdict import Refusal
+from wire.verdict import PeerKind, Refusal
 
 if TYPE_CHECKING:  # wire.tls imports grpc; these rules stay pure and compare kinds by value (a str enum)
     from wire.tls import Identity
@@ -49,19 +49,15 @@ class Forwarded:
 Caller: TypeAlias = "Identity | Anyone | Forwarded | None"
 
 
-def _consumer_host(caller: Identity | None) -> Identity | Refusal:
-    if caller is None:
-        return Refusal(PermissionDenied, "the caller's certificate names no leasenet identity")
-    if caller.kind != CONSUMER:
-        return Refusal(PermissionDenied, f"the leasing API serves consumer hosts only; the caller is {caller}")
-    return caller
+CONSUMER_HOST = PeerKind(CONSUMER, "the leasing API serves consumer hosts only", peer="the caller",
+                         certificate="the caller's certificate")
 
 
 def lessee(caller: Caller, stated: str) -> HostId | Refusal:
     """The consumer host a RequestLease is for: the caller's own; a request naming another is refused."""
     if isinstance(caller, Anyone):
         return HostId(stated)
-    host = _consumer_host(caller)
+    host = CONSUMER_HOST.check(caller)
     if isinstance(host, Refusal):
         return host
     if stated and stated != host.id:
@@ -74,7 +70,7 @@ def may_act_on_pool(caller: Caller, pool: Pool, action: str) -> Refusal | None:
     """Grow, shrink, renew or release (`action`) only the caller's own pools."""
     if isinstance(caller, Anyone):
         return None
-    host = _consumer_host(caller)
+    host = CONSUMER_HOST.check(caller)
     if isinstance(host, Refusal):
         return host
     if pool.consumer_host != host.id:
