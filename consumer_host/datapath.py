@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from consumer_host.tokens import Secret
 from mapping.model import LeaseId, Service, VmId, parse_target, vm_id
 from mapping.state import ClusterState
-from wire.errors import InvalidRequest, LeasenetError, NotFound, PermissionDenied, Status
+from wire.errors import InvalidRequest, NotFound, PermissionDenied
+from wire.verdict import Refusal
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,16 +29,6 @@ class Attachment:
     @property
     def vm_id(self) -> VmId:
         return vm_id(self.network, self.address)
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    error: type[LeasenetError]
-    message: str
-
-    @property
-    def code(self) -> Status:
-        return self.error.code
 
 
 @dataclass(frozen=True, slots=True)

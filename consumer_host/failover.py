@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from wire.errors import DeadlineExceeded, LeasenetError, ProducerUnavailable
+from wire.errors import DeadlineExceeded, ProducerUnavailable
+from wire.verdict import Refusal
 
 
 class Happened(Enum):
@@ -30,33 +31,23 @@ class Happened(Enum):
 
 @dataclass(frozen=True, slots=True)
 class Retry:
-    """Try another VM: this attempt cannot have run."""
+    """Try another VM: this attempt cannot have run. The other answer, a wire.verdict.Refusal, is
+    final: the consumer VM gets its status and sentence."""
 
     happened: Happened
 
 
-@dataclass(frozen=True, slots=True)
-class Fail:
-    """Answer the consumer VM with this error (its type carries the status) and sentence."""
-
-    error: type[LeasenetError]
-    message: str
-
-    def exception(self) -> LeasenetError:
-        return self.error(self.message)
-
-
-def verdict(happened: Happened, idempotent: bool, request_id: int) -> Retry | Fail:
+def verdict(happened: Happened, idempotent: bool, request_id: int) -> Retry | Refusal:
     if happened is Happened.NO_ANSWER:
-        return Fail(DeadlineExceeded, f"request {request_id} got no answer from its producer VM before the "
-                                         f"deadline (it may have run)")
+        return Refusal(DeadlineExceeded, f"request {request_id} got no answer from its producer VM before the "
+                                            f"deadline (it may have run)")
     if happened is Happened.DELIVERY_UNKNOWN and not idempotent:
-        return Fail(ProducerUnavailable, f"delivery unknown: the tunnel broke after request {request_id} was sent, so it "
-                                   f"may have run; it is not idempotent, so it was not retried")
+        return Refusal(ProducerUnavailable, f"delivery unknown: the tunnel broke after request {request_id} was "
+                                            f"sent, so it may have run; it is not idempotent, so it was not retried")
     return Retry(happened)
 
 
-def out_of_attempts(last: Retry, request_id: int, attempts: int) -> Fail:
+def out_of_attempts(last: Retry, request_id: int, attempts: int) -> Refusal:
     """Every attempt ended in a retry: the request fails, saying what happened to the last one."""
-    return Fail(ProducerUnavailable, f"request {request_id} was not answered after {attempts} attempts "
-                               f"(the last: {last.happened.value})")
+    return Refusal(ProducerUnavailable, f"request {request_id} was not answered after {attempts} attempts "
+                                        f"(the last: {last.happened.value})")

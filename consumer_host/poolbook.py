@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from consumer_host.datapath import Admitted, Grow, HeldPool, PoolVm, Refusal, Use
+from consumer_host.datapath import Admitted, Grow, HeldPool, PoolVm, Use
 from mapping.model import Claim, Host, LeaseId, Pool as PoolRecord, ProducerVm, Record, VmId
 from mapping.state import ClusterState
 from wire.errors import PoolExhausted, StoreUnavailable, Unavailable
+from wire.verdict import Refusal
 
 PoolKey = tuple[VmId, str]  # (consumer VM, service)
 

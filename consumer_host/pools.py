@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from consumer_host.datapath import Admitted, HeldPool, PoolVm, Refusal
+from consumer_host.datapath import Admitted, HeldPool, PoolVm
 from consumer_host.poolbook import (
     GROW_BACKOFF_S,
     Effect,
@@ -44,6 +44,7 @@ from mapping.replica import Replica
 from wire import metrics
 from wire.errors import LeaseExpired, LeasenetError, Overloaded, Status
 from wire.v1 import registry_pb2 as pb
+from wire.verdict import Refusal
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def _error(refusal: Refusal, exhausted_because: str = "lease_refused") -> Leasen
     stayed busy to the deadline, or the leasing agent refused the lease or its growth."""
     if refusal.error.code is Status.RESOURCE_EXHAUSTED:
         metrics.exhausted("consumer_host", exhausted_because)
-    return refusal.error(refusal.message)
+    return refusal.exception()
 
 
 class _Signal:

@@ -15,7 +15,6 @@ host's log; the consumer VM gets a sentence from here, chosen by the error's typ
 
 from __future__ import annotations
 
-from consumer_host.datapath import Refusal
 from wire.errors import (
     DeadlineExceeded,
     InvalidRequest,
@@ -29,6 +28,7 @@ from wire.errors import (
     Unavailable,
     error_for_status,
 )
+from wire.verdict import Refusal
 
 # a leasing agent's sentence for these is about the consumer VM's own request and names nothing internal
 _KEPT_FROM_LEASING = (NotFound, PermissionDenied, InvalidRequest, PoolExhausted)

@@ -14,7 +14,7 @@ import grpc.aio
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random
 
 from consumer_host.config import Limits, plaintext
-from consumer_host.datapath import Admitted, Attachment, PoolVm, Refusal, admit, answer_source, attached, route
+from consumer_host.datapath import Admitted, Attachment, PoolVm, admit, answer_source, attached, route
 from consumer_host.gate import TokenGate, source_of
 from consumer_host.pools import PoolManager
 from consumer_host.registry_client import RegistryClient
@@ -43,6 +43,7 @@ from mapping.store import Store
 from wire.otel import OtelSpans
 from wire.tls import TlsMaterial
 from wire.trace import CURRENT, NO_SPANS, TRACEPARENT, Spans, TraceParent, bind, parse, start
+from wire.verdict import Refusal
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class RequestPath:
             attachment = await self.attachment(req.network, req.src, req.token, source)
             verdict = admit(attachment, self.replica.state, req.target)
             if isinstance(verdict, Refusal):
-                raise verdict.error(verdict.message)
+                raise verdict.exception()
             admitted = self._admitted[key] = verdict
         return admitted
 
@@ -123,7 +124,7 @@ class RequestPath:
         """The attached consumer VM whose token this is (Attach, Detach and step 1)."""
         verdict = attached(self.config.attachments, network, address)
         if isinstance(verdict, Refusal):
-            raise verdict.error(verdict.message)
+            raise verdict.exception()
         await self.gate.check(verdict, token, source)
         return verdict
 
@@ -148,54 +149,46 @@ class RequestPath:
         frame.payload = req.payload
         return frame
 
-    async def traced(self, req: pb.SendRequest, deadline: float, caller: str | None,
-                     tell_caller: Callable[[TraceParent], None] | None = None, source: str = "") -> pb.SendResponse:
-        """forward() as one trace: the caller's traceparent continued, or a new trace; `tell_caller`
-        hears ours before the work starts (so an error answer carries it too). Log records written
-        for the request carry its trace id and request id."""
+    async def forward(self, req: pb.SendRequest, deadline: float, caller: str | None = None,
+                      tell_caller: Callable[[TraceParent], None] | None = None, source: str = "") -> pb.SendResponse:
+        """One request as one trace, counted and timed by its service and status (wire/metrics.py).
+        The trace continues the caller's traceparent, or is a new one; `tell_caller` hears ours before
+        the work starts (so an error answer carries it too), and log records written for the request
+        carry its trace id and request id. Step 1's verdict is looked up once; only a request refused
+        before it is looked up again, for its label. One method, not a wrapper around another: each
+        await layer is a coroutine frame per request."""
         parent = parse(caller) if caller and self.spans.enabled else None
         with self.spans.span("request", parent) as span:
             trace = span or start(caller)
             if tell_caller is not None:
                 tell_caller(trace)
             token = bind(trace.trace_id, req.request_id)
+            began, code, service = time.perf_counter(), Status.INTERNAL.name, ""
             try:
-                resp = await self.forward(req, deadline, source, trace)
+                if (too_large := payload_too_large(len(req.payload))) is not None:
+                    raise InvalidRequest(too_large)
+                with self.spans.span("admit"):
+                    admitted = (self._admitted.get((req.network, req.src, req.token, req.target))
+                                or await self._admit(req, source))
+                service = admitted.service.name
+                response = await self._forward(admitted, req, deadline, trace)
+                code = Status.OK.name
                 log.debug("request %d from %s/%s to %s: OK", req.request_id, req.network, req.src, req.target)
-                return resp
+                return response
             except LeasenetError as exc:
+                code = exc.code.name
                 log.debug("request %d from %s/%s to %s: %s %s", req.request_id, req.network, req.src, req.target,
                           exc.code.name, exc.message)
                 raise
+            except asyncio.CancelledError:
+                code = Status.CANCELLED.name
+                raise
             finally:
+                if not service:  # refused before admission: the label of an earlier verdict, if any
+                    earlier = self._admitted.get((req.network, req.src, req.token, req.target))
+                    service = earlier.service.name if earlier else UNADMITTED
+                REQUESTS.record(service, code, time.perf_counter() - began)
                 CURRENT.reset(token)
-
-    async def forward(self, req: pb.SendRequest, deadline: float, source: str = "",
-                      trace: TraceParent | None = None) -> pb.SendResponse:
-        """One request, counted and timed by its service and status (wire/metrics.py). Step 1's
-        verdict is looked up once; only a request refused before it is looked up again, for its label."""
-        start, code, service = time.perf_counter(), Status.INTERNAL.name, ""
-        try:
-            if (too_large := payload_too_large(len(req.payload))) is not None:
-                raise InvalidRequest(too_large)
-            with self.spans.span("admit"):
-                admitted = (self._admitted.get((req.network, req.src, req.token, req.target))
-                            or await self._admit(req, source))
-            service = admitted.service.name
-            response = await self._forward(admitted, req, deadline, trace)
-            code = Status.OK.name
-            return response
-        except LeasenetError as exc:
-            code = exc.code.name
-            raise
-        except asyncio.CancelledError:
-            code = Status.CANCELLED.name
-            raise
-        finally:
-            if not service:  # refused before admission: the label of an earlier verdict, if any
-                earlier = self._admitted.get((req.network, req.src, req.token, req.target))
-                service = earlier.service.name if earlier else UNADMITTED
-            REQUESTS.record(service, code, time.perf_counter() - start)
 
     async def _forward(self, admitted: Admitted, req: pb.SendRequest, deadline: float,
                        trace: TraceParent | None) -> pb.SendResponse:
@@ -298,8 +291,8 @@ class ConsumerHostServicer(pb_grpc.ConsumerHostServicer):
         def tell_caller(trace: TraceParent) -> None:  # trailing metadata: OK and error answers alike
             context.set_trailing_metadata(((TRACEPARENT, trace.header()),))
 
-        return await self.path.traced(request, self._deadline(context), _traceparent(context), tell_caller,
-                                     source_of(context.peer()))
+        return await self.path.forward(request, self._deadline(context), _traceparent(context), tell_caller,
+                                       source_of(context.peer()))
 
     async def SendStream(self, request_iterator: AsyncIterator[pb.SendRequest],
                          context: grpc.aio.ServicerContext) -> AsyncIterator[pb.SendResponse]:
@@ -315,8 +308,8 @@ class ConsumerHostServicer(pb_grpc.ConsumerHostServicer):
 
         async def one(req: pb.SendRequest) -> None:
             try:
-                resp = await self.path.traced(req, time.monotonic() + self.path.config.default_deadline_s, caller,
-                                              source=source)
+                resp = await self.path.forward(req, time.monotonic() + self.path.config.default_deadline_s, caller,
+                                               source=source)
             except LeasenetError as exc:
                 resp = _refused(req, exc)
             except Exception:

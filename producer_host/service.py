@@ -28,13 +28,14 @@ from wire.otel import OtelSpans
 from wire.rpc import Server, ServerCaps, edge, end_of_stream
 from wire.tls import Identity, TlsMaterial, peer_identity
 from wire.trace import NO_SPANS, Spans, TraceParent, parse, trace_id_of
+from wire.verdict import Refusal
 from wire.v1 import tunnel_pb2 as pb
 from wire.v1 import tunnel_pb2_grpc as pb_grpc
 from producer_host import limits
 from producer_host.actors import Envelope, History, VmActor
 from producer_host.handlers import handler_maker
 from producer_host.limits import Limits, Overloaded
-from producer_host.validate import Accept, Addressing, Reject, holds_claim, may_open_tunnel, validate
+from producer_host.validate import Accept, Addressing, MaybeEarly, holds_claim, may_open_tunnel, validate
 from wire.errors import Status
 from mapping.liveness import Liveness
 from mapping.model import Claim, Host, HostId, HostKind, ProducerVm, Record, VmId, parse_ipv4
@@ -178,7 +179,7 @@ class TunnelServicer(pb_grpc.TunnelServicer):
         if not self.insecure and (refused := may_open_tunnel(peer)) is not None:
             metrics.TUNNEL_FRAMES_REJECTED.labels("TunnelRefused").inc()
             await _take_first(request_iterator)
-            raise refused.error(refused.message)
+            raise refused.exception()
         owner = "" if peer is None else str(peer)  # --insecure: no identity to count streams by
         if owner and self._streams_of[owner] >= self.limits.streams_per_peer:
             metrics.exhausted("producer_host", "streams_per_peer")
@@ -248,14 +249,14 @@ class TunnelServicer(pb_grpc.TunnelServicer):
         """The consumer host's exchange span, parent of ours (parsed only when spans are exported)."""
         return parse(frame.traceparent) if self.spans.enabled and frame.traceparent else None
 
-    def _validate(self, frame: pb.Frame, peer: Identity | None) -> Accept | Reject:
+    def _validate(self, frame: pb.Frame, peer: Identity | None) -> Accept | Refusal:
         with self.spans.span("validate", self._parent(frame)):
             return validate(_addressing(frame), self.replica.state, self.host_id, self.address, peer,
                             insecure=self.insecure)
 
     def _accept(self, frame: pb.Frame, stream: _Stream) -> None:
         verdict = self._validate(frame, stream.peer)
-        if isinstance(verdict, Reject) and verdict.may_be_early:
+        if isinstance(verdict, MaybeEarly):
             if not self.early.take(len(frame.payload)):
                 metrics.TUNNEL_FRAMES_REJECTED.labels("EarlyFramesFull").inc()
                 metrics.exhausted("producer_host", "early_frames")
@@ -288,7 +289,7 @@ class TunnelServicer(pb_grpc.TunnelServicer):
             now, waiting = loop.time(), deque[_Parked]()
             for parked in stream.parked:
                 verdict = self._validate(parked.frame, stream.peer)
-                if isinstance(verdict, Reject) and verdict.may_be_early and parked.until > now:
+                if isinstance(verdict, MaybeEarly) and parked.until > now:
                     waiting.append(parked)
                     continue
                 self.early.give(len(parked.frame.payload))
@@ -296,8 +297,8 @@ class TunnelServicer(pb_grpc.TunnelServicer):
             stream.parked = waiting
             stream.check_settled()
 
-    def _dispatch(self, frame: pb.Frame, verdict: Accept | Reject, stream: _Stream) -> None:
-        if isinstance(verdict, Reject):
+    def _dispatch(self, frame: pb.Frame, verdict: Accept | Refusal, stream: _Stream) -> None:
+        if isinstance(verdict, Refusal):
             metrics.TUNNEL_FRAMES_REJECTED.labels(verdict.error.__name__).inc()
             stream.answer(frame, verdict.code, verdict.message)
             return

@@ -16,19 +16,15 @@ from typing import TYPE_CHECKING
 from mapping.model import Claim, HostId, Pool, VmId, lease_hex, vm_id
 from mapping.state import ClusterState
 from wire.limits import payload_too_large
-from wire.errors import (
-    InvalidRequest,
-    LeasenetError,
-    NotFound,
-    PermissionDenied,
-    StaleClaim,
-    Status,
-)
+from wire.errors import InvalidRequest, NotFound, PermissionDenied, StaleClaim
+from wire.verdict import PeerKind, Refusal
 
-if TYPE_CHECKING:  # wire.tls imports grpc, and this module stays pure: it compares the kind by value
+if TYPE_CHECKING:  # wire.tls imports grpc, and this module stays pure
     from wire.tls import Identity
 
 CONSUMER = "consumer"  # wire.tls.Kind.CONSUMER, a str enum
+SENDER = PeerKind(CONSUMER, "only consumer hosts send tunnel frames", peer="this stream's peer",
+                  certificate="the tunnel's peer certificate")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,45 +48,32 @@ class Accept:
 
 
 @dataclass(frozen=True, slots=True)
-class Reject:
-    error: type[LeasenetError]
-    message: str
-    # the claim may simply not have reached our replica yet: worth waiting for the revision
-    may_be_early: bool = False
-
-    @property
-    def code(self) -> Status:
-        return self.error.code
+class MaybeEarly(Refusal):
+    """A refusal that may not be final, unlike every other: the frame's claim may simply not have
+    reached our replica yet, so the producer host parks the frame and validates it again as the
+    replica moves, answering with this refusal only when its wait is over."""
 
 
-Verdict = Accept | Reject
+Verdict = Accept | Refusal
 
 
-def _sender(peer: Identity | None) -> Identity | Reject:
-    if peer is None:
-        return Reject(PermissionDenied, "the tunnel's peer certificate names no leasenet identity")
-    if peer.kind != CONSUMER:
-        return Reject(PermissionDenied, f"only consumer hosts send tunnel frames; this stream's peer is {peer}")
-    return peer
-
-
-def may_open_tunnel(peer: Identity | None) -> Reject | None:
+def may_open_tunnel(peer: Identity | None) -> Refusal | None:
     """Only consumer hosts send frames: anyone else is refused before a frame is read."""
-    sender = _sender(peer)
-    return sender if isinstance(sender, Reject) else None
+    sender = SENDER.check(peer)
+    return sender if isinstance(sender, Refusal) else None
 
 
-def may_send_frame(peer: Identity | None, claim: Claim, pool: Pool | None) -> Reject | None:
+def may_send_frame(peer: Identity | None, claim: Claim, pool: Pool | None) -> Refusal | None:
     """A frame for `claim` only from the consumer host that owns the claim's pool (from our replica)."""
-    sender = _sender(peer)
-    if isinstance(sender, Reject):
+    sender = SENDER.check(peer)
+    if isinstance(sender, Refusal):
         return sender
     if pool is None or pool.consumer_host != claim.consumer_host:
-        return Reject(PermissionDenied, f"the claim on producer VM {claim.vm} belongs to no pool this host knows "
-                                        f"(lease {lease_hex(claim.lease_id)}): refused until it can tell its owner")
+        return Refusal(PermissionDenied, f"the claim on producer VM {claim.vm} belongs to no pool this host knows "
+                                         f"(lease {lease_hex(claim.lease_id)}): refused until it can tell its owner")
     if pool.consumer_host != sender.id:
-        return Reject(PermissionDenied, f"the claim on producer VM {claim.vm} belongs to another consumer host's "
-                                        f"pool, not to {sender}")
+        return Refusal(PermissionDenied, f"the claim on producer VM {claim.vm} belongs to another consumer host's "
+                                         f"pool, not to {sender}")
     return None
 
 
@@ -98,38 +81,38 @@ def validate(frame: Addressing, state: ClusterState, host_id: HostId, address: s
              *, insecure: bool = False) -> Verdict:
     """`peer`: the stream's certificate identity; `insecure`: there is none, believe `src_host`."""
     if not (frame.network and frame.src and frame.dst and frame.src_host):
-        return Reject(InvalidRequest, "frame is missing its inner or outer header fields")
+        return Refusal(InvalidRequest, "frame is missing its inner or outer header fields")
     if (too_large := payload_too_large(frame.payload_bytes)) is not None:
-        return Reject(InvalidRequest, too_large)
+        return Refusal(InvalidRequest, too_large)
     if frame.dst_host != address:
-        return Reject(InvalidRequest,
-                      f"frame is addressed to host {frame.dst_host}, but this is host {address}")
+        return Refusal(InvalidRequest,
+                       f"frame is addressed to host {frame.dst_host}, but this is host {address}")
     network = state.networks.get(frame.network)
     if network is None or network.vni != frame.vni:
-        return Reject(NotFound,
-                      f"VNI {frame.vni} (network {frame.network!r}) is not a known overlay network here")
+        return Refusal(NotFound,
+                       f"VNI {frame.vni} (network {frame.network!r}) is not a known overlay network here")
     vm = vm_id(frame.network, frame.dst)
     record = state.vms.get(vm)
     if record is None or record.host_id != host_id:
-        return Reject(NotFound, f"producer VM {vm} is not hosted on host {host_id}")
+        return Refusal(NotFound, f"producer VM {vm} is not hosted on host {host_id}")
     claim = state.claims.get(vm)
     if claim is None or not holds_claim(state, vm, frame.fencing_token):
-        return Reject(StaleClaim,
-                      f"fencing token {frame.fencing_token} is not the current claim on producer VM {vm} "
-                      f"(the lease expired, was released, or the VM was re-registered)",
-                      may_be_early=claim is None or frame.fencing_token > claim.revision)
+        stale = (f"fencing token {frame.fencing_token} is not the current claim on producer VM {vm} "
+                 f"(the lease expired, was released, or the VM was re-registered)")
+        early = claim is None or frame.fencing_token > claim.revision  # our replica may be behind the frame
+        return MaybeEarly(StaleClaim, stale) if early else Refusal(StaleClaim, stale)
     if not insecure and (refused := may_send_frame(peer, claim, state.pools_by_lease.get(claim.lease_id))):
         return refused  # before the checks below: a forger learns nothing of another tenant
     # with certificates a header consistency check; with --insecure the only word on the sender
     consumer_host = state.hosts.get(claim.consumer_host)
     if consumer_host is not None and consumer_host.address != frame.src_host:
-        return Reject(PermissionDenied,
-                      f"the claim on producer VM {vm} belongs to consumer host {claim.consumer_host} "
-                      f"({consumer_host.address}), but the frame came from {frame.src_host}")
+        return Refusal(PermissionDenied,
+                       f"the claim on producer VM {vm} belongs to consumer host {claim.consumer_host} "
+                       f"({consumer_host.address}), but the frame came from {frame.src_host}")
     consumer = vm_id(frame.network, frame.src)
     if claim.consumer_vm != consumer:
-        return Reject(PermissionDenied,
-                      f"producer VM {vm} is leased to consumer VM {claim.consumer_vm}, not to {consumer}")
+        return Refusal(PermissionDenied,
+                       f"producer VM {vm} is leased to consumer VM {claim.consumer_vm}, not to {consumer}")
     return Accept(vm, claim)
 
 

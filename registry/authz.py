@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, TypeAlias
 
 from mapping.model import HostId, Pool, lease_hex
 from mapping.names import check_name
-from wire.errors import LeasenetError, PermissionDenied
+from wire.errors import PermissionDenied
+from wire.verdict import PeerKind, Refusal
 
 if TYPE_CHECKING:  # wire.tls imports grpc; these rules stay pure and compare kinds by value (a str enum)
     from wire.tls import Identity
@@ -48,68 +49,55 @@ class Forwarded:
 Caller: TypeAlias = "Identity | Anyone | Forwarded | None"
 
 
-@dataclass(frozen=True, slots=True)
-class Deny:
-    error: type[LeasenetError]
-    reason: str
-
-    def exception(self) -> LeasenetError:
-        return self.error(self.reason)
+CONSUMER_HOST = PeerKind(CONSUMER, "the leasing API serves consumer hosts only", peer="the caller",
+                         certificate="the caller's certificate")
 
 
-def _consumer_host(caller: Identity | None) -> Identity | Deny:
-    if caller is None:
-        return Deny(PermissionDenied, "the caller's certificate names no leasenet identity")
-    if caller.kind != CONSUMER:
-        return Deny(PermissionDenied, f"the leasing API serves consumer hosts only; the caller is {caller}")
-    return caller
-
-
-def lessee(caller: Caller, stated: str) -> HostId | Deny:
+def lessee(caller: Caller, stated: str) -> HostId | Refusal:
     """The consumer host a RequestLease is for: the caller's own; a request naming another is refused."""
     if isinstance(caller, Anyone):
         return HostId(stated)
-    host = _consumer_host(caller)
-    if isinstance(host, Deny):
+    host = CONSUMER_HOST.check(caller)
+    if isinstance(host, Refusal):
         return host
     if stated and stated != host.id:
-        return Deny(PermissionDenied, f"{host} cannot lease for consumer host {stated!r}: a consumer host "
-                                      "leases for itself only")
+        return Refusal(PermissionDenied, f"{host} cannot lease for consumer host {stated!r}: a consumer host "
+                                         "leases for itself only")
     return HostId(host.id)
 
 
-def may_act_on_pool(caller: Caller, pool: Pool, action: str) -> Deny | None:
+def may_act_on_pool(caller: Caller, pool: Pool, action: str) -> Refusal | None:
     """Grow, shrink, renew or release (`action`) only the caller's own pools."""
     if isinstance(caller, Anyone):
         return None
-    host = _consumer_host(caller)
-    if isinstance(host, Deny):
+    host = CONSUMER_HOST.check(caller)
+    if isinstance(host, Refusal):
         return host
     if pool.consumer_host != host.id:
-        return Deny(PermissionDenied, f"lease {lease_hex(pool.lease_id)} is a pool of another consumer host; "
-                                      f"{host} may {action} only its own")
+        return Refusal(PermissionDenied, f"lease {lease_hex(pool.lease_id)} is a pool of another consumer host; "
+                                         f"{host} may {action} only its own")
     return None
 
 
-def on_behalf(peer: Caller, stated: str | None) -> Caller | Deny:
+def on_behalf(peer: Caller, stated: str | None) -> Caller | Refusal:
     """Whom a leasing call is for. `stated`: the consumer host a forwarding registry says it carries
     the call for (None: not forwarded, the peer itself). Only a registry's certificate may state one:
     a consumer host claiming to forward is refused, so no client can borrow another's identity."""
     if stated is None or isinstance(peer, Anyone):
         return peer  # --insecure: every stated field is believed anyway
     if peer is None or peer.kind != REGISTRY:
-        return Deny(PermissionDenied, f"only a registry may forward a leasing call on behalf of a consumer host; "
-                                      f"the caller is {peer or 'a certificate naming no leasenet identity'}")
+        return Refusal(PermissionDenied, f"only a registry may forward a leasing call on behalf of a consumer host; "
+                                         f"the caller is {peer or 'a certificate naming no leasenet identity'}")
     try:
         return Forwarded(check_name("forwarded consumer host id", stated), via=peer.id)
     except ValueError as exc:
-        return Deny(PermissionDenied, str(exc))
+        return Refusal(PermissionDenied, str(exc))
 
 
-def may_inspect(caller: Caller) -> Deny | None:
+def may_inspect(caller: Caller) -> Refusal | None:
     """Inspection is read-only: any process with a certificate from the cluster CA may read it."""
     if caller is None:
-        return Deny(PermissionDenied, "inspection needs a certificate naming a leasenet identity")
+        return Refusal(PermissionDenied, "inspection needs a certificate naming a leasenet identity")
     return None
 
 

@@ -22,12 +22,13 @@ from wire.v1 import registry_pb2_grpc as pb_grpc
 from mapping import keys
 from mapping.config import ClusterConfig
 from mapping.liveness import Liveness
-from registry.authz import ANYONE, Caller, Deny, lessee, may_inspect, on_behalf, sees_fencing_tokens
+from registry.authz import ANYONE, Caller, lessee, may_inspect, on_behalf, sees_fencing_tokens
 from registry import requests
 from registry.ownership import Ownership, forwarded_for, liveness
 from registry.convert import host_to_pb, lease_to_pb, service_to_pb, vm_to_pb
 from wire.errors import InvalidRequest, LeasenetError, NotFound, Status
 from wire.tls import TlsMaterial, peer_identity
+from wire.verdict import Refusal
 from registry import audit
 from registry.leasing import ClaimCollector, LeaseView, LeasingAgent, describe
 from registry.watchers import Backlog, Watchers, WatchLimits
@@ -106,7 +107,7 @@ class LeasingServicer(pb_grpc.LeasingServicer):
         """Whom the call is for, and whether another registry forwarded it (then it is served here)."""
         stated = forwarded_for(context.invocation_metadata())
         caller = on_behalf(caller_of(context, self.insecure), stated)
-        if isinstance(caller, Deny):
+        if isinstance(caller, Refusal):
             raise caller.exception()
         return caller, stated is not None
 
@@ -134,7 +135,7 @@ class LeasingServicer(pb_grpc.LeasingServicer):
                 requests.name("consumer host", request.consumer_host)
             avoid = requests.host_addresses(request.avoid_hosts)
             host = lessee(caller, request.consumer_host)
-            if isinstance(host, Deny):
+            if isinstance(host, Refusal):
                 raise host.exception()
             request.consumer_host = host
             answer = await self._at_owner(service, "RequestLease", request, caller, forwarded, context)

@@ -8,7 +8,6 @@ from consumer_host.datapath import (
     Grow,
     HeldPool,
     PoolVm,
-    Refusal,
     Use,
     Wait,
     admit,
@@ -18,6 +17,7 @@ from consumer_host.datapath import (
 )
 from consumer_host.tokens import PlainToken
 from wire.errors import Status
+from wire.verdict import Refusal
 from mapping.model import LeaseId, LeasePolicy, Network, Service, VmId
 from mapping.state import ClusterState
 

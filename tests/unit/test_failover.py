@@ -11,7 +11,7 @@ import time
 import pytest
 
 from consumer_host.datapath import Admitted, PoolVm
-from consumer_host.failover import Fail, Happened, Retry, out_of_attempts, verdict
+from consumer_host.failover import Happened, Retry, out_of_attempts, verdict
 from consumer_host.tunnel import TunnelClient
 from mapping.model import VmId
 from tests.unit.test_request_path import request, synced_path
@@ -19,6 +19,7 @@ from tests.unit.test_tunnel_frames import BIG, EndingCall
 from tests.conftest import eventually_async
 from wire.errors import DeadlineExceeded, LeasenetError, ProducerUnavailable, Status
 from wire.v1 import tunnel_pb2 as tpb
+from wire.verdict import Refusal
 
 DYING, LIVING = "127.0.0.1:7101", "127.0.0.1:7102"
 
@@ -32,19 +33,19 @@ def test_a_request_that_cannot_have_run_is_retried(happened: Happened, idempoten
 def test_a_request_that_may_have_run_is_retried_only_if_idempotent() -> None:
     assert verdict(Happened.DELIVERY_UNKNOWN, True, 7) == Retry(Happened.DELIVERY_UNKNOWN)
     fail = verdict(Happened.DELIVERY_UNKNOWN, False, 7)
-    assert isinstance(fail, Fail) and fail.error is ProducerUnavailable
+    assert isinstance(fail, Refusal) and fail.error is ProducerUnavailable
     assert fail.message.startswith("delivery unknown") and "request 7" in fail.message
 
 
 @pytest.mark.parametrize("idempotent", [False, True])
 def test_a_request_without_an_answer_by_its_deadline_fails_even_if_idempotent(idempotent: bool) -> None:
     fail = verdict(Happened.NO_ANSWER, idempotent, 7)
-    assert isinstance(fail, Fail) and fail.error is DeadlineExceeded and "may have run" in fail.message
+    assert isinstance(fail, Refusal) and fail.error is DeadlineExceeded and "may have run" in fail.message
 
 
 def test_a_request_out_of_attempts_fails_saying_what_happened_to_the_last() -> None:
     fail = out_of_attempts(Retry(Happened.REFUSED), 7, 3)
-    assert fail == Fail(ProducerUnavailable, "request 7 was not answered after 3 attempts "
+    assert fail == Refusal(ProducerUnavailable, "request 7 was not answered after 3 attempts "
                                        "(the last: refused by its producer host)")
 
 

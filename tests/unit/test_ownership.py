@@ -18,11 +18,12 @@ from mapping.ownership import owner, owner_address, registries, score
 from mapping.replica import Replica
 from mapping.state import ClusterState
 from mapping.store.memory import MemoryStore
-from registry.authz import ANYONE, Deny, Forwarded, lessee, may_act_on_pool, on_behalf
+from registry.authz import ANYONE, Forwarded, lessee, may_act_on_pool, on_behalf
 from registry.leasing import LeasingAgent
 from registry.ownership import FORWARDED_FOR, forwarded_for
 from wire.errors import Status
 from wire.tls import Identity, Kind
+from wire.verdict import Refusal
 
 SERVICES = [f"svc-{n}" for n in range(3000)]
 R1, R2 = Identity(Kind.REGISTRY, "r1"), Identity(Kind.REGISTRY, "r2")
@@ -93,20 +94,20 @@ def test_a_registry_may_forward_a_call_for_the_consumer_host_it_names() -> None:
 def test_a_forwarded_call_still_acts_only_for_the_consumer_host_it_was_forwarded_for() -> None:
     caller = on_behalf(R2, "c2")
     refused = may_act_on_pool(caller, POOL, "grow")
-    assert isinstance(refused, Deny) and "may grow only its own" in refused.reason
-    assert isinstance(lessee(caller, "c1"), Deny)
+    assert isinstance(refused, Refusal) and "may grow only its own" in refused.message
+    assert isinstance(lessee(caller, "c1"), Refusal)
 
 
 def test_no_one_but_a_registry_may_claim_to_forward_a_call() -> None:
     for peer in [Identity(Kind.CONSUMER, "c2"), Identity(Kind.PRODUCER, "p1"), Identity(Kind.OPERATOR, "admin"), None]:
         verdict = on_behalf(peer, "c1")
-        assert isinstance(verdict, Deny) and verdict.error.code == Status.PERMISSION_DENIED
-        assert "only a registry may forward" in verdict.reason
+        assert isinstance(verdict, Refusal) and verdict.code == Status.PERMISSION_DENIED
+        assert "only a registry may forward" in verdict.message
 
 
 def test_a_forwarded_consumer_host_id_must_be_a_valid_name() -> None:
     verdict = on_behalf(R1, "../c1")
-    assert isinstance(verdict, Deny) and "forwarded consumer host id" in verdict.reason
+    assert isinstance(verdict, Refusal) and "forwarded consumer host id" in verdict.message
 
 
 def test_the_forwarding_mark_is_read_from_the_metadata() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-from consumer_host.datapath import Admitted, Attachment, PoolVm, Refusal
+from consumer_host.datapath import Admitted, Attachment, PoolVm
 from consumer_host.tokens import PlainToken
 from consumer_host.poolbook import (
     AVOID_HOST_S,
@@ -32,6 +32,7 @@ from consumer_host.poolbook import (
 from mapping.model import Claim, Host, HostId, HostKind, LeaseId, LeasePolicy, Service, VmId
 from mapping.state import ClusterState
 from wire.errors import PoolExhausted, Status, StoreUnavailable
+from wire.verdict import Refusal
 
 ECHO = Service("echo", "blue", "10.1.255.1", 7,
                LeasePolicy(min_pool=1, max_pool=2, lease_ttl_s=6, idle_release_s=30.0))

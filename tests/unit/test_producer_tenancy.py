@@ -17,10 +17,11 @@ from producer_host import limits
 from producer_host.actors import Envelope, History, VmActor
 from producer_host.handlers import Handler, HandlerError, handler_maker, load_handler
 from producer_host.limits import Limits
-from producer_host.validate import Reject, validate
+from producer_host.validate import validate
 from tests.unit.test_validate import ADDRESS, C1, ME, frame, state
 from wire.errors import Status
 from wire.limits import MAX_MESSAGE_BYTES, MAX_PAYLOAD_BYTES
+from wire.verdict import Refusal
 
 VM = ProducerVm("blue", "10.1.1.7", HostId("p1"), "kv")
 NEIGHBOUR = ProducerVm("blue", "10.1.1.8", HostId("p1"), "echo")
@@ -181,9 +182,9 @@ async def test_a_neighbour_vm_is_answered_while_runaway_work_runs_on_the_same_ho
 
 def test_an_oversized_payload_is_refused_with_leasenet_s_sentence_and_fits_grpc_s_limit() -> None:
     verdict = validate(frame(payload_bytes=MAX_PAYLOAD_BYTES + 1), state(), ME, ADDRESS, C1)
-    assert isinstance(verdict, Reject) and verdict.code is Status.INVALID_ARGUMENT
+    assert isinstance(verdict, Refusal) and verdict.code is Status.INVALID_ARGUMENT
     assert verdict.message == f"payload of {MAX_PAYLOAD_BYTES + 1} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit"
-    assert not isinstance(validate(frame(payload_bytes=MAX_PAYLOAD_BYTES), state(), ME, ADDRESS, C1), Reject)
+    assert not isinstance(validate(frame(payload_bytes=MAX_PAYLOAD_BYTES), state(), ME, ADDRESS, C1), Refusal)
     assert MAX_MESSAGE_BYTES > 2 * MAX_PAYLOAD_BYTES  # a full batch plus one frame of the largest payload
 
 

@@ -19,7 +19,6 @@ from consumer_host.datapath import (
     Grow,
     HeldPool,
     PoolVm,
-    Refusal,
     Use,
     Wait,
     admit,
@@ -30,11 +29,12 @@ from consumer_host.datapath import (
 )
 from consumer_host.tokens import PlainToken
 from leasenet.checker import Execution, overlapping
-from producer_host.validate import Accept, Addressing, Reject, validate
+from producer_host.validate import Accept, Addressing, MaybeEarly, validate
 from mapping import keys
 from mapping.model import Claim, Host, HostId, HostKind, LeaseId, LeasePolicy, Network, Pool, ProducerVm, Service, VmId
 from mapping.state import ClusterState
 from wire.tls import Identity, Kind
+from wire.verdict import Refusal
 
 ME, ADDRESS = HostId("p1"), "127.0.0.1:7100"
 CONSUMER_HOST = "127.0.0.1:7200"
@@ -92,9 +92,9 @@ def test_validation_accepts_exactly_the_frames_of_a_current_claim(frame: Address
     if frame == VALID:
         assert isinstance(verdict, Accept) and verdict.vm == "blue/10.1.1.1" and verdict.claim.revision == 20
         return
-    assert isinstance(verdict, Reject), frame
+    assert isinstance(verdict, Refusal), frame
     assert verdict.code != Status.OK and len(verdict.message.split()) >= 5
-    assert not verdict.may_be_early or verdict.code == Status.FAILED_PRECONDITION
+    assert not isinstance(verdict, MaybeEarly) or verdict.code == Status.FAILED_PRECONDITION
 
 
 OWNER = Identity(Kind.CONSUMER, "c1")
@@ -111,7 +111,7 @@ def test_with_certificates_validation_accepts_exactly_the_owner_s_frames_of_a_cu
     if peer == OWNER and frame == VALID:
         assert isinstance(verdict, Accept) and verdict.vm == "blue/10.1.1.1"
         return
-    assert isinstance(verdict, Reject), (frame, peer)
+    assert isinstance(verdict, Refusal), (frame, peer)
     assert verdict.code != Status.OK and len(verdict.message.split()) >= 5
 
 

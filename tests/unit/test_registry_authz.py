@@ -13,10 +13,11 @@ from mapping import keys
 from mapping.model import ConsumerRef, Host, HostId, HostKind, LeaseId, LeasePolicy, Network, Pool, ProducerVm, Service
 from mapping.replica import Replica
 from mapping.store.memory import MemoryStore
-from registry.authz import ANYONE, Deny, lessee, may_act_on_pool, may_inspect, sees_fencing_tokens
+from registry.authz import ANYONE, lessee, may_act_on_pool, may_inspect, sees_fencing_tokens
 from registry.leasing import LeasingAgent
 from wire.errors import NotFound, PermissionDenied, Status
 from wire.tls import Identity, Kind
+from wire.verdict import Refusal
 
 C1, C2 = Identity(Kind.CONSUMER, "c1"), Identity(Kind.CONSUMER, "c2")
 OTHERS = [Identity(Kind.PRODUCER, "c1"), Identity(Kind.REGISTRY, "r1"), Identity(Kind.OPERATOR, "admin")]
@@ -25,7 +26,7 @@ SERVICE = Service("echo", "blue", "10.1.255.1", 7, LeasePolicy(min_pool=1, max_p
 
 
 def denied(verdict: object, code: Status, text: str) -> bool:
-    return isinstance(verdict, Deny) and verdict.error.code == code and text in verdict.reason
+    return isinstance(verdict, Refusal) and verdict.code == code and text in verdict.message
 
 
 def test_a_consumer_host_leases_for_itself_whatever_the_request_names_or_omits() -> None:

@@ -3,12 +3,13 @@ certificates the sender is the stream's peer; only --insecure believes the frame
 
 from __future__ import annotations
 
-from producer_host.validate import Accept, Addressing, Reject, may_open_tunnel, may_send_frame, validate
+from producer_host.validate import Accept, Addressing, MaybeEarly, may_open_tunnel, may_send_frame, validate
 from mapping import keys
 from mapping.model import Claim, Host, HostId, HostKind, LeaseId, Network, Pool, ProducerVm, VmId
 from mapping.state import ClusterState
 from wire.errors import StaleClaim, Status
 from wire.tls import Identity, Kind
+from wire.verdict import Refusal
 
 ME, ADDRESS = HostId("p1"), "127.0.0.1:7100"
 C1 = Identity(Kind.CONSUMER, "c1")
@@ -31,8 +32,8 @@ def frame(**changes: object) -> Addressing:
     return Addressing(**{**base, **changes})  # type: ignore[arg-type]
 
 
-def refused(verdict: Accept | Reject | None, code: Status, text: str) -> bool:
-    return isinstance(verdict, Reject) and verdict.code == code and text in verdict.message
+def refused(verdict: Accept | Refusal | None, code: Status, text: str) -> bool:
+    return isinstance(verdict, Refusal) and verdict.code == code and text in verdict.message
 
 
 def test_a_frame_from_the_owner_of_the_current_claim_is_accepted() -> None:
@@ -65,7 +66,7 @@ def test_with_certificates_a_correct_src_host_proves_nothing_and_a_wrong_one_is_
 def test_another_consumer_host_forging_a_frame_learns_nothing_of_the_lessee() -> None:
     verdict = validate(frame(src="10.1.0.2"), state(), ME, ADDRESS, Identity(Kind.CONSUMER, "c2"))
     assert refused(verdict, Status.PERMISSION_DENIED, "another consumer host's pool")
-    assert isinstance(verdict, Reject) and "10.1.0.1" not in verdict.message
+    assert isinstance(verdict, Refusal) and "10.1.0.1" not in verdict.message
 
 
 def test_insecure_mode_believes_src_host_and_compares_it_with_the_owner_s_address() -> None:
@@ -106,8 +107,8 @@ def test_without_a_certificate_and_without_insecure_every_frame_is_refused() -> 
 def test_a_token_newer_than_the_replica_may_just_be_early() -> None:
     early = validate(frame(fencing_token=25), state(), ME, ADDRESS, C1)
     stale = validate(frame(fencing_token=15), state(), ME, ADDRESS, C1)
-    assert isinstance(early, Reject) and early.may_be_early
-    assert isinstance(stale, Reject) and not stale.may_be_early
+    assert isinstance(early, MaybeEarly) and early.error is StaleClaim
+    assert isinstance(stale, Refusal) and not isinstance(stale, MaybeEarly) and stale.error is StaleClaim
 
 
 def test_a_claim_on_an_older_incarnation_of_the_vm_is_refused() -> None:
@@ -115,4 +116,4 @@ def test_a_claim_on_an_older_incarnation_of_the_vm_is_refused() -> None:
     reborn = ProducerVm("blue", "10.1.1.1", ME, "echo", revision=30)
     s.apply(keys.key_of(reborn), reborn)
     verdict = validate(frame(), s, ME, ADDRESS, C1)
-    assert isinstance(verdict, Reject) and verdict.error is StaleClaim
+    assert isinstance(verdict, Refusal) and verdict.error is StaleClaim
