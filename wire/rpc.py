@@ -23,6 +23,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from wire import metrics
 from wire import tls as wtls
 from wire.errors import ERROR_METADATA_KEY, LeasenetError, Status, error_for_status
 from wire.limits import MAX_MESSAGE_BYTES
@@ -83,8 +84,10 @@ def error_from_rpc(exc: grpc.aio.AioRpcError, peer: str) -> LeasenetError:
     return err
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
+async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str, kind: str) -> None:
     if isinstance(exc, LeasenetError):
+        if kind:
+            metrics.answered(kind, exc)
         if exc.detail:
             log.info("%s in %s: %s (%s)", type(exc).__name__, method, exc.message, exc.detail)
         # keep what the servicer already set (a traceparent): abort's metadata replaces it
@@ -97,6 +100,16 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: 
 
 def edge(fn: F) -> F:
     """Decorate a servicer method: typed errors become their status, cancellation passes through."""
+    return _edge(fn, "")
+
+
+def edge_counting(kind: str) -> Callable[[F], F]:
+    """edge(), and each RESOURCE_EXHAUSTED it answers counted for process `kind` by the error's
+    reason (wire.metrics.answered): for servicers whose refusals are not counted where raised."""
+    return functools.partial(_edge, kind=kind)  # type: ignore[return-value]
+
+
+def _edge(fn: F, kind: str) -> F:
     name = fn.__name__
     if inspect.isasyncgenfunction(fn):
         @functools.wraps(fn)
@@ -107,7 +120,7 @@ def edge(fn: F) -> F:
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception as exc:
-                await _abort(context, exc, name)
+                await _abort(context, exc, name, kind)
         return stream  # type: ignore[return-value]
 
     @functools.wraps(fn)
@@ -117,7 +130,7 @@ def edge(fn: F) -> F:
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception as exc:
-            await _abort(context, exc, name)
+            await _abort(context, exc, name, kind)
     return unary  # type: ignore[return-value]
 
 
@@ -257,6 +270,6 @@ def channel(address: str, tls: TlsMaterial | None = None, expect: Kind | None = 
                                    options=[*CHANNEL_OPTIONS, *wtls.channel_options(expect)])
 
 
-__all__: Sequence[str] = ["SERVER_KINDS", "Server", "ServerCaps", "edge", "channel", "check_health", "end_of_stream",
+__all__: Sequence[str] = ["SERVER_KINDS", "Server", "ServerCaps", "edge", "edge_counting", "channel", "check_health", "end_of_stream",
                           "error_from_rpc", "from_grpc",
                           "install_event_loop", "split_addresses", "to_grpc"]

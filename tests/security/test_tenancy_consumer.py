@@ -1,7 +1,8 @@
 """Consumer-host tenancy (issue 11, SPEC §10) with real processes over mutual TLS: attach tokens
 stored hashed and throttled when guessed, every queue bounded with RESOURCE_EXHAUSTED while other
-consumer VMs keep being served, and no sentence a consumer VM hears names a producer host, a
-producer VM, a leasing agent or an internal exception."""
+consumer VMs keep being served, each refusal counted once in leasenet_resource_exhausted_total by
+its reason, and no sentence a consumer VM hears names a producer host, a producer VM, a leasing
+agent or an internal exception."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 from leasenet.cluster import LocalCluster, Proc, consumer_toml, write_toml
 from tests.integration.helpers import TARGET, attached, cluster_toml, dial, send, send_status
 from wire.errors import Status
+from wire.metrics import scrape, total
 from wire.tls import Kind
 from wire.v1 import consumer_pb2 as cpb
 from wire.v1 import consumer_pb2_grpc as cpb_grpc
@@ -31,6 +33,7 @@ FLOOD = 10_000  # hostile messages on one SendStream (issue 11: memory stays bou
 
 def start(cluster: LocalCluster, *, vms: int, handler: str, consumers: dict[str, tuple[list[str], tuple[str, ...]]],
           max_pool: int = 2) -> tuple[Proc, Proc, dict[str, Proc]]:
+    cluster.metrics = True  # every process serves /metrics: refusals are counted as they are seen
     config = write_toml(cluster.workdir / "cluster.toml", cluster_toml(max_pool=max_pool))
     registry = cluster.registry("registry1", config)
     producer = cluster.producer(PRODUCER, network="blue", service="echo", vms=vms, vm_address_start="10.1.1.1",
@@ -51,6 +54,12 @@ def assert_no_internal_names(sentences: list[str], *internal: str) -> None:
 
 def names(outcomes: list[tuple[grpc.StatusCode, str]]) -> dict[str, int]:
     return dict(collections.Counter(code.name for code, _ in outcomes))
+
+
+def exhausted(proc: Proc, reason: str | None = None) -> float:
+    """The consumer host's RESOURCE_EXHAUSTED count for `reason`, or over every reason."""
+    labels = {"kind": "consumer_host", **({"reason": reason} if reason else {})}
+    return total(scrape(proc.metrics), "leasenet_resource_exhausted_total", **labels)
 
 
 def rss_kib(proc: Proc) -> int:
@@ -97,6 +106,8 @@ async def test_hashed_tokens_work_and_a_guessed_token_is_refused_then_throttled_
             await cpb_grpc.ConsumerHostStub(channel).Attach(
                 cpb.AttachRequest(network="blue", address="10.1.0.3", token="guess"), timeout=10)
     assert attach.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    refusals = codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) + 2  # the guesses', the throttled send's, Attach's
+    assert exhausted(hosts["c1"], "bad_tokens") == exhausted(hosts["c1"]) == refusals
 
     # no leasing agent: the sentence says so without naming it; other refusals name nothing internal either
     cluster.signal("registry1")
@@ -143,10 +154,12 @@ async def test_a_flood_from_one_consumer_vm_is_refused_past_each_bound_while_ano
 
     # the per-VM bound, on unary Sends: 40 at once from one VM, 5 allowed in flight
     burst = await asyncio.gather(*(send_status(c2, "10.1.0.5", b"0.5", timeout=20) for _ in range(40)))
-    exhausted = [m for c, m in burst if c == grpc.StatusCode.RESOURCE_EXHAUSTED]
+    exhausted_answers = [m for c, m in burst if c == grpc.StatusCode.RESOURCE_EXHAUSTED]
     print(f"40 unary Sends at once with --max-vm-requests 5: {names(burst)}")
-    assert exhausted and all("already has 5 requests in flight, its limit" in m for m in exhausted)
+    assert exhausted_answers and all("already has 5 requests in flight, its limit" in m for m in exhausted_answers)
     assert {c for c, _ in burst} == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert exhausted(hosts["c1"], "stream_requests") == exhausted(hosts["c1"]) == codes["RESOURCE_EXHAUSTED"]
+    assert exhausted(hosts["c2"], "vm_requests") == exhausted(hosts["c2"]) == len(exhausted_answers)
 
     # the pool's queue: 2 VMs busy, 3 requests may wait, the rest are refused at once
     burst = await asyncio.gather(*(send_status(c3, "10.1.0.6", b"0.5", timeout=20) for _ in range(40)))
@@ -155,4 +168,5 @@ async def test_a_flood_from_one_consumer_vm_is_refused_past_each_bound_while_ano
     assert queue_full and all("requests of consumer VM 10.1.0.6 already wait for a producer VM of service 'echo', "
                               "the limit" in m for m in queue_full)
     assert {c for c, _ in burst} == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
-    assert_no_internal_names(refusals + exhausted + queue_full, producer.address, registry.address)
+    assert exhausted(hosts["c3"], "pool_waiters") == exhausted(hosts["c3"]) == len(queue_full)
+    assert_no_internal_names(refusals + exhausted_answers + queue_full, producer.address, registry.address)
