@@ -9,14 +9,13 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import grpc.aio
 import pytest
 
 from leasenet.cluster import LocalCluster, Proc, consumer_toml, write_toml
-from tests.integration.helpers import TARGET, attached, cluster_toml, dial, send, send_status
+from tests.integration.helpers import TARGET, attached, cluster_toml, dial, memory_of, send, send_status
 from wire.errors import Status
 from wire.metrics import scrape, total
 from wire.tls import Kind
@@ -60,12 +59,6 @@ def exhausted(proc: Proc, reason: str | None = None) -> float:
     """The consumer host's RESOURCE_EXHAUSTED count for `reason`, or over every reason."""
     labels = {"kind": "consumer_host", **({"reason": reason} if reason else {})}
     return total(scrape(proc.metrics), "leasenet_resource_exhausted_total", **labels)
-
-
-def rss_kib(proc: Proc) -> int:
-    assert proc.process is not None
-    status = Path(f"/proc/{proc.process.pid}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
 
 
 async def test_hashed_tokens_work_and_a_guessed_token_is_refused_then_throttled_while_the_real_vm_loses_nothing(
@@ -127,7 +120,7 @@ async def test_a_flood_from_one_consumer_vm_is_refused_past_each_bound_while_ano
         "c3": (["10.1.0.6"], ("--max-pool-waiters", "3"))})
     c1, c2, c3 = hosts["c1"].address, hosts["c2"].address, hosts["c3"].address
     await send(c1, "10.1.0.2", b"0")  # the other consumer VM holds its own pool
-    before = rss_kib(hosts["c1"])
+    before = memory_of(hosts["c1"]).rss_kib
 
     async def flood() -> list[cpb.SendResponse]:
         async def messages() -> AsyncIterator[cpb.SendRequest]:
@@ -141,7 +134,7 @@ async def test_a_flood_from_one_consumer_vm_is_refused_past_each_bound_while_ano
         return [await send_status(c1, "10.1.0.2", b"0", timeout=10) for _ in range(30)]
 
     answers, served = await asyncio.gather(flood(), other_vm())
-    after = rss_kib(hosts["c1"])
+    after = memory_of(hosts["c1"]).rss_kib
     codes = collections.Counter(Status.of(r.status_code).name for r in answers)
     print(f"\nflood of {FLOOD} on one stream: {dict(codes)}; the other VM: "
           f"{names(served)}; consumer host RSS {before} KiB before, {after} KiB after "
