@@ -50,7 +50,7 @@ class TokenGate:
         if task is None:
             if len(self._pending) >= self.max_pending:
                 raise Overloaded(f"{self.max_pending} token checks are already waiting on this consumer host; "
-                                 "try again shortly")
+                                 "try again shortly", reason="token_checks")
             task = self._pending[key] = asyncio.get_running_loop().create_task(
                 self._verify(attachment, token, digest, source))
             task.add_done_callback(lambda _: self._pending.pop(key, None))
@@ -65,7 +65,7 @@ class TokenGate:
         blocked = self.throttle.blocked_for(source, self.clock())
         if blocked > 0:
             raise Overloaded(f"too many wrong tokens came from this address; it is refused for another "
-                             f"{blocked:.0f} s")
+                             f"{blocked:.0f} s", reason="bad_tokens")
 
     async def _verify(self, attachment: Attachment, token: str, digest: bytes, source: str) -> _Verdict:
         async with self._slot:

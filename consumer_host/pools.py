@@ -41,7 +41,6 @@ from consumer_host.registry_client import RegistryClient
 from consumer_host.sentences import lease_refused
 from mapping.model import LeaseId, Record, VmId, lease_hex, parse_lease_hex
 from mapping.replica import Replica
-from wire import metrics
 from wire.errors import LeaseExpired, LeasenetError, Overloaded, Status
 from wire.v1 import registry_pb2 as pb
 from wire.verdict import Refusal
@@ -54,11 +53,13 @@ def _members(lease: pb.Lease) -> tuple[PoolVm, ...]:
 
 
 def _error(refusal: Refusal, exhausted_because: str = "lease_refused") -> LeasenetError:
-    """The refusal as an exception; a RESOURCE_EXHAUSTED one is counted with its reason: the pool
-    stayed busy to the deadline, or the leasing agent refused the lease or its growth."""
-    if refusal.error.code is Status.RESOURCE_EXHAUSTED:
-        metrics.exhausted("consumer_host", exhausted_because)
-    return refusal.exception()
+    """The refusal as an exception; a RESOURCE_EXHAUSTED one carries its reason for the metrics (the
+    pool stayed busy to the deadline, or the leasing agent refused the lease or its growth), counted
+    where it becomes the consumer VM's answer (consumer_host/service.py)."""
+    error = refusal.exception()
+    if error.code is Status.RESOURCE_EXHAUSTED:
+        error.reason = exhausted_because
+    return error
 
 
 class _Signal:
@@ -142,10 +143,9 @@ class PoolManager:
     def _join_queue(self, key: PoolKey, admitted: Admitted) -> bool:
         waiting = self._waiting.get(key, 0)
         if waiting >= self.max_waiters:
-            metrics.exhausted("consumer_host", "pool_waiters")
             raise Overloaded(f"{waiting} requests of consumer VM {admitted.attachment.address} already wait for a "
                              f"producer VM of service {admitted.service.name!r}, the limit; try again when some "
-                             "are answered")
+                             "are answered", reason="pool_waiters")
         self._waiting[key] = waiting + 1
         return True
 

@@ -25,7 +25,7 @@ from consumer_host.tunnel import TunnelFailure, Tunnels
 from wire import metrics
 from wire.lifecycle import Step, cancel_all, shut_down
 from wire.limits import payload_too_large
-from wire.rpc import Server, edge, end_of_stream
+from wire.rpc import Server, edge_counting, end_of_stream
 from wire.v1 import consumer_pb2 as pb
 from wire.v1 import consumer_pb2_grpc as pb_grpc
 from wire.v1 import tunnel_pb2 as tpb
@@ -50,7 +50,8 @@ log = logging.getLogger(__name__)
 MAX_TEMPLATES = 4096
 DEADLINE_MARGIN_S = 0.05
 DRAIN_S = 2.0  # at shutdown, requests in flight get this long to finish
-REQUESTS = metrics.Requests("consumer_host")
+KIND = "consumer_host"
+REQUESTS = metrics.Requests(KIND)
 UNADMITTED = "unknown"  # the service label of a request refused before its target named a service
 
 
@@ -196,9 +197,8 @@ class RequestPath:
         vm = admitted.attachment.vm_id
         in_flight = self._in_flight.get(vm, 0)
         if in_flight >= self.config.limits.vm_requests:
-            metrics.exhausted("consumer_host", "vm_requests")
             raise Overloaded(f"consumer VM {admitted.attachment.address} already has {in_flight} requests in flight, "
-                             "its limit; try again when some are answered")
+                             "its limit; try again when some are answered", reason="vm_requests")
         self._in_flight[vm] = in_flight + 1
         try:
             answer = await self._attempt(admitted, req, deadline, trace)
@@ -275,18 +275,18 @@ class ConsumerHostServicer(pb_grpc.ConsumerHostServicer):
         # finish a little early, so the caller gets our sentence rather than its own DEADLINE_EXCEEDED
         return time.monotonic() + remaining - min(DEADLINE_MARGIN_S, remaining * 0.1)
 
-    @edge
+    @edge_counting(KIND)  # each RESOURCE_EXHAUSTED answer counted here, by the error's reason
     async def Attach(self, request: pb.AttachRequest, context: grpc.aio.ServicerContext) -> pb.AttachResponse:
         a = await self.path.attachment(request.network, request.address, request.token, source_of(context.peer()))
         network = self.path.replica.state.networks.get(a.network)
         return pb.AttachResponse(network=a.network, address=a.address, vni=network.vni if network else 0)
 
-    @edge
+    @edge_counting(KIND)
     async def Detach(self, request: pb.DetachRequest, context: grpc.aio.ServicerContext) -> pb.DetachResponse:
         a = await self.path.attachment(request.network, request.address, request.token, source_of(context.peer()))
         return pb.DetachResponse(released_leases=await self.path.pools.release_all(a.vm_id))
 
-    @edge
+    @edge_counting(KIND)
     async def Send(self, request: pb.SendRequest, context: grpc.aio.ServicerContext) -> pb.SendResponse:
         def tell_caller(trace: TraceParent) -> None:  # trailing metadata: OK and error answers alike
             context.set_trailing_metadata(((TRACEPARENT, trace.header()),))
@@ -323,7 +323,7 @@ class ConsumerHostServicer(pb_grpc.ConsumerHostServicer):
                     if len(tasks) >= limit:
                         await out.put(_refused(req, Overloaded(
                             f"this stream already has {limit} requests in flight, its limit; request "
-                            f"{req.request_id} was not sent")))
+                            f"{req.request_id} was not sent", reason="stream_requests")))
                         continue
                     task = asyncio.get_running_loop().create_task(one(req))
                     tasks.add(task)
@@ -345,6 +345,8 @@ class ConsumerHostServicer(pb_grpc.ConsumerHostServicer):
 
 
 def _refused(req: pb.SendRequest, error: LeasenetError) -> pb.SendResponse:
+    """A SendStream request's error answer (counted like the edge counts a unary one)."""
+    metrics.answered(KIND, error)
     return pb.SendResponse(request_id=req.request_id, dst=req.src, status_code=int(error.code),
                            status_message=error.message)
 

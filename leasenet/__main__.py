@@ -1,5 +1,5 @@
 import sys
 
-from leasenet.cli import main
+from leasenet.entry import main
 
 sys.exit(main())

@@ -1,5 +1,6 @@
 """`leasenet`: one program, one subcommand per role (SPEC §7). Every flag has an environment
-variable LEASENET_<FLAG> (e.g. --etcd-endpoints / LEASENET_ETCD_ENDPOINTS). Errors print one line."""
+variable LEASENET_<FLAG> (e.g. --etcd-endpoints / LEASENET_ETCD_ENDPOINTS). Errors print one line.
+The program starts in leasenet.entry, which runs `health` without importing this module."""
 
 from __future__ import annotations
 
@@ -15,16 +16,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
-import grpc.aio
-
 from consumer_host.config import Limits, load_attachments
 from consumer_host.service import ConsumerConfig
 from consumer_host.service import serve as serve_consumer_host
 from consumer_host.tokens import hash_token
-from leasenet import certs, demo, etcd, inspection, security, traffic
+from leasenet import certs, demo, etcd, health, inspection, security, traffic
 from leasenet.bench.command import cmd_bench
-from leasenet.console import CliError
+from leasenet.console import CliError, run_command
+from leasenet.flags import add, env_name, tls_flags  # noqa: F401 - env_name: named here as before
 from mapping.config import load_cluster_config
 from mapping.model import HostId
 from mapping.names import check_name
@@ -36,39 +35,12 @@ from registry.service import RegistryConfig
 from registry.service import serve as serve_registry
 from registry.watchers import DEFAULT_BACKLOG, DEFAULT_MAX_WATCHERS, WatchLimits
 from wire import logs, metrics, rpc
-from wire.errors import LeasenetError
 from wire.lifecycle import run_until_signalled
 from wire.tls import Identity, Kind, TlsMaterial
 from wire.v1 import consumer_pb2 as cpb
 from wire.v1 import consumer_pb2_grpc as cpb_grpc
 
 log = logging.getLogger("leasenet")
-
-
-def env_name(flag: str) -> str:
-    return "LEASENET_" + flag.lstrip("-").upper().replace("-", "_")
-
-
-def add(parser: argparse.ArgumentParser, flag: str, *, required: bool = False, default: Any = None,
-        type: Callable[[str], Any] = str, help: str = "", **kwargs: Any) -> None:  # noqa: A002
-    """A flag whose default comes from its environment variable."""
-    env = env_name(flag)
-    if kwargs.get("action") in ("store_true",):
-        default = os.environ.get(env, "").lower() in ("1", "true", "yes") or bool(default)
-        parser.add_argument(flag, default=default, help=f"{help} [env {env}]", **kwargs)
-        return
-    if kwargs.get("action") == "append":
-        value = os.environ.get(env)
-        default = [v for v in value.split(",") if v] if value else (default or [])
-        parser.add_argument(flag, default=default, help=f"{help} [env {env}]", **kwargs)
-        return
-    if env in os.environ:
-        try:
-            default = type(os.environ[env])
-        except ValueError as exc:
-            raise CliError(f"{env}={os.environ[env]!r} is not valid: {exc}") from None
-        required = False
-    parser.add_argument(flag, default=default, required=required, type=type, help=f"{help} [env {env}]", **kwargs)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -88,19 +60,6 @@ def _otlp(p: argparse.ArgumentParser) -> None:
 def _etcd(p: argparse.ArgumentParser) -> None:
     add(p, "--etcd-endpoints", required=True, help="comma-separated list of etcd members: https://host:port "
         "(host:port with --insecure)")
-
-
-def tls_flags(p: argparse.ArgumentParser, *, operator: bool = False) -> None:
-    """Mutual TLS (the default, required) or --insecure; an operator command also says who it is."""
-    add(p, "--tls-dir", default="", help="directory of ca.crt and this process's <kind>-<id>.crt/.key "
-        "(made by `leasenet certs`)")
-    add(p, "--tls-cert", default="", help="this process's certificate (instead of the one in --tls-dir)")
-    add(p, "--tls-key", default="", help="its private key")
-    add(p, "--tls-ca", default="", help="the cluster CA certificate")
-    add(p, "--insecure", action="store_true", help="plaintext, no certificates: for local experiments only")
-    if operator:
-        add(p, "--identity", default=security.OPERATOR, help="KIND/ID whose certificate to present "
-            "(a container's healthcheck gives its own, e.g. producer/producer1)")
 
 
 LIMITS = Limits()  # the consumer host's defaults
@@ -281,10 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(p, "--json", action="store_true", help="print the outcome counts as JSON")
     tls_flags(p, operator=True)
 
-    p = sub.add_parser("health", help="exit 0 when the gRPC server at ADDRESS reports SERVING")
-    p.add_argument("address", help="host:port")
-    add(p, "--timeout", default=2.0, type=float, help="seconds")
-    tls_flags(p, operator=True)
+    health.add_arguments(sub.add_parser("health", help=health.HELP))  # also run alone: leasenet.entry
     return parser
 
 
@@ -417,48 +373,16 @@ def cmd_send(args: argparse.Namespace) -> None:
         print(f"{resp.src}:{resp.src_port} -> {resp.dst}: {resp.payload.decode(errors='replace')}")
 
 
-def cmd_health(args: argparse.Namespace) -> None:
-    """With TLS, accept any leasenet server; a probe of a host's own kind tries that kind's name first."""
-    me = security.operator(args)
-    kinds = sorted(rpc.SERVER_KINDS, key=lambda kind: kind is not me.identity.kind)
-    if not asyncio.run(rpc.check_health(args.address, args.timeout, me.tls, kinds)):
-        raise CliError(f"{args.address} is not serving")
-    print(f"{args.address} SERVING")
-
-
 def main(argv: list[str] | None = None) -> int:
-    try:
+    def command() -> None:
         args = build_parser().parse_args(argv)
         logs.setup(getattr(args, "log_level", "WARNING"), getattr(args, "log_format", "text"),
                    kind=PROCESS_KINDS.get(args.command, args.command), host=getattr(args, "host_id", "") or "")
         if args.command in ("registry", "producer-host", "consumer-host"):
             # uvloop when installed (the `perf` extra): less CPU per message; leasenet_build_info names it
             args.event_loop = rpc.install_event_loop()
-        handler = COMMANDS[args.command]
-        handler(args)
-        return 0
-    except KeyboardInterrupt:
-        return 130
-    except CliError as exc:
-        print(f"leasenet: {exc}", file=sys.stderr)
-    except LeasenetError as exc:
-        print(f"leasenet: {exc.code.name}: {exc.message}", file=sys.stderr)
-    except grpc.aio.AioRpcError as exc:
-        print(f"leasenet: {exc.code().name}: {exc.details()}", file=sys.stderr)
-    except (ValueError, OSError, TimeoutError) as exc:
-        print(f"leasenet: {exc}", file=sys.stderr)
-    except BaseExceptionGroup as group:
-        first = group.exceptions[0]
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
-        if isinstance(first, LeasenetError):
-            message = first.message
-        elif isinstance(first, grpc.aio.AioRpcError):
-            message = f"{first.code().name}: {first.details()}"
-        else:
-            message = str(first)
-        print(f"leasenet: {message}", file=sys.stderr)
-    return 1
+        COMMANDS[args.command](args)
+    return run_command(command)
 
 
 PROCESS_KINDS = {"registry": "registry", "producer-host": "producer", "consumer-host": "consumer"}
@@ -471,7 +395,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "consumer-host": cmd_consumer_host,
     "token": cmd_token,
     "send": cmd_send,
-    "health": cmd_health,
+    "health": health.cmd_health,
     "leases": inspection.cmd_leases,
     "hosts": inspection.cmd_hosts,
     "vms": inspection.cmd_vms,

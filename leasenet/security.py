@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import grpc.aio
 
 from leasenet.console import CliError
-from wire import rpc
+from wire import channels
 from wire.tls import Identity, Kind, TlsConfigError, TlsMaterial, resolve_files
 
 OPERATOR = "operator/admin"  # --identity's default
@@ -23,7 +23,7 @@ class Credentials:
 
     def channel(self, address: str, expect: Kind) -> grpc.aio.Channel:
         """A channel to a server of kind `expect`, presenting our certificate (inside a running loop)."""
-        return rpc.channel(address, self.tls, expect)
+        return channels.channel(address, self.tls, expect)
 
 
 def parse_identity(text: str) -> Identity:

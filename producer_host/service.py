@@ -25,7 +25,7 @@ from wire import metrics
 from wire.lifecycle import Step, cancel_all, shut_down
 from wire.limits import MAX_BATCH_BYTES
 from wire.otel import OtelSpans
-from wire.rpc import Server, ServerCaps, edge, end_of_stream
+from wire.rpc import Server, ServerCaps, edge_counting, end_of_stream
 from wire.tls import Identity, TlsMaterial, peer_identity
 from wire.trace import NO_SPANS, Spans, TraceParent, parse, trace_id_of
 from wire.verdict import Refusal
@@ -172,7 +172,7 @@ class TunnelServicer(pb_grpc.TunnelServicer):
                 if stream.parked:
                     stream.wake.set()
 
-    @edge
+    @edge_counting("producer_host")  # a stream refused whole is counted here; frames where they are answered
     async def Exchange(self, request_iterator: AsyncIterator[pb.FrameBatch],
                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.FrameBatch]:
         peer = None if self.insecure else peer_identity(context)
@@ -182,9 +182,9 @@ class TunnelServicer(pb_grpc.TunnelServicer):
             raise refused.exception()
         owner = "" if peer is None else str(peer)  # --insecure: no identity to count streams by
         if owner and self._streams_of[owner] >= self.limits.streams_per_peer:
-            metrics.exhausted("producer_host", "streams_per_peer")
             await _take_first(request_iterator)
-            raise Overloaded(limits.streams_per_peer_full(owner, self.limits.streams_per_peer))
+            raise Overloaded(limits.streams_per_peer_full(owner, self.limits.streams_per_peer),
+                             reason="streams_per_peer")
         stream = _Stream(peer, _Budget(self.limits.stream_in_flight, self.limits.stream_in_flight_bytes))
         self._streams.add(stream)
         self._streams_of[owner] += 1

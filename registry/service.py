@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 
 from wire import metrics
 from wire.lifecycle import Step, cancel_all, shut_down
-from wire.rpc import PAGE_BUDGET_BYTES, Server, edge
+from wire.rpc import PAGE_BUDGET_BYTES, Server, edge, edge_counting
 from wire.v1 import registry_pb2 as pb
 from wire.v1 import registry_pb2_grpc as pb_grpc
 from mapping import keys
@@ -307,7 +307,7 @@ class InspectionServicer(pb_grpc.InspectionServicer):
             raise NotFound(f"lease {request.id} does not exist (expired, released, or never granted)")
         return lease_to_pb(describe(self.state, pool), tokens)
 
-    @edge
+    @edge_counting("registry")  # leasing refusals are counted where registry/leasing.py raises them
     async def WatchLeases(self, request: pb.WatchLeasesRequest,
                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.LeaseEvent]:
         tokens = sees_fencing_tokens(self._reader(context))

@@ -54,7 +54,8 @@ class Backlog(Generic[T]):
         items = [first] + [self._queue.get_nowait() for _ in range(self._queue.qsize())]
         if self.overflowed:
             raise Overloaded(f"this lease watcher fell more than {self.limit} changes behind (it reads slower than "
-                             "leases change) and was ended; watch again to start from the current leases")
+                             "leases change) and was ended; watch again to start from the current leases",
+                             reason="watch_backlog")
         return items
 
 
@@ -69,7 +70,7 @@ class Watchers:
     def admit(self) -> Iterator[None]:
         if self.count >= self.limit:
             raise Overloaded(f"this registry already serves {self.count} lease watchers, its limit; try another "
-                             "registry or later")
+                             "registry or later", reason="watchers")
         self.count += 1
         try:
             yield

@@ -50,16 +50,21 @@ class LeasenetError(Exception):
     went wrong underneath (an exception's text): it goes to the log, never over the wire."""
 
     code: Status = Status.INTERNAL
+    # why a RESOURCE_EXHAUSTED answer was given: the bounded `reason` label of
+    # leasenet_resource_exhausted_total (wire/metrics.py), counted where the error becomes a status
+    reason: str = ""
     by_name: ClassVar[dict[str, type[LeasenetError]]] = {}
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         LeasenetError.by_name[cls.__name__] = cls
 
-    def __init__(self, message: str, *, detail: str = "") -> None:
+    def __init__(self, message: str, *, detail: str = "", reason: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.detail = detail
+        if reason:
+            self.reason = reason
 
 
 LeasenetError.by_name[LeasenetError.__name__] = LeasenetError
@@ -87,6 +92,7 @@ class ClaimConflict(LeasenetError):
 
 class PoolExhausted(LeasenetError):
     code = Status.RESOURCE_EXHAUSTED
+    reason = "pool_exhausted"  # e.g. rebuilt from another process's answer, which counted its own reason
 
 
 class QuotaExceeded(PoolExhausted):
@@ -99,6 +105,7 @@ class Overloaded(LeasenetError):
     buffered (which one: the sentence)."""
 
     code = Status.RESOURCE_EXHAUSTED
+    reason = "overloaded"  # each raise names its bound instead (reason=...)
 
 
 class DeadlineExceeded(LeasenetError):

@@ -23,6 +23,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from wire.errors import LeasenetError, Status
+
 # request latencies: from sub-millisecond echo round trips to the 10 s default deadline
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SAMPLE_TIMEOUT_S = 2.0  # a scrape waits this long for the event loop to sample its gauges
@@ -36,7 +38,7 @@ REQUESTS = Counter("leasenet_requests_total", "Requests answered, by process kin
 REQUEST_DURATION = Histogram("leasenet_request_duration_seconds", "Consumer host: a VM request end to end; producer "
                              "host: a producer VM's execution", ["kind", "service"], buckets=LATENCY_BUCKETS)
 RESOURCE_EXHAUSTED = Counter("leasenet_resource_exhausted_total", "RESOURCE_EXHAUSTED answers, by process kind and "
-                             "why (pool_busy, lease_refused, no_free_vms, quota, max_pool, lost_races)",
+                             "why (METRICS.md lists the reasons)",
                              ["kind", "reason"])
 
 LEASE_OPERATIONS = Counter("leasenet_lease_operations_total", "Leasing calls at the registry, by operation "
@@ -113,6 +115,14 @@ TUNNEL_OUT = TUNNEL_FRAMES.labels("out")
 
 def exhausted(kind: str, reason: str) -> None:
     RESOURCE_EXHAUSTED.labels(kind, reason).inc()
+
+
+def answered(kind: str, error: LeasenetError) -> None:
+    """`error` is about to become process `kind`'s answer: count it if it is RESOURCE_EXHAUSTED, by
+    its reason. Called where errors become statuses (wire.rpc.edge_counting, a stream's per-request
+    answers), so each refusal counts once however deep it was raised."""
+    if error.code is Status.RESOURCE_EXHAUSTED:
+        RESOURCE_EXHAUSTED.labels(kind, error.reason or "other").inc()
 
 
 # --- gauges sampled at scrape time ------------------------------------------------------------------

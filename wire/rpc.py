@@ -23,10 +23,12 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from wire import metrics
 from wire import tls as wtls
+from wire.channels import CHANNEL_OPTIONS, SERVER_KINDS, channel, check_health
 from wire.errors import ERROR_METADATA_KEY, LeasenetError, Status, error_for_status
 from wire.limits import MAX_MESSAGE_BYTES
-from wire.tls import Kind, TlsMaterial
+from wire.tls import TlsMaterial
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +43,6 @@ _GRPC_BY_STATUS = {Status(code.value[0]): code for code in grpc.StatusCode}
 # (mapping/store/base.py), so the limit holds at 10,000 VMs and beyond.
 PAGE_BUDGET_BYTES = MAX_MESSAGE_BYTES // 4
 # -------------------------------------------------------------------------------------------------
-CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    # reconnect quickly after a peer restarts (defaults back off to minutes)
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1_000),
-]
 SERVER_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -83,8 +74,10 @@ def error_from_rpc(exc: grpc.aio.AioRpcError, peer: str) -> LeasenetError:
     return err
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
+async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str, kind: str) -> None:
     if isinstance(exc, LeasenetError):
+        if kind:
+            metrics.answered(kind, exc)
         if exc.detail:
             log.info("%s in %s: %s (%s)", type(exc).__name__, method, exc.message, exc.detail)
         # keep what the servicer already set (a traceparent): abort's metadata replaces it
@@ -97,6 +90,16 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: 
 
 def edge(fn: F) -> F:
     """Decorate a servicer method: typed errors become their status, cancellation passes through."""
+    return _edge(fn, "")
+
+
+def edge_counting(kind: str) -> Callable[[F], F]:
+    """edge(), and each RESOURCE_EXHAUSTED it answers counted for process `kind` by the error's
+    reason (wire.metrics.answered): for servicers whose refusals are not counted where raised."""
+    return functools.partial(_edge, kind=kind)  # type: ignore[return-value]
+
+
+def _edge(fn: F, kind: str) -> F:
     name = fn.__name__
     if inspect.isasyncgenfunction(fn):
         @functools.wraps(fn)
@@ -107,7 +110,7 @@ def edge(fn: F) -> F:
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception as exc:
-                await _abort(context, exc, name)
+                await _abort(context, exc, name, kind)
         return stream  # type: ignore[return-value]
 
     @functools.wraps(fn)
@@ -117,7 +120,7 @@ def edge(fn: F) -> F:
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception as exc:
-            await _abort(context, exc, name)
+            await _abort(context, exc, name, kind)
     return unary  # type: ignore[return-value]
 
 
@@ -209,28 +212,6 @@ class Server:
         await self.server.stop(grace_s)
 
 
-SERVER_KINDS = (Kind.REGISTRY, Kind.PRODUCER, Kind.CONSUMER)
-
-
-async def check_health(address: str, timeout_s: float = 2.0, tls: TlsMaterial | None = None,
-                       expect: Sequence[Kind] = SERVER_KINDS) -> bool:
-    """Whether the server at `address` reports SERVING. With TLS, a probe presents `tls` and accepts a
-    server of any kind in `expect` (a probe of unknown kind tries each name; a handshake with the
-    wrong name fails at once, before any call)."""
-    kinds = list(expect) if tls is not None else [Kind.REGISTRY]
-    for i, kind in enumerate(kinds):
-        async with channel(address, tls, kind) as chan:
-            try:
-                resp = await health_pb2_grpc.HealthStub(chan).Check(health_pb2.HealthCheckRequest(service=""),
-                                                                    timeout=timeout_s)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.UNAVAILABLE and i + 1 < len(kinds):
-                    continue
-                raise
-            return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
-    return False
-
-
 def install_event_loop() -> str:
     """Use uvloop's event loop (a dependency on Linux; elsewhere when installed) unless
     LEASENET_UVLOOP=0: 10-25% less CPU per stream message (bench/PROFILE.md). Call before the
@@ -246,17 +227,8 @@ def install_event_loop() -> str:
     return f"uvloop {uvloop.__version__}"
 
 
-def channel(address: str, tls: TlsMaterial | None = None, expect: Kind | None = None) -> grpc.aio.Channel:
-    """A channel to one peer; must be created inside the running event loop. With `tls`, mutual TLS
-    to a server whose certificate names it a `expect` (registry, producer or consumer host)."""
-    if tls is None:
-        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-    if expect is None:
-        raise ValueError(f"a TLS channel to {address} needs the kind of server it expects")
-    return grpc.aio.secure_channel(address, wtls.channel_credentials(tls),
-                                   options=[*CHANNEL_OPTIONS, *wtls.channel_options(expect)])
-
-
-__all__: Sequence[str] = ["SERVER_KINDS", "Server", "ServerCaps", "edge", "channel", "check_health", "end_of_stream",
+# CHANNEL_OPTIONS, SERVER_KINDS, channel and check_health live in wire.channels; named here as before
+__all__: Sequence[str] = ["CHANNEL_OPTIONS", "SERVER_KINDS", "Server", "ServerCaps", "edge", "edge_counting", "channel",
+                          "check_health", "end_of_stream",
                           "error_from_rpc", "from_grpc",
                           "install_event_loop", "split_addresses", "to_grpc"]

@@ -40,6 +40,7 @@ from leasenet.checker import ClaimLog, claims_from_lines, double_leases
 from leasenet.cluster import ETCD
 from leasenet.demo import watch_leases
 from leasenet.inspection import table
+from leasenet.procstat import rss_mib
 from mapping import keys
 from mapping.config import ClusterConfig, to_toml
 from mapping.model import (
@@ -234,16 +235,6 @@ def etcd_gauges(metrics_url: str, *names: str) -> dict[str, float]:
             if name in names:
                 found[name] = float(value)
     return found
-
-
-def rss_mib(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def choice_cost_us(vms: int, hosts: int, claimed: float = 0.8, rounds: int = 2000) -> float:

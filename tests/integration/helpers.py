@@ -11,6 +11,7 @@ import grpc.aio
 
 from leasenet.cluster import OPERATOR, ConsumerVm, LocalCluster, Proc, consumer_toml, write_toml
 from leasenet.inspection import all_pages
+from leasenet.procstat import Memory, memory
 from mapping.config import ClusterConfig, to_toml
 from mapping.model import LeasePolicy, Network, Service, parse_target
 from tests.conftest import tls_as
@@ -94,3 +95,11 @@ async def vms(registry: str, **filters: str) -> list[rpb.ProducerVm]:
 
 def history(cluster: LocalCluster) -> list[Path]:
     return sorted(Path(cluster.workdir).glob("*.history.jsonl"))
+
+
+def memory_of(proc: Proc) -> Memory:
+    """A running process's resident memory now and its peak so far (leasenet.procstat)."""
+    assert proc.process is not None
+    found = memory(proc.process.pid)
+    assert found is not None, f"{proc.name} has no memory to read: it exited"
+    return found

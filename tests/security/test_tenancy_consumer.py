@@ -1,22 +1,23 @@
 """Consumer-host tenancy (issue 11, SPEC §10) with real processes over mutual TLS: attach tokens
 stored hashed and throttled when guessed, every queue bounded with RESOURCE_EXHAUSTED while other
-consumer VMs keep being served, and no sentence a consumer VM hears names a producer host, a
-producer VM, a leasing agent or an internal exception."""
+consumer VMs keep being served, each refusal counted once in leasenet_resource_exhausted_total by
+its reason, and no sentence a consumer VM hears names a producer host, a producer VM, a leasing
+agent or an internal exception."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import grpc.aio
 import pytest
 
 from leasenet.cluster import LocalCluster, Proc, consumer_toml, write_toml
-from tests.integration.helpers import TARGET, attached, cluster_toml, dial, send, send_status
+from tests.integration.helpers import TARGET, attached, cluster_toml, dial, memory_of, send, send_status
 from wire.errors import Status
+from wire.metrics import scrape, total
 from wire.tls import Kind
 from wire.v1 import consumer_pb2 as cpb
 from wire.v1 import consumer_pb2_grpc as cpb_grpc
@@ -31,6 +32,7 @@ FLOOD = 10_000  # hostile messages on one SendStream (issue 11: memory stays bou
 
 def start(cluster: LocalCluster, *, vms: int, handler: str, consumers: dict[str, tuple[list[str], tuple[str, ...]]],
           max_pool: int = 2) -> tuple[Proc, Proc, dict[str, Proc]]:
+    cluster.metrics = True  # every process serves /metrics: refusals are counted as they are seen
     config = write_toml(cluster.workdir / "cluster.toml", cluster_toml(max_pool=max_pool))
     registry = cluster.registry("registry1", config)
     producer = cluster.producer(PRODUCER, network="blue", service="echo", vms=vms, vm_address_start="10.1.1.1",
@@ -53,10 +55,10 @@ def names(outcomes: list[tuple[grpc.StatusCode, str]]) -> dict[str, int]:
     return dict(collections.Counter(code.name for code, _ in outcomes))
 
 
-def rss_kib(proc: Proc) -> int:
-    assert proc.process is not None
-    status = Path(f"/proc/{proc.process.pid}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+def exhausted(proc: Proc, reason: str | None = None) -> float:
+    """The consumer host's RESOURCE_EXHAUSTED count for `reason`, or over every reason."""
+    labels = {"kind": "consumer_host", **({"reason": reason} if reason else {})}
+    return total(scrape(proc.metrics), "leasenet_resource_exhausted_total", **labels)
 
 
 async def test_hashed_tokens_work_and_a_guessed_token_is_refused_then_throttled_while_the_real_vm_loses_nothing(
@@ -97,6 +99,8 @@ async def test_hashed_tokens_work_and_a_guessed_token_is_refused_then_throttled_
             await cpb_grpc.ConsumerHostStub(channel).Attach(
                 cpb.AttachRequest(network="blue", address="10.1.0.3", token="guess"), timeout=10)
     assert attach.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    refusals = codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) + 2  # the guesses', the throttled send's, Attach's
+    assert exhausted(hosts["c1"], "bad_tokens") == exhausted(hosts["c1"]) == refusals
 
     # no leasing agent: the sentence says so without naming it; other refusals name nothing internal either
     cluster.signal("registry1")
@@ -116,7 +120,7 @@ async def test_a_flood_from_one_consumer_vm_is_refused_past_each_bound_while_ano
         "c3": (["10.1.0.6"], ("--max-pool-waiters", "3"))})
     c1, c2, c3 = hosts["c1"].address, hosts["c2"].address, hosts["c3"].address
     await send(c1, "10.1.0.2", b"0")  # the other consumer VM holds its own pool
-    before = rss_kib(hosts["c1"])
+    before = memory_of(hosts["c1"]).rss_kib
 
     async def flood() -> list[cpb.SendResponse]:
         async def messages() -> AsyncIterator[cpb.SendRequest]:
@@ -130,7 +134,7 @@ async def test_a_flood_from_one_consumer_vm_is_refused_past_each_bound_while_ano
         return [await send_status(c1, "10.1.0.2", b"0", timeout=10) for _ in range(30)]
 
     answers, served = await asyncio.gather(flood(), other_vm())
-    after = rss_kib(hosts["c1"])
+    after = memory_of(hosts["c1"]).rss_kib
     codes = collections.Counter(Status.of(r.status_code).name for r in answers)
     print(f"\nflood of {FLOOD} on one stream: {dict(codes)}; the other VM: "
           f"{names(served)}; consumer host RSS {before} KiB before, {after} KiB after "
@@ -143,10 +147,12 @@ async def test_a_flood_from_one_consumer_vm_is_refused_past_each_bound_while_ano
 
     # the per-VM bound, on unary Sends: 40 at once from one VM, 5 allowed in flight
     burst = await asyncio.gather(*(send_status(c2, "10.1.0.5", b"0.5", timeout=20) for _ in range(40)))
-    exhausted = [m for c, m in burst if c == grpc.StatusCode.RESOURCE_EXHAUSTED]
+    exhausted_answers = [m for c, m in burst if c == grpc.StatusCode.RESOURCE_EXHAUSTED]
     print(f"40 unary Sends at once with --max-vm-requests 5: {names(burst)}")
-    assert exhausted and all("already has 5 requests in flight, its limit" in m for m in exhausted)
+    assert exhausted_answers and all("already has 5 requests in flight, its limit" in m for m in exhausted_answers)
     assert {c for c, _ in burst} == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert exhausted(hosts["c1"], "stream_requests") == exhausted(hosts["c1"]) == codes["RESOURCE_EXHAUSTED"]
+    assert exhausted(hosts["c2"], "vm_requests") == exhausted(hosts["c2"]) == len(exhausted_answers)
 
     # the pool's queue: 2 VMs busy, 3 requests may wait, the rest are refused at once
     burst = await asyncio.gather(*(send_status(c3, "10.1.0.6", b"0.5", timeout=20) for _ in range(40)))
@@ -155,4 +161,5 @@ async def test_a_flood_from_one_consumer_vm_is_refused_past_each_bound_while_ano
     assert queue_full and all("requests of consumer VM 10.1.0.6 already wait for a producer VM of service 'echo', "
                               "the limit" in m for m in queue_full)
     assert {c for c, _ in burst} == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
-    assert_no_internal_names(refusals + exhausted + queue_full, producer.address, registry.address)
+    assert exhausted(hosts["c3"], "pool_waiters") == exhausted(hosts["c3"]) == len(queue_full)
+    assert_no_internal_names(refusals + exhausted_answers + queue_full, producer.address, registry.address)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,7 +21,7 @@ import pytest
 from leasenet.cluster import LocalCluster, Proc, write_toml
 from producer_host import limits
 from tests.conftest import eventually_async, tls_as
-from tests.integration.helpers import cluster_toml, dial, send, start
+from tests.integration.helpers import cluster_toml, dial, memory_of, send, start
 from wire import rpc
 from wire.limits import MAX_MESSAGE_BYTES, MAX_PAYLOAD_BYTES
 from wire.tls import Identity, Kind, channel_credentials, channel_options
@@ -113,14 +112,6 @@ def status(f: tpb.Frame) -> grpc.StatusCode:
     return rpc.STATUS_BY_NUMBER[f.status_code]
 
 
-def memory_kib(proc: Proc, field: str = "VmHWM") -> int:
-    """The process's peak resident memory so far (VmHWM), or its resident memory now (VmRSS)."""
-    assert proc.process is not None
-    found = re.search(rf"{field}:\s+(\d+) kB", Path(f"/proc/{proc.process.pid}/status").read_text())
-    assert found is not None, field
-    return int(found.group(1))
-
-
 # --- state and fencing ----------------------------------------------------------------------------
 async def test_the_next_lessee_of_a_kv_vm_cannot_read_the_previous_lessee_s_keys(cluster) -> None:
     # one VM: lessee B must get the very VM lessee A stored its key on; A's pool is released when idle
@@ -204,7 +195,7 @@ JUNK = b"j" * 32 * 1024  # 94 MiB of payload in all: more than the host's whole 
 async def test_hostile_floods_get_sentences_while_the_host_keeps_serving_in_bounded_memory(cluster) -> None:
     registry, producer = host(cluster, "tests.handlers:sleepy", "seconds=0.01", vms=2)
     pool = await lease(registry, "10.1.0.1")
-    before = memory_kib(producer)
+    before = memory_of(producer).peak_kib
     stream = Stream(producer)
     try:
         # early frames: tokens no claim has yet, for a VM the host does run
@@ -215,7 +206,8 @@ async def test_hostile_floods_get_sentences_while_the_host_keeps_serving_in_boun
         for start_id in range(FLOOD + 1, FLOOD + 201, 50):
             await stream.send(*(frame(i, pool, JUNK) for i in range(start_id, start_id + 50)))
         answers = [await stream.answer(i) for i in range(1, FLOOD + 201)]
-        peak, now = memory_kib(producer), memory_kib(producer, "VmRSS")
+        during = memory_of(producer)
+        peak, now = during.peak_kib, during.rss_kib
         oversized = frame(FLOOD + 300, pool, b"x" * (MAX_PAYLOAD_BYTES + 1))
         await stream.send(oversized)
         too_large = await stream.answer(FLOOD + 300)

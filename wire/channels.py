@@ -1,0 +1,59 @@
+"""The client side every leasenet process and command shares: channel options, a channel to one
+peer (plaintext, or mutual TLS expecting a server of one kind), and the health probe. Kept apart
+from wire.rpc (servers, the error edge, metrics) so that `leasenet health`, which a container's
+healthcheck runs every few seconds, imports no more than a probe needs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from wire import tls as wtls
+from wire.limits import MAX_MESSAGE_BYTES
+from wire.tls import Kind, TlsMaterial
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    # reconnect quickly after a peer restarts (defaults back off to minutes)
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+]
+SERVER_KINDS = (Kind.REGISTRY, Kind.PRODUCER, Kind.CONSUMER)
+
+
+def channel(address: str, tls: TlsMaterial | None = None, expect: Kind | None = None) -> grpc.aio.Channel:
+    """A channel to one peer; must be created inside the running event loop. With `tls`, mutual TLS
+    to a server whose certificate names it a `expect` (registry, producer or consumer host)."""
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    if expect is None:
+        raise ValueError(f"a TLS channel to {address} needs the kind of server it expects")
+    return grpc.aio.secure_channel(address, wtls.channel_credentials(tls),
+                                   options=[*CHANNEL_OPTIONS, *wtls.channel_options(expect)])
+
+
+async def check_health(address: str, timeout_s: float = 2.0, tls: TlsMaterial | None = None,
+                       expect: Sequence[Kind] = SERVER_KINDS) -> bool:
+    """Whether the server at `address` reports SERVING. With TLS, a probe presents `tls` and accepts a
+    server of any kind in `expect` (a probe of unknown kind tries each name; a handshake with the
+    wrong name fails at once, before any call)."""
+    kinds = list(expect) if tls is not None else [Kind.REGISTRY]
+    for i, kind in enumerate(kinds):
+        async with channel(address, tls, kind) as chan:
+            try:
+                resp = await health_pb2_grpc.HealthStub(chan).Check(health_pb2.HealthCheckRequest(service=""),
+                                                                    timeout=timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAVAILABLE and i + 1 < len(kinds):
+                    continue
+                raise
+            return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+    return False
