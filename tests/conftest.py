@@ -7,6 +7,7 @@ import asyncio
 import functools
 import inspect
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -94,11 +95,20 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
     try:
         yield c
     finally:
-        c.close()
-        failed = getattr(request.node, "rep_call", None)
-        if failed is not None and failed.failed:
-            for proc in c.procs.values():
-                print(f"\n===== {proc.name} log =====\n{proc.log_tail(40)}")
+        close_cluster(c, request)
+
+
+def close_cluster(c: LocalCluster, request: pytest.FixtureRequest) -> None:
+    """Stop `c`; print its processes' logs if the test failed and keep its work dir for a look, else
+    delete it (each holds an etcd data dir of ~60 MB: a kept one per test filled a disk)."""
+    c.close()
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        for proc in c.procs.values():
+            print(f"\n===== {proc.name} log =====\n{proc.log_tail(40)}")
+        print(f"\n(work dir kept: {c.workdir})")
+    else:
+        shutil.rmtree(c.workdir, ignore_errors=True)
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from leasenet import certs
 from leasenet.cluster import OPERATOR, LocalCluster
-from tests.conftest import REPO, session_pki
+from tests.conftest import REPO, close_cluster, session_pki
 from tests.integration.helpers import TARGET, Topology, send, start
 from wire import rpc
 from wire.v1 import consumer_pb2 as cpb
@@ -69,7 +69,7 @@ def insecure_cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
     try:
         yield c
     finally:
-        c.close()
+        close_cluster(c, request)
 
 
 @pytest.mark.parametrize("command", [
