@@ -102,7 +102,7 @@ class ScalePlan:
 def scale_plan(quick: bool) -> ScalePlan:
     if quick:
         return ScalePlan(True, 20, 2, 100, 2, 20, 10, 0.3, 1.0, 100, 4, 1.0, 30.0)
-    return ScalePlan(False, 100, 10, 1000, 4, 2000, 200, 3.0, 10.0, 20000, 16, 5.0, 60.0)
+    return ScalePlan(False, 100, 10, 1000, 4, 2000, 200, 3.0, 10.0, 20000, 16, 5.0, 150.0)
 
 
 # --- roles ---------------------------------------------------------------------------------------
