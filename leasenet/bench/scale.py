@@ -2,8 +2,9 @@
 grows? (issue 12 item 6)
 
 On the embedded etcd with mutual TLS: two registries, four consumer hosts (each listing both
-registries, in opposite orders), ten producer hosts of 10 VMs first, then ten producer hosts of 1,000
-VMs each in their place. It reports, with the machine: how long 10,000 VMs take to register; how long
+registries, in opposite orders), ten producer hosts of 10 VMs, then ten producer hosts of 1,000 VMs
+each in their place, alternating three times (each ratio is the median of the rounds' ratios, so
+that the machine's load moving between two measurements is not read as a cost). It reports, with the machine: how long 10,000 VMs take to register; how long
 a replica's snapshot load takes and each process's RSS; grant p50/p99 for a pool of 4 at 100 and at
 10,000 VMs; the request path's p50 at C=1 at both sizes; with 2,000 pools held, the etcd requests per
 second spent keeping them alive; grants/s through both registries uncontended (churn: two services,
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import statistics
 import time
 import urllib.request
 from collections import Counter
@@ -93,6 +95,7 @@ class ScalePlan:
     workers: int  # grant-rate workers per lane (churn: per service at its owner; contended: per registry)
     contended_s: float
     churn_quarter_s: float  # each quarter of the churn ends after this long even if its cycles are not done
+    fleet_rounds: int = 3  # small and big fleets alternate this many times: each ratio is the median of the rounds'
 
     @property
     def big_vms(self) -> int:
@@ -101,7 +104,7 @@ class ScalePlan:
 
 def scale_plan(quick: bool) -> ScalePlan:
     if quick:
-        return ScalePlan(True, 20, 2, 100, 2, 20, 10, 0.3, 1.0, 100, 4, 1.0, 30.0)
+        return ScalePlan(True, 20, 2, 100, 2, 20, 10, 0.3, 1.0, 100, 4, 1.0, 30.0, fleet_rounds=2)
     return ScalePlan(False, 100, 10, 1000, 4, 2000, 200, 3.0, 10.0, 20000, 16, 5.0, 150.0)
 
 
@@ -269,6 +272,7 @@ class ScaleBench:
         self.bench = Bench(workdir, make_plan(True, 1, tls=False), say)  # its data-path plan goes unused
         self.cluster = self.bench.cluster
         self.registries: list[str] = []
+        self.fleet_hosts: list[str] = []  # the producer hosts of the small or big fleet now running
         self.consumers: dict[str, list[tuple[str, str]]] = {}
         self.metrics = ""
 
@@ -293,19 +297,26 @@ class ScaleBench:
         specs = {name: b.consumer(name, vms + ([PROBE] if name == "c1" else []),
                                   ",".join(self.registries[::1 if h % 2 == 0 else -1]))
                  for h, (name, vms) in enumerate(self.consumers.items())}
-        specs |= self.small_fleet()
+        specs |= self.fleet_specs("small", 0)
         specs["p-scarce"] = b.producer("p-scarce", SCARCE_SERVICE, SCARCE_VMS, "10.19.0.1", history=False)
         for i, name in enumerate(CHURN_SERVICES):
             specs[f"p-{name}"] = b.producer(f"p-{name}", name, CHURN_VMS, f"10.{17 - i}.0.1", history=False)
         b.start(specs)
 
-    def small_fleet(self) -> dict[str, Any]:
-        """As many producer hosts as the big fleet, with small_vms VMs in all: the two sizes then differ
-        in VMs alone, not in processes competing for the machine's cores."""
+    def fleet_specs(self, size: str, round_: int) -> dict[str, Any]:
+        """The producer hosts of a fleet: `small` (small_vms in all) or `big` (vms_per_host each), as many
+        hosts at both sizes, so that the two differ in VMs alone and not in processes sharing the cores.
+        Fresh host ids each round; the last big fleet is p1..pN."""
         p, b = self.plan, self.bench
-        each = p.small_vms // p.producer_hosts
-        return {f"s{i + 1}": b.producer(f"s{i + 1}", SCALE_SERVICE, each, f"10.20.{i}.1", history=False)
-                for i in range(p.producer_hosts)}
+        last = round_ == p.fleet_rounds - 1
+        if size == "small":
+            names = [f"s{round_}-{i + 1}" for i in range(p.producer_hosts)]
+            each, starts = p.small_vms // p.producer_hosts, [f"10.20.{i}.1" for i in range(p.producer_hosts)]
+        else:
+            names = [f"p{i + 1}" if last else f"b{round_}-{i + 1}" for i in range(p.producer_hosts)]
+            each, starts = p.vms_per_host, [f"10.{20 + i + 1}.0.1" for i in range(p.producer_hosts)]
+        self.fleet_hosts = names
+        return {name: b.producer(name, SCALE_SERVICE, each, start, history=False) for name, start in zip(names, starts)}
 
     def fleet(self, label: str, first: int) -> dict[str, Any]:
         """Grant latency (pool of 4) and the request path's p50 at C=1 with the fleet as it is."""
@@ -330,20 +341,20 @@ class ScaleBench:
             s = await rpb_grpc.InspectionStub(channel).GetService(rpb.GetRequest(id=SCALE_SERVICE), timeout=10)
             return s.vms, s.free_vms
 
-    def grow_fleet(self) -> float:
-        """The small fleet's producer hosts leave; the big fleet registers. Seconds until a registry sees every VM."""
+    def switch_fleet(self, size: str, round_: int) -> float:
+        """The fleet's producer hosts leave and the `size` fleet of `round_` registers: seconds until a
+        registry sees every VM of it (big: the registration of big_vms VMs)."""
         p, b = self.plan, self.bench
-        asyncio.run(self._detach_probe())  # its pool is on the small fleet: lease it anew on the big one
-        b.stop([f"s{i + 1}" for i in range(p.producer_hosts)])
-        self.say(f"scale: registering {p.big_vms} VMs on {p.producer_hosts} producer hosts")
+        asyncio.run(self._detach_probe())  # its pool is on the leaving fleet: lease it anew on the next one
+        b.stop(self.fleet_hosts)
+        want = p.big_vms if size == "big" else p.small_vms
+        self.say(f"scale: registering {want} VMs on {p.producer_hosts} producer hosts (round {round_ + 1})")
         started = time.monotonic()
-        specs = {f"p{i + 1}": b.producer(f"p{i + 1}", SCALE_SERVICE, p.vms_per_host, f"10.{20 + i + 1}.0.1",
-                                         history=False) for i in range(p.producer_hosts)}
-        b.start(specs)
+        b.start(self.fleet_specs(size, round_))
         deadline = started + 600
-        while self.vms() < p.big_vms:
+        while self.vms() != want:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the registry saw {self.vms()} of {p.big_vms} VMs after 600 s")
+                raise RuntimeError(f"the registry saw {self.vms()} of {want} VMs after 600 s")
             time.sleep(0.1)
         return round(time.monotonic() - started, 2)
 
@@ -435,6 +446,23 @@ class ScaleBench:
                 "db_in_use_mib": [round(s.get(use, 0) / 2**20, 2) for s in sizes]}
 
 
+def median_of(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(statistics.median(known), 3) if known else None
+
+
+def rounds_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One fleet size over its rounds: the median of each latency, errors and counts summed."""
+    summary: dict[str, Any] = {"vms": rounds[-1]["vms"], "rounds": rounds}
+    for key in ("grant_p50_ms", "grant_p99_ms", "request_p50_ms", "request_p99_ms"):
+        summary[key] = median_of([r[key] for r in rounds])
+    for key in ("grants", "requests"):
+        summary[key] = sum(r[key] for r in rounds)
+    for key in ("grant_failures", "request_errors"):
+        summary[key] = dict(sum((Counter(r[key]) for r in rounds), Counter()))
+    return summary
+
+
 def cpu_per_cycle(before: dict[str, float], after: dict[str, float], cycles: int) -> dict[str, float]:
     """Where a grant/release cycle's CPU goes, in ms: etcd, the registries together, and one consumer
     host and one producer host on average (every host applies every cycle's events to its replica)."""
@@ -457,15 +485,22 @@ def run_scale(workdir: Path, quick: bool, say: Callable[[str], None]) -> dict[st
         choice = {"small_us": choice_cost_us(plan.small_vms, plan.producer_hosts),
                   "big_us": choice_cost_us(plan.big_vms, plan.producer_hosts)}
         s.start()
-        say(f"scale: grants and the request path with {plan.small_vms} VMs")
-        small = s.fleet("small", 0)
-        registration_s = s.grow_fleet()
-        say(f"scale: grants and the request path with {plan.big_vms} VMs")
-        big = s.fleet("big", 1000)
+        # small and big alternate, so that a change of the machine's load between the two
+        # measurements shows up as spread between rounds instead of as a ratio
+        smalls, bigs, registrations = [], [], []
+        for round_ in range(plan.fleet_rounds):
+            if round_:
+                s.switch_fleet("small", round_)
+            say(f"scale: grants and the request path with {plan.small_vms} VMs (round {round_ + 1})")
+            smalls.append(s.fleet("small", 4000 * round_))
+            registrations.append(s.switch_fleet("big", round_))
+            say(f"scale: grants and the request path with {plan.big_vms} VMs (round {round_ + 1})")
+            bigs.append(s.fleet("big", 4000 * round_ + 2000))
+        small, big = rounds_summary(smalls), rounds_summary(bigs)
         held = s.hold()
         snapshot = s.snapshot()
         say(f"scale: grants and the request path with {plan.big_vms} VMs and {held['held']} pools held")
-        loaded = s.fleet("big-with-pools", 2000)
+        loaded = s.fleet("big-with-pools", 30_000)
         keep_alive = s.keep_alive()
         rss = s.rss()
         say(f"scale: contended grants for {SCARCE_VMS} VMs from both registries for {plan.contended_s:.0f} s")
@@ -475,11 +510,13 @@ def run_scale(workdir: Path, quick: bool, say: Callable[[str], None]) -> dict[st
         churn = s.churn()
     finally:
         s.close()
-    return {"machine": info, "settings": asdict(plan), "registration_s": registration_s,
-            "registration_vms": plan.big_vms, "snapshot": snapshot, "rss_mib": rss, "held": held,
-            "small": small, "big": big, "big_with_pools": loaded,
-            "grant_p50_ratio": ratio(big["grant_p50_ms"], small["grant_p50_ms"]),
-            "request_p50_ratio": ratio(big["request_p50_ms"], small["request_p50_ms"]),
+    grant_ratios = [ratio(b["grant_p50_ms"], a["grant_p50_ms"]) for a, b in zip(smalls, bigs)]
+    request_ratios = [ratio(b["request_p50_ms"], a["request_p50_ms"]) for a, b in zip(smalls, bigs)]
+    return {"machine": info, "settings": asdict(plan), "registration_s": statistics.median(registrations),
+            "registrations_s": registrations, "registration_vms": plan.big_vms, "snapshot": snapshot, "rss_mib": rss,
+            "held": held, "small": small, "big": big, "big_with_pools": loaded,
+            "grant_p50_ratio": median_of(grant_ratios), "grant_p50_ratios": grant_ratios,
+            "request_p50_ratio": median_of(request_ratios), "request_p50_ratios": request_ratios,
             "grant_choice_us": {**choice, "ratio": ratio(choice["big_us"], choice["small_us"])},
             "keep_alive": {**keep_alive, "pools": held["held"]},
             "contended": asdict(contended), "double_claims": len(contended.violations), "churn": churn,
@@ -511,13 +548,14 @@ def render_scale(r: dict[str, Any]) -> str:
     m = r["machine"]
     rows = [
         ["machine", f"{m['cpu']}, {m['cores_usable']} cores, load {m['load_average']}", ""],
-        [f"registration of {r['registration_vms']:,} VMs", f"{r['registration_s']:.1f} s", ""],
+        [f"registration of {r['registration_vms']:,} VMs", f"{r['registration_s']:.1f} s",
+         "median of " + ", ".join(f"{x:.1f}" for x in r["registrations_s"]) + " s"],
         [f"replica snapshot load ({r['snapshot']['keys']:,} keys)", f"{r['snapshot']['p50_ms']:.0f} ms", ""],
         ["RSS per process (MiB)", ", ".join(f"{k} {v:.0f}" for k, v in sorted(r["rss_mib"].items()) if v), ""],
         [f"pools held ({r['held']['held']:,})", f"leased in {r['held']['elapsed_s']:.1f} s", str(r["held"]["errors"] or "")],
         [f"grant p50/p99, pool of {SCALE_POOL}: {small['vms']:,} VMs", f"{small['grant_p50_ms']} / {small['grant_p99_ms']} ms", ""],
         [f"grant p50/p99, pool of {SCALE_POOL}: {big['vms']:,} VMs", f"{big['grant_p50_ms']} / {big['grant_p99_ms']} ms",
-         f"ratio {r['grant_p50_ratio']} (target <= 1.2)"],
+         f"ratio {r['grant_p50_ratio']} (target <= 1.2), rounds {r['grant_p50_ratios']}"],
         [f"a grant's choice of VMs in-process: {small['vms']:,} / {big['vms']:,} VMs",
          f"{r['grant_choice_us']['small_us']} / {r['grant_choice_us']['big_us']} us",
          f"ratio {r['grant_choice_us']['ratio']}"],
@@ -530,7 +568,7 @@ def render_scale(r: dict[str, Any]) -> str:
         [f"etcd requests/s keeping {r['keep_alive']['pools']:,} pools alive", f"{r['keep_alive']['requests_per_s']}",
          "target O(hosts)"],
         [f"request p50 at C=1: {small['vms']:,} / {big['vms']:,} VMs", f"{small['request_p50_ms']} / {big['request_p50_ms']} ms",
-         f"ratio {r['request_p50_ratio']} (target <= 1.1)"],
+         f"ratio {r['request_p50_ratio']} (target <= 1.1), rounds {r['request_p50_ratios']}"],
         [f"with {r['held']['held']:,} pools held: grant p50/p99, request p50",
          f"{loaded['grant_p50_ms']} / {loaded['grant_p99_ms']} ms, {loaded['request_p50_ms']} ms", "renewals running"],
         [f"etcd db size over {churn['cycles']:,} cycles (MiB)", " -> ".join(str(x) for x in churn["db_size_mib"]),

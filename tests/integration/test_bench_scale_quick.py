@@ -26,9 +26,14 @@ def test_bench_scale_quick_json_holds_every_pool_and_reports_every_figure(tmp_pa
     assert {"r1", "r2", "c1", "p1", "etcd"} <= set(report["rss_mib"]) and all(report["rss_mib"].values())
     assert report["held"]["held"] == plan["pools"] and report["held"]["errors"] == {}
     assert (report["small"]["vms"], report["big"]["vms"]) == (plan["small_vms"], report["registration_vms"])
-    for fleet in (report["small"], report["big"], report["big_with_pools"]):
-        assert fleet["grants"] == plan["grants"] and fleet["grant_failures"] == {}
+    rounds = plan["fleet_rounds"]
+    for fleet, times in ((report["small"], rounds), (report["big"], rounds), (report["big_with_pools"], 1)):
+        assert fleet["grants"] == plan["grants"] * times and fleet["grant_failures"] == {}
         assert fleet["grant_p50_ms"] > 0 and fleet["request_p50_ms"] > 0 and fleet["request_errors"] == {}
+    # the fleets alternated: a ratio and a registration per round, every VM of each fleet seen each time
+    assert len(report["grant_p50_ratios"]) == len(report["request_p50_ratios"]) == len(report["registrations_s"]) == rounds
+    assert [r["vms"] for r in report["small"]["rounds"] + report["big"]["rounds"]] == \
+        [plan["small_vms"]] * rounds + [report["registration_vms"]] * rounds
     assert report["grant_p50_ratio"] > 0 and report["request_p50_ratio"] > 0
     assert report["keep_alive"]["pools"] == plan["pools"] and report["keep_alive"]["requests_per_s"] > 0
     contended = report["contended"]
