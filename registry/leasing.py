@@ -24,7 +24,6 @@ from wire.errors import (
     NotFound,
     PermissionDenied,
     PoolExhausted,
-    QuotaExceeded,
     ProducerUnavailable,
 )
 from mapping.model import Claim, ConsumerRef, Host, HostId, LeaseId, Pool, ProducerVm, Record, Service, VmId, lease_hex
@@ -68,7 +67,7 @@ def shortfall(service: str, need: int, free: int, returning: int, purpose: str) 
                                    f"free producer VM(s) now and {returning} coming back, and {need} are needed "
                                    f"to {purpose}")
     return PoolExhausted(f"service {service!r} has {free} free producer VM(s) but {need} are needed to {purpose} "
-                         f"(short by {need - free})")
+                         f"(short by {need - free})", reason="no_free_vms")
 
 
 def describe(state: ClusterState, pool: Pool) -> LeaseView:
@@ -136,11 +135,7 @@ class LeasingAgent:
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
         wanted = quotas.limits(network, service, consumer)
-        try:  # refuse before granting an etcd lease
-            quotas.choose_slots(self.state, wanted, 0, self.rng)
-        except QuotaExceeded:
-            metrics.exhausted("registry", "quota")
-            raise
+        quotas.choose_slots(self.state, wanted, 0, self.rng)  # refuse before granting an etcd lease
 
         need = service.policy.min_pool
         lease_id = LeaseId(await self.store.grant_lease(service.policy.lease_ttl_s))
@@ -160,9 +155,8 @@ class LeasingAgent:
                 if (existing := self.state.pools.get(pool_key)) is not None:  # another agent was faster
                     await self._revoke_quietly(lease_id)
                     return self._existing(existing, consumer)
-            metrics.exhausted("registry", "lost_races")
             raise PoolExhausted(f"service {service.name!r}: every attempt to claim {need} producer VM(s) "
-                                f"lost a race to other consumers ({self.max_attempts} attempts)")
+                                f"lost a race to other consumers ({self.max_attempts} attempts)", reason="lost_races")
         except BaseException:
             await self._revoke_quietly(lease_id)
             raise
@@ -177,18 +171,16 @@ class LeasingAgent:
             service = self._service(pool.service)
             held = len(self.state.members_by_lease.get(lease_id, ()))
             if held + count > service.policy.max_pool:
-                metrics.exhausted("registry", "max_pool")
                 raise PoolExhausted(f"lease {lease_hex(lease_id)} holds {held} producer VM(s) of service "
-                                    f"{service.name!r}; max_pool is {service.policy.max_pool}")
+                                    f"{service.name!r}; max_pool is {service.policy.max_pool}", reason="max_pool")
             chosen = self.choose(service, count, f"grow lease {lease_hex(lease_id)}", avoid_hosts)
             guards = [Require(keys.pool_key(pool.service, pool.consumer_vm), pool.revision), *self._guards(chosen)]
             result = await self._transact(chosen, self._claims(chosen, pool), lease_id, guards)
             if result.succeeded:
                 return self._view(lease_id)
             metrics.GRANT_CONFLICTS.inc()
-        metrics.exhausted("registry", "lost_races")
         raise PoolExhausted(f"service {pool.service!r}: every attempt to grow lease {lease_hex(lease_id)} "
-                            f"lost a race to other consumers ({self.max_attempts} attempts)")
+                            f"lost a race to other consumers ({self.max_attempts} attempts)", reason="lost_races")
 
     async def shrink_lease(self, lease_id: LeaseId, vms: list[VmId], *, caller: Caller = ANYONE) -> LeaseView:
         """Delete the lease's claims on `vms` (each guarded by its own revision)."""
@@ -263,10 +255,7 @@ class LeasingAgent:
         avoid = {h for h in free if (host := state.hosts.get(h)) is not None and host.address in avoid_hosts}
         available = sum(len(bag) for h, bag in free.items() if h not in avoid)
         if available < count:
-            error = shortfall(service.name, count, available, self._returning(service.name, avoid_hosts), purpose)
-            if isinstance(error, PoolExhausted):
-                metrics.exhausted("registry", "no_free_vms")
-            raise error
+            raise shortfall(service.name, count, available, self._returning(service.name, avoid_hosts), purpose)
         busy = {vm for vm in self._in_flight
                 if (record := state.vms.get(vm)) is not None and record.host_id not in avoid
                 and vm in free.get(record.host_id, ())}

@@ -21,7 +21,7 @@ from mapping.ownership import owner, registries
 from mapping.replica import Replica
 from mapping.store import Store
 from registry.authz import Anyone, Caller
-from wire import rpc
+from wire import metrics, rpc
 from wire.errors import LeasenetError
 from wire.tls import Kind, TlsMaterial
 from wire.v1 import registry_pb2_grpc as pb_grpc
@@ -87,6 +87,7 @@ class Ownership:
                 self.served_for_unreachable_owner += 1
                 return None
             error: LeasenetError = rpc.error_from_rpc(exc, f"owner registry {address}")
+            error.reason = metrics.RELAYED  # the owner counted its refusal; passing it on is not another
             raise error from None
 
     def _stub(self, address: str) -> pb_grpc.LeasingStub:

@@ -39,6 +39,7 @@ from mapping.state import ClusterState
 from mapping.store import Store
 
 log = logging.getLogger(__name__)
+KIND = "registry"
 F = TypeVar("F", bound=Callable[..., Any])
 
 T = TypeVar("T")
@@ -117,7 +118,7 @@ class LeasingServicer(pb_grpc.LeasingServicer):
             return None
         return await self.ownership.forward(owner, method, request, caller, context.time_remaining())
 
-    @edge
+    @edge_counting(KIND)  # refusals counted here, by the reason the leasing agent gave
     @counted("grant")
     async def RequestLease(self, request: pb.RequestLeaseRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
         caller, forwarded = self._caller(context)
@@ -145,7 +146,7 @@ class LeasingServicer(pb_grpc.LeasingServicer):
 
         return _lease_pb(await self._audited("grant", caller, None, grant(), wanted=wanted))
 
-    @edge
+    @edge_counting(KIND)
     @counted("grow")
     async def GrowLease(self, request: pb.GrowLeaseRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
         caller, forwarded = self._caller(context)
@@ -162,7 +163,7 @@ class LeasingServicer(pb_grpc.LeasingServicer):
 
         return _lease_pb(await self._audited("grow", caller, lease_id, grow()))
 
-    @edge
+    @edge_counting(KIND)
     @counted("shrink")
     async def ShrinkLease(self, request: pb.ShrinkLeaseRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
         caller, lease_id = caller_of(context, self.insecure), _lease_id(request.lease_id)
@@ -171,7 +172,7 @@ class LeasingServicer(pb_grpc.LeasingServicer):
                                    vms=vms)
         return lease_to_pb(view)
 
-    @edge
+    @edge_counting(KIND)
     @counted("renew")
     async def RenewLease(self, request: pb.LeaseRef, context: grpc.aio.ServicerContext) -> pb.RenewLeaseResponse:
         caller, lease_id = caller_of(context, self.insecure), _lease_id(request.lease_id)
@@ -179,7 +180,7 @@ class LeasingServicer(pb_grpc.LeasingServicer):
                                   failures_only=True)
         return pb.RenewLeaseResponse(ttl_s=ttl)
 
-    @edge
+    @edge_counting(KIND)
     @counted("release")
     async def ReleaseLease(self, request: pb.LeaseRef, context: grpc.aio.ServicerContext) -> pb.ReleaseLeaseResponse:
         caller, lease_id = caller_of(context, self.insecure), _lease_id(request.lease_id)
@@ -307,7 +308,7 @@ class InspectionServicer(pb_grpc.InspectionServicer):
             raise NotFound(f"lease {request.id} does not exist (expired, released, or never granted)")
         return lease_to_pb(describe(self.state, pool), tokens)
 
-    @edge_counting("registry")  # leasing refusals are counted where registry/leasing.py raises them
+    @edge_counting(KIND)
     async def WatchLeases(self, request: pb.WatchLeasesRequest,
                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.LeaseEvent]:
         tokens = sees_fencing_tokens(self._reader(context))

@@ -99,6 +99,8 @@ class QuotaExceeded(PoolExhausted):
     """A lease would exceed a quota (network, consumer host or consumer VM): a pool's exhaustion
     as far as the consumer host is concerned, with a sentence naming the quota."""
 
+    reason = "quota"
+
 
 class Overloaded(LeasenetError):
     """A bounded queue, a cap on subscribers or a rate limit is full: what does not fit is refused, not

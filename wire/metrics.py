@@ -117,11 +117,15 @@ def exhausted(kind: str, reason: str) -> None:
     RESOURCE_EXHAUSTED.labels(kind, reason).inc()
 
 
+RELAYED = "relayed"  # the reason of a refusal passed on from the process that made it (and counted it)
+
+
 def answered(kind: str, error: LeasenetError) -> None:
     """`error` is about to become process `kind`'s answer: count it if it is RESOURCE_EXHAUSTED, by
     its reason. Called where errors become statuses (wire.rpc.edge_counting, a stream's per-request
-    answers), so each refusal counts once however deep it was raised."""
-    if error.code is Status.RESOURCE_EXHAUSTED:
+    answers), so each refusal counts once however deep it was raised; a RELAYED one was counted by
+    the process that made it (a registry's answer forwarded by another)."""
+    if error.code is Status.RESOURCE_EXHAUSTED and error.reason != RELAYED:
         RESOURCE_EXHAUSTED.labels(kind, error.reason or "other").inc()
 
 
