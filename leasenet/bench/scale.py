@@ -33,7 +33,7 @@ import grpc.aio
 
 from leasenet.bench.harness import Bench, machine
 from leasenet.bench.measure import (
-    GRANTS_HOST, cluster_channel, cluster_tls, cpu_seconds, etcd_counts, ms, percentile, ratio,
+    GRANTS_HOST, CpuMeter, cluster_channel, cluster_tls, etcd_counts, ms, percentile, ratio,
 )
 from leasenet.bench.plans import (
     NETWORK, VNI, Cell, GrantsResult, GrantsTask, LoadResult, LoadTask, RaceConsumerHost, make_plan,
@@ -417,13 +417,13 @@ class ScaleBench:
         etcd = self.cluster.etcd.members[0].process
         return {**found, "etcd": rss_mib(etcd.pid) if etcd is not None else None}
 
-    def cpu(self) -> dict[str, float]:
-        """CPU seconds used so far by every leasenet process and etcd (the load generator not included)."""
+    def cpu_meter(self) -> CpuMeter:
+        """The CPU of every leasenet process and etcd (the load generator not included)."""
         pids = {name: proc.process.pid for name, proc in self.cluster.procs.items()
                 if proc.alive and proc.process is not None}
         assert self.cluster.etcd is not None and self.cluster.etcd.members[0].process is not None
         pids["etcd"] = self.cluster.etcd.members[0].process.pid
-        return {name: used for name, pid in pids.items() if (used := cpu_seconds(pid)) is not None}
+        return CpuMeter(pids)
 
     def rate(self, name: str, lanes: list[list[str]], first: int, cycles: int, duration_s: float, watch: bool,
              workers: int) -> RateResult:
@@ -442,17 +442,18 @@ class ScaleBench:
         use = "etcd_mvcc_db_total_size_in_use_in_bytes"
         sizes = [etcd_gauges(self.metrics, db, use)]
         quarters = []
-        cpu_before = self.cpu()
+        meter = self.cpu_meter()
+        meter.begin()
         for q in range(4):
             self.say(f"scale: churn quarter {q + 1}/4, {p.churn_cycles // 4} grant/release cycles")
             quarters.append(self.rate(f"churn-{q + 1}", self.owner_lanes(), 100_000 + q * 1000, p.churn_cycles // 4,
                                       p.churn_quarter_s, False, p.workers))
             sizes.append(etcd_gauges(self.metrics, db, use))
-        cpu_after = self.cpu()
+        meter.end()
         grants = sum(r.grants for r in quarters)
         elapsed = sum(r.elapsed_s for r in quarters)
         return {"cycles": grants, "grants_per_s": round(grants / elapsed, 1) if elapsed else None,
-                "cpu_ms_per_cycle": cpu_per_cycle(cpu_before, cpu_after, grants),
+                "cpu_ms_per_cycle": cpu_per_cycle(meter.used, grants),
                 "refusals": sum(r.refusals for r in quarters),
                 "errors": dict(sum((Counter(r.errors) for r in quarters), Counter())),
                 "db_size_mib": [round(s.get(db, 0) / 2**20, 2) for s in sizes],
@@ -476,14 +477,14 @@ def rounds_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def cpu_per_cycle(before: dict[str, float], after: dict[str, float], cycles: int) -> dict[str, float]:
+def cpu_per_cycle(used: dict[str, float], cycles: int) -> dict[str, float]:
     """Where a grant/release cycle's CPU goes, in ms: etcd, the registries together, and one consumer
     host and one producer host on average (every host applies every cycle's events to its replica)."""
     kinds: dict[str, list[float]] = {"etcd": [], "registries": [], "a consumer host": [], "a producer host": []}
-    for name, used in after.items():
+    for name, seconds in used.items():
         kind = ("etcd" if name == "etcd" else "registries" if name in ("r1", "r2")
                 else "a consumer host" if name.startswith("c") else "a producer host")
-        kinds[kind].append(used - before.get(name, 0.0))
+        kinds[kind].append(seconds)
     per = {kind: (sum(v) if kind in ("etcd", "registries") else sum(v) / len(v)) for kind, v in kinds.items() if v}
     return {kind: round(seconds * 1000 / cycles, 2) for kind, seconds in per.items()} if cycles else {}
 
