@@ -35,6 +35,9 @@ Reply = Callable[[Status, str, bytes, bool], None]
 REQUESTS = metrics.Requests("producer_host")  # per execution: its service, status and time
 # (VM, fencing token) -> whether that token is still the VM's current claim (the host's replica)
 ClaimCheck = Callable[[VmId, int], bool]
+# awaited with a claim's fencing token before the claim's first call runs on the VM (a command VM
+# reset by restart marks its record used, so that no registry grants it again before its reset)
+FirstUse = Callable[[int], Awaitable[None]]
 DEFAULTS = limits.Limits()
 
 
@@ -99,11 +102,11 @@ class VmActor:
         self._task: asyncio.Task[None] | None = None
         self._handler: Handler | None = None
         self._token = 0  # the claim `_handler` serves
-        # the VM's own gRPC server while it is healthy and registered; None: an in-process handler
+        # the gRPC target of the VM's own server while it is healthy and registered
+        # (unix:///abs/path.sock or 127.0.0.1:PORT); None for an in-process handler VM
         self.endpoint: str | None = None
-        # awaited with the claim's fencing token before the first call of a claim runs (the driver's)
-        self.first_use: Callable[[int], Awaitable[None]] | None = None
-        self._used_by = 0  # the claim first_use was last awaited for
+        self.first_use: FirstUse | None = None  # set by the VM's supervisor (producer_host.drivers)
+        self._used_token = 0  # the claim `first_use` was awaited for
 
     def start(self, tasks: asyncio.TaskGroup | None = None) -> asyncio.Task[None]:
         """Run the actor, as a child of `tasks` when given (a host's task group)."""
@@ -140,10 +143,7 @@ class VmActor:
 
         self.tell(Envelope(b"", request_id, consumer, fencing_token, deadline_ms, refused, turn))
         try:
-            await turn.go
-            if self.first_use is not None and fencing_token != self._used_by:
-                await self.first_use(fencing_token)
-                self._used_by = fencing_token
+            await turn.go  # first_use was awaited before it, as for a Send (_mark_used)
             yield turn
         finally:
             if not turn.go.done():
@@ -196,6 +196,10 @@ class VmActor:
                 env.reply(Status.FAILED_PRECONDITION, limits.CLAIM_ENDED, b"", False)
                 REQUESTS.record(self.vm.service, Status.FAILED_PRECONDITION.name)  # never ran: not timed
                 continue
+            if env.turn is not None and env.turn.go.done():  # its caller left while it queued
+                continue
+            if not await self._mark_used(env):
+                continue
             if env.turn is not None:
                 await self._hold(env, env.turn)
                 continue
@@ -217,7 +221,7 @@ class VmActor:
 
     async def _hold(self, env: Envelope, turn: Turn) -> None:
         """Give a transparent call the slot and wait until it is over."""
-        if turn.go.done():  # its caller left while it queued
+        if turn.go.done():  # its caller left while the VM was being marked used
             return
         self.busy = True
         start = time.monotonic_ns()
@@ -230,6 +234,26 @@ class VmActor:
             self.served += 1
             if self.history is not None:
                 self.history.record(self.vm.vm_id, env, start, time.monotonic_ns(), turn.ok)
+
+    async def _mark_used(self, env: Envelope) -> bool:
+        """Await `first_use` once per claim before its first call; a claim whose VM cannot be marked
+        is not run (undelivered: the consumer host retries elsewhere), since the VM could otherwise
+        be granted to the next lessee without its reset."""
+        if self.first_use is None or env.fencing_token == self._used_token:
+            return True
+        self.busy = True
+        try:
+            await self.first_use(env.fencing_token)
+        except Exception as exc:  # the store, most likely: the request is not run
+            log.warning("%s: cannot mark the VM used for claim %d: %s", self.vm.vm_id, env.fencing_token, exc)
+            env.reply(Status.UNAVAILABLE, "its producer VM could not be prepared for the request; it was not run",
+                      b"", False)
+            REQUESTS.record(self.vm.service, Status.UNAVAILABLE.name)  # never ran: not timed
+            return False
+        finally:
+            self.busy = False
+        self._used_token = env.fencing_token
+        return True
 
     async def _call(self, env: Envelope) -> tuple[Status, str, bytes]:
         """One handler call under the request's deadline: the answer, or why there is none. The
