@@ -45,7 +45,7 @@ from consumer_host.pools import PoolManager
 from consumer_host.tunnel import Tunnels
 from mapping.replica import Replica
 from wire import metrics
-from wire.errors import LeasenetError, Status, error_for_status
+from wire.errors import DeadlineExceeded, LeasenetError, Status, error_for_status
 from wire.limits import MAX_PAYLOAD_BYTES
 from wire.rpc import STATUS_BY_NUMBER, to_grpc
 from wire.trace import CURRENT, TRACEPARENT, bind, start
@@ -192,6 +192,9 @@ class VipCalls:
                 log.debug("call %d refused before its VM saw it: %s %s", request_id, exc.code.name, exc.details)
                 if exc.code == grpc.StatusCode.UNIMPLEMENTED:  # the service's VMs take no calls: all alike
                     raise error_for_status(Status.UNIMPLEMENTED, exc.details) from None
+                if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED:  # it queued past its deadline: no time left
+                    raise DeadlineExceeded(f"call {request_id} reached its deadline before a producer VM took it "
+                                           "(it was not run)") from None
                 refused = True
                 last = Retry(Happened.REFUSED)
             except _Failed as exc:

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterable
 
 import grpc
 import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from producer_host.actors import Refused, VmActor
 from wire import metrics
@@ -113,10 +114,9 @@ async def carry(channels: VmChannels, actor: VmActor, start: pb.CallStart,
                 status = await call.code()
                 details = await call.details() or ""
                 trailers = await call.trailing_metadata()
-                # grpc's own UNAVAILABLE with no trailers on a channel no longer ready: the VM's server
-                # went away mid-call (its connection broke), not a status the server chose
-                broken = (status == grpc.StatusCode.UNAVAILABLE and not trailers
-                          and channel.get_state() != grpc.ChannelConnectivity.READY)
+                # UNAVAILABLE is both a status a server may choose and grpc's own word for a connection
+                # that broke; the VM's server that no longer answers a health check went away mid-call
+                broken = status == grpc.StatusCode.UNAVAILABLE and not await _answers(channel)
                 if broken:
                     log.info("%s: its server went away during call %d (%s)", actor.vm.vm_id, inner.request_id,
                              details)
@@ -124,17 +124,41 @@ async def carry(channels: VmChannels, actor: VmActor, start: pb.CallStart,
                 code = status.name
                 requests = counts[0]
                 yield end(status, details, to_entries(trailers), broken=broken)
+                # the caller stops on our `end`: ending under its writes would lose the `end` (see drain)
+                await asyncio.wait({pump}, timeout=1.0)
             finally:
                 pump.cancel()
                 call.cancel()  # a no-op once it ended; the consumer's cancel otherwise
     except Refused as refused:
         code = refused.status.name
         yield end(refused.status, refused.message)
+        await drain(upstream)
     except asyncio.CancelledError:
         code = Status.CANCELLED.name
         raise
     finally:
         metrics.call_done(KIND, requests, responses, code, time.perf_counter() - began)
+
+
+async def _answers(channel: grpc.aio.Channel, within_s: float = 0.5) -> bool:
+    """Whether the VM's server answers the standard health check now."""
+    try:
+        await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=within_s)
+    except grpc.aio.AioRpcError as exc:
+        return exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    return True
+
+
+async def drain(upstream: AsyncIterator[pb.CallUp], within_s: float = 1.0) -> None:
+    """After a refusal: read (and drop) what the caller still sends until it stops on our `end`.
+    Ending a stream under a write in flight makes grpc report INTERNAL to the caller, and our `end`
+    may be lost with it: the refusal would look like a broken tunnel (delivery unknown)."""
+    try:
+        async with asyncio.timeout(within_s):
+            async for _ in upstream:
+                pass
+    except (TimeoutError, grpc.aio.AioRpcError):
+        pass
 
 
 async def _pump_up(upstream: AsyncIterator[pb.CallUp], call: grpc.aio.StreamStreamCall, counts: list[int]) -> None:

@@ -241,17 +241,18 @@ class TunnelServicer(pb_grpc.TunnelServicer):
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("kind") != "start":
             yield calls.end(Status.INVALID_ARGUMENT, "a call stream must begin with its CallStart")
+            await calls.drain(request_iterator)
             return
         start = first.start
         verdict = await self._validate_call(start, peer)
-        if isinstance(verdict, Refusal):
-            metrics.TUNNEL_FRAMES_REJECTED.labels(verdict.error.__name__).inc()
-            yield calls.end(verdict.code, verdict.message)
-            return
-        actor = self.actors.get(verdict.vm)
+        actor = self.actors.get(verdict.vm) if isinstance(verdict, Accept) else None
         if actor is None:
-            metrics.TUNNEL_FRAMES_REJECTED.labels("VmNotRunning").inc()
-            yield calls.end(Status.NOT_FOUND, "its producer VM is not running")
+            reason, code, message = ((verdict.error.__name__, verdict.code, verdict.message)
+                                     if isinstance(verdict, Refusal) else
+                                     ("VmNotRunning", Status.NOT_FOUND, "its producer VM is not running"))
+            metrics.TUNNEL_FRAMES_REJECTED.labels(reason).inc()
+            yield calls.end(code, message)
+            await calls.drain(request_iterator)
             return
         async for down in calls.carry(self.vm_channels, actor, start, request_iterator):
             yield down
