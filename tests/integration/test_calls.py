@@ -18,10 +18,11 @@ import grpc
 import grpc.aio
 import pytest
 
+from leasenet import checker
 from leasenet.cluster import ConsumerVm, LocalCluster, Proc, consumer_toml, write_toml
 from leasenet.procstat import memory
 from tests.conftest import REPO, eventually_async
-from tests.integration.helpers import TARGET, cluster_toml
+from tests.integration.helpers import TARGET, cluster_toml, history
 from tests.vms import callvm_pb2 as pb
 from tests.vms import callvm_pb2_grpc as pb_grpc
 from tests.vms.callvm import BIN_TRAILER
@@ -76,7 +77,7 @@ def calls(cluster: LocalCluster):
     yield from topology(cluster)
 
 
-def topology(cluster: LocalCluster, *, vms: int = 2, refusing: tuple[str, ...] = ()):
+def topology(cluster: LocalCluster, *, vms: int = 2, refusing: tuple[str, ...] = (), endpoints: bool = True):
     """A registry, one producer host whose VMs 10.1.1.1.. are callvm servers, one consumer host
     whose VM 10.1.0.1 reaches the echo service's VIP through a unix socket."""
     work = cluster.workdir
@@ -86,7 +87,7 @@ def topology(cluster: LocalCluster, *, vms: int = 2, refusing: tuple[str, ...] =
     saved = dict(cluster.env)
     cluster.env.update({"PYTHONPATH": os.pathsep.join([str(SITE), saved.get("PYTHONPATH", str(REPO))]),
                         "LEASENET_TEST_VM_ENDPOINTS": json.dumps({f"10.1.1.{i + 1}": s.endpoint
-                                                                  for i, s in enumerate(servers)}),
+                                                                  for i, s in enumerate(servers) if endpoints}),
                         "LEASENET_TEST_REFUSING": json.dumps([list(refusing), str(refusals)])})
     try:
         producer = cluster.producer("p1", network="blue", service="echo", vms=vms, vm_address_start="10.1.1.1")
@@ -121,6 +122,9 @@ async def test_every_call_kind_goes_through_a_vip_endpoint_with_metadata_and_tra
         assert seen["traceparent"] == TRACEPARENT  # the caller's, through to the VM's server
         assert int(seen["leasenet-claim"]) > 0  # the VM's own record of its lessee
         assert "leasenet-idempotent" not in seen["keys"]  # leasenet's own keys stop at the consumer host
+        # the producer host's History has the execution (the chaos checker's record), under the same claim
+        runs = await eventually_async(lambda: checker.load(executions=history(calls.cluster)).executions)
+        assert [(r.consumer, r.token) for r in runs] == [("blue/10.1.0.1", int(seen["leasenet-claim"]))]
 
         joined = await stub.ClientStream(iter([pb.Msg(text=t) for t in "abc"]), timeout=10)
         assert (joined.text, joined.count) == ("a+b+c", 3)
@@ -204,6 +208,8 @@ async def test_a_flood_on_one_call_does_not_grow_either_hosts_memory(calls: Call
         await eventually_async(lambda: any(e["method"] == "Flood" for s in calls.vms for e in s.seen()))
         await asyncio.sleep(0)  # the client reads nothing: the VM's server must be held back, not the hosts
         for _ in range(30):  # watch the hosts for a while as the VM pushes (measurement, not synchronisation)
+            assert not any(e["method"] == "Flood" and e["event"] == "finished" for s in calls.vms for e in s.seen()), \
+                "the VM's server was not held back by the client that does not read"
             for name, pid in pids.items():
                 grown = memory(pid).rss_kib - before[name].rss_kib  # type: ignore[union-attr]
                 assert grown < bound_mib * 1024, f"{name} grew {grown // 1024} MiB while the client did not read"
@@ -243,3 +249,13 @@ async def test_a_call_refused_before_its_vm_saw_it_is_retried_on_another_vm(clus
         assert calls.refusals.read_text().split() and set(calls.refusals.read_text().split()) == {"10.1.1.1"}
         refusing, serving = calls.vms
         assert not refusing.seen() and len([e for e in serving.seen() if e["method"] == "Unary"]) == 4
+
+
+async def test_a_service_of_in_process_handlers_answers_calls_unimplemented_with_a_sentence(
+        cluster: LocalCluster) -> None:
+    for calls in topology(cluster, endpoints=False):
+        async with calls.channel() as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await pb_grpc.CallVmStub(channel).Unary(pb.Msg(text="x"), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "in-process handlers" in refused.value.details() and "Send" in refused.value.details()

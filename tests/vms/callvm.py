@@ -89,6 +89,7 @@ class CallVm(pb_grpc.CallVmServicer):
         blob = b"x" * request.size
         for i in range(request.count):
             yield pb.Msg(text=blob.decode(), count=i)
+        self.log(context, "Flood", "finished")
 
 
 _BY_NUMBER = {code.value[0]: code.value for code in grpc.StatusCode}
