@@ -160,6 +160,10 @@ class VipCalls:
         except asyncio.CancelledError:
             code = Status.CANCELLED.name
             raise
+        except Exception:  # its text may name a producer host: for our log only (SPEC §10)
+            code = Status.INTERNAL.name
+            log.exception("call %d %s from %s failed", request_id, method, self.attachment.vm_id)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error in the consumer host; see its log")
         finally:
             reader.cancel()
             metrics.call_done(KIND, call.requests, call.responses, code, time.perf_counter() - began)
@@ -274,11 +278,9 @@ class _Refused(Exception):
 async def _read_caller(request_iterator: AsyncIterator[bytes], inbox: asyncio.Queue[bytes | None]) -> None:
     """The caller's messages, one at a time: the queue holds one, so a caller that sends faster than
     the VM takes is held back by HTTP/2 flow control, not by our memory."""
-    try:
-        async for message in request_iterator:
-            await inbox.put(message)
-    finally:
-        await inbox.put(None)
+    async for message in request_iterator:
+        await inbox.put(message)
+    await inbox.put(None)  # not in `finally`: a cancelled reader must not block again on a full queue
 
 
 async def _pump(call: _Call, tunnel: grpc.aio.StreamStreamCall) -> None:

@@ -26,6 +26,7 @@ from tests.integration.helpers import TARGET, cluster_toml, history
 from tests.vms import callvm_pb2 as pb
 from tests.vms import callvm_pb2_grpc as pb_grpc
 from tests.vms.callvm import BIN_TRAILER
+from wire import metrics
 
 pytestmark = pytest.mark.integration
 
@@ -81,6 +82,7 @@ def topology(cluster: LocalCluster, *, vms: int = 2, refusing: tuple[str, ...] =
     """A registry, one producer host whose VMs 10.1.1.1.. are callvm servers, one consumer host
     whose VM 10.1.0.1 reaches the echo service's VIP through a unix socket."""
     work = cluster.workdir
+    cluster.metrics = True  # every process serves /metrics (leasenet_calls_total)
     registry = cluster.registry("registry1", write_toml(work / "cluster.toml", cluster_toml(min_pool=vms, max_pool=vms)))
     servers = [vm_server(work, f"vm{i}") for i in range(1, vms + 1)]
     refusals = work / "refusals.txt"
@@ -156,6 +158,12 @@ async def test_every_status_code_with_details_and_trailers_round_trips(calls: Ca
                 assert await call.details() == f"because {number}"
             trailers = dict(await call.trailing_metadata())
             assert (trailers["x-status"], trailers["x-status-bin"]) == (str(number), BIN_TRAILER)
+    # each call counted once per host, by its kind and the status the VM answered
+    for proc, kind in ((calls.consumer, "consumer_host"), (calls.producer, "producer_host")):
+        samples = await eventually_async(lambda: (s := metrics.scrape(proc.metrics)) and metrics.total(
+            s, "leasenet_calls_total", kind=kind) >= len(grpc.StatusCode) and s)
+        for code in grpc.StatusCode:
+            assert metrics.total(samples, "leasenet_calls_total", kind=kind, call_kind="unary", code=code.name) == 1
 
 
 async def test_the_deadline_and_a_cancel_reach_the_vms_server(calls: Calls) -> None:
