@@ -88,7 +88,7 @@ async def carry(channels: VmChannels, actor: VmActor, start: pb.CallStart,
         yield end(Status.UNIMPLEMENTED, IN_PROCESS)
         return
     inner = start.inner
-    began, requests, responses, code = time.perf_counter(), 0, 0, Status.UNAVAILABLE.name
+    began, requests, responses, code, ended = time.perf_counter(), 0, 0, Status.UNAVAILABLE.name, False
     try:
         async with actor.turn(inner.request_id, f"{inner.network}/{inner.src}", start.outer.fencing_token,
                               inner.deadline_ms) as turn:
@@ -122,7 +122,7 @@ async def carry(channels: VmChannels, actor: VmActor, start: pb.CallStart,
                              details)
                 turn.ok = status == grpc.StatusCode.OK
                 code = status.name
-                requests = counts[0]
+                requests, ended = counts[0], True
                 yield end(status, details, to_entries(trailers), broken=broken)
                 # the caller stops on our `end`: ending under its writes would lose the `end` (see drain)
                 await asyncio.wait({pump}, timeout=1.0)
@@ -130,11 +130,12 @@ async def carry(channels: VmChannels, actor: VmActor, start: pb.CallStart,
                 pump.cancel()
                 call.cancel()  # a no-op once it ended; the consumer's cancel otherwise
     except Refused as refused:
-        code = refused.status.name
+        code, ended = refused.status.name, True
         yield end(refused.status, refused.message)
         await drain(upstream)
     except asyncio.CancelledError:
-        code = Status.CANCELLED.name
+        if not ended:  # the consumer host stops the stream once it has our `end`: that is no cancel
+            code = Status.CANCELLED.name
         raise
     finally:
         metrics.call_done(KIND, requests, responses, code, time.perf_counter() - began)
