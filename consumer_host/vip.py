@@ -145,12 +145,13 @@ class VipCalls:
         metadata = context.invocation_metadata()
         caller = next((v for k, v in metadata or () if k == TRACEPARENT and isinstance(v, str)), None)
         request_id = random.getrandbits(62)
-        token = bind(start(caller).trace_id, request_id)
+        trace = start(caller)  # the caller's trace (its traceparent itself goes to the VM unchanged)
+        token = bind(trace.trace_id, request_id)
         call = _Call(marked_idempotent(metadata))
         began, code = time.perf_counter(), Status.UNKNOWN.name
         reader = asyncio.get_running_loop().create_task(_read_caller(request_iterator, call.inbox))
         try:
-            code = await self._call(method, metadata, call, context, request_id)
+            code = await self._call(method, metadata, call, context, request_id, trace.header())
         except LeasenetError as exc:
             code = exc.code.name
             metrics.answered(KIND, exc)
@@ -170,7 +171,7 @@ class VipCalls:
             CURRENT.reset(token)
 
     async def _call(self, method: str, metadata: tuple[tuple[str, str | bytes], ...] | None, call: _Call,
-                    context: grpc.aio.ServicerContext, request_id: int) -> str:
+                    context: grpc.aio.ServicerContext, request_id: int, traceparent: str) -> str:
         admitted = admit(self.attachment, self.replica.state, self.endpoint.target)
         if isinstance(admitted, Refusal):
             raise admitted.exception()
@@ -188,7 +189,7 @@ class VipCalls:
                 inner=tpb.InnerHeader(network=self.attachment.network, src=self.attachment.address, dst=r.dst,
                                       dst_port=r.dst_port, request_id=request_id, idempotent=call.idempotent,
                                       deadline_ms=int((time.time() + left) * 1000)),
-                method=method, metadata=entries)
+                method=method, metadata=entries, traceparent=traceparent)
             refused = False
             try:
                 return await self._attempt(member.host_address, start_msg, call, context, left)

@@ -27,7 +27,7 @@ from wire.limits import MAX_BATCH_BYTES
 from wire.otel import OtelSpans
 from wire.rpc import Server, ServerCaps, edge_counting, end_of_stream
 from wire.tls import Identity, TlsMaterial, peer_identity
-from wire.trace import NO_SPANS, Spans, TraceParent, parse, trace_id_of
+from wire.trace import NO_SPANS, Spans, TraceParent, bind, parse, trace_id_of
 from wire.verdict import Refusal
 from wire.v1 import tunnel_pb2 as pb
 from wire.v1 import tunnel_pb2_grpc as pb_grpc
@@ -254,6 +254,8 @@ class TunnelServicer(pb_grpc.TunnelServicer):
             yield calls.end(code, message)
             await calls.drain(request_iterator)
             return
+        # our log lines name the call; each RPC runs in a task of its own, so the binding ends with it
+        bind(trace_id_of(start.traceparent), start.inner.request_id)
         async for down in calls.carry(self.vm_channels, actor, start, request_iterator):
             yield down
 
