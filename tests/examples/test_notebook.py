@@ -64,6 +64,8 @@ async def test_every_method_answers(listen: str, tmp_path: Path) -> None:
             assert [(r.seen, r.text, r.data) for r in replies] == [(1, "hello", b"hello"), (2, "again", b"again"),
                                                                   (3, "bye", b"bye")]
             assert await chat.code() == grpc.StatusCode.OK
+            echoed = await stub.Echo(pb.Line(text="once", data=b"\x00" * 16384))
+            assert echoed == pb.LineReply(seen=1, text="once", data=b"\x00" * 16384)
 
             assert await stub.Sleep(pb.SleepRequest(ms=5)) == pb.SleepReply(slept_ms=5)
             with pytest.raises(grpc.aio.AioRpcError) as slow:
