@@ -190,9 +190,9 @@ async def test_the_client_cli_speaks_to_the_server(tmp_path: Path) -> None:
         def client(*args: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run([sys.executable, "-m", "examples.notebook.client", "--target", server.address, *args],
                                   capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
-        assert json.loads((await asyncio.to_thread(client, "put", "k", "v")).stdout) == {"replaced": False, "keys": "1"}
+        assert json.loads((await asyncio.to_thread(client, "put", "k", "v")).stdout) == {"replaced": False, "keys": 1}
         assert json.loads((await asyncio.to_thread(client, "get", "k")).stdout) == {"found": True, "value": "v"}
         chat = await asyncio.to_thread(client, "chat", "a", "b")
-        assert [json.loads(line)["seen"] for line in chat.stdout.splitlines()] == ["1", "2"]
+        assert [json.loads(line)["seen"] for line in chat.stdout.splitlines()] == [1, 2]
         failed = await asyncio.to_thread(client, "fail", "5", "not here")
         assert failed.returncode == 1 and failed.stderr.strip() == "NOT_FOUND: not here"
