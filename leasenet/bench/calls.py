@@ -53,8 +53,7 @@ SERVING = "notebook serving on "
 CALL_BARS = (("overlay/relay", "rps", ">=", 0.8, 64), ("overlay/relay", "p50_ms", "<=", 1.25, 1))
 HOSTS = ("consumer host", "producer host")
 HOST_CPU_US = 250.0  # per call at C=64 (Istio's Envoy sidecar: 350 us)
-OVERLAY_MISSING = ("overlay not measured: the consumer host has no VIP endpoint yet "
-                   "(leasenet.bench.calls.overlay_endpoint is the hook)")
+OVERLAY_MISSING = "overlay not measured: no VIP endpoint yet (the hook: leasenet.bench.calls.overlay_endpoint)"
 
 
 @dataclass(frozen=True, slots=True)

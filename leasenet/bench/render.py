@@ -181,6 +181,9 @@ def render_calls(report: dict[str, Any]) -> str:
              "server (generic L7 relays passing raw messages, metadata, trailers and status)",
              *([f"! {report['overlay_note']}"] if report["overlay_note"] else []), ""]
     lines += datapath_tables(report["calls"], "")
+    header = ["mode", "payload", "C", "relay/direct throughput", "relay/direct p50"]
+    body = [_cell(x) + [_ratio(x, "relay/direct", "rps"), _ratio(x, "relay/direct", "p50_ms")] for x in report["calls"]]
+    lines += ["", "what two generic relay hops cost (paired ratios)", table(body, header)]
     lines += ["", "CPU per call (stream: per line) in microseconds, all threads of each process, the median slice",
               calls_cpu_table(report["calls"]), "", "targets (issue 18 part 7; a ratio passes on its median):"]
     lines += [verdict(t) for t in report["targets"]]

@@ -16,6 +16,7 @@ import pytest
 
 from examples.notebook import notebook_pb2 as pb
 from examples.notebook import notebook_pb2_grpc as pb_grpc
+from leasenet.bench.render import render_calls
 from leasenet.bench.servers import CallRelay
 from tests.examples.notebook import notebook_server
 from wire import rpc
@@ -47,6 +48,8 @@ def test_bench_calls_quick_json_measures_direct_and_the_relay_and_says_the_overl
     assert len(bars) == 16  # 4 throughput + 4 p50 ratios, 8 host CPU bars
     if "overlay" not in measured:  # until the consumer host serves VIP endpoints (the hook in bench.calls)
         assert report["overlay_note"] and all(t["pass"] is None and t["note"] for t in bars)
+    shown = render_calls(report)  # the tables a person reads, from the same JSON
+    assert "relay/direct" in shown and all(t["target"] in shown for t in bars)
 
 
 async def lines(*texts: str) -> AsyncIterator[pb.Line]:
