@@ -58,7 +58,9 @@ OVERLAY_MISSING = "overlay not measured: no VIP endpoint yet (the hook: leasenet
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    address: str  # what the client dials
+    # what the client dials; with several (e.g. one VIP endpoint per consumer VM, whose pools
+    # together hold 64 VMs), caller i dials addresses[i mod n]
+    addresses: tuple[str, ...]
     pids: dict[str, int]  # the processes to meter, by name
 
 
@@ -71,20 +73,27 @@ def direct_endpoint(bench: Bench, vm: Endpoint) -> Endpoint:
 
 def relay_endpoint(bench: Bench, vm: Endpoint) -> Endpoint:
     """Two generic relays in front of the VM server (two more hops, as the overlay's two hosts)."""
-    second = bench.start_servers({"call-relay-2": ["call-relay", vm.address]})["call-relay-2"]
+    second = bench.start_servers({"call-relay-2": ["call-relay", vm.addresses[0]]})["call-relay-2"]
     first = bench.start_servers({"call-relay-1": ["call-relay", second[0]]})["call-relay-1"]
-    return Endpoint(first[0], {"relay 1": first[1].pid, "relay 2": second[1].pid, **vm.pids})
+    return Endpoint((first[0],), {"relay 1": first[1].pid, "relay 2": second[1].pid, **vm.pids})
 
 
 def overlay_endpoint(bench: Bench, vm: Endpoint) -> Endpoint | None:
-    """HOOK for the `calls` branch (issue 18 parts 1-4): start a plaintext overlay whose producer
-    host runs its VMs with `--vm-command VM_COMMAND` (the same server, one process per VM, 64 VMs
-    for C=64) and whose consumer host serves a VIP endpoint for one consumer VM (a `[[vms.vip]]`
-    of its consumer.toml, `listen` a loopback port or a unix socket); wait until a call through it
-    answers; return Endpoint(that endpoint, {"consumer host": pid, "producer host": pid}) (the VM
-    processes may be metered too, as "vm"). `bench.plaintext_cluster()` gives an etcd and a
-    registry, `bench.producer()` / `bench.consumer()` the hosts' arguments. Until then: None, and
-    the report says the overlay was not measured."""
+    """HOOK, to be filled once the `vm-drivers` and `calls` branches are merged (issue 18 parts 1-4).
+    Until then None, and the report lists the overlay's bars as not measured.
+
+    What it must do (the interfaces as those branches have them):
+      1. `plain, registry = bench.plaintext_cluster("calls-overlay")` after writing
+         `bench.config` (`to_toml(plans.CLUSTER)`): an etcd and a registry in plaintext;
+      2. a producer host: `bench.producer(...)` minus `--handler echo`, plus `--vm-command VM_COMMAND`
+         (`--vm-reset` left at its default), 64 VMs of plans.DATA_SERVICE, started in `plain`;
+      3. a consumer host with the 4 consumer VMs of plans.DATA_CONSUMERS (pools of 16: 64 calls in
+         flight find 64 VMs; one pool of 64 is more than one etcd transaction may hold), each with a
+         VIP endpoint for plans.DATA_TARGET: `ConsumerVm(NETWORK, address, token,
+         vips=((DATA_TARGET, f"unix://{bench.workdir}/vip-{i}.sock"),))`;
+      4. wait until a Whoami through each endpoint answers (its pools granted, its VMs healthy);
+      5. return Endpoint((the 4 endpoints...), {"consumer host": pid, "producer host": pid}).
+    The client then spreads its callers over the 4 endpoints (caller i: endpoint i mod 4)."""
     return None
 
 
@@ -109,27 +118,28 @@ def start_vm(bench: Bench, vm_id: str, timeout_s: float = 60) -> Endpoint:
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"the VM server did not start (see {log_path})")
         time.sleep(0.02)
-    return Endpoint(f"unix://{socket}", {"vm": proc.pid})
+    return Endpoint((f"unix://{socket}",), {"vm": proc.pid})
 
 
 # --- the measuring role --------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class CallsTask:
     role: ClassVar[str] = "calls"
-    addresses: dict[str, str]  # target -> what the client dials
+    addresses: dict[str, list[str]]  # target -> what the client dials (caller i: the i-th mod n)
     cells: list[Cell]
     pids: dict[str, dict[str, int]]  # target -> process name -> pid
 
 
-async def chat_cell(stub: npb_grpc.NotebookStub, line: npb.Line, concurrency: int, warmup_s: float,
+async def chat_cell(stubs: list[npb_grpc.NotebookStub], line: npb.Line, concurrency: int, warmup_s: float,
                     duration_s: float, meter: CpuMeter) -> Tally:
-    """C Chat calls at once, each sending its next line when the last one's reply came."""
+    """C Chat calls at once (call i on stubs[i mod n]), each sending its next line when the last
+    one's reply came."""
     clock = time.perf_counter
     measure_from = clock() + warmup_s
     end = measure_from + duration_s
     tally = Tally()
 
-    async def chat() -> None:
+    async def chat(stub: npb_grpc.NotebookStub) -> None:
         call = stub.Chat(timeout=warmup_s + duration_s + REQUEST_TIMEOUT_S)
         try:
             while (t0 := clock()) < end:
@@ -149,24 +159,31 @@ async def chat_cell(stub: npb_grpc.NotebookStub, line: npb.Line, concurrency: in
         except grpc.aio.AioRpcError as exc:
             tally.errors[exc.code().name] += 1
 
-    await asyncio.gather(meter_window(meter, measure_from, end), *(chat() for _ in range(concurrency)))
+    await asyncio.gather(meter_window(meter, measure_from, end),
+                         *(chat(stubs[i % len(stubs)]) for i in range(concurrency)))
     return tally
 
 
+def echo(request: tuple[npb_grpc.NotebookStub, npb.Line], timeout: float) -> Any:
+    stub, line = request
+    return stub.Echo(line, timeout=timeout)
+
+
 async def calls(task: CallsTask) -> LoadResult:
-    channels = {target: rpc.channel(address) for target, address in task.addresses.items()}
+    channels = {address: rpc.channel(address) for addresses in task.addresses.values() for address in addresses}
     for channel in channels.values():
         await asyncio.wait_for(channel.channel_ready(), 10)
     out = []
     for cell in task.cells:
-        stub = npb_grpc.NotebookStub(channels[cell.target])
+        stubs = [npb_grpc.NotebookStub(channels[address]) for address in task.addresses[cell.target]]
         line = npb.Line(data=os.urandom(cell.payload))
         meter = CpuMeter({**task.pids.get(cell.target, {}), "client": os.getpid()})
         started = time.perf_counter()
         if cell.mode == "unary":
-            t = await unary_cell(stub.Echo, [line], cell.concurrency, cell.warmup_s, cell.duration_s, meter)
+            t = await unary_cell(echo, [(stub, line) for stub in stubs], cell.concurrency, cell.warmup_s,
+                                 cell.duration_s, meter)
         else:
-            t = await chat_cell(stub, line, cell.concurrency, cell.warmup_s, cell.duration_s, meter)
+            t = await chat_cell(stubs, line, cell.concurrency, cell.warmup_s, cell.duration_s, meter)
         out.append(cell_result(cell, t, meter, time.perf_counter() - started))
     for channel in channels.values():
         await channel.close()
@@ -192,7 +209,7 @@ def run_calls(workdir: Path, quick: bool, rounds: int, say: Callable[[str], None
         say(f"calls: the notebook VM server, and each target's processes, in {workdir}")
         vm = start_vm(bench, "notebook-vm")
         endpoints = {name: found for name, start in STARTERS.items() if (found := start(bench, vm)) is not None}
-        addresses = {name: e.address for name, e in endpoints.items()}
+        addresses = {name: list(e.addresses) for name, e in endpoints.items()}
         pids = {name: e.pids for name, e in endpoints.items()}
         specs = [replace(spec, targets=tuple(t for t in spec.targets if t in endpoints)) for spec in plan.cells]
         warmup = [Cell(t, kind, 100, 64, 0.0, 0.3) for t in endpoints for kind in KINDS]
