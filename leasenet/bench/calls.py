@@ -6,8 +6,9 @@ process on a unix socket, as a command VM runs) three ways:
     relay    client -> relay 1 -> relay 2 -> VM server: two processes of a bare generic L7 proxy
              (bench.servers.CallRelay: every method one stream_stream call of raw bytes, metadata,
              deadline, trailers and status passed on), i.e. what any gRPC proxy pair must cost
-    overlay  client -> the consumer host's VIP endpoint -> tunnel -> producer host -> its command VM
-             running the same server (OVERLAY below: a hook until VIP endpoints exist)
+    overlay  client -> a consumer host's VIP endpoint -> tunnel -> producer host -> its command VM
+             running the same server (measured once this tree has command VMs and VIP endpoints:
+             overlay_available)
 
 in two call kinds: `unary` (Echo: C callers, each calling again when answered) and `stream` (Chat:
 C bidi calls at once, each sending its next line when the last was answered; figures per line);
@@ -28,7 +29,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -40,8 +42,13 @@ from examples.notebook import notebook_pb2_grpc as npb_grpc
 from leasenet.bench.datapath import Tally, cell_result, unary_cell
 from leasenet.bench.harness import Bench, machine
 from leasenet.bench.measure import CONFIDENCE, CpuMeter, meter_window
-from leasenet.bench.plans import PAYLOADS, REQUEST_TIMEOUT_S, Cell, CellSpec, LoadResult, Plan, rounds_of
+from leasenet.bench.plans import (
+    CLUSTER, DATA_CONSUMERS, DATA_SERVICE, DATA_TARGET, DATA_VMS, NETWORK, PAYLOADS, REQUEST_TIMEOUT_S, Cell, CellSpec,
+    LoadResult, Plan, rounds_of,
+)
 from leasenet.bench.report import size_label, speed_targets, summarize_datapath
+from leasenet.cluster import ConsumerVm, consumer_toml
+from mapping.config import to_toml
 from wire import rpc
 
 CONCURRENCIES = (1, 64)
@@ -49,11 +56,13 @@ KINDS = ("unary", "stream")
 # the VM server, as a producer host's --vm-command would run it ({python}: the host's interpreter)
 VM_COMMAND = "{python} -m examples.notebook.server --listen unix://{socket} --vm-id {vm_id} --workdir {workdir}"
 SERVING = "notebook serving on "
+OVERLAY_READY_S = 180.0  # 64 VM processes to start and pools to grant, on a machine of 2 cores
 # issue 18 part 7: (the pair, the figure, <= or >=, the bar, C), for unary and stream, 100 B and 16 KiB
 CALL_BARS = (("overlay/relay", "rps", ">=", 0.8, 64), ("overlay/relay", "p50_ms", "<=", 1.25, 1))
 HOSTS = ("consumer host", "producer host")
 HOST_CPU_US = 250.0  # per call at C=64 (Istio's Envoy sidecar: 350 us)
-OVERLAY_MISSING = "overlay not measured: no VIP endpoint yet (the hook: leasenet.bench.calls.overlay_endpoint)"
+OVERLAY_MISSING = ("overlay not measured: this tree has no command VMs or no VIP endpoints yet "
+                   "(leasenet.bench.calls.overlay_endpoint)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,23 +87,63 @@ def relay_endpoint(bench: Bench, vm: Endpoint) -> Endpoint:
     return Endpoint((first[0],), {"relay 1": first[1].pid, "relay 2": second[1].pid, **vm.pids})
 
 
-def overlay_endpoint(bench: Bench, vm: Endpoint) -> Endpoint | None:
-    """HOOK, to be filled once the `vm-drivers` and `calls` branches are merged (issue 18 parts 1-4).
-    Until then None, and the report lists the overlay's bars as not measured.
+def overlay_available() -> bool:
+    """Whether this tree has what the overlay target needs: command VMs (producer_host.vms, branch
+    vm-drivers) and VIP endpoints in the consumer config (ConsumerVm.vips, branch calls)."""
+    return find_spec("producer_host.vms") is not None and "vips" in {f.name for f in fields(ConsumerVm)}
 
-    What it must do (the interfaces as those branches have them):
-      1. `plain, registry = bench.plaintext_cluster("calls-overlay")` after writing
-         `bench.config` (`to_toml(plans.CLUSTER)`): an etcd and a registry in plaintext;
-      2. a producer host: `bench.producer(...)` minus `--handler echo`, plus `--vm-command VM_COMMAND`
-         (`--vm-reset` left at its default), 64 VMs of plans.DATA_SERVICE, started in `plain`;
-      3. a consumer host with the 4 consumer VMs of plans.DATA_CONSUMERS (pools of 16: 64 calls in
-         flight find 64 VMs; one pool of 64 is more than one etcd transaction may hold), each with a
-         VIP endpoint for plans.DATA_TARGET: `ConsumerVm(NETWORK, address, token,
-         vips=((DATA_TARGET, f"unix://{bench.workdir}/vip-{i}.sock"),))`;
-      4. wait until a Whoami through each endpoint answers (its pools granted, its VMs healthy);
-      5. return Endpoint((the 4 endpoints...), {"consumer host": pid, "producer host": pid}).
-    The client then spreads its callers over the 4 endpoints (caller i: endpoint i mod 4)."""
-    return None
+
+def overlay_endpoint(bench: Bench, vm: Endpoint) -> Endpoint | None:
+    """The overlay, plaintext, in a cluster of its own: a producer host whose 64 VMs are processes of
+    VM_COMMAND (the same server as `vm`), and a consumer host whose 4 consumer VMs (pools of 16:
+    64 calls in flight find 64 VMs; one pool of 64 is more than one etcd transaction may hold) each
+    have a VIP endpoint for the service on a unix socket; the client spreads its callers over the 4.
+    None (the report says the overlay was not measured) when this tree lacks command VMs or VIP
+    endpoints (`overlay_available`)."""
+    if not overlay_available():
+        return None
+    bench.config.write_text(to_toml(CLUSTER))
+    plain, registry = bench.plaintext_cluster("calls-overlay")
+    producer = bench.producer("p-calls", DATA_SERVICE, DATA_VMS, "10.7.10.1", history=False)
+    at = producer.index("--handler")
+    producer[at:at + 2] = ["--vm-command", VM_COMMAND]  # command VMs instead of the in-process echo
+    vips = [socket_path(bench, f"vip-{i}") for i in range(len(DATA_CONSUMERS))]
+    config = bench.workdir / "c-calls.toml"
+    config.write_text(consumer_toml(ConsumerVm(NETWORK, address, token, vips=((DATA_TARGET, f"unix://{vip}"),))
+                                    for (address, token), vip in zip(DATA_CONSUMERS, vips)))
+    procs = {"p-calls": plain.spawn("p-calls", *producer, wait=False),
+             "c-calls": plain.spawn("c-calls", "consumer-host", "--host-id", "c-calls", "--listen", "127.0.0.1:0",
+                                    "--registry", registry, "--config", str(config), wait=False)}
+    for proc in procs.values():
+        plain.wait_ready(proc, 120)
+    addresses = tuple(f"unix://{vip}" for vip in vips)
+    asyncio.run(answering(addresses, OVERLAY_READY_S))
+    return Endpoint(addresses, {"consumer host": procs["c-calls"].process.pid,  # type: ignore[union-attr]
+                                "producer host": procs["p-calls"].process.pid})  # type: ignore[union-attr]
+
+
+async def answering(addresses: tuple[str, ...], timeout_s: float) -> None:
+    """Until a Whoami through each address answers (its pool granted, a VM of it serving)."""
+    deadline = time.monotonic() + timeout_s
+    for address in addresses:
+        async with rpc.channel(address) as channel:
+            stub = npb_grpc.NotebookStub(channel)
+            while True:
+                try:
+                    await stub.Whoami(npb.WhoamiRequest(), timeout=5)
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"no call through the VIP endpoint {address} answered within "
+                                           f"{timeout_s:.0f} s: {exc.code().name}: {exc.details()}") from None
+                    await asyncio.sleep(0.2)  # the pool's grant, its VMs' start: poll until the deadline
+
+
+def socket_path(bench: Bench, name: str) -> Path:
+    """A unix socket's path in the bench's work dir, or in a short temp dir when that one's name is
+    too long for a socket (108 bytes on Linux)."""
+    path = bench.workdir / f"{name}.sock"
+    return path if len(str(path)) <= 100 else Path(tempfile.mkdtemp(prefix="leasenet-calls-")) / f"{name}.sock"
 
 
 # in one round's order (plans.PLAIN): the overlay between the two it is compared with
@@ -104,9 +153,7 @@ STARTERS: dict[str, Starter] = {"direct": direct_endpoint, "overlay": overlay_en
 def start_vm(bench: Bench, vm_id: str, timeout_s: float = 60) -> Endpoint:
     """The VM server as its own process, with its own empty workdir, on a unix socket."""
     workdir = bench.workdir / f"{vm_id}.work"
-    socket = bench.workdir / f"{vm_id}.sock"
-    if len(str(socket)) > 100:  # a unix socket's path has a size limit (108 bytes on Linux)
-        socket = Path(tempfile.mkdtemp(prefix="leasenet-calls-")) / f"{vm_id}.sock"
+    socket = socket_path(bench, vm_id)
     command = VM_COMMAND.format(python=sys.executable, socket=socket, vm_id=vm_id, workdir=workdir).split()
     log_path = bench.workdir / f"{vm_id}.log"
     with open(log_path, "wb") as log:
