@@ -112,8 +112,9 @@ def cmd_vms(args: argparse.Namespace) -> None:
     async def fetch(stub: pb_grpc.InspectionStub) -> tuple[list[Any], str]:
         return await all_pages(stub.ListVms, request, "vms"), "vms"
 
-    _run(args, fetch, ["VM", "HOST", "SERVICE", "HANDLER", "LEASE", "LEASED TO"],
-         lambda vs: [[v.vm_id, v.host_id, v.service, v.handler, v.lease_id or "-", v.leased_to or "-"] for v in vs])
+    _run(args, fetch, ["VM", "HOST", "SERVICE", "HANDLER", "INCARNATION", "LEASE", "LEASED TO"],
+         lambda vs: [[v.vm_id, v.host_id, v.service, v.handler, str(v.revision) + (" (used)" if v.used else ""),
+                      v.lease_id or "-", v.leased_to or "-"] for v in vs])
 
 
 def cmd_services(args: argparse.Namespace) -> None:

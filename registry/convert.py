@@ -18,7 +18,7 @@ def vm_to_pb(state: ClusterState, vm: ProducerVm) -> pb.ProducerVm:
     return pb.ProducerVm(vm_id=vm.vm_id, network=vm.network, address=vm.address, host_id=vm.host_id,
                          service=vm.service, handler=vm.handler,
                          lease_id=lease_hex(claim.lease_id) if claim else "",
-                         leased_to=claim.consumer_vm if claim else "")
+                         leased_to=claim.consumer_vm if claim else "", revision=vm.revision, used=vm.used)
 
 
 def service_to_pb(state: ClusterState, service: Service) -> pb.Service:

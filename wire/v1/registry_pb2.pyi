@@ -22,7 +22,7 @@ class Host(_message.Message):
     def __init__(self, host_id: _Optional[str] = ..., kind: _Optional[str] = ..., address: _Optional[str] = ..., draining: _Optional[bool] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class ProducerVm(_message.Message):
-    __slots__ = ("vm_id", "network", "address", "host_id", "service", "handler", "lease_id", "leased_to")
+    __slots__ = ("vm_id", "network", "address", "host_id", "service", "handler", "lease_id", "leased_to", "revision", "used")
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,8 @@ class ProducerVm(_message.Message):
     HANDLER_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     LEASED_TO_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    USED_FIELD_NUMBER: _ClassVar[int]
     vm_id: str
     network: str
     address: str
@@ -39,7 +41,9 @@ class ProducerVm(_message.Message):
     handler: str
     lease_id: str
     leased_to: str
-    def __init__(self, vm_id: _Optional[str] = ..., network: _Optional[str] = ..., address: _Optional[str] = ..., host_id: _Optional[str] = ..., service: _Optional[str] = ..., handler: _Optional[str] = ..., lease_id: _Optional[str] = ..., leased_to: _Optional[str] = ...) -> None: ...
+    revision: int
+    used: bool
+    def __init__(self, vm_id: _Optional[str] = ..., network: _Optional[str] = ..., address: _Optional[str] = ..., host_id: _Optional[str] = ..., service: _Optional[str] = ..., handler: _Optional[str] = ..., lease_id: _Optional[str] = ..., leased_to: _Optional[str] = ..., revision: _Optional[int] = ..., used: _Optional[bool] = ...) -> None: ...
 
 class LeasePolicy(_message.Message):
     __slots__ = ("min_pool", "max_pool", "lease_ttl_s", "idle_release_s", "max_pools_per_consumer")
