@@ -4,7 +4,11 @@ tests and the docker tests.
 
 Inputs (each a list of JSON lines; any may be missing):
 - requests   (`leasenet traffic --history`): a "sent" and an "outcome" line per request;
-- executions (`producer-host --history`): one line per run of a request on a producer VM;
+- executions (`producer-host --history`): one line per run of a request on a producer VM; or the
+             VMs' own records of the calls they ran (a command VM's `--history`, e.g. the notebook
+             example's: vm, method, claim, start_ns, end_ns, code), read by `executions_from_vm_lines`;
+- calls      (a workload of gRPC calls through VIP endpoints, examples/notebook/workload.py): one
+             "call" line per call with its outcome, read by `requests_from_call_lines`;
 - claims     (a recorder following etcd, or `ClaimLog` following a registry's lease events):
              "claimed" / "released" lines per claim and "pool-granted" / "pool-ended" lines per
              lease, with their etcd revisions;
@@ -15,9 +19,11 @@ Violations reported:
 - lost:            a request sent with no outcome;  duplicate-outcome: one with more than one;
 - double-lease:    a producer VM with two claims alive at once (in two pools at once);
 - claim-changed:   one claim (one fencing token) naming two different lessees;
-- overlap:         two executions on one producer VM overlapping in time;
+- overlap:         two executions on one producer VM overlapping in time (as its host recorded them,
+                   or as the VM itself did);
 - executed-twice:  a non-idempotent request run more than once;
-- foreign-claim:   an execution under a claim of another consumer VM, or one never granted;
+- foreign-claim:   an execution under a claim of another consumer VM, or one never granted (also
+                   from the VMs' own records: a call a VM ran under a claim never granted on it);
 - claim-shared:    one claim (one fencing token) that served two consumer VMs (needs executions only);
 - ok-not-run:      a request answered OK that no producer VM ran (needs executions);
 - lease-not-freed: claims of a SIGKILLed consumer host still held TTL + 1 s after it died;
@@ -183,6 +189,22 @@ def executions_from_lines(lines: Iterable[dict[str, Any]]) -> list[Execution]:
     return out
 
 
+def executions_from_vm_lines(lines: Iterable[dict[str, Any]]) -> list[Execution]:
+    """The VMs' own records of the calls they ran: the VM, the claim it ran under (the
+    `leasenet-claim` metadata its producer host adds) and when. A VM does not know who its lessee
+    is, so `consumer` is left empty; the claim says it."""
+    return [Execution(str(r["vm"]), 0, "", int(r.get("claim") or 0), int(r["start_ns"]), int(r["end_ns"]),
+                      r.get("code") == OK) for r in lines if "method" in r and "start_ns" in r and "end_ns" in r]
+
+
+def requests_from_call_lines(lines: Iterable[dict[str, Any]]) -> list[Request]:
+    """A call workload's lines: each call made one request with the one outcome recorded after it."""
+    calls = (line for line in lines if line.get("event") == "call")
+    return [Request(i, str(c["vm"]), False, int(c["start_ns"]), (Outcome(str(c["code"]), int(c["end_ns"]),
+                                                                         str(c.get("details", ""))),))
+            for i, c in enumerate(calls)]
+
+
 def requests_from_lines(lines: Iterable[dict[str, Any]]) -> list[Request]:
     """Join "sent" and "outcome" lines by request_id (an outcome line alone also counts as sent)."""
     sent: dict[int, dict[str, Any]] = {}
@@ -274,6 +296,7 @@ class Recording:
     claims: list[ClaimSpan]
     pools: list[PoolSpan]
     faults: list[Fault]
+    vm_calls: list[Execution] = field(default_factory=list)  # the VMs' own records (executions_from_vm_lines)
 
 
 def load(requests: Sequence[Path] = (), executions: Sequence[Path] = (), claims: Sequence[Path] = (),
@@ -363,6 +386,19 @@ def foreign_claims(executions: Iterable[Execution], claims: Iterable[ClaimSpan])
         elif holder != e.consumer:
             out.append(Violation("foreign-claim", f"{e.vm} ran request {e.request_id} of {e.consumer} under "
                                  f"claim {e.token}, which belongs to {holder}"))
+    return out
+
+
+def ungranted_claims(executions: Iterable[Execution], claims: Iterable[ClaimSpan]) -> list[Violation]:
+    """Fencing from the VM's side: every call a VM recorded ran under a claim granted on that VM."""
+    granted = {(c.vm, c.token) for c in claims}
+    seen: set[tuple[str, int]] = set()
+    out = []
+    for e in executions:
+        if (e.vm, e.token) not in granted and (e.vm, e.token) not in seen:
+            seen.add((e.vm, e.token))
+            out.append(Violation("foreign-claim", f"{e.vm} ran a call under claim {e.token}, which was never "
+                                 "granted on it"))
     return out
 
 
@@ -490,6 +526,7 @@ def check(history: Recording, *, lease_ttl_s: float | None = None, idle_release_
         if h.claims:
             violations += foreign_claims([e for e in h.executions if e.request_id in ours], h.claims)
     violations += double_leases(h.claims)
+    violations += overlapping(h.vm_calls) + (ungranted_claims(h.vm_calls, h.claims) if h.claims else [])
     if h.pools:
         violations += lost_members(h.claims, h.pools, h.faults, fault_grace_s)
         if idle_release_s is not None:
@@ -530,18 +567,23 @@ def render(name: str, report: Report) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m leasenet.checker --requests H.jsonl [--executions P*.jsonl] [--claims C] [--faults F]`"""
+    """`python -m leasenet.checker --requests H.jsonl [--executions P*.jsonl] [--claims C] [--faults F]
+    [--calls W.jsonl] [--vm-calls V*.jsonl]`"""
     p = argparse.ArgumentParser(prog="python -m leasenet.checker", description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", nargs="*", default=[], type=Path, help="traffic histories")
     p.add_argument("--executions", nargs="*", default=[], type=Path, help="producer host histories")
     p.add_argument("--claims", nargs="*", default=[], type=Path, help="claim recordings")
     p.add_argument("--faults", nargs="*", default=[], type=Path, help="fault logs")
+    p.add_argument("--calls", nargs="*", default=[], type=Path, help="call workload histories (VIP endpoints)")
+    p.add_argument("--vm-calls", nargs="*", default=[], type=Path, help="the VMs' own records of their calls")
     p.add_argument("--lease-ttl", type=float, default=None, help="the service's lease_ttl_s")
     p.add_argument("--idle-release", type=float, default=None, help="the service's idle_release_s")
     p.add_argument("--name", default="run", help="heading of the table")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     args = p.parse_args(argv)
     history = load(args.requests, args.executions, args.claims, args.faults)
+    history.requests += requests_from_call_lines(read_lines(args.calls))
+    history.vm_calls += executions_from_vm_lines(read_lines(args.vm_calls))
     report = check(history, lease_ttl_s=args.lease_ttl, idle_release_s=args.idle_release)
     if args.json:
         print(json.dumps({"requests": report.requests, "ok": report.ok, "errors": report.errors,

@@ -20,9 +20,11 @@ from leasenet.checker import (
     check,
     claims_from_lines,
     double_leases,
+    executions_from_vm_lines,
     load,
     recovered_after,
     render,
+    requests_from_call_lines,
 )
 
 S = NS  # one second in the histories' nanoseconds
@@ -232,3 +234,29 @@ def test_recovery_per_vm_leaves_out_vms_that_sent_nothing_after_the_moment() -> 
     after = recovered_after(requests, 1 * S, ["blue/10.1.0.1", "blue/10.1.0.2", "blue/10.1.0.3"])
     assert {vm: None if s is None else round(s, 3) for vm, s in after.items()} == {"blue/10.1.0.1": 0.5,
                                                                                      "blue/10.1.0.2": None}
+
+
+def vm_line(vm: str, claim: int, start: float, end: float, code: str = "OK") -> dict[str, object]:
+    """A line of a VM's own record (examples/notebook --history)."""
+    return {"vm": vm, "method": "/notebook.v1.Notebook/Put", "claim": str(claim), "start_ns": int(start * S),
+            "end_ns": int(end * S), "code": code}
+
+
+def test_the_vms_own_records_catch_overlapping_calls_and_claims_never_granted() -> None:
+    ok = executions_from_vm_lines([vm_line("blue/10.1.1.1", 10, 1.0, 1.1), vm_line("blue/10.1.1.1", 10, 1.2, 1.3)])
+    assert kinds(check(Recording([], [], [claim()], [], [], vm_calls=ok))) == []
+    overlapping = ok + executions_from_vm_lines([vm_line("blue/10.1.1.1", 10, 1.25, 1.4)])
+    assert kinds(check(Recording([], [], [claim()], [], [], vm_calls=overlapping))) == ["overlap"]
+    stale = ok + executions_from_vm_lines([vm_line("blue/10.1.1.1", 7, 2.0, 2.1)])  # a claim the VM never had
+    assert kinds(check(Recording([], [], [claim()], [], [], vm_calls=stale))) == ["foreign-claim"]
+
+
+def test_a_call_workload_is_read_as_requests_with_one_outcome_each() -> None:
+    lines = [{"event": "ready", "vm": "blue/10.1.0.1"},
+             {"event": "call", "vm": "blue/10.1.0.1", "method": "Put", "start_ns": S, "end_ns": 2 * S, "code": "OK"},
+             {"event": "call", "vm": "blue/10.1.0.1", "method": "Get", "start_ns": 3 * S, "end_ns": 4 * S,
+              "code": "UNAVAILABLE", "details": "delivery unknown"}]
+    requests = requests_from_call_lines(lines)
+    assert [(r.vm, r.outcome.status if r.outcome else None) for r in requests] == [
+        ("blue/10.1.0.1", "OK"), ("blue/10.1.0.1", "UNAVAILABLE")]
+    assert check(Recording(requests, [], [], [], [])).errors_by_code == {"UNAVAILABLE": 1}
