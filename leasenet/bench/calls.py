@@ -48,6 +48,7 @@ from leasenet.bench.plans import (
 )
 from leasenet.bench.report import size_label, speed_targets, summarize_datapath
 from leasenet.cluster import ConsumerVm, consumer_toml
+from leasenet.procstat import children
 from mapping.config import to_toml
 from wire import rpc
 
@@ -70,7 +71,7 @@ class Endpoint:
     # what the client dials; with several (e.g. one VIP endpoint per consumer VM, whose pools
     # together hold 64 VMs), caller i dials addresses[i mod n]
     addresses: tuple[str, ...]
-    pids: dict[str, int]  # the processes to meter, by name
+    pids: dict[str, int | list[int]]  # the processes to meter, by name (a list: their CPU adds up)
 
 
 Starter = Callable[[Bench, Endpoint], Endpoint | None]
@@ -118,8 +119,9 @@ def overlay_endpoint(bench: Bench, vm: Endpoint) -> Endpoint | None:
         plain.wait_ready(proc, 120)
     addresses = tuple(f"unix://{vip}" for vip in vips)
     asyncio.run(answering(addresses, OVERLAY_READY_S))
+    producer_pid = procs["p-calls"].process.pid  # type: ignore[union-attr]
     return Endpoint(addresses, {"consumer host": procs["c-calls"].process.pid,  # type: ignore[union-attr]
-                                "producer host": procs["p-calls"].process.pid})  # type: ignore[union-attr]
+                                "producer host": producer_pid, "vm": children(producer_pid)})
 
 
 async def answering(addresses: tuple[str, ...], timeout_s: float) -> None:
@@ -174,7 +176,7 @@ class CallsTask:
     role: ClassVar[str] = "calls"
     addresses: dict[str, list[str]]  # target -> what the client dials (caller i: the i-th mod n)
     cells: list[Cell]
-    pids: dict[str, dict[str, int]]  # target -> process name -> pid
+    pids: dict[str, dict[str, int | list[int]]]  # target -> process name -> pid(s)
 
 
 async def chat_cell(stubs: list[npb_grpc.NotebookStub], line: npb.Line, concurrency: int, warmup_s: float,

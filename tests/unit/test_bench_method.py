@@ -3,13 +3,17 @@ within a round, the median with its distribution-free confidence interval, and t
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
+import time
 from dataclasses import replace
 
 import pytest
 
 from leasenet.bench.calls import call_targets
-from leasenet.bench.measure import median_interval, paired
+from leasenet.bench.measure import CpuMeter, cpu_seconds, median_interval, paired
 from leasenet.bench.plans import PLAIN, SELF, CellResult, CellSpec, LoadResult, make_plan, rounds_of
 from leasenet.bench.report import self_checks, speed_targets, summarize_datapath
 
@@ -106,3 +110,19 @@ def test_the_call_bars_list_an_unmeasured_overlay_as_not_measured_and_judge_a_me
     assert verdicts["overlay/relay throughput >= 0.8 (unary, 100 B, C=64)"]["pass"]  # 0.9
     assert verdicts["consumer host CPU per call <= 250 us (unary, 100 B, C=64)"]["pass"]
     assert verdicts["producer host CPU per call <= 250 us (unary, 100 B, C=64)"]["pass"] is False
+
+
+def test_a_cpu_meter_adds_up_the_processes_one_name_stands_for():
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        meter = CpuMeter({"me": os.getpid(), "both": [os.getpid(), busy.pid]})
+        meter.begin()
+        start = cpu_seconds(busy.pid)
+        deadline = time.monotonic() + 30
+        while (cpu_seconds(busy.pid) or 0) < (start or 0) + 0.02 and time.monotonic() < deadline:
+            sum(range(10_000))  # until the child has run for two clock ticks (more than our reads' skew)
+        meter.end()
+    finally:
+        busy.kill()
+        busy.wait()
+    assert meter.used["both"] > meter.used["me"]  # the child's seconds, added to ours
