@@ -19,6 +19,7 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from producer_host import limits
 from producer_host.actors import Refused, VmActor
 from wire import metrics
 from wire.errors import Status
@@ -84,8 +85,9 @@ async def carry(channels: VmChannels, actor: VmActor, start: pb.CallStart,
     """One validated call on `actor`'s VM: `accepted` once the VM's call started, then the VM's
     headers, messages and end. Refusals before the VM saw it end the stream without `accepted`."""
     endpoint = actor.endpoint
-    if endpoint is None:
-        yield end(Status.UNIMPLEMENTED, IN_PROCESS)
+    if endpoint is None:  # refused before the VM saw it: the consumer host tries another VM, unless UNIMPLEMENTED
+        yield end(Status.UNAVAILABLE, limits.VM_NOT_RUNNING) if actor.supervised else end(Status.UNIMPLEMENTED,
+                                                                                           IN_PROCESS)
         return
     inner = start.inner
     began, requests, responses, code, ended = time.perf_counter(), 0, 0, Status.UNAVAILABLE.name, False

@@ -59,6 +59,7 @@ def streams_per_peer_full(peer: str, limit: int) -> str:
     return f"{peer} already holds {limit} tunnel streams to this producer host, the most one consumer host may hold"
 
 
+VM_NOT_RUNNING = "its producer VM is not running now (it is being restarted); the call was not run"
 CLAIM_ENDED = "the claim this request was sent under ended before its producer VM ran it; it was not run"
 DEADLINE_WHILE_QUEUED = "the request's deadline passed while it queued for its producer VM"
 DEADLINE_WHILE_RUNNING = "its producer VM did not finish the request before its deadline; the request was stopped"

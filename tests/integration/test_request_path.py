@@ -175,13 +175,17 @@ async def test_the_consumer_host_refuses_unattached_spoofed_unknown_and_cross_ne
 
 def test_demo_json_keeps_its_promises(tmp_path):
     out = subprocess.run([sys.executable, "-m", "leasenet", "demo", "--json", "--requests", "300",
-                          "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+                          "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=170)
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads(out.stdout)
-    assert summary["requests"] == 300 and summary["lost"] == 0 and summary["exclusivity_violations"] == 0
-    assert summary["ok"] + summary["errors"] == 300 and summary["leases_granted"] >= 3
-    assert summary["failover_s"] is not None
-    assert summary["metrics_ok"] == summary["ok"]  # the consumer host's /metrics counted what the VMs got
+    assert summary["requests"] >= 300 and summary["lost"] == 0 and summary["exclusivity_violations"] == 0
+    assert summary["ok"] + summary["errors"] == summary["requests"] and summary["leases_granted"] >= 3
+    assert summary["failover_s"] is not None and summary["vm_replaced_s"] is not None
+    assert summary["gets_after_put"]["wrong"] == 0 and summary["gets_after_put"]["kept"] > 0
+    assert summary["reset"]["kept_under_lease"] and summary["reset"]["gone_after_reset"]
+    assert summary["per_vm_requests"]  # the VMs' own records of the calls they ran
+    # the consumer host's /metrics counted every OK call (the workload's, and its first Whoami and the reset's)
+    assert summary["metrics_ok"] >= summary["ok"]
 
 
 def test_demo_stops_every_process_it_started_on_ctrl_c(tmp_path):
@@ -210,3 +214,6 @@ def test_demo_stops_every_process_it_started_on_ctrl_c(tmp_path):
         return True
 
     assert len(pids) == 5 and not [pid for pid in pids if alive(pid)]  # 2 registries, 2 producers, 1 consumer
+    # and the producer VMs, the hosts' own processes: none outlives the demo
+    left = subprocess.run(["pgrep", "-f", f"examples.notebook.server.*{tmp_path}"], capture_output=True, text=True)
+    assert not left.stdout.strip(), left.stdout
