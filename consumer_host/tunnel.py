@@ -143,7 +143,7 @@ class TunnelClient:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 await channel.channel_ready()
-        except TimeoutError:
+        except (TimeoutError, grpc.aio.UsageError):  # UsageError: the tunnel broke and closed it meanwhile
             return False
         return True
 

@@ -116,9 +116,13 @@ async def carry(channels: VmChannels, actor: VmActor, start: pb.CallStart,
                 status = await call.code()
                 details = await call.details() or ""
                 trailers = await call.trailing_metadata()
-                # UNAVAILABLE is both a status a server may choose and grpc's own word for a connection
-                # that broke; the VM's server that no longer answers a health check went away mid-call
-                broken = status == grpc.StatusCode.UNAVAILABLE and not await _answers(channel)
+                # the VM's server went away mid-call if its supervisor took the VM out of service meanwhile
+                # (it failed its health checks or is being reset: a status it answered while stopping, such
+                # as CANCELLED, is not the call's answer), or if an UNAVAILABLE, which is both a status a
+                # server may choose and grpc's own word for a connection that broke, comes from a server
+                # that no longer answers a health check
+                broken = actor.endpoint != endpoint or (
+                    status == grpc.StatusCode.UNAVAILABLE and not await _answers(channel))
                 if broken:
                     log.info("%s: its server went away during call %d (%s)", actor.vm.vm_id, inner.request_id,
                              details)

@@ -78,6 +78,7 @@ class ConsumerVm:
         self.recorder = recorder
         self.served_by = ""  # the VM id of the last Whoami answer
         self.pid = 0  # the VM process of the last Whoami answer
+        self.calls = 0  # made so far (each recorded)
 
     async def call(self, round_: int, method: str, run: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any] | None:
         """Run one call and record its outcome; `run` returns what to record of its answer. None when
@@ -88,6 +89,7 @@ class ConsumerVm:
             answer = await run()
         except grpc.aio.AioRpcError as exc:
             code, details = exc.code().name, exc.details() or ""
+        self.calls += 1
         self.recorder.codes[code] += 1
         self.recorder.write({"event": "call", "vm": self.name, "round": round_, "method": method, "start_ns": start,
                              "end_ns": time.monotonic_ns(), "code": code, "details": details,
