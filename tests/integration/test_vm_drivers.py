@@ -21,6 +21,7 @@ from mapping.store.etcd import EtcdStore
 from tests.conftest import eventually_async
 from tests.integration.helpers import attached, cluster_toml, leases, send_status
 from tests.integration.test_tunnel_validation import exchange
+from wire import metrics
 from wire.v1 import tunnel_pb2 as tpb
 
 pytestmark = pytest.mark.integration
@@ -102,6 +103,7 @@ async def test_a_killed_vm_is_withdrawn_and_comes_back_as_a_new_incarnation_refu
         cluster: LocalCluster, tmp_path: Path) -> None:
     report = tmp_path / "report"
     _, consumer = with_consumer(cluster)
+    cluster.metrics = True
     producer = command_host(cluster, report)
     store = await cluster.open_store()
     try:
@@ -124,6 +126,10 @@ async def test_a_killed_vm_is_withdrawn_and_comes_back_as_a_new_incarnation_refu
         assert "not the current claim" in answer.status_message
         log = producer.log.read_text()
         assert f"VM {VM}: serving --exited--> backing_off" in log and "withdrawn" in log
+        scraped = metrics.scrape(producer.metrics)
+        assert metrics.total(scraped, "leasenet_vm_restarts_total", service="echo", reason="exit") == 1
+        assert metrics.total(scraped, "leasenet_vm_restart_to_ready_seconds_count", service="echo") == 1
+        assert metrics.total(scraped, "leasenet_vms", service="echo", state="serving") == 1
     finally:
         await store.close()
 
