@@ -42,10 +42,11 @@ def starts(report: Path, vm: str = VM) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def command_host(cluster: LocalCluster, report: Path, *flags: str, extra: tuple[str, ...] = (), vms: int = 1):
+def command_host(cluster: LocalCluster, report: Path, *flags: str, extra: tuple[str, ...] = (), vms: int = 1,
+                 listen: str = "unix://{socket}"):
     report.mkdir(exist_ok=True)
     return cluster.producer("p1", network="blue", service="echo", vms=vms, vm_address_start="10.1.1.1", handler=None,
-                            extra=("--vm-command", lifevm(report, *flags), "--vm-stop-grace", "2",
+                            extra=("--vm-command", lifevm(report, *flags, listen=listen), "--vm-stop-grace", "2",
                                    "--vm-health-interval", "0.2", *extra))
 
 
@@ -186,7 +187,7 @@ async def test_a_vm_process_is_limited_logged_in_its_own_group_and_stopped_with_
         cluster: LocalCluster, tmp_path: Path) -> None:
     report = tmp_path / "report"
     producer = command_host(cluster, report, extra=("--vm-memory-mb", "2048", "--vm-nice", "3"),
-                            vms=2)
+                            vms=2, listen="127.0.0.1:{port}")
     await eventually_async(lambda: len(starts(report)) == 1 and len(starts(report, vm_id("blue", "10.1.1.2"))) == 1,
                            60)
     [start] = starts(report)
@@ -196,13 +197,23 @@ async def test_a_vm_process_is_limited_logged_in_its_own_group_and_stopped_with_
     assert address_space.split()[3:5] == [str(2048 * 1024 * 1024)] * 2, address_space
     assert int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16]) == 3  # nice
     assert os.getpgid(pid) == pid and os.getsid(pid) == pid  # its own session and process group
-    assert start["cwd"] == start["workdir"]
+    assert start["cwd"] == start["workdir"] and str(start["listen"]).startswith("127.0.0.1:")
     await eventually_async(lambda: f"VM {VM} stdout: lifevm {VM} says hello on stdout" in producer.log.read_text()
                            and f"VM {VM} stderr: lifevm {VM} says hello on stderr" in producer.log.read_text(), 30)
     assert "no writable cgroup v2 here" in producer.log.read_text() or "cgroup v2" in producer.log.read_text()
     cluster.stop("p1")  # SIGTERM: the host drains and stops its VM processes
     assert not alive(pid)
     assert "stop the VMs took longer" not in producer.log.read_text()
+
+
+async def test_a_vm_process_dies_with_its_host_even_a_killed_one(cluster: LocalCluster, tmp_path: Path) -> None:
+    report = tmp_path / "report"
+    command_host(cluster, report)
+    await eventually_async(lambda: len(starts(report)) == 1, 60)
+    pid = int(starts(report)[0]["pid"])  # type: ignore[arg-type]
+    assert alive(pid)
+    cluster.signal("p1", signal.SIGKILL)  # no drain: the parent-death signal is all that is left
+    await eventually_async(lambda: not alive(pid), 10, what="the VM process gone with its host")
 
 
 async def test_an_endpoint_vm_is_registered_while_healthy_and_comes_back_as_a_new_incarnation(
