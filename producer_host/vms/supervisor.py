@@ -108,6 +108,8 @@ class VmSupervisor:
             return
         log.info("VM %s: %s --%s--> %s%s", self.vm.vm_id, self.state, event, transition.state,
                  f" (pid {self.driver.pid})" if self.driver.pid else "")
+        if self.state is VmState.SERVING and time.monotonic() - self._serving_since > BACKOFF_FORGIVEN_AFTER_S:
+            self.failures = 0  # it served a good while: this failure starts the backoff afresh
         self.state = transition.state
         if transition.restart is not None and self.driver.restartable:
             metrics.VM_RESTARTS.labels(self.vm.service, transition.restart.value).inc()
@@ -127,8 +129,6 @@ class VmSupervisor:
             case Action.START_PROCESS:
                 await self._start_process()
             case Action.BACK_OFF:
-                if time.monotonic() - self._serving_since > BACKOFF_FORGIVEN_AFTER_S and self._serving_since:
-                    self.failures = 0
                 self.failures += 1
 
     async def _start_process(self) -> None:

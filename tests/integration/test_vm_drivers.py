@@ -144,7 +144,8 @@ async def test_a_used_vm_is_reset_after_its_claim_ends_with_a_new_process_and_an
     try:
         first = await eventually_async(lambda: registered(store), 60, what="the VM registered once healthy")
         await send_status(consumer.address, "10.1.0.1")  # the lessee's first call marks the VM used
-        assert (await eventually_async(lambda: registered(store), 10))
+        marked = await eventually_async(lambda: _used(store), 10, what="the VM marked used")
+        assert marked["revision"] == first["revision"]  # the same incarnation: the claim stays valid
         await eventually_async(lambda: len(starts(report)) == 2, 60, what="the VM restarted after the idle release")
         before, after = starts(report)
         assert after["pid"] != before["pid"] and after["files_at_start"] == [] and before["files_at_start"] == []
@@ -177,6 +178,11 @@ async def test_with_reset_none_the_next_lessee_gets_the_same_process(cluster: Lo
         assert now == first and len(starts(report)) == 1  # same record, same process, never marked used
     finally:
         await store.close()
+
+
+async def _used(store: EtcdStore) -> dict[str, object] | None:
+    now = await registered(store)
+    return now if now is not None and now.get("used") else None
 
 
 async def _no_leases(registry: str) -> bool:
