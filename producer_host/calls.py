@@ -97,6 +97,7 @@ async def carry(channels: VmChannels, actor: VmActor, first: pb.CallUp,
         return
     inner = start.inner
     began, requests, responses, code, ended = time.perf_counter(), 0, 0, Status.UNAVAILABLE.name, False
+    pump: asyncio.Task[None] | None = None
     try:
         async with actor.turn(inner.request_id, f"{inner.network}/{inner.src}", start.outer.fencing_token,
                               inner.deadline_ms) as turn:
@@ -141,11 +142,12 @@ async def carry(channels: VmChannels, actor: VmActor, first: pb.CallUp,
                 requests, ended = counts[0], True
                 pending.end.CopyFrom(end(status, details, to_entries(trailers), broken=broken).end)
                 yield pending
-                # the caller stops on our `end`: ending under its writes would lose the `end` (see drain)
-                await asyncio.wait({pump}, timeout=1.0)
             finally:
-                pump.cancel()
                 call.cancel()  # a no-op once it ended; the consumer's cancel otherwise
+        # the VM is free again; the caller stops on our `end`: ending the stream under its writes
+        # would lose the `end` (see drain)
+        if not pump.done():
+            await asyncio.wait({pump}, timeout=1.0)
     except Refused as refused:
         code, ended = refused.status.name, True
         yield end(refused.status, refused.message)
@@ -155,6 +157,8 @@ async def carry(channels: VmChannels, actor: VmActor, first: pb.CallUp,
             code = Status.CANCELLED.name
         raise
     finally:
+        if pump is not None:
+            pump.cancel()
         metrics.call_done(KIND, requests, responses, code, time.perf_counter() - began)
 
 
