@@ -89,7 +89,9 @@ class _Call:
     what decides whether it may be retried."""
 
     idempotent: bool
-    inbox: asyncio.Queue[bytes | None] = field(default_factory=lambda: asyncio.Queue(maxsize=1))
+    # the caller's messages read and not yet sent: two, so that a unary call's message and its end
+    # are both there when its CallStart goes (one stream message for the whole request)
+    inbox: asyncio.Queue[bytes | None] = field(default_factory=lambda: asyncio.Queue(maxsize=2))
     replay: list[bytes] = field(default_factory=list)
     replay_bytes: int = 0
     overflowed: bool = False  # a request message is no longer in the buffer: no retry after `accepted`
@@ -225,11 +227,11 @@ class VipCalls:
         pump: asyncio.Task[None] | None = None
         try:
             try:
-                await tunnel.write(tpb.CallUp(start=start_msg))
-                for message in call.replay:
-                    await tunnel.write(tpb.CallUp(message=message))
+                # the CallStart with what the caller already sent (a replay, or what the reader has)
+                up = tpb.CallUp(start=start_msg, messages=call.replay)
+                _take_ready(call, up)
+                await tunnel.write(up)
                 if call.client_done:
-                    await tunnel.write(tpb.CallUp(half_close=True))
                     await tunnel.done_writing()
                 else:
                     pump = asyncio.get_running_loop().create_task(_pump(call, tunnel))
@@ -237,17 +239,16 @@ class VipCalls:
                     down = await tunnel.read()
                     if down is grpc.aio.EOF:
                         raise _Failed(Happened.DELIVERY_UNKNOWN, f"the call's tunnel stream to {host} ended early")
-                    kind = down.WhichOneof("kind")
-                    if kind == "accepted":
+                    if down.accepted:
                         call.accepted.set()
-                    elif kind == "headers":
+                    if down.HasField("headers"):
                         call.answered = True
                         await context.send_initial_metadata(_grpc_metadata(list(down.headers.metadata)))
-                    elif kind == "message":
+                    for message in down.messages:
                         call.answered = True
                         call.responses += 1
-                        await context.write(down.message)
-                    elif kind == "end":
+                        await context.write(message)
+                    if down.HasField("end"):
                         return await self._end(down.end, call, context)
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
                 why = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
@@ -284,33 +285,56 @@ async def _read_caller(request_iterator: AsyncIterator[bytes], inbox: asyncio.Qu
     await inbox.put(None)  # not in `finally`: a cancelled reader must not block again on a full queue
 
 
+def _take_ready(call: _Call, up: tpb.CallUp) -> None:
+    """Into `up`, the caller's messages (and its end) already read, without waiting for more (the
+    buffer's bound holds: before `accepted` the pump waits while it is full)."""
+    while not call.client_done and not call.inbox.empty() and (call.accepted.is_set() or not call.full()):
+        message = call.inbox.get_nowait()
+        if message is None:
+            call.client_done = up.half_close = True
+            return
+        call.keep(message)
+        up.messages.append(message)
+
+
 async def _pump(call: _Call, tunnel: grpc.aio.StreamStreamCall) -> None:
     """The caller's messages to the current attempt as they come, kept for a replay while one may
     be needed. Before `accepted`, a full buffer stops the reading until `accepted` comes."""
     try:
-        while True:
+        while not call.client_done:
             if not call.accepted.is_set() and call.full():
                 await call.accepted.wait()
             message = await call.inbox.get()
+            up = tpb.CallUp()
             if message is None:
-                call.client_done = True
-                await tunnel.write(tpb.CallUp(half_close=True))
-                await tunnel.done_writing()
-                return
-            call.keep(message)
-            await tunnel.write(tpb.CallUp(message=message))
+                call.client_done = up.half_close = True
+            else:
+                call.keep(message)
+                up.messages.append(message)
+                _take_ready(call, up)
+            await tunnel.write(up)
+        await tunnel.done_writing()
     except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
         pass  # the tunnel call ended: the attempt's reader says how
 
 
 class _Handler(grpc.GenericRpcHandler):
+    MAX_METHODS = 256  # handlers kept per endpoint (making one costs more than a small call's work)
+
     def __init__(self, calls: VipCalls) -> None:
         self.calls = calls
+        self._by_method: dict[str, grpc.RpcMethodHandler] = {}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-        # no (de)serializers: the messages stay bytes, whatever the method
-        return grpc.stream_stream_rpc_method_handler(functools.partial(self.calls.handle,
-                                                                       handler_call_details.method))
+        method = handler_call_details.method
+        handler = self._by_method.get(method)
+        if handler is None:
+            if len(self._by_method) >= self.MAX_METHODS:  # a caller inventing method names
+                self._by_method.clear()
+            # no (de)serializers: the messages stay bytes, whatever the method
+            handler = self._by_method[method] = grpc.stream_stream_rpc_method_handler(
+                functools.partial(self.calls.handle, method))
+        return handler
 
 
 class VipServers:

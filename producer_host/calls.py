@@ -57,6 +57,10 @@ def end(code: Status | grpc.StatusCode | int, details: str, trailers: list[pb.Me
     return pb.CallDown(end=pb.CallEnd(code=number, details=details, trailing_metadata=trailers or [], broken=broken))
 
 
+# a CallDown gathers what is ready (see tunnel.proto) up to this many bytes of messages
+GATHER_BYTES = 256 * 1024
+
+
 class VmChannels:
     """One channel per VM endpoint, created in the running loop and replaced when the VM's endpoint
     changes (a restarted VM may listen elsewhere)."""
@@ -80,17 +84,22 @@ class VmChannels:
         self._channels.clear()
 
 
-async def carry(channels: VmChannels, actor: VmActor, start: pb.CallStart,
+async def carry(channels: VmChannels, actor: VmActor, first: pb.CallUp,
                 upstream: AsyncIterator[pb.CallUp]) -> AsyncIterator[pb.CallDown]:
     """One validated call on `actor`'s VM: `accepted` once the VM's call started, then the VM's
-    headers, messages and end. Refusals before the VM saw it end the stream without `accepted`."""
-    endpoint = actor.endpoint
+    headers, messages and end. Refusals before the VM saw it end the stream without `accepted`.
+
+    What is ready goes in one CallDown: `accepted` waits for the headers only when the caller has
+    sent everything already (it needs `accepted` sooner only to go on sending), and a message goes
+    with the end when the VM's status is already in (a unary call: one CallDown)."""
+    endpoint, start = actor.endpoint, first.start
     if endpoint is None:  # refused before the VM saw it: the consumer host tries another VM, unless UNIMPLEMENTED
         yield end(Status.UNAVAILABLE, limits.VM_NOT_RUNNING) if actor.supervised else end(Status.UNIMPLEMENTED,
                                                                                            IN_PROCESS)
         return
     inner = start.inner
     began, requests, responses, code, ended = time.perf_counter(), 0, 0, Status.UNAVAILABLE.name, False
+    pump: asyncio.Task[None] | None = None
     try:
         async with actor.turn(inner.request_id, f"{inner.network}/{inner.src}", start.outer.fencing_token,
                               inner.deadline_ms) as turn:
@@ -98,12 +107,16 @@ async def carry(channels: VmChannels, actor: VmActor, start: pb.CallStart,
             channel = channels.of(actor, endpoint)
             call = channel.stream_stream(start.method)(metadata=metadata, timeout=max(0.001, turn.budget_s))
             counts = [0]
-            pump = asyncio.get_running_loop().create_task(_pump_up(upstream, call, counts))
+            pump = asyncio.get_running_loop().create_task(_pump_up(first, upstream, call, counts))
             try:
-                yield pb.CallDown(accepted=True)
+                pending = pb.CallDown(accepted=True)
+                if not first.half_close:
+                    yield pending
+                    pending = pb.CallDown()
                 headers = await call.initial_metadata()
                 if headers:
-                    yield pb.CallDown(headers=pb.Headers(metadata=to_entries(headers)))
+                    pending.headers.metadata.extend(to_entries(headers))
+                size = 0
                 while True:
                     try:
                         message = await call.read()
@@ -112,7 +125,11 @@ async def carry(channels: VmChannels, actor: VmActor, start: pb.CallStart,
                     if message is grpc.aio.EOF:
                         break
                     responses += 1
-                    yield pb.CallDown(message=message)
+                    pending.messages.append(message)
+                    size += len(message)
+                    if not call.done() or size >= GATHER_BYTES:  # more may take a while: send what we have
+                        yield pending
+                        pending, size = pb.CallDown(), 0
                 status = await call.code()
                 details = await call.details() or ""
                 trailers = await call.trailing_metadata()
@@ -129,12 +146,14 @@ async def carry(channels: VmChannels, actor: VmActor, start: pb.CallStart,
                 turn.ok = status == grpc.StatusCode.OK
                 code = status.name
                 requests, ended = counts[0], True
-                yield end(status, details, to_entries(trailers), broken=broken)
-                # the caller stops on our `end`: ending under its writes would lose the `end` (see drain)
-                await asyncio.wait({pump}, timeout=1.0)
+                pending.end.CopyFrom(end(status, details, to_entries(trailers), broken=broken).end)
+                yield pending
             finally:
-                pump.cancel()
                 call.cancel()  # a no-op once it ended; the consumer's cancel otherwise
+        # the VM is free again; the caller stops on our `end`: ending the stream under its writes
+        # would lose the `end` (see drain)
+        if not pump.done():
+            await asyncio.wait({pump}, timeout=1.0)
     except Refused as refused:
         code, ended = refused.status.name, True
         yield end(refused.status, refused.message)
@@ -144,6 +163,8 @@ async def carry(channels: VmChannels, actor: VmActor, start: pb.CallStart,
             code = Status.CANCELLED.name
         raise
     finally:
+        if pump is not None:
+            pump.cancel()
         metrics.call_done(KIND, requests, responses, code, time.perf_counter() - began)
 
 
@@ -168,20 +189,24 @@ async def drain(upstream: AsyncIterator[pb.CallUp], within_s: float = 1.0) -> No
         pass
 
 
-async def _pump_up(upstream: AsyncIterator[pb.CallUp], call: grpc.aio.StreamStreamCall, counts: list[int]) -> None:
-    """The caller's messages to the VM as they come; each write awaited (flow control)."""
+async def _pump_up(first: pb.CallUp, upstream: AsyncIterator[pb.CallUp], call: grpc.aio.StreamStreamCall,
+                   counts: list[int]) -> None:
+    """The caller's messages to the VM as they come (those in the first CallUp first); each write
+    awaited (flow control)."""
     try:
-        async for up in upstream:
-            kind = up.WhichOneof("kind")
-            if kind == "message":
-                if (too_large := payload_too_large(len(up.message))) is not None:
+        up: pb.CallUp | None = first
+        rest = aiter(upstream)
+        while up is not None:
+            for message in up.messages:
+                if (too_large := payload_too_large(len(message))) is not None:
                     log.info("call message refused: %s", too_large)
                     call.cancel()
                     return
                 counts[0] += 1
-                await call.write(up.message)
-            elif kind == "half_close":
+                await call.write(message)
+            if up.half_close:
                 break
+            up = await anext(rest, None)
         await call.done_writing()
     except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
         pass  # the VM's call already ended: its status is on its way

@@ -244,7 +244,7 @@ class TunnelServicer(pb_grpc.TunnelServicer):
             await _take_first(request_iterator)
             raise refused.exception()
         first = await anext(aiter(request_iterator), None)
-        if first is None or first.WhichOneof("kind") != "start":
+        if first is None or not first.HasField("start"):
             yield calls.end(Status.INVALID_ARGUMENT, "a call stream must begin with its CallStart")
             await calls.drain(request_iterator)
             return
@@ -261,7 +261,7 @@ class TunnelServicer(pb_grpc.TunnelServicer):
             return
         # our log lines name the call; each RPC runs in a task of its own, so the binding ends with it
         bind(trace_id_of(start.traceparent), start.inner.request_id)
-        async for down in calls.carry(self.vm_channels, actor, start, request_iterator):
+        async for down in calls.carry(self.vm_channels, actor, first, request_iterator):
             yield down
 
     async def _validate_call(self, start: pb.CallStart, peer: Identity | None) -> Accept | Refusal:

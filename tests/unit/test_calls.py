@@ -176,3 +176,40 @@ def test_a_bad_socket_mode_is_refused(tmp_path: Path) -> None:
                     + 'mode = "rw"\n')
     with pytest.raises(ValueError, match="octal file mode"):
         load_config(path)
+
+
+async def test_the_replay_buffer_is_bounded_before_accepted_and_kept_after_it_only_for_an_idempotent_call() -> None:
+    from consumer_host.vip import REPLAY_MESSAGES, _Call, _take_ready
+    from wire.v1 import tunnel_pb2 as tpb
+
+    call = _Call(idempotent=False, inbox=asyncio.Queue())  # unbounded here: as if the caller sent them all
+    for i in range(REPLAY_MESSAGES + 5):
+        call.inbox.put_nowait(b"m%d" % i)
+    up = tpb.CallUp()
+    _take_ready(call, up)
+    assert len(up.messages) == REPLAY_MESSAGES and call.full()  # no more is taken before `accepted`
+    assert call.replay == list(up.messages) and call.inbox.qsize() == 5
+    call.accepted.set()
+    _take_ready(call, up)
+    assert call.overflowed and call.replay == []  # not idempotent: nothing kept once delivered
+    assert not call.may_retry_after_start()
+
+    kept = _Call(idempotent=True)
+    kept.accepted.set()
+    kept.keep(b"a")
+    kept.keep(b"b")
+    assert kept.replay == [b"a", b"b"] and kept.may_retry_after_start()
+    kept.answered = True  # something went back to the caller: a retry would show it twice
+    assert not kept.may_retry_after_start()
+
+
+async def test_a_unary_calls_request_and_end_go_with_its_start() -> None:
+    from consumer_host.vip import _Call, _take_ready
+    from wire.v1 import tunnel_pb2 as tpb
+
+    call = _Call(idempotent=False)
+    call.inbox.put_nowait(b"request")
+    call.inbox.put_nowait(None)
+    up = tpb.CallUp(start=tpb.CallStart(method="/p.S/M"))
+    _take_ready(call, up)
+    assert (list(up.messages), up.half_close, call.client_done) == ([b"request"], True, True)
