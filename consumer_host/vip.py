@@ -59,6 +59,10 @@ IDEMPOTENT_KEY = "leasenet-idempotent"  # "1": the caller says the call may run 
 # hop-by-hop headers and gRPC's own (HTTP/2 or grpc sets them anew on the next hop)
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade", "host",
                         "user-agent", "content-type", "content-length"})
+# grpc's words for an RST_STREAM with REFUSED_STREAM (7): a stream the server did not process (RFC 9113
+# §8.7), so never delivered. It happens when a call's stream reaches the producer host before the
+# stream slot of one that just ended is freed there (its HTTP/2 streams-per-connection cap).
+REFUSED_STREAM = "RST_STREAM with error code 7"
 # the replay buffer of one call (what a retry on another VM sends again): as gRPC's per-RPC buffer
 REPLAY_MESSAGES = 64
 REPLAY_BYTES = 2 * MAX_PAYLOAD_BYTES
@@ -252,6 +256,8 @@ class VipCalls:
                         return await self._end(down.end, call, context)
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
                 why = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+                if REFUSED_STREAM in why:  # HTTP/2: the producer host did not process the stream at all
+                    raise _Failed(Happened.NOT_DELIVERED, f"{host} refused the call's stream: {why}") from None
                 raise _Failed(Happened.DELIVERY_UNKNOWN, f"the call's tunnel stream to {host} broke: {why}") from None
         finally:
             if pump is not None:

@@ -30,8 +30,9 @@ class Limits:
     streams_per_peer: int = 16
     # RPCs the server runs at once (tunnel streams, health checks); past it gRPC refuses new ones
     concurrent_rpcs: int = 256
-    # HTTP/2 streams on one connection (a consumer host's tunnel streams and health checks)
-    streams_per_connection: int = 16
+    # HTTP/2 streams on one connection: a consumer host's tunnel streams, health checks and its
+    # transparent calls, one stream each (one call per leased VM at a time, plus those queued for a VM)
+    streams_per_connection: int = 256
     # the longest a handler may run when the frame carries no deadline, and a cap on any deadline
     handler_timeout: float = 30.0  # seconds
 

@@ -206,7 +206,7 @@ async def chat_cell(stubs: list[npb_grpc.NotebookStub], line: npb.Line, concurre
             if (code := await call.code()) != grpc.StatusCode.OK:
                 tally.errors[code.name] += 1
         except grpc.aio.AioRpcError as exc:
-            tally.errors[exc.code().name] += 1
+            tally.failed(exc)
 
     await asyncio.gather(meter_window(meter, measure_from, end),
                          *(chat(stubs[i % len(stubs)]) for i in range(concurrency)))
@@ -303,8 +303,9 @@ def calls_problems(report: dict[str, Any]) -> list[str]:
         for target, figures in row["targets"].items():
             errors = row["errors"][target]
             if errors or row["answered"][target] != row["requests"][target]:
+                said = "; ".join(f"{code}: {text}" for code, text in row.get("said", {}).get(target, {}).items())
                 problems.append(f"{cell} {target}: {row['answered'][target]} of {row['requests'][target]} "
-                                f"answered, errors {errors or 'none'}")
+                                f"answered, errors {errors or 'none'}" + (f" ({said})" if said else ""))
             if not figures["rps"]:
                 problems.append(f"{cell} {target}: no call answered within a measured window")
     return problems

@@ -33,6 +33,13 @@ class Tally:
     ok: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
+    said: dict[str, str] = field(default_factory=dict)  # an error's first sentence, by status: what to look into
+
+    def failed(self, exc: grpc.aio.AioRpcError) -> str:
+        code = exc.code().name
+        self.errors[code] += 1
+        self.said.setdefault(code, exc.details() or "")
+        return code
 
 
 async def unary_cell(call: Callable[..., Awaitable[Any]], requests: list[Any], concurrency: int, warmup_s: float,
@@ -51,11 +58,11 @@ async def unary_cell(call: Callable[..., Awaitable[Any]], requests: list[Any], c
                 await call(request, timeout=REQUEST_TIMEOUT_S)
                 failed = None
             except grpc.aio.AioRpcError as exc:
-                failed = exc.code().name
+                failed = exc
             t1 = clock()
             tally.answered += 1
             if failed is not None:
-                tally.errors[failed] += 1
+                tally.failed(failed)
                 continue
             tally.ok += 1
             if measure_from <= t1 <= end:
@@ -115,7 +122,8 @@ def cell_result(cell: Cell, t: Tally, meter: CpuMeter, elapsed_s: float, etcd: d
     throughput, latencies and CPU per request."""
     lat = t.latencies
     return CellResult(
-        **asdict(cell), sent=t.sent, answered=t.answered, ok=t.ok, errors=dict(t.errors), measured=len(lat),
+        **asdict(cell), sent=t.sent, answered=t.answered, ok=t.ok, errors=dict(t.errors), said=dict(t.said),
+        measured=len(lat),
         rps=round(len(lat) / cell.duration_s, 1), p50_ms=ms(percentile(lat, 50)), p99_ms=ms(percentile(lat, 99)),
         mean_ms=ms(statistics.fmean(lat)) if lat else None, elapsed_s=round(elapsed_s, 3),
         cpu_us_per_request={k: round(v * 1e6 / len(lat), 1) for k, v in meter.used.items()} if lat else {},

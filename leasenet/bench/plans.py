@@ -200,6 +200,7 @@ class CellResult:
     answered: int = 0
     ok: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+    said: dict[str, str] = field(default_factory=dict)  # an error's first sentence, by status
     measured: int = 0
     rps: float = 0.0
     p50_ms: float | None = None

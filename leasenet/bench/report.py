@@ -63,7 +63,9 @@ def summarize_datapath(result: LoadResult) -> list[dict[str, Any]]:
                        if a in by_target and b in by_target},
             "requests": {t: sum(c.sent for c in slices) for t, slices in by_target.items()},
             "answered": {t: sum(c.answered for c in slices) for t, slices in by_target.items()},
-            "errors": {t: _counts(c.errors for c in slices) for t, slices in by_target.items()}})
+            "errors": {t: _counts(c.errors for c in slices) for t, slices in by_target.items()},
+            "said": {t: {code: said for c in slices for code, said in c.said.items()} for t, slices in by_target.items()
+                     if any(c.said for c in slices)}})
     return rows
 
 

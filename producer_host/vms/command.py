@@ -78,9 +78,11 @@ class CommandDriver:
             if not uses_socket(self.settings.command):
                 endpoint = endpoint_of(port=port)
         argv = self.limits.wrap(expand(self.settings.command, values))
-        self.process = process = subprocess.Popen(
-            argv, cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True, env=self._env())
+        # in a thread: a spawn takes tens of ms of the host's loop, and a host starting 64 VMs at once
+        # missed its liveness keep-alive (TTL 3 s) with every spawn on the loop
+        self.process = process = await asyncio.to_thread(
+            subprocess.Popen, argv, cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, start_new_session=True, env=self._env())
         self.limits.attach(process.pid, self.name)
         self._exit = self._watch_exit(process)
         self._pumps = [asyncio.get_running_loop().create_task(self._pump(pipe, what))
