@@ -1,5 +1,5 @@
 """Tenancy and limits on the producer host (SPEC §10, issue 11), with real processes over mutual TLS:
-no lessee reads its predecessor's state, a request queued under an ended claim never runs, one
+no lessee reads its predecessor's state (an in-process handler's or a command VM's), a request queued under an ended claim never runs, one
 VM's runaway work does not starve its neighbour, and a hostile consumer host's floods are answered
 with sentences while the host keeps serving in bounded memory.
 
@@ -18,7 +18,10 @@ import grpc
 import grpc.aio
 import pytest
 
-from leasenet.cluster import LocalCluster, Proc, write_toml
+from examples.notebook import notebook_pb2 as nb
+from examples.notebook import notebook_pb2_grpc as nb_grpc
+from leasenet.cluster import ConsumerVm, LocalCluster, Proc, consumer_toml, write_toml
+from leasenet.demo import VM_COMMAND
 from producer_host import limits
 from tests.conftest import eventually_async, tls_as
 from tests.integration.helpers import cluster_toml, dial, memory_of, send, start
@@ -264,3 +267,34 @@ async def test_a_message_over_grpc_s_limit_and_too_many_streams_are_refused_and_
     finally:
         for s in streams:
             await s.close()
+
+
+async def test_a_command_vm_is_a_fresh_process_with_an_empty_notebook_for_the_next_lessee(cluster) -> None:
+    """The same promise with a real workload: lessee A stores a value in the notebook server (in its
+    memory and in its working directory) through its VIP endpoint; once A's lease is over, lessee B
+    gets the same producer VM, which the host restarted with an empty working directory."""
+    config = cluster_toml(ttl=10, max_pool=1, idle=1.0)
+    registry = cluster.registry("registry1", write_toml(cluster.workdir / "cluster.toml", config))
+    cluster.producer("p1", network="blue", service="echo", vms=1, vm_address_start="10.1.1.1", handler=None,
+                     extra=("--vm-command", VM_COMMAND))
+    sockets = {a: f"unix://{cluster.workdir}/vip-{a}.sock" for a in ("10.1.0.1", "10.1.0.2")}
+    cluster.consumer("c1", registries=[registry.address], config=write_toml(cluster.workdir / "c1.toml", consumer_toml(
+        ConsumerVm("blue", a, f"token-{a}", vips=(("10.1.255.1:7", socket),)) for a, socket in sockets.items())))
+    async with grpc.aio.insecure_channel(sockets["10.1.0.1"]) as a_channel:
+        a = nb_grpc.NotebookStub(a_channel)
+        await a.Put(nb.PutRequest(key="secret", value=b"of-A"), timeout=CALL_S)
+        assert (await a.Get(nb.GetRequest(key="secret"), timeout=CALL_S)).value == b"of-A"
+        a_vm = await a.Whoami(nb.WhoamiRequest(), timeout=CALL_S)
+    async with grpc.aio.insecure_channel(sockets["10.1.0.2"]) as b_channel:
+        b = nb_grpc.NotebookStub(b_channel)
+
+        async def b_reads() -> nb.GetReply | None:
+            try:  # A's pool is released once idle (1 s), then the one VM is reset before B can have it
+                return await b.Get(nb.GetRequest(key="secret"), timeout=CALL_S)
+            except grpc.aio.AioRpcError:
+                return None
+        reply = await eventually_async(b_reads, timeout_s=90, interval_s=0.5, what="B leases the VM A released")
+        b_vm = await b.Whoami(nb.WhoamiRequest(), timeout=CALL_S)
+    assert not reply.found and b_vm.keys == 0  # nothing of A's notebook is left, in memory or on disk
+    assert b_vm.vm_id == a_vm.vm_id and b_vm.pid != a_vm.pid and b_vm.claim != a_vm.claim
+    assert b_vm.workdir != a_vm.workdir and not Path(a_vm.workdir).exists()  # A's working directory is gone
