@@ -105,10 +105,6 @@ class VmActor:
         # the gRPC target of the VM's own server while it is healthy and registered
         # (unix:///abs/path.sock or 127.0.0.1:PORT); None for an in-process handler VM
         self.endpoint: str | None = None
-        # a command or endpoint VM (producer_host.vms): between incarnations it has no endpoint for a
-        # while, which means "not now" (a call is refused undelivered and goes to another VM), not
-        # "never" as for an in-process handler VM
-        self.supervised = False
         self.first_use: FirstUse | None = None  # set by the VM's supervisor (producer_host.vms)
         self.on_claim_ended: Callable[[int], None] | None = None  # the supervisor's reset trigger
         self._used_token = 0  # the claim `first_use` was awaited for

@@ -28,10 +28,13 @@ class Limits:
     reply_queue: int = 1024
     # tunnel streams one consumer host may hold open to this host at once (it uses one; tools more)
     streams_per_peer: int = 16
-    # RPCs the server runs at once (tunnel streams, health checks); past it gRPC refuses new ones
+    # RPCs the server runs at once (tunnel streams, transparent calls, health checks); past it gRPC
+    # refuses new ones
     concurrent_rpcs: int = 256
-    # HTTP/2 streams on one connection: a consumer host's tunnel streams, health checks and its
-    # transparent calls, one stream each (one call per leased VM at a time, plus those queued for a VM)
+    # HTTP/2 streams on one connection: a consumer host's tunnel streams, health checks, and one per
+    # transparent call (each holds or waits for a VM, so the VMs' bounded queues bound them too);
+    # past it a new stream waits on the consumer host's side. 16 would hold a consumer host to 15
+    # calls at once on this host however many of its VMs it leases
     streams_per_connection: int = 256
     # the longest a handler may run when the frame carries no deadline, and a cap on any deadline
     handler_timeout: float = 30.0  # seconds
@@ -60,7 +63,6 @@ def streams_per_peer_full(peer: str, limit: int) -> str:
     return f"{peer} already holds {limit} tunnel streams to this producer host, the most one consumer host may hold"
 
 
-VM_NOT_RUNNING = "its producer VM is not running now (it is being restarted); the call was not run"
 CLAIM_ENDED = "the claim this request was sent under ended before its producer VM ran it; it was not run"
 DEADLINE_WHILE_QUEUED = "the request's deadline passed while it queued for its producer VM"
 DEADLINE_WHILE_RUNNING = "its producer VM did not finish the request before its deadline; the request was stopped"

@@ -59,7 +59,6 @@ class VmSupervisor:
         self._probe: HealthProbe | None = None
         self._exit: asyncio.Task[int] | None = None
         actor.on_claim_ended = self.claim_ended
-        actor.supervised = True
         if settings.reset is Reset.RESTART and driver.restartable:
             actor.first_use = self.first_use
 
