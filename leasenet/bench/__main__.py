@@ -18,12 +18,14 @@ from leasenet.bench.leasing import grants, race
 from leasenet.bench.plans import FailoverTask, GrantsTask, LoadTask, RaceTask, decode
 from leasenet.bench.scale import SCALE_ROLES
 from leasenet.bench.servers import SERVERS
+from leasenet.bench.vmlife import VmLifeTask, vm_lifecycle
 from wire.rpc import install_event_loop
 
 # role name -> (its task type, the coroutine that runs it)
 ROLES: dict[str, tuple[type[Any], Callable[[Any], Awaitable[Any]]]] = {
     LoadTask.role: (LoadTask, load), GrantsTask.role: (GrantsTask, grants), RaceTask.role: (RaceTask, race),
-    FailoverTask.role: (FailoverTask, failover), CallsTask.role: (CallsTask, calls), **SCALE_ROLES}
+    FailoverTask.role: (FailoverTask, failover), CallsTask.role: (CallsTask, calls),
+    VmLifeTask.role: (VmLifeTask, vm_lifecycle), **SCALE_ROLES}
 
 
 def main(argv: list[str]) -> int:

@@ -47,6 +47,7 @@ from leasenet.bench.plans import (
     LoadResult, Plan, rounds_of,
 )
 from leasenet.bench.report import size_label, speed_targets, summarize_datapath
+from leasenet.bench.vmlife import run_vm_lifecycle, vm_lifecycle_problems
 from leasenet.cluster import ConsumerVm, consumer_toml
 from leasenet.procstat import children
 from mapping.config import to_toml
@@ -105,9 +106,7 @@ def overlay_endpoint(bench: Bench, vm: Endpoint) -> Endpoint | None:
         return None
     bench.config.write_text(to_toml(CLUSTER))
     plain, registry = bench.plaintext_cluster("calls-overlay")
-    producer = bench.producer("p-calls", DATA_SERVICE, DATA_VMS, "10.7.10.1", history=False)
-    at = producer.index("--handler")
-    producer[at:at + 2] = ["--vm-command", VM_COMMAND]  # command VMs instead of the in-process echo
+    producer = bench.producer("p-calls", DATA_SERVICE, DATA_VMS, "10.7.10.1", history=False, vm_command=VM_COMMAND)
     vips = [socket_path(bench, f"vip-{i}") for i in range(len(DATA_CONSUMERS))]
     config = bench.workdir / "c-calls.toml"
     config.write_text(consumer_toml(ConsumerVm(NETWORK, address, token, vips=((DATA_TARGET, f"unix://{vip}"),))
@@ -268,6 +267,8 @@ def run_calls(workdir: Path, quick: bool, rounds: int, say: Callable[[str], None
             f"({', '.join(endpoints)} alternating, {plan.rounds} rounds per cell)")
         result = bench.role("calls", CallsTask(addresses, cells, pids), LoadResult,
                             120 + len(cells) * (plan.slice_warmup_s + plan.slice_s + 2))
+        bench.close_phase()  # the calls' 64 VMs and relays stopped: restarts timed on a quieter machine
+        lifecycle = run_vm_lifecycle(bench, quick, VM_COMMAND, socket_path(bench, "vip-life"))
     finally:
         bench.close()
     rows = summarize_datapath(result)
@@ -275,7 +276,7 @@ def run_calls(workdir: Path, quick: bool, rounds: int, say: Callable[[str], None
             "settings": {"quick": quick, "rounds": plan.rounds, "slice_warmup_s": plan.slice_warmup_s,
                          "slice_s": plan.slice_s, "confidence": CONFIDENCE, "vm_command": VM_COMMAND},
             "targets_measured": sorted(endpoints), "overlay_note": "" if "overlay" in endpoints else OVERLAY_MISSING,
-            "calls": rows, "targets": call_targets(rows, "overlay" in endpoints),
+            "calls": rows, "targets": call_targets(rows, "overlay" in endpoints), "vm_lifecycle": lifecycle,
             "elapsed_s": round(time.monotonic() - started, 1), "raw": {"slices": asdict(result)["cells"]}}
 
 
@@ -308,4 +309,4 @@ def calls_problems(report: dict[str, Any]) -> list[str]:
                                 f"answered, errors {errors or 'none'}" + (f" ({said})" if said else ""))
             if not figures["rps"]:
                 problems.append(f"{cell} {target}: no call answered within a measured window")
-    return problems
+    return problems + vm_lifecycle_problems(report["vm_lifecycle"])

@@ -89,9 +89,12 @@ class Bench:
         self.config = self.workdir / "cluster.toml"
 
     # --- processes -----------------------------------------------------------------------------
-    def producer(self, host_id: str, service: str, vms: int, start: str, history: bool) -> list[str]:
+    def producer(self, host_id: str, service: str, vms: int, start: str, history: bool,
+                 vm_command: str = "") -> list[str]:
+        """A producer host's arguments: in-process echo VMs, or processes of `vm_command`."""
+        driver = ["--vm-command", vm_command] if vm_command else ["--handler", "echo"]
         args = ["producer-host", "--host-id", host_id, "--listen", "127.0.0.1:0", "--network", NETWORK,
-                "--service", service, "--vms", str(vms), "--vm-address-start", start, "--handler", "echo"]
+                "--service", service, "--vms", str(vms), "--vm-address-start", start, *driver]
         return args + (["--history", str(self.workdir / f"{host_id}.history.jsonl")] if history else [])
 
     def consumer(self, host_id: str, vms: list[tuple[str, str]], registry: str = "") -> list[str]:
@@ -167,7 +170,9 @@ class Bench:
             raise RuntimeError(f"the {name} step failed: {tail[0] if tail else 'exit ' + str(proc.returncode)}")
         return decode(result, json.loads(result_file.read_text()))
 
-    def close(self) -> None:
+    def close_phase(self) -> None:
+        """Stop the harness's processes and the plaintext clusters started so far (the next phase
+        runs on a machine they no longer load)."""
         for proc in self.extra:
             if proc.poll() is None:
                 proc.terminate()
@@ -178,6 +183,10 @@ class Bench:
                     proc.wait(10)
         for plain in self.plain:
             plain.close()
+        self.extra, self.plain = [], []
+
+    def close(self) -> None:
+        self.close_phase()
         self.cluster.close()
 
     # --- phases --------------------------------------------------------------------------------
@@ -208,15 +217,17 @@ class Bench:
                                       wait=False),
                 c_name: cluster.spawn(c_name, *self.consumer(c_name, DATA_CONSUMERS, registry), wait=False)}
 
-    def plaintext_cluster(self, name: str = "plain", metrics: bool = False) -> tuple[LocalCluster, str]:
+    def plaintext_cluster(self, name: str = "plain", metrics: bool = False,
+                          config: Path | None = None) -> tuple[LocalCluster, str]:
         """A plaintext overlay's own cluster (--insecure: etcd, a registry): the bench's cluster is
-        mutual TLS everywhere, and one process is either. `metrics`: every process serves /metrics."""
+        mutual TLS everywhere, and one process is either. `metrics`: every process serves /metrics;
+        `config`: its services (default: the bench's cluster.toml)."""
         plain = LocalCluster(self.workdir / name, insecure=True, env={"PYTHONPATH": self.env["PYTHONPATH"]},
                              metrics=metrics)
         self.plain.append(plain)
         plain.start_etcd()
         registry = plain.spawn("registry", "registry", "--listen", "127.0.0.1:0", "--cluster-config",
-                               str(self.config), timeout_s=60)
+                               str(config or self.config), timeout_s=60)
         return plain, registry.address
 
     def datapath(self) -> LoadResult:

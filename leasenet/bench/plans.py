@@ -55,6 +55,18 @@ CLUSTER = ClusterConfig([Network(NETWORK, VNI)], [
     _pool_service(FO_SERVICE, FO_TARGET, FO_POOL, 5),
 ])
 
+# The VM life cycle (bench --calls, bench.vmlife): four small fleets, a pool of 1 and of 4 each of
+# command VMs (the notebook server as processes) and of in-process VMs, for grant latency side by
+# side; the consumer VM that uses and releases VMs (resets) leases from the command VMs' pool of 1.
+LIFE_VMS = 4  # per fleet: a pool of 4 takes the whole fleet, then gives it back
+# service -> (its target, pool size, command VMs?, the first VM's address)
+LIFE_FLEETS = {"warm1": ("10.7.255.6:7", 1, True, "10.7.20.1"), "warm4": ("10.7.255.7:7", 4, True, "10.7.21.1"),
+               "inproc1": ("10.7.255.8:7", 1, False, "10.7.22.1"), "inproc4": ("10.7.255.9:7", 4, False, "10.7.23.1")}
+LIFE_SERVICE = "warm1"  # where the resets and kills happen
+LIFE_CONSUMER = ("10.7.0.9", "bench-life-token")
+LIFE_CLUSTER = ClusterConfig([Network(NETWORK, VNI)], [
+    _pool_service(name, target, pool, 10) for name, (target, pool, _, _) in LIFE_FLEETS.items()])
+
 
 # --- the plan of a run ---------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)

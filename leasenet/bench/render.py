@@ -187,4 +187,20 @@ def render_calls(report: dict[str, Any]) -> str:
     lines += ["", "CPU per call (stream: per line) in microseconds, all threads of each process, the median slice",
               calls_cpu_table(report["calls"]), "", "targets (issue 18 part 7; a ratio passes on its median):"]
     lines += [verdict(t) for t in report["targets"]]
-    return "\n".join(lines)
+    return "\n".join(lines + ["", *vm_lifecycle_lines(report["vm_lifecycle"])])
+
+
+def vm_lifecycle_lines(section: dict[str, Any]) -> list[str]:
+    """Restart-to-ready of a command VM, and grant latency by fleet and pool size (figures, no bar)."""
+    def row(name: str, s: dict[str, Any]) -> list[str]:
+        return [name, _num(s["p50_ms"], 1, " ms"), _num(s["p90_ms"], 1, " ms"), str(s["n"])]
+
+    restarts = [row(f"{how}: {what}", section["restart_to_ready"][how]) for how, what in
+                (("reset", "release -> next incarnation"), ("kill", "SIGKILL -> next incarnation"))]
+    grants = [row(f"pool of {pool}, {fleet}", s) for fleet, pools in section["grant"].items()
+              for pool, s in pools.items()]
+    header = ["", "p50", "p90", "n"]
+    return [f"VM life cycle ({section['vms_per_fleet']} VMs per fleet; {section['method']}; no bar in the issue)",
+            "restart-to-ready of a command VM", table(restarts, header), "",
+            "grant latency (RequestLease)", table(grants, header),
+            *([f"! failures: {section['failures']}"] if section["failures"] else [])]

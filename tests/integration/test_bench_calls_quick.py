@@ -1,7 +1,8 @@
 """`leasenet bench --calls --quick --json`: the call path's targets run end to end with tiny counts
 (figures exist and are positive, never how big; the overlay once this tree has command VMs and VIP
-endpoints), and the generic relay they measure is a real L7 proxy: every call kind, metadata,
-deadline, trailers and status pass through it unchanged."""
+endpoints; the VM life cycle: restart-to-ready and grant latency), and the generic relay they
+measure is a real L7 proxy: every call kind, metadata, deadline, trailers and status pass through
+it unchanged."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.integration
 
 def test_bench_calls_quick_json_measures_every_target_this_tree_has(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "leasenet", "bench", "--calls", "--quick", "--json", "--workdir",
-                          str(tmp_path)], capture_output=True, text=True, timeout=170)
+                          str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout)
     rounds = report["settings"]["rounds"]
@@ -55,8 +56,18 @@ def test_bench_calls_quick_json_measures_every_target_this_tree_has(tmp_path: Pa
         assert all(t["value"] is not None and t["pass"] in (True, False) for t in bars)
     else:  # the overlay's bars are listed, as not measured
         assert report["overlay_note"] and all(t["pass"] is None and t["note"] for t in bars)
+    life = report["vm_lifecycle"]  # figures only: the issue sets no bar, so no target is added
+    counts = life["counts"]
+    restarts = life["restart_to_ready"]
+    assert restarts["reset"]["n"] == counts["resets"] > 0 and restarts["kill"]["n"] == counts["kills"] > 0
+    grants = [life["grant"][fleet][pool] for fleet in ("command VMs, all serving", "in-process VMs") for pool in "14"]
+    grants.append(life["grant"]["command VMs, one restarting"]["1"])
+    for figures in [restarts["reset"], restarts["kill"], *grants]:
+        assert figures["n"] > 0 and 0 < figures["p50_ms"] <= figures["p90_ms"], figures
+    assert not life["failures"]
     shown = render_calls(report)  # the tables a person reads, from the same JSON
     assert "relay/direct" in shown and all(t["target"] in shown for t in bars)
+    assert "restart-to-ready of a command VM" in shown and "pool of 4, in-process VMs" in shown
 
 
 async def lines(*texts: str) -> AsyncIterator[pb.Line]:
