@@ -42,7 +42,8 @@ def test_bench_calls_quick_json_measures_every_target_this_tree_has(tmp_path: Pa
             figures = row["targets"][target]
             assert figures["rps"] > 0 and figures["p50_ms"] > 0 and figures["p99_ms"] >= figures["p50_ms"]
             assert set(figures["cpu_us_per_request"]) == processes[target]
-            assert all(v > 0 for v in figures["cpu_us_per_request"].values()), figures
+            cpu = figures["cpu_us_per_request"]  # read in 10 ms ticks: a short slice may show one process idle
+            assert all(v >= 0 for v in cpu.values()) and sum(cpu.values()) > 0, figures
             assert row["answered"][target] == row["requests"][target] > 0 and not row["errors"][target]
         ratio = row["ratios"]["relay/direct"]["rps"]
         assert ratio["n"] == rounds and ratio["low"] <= ratio["median"] <= ratio["high"]
@@ -52,7 +53,7 @@ def test_bench_calls_quick_json_measures_every_target_this_tree_has(tmp_path: Pa
         for row in report["calls"]:
             figures = row["targets"]["overlay"]
             assert figures["rps"] > 0 and figures["p50_ms"] > 0
-            assert all(figures["cpu_us_per_request"][p] > 0 for p in ("consumer host", "producer host", "client"))
+            assert sum(figures["cpu_us_per_request"][p] for p in ("consumer host", "producer host", "client")) > 0
         assert all(t["value"] is not None and t["pass"] in (True, False) for t in bars)
     else:  # the overlay's bars are listed, as not measured
         assert report["overlay_note"] and all(t["pass"] is None and t["note"] for t in bars)
