@@ -2,6 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PROTOS := $(wildcard proto/leasenet/v1/*.proto)
+# the example service's own .proto, generated beside it (its path is its Python package: no rewriting)
+EXAMPLE_PROTOS := $(wildcard examples/*/*.proto)
 
 .PHONY: setup proto proto-check test unit integration chaos docker-test demo bench clean
 
@@ -24,9 +26,10 @@ proto: setup
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=build/proto --pyi_out=build/proto --grpc_python_out=build/proto $(PROTOS)
 	sed -i -e 's/^from leasenet\.v1 import /from . import /' -e "s/'leasenet\.v1\.\([a-z]*_pb2\)'/'wire.v1.\1'/" build/proto/leasenet/v1/*.py
 	cp build/proto/leasenet/v1/*_pb2* wire/v1/
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. $(EXAMPLE_PROTOS)
 
 proto-check: proto
-	git diff --exit-code -- wire/v1 || (echo "generated stubs are stale: run make proto" && exit 1)
+	git diff --exit-code -- wire/v1 examples || (echo "generated stubs are stale: run make proto" && exit 1)
 
 test: setup
 	$(VENV)/bin/lint-imports

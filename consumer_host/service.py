@@ -13,7 +13,7 @@ import grpc
 import grpc.aio
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random
 
-from consumer_host.config import Limits, plaintext
+from consumer_host.config import Limits, VipEndpoint, plaintext
 from consumer_host.datapath import Admitted, Attachment, PoolVm, admit, answer_source, attached, route
 from consumer_host.gate import TokenGate, source_of
 from consumer_host.pools import PoolManager
@@ -22,6 +22,7 @@ from consumer_host.failover import Happened, Retry, out_of_attempts, verdict
 from consumer_host.sentences import producer_answer
 from consumer_host.tokens import Throttle
 from consumer_host.tunnel import TunnelFailure, Tunnels
+from consumer_host.vip import VipCalls, VipServers
 from wire import metrics
 from wire.lifecycle import Step, cancel_all, shut_down
 from wire.limits import payload_too_large
@@ -68,6 +69,7 @@ class ConsumerConfig:
     limits: Limits = Limits()
     tls: TlsMaterial | None = field(default=None, repr=False)  # None: plaintext (--insecure)
     otlp_endpoint: str = ""  # export spans (admit, acquire, exchange) here; "" = trace ids in logs only
+    vips: tuple[VipEndpoint, ...] = ()  # local endpoints standing for target VIPs (consumer_host/vip.py)
 
 
 class _Retry(Exception):
@@ -377,6 +379,7 @@ async def serve(config: ConsumerConfig, store: Store, *, stop: asyncio.Event,
     unwatch = [metrics.POOL_VMS.watch(lambda: pools.by_service(lambda pool: len(pool.members))),
                metrics.POOL_VMS_IN_USE.watch(lambda: pools.by_service(lambda pool: len(pool.busy))),
                metrics.POOL_WAITERS.watch(pools.waiters), metrics.TUNNEL_STREAMS.watch(tunnels.open_streams)]
+    vips = VipServers([], config.limits.vm_requests)
     async with asyncio.TaskGroup() as tasks:
         background = [tasks.create_task(replica.run(), name="replica")]
         keep_alive: asyncio.Task[None] | None = None
@@ -389,6 +392,10 @@ async def serve(config: ConsumerConfig, store: Store, *, stop: asyncio.Event,
             keep_alive = tasks.create_task(liveness.keep_alive(), name="liveness")
             # the pool manager's driver: renewals, idle releases and every effect of its pool book
             background += [keep_alive, tasks.create_task(pools.run(), name="pools")]
+            vips.calls = [VipCalls(e, config.attachments[e.vm], replica, pools, tunnels, path.address,
+                                   max_attempts=config.max_attempts, default_deadline_s=config.default_deadline_s)
+                          for e in config.vips]
+            await vips.start()
             await server.set_serving(True)
             if unhashed := plaintext(config.attachments):
                 log.warning("the config holds the token of %d consumer VM(s) in plain text (%s); replace each "
@@ -404,6 +411,8 @@ async def serve(config: ConsumerConfig, store: Store, *, stop: asyncio.Event,
             serving = bool(server.port)
             await shut_down([
                 Step("stop taking requests", lambda: server.set_serving(False), 1.0) if serving else None,
+                Step("stop the VIP endpoints, letting their calls finish", lambda: vips.stop(DRAIN_S), DRAIN_S + 1.0)
+                if vips.servers else None,
                 Step("let the requests in flight finish", lambda: server.stop(DRAIN_S), DRAIN_S + 1.0)
                 if serving else None,
                 Step("give every lease back", pools.release_all),

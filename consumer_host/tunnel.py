@@ -15,6 +15,7 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable
 
+import grpc
 import grpc.aio
 
 from consumer_host.failover import Happened
@@ -94,8 +95,10 @@ class TunnelClient:
         self._gathered: asyncio.Future[None] | None = None  # set while the writer gathers a batch
         self._gather_target = 0
         self._task: asyncio.Task[None] | None = None
+        self._channel: grpc.aio.Channel | None = None
 
     def start(self) -> TunnelClient:
+        self._channel = rpc.channel(self.address, self._tls, Kind.PRODUCER)  # in the loop: start() runs in it
         # a context of its own: the request that happens to open the stream must not lend it its
         # trace id (log records) or current span (the stream outlives the request)
         self._task = self._loop.create_task(self._run(), name=f"tunnel to {self.address}",
@@ -129,6 +132,28 @@ class TunnelClient:
         finally:
             timer.cancel()
 
+    async def ready(self) -> bool:
+        """The host pair's channel is connected, or connects within CONNECT_TIMEOUT_S: a call opened
+        on it may reach the producer host; one that cannot connect was never sent anywhere."""
+        channel = self._channel
+        if channel is None or self.broken is not None:
+            return False
+        if channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY:
+            return True
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                await channel.channel_ready()
+        except TimeoutError:
+            return False
+        return True
+
+    def call(self, timeout_s: float) -> grpc.aio.StreamStreamCall:
+        """A transparent gRPC call's own stream (Tunnel.Call) on this host pair's channel: HTTP/2
+        gives it its own flow control and cancellation; the Exchange stream is not involved."""
+        if self._channel is None:
+            raise NotDelivered(f"tunnel to producer host {self.address} is not started")
+        return pb_grpc.TunnelStub(self._channel).Call(timeout=timeout_s)
+
     async def close(self) -> None:
         if self._task is None:
             return
@@ -139,7 +164,8 @@ class TunnelClient:
             pass
 
     async def _run(self) -> None:
-        channel = rpc.channel(self.address, self._tls, Kind.PRODUCER)
+        channel = self._channel
+        assert channel is not None, "start() creates the channel"
 
         async def connect() -> grpc.aio.StreamStreamCall:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):

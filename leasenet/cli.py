@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from consumer_host.config import Limits, load_attachments
+from consumer_host.config import Limits, load_config
 from consumer_host.service import ConsumerConfig
 from consumer_host.service import serve as serve_consumer_host
 from consumer_host.tokens import hash_token
@@ -342,9 +342,10 @@ def cmd_consumer_host(args: argparse.Namespace) -> None:
     limits = Limits(stream_requests=args.max_stream_requests, vm_requests=args.max_vm_requests,
                     pool_waiters=args.max_pool_waiters, bad_tokens=args.max_bad_tokens,
                     bad_token_block_s=args.bad_token_block)
+    attachments, vips = load_config(args.config)
     config = ConsumerConfig(host_id=HostId(check_name("--host-id", args.host_id)), listen=args.listen,
                             advertise=args.advertise, registries=rpc.split_addresses(args.registry, "registry"),
-                            attachments=load_attachments(args.config), default_deadline_s=args.deadline,
+                            attachments=attachments, vips=tuple(vips), default_deadline_s=args.deadline,
                             liveness_ttl_s=args.liveness_ttl, limits=limits, tls=tls, otlp_endpoint=args.otlp_endpoint)
     asyncio.run(_run_service(args, serve_consumer_host, config))
 

@@ -231,6 +231,8 @@ class ConsumerVm:
     address: str
     token: str
     consumer_host: str = ""  # traffic configs only: the consumer host to send through
+    # VIP endpoints (consumer_host/vip.py): (target, listen) pairs, e.g. ("10.1.255.1:7", "unix:///tmp/vm1.sock")
+    vips: tuple[tuple[str, str], ...] = ()
 
 
 DEV_SCRYPT_N = 2**10  # throwaway tokens of dev and test clusters: cheap to hash for many VMs
@@ -248,6 +250,8 @@ def consumer_toml(vms: Iterable[ConsumerVm], **settings: str | float) -> str:
         lines += ["", "[[vms]]", f"network = {json.dumps(vm.network)}", f"address = {json.dumps(vm.address)}",
                   secret]
         lines += [f"consumer_host = {json.dumps(vm.consumer_host)}"] if vm.consumer_host else []
+        for target, listen in vm.vips:
+            lines += ["", "[[vms.vip]]", f"target = {json.dumps(target)}", f"listen = {json.dumps(listen)}"]
     return "\n".join(lines).lstrip() + "\n"
 
 

@@ -5,7 +5,7 @@
     /leasenet/v1/services/<name>                          {"network","vip","port","policy"}
     /leasenet/v1/hosts/<kind>/<host_id>                   {"kind","address","draining"}      host liveness lease
                                                           (kind registry: a leasing agent, its own liveness lease)
-    /leasenet/v1/vms/<network>/<address>                  {"host_id","service","handler"}    host liveness lease
+    /leasenet/v1/vms/<network>/<address>                  {"host_id","service","handler"[,"used"]}    host liveness lease
     /leasenet/v1/claims/<network>/<address>               {"lease_id","service","consumer_vm","consumer_host","vm_revision"}  pool lease
     /leasenet/v1/pools/<service>/<network>/<address>      {"lease_id","consumer_host","ttl_s"}   pool lease
     /leasenet/v1/quotas/<scope>/<subject>/<index>         {"lease_id"}   pool lease (one per scope per pool)
@@ -123,6 +123,8 @@ def encode(record: Record) -> bytes:
             body = {"kind": record.kind.value, "address": record.address, "draining": record.draining}
         case ProducerVm():
             body = {"host_id": record.host_id, "service": record.service, "handler": record.handler}
+            if record.used:  # omitted when false: a record of before the mark reads the same
+                body["used"] = True
         case Claim():
             body = {"lease_id": record.lease_id, "service": record.service, "consumer_vm": record.consumer_vm,
                     "consumer_host": record.consumer_host, "vm_revision": record.vm_revision}
@@ -158,7 +160,8 @@ def decode(key: str, value: bytes, revision: int = 0) -> Record | None:
             case "vms":
                 network, _, address = rest.partition("/")
                 return ProducerVm(network=network, address=address, host_id=HostId(body["host_id"]),
-                                  service=body["service"], handler=body.get("handler", "echo"), revision=revision)
+                                  service=body["service"], handler=body.get("handler", "echo"), revision=revision,
+                                  used=bool(body.get("used", False)))
             case "claims":
                 return Claim(vm=VmId(rest), lease_id=LeaseId(int(body["lease_id"])), service=body["service"],
                              consumer_vm=VmId(body["consumer_vm"]), consumer_host=HostId(body["consumer_host"]),

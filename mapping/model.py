@@ -166,6 +166,9 @@ class ProducerVm:
     service: str
     handler: str = "echo"
     revision: int = 0  # the incarnation: a re-registered VM gets a new one
+    # a lessee ran a call on it (a command VM reset by restart): no grant may choose it again
+    # until its host withdraws it, restarts it and registers a new incarnation
+    used: bool = False
 
     @property
     def vm_id(self) -> VmId:

@@ -3,7 +3,8 @@ Pure: `apply` is the only mutation, and it returns what it replaced so listeners
 
 Its indexes make every hot question cost the same with 100 or 10,000 VMs: `apply` keeps them in
 step in O(1) per record (a host's own change touches only that host's VMs). A VM is *free* when it
-exists, has no claim and its host is registered and not draining; a claim is *stale* when its VM is
+exists, is not marked used (a command VM waiting for its reset), has no claim and its host is
+registered and not draining; a claim is *stale* when its VM is
 gone or was re-registered since (the claim collector's work)."""
 
 from __future__ import annotations
@@ -206,7 +207,7 @@ class ClusterState:
         """Re-derive the VM's free flag and its claim's staleness: O(1)."""
         vm, claim = self.vms.get(vm_id), self.claims.get(vm_id)
         if vm is not None:
-            self._set_free(vm, claim is None and self.is_usable(vm))
+            self._set_free(vm, claim is None and not vm.used and self.is_usable(vm))
         if claim is not None and not self.claim_is_current(claim):
             self.stale_claims.add(vm_id)
         else:

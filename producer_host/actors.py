@@ -15,8 +15,9 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import IO
 
 from producer_host import limits
@@ -34,6 +35,9 @@ Reply = Callable[[Status, str, bytes, bool], None]
 REQUESTS = metrics.Requests("producer_host")  # per execution: its service, status and time
 # (VM, fencing token) -> whether that token is still the VM's current claim (the host's replica)
 ClaimCheck = Callable[[VmId, int], bool]
+# awaited with a claim's fencing token before the claim's first call runs on the VM (a command VM
+# reset by restart marks its record used, so that no registry grants it again before its reset)
+FirstUse = Callable[[int], Awaitable[None]]
 DEFAULTS = limits.Limits()
 
 
@@ -45,6 +49,27 @@ class Envelope:
     fencing_token: int
     deadline_ms: int
     reply: Reply
+    turn: Turn | None = None  # a transparent call waiting for the VM's slot, not a payload to run
+
+
+class Refused(Exception):
+    """A transparent call's turn was refused before the VM saw it (queue full, deadline passed while
+    queued, claim ended, VM stopped): the status and sentence, as a Send envelope would get them."""
+
+    def __init__(self, status: Status, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+@dataclass(eq=False, slots=True)
+class Turn:
+    """A transparent call's hold on its VM's one slot (VmActor.turn). `budget_s`: how long the call
+    may run (its deadline, capped by the host's handler timeout); `ok`: set by the holder, recorded."""
+
+    go: asyncio.Future[None]
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    budget_s: float = 0.0
+    ok: bool = False
 
 
 class History:
@@ -77,6 +102,11 @@ class VmActor:
         self._task: asyncio.Task[None] | None = None
         self._handler: Handler | None = None
         self._token = 0  # the claim `_handler` serves
+        # the gRPC target of the VM's own server while it is healthy and registered
+        # (unix:///abs/path.sock or 127.0.0.1:PORT); None for an in-process handler VM
+        self.endpoint: str | None = None
+        self.first_use: FirstUse | None = None  # set by the VM's supervisor (producer_host.drivers)
+        self._used_token = 0  # the claim `first_use` was awaited for
 
     def start(self, tasks: asyncio.TaskGroup | None = None) -> asyncio.Task[None]:
         """Run the actor, as a child of `tasks` when given (a host's task group)."""
@@ -96,6 +126,29 @@ class VmActor:
                      envelope.request_id)
             metrics.exhausted("producer_host", "vm_queue")
             envelope.reply(Status.RESOURCE_EXHAUSTED, limits.vm_queue_full(self.queue_limit), b"", False)
+
+    @asynccontextmanager
+    async def turn(self, request_id: int, consumer: str, fencing_token: int,
+                   deadline_ms: int) -> AsyncIterator[Turn]:
+        """The VM's one slot for a transparent call, in FIFO order with the Send envelopes (the same
+        bounded inbox). Raises Refused, with the sentence a Send would get, when the inbox is full,
+        the deadline passed while queued, the claim ended meanwhile or the VM stopped; the call then
+        never ran. While the caller holds the turn the VM is busy; on exit the execution is recorded
+        in the History (the chaos checker's proof of exclusivity)."""
+        turn = Turn(asyncio.get_running_loop().create_future())
+
+        def refused(status: Status, message: str, payload: bytes, delivered: bool) -> None:
+            if not turn.go.done():
+                turn.go.set_exception(Refused(status, message))
+
+        self.tell(Envelope(b"", request_id, consumer, fencing_token, deadline_ms, refused, turn))
+        try:
+            await turn.go  # first_use was awaited before it, as for a Send (_mark_used)
+            yield turn
+        finally:
+            if not turn.go.done():
+                turn.go.cancel()  # left while queued: the actor skips it
+            turn.done.set()
 
     def claim_ended(self, token: int) -> None:
         """The claim `token` ended: its lessee's state goes now, not when the next lessee arrives."""
@@ -143,6 +196,13 @@ class VmActor:
                 env.reply(Status.FAILED_PRECONDITION, limits.CLAIM_ENDED, b"", False)
                 REQUESTS.record(self.vm.service, Status.FAILED_PRECONDITION.name)  # never ran: not timed
                 continue
+            if env.turn is not None and env.turn.go.done():  # its caller left while it queued
+                continue
+            if not await self._mark_used(env):
+                continue
+            if env.turn is not None:
+                await self._hold(env, env.turn)
+                continue
             self.busy = True
             start = time.monotonic_ns()
             status, message, result = Status.INTERNAL, limits.HANDLER_FAILED, b""
@@ -158,6 +218,42 @@ class VmActor:
                 REQUESTS.record(self.vm.service, status.name, (time.monotonic_ns() - start) / 1e9)
                 if self.history is not None:
                     self.history.record(self.vm.vm_id, env, start, time.monotonic_ns(), status is Status.OK)
+
+    async def _hold(self, env: Envelope, turn: Turn) -> None:
+        """Give a transparent call the slot and wait until it is over."""
+        if turn.go.done():  # its caller left while the VM was being marked used
+            return
+        self.busy = True
+        start = time.monotonic_ns()
+        turn.budget_s = self._budget_s(env)
+        turn.go.set_result(None)
+        try:
+            await turn.done.wait()
+        finally:
+            self.busy = False
+            self.served += 1
+            if self.history is not None:
+                self.history.record(self.vm.vm_id, env, start, time.monotonic_ns(), turn.ok)
+
+    async def _mark_used(self, env: Envelope) -> bool:
+        """Await `first_use` once per claim before its first call; a claim whose VM cannot be marked
+        is not run (undelivered: the consumer host retries elsewhere), since the VM could otherwise
+        be granted to the next lessee without its reset."""
+        if self.first_use is None or env.fencing_token == self._used_token:
+            return True
+        self.busy = True
+        try:
+            await self.first_use(env.fencing_token)
+        except Exception as exc:  # the store, most likely: the request is not run
+            log.warning("%s: cannot mark the VM used for claim %d: %s", self.vm.vm_id, env.fencing_token, exc)
+            env.reply(Status.UNAVAILABLE, "its producer VM could not be prepared for the request; it was not run",
+                      b"", False)
+            REQUESTS.record(self.vm.service, Status.UNAVAILABLE.name)  # never ran: not timed
+            return False
+        finally:
+            self.busy = False
+        self._used_token = env.fencing_token
+        return True
 
     async def _call(self, env: Envelope) -> tuple[Status, str, bytes]:
         """One handler call under the request's deadline: the answer, or why there is none. The

@@ -32,6 +32,7 @@ from wire.verdict import Refusal
 from wire.v1 import tunnel_pb2 as pb
 from wire.v1 import tunnel_pb2_grpc as pb_grpc
 from producer_host import limits
+from producer_host import calls
 from producer_host.actors import Envelope, History, VmActor
 from producer_host.handlers import handler_maker
 from producer_host.limits import Limits, Overloaded
@@ -158,6 +159,8 @@ class TunnelServicer(pb_grpc.TunnelServicer):
         self.early = _Budget(limits.early_frames, limits.early_bytes)  # parked frames, all streams together
         self._streams: set[_Stream] = set()
         self._streams_of: Counter[str] = Counter()  # open streams per consumer host
+        self.vm_channels = calls.VmChannels()  # transparent calls: one channel per VM endpoint
+        self._moved = asyncio.Event()  # the replica moved: a call whose claim may be early looks again
         replica.subscribe(self._on_change)
 
     def _on_change(self, key: str, old: Record | None, new: Record | None, revision: int) -> None:
@@ -167,6 +170,7 @@ class TunnelServicer(pb_grpc.TunnelServicer):
             actor = self.actors.get(old.vm)
             if actor is not None:
                 actor.claim_ended(old.revision)
+        self._moved.set()
         if self.early.held:
             for stream in self._streams:
                 if stream.parked:
@@ -222,6 +226,52 @@ class TunnelServicer(pb_grpc.TunnelServicer):
             self._streams_of[owner] -= 1
             if not self._streams_of[owner]:
                 del self._streams_of[owner]
+
+    @edge_counting("producer_host")
+    async def Call(self, request_iterator: AsyncIterator[pb.CallUp],
+                   context: grpc.aio.ServicerContext) -> AsyncIterator[pb.CallDown]:
+        """One transparent gRPC call (producer_host/calls.py), its own HTTP/2 stream. Its CallStart
+        is validated exactly as a frame is (same addressing, same verdicts, the sender = the peer
+        certificate); a refusal is an `end` before `accepted`, which the consumer host retries."""
+        peer = None if self.insecure else peer_identity(context)
+        if not self.insecure and (refused := may_open_tunnel(peer)) is not None:
+            metrics.TUNNEL_FRAMES_REJECTED.labels("TunnelRefused").inc()
+            await _take_first(request_iterator)
+            raise refused.exception()
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("kind") != "start":
+            yield calls.end(Status.INVALID_ARGUMENT, "a call stream must begin with its CallStart")
+            return
+        start = first.start
+        verdict = await self._validate_call(start, peer)
+        if isinstance(verdict, Refusal):
+            metrics.TUNNEL_FRAMES_REJECTED.labels(verdict.error.__name__).inc()
+            yield calls.end(verdict.code, verdict.message)
+            return
+        actor = self.actors.get(verdict.vm)
+        if actor is None:
+            metrics.TUNNEL_FRAMES_REJECTED.labels("VmNotRunning").inc()
+            yield calls.end(Status.NOT_FOUND, "its producer VM is not running")
+            return
+        async for down in calls.carry(self.vm_channels, actor, start, request_iterator):
+            yield down
+
+    async def _validate_call(self, start: pb.CallStart, peer: Identity | None) -> Accept | Refusal:
+        """validate() on the call's headers; a claim that may not have reached our replica yet is
+        looked at again as the replica moves, for EARLY_CLAIM_WAIT_S (as a parked frame is)."""
+        frame = pb.Frame(outer=start.outer, inner=start.inner, traceparent=start.traceparent)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + EARLY_CLAIM_WAIT_S
+        while True:
+            self._moved.clear()
+            verdict = self._validate(frame, peer)
+            if not isinstance(verdict, MaybeEarly) or loop.time() >= until:
+                return verdict
+            try:
+                async with asyncio.timeout(until - loop.time()):
+                    await self._moved.wait()
+            except TimeoutError:
+                pass
 
     async def _read(self, request_iterator: AsyncIterator[pb.FrameBatch], stream: _Stream) -> None:
         bound = self.limits.reply_queue
@@ -403,6 +453,7 @@ async def serve(config: ProducerConfig, store: Store, *, stop: asyncio.Event,
                     Step("deregister", lambda: registration.deregister(keep_alive), 2.0) if registered else None,
                     Step("stop the tunnel server", lambda: server.stop(0.5), 1.5) if serving else None,
                     Step("stop the VMs", lambda: _stop(actors.values()), 2.0),
+                    Step("close the channels to the VMs' servers", tunnel.vm_channels.close, 1.0),
                     Step("export the last spans", lambda: asyncio.to_thread(spans.close), 6.0)
                     if spans.enabled else None,
                 ])

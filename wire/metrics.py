@@ -37,6 +37,11 @@ REQUESTS = Counter("leasenet_requests_total", "Requests answered, by process kin
                    ["kind", "service", "code"])
 REQUEST_DURATION = Histogram("leasenet_request_duration_seconds", "Consumer host: a VM request end to end; producer "
                              "host: a producer VM's execution", ["kind", "service"], buckets=LATENCY_BUCKETS)
+CALLS = Counter("leasenet_calls_total", "Transparent gRPC calls through VIP endpoints (consumer host) or to "
+                "producer VMs' own servers (producer host), by process kind, call kind (unary, client_stream, "
+                "server_stream, bidi: from the message counts) and gRPC status name", ["kind", "call_kind", "code"])
+CALL_DURATION = Histogram("leasenet_call_duration_seconds", "A transparent gRPC call from its start to its status, by "
+                          "process kind and call kind", ["kind", "call_kind"], buckets=LATENCY_BUCKETS)
 RESOURCE_EXHAUSTED = Counter("leasenet_resource_exhausted_total", "RESOURCE_EXHAUSTED answers, by process kind and "
                              "why (METRICS.md lists the reasons)",
                              ["kind", "reason"])
@@ -89,6 +94,20 @@ class Requests:
             if observe is None:
                 observe = self._durations[service] = REQUEST_DURATION.labels(self.kind, service).observe
             observe(seconds)
+
+
+def call_kind(requests: int, responses: int) -> str:
+    """A call's kind as its message counts show it (bounded: four values)."""
+    many_up, many_down = requests != 1, responses > 1
+    return {(False, False): "unary", (True, False): "client_stream", (False, True): "server_stream",
+            (True, True): "bidi"}[(many_up, many_down)]
+
+
+def call_done(kind: str, requests: int, responses: int, code: str, seconds: float) -> None:
+    """One transparent call ended (leasenet_calls_total, leasenet_call_duration_seconds)."""
+    what = call_kind(requests, responses)
+    CALLS.labels(kind, what, code).inc()
+    CALL_DURATION.labels(kind, what).observe(seconds)
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,3 +48,29 @@ async def test_no_answer_of_a_producer_vm_names_it() -> None:
         [Status.INTERNAL, Status.DEADLINE_EXCEEDED, Status.UNAVAILABLE, Status.UNAVAILABLE, Status.UNAVAILABLE])
     for _, message, _, _ in got:
         assert VM.vm_id not in message and VM.address not in message and "boom" not in message, message
+
+
+async def test_first_use_is_awaited_once_per_claim_before_its_first_call_and_a_failed_mark_runs_nothing() -> None:
+    answers: asyncio.Queue[Answer] = asyncio.Queue()
+    marked: list[int] = []
+    ran: list[int] = []
+
+    async def mark(token: int) -> None:
+        if token == 9:
+            raise ConnectionError("etcd is away")
+        marked.append(token)
+
+    async def record(payload: bytes) -> bytes:
+        ran.append(len(ran))
+        return payload
+
+    actor = VmActor(VM, lambda: record)
+    actor.first_use = mark
+    actor.start()
+    for token in (5, 5, 6, 9):
+        actor.tell(Envelope(b"x", token, "blue/10.1.0.1", token, 0, lambda *answer: answers.put_nowait(answer)))
+    got = [await answers.get() for _ in range(4)]
+    await actor.stop()
+    assert marked == [5, 6] and len(ran) == 3
+    assert [(status, delivered) for status, _, _, delivered in got] == [
+        (Status.OK, True), (Status.OK, True), (Status.OK, True), (Status.UNAVAILABLE, False)]

@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ["leasenet", "registry", "consumer_host", "producer_host", "mapping", "wire"]
+PACKAGES = ["leasenet", "registry", "consumer_host", "producer_host", "mapping", "wire", "examples"]
 GENERATED = REPO / "wire" / "v1"
 # optional dependencies: importing them is the test of whether they are installed
 OPTIONAL = {"uvloop"}
@@ -15,7 +15,8 @@ MAX_LINES = 600
 
 
 def project_modules() -> list[Path]:
-    return [p for pkg in PACKAGES for p in sorted((REPO / pkg).rglob("*.py")) if GENERATED not in p.parents]
+    return [p for pkg in PACKAGES for p in sorted((REPO / pkg).rglob("*.py"))
+            if GENERATED not in p.parents and "_pb2" not in p.name]  # protoc's output (wire/v1, examples/*)
 
 
 def imported_names(node: ast.Import | ast.ImportFrom) -> set[str]:

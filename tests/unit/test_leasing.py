@@ -164,3 +164,17 @@ async def test_a_grant_and_a_quota_check_read_indexes_and_never_walk_every_vm_cl
     assert [m.vm.vm_id for m in view.members] == [vm.vm_id]
     with pytest.raises(PoolExhausted, match="its quota"):
         await agent.request_lease(consumer(1), "quota2")
+
+
+async def test_a_vm_marked_used_is_never_granted_until_it_comes_back_unused(setup) -> None:
+    """A command VM a lessee used is restarting (reset between lessees): the registry must not grant it."""
+    store, replica, agent = setup
+    for n in range(4):  # mark every VM but 10.1.1.3 used, as their hosts do on a claim's first call
+        if n != 3:
+            record = replica.state.vms[vm_id("blue", f"10.1.1.{n}")]
+            await store.put(keys.key_of(record), keys.encode(ProducerVm(record.network, record.address,
+                                                                        record.host_id, record.service, used=True)))
+    await replica.wait_for_revision(await store.put("/unrelated", b""), 2.0)
+    with pytest.raises(PoolExhausted, match="1 free producer VM"):
+        await agent.request_lease(consumer(1), "echo")
+    assert replica.state.free_vms("echo") == [replica.state.vms[vm_id("blue", "10.1.1.3")]]

@@ -24,7 +24,7 @@ CONSUMER_HOSTS = [HostId("c1"), HostId("c2")]
 host = st.builds(Host, st.sampled_from(HOSTS), st.just(HostKind.PRODUCER), st.sampled_from(["127.0.0.1:1", "127.0.0.1:2"]),
                  st.booleans(), st.integers(1, 3))
 vm = st.builds(ProducerVm, st.just("blue"), st.sampled_from(ADDRESSES), st.sampled_from(HOSTS),
-               st.sampled_from(SERVICES), st.just("echo"), st.integers(1, 3))
+               st.sampled_from(SERVICES), st.just("echo"), st.integers(1, 3), st.booleans())
 claim = st.builds(Claim, st.sampled_from(ADDRESSES).map(lambda a: vm_id("blue", a)), st.integers(1, 4).map(LeaseId),
                   st.sampled_from(SERVICES), st.sampled_from(CONSUMERS), st.sampled_from(CONSUMER_HOSTS),
                   st.integers(1, 3), st.integers(1, 99))
@@ -58,7 +58,7 @@ def from_definitions(state: ClusterState) -> dict[str, Any]:
 
     free: dict[str, dict[HostId, set[Any]]] = {}
     for v in state.vms.values():
-        if v.vm_id not in state.claims and state.is_usable(v):
+        if v.vm_id not in state.claims and not v.used and state.is_usable(v):
             free.setdefault(v.service, {}).setdefault(v.host_id, set()).add(v.vm_id)
     return {
         "vms_by_host": group([(v.host_id, v.vm_id) for v in state.vms.values()]),
@@ -116,3 +116,30 @@ def test_a_host_that_starts_draining_takes_only_its_own_vms_out_of_the_free_set(
     draining = Host(HOSTS[0], HostKind.PRODUCER, "127.0.0.1:1", draining=True)
     state.apply(keys.key_of(draining), draining)
     assert set(state.free_by_service["echo"]) == {HOSTS[1]} and state.free_count("echo") == 2
+
+
+def test_a_used_vm_is_never_free_and_its_next_incarnation_is() -> None:
+    """A command VM a lessee used waits for its reset: no grant may choose it, even once its claim
+    is gone; the record its host registers after the restart (unused) is free again."""
+    state = ClusterState()
+    state.apply(keys.key_of(h := Host(HOSTS[0], HostKind.PRODUCER, "127.0.0.1:1")), h)
+    fresh = ProducerVm("blue", ADDRESSES[0], HOSTS[0], "echo", revision=5)
+    claim = Claim(fresh.vm_id, LeaseId(1), "echo", CONSUMERS[0], CONSUMER_HOSTS[0], 5, revision=7)
+    state.apply(keys.key_of(fresh), fresh)
+    state.apply(keys.key_of(claim), claim)
+    used = ProducerVm("blue", ADDRESSES[0], HOSTS[0], "echo", revision=5, used=True)  # a put keeps the revision
+    state.apply(keys.key_of(used), used)
+    assert state.claim_is_current(claim)  # the mark does not void the claim in flight
+    state.apply(keys.key_of(claim), None)
+    assert state.free_count("echo") == 0 and state.free_vms("echo") == []
+    state.apply(keys.key_of(used), None)  # withdrawn for its restart
+    state.apply(keys.key_of(fresh), ProducerVm("blue", ADDRESSES[0], HOSTS[0], "echo", revision=9))
+    assert state.free_count("echo") == 1
+
+
+def test_the_used_mark_is_omitted_from_the_record_when_false_and_read_back_when_true() -> None:
+    vm = ProducerVm("blue", ADDRESSES[0], HOSTS[0], "echo", revision=3)
+    assert b"used" not in keys.encode(vm)
+    marked = ProducerVm("blue", ADDRESSES[0], HOSTS[0], "echo", used=True)
+    assert keys.decode(keys.key_of(marked), keys.encode(marked), 3) == ProducerVm(
+        "blue", ADDRESSES[0], HOSTS[0], "echo", revision=3, used=True)

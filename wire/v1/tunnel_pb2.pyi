@@ -63,3 +63,65 @@ class FrameBatch(_message.Message):
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     frames: _containers.RepeatedCompositeFieldContainer[Frame]
     def __init__(self, frames: _Optional[_Iterable[_Union[Frame, _Mapping]]] = ...) -> None: ...
+
+class MetadataEntry(_message.Message):
+    __slots__ = ("key", "value")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    value: bytes
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+
+class CallStart(_message.Message):
+    __slots__ = ("outer", "inner", "method", "metadata", "traceparent")
+    OUTER_FIELD_NUMBER: _ClassVar[int]
+    INNER_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    outer: OuterHeader
+    inner: InnerHeader
+    method: str
+    metadata: _containers.RepeatedCompositeFieldContainer[MetadataEntry]
+    traceparent: str
+    def __init__(self, outer: _Optional[_Union[OuterHeader, _Mapping]] = ..., inner: _Optional[_Union[InnerHeader, _Mapping]] = ..., method: _Optional[str] = ..., metadata: _Optional[_Iterable[_Union[MetadataEntry, _Mapping]]] = ..., traceparent: _Optional[str] = ...) -> None: ...
+
+class CallUp(_message.Message):
+    __slots__ = ("start", "message", "half_close")
+    START_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    HALF_CLOSE_FIELD_NUMBER: _ClassVar[int]
+    start: CallStart
+    message: bytes
+    half_close: bool
+    def __init__(self, start: _Optional[_Union[CallStart, _Mapping]] = ..., message: _Optional[bytes] = ..., half_close: _Optional[bool] = ...) -> None: ...
+
+class CallEnd(_message.Message):
+    __slots__ = ("code", "details", "trailing_metadata", "broken")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    TRAILING_METADATA_FIELD_NUMBER: _ClassVar[int]
+    BROKEN_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    details: str
+    trailing_metadata: _containers.RepeatedCompositeFieldContainer[MetadataEntry]
+    broken: bool
+    def __init__(self, code: _Optional[int] = ..., details: _Optional[str] = ..., trailing_metadata: _Optional[_Iterable[_Union[MetadataEntry, _Mapping]]] = ..., broken: _Optional[bool] = ...) -> None: ...
+
+class CallDown(_message.Message):
+    __slots__ = ("accepted", "headers", "message", "end")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    headers: Headers
+    message: bytes
+    end: CallEnd
+    def __init__(self, accepted: _Optional[bool] = ..., headers: _Optional[_Union[Headers, _Mapping]] = ..., message: _Optional[bytes] = ..., end: _Optional[_Union[CallEnd, _Mapping]] = ...) -> None: ...
+
+class Headers(_message.Message):
+    __slots__ = ("metadata",)
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    metadata: _containers.RepeatedCompositeFieldContainer[MetadataEntry]
+    def __init__(self, metadata: _Optional[_Iterable[_Union[MetadataEntry, _Mapping]]] = ...) -> None: ...

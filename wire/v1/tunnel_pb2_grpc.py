@@ -39,6 +39,11 @@ class TunnelStub:
                 request_serializer=leasenet_dot_v1_dot_tunnel__pb2.FrameBatch.SerializeToString,
                 response_deserializer=leasenet_dot_v1_dot_tunnel__pb2.FrameBatch.FromString,
                 _registered_method=True)
+        self.Call = channel.stream_stream(
+                '/leasenet.v1.Tunnel/Call',
+                request_serializer=leasenet_dot_v1_dot_tunnel__pb2.CallUp.SerializeToString,
+                response_deserializer=leasenet_dot_v1_dot_tunnel__pb2.CallDown.FromString,
+                _registered_method=True)
 
 
 class TunnelServicer:
@@ -51,6 +56,13 @@ class TunnelServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Call(self, request_iterator, context):
+        """One transparent gRPC call per stream (see CallStart).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TunnelServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -58,6 +70,11 @@ def add_TunnelServicer_to_server(servicer, server):
                     servicer.Exchange,
                     request_deserializer=leasenet_dot_v1_dot_tunnel__pb2.FrameBatch.FromString,
                     response_serializer=leasenet_dot_v1_dot_tunnel__pb2.FrameBatch.SerializeToString,
+            ),
+            'Call': grpc.stream_stream_rpc_method_handler(
+                    servicer.Call,
+                    request_deserializer=leasenet_dot_v1_dot_tunnel__pb2.CallUp.FromString,
+                    response_serializer=leasenet_dot_v1_dot_tunnel__pb2.CallDown.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,6 +104,33 @@ class Tunnel:
             '/leasenet.v1.Tunnel/Exchange',
             leasenet_dot_v1_dot_tunnel__pb2.FrameBatch.SerializeToString,
             leasenet_dot_v1_dot_tunnel__pb2.FrameBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Call(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/leasenet.v1.Tunnel/Call',
+            leasenet_dot_v1_dot_tunnel__pb2.CallUp.SerializeToString,
+            leasenet_dot_v1_dot_tunnel__pb2.CallDown.FromString,
             options,
             channel_credentials,
             insecure,

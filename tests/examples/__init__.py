@@ -1,0 +1,1 @@
+"""Tests of the example services (examples/), as real processes."""
