@@ -11,6 +11,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -31,6 +32,7 @@ from mapping.store.etcd import EtcdStore
 from producer_host.limits import Limits as ProducerLimits
 from producer_host.service import ProducerConfig
 from producer_host.service import serve as serve_producer_host
+from producer_host.vms.settings import PLACEHOLDERS, Reset, VmSettings, check_settings, expand
 from registry.service import RegistryConfig
 from registry.service import serve as serve_registry
 from registry.watchers import DEFAULT_BACKLOG, DEFAULT_MAX_WATCHERS, WatchLimits
@@ -76,6 +78,46 @@ PRODUCER_LIMITS = (
     ("--streams-per-connection", "HTTP/2 streams on one connection"),
     ("--handler-timeout", "seconds a handler may run at most, whatever the request's deadline"),
 )
+
+
+def _vm_drivers(p: argparse.ArgumentParser) -> None:
+    """Producer VMs that are processes (--vm-command) or endpoints (--vm-endpoint), not handlers."""
+    d = VmSettings()
+    add(p, "--vm-command", default="", help="run each VM as this command, one process each, e.g. '{python} -m "
+        "my.server --listen unix://{socket}'; placeholders {port} or {socket} (where its gRPC server listens), "
+        "{vm_id}, {address}, {workdir} (its own empty dir), {python}; it must serve grpc.health.v1")
+    add(p, "--vm-endpoint", action="append", help="a VM something else runs, at unix:///path or a loopback "
+        "host:port (repeatable; one VM each); the host only health-checks it")
+    add(p, "--vm-reset", default=None, choices=[r.value for r in Reset], help="between lessees: restart (the "
+        "default for --vm-command: a used VM is stopped and started empty) or none (the process and its state "
+        "pass to the next lessee; the only choice for --vm-endpoint)")
+    add(p, "--vm-memory-mb", default=0, type=int, help="memory limit of each VM process (a cgroup v2 where one can "
+        "be made, else RLIMIT_AS); 0 = none")
+    add(p, "--vm-nice", default=0, type=int, help="nice value of each VM process (-20..19)")
+    add(p, "--vm-cpus", default=0.0, type=float, help="CPU quota of each VM process in CPUs (cgroup v2 only); 0 = none")
+    add(p, "--vm-stop-grace", default=d.stop_grace_s, type=float, help="seconds between SIGTERM and SIGKILL when a "
+        "VM process is stopped")
+    add(p, "--vm-health-interval", default=d.health_interval_s, type=float, help="seconds between health checks of "
+        f"a serving VM ({d.health_failures} failures in a row withdraw it)")
+    add(p, "--vm-ready-timeout", default=d.ready_timeout_s, type=float, help="seconds a started VM process has to "
+        "answer its health check SERVING before it is restarted")
+
+
+def vm_settings(args: argparse.Namespace) -> VmSettings:
+    """The --vm-* flags checked together (a clash is one line naming the flags)."""
+    try:
+        settings = check_settings(command=args.vm_command, endpoints=tuple(args.vm_endpoint), reset=args.vm_reset,
+                                  handler_given=args.handler is not None, vms_given=args.vms is not None,
+                                  memory_mb=args.vm_memory_mb, nice=args.vm_nice, cpus=args.vm_cpus,
+                                  stop_grace_s=args.vm_stop_grace, health_interval_s=args.vm_health_interval,
+                                  ready_timeout_s=args.vm_ready_timeout)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if settings.command:
+        program = expand(settings.command, {name: name for name in PLACEHOLDERS} | {"python": sys.executable})[0]
+        if shutil.which(program) is None:
+            raise CliError(f"--vm-command: {program!r} is not an executable program found on PATH")
+    return settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,13 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
     add(p, "--advertise", default="", help="host:port consumer hosts dial (default: the bound address)")
     add(p, "--network", required=True, help="overlay network of the VMs")
     add(p, "--service", required=True, help="service the VMs provide")
-    add(p, "--vms", default=4, type=int, help="number of producer VMs")
+    add(p, "--vms", default=None, type=int, help="number of producer VMs (default 4; with --vm-endpoint: one per "
+        "endpoint)")
     add(p, "--vm-address-start", required=True, help="address of the first VM; the others follow")
-    add(p, "--handler", default="echo", help="echo | kv | work | module:factory")
+    add(p, "--handler", default=None, help="in-process VMs: echo | kv | work | module:factory (default echo)")
     add(p, "--handler-option", action="append", help="key=value passed to the handler factory (repeatable)")
     add(p, "--liveness-ttl", default=3, type=int, help="seconds before a dead host's records vanish")
     add(p, "--history", help="append one JSON line per execution here (for checkers)")
     _otlp(p)
+    _vm_drivers(p)
     for flag, what in PRODUCER_LIMITS:  # issue 11: what one tenant can make this host hold
         default = getattr(ProducerLimits(), flag[2:].replace("-", "_"))
         add(p, flag, default=default, type=type(default), help=f"{what} (default {default})")
@@ -318,7 +362,9 @@ def _names(*flags: tuple[str, str]) -> None:
 
 
 def cmd_producer_host(args: argparse.Namespace) -> None:
-    if args.vms < 1:
+    vm = vm_settings(args)
+    vms = len(vm.endpoints) if vm.endpoints else (4 if args.vms is None else args.vms)
+    if vms < 1:
         raise CliError("--vms must be at least 1")
     _names(("--network", args.network), ("--service", args.service))
     tls = _own_tls(args, Kind.PRODUCER)
@@ -328,11 +374,11 @@ def cmd_producer_host(args: argparse.Namespace) -> None:
     except ValueError as exc:
         raise CliError(f"--{exc}") from None
     config = ProducerConfig(host_id=HostId(args.host_id), listen=args.listen, advertise=args.advertise,
-                            network=args.network, service=args.service, vms=args.vms,
-                            vm_address_start=args.vm_address_start, handler=args.handler,
+                            network=args.network, service=args.service, vms=vms,
+                            vm_address_start=args.vm_address_start, handler=args.handler or "echo",
                             handler_options=_options(args.handler_option), liveness_ttl_s=args.liveness_ttl,
                             history_path=args.history, tls=tls, limits=limits,
-                            otlp_endpoint=args.otlp_endpoint)
+                            otlp_endpoint=args.otlp_endpoint, vm=vm)
     config.vm_addresses()  # validates the start address
     asyncio.run(_run_service(args, serve_producer_host, config))
 

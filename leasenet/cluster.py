@@ -163,12 +163,15 @@ class LocalCluster:
         return self.spawn(name, "registry", "--host-id", name, "--listen", listen or f"{self.host}:0",
                           "--cluster-config", str(cluster_config))
 
-    def producer(self, host_id: str, *, network: str, service: str, vms: int, vm_address_start: str,
-                 handler: str = "echo", history: bool = True, listen: str | None = None,
+    def producer(self, host_id: str, *, network: str, service: str, vms: int | None, vm_address_start: str,
+                 handler: str | None = "echo", history: bool = True, listen: str | None = None,
                  extra: tuple[str, ...] = ()) -> Proc:
+        """A producer host; `extra` takes any other flags, e.g. --vm-command '...' (with handler=None,
+        and vms=None for --vm-endpoint VMs, whose count is their endpoints')."""
         args = ["producer-host", "--host-id", host_id, "--listen", listen or f"{self.host}:0", "--network", network,
-                "--service", service, "--vms", str(vms), "--vm-address-start", vm_address_start,
-                "--handler", handler, *extra]
+                "--service", service, "--vm-address-start", vm_address_start,
+                *(["--vms", str(vms)] if vms is not None else []),
+                *(["--handler", handler] if handler is not None else []), *extra]
         if history:
             args += ["--history", str(self.workdir / f"{host_id}.history.jsonl")]
         return self.spawn(host_id, *args)

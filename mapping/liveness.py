@@ -1,5 +1,11 @@
 """A host's own records in etcd, under one liveness lease (SPEC §5): if the host dies, the lease
-lapses and its records vanish; everyone watching learns it. Used by both host kinds."""
+lapses and its records vanish; everyone watching learns it. Used by both host kinds.
+
+Two ways VM records get there, both here: in bulk with the host record (in-process VMs, thousands
+of them, always ready), or one by one as each VM becomes healthy (`add`, a VM process or endpoint:
+the host registers first, then each VM record) and out again when it fails (`withdraw`). Every
+write of a host's records takes one lock, so a re-registration after a lapsed lease sees the VMs
+that are registered at that moment, and no per-VM write slips between its chunks."""
 
 from __future__ import annotations
 
@@ -8,8 +14,8 @@ import logging
 from collections.abc import Callable, Sequence
 
 from mapping import keys
-from mapping.model import Host, HostId, Record
-from mapping.store import MAX_TXN_OPS, Compacted, Store
+from mapping.model import Host, HostId, ProducerVm, Record
+from mapping.store import MAX_TXN_OPS, Compacted, Require, Store
 from mapping.store.keeper import LeaseKeeper, renewal_period
 from wire import metrics
 from wire.errors import ClaimConflict, InvalidRequest, StoreUnavailable
@@ -32,8 +38,14 @@ class Liveness:
         self.lease_id = 0
         self.registrations = 0
         self.keeper = LeaseKeeper(store)
+        self.revisions: dict[str, int] = {}  # create revision of each record we wrote (its incarnation)
+        self._writing = asyncio.Lock()  # one write of the host's records at a time
 
     async def register(self) -> None:
+        async with self._writing:
+            await self._register()
+
+    async def _register(self) -> None:
         """Create every record under a new liveness lease, in transactions of at most etcd's limit
         (a host may have thousands of VMs). The host record goes last: until it exists no one can
         route to the VMs already written, so a half-registered host is never used. Every key is
@@ -47,6 +59,7 @@ class Liveness:
         chunks = [items[i:i + MAX_TXN_OPS] for i in range(0, len(items), MAX_TXN_OPS)]
         for _ in range(3):
             self.lease_id = await self.store.grant_lease(self.ttl_s)
+            self.revisions.clear()
             if await self._create_chunks(chunks):
                 self.registrations += 1
                 log.info("host %s registered %d record(s) in %d transaction(s) under lease %x", self.host_id,
@@ -61,9 +74,54 @@ class Liveness:
             # thousands of VMs on a busy machine can take longer than the TTL: keep the lease alive
             if i and await self.store.refresh_lease(self.lease_id) <= 0:
                 return False
-            if not (await self.store.create_all(chunk, lease=self.lease_id)).succeeded:
+            if not (created := await self.store.create_all(chunk, lease=self.lease_id)).succeeded:
                 return False
+            self.revisions.update((key, created.revision) for key, _ in chunk)
         return True
+
+    async def add(self, vm: ProducerVm) -> int | None:
+        """Register one VM record under the liveness lease, only where none exists; its create
+        revision (the new incarnation), or None when the lease is gone (the keep-alive registers
+        anew, with every VM registered by then) or the host has not registered yet. A record left
+        by a previous life of this host is waited out, as at registration."""
+        key = keys.key_of(vm)
+        async with self._writing:
+            if not self.registrations:
+                return None
+            for _ in range(2):
+                if key in self.revisions:  # a re-registration brought it back already
+                    return self.revisions[key]
+                try:
+                    created = await self.store.create_all([(key, keys.encode(vm))], lease=self.lease_id)
+                except StoreUnavailable as exc:
+                    log.warning("cannot register VM %s: %s", vm.vm_id, exc)
+                    return None
+                if created.succeeded:
+                    self.revisions[key] = created.revision
+                    return created.revision
+                await self._wait_for_previous_life([(key, b"")])
+            return None
+
+    async def withdraw(self, vm: ProducerVm) -> bool:
+        """Delete the VM's record now, only the incarnation we wrote (a guarded delete): its claim
+        turns stale and its pool refills elsewhere. False when there was none to delete."""
+        key = keys.key_of(vm)
+        async with self._writing:
+            revision = self.revisions.pop(key, None)
+            if revision is None:
+                return False
+            return (await self.store.delete(key, require=[Require(key, revision)])).succeeded
+
+    async def update_vm(self, vm: ProducerVm) -> bool:
+        """Overwrite the VM's record (the `used` mark), keeping its create revision and so its
+        incarnation and every claim's fencing; never brings back a record that was withdrawn."""
+        key = keys.key_of(vm)
+        async with self._writing:
+            revision = self.revisions.get(key)
+            if revision is None:
+                return False
+            return (await self.store.update(key, keys.encode(vm), lease=self.lease_id,
+                                            require=[Require(key, revision)])).succeeded
 
     async def _wait_for_previous_life(self, items: list[tuple[str, bytes]]) -> None:
         """Wait until the first of our keys someone holds is gone: its lease lapses within one TTL
@@ -115,7 +173,8 @@ class Liveness:
                 await asyncio.sleep(renewal_period(self.ttl_s))
 
     async def update(self, record: Record) -> None:
-        await self.store.put(keys.key_of(record), keys.encode(record), lease=self.lease_id)
+        async with self._writing:
+            await self.store.put(keys.key_of(record), keys.encode(record), lease=self.lease_id)
 
     async def deregister(self, keep_alive: asyncio.Task[None] | None = None) -> None:
         """Revoke the lease, so that our records vanish now rather than at the TTL. Its keep-alive

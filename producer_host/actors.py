@@ -105,7 +105,8 @@ class VmActor:
         # the gRPC target of the VM's own server while it is healthy and registered
         # (unix:///abs/path.sock or 127.0.0.1:PORT); None for an in-process handler VM
         self.endpoint: str | None = None
-        self.first_use: FirstUse | None = None  # set by the VM's supervisor (producer_host.drivers)
+        self.first_use: FirstUse | None = None  # set by the VM's supervisor (producer_host.vms)
+        self.on_claim_ended: Callable[[int], None] | None = None  # the supervisor's reset trigger
         self._used_token = 0  # the claim `first_use` was awaited for
 
     def start(self, tasks: asyncio.TaskGroup | None = None) -> asyncio.Task[None]:
@@ -154,6 +155,8 @@ class VmActor:
         """The claim `token` ended: its lessee's state goes now, not when the next lessee arrives."""
         if token == self._token:
             self._handler = None
+        if self.on_claim_ended is not None:
+            self.on_claim_ended(token)
 
     async def idle(self) -> None:
         """Return once nothing is queued or running (used by drain)."""

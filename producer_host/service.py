@@ -37,6 +37,8 @@ from producer_host.actors import Envelope, History, VmActor
 from producer_host.handlers import handler_maker
 from producer_host.limits import Limits, Overloaded
 from producer_host.validate import Accept, Addressing, MaybeEarly, holds_claim, may_open_tunnel, validate
+from producer_host.vms.fleet import SupervisedVms, own_server_handler
+from producer_host.vms.settings import DriverKind, VmSettings
 from wire.errors import Status
 from mapping.liveness import Liveness
 from mapping.model import Claim, Host, HostId, HostKind, ProducerVm, Record, VmId, parse_ipv4
@@ -66,6 +68,7 @@ class ProducerConfig:
     tls: TlsMaterial | None = field(default=None, repr=False)  # None: plaintext (--insecure)
     otlp_endpoint: str = ""  # export spans (validate, execute) here; "" = trace ids in logs only
     limits: Limits = field(default_factory=Limits)
+    vm: VmSettings = field(default_factory=VmSettings)  # in-process handlers, command VMs or endpoints
 
     def vm_addresses(self) -> list[str]:
         first = ipaddress.IPv4Address(parse_ipv4(self.vm_address_start, "--vm-address-start"))
@@ -77,8 +80,10 @@ def host_record(config: ProducerConfig, address: str, draining: bool = False) ->
 
 
 def vm_records(config: ProducerConfig) -> list[ProducerVm]:
-    return [ProducerVm(config.network, a, config.host_id, config.service, config.handler)
-            for a in config.vm_addresses()]
+    """The host's VMs; `handler` names what serves them (the handler, or `command` / `endpoint`)."""
+    kind = config.vm.kind
+    handler = config.handler if kind is DriverKind.IN_PROCESS else kind.value
+    return [ProducerVm(config.network, a, config.host_id, config.service, handler) for a in config.vm_addresses()]
 
 
 async def _take_first(request_iterator: AsyncIterator[pb.FrameBatch], within_s: float = 1.0) -> None:
@@ -410,7 +415,9 @@ async def serve(config: ProducerConfig, store: Store, *, stop: asyncio.Event,
     """The producer host until `stop` is set. Its long-running tasks (replica, liveness, one actor
     per VM) live in one task group; the drain of SPEC §5 (no new claims, in-flight requests finish,
     deregister) runs in `finally`, so a failed task or a broken start-up deregisters too."""
-    handlers = handler_maker(config.handler, config.handler_options)  # fails fast on a bad handler or option
+    in_process = config.vm.kind is DriverKind.IN_PROCESS
+    # fails fast on a bad handler or option
+    handlers = handler_maker(config.handler, config.handler_options) if in_process else own_server_handler
     history = History(open(config.history_path, "a", encoding="utf-8")) if config.history_path else None
     replica = Replica(store)
     caps = config.limits
@@ -418,13 +425,18 @@ async def serve(config: ProducerConfig, store: Store, *, stop: asyncio.Event,
     spans = OtelSpans(config.otlp_endpoint, "producer", config.host_id) if config.otlp_endpoint else NO_SPANS
     tunnel = TunnelServicer(config.host_id, replica, insecure=config.tls is None, limits=caps, spans=spans)
     server.add(pb_grpc.add_TunnelServicer_to_server, tunnel, "leasenet.v1.Tunnel")
-    registration = Liveness(store, config.host_id,
-                            lambda: [host_record(config, tunnel.address), *vm_records(config)], config.liveness_ttl_s)
+    # the one place that says which VM records a (re-)registration writes: in-process VMs all of them,
+    # in bulk with the host record; supervised VMs only those healthy now (the rest come as they heal)
+    registration = Liveness(store, config.host_id, lambda: [
+        host_record(config, tunnel.address), *(vm_records(config) if supervised is None else supervised.registered())],
+        config.liveness_ttl_s)
     actors = {vm.vm_id: VmActor(vm, handlers, history, claim_is_current=lambda v, token: holds_claim(
                                     replica.state, v, token), queue_limit=caps.vm_queue,
                                 timeout_s=caps.handler_timeout)
               for vm in vm_records(config)}
+    supervised = None if in_process else SupervisedVms(vm_records(config), actors, config.vm, registration)
     unwatch = metrics.TUNNEL_STREAMS.watch(lambda: {(): tunnel.streams})
+    unwatch_vms = metrics.VMS.watch(supervised.states) if supervised is not None else (lambda: None)
     try:
         async with asyncio.TaskGroup() as tasks:
             background = [tasks.create_task(replica.run(), name="replica")]
@@ -436,6 +448,8 @@ async def serve(config: ProducerConfig, store: Store, *, stop: asyncio.Event,
                 await registration.register()
                 keep_alive = tasks.create_task(registration.keep_alive(), name="liveness")
                 background += [keep_alive, *(actor.start(tasks) for actor in actors.values())]
+                if supervised is not None:  # each VM registers itself once healthy
+                    background += supervised.start(tasks)
                 tunnel.actors = actors
                 await server.set_serving(True)
                 log.info("producer host %s serving %d VMs on %s", config.host_id, len(actors), tunnel.address)
@@ -452,7 +466,8 @@ async def serve(config: ProducerConfig, store: Store, *, stop: asyncio.Event,
                     Step("let the requests in flight finish", lambda: _idle(actors.values()), DRAIN_LIMIT_S),
                     Step("deregister", lambda: registration.deregister(keep_alive), 2.0) if registered else None,
                     Step("stop the tunnel server", lambda: server.stop(0.5), 1.5) if serving else None,
-                    Step("stop the VMs", lambda: _stop(actors.values()), 2.0),
+                    Step("stop the VMs", lambda: _stop(actors.values(), supervised),
+                         2.0 + (config.vm.stop_grace_s + 1.0 if supervised is not None else 0.0)),
                     Step("close the channels to the VMs' servers", tunnel.vm_channels.close, 1.0),
                     Step("export the last spans", lambda: asyncio.to_thread(spans.close), 6.0)
                     if spans.enabled else None,
@@ -460,6 +475,9 @@ async def serve(config: ProducerConfig, store: Store, *, stop: asyncio.Event,
                 cancel_all(background)
     finally:
         unwatch()
+        unwatch_vms()
+        if supervised is not None:
+            supervised.close()
         if history is not None:  # after the actors, which write to it, have ended
             history.stream.close()
 
@@ -469,6 +487,8 @@ async def _idle(actors: Iterable[VmActor]) -> None:
         await actor.idle()
 
 
-async def _stop(actors: Iterable[VmActor]) -> None:
+async def _stop(actors: Iterable[VmActor], supervised: SupervisedVms | None) -> None:
+    if supervised is not None:  # their processes: SIGTERM, SIGKILL after --vm-stop-grace
+        await supervised.stop()
     for actor in actors:
         await actor.stop()

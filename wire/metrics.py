@@ -71,6 +71,11 @@ REPLICA_RELOADS = Counter("leasenet_replica_reloads_total", "Full snapshot loads
                           "and each compaction the watch could not resume across)")
 KEEPALIVE_FAILURES = Counter("leasenet_keepalive_failures_total", "Liveness keep-alives that failed (etcd "
                              "unavailable) or found the host's lease lapsed")
+VM_RESTARTS = Counter("leasenet_vm_restarts_total", "Producer host: command VMs restarted, by service and reason "
+                      "(exit, unhealthy, reset)", ["service", "reason"])
+VM_RESTART_TO_READY = Histogram("leasenet_vm_restart_to_ready_seconds", "Producer host: a command VM's restart, "
+                                "from its withdrawal to its new incarnation's registration, by service", ["service"],
+                                buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300))
 
 
 # --- cached label children for the hot paths ------------------------------------------------------
@@ -231,7 +236,9 @@ TUNNEL_STREAMS = SampledGauge("leasenet_tunnel_streams", "Open tunnel streams (c
                               "producer host: from consumer hosts)")
 LIVE_HOSTS = SampledGauge("leasenet_live_hosts", "Registry: hosts registered in its replica (their liveness lease "
                           "holds), by kind", ("kind",))
-for _gauge in (POOL_VMS, POOL_VMS_IN_USE, POOL_WAITERS, TUNNEL_STREAMS, LIVE_HOSTS):
+VMS = SampledGauge("leasenet_vms", "Producer host: command and endpoint VMs by life-cycle state (starting, serving, "
+                   "backing_off, stopped), by service", ("service", "state"))
+for _gauge in (POOL_VMS, POOL_VMS_IN_USE, POOL_WAITERS, TUNNEL_STREAMS, LIVE_HOSTS, VMS):
     REGISTRY.register(_gauge)
 
 
@@ -254,7 +261,8 @@ class _Off:
 
 RECORDERS = ("REQUESTS", "REQUEST_DURATION", "RESOURCE_EXHAUSTED", "LEASE_OPERATIONS", "GRANT_DURATION",
              "GRANT_CONFLICTS", "TUNNEL_FRAMES", "TUNNEL_FRAMES_REJECTED", "TUNNEL_IN", "TUNNEL_OUT", "ETCD_REQUESTS",
-             "ETCD_DURATION", "ETCD_ERRORS", "REPLICA_LAG", "REPLICA_RELOADS", "KEEPALIVE_FAILURES")
+             "ETCD_DURATION", "ETCD_ERRORS", "REPLICA_LAG", "REPLICA_RELOADS", "KEEPALIVE_FAILURES",
+             "VM_RESTARTS", "VM_RESTART_TO_READY")
 
 
 def turn_off() -> None:

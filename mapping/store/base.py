@@ -114,6 +114,11 @@ class Store(Protocol):
         """Returns the revision of the write."""
         ...
 
+    async def update(self, key: str, value: bytes, *, lease: int = 0, require: Sequence[Require] = ()) -> TxnResult:
+        """Overwrite `key`, keeping its create revision, if every guard holds (a guard naming `key`
+        makes it an update of that incarnation only: never a write that brings back a deleted key)."""
+        ...
+
     async def delete(self, key: str, *, require: Sequence[Require] = ()) -> TxnResult:
         """Delete `key` if every guard holds; not succeeded when a guard failed or nothing was there."""
         ...

@@ -187,6 +187,14 @@ class EtcdStore:
             resp = await self._kvs.put(key, value, lease=lease, timeout=self.timeout_s)
         return int(resp.header.revision)
 
+    async def update(self, key: str, value: bytes, *, lease: int = 0, require: Sequence[Require] = ()) -> TxnResult:
+        self.requests += 1
+        with _unavailable_on_failure("txn"):
+            resp = await self._kvs.txn(
+                compare=[KVService.txn_compare_create_revision(r.key, r.create_revision) for r in require],
+                success=[KVService.txn_op_put(key, value, lease=lease)], timeout=self.timeout_s, max_attempts=1)
+        return TxnResult(bool(resp.succeeded), int(resp.header.revision))
+
     async def delete(self, key: str, *, require: Sequence[Require] = ()) -> TxnResult:
         self.requests += 1
         with _unavailable_on_failure("delete"):

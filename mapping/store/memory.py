@@ -124,6 +124,14 @@ class MemoryStore:
         self._commit([self._put(key, value, lease, self._revision)])
         return self._revision
 
+    async def update(self, key: str, value: bytes, *, lease: int = 0, require: Sequence[Require] = ()) -> TxnResult:
+        self._enter()
+        if not self._holds(require):
+            return TxnResult(False, self._revision)
+        self._revision += 1
+        self._commit([self._put(key, value, lease, self._revision)])
+        return TxnResult(True, self._revision)
+
     async def delete(self, key: str, *, require: Sequence[Require] = ()) -> TxnResult:
         self._enter()
         if not self._holds(require) or key not in self._data:

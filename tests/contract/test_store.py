@@ -55,6 +55,18 @@ async def test_guards_compare_the_create_revision(store: Store, prefix: str) -> 
     assert await store.get(prefix + "claim") is None
 
 
+async def test_a_guarded_update_keeps_the_create_revision_and_never_brings_back_a_deleted_key(store: Store,
+                                                                                             prefix: str) -> None:
+    created = await store.create_all([(prefix + "vm", b"1")])
+    assert (await store.update(prefix + "vm", b"2", require=[Require(prefix + "vm", created.revision)])).succeeded
+    held = await store.get(prefix + "vm")
+    assert held is not None and held.value == b"2" and held.create_revision == created.revision
+    assert not (await store.update(prefix + "vm", b"3", require=[Require(prefix + "vm", created.revision + 99)])).succeeded
+    await store.delete(prefix + "vm")
+    assert not (await store.update(prefix + "vm", b"4", require=[Require(prefix + "vm", created.revision)])).succeeded
+    assert await store.get(prefix + "vm") is None
+
+
 async def test_revoking_a_lease_deletes_its_keys(store: Store, prefix: str) -> None:
     lease = await store.grant_lease(10)
     assert (await store.create_all([(prefix + "x", b"1"), (prefix + "y", b"2")], lease=lease)).succeeded

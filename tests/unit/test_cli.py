@@ -36,6 +36,15 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     (["leases", "--registry", "127.0.0.1:1", "--identity", "admin"], "is not KIND/ID"),
     (["registry", "--etcd-endpoints", "127.0.0.1:1", "--tls-cert", "/x.crt"], "--tls-key, --tls-ca missing"),
     (["demo", "--requests", "3"], "at least 20"),
+    (["producer-host", "--etcd-endpoints", "127.0.0.1:1", "--host-id", "p", "--network", "b", "--service", "s",
+      "--vm-address-start", "10.1.1.1", "--insecure", "--vm-endpoint", "10.0.0.5:80"],
+     "is not loopback or a unix socket: a VM must be reachable only from its producer host"),
+    (["producer-host", "--etcd-endpoints", "127.0.0.1:1", "--host-id", "p", "--network", "b", "--service", "s",
+      "--vm-address-start", "10.1.1.1", "--insecure", "--vm-command", "vm {socket}", "--handler", "kv"],
+     "--handler is for in-process VMs"),
+    (["producer-host", "--etcd-endpoints", "127.0.0.1:1", "--host-id", "p", "--network", "b", "--service", "s",
+      "--vm-address-start", "10.1.1.1", "--insecure", "--vm-command", "no-such-program-here {socket}"],
+     "'no-such-program-here' is not an executable program"),
 ])
 def test_bad_input_is_one_clear_line_without_a_traceback(args: list[str], needle: str) -> None:
     out = run(*args)
@@ -57,6 +66,18 @@ def test_every_flag_reads_its_environment_variable(monkeypatch: pytest.MonkeyPat
     assert env_name("--vm-address-start") == "LEASENET_VM_ADDRESS_START"
     help_text = build_parser()._subparsers._group_actions[0].choices["consumer-host"].format_help()  # type: ignore[union-attr]
     assert "LEASENET_REGISTRY" in help_text and "LEASENET_CONFIG" in help_text
+
+
+def test_the_vm_driver_flags_read_their_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in (("VM_COMMAND", "{python} -m vm {socket}"), ("VM_RESET", "none"), ("VM_MEMORY_MB", "256"),
+                        ("VM_NICE", "5"), ("VM_STOP_GRACE", "2.5"), ("VM_HEALTH_INTERVAL", "0.5"),
+                        ("VM_READY_TIMEOUT", "9"), ("VM_ENDPOINT", "127.0.0.1:1,unix:///run/a.sock")):
+        monkeypatch.setenv(f"LEASENET_{name}", value)
+    args = build_parser().parse_args(["producer-host", "--host-id", "p", "--network", "b", "--service", "s",
+                                      "--vm-address-start", "10.1.1.1", "--etcd-endpoints", "127.0.0.1:1"])
+    assert (args.vm_command, args.vm_reset, args.vm_memory_mb, args.vm_nice, args.vm_stop_grace,
+            args.vm_health_interval, args.vm_ready_timeout, args.vm_endpoint) == (
+        "{python} -m vm {socket}", "none", 256, 5, 2.5, 0.5, 9.0, ["127.0.0.1:1", "unix:///run/a.sock"])
 
 
 def test_cluster_config_errors_name_the_problem(tmp_path: Path) -> None:
