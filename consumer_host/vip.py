@@ -45,7 +45,7 @@ from consumer_host.pools import PoolManager
 from consumer_host.tunnel import Tunnels
 from mapping.replica import Replica
 from wire import metrics
-from wire.errors import LeasenetError, Status, error_for_status
+from wire.errors import DeadlineExceeded, LeasenetError, Status, error_for_status
 from wire.limits import MAX_PAYLOAD_BYTES
 from wire.rpc import STATUS_BY_NUMBER, to_grpc
 from wire.trace import CURRENT, TRACEPARENT, bind, start
@@ -89,7 +89,9 @@ class _Call:
     what decides whether it may be retried."""
 
     idempotent: bool
-    inbox: asyncio.Queue[bytes | None] = field(default_factory=lambda: asyncio.Queue(maxsize=1))
+    # the caller's messages read and not yet sent: two, so that a unary call's message and its end
+    # are both there when its CallStart goes (one stream message for the whole request)
+    inbox: asyncio.Queue[bytes | None] = field(default_factory=lambda: asyncio.Queue(maxsize=2))
     replay: list[bytes] = field(default_factory=list)
     replay_bytes: int = 0
     overflowed: bool = False  # a request message is no longer in the buffer: no retry after `accepted`
@@ -145,12 +147,13 @@ class VipCalls:
         metadata = context.invocation_metadata()
         caller = next((v for k, v in metadata or () if k == TRACEPARENT and isinstance(v, str)), None)
         request_id = random.getrandbits(62)
-        token = bind(start(caller).trace_id, request_id)
+        trace = start(caller)  # the caller's trace (its traceparent itself goes to the VM unchanged)
+        token = bind(trace.trace_id, request_id)
         call = _Call(marked_idempotent(metadata))
         began, code = time.perf_counter(), Status.UNKNOWN.name
         reader = asyncio.get_running_loop().create_task(_read_caller(request_iterator, call.inbox))
         try:
-            code = await self._call(method, metadata, call, context, request_id)
+            code = await self._call(method, metadata, call, context, request_id, trace.header())
         except LeasenetError as exc:
             code = exc.code.name
             metrics.answered(KIND, exc)
@@ -160,13 +163,17 @@ class VipCalls:
         except asyncio.CancelledError:
             code = Status.CANCELLED.name
             raise
+        except Exception:  # its text may name a producer host: for our log only (SPEC §10)
+            code = Status.INTERNAL.name
+            log.exception("call %d %s from %s failed", request_id, method, self.attachment.vm_id)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error in the consumer host; see its log")
         finally:
             reader.cancel()
             metrics.call_done(KIND, call.requests, call.responses, code, time.perf_counter() - began)
             CURRENT.reset(token)
 
     async def _call(self, method: str, metadata: tuple[tuple[str, str | bytes], ...] | None, call: _Call,
-                    context: grpc.aio.ServicerContext, request_id: int) -> str:
+                    context: grpc.aio.ServicerContext, request_id: int, traceparent: str) -> str:
         admitted = admit(self.attachment, self.replica.state, self.endpoint.target)
         if isinstance(admitted, Refusal):
             raise admitted.exception()
@@ -184,7 +191,7 @@ class VipCalls:
                 inner=tpb.InnerHeader(network=self.attachment.network, src=self.attachment.address, dst=r.dst,
                                       dst_port=r.dst_port, request_id=request_id, idempotent=call.idempotent,
                                       deadline_ms=int((time.time() + left) * 1000)),
-                method=method, metadata=entries)
+                method=method, metadata=entries, traceparent=traceparent)
             refused = False
             try:
                 return await self._attempt(member.host_address, start_msg, call, context, left)
@@ -192,6 +199,9 @@ class VipCalls:
                 log.debug("call %d refused before its VM saw it: %s %s", request_id, exc.code.name, exc.details)
                 if exc.code == grpc.StatusCode.UNIMPLEMENTED:  # the service's VMs take no calls: all alike
                     raise error_for_status(Status.UNIMPLEMENTED, exc.details) from None
+                if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED:  # it queued past its deadline: no time left
+                    raise DeadlineExceeded(f"call {request_id} reached its deadline before a producer VM took it "
+                                           "(it was not run)") from None
                 refused = True
                 last = Retry(Happened.REFUSED)
             except _Failed as exc:
@@ -217,11 +227,11 @@ class VipCalls:
         pump: asyncio.Task[None] | None = None
         try:
             try:
-                await tunnel.write(tpb.CallUp(start=start_msg))
-                for message in call.replay:
-                    await tunnel.write(tpb.CallUp(message=message))
+                # the CallStart with what the caller already sent (a replay, or a unary call's request)
+                up = tpb.CallUp(start=start_msg, messages=call.replay)
+                _take_ready(call, up)
+                await tunnel.write(up)
                 if call.client_done:
-                    await tunnel.write(tpb.CallUp(half_close=True))
                     await tunnel.done_writing()
                 else:
                     pump = asyncio.get_running_loop().create_task(_pump(call, tunnel))
@@ -229,17 +239,16 @@ class VipCalls:
                     down = await tunnel.read()
                     if down is grpc.aio.EOF:
                         raise _Failed(Happened.DELIVERY_UNKNOWN, f"the call's tunnel stream to {host} ended early")
-                    kind = down.WhichOneof("kind")
-                    if kind == "accepted":
+                    if down.accepted:
                         call.accepted.set()
-                    elif kind == "headers":
+                    if down.HasField("headers"):
                         call.answered = True
                         await context.send_initial_metadata(_grpc_metadata(list(down.headers.metadata)))
-                    elif kind == "message":
+                    for message in down.messages:
                         call.answered = True
                         call.responses += 1
-                        await context.write(down.message)
-                    elif kind == "end":
+                        await context.write(message)
+                    if down.HasField("end"):
                         return await self._end(down.end, call, context)
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
                 why = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
@@ -271,28 +280,40 @@ class _Refused(Exception):
 async def _read_caller(request_iterator: AsyncIterator[bytes], inbox: asyncio.Queue[bytes | None]) -> None:
     """The caller's messages, one at a time: the queue holds one, so a caller that sends faster than
     the VM takes is held back by HTTP/2 flow control, not by our memory."""
-    try:
-        async for message in request_iterator:
-            await inbox.put(message)
-    finally:
-        await inbox.put(None)
+    async for message in request_iterator:
+        await inbox.put(message)
+    await inbox.put(None)  # not in `finally`: a cancelled reader must not block again on a full queue
+
+
+def _take_ready(call: _Call, up: tpb.CallUp) -> None:
+    """Into `up`, the caller's messages (and its end) already read, without waiting for more (the
+    buffer's bound holds: before `accepted` the pump waits while it is full)."""
+    while not call.client_done and not call.inbox.empty() and (call.accepted.is_set() or not call.full()):
+        message = call.inbox.get_nowait()
+        if message is None:
+            call.client_done = up.half_close = True
+            return
+        call.keep(message)
+        up.messages.append(message)
 
 
 async def _pump(call: _Call, tunnel: grpc.aio.StreamStreamCall) -> None:
     """The caller's messages to the current attempt as they come, kept for a replay while one may
     be needed. Before `accepted`, a full buffer stops the reading until `accepted` comes."""
     try:
-        while True:
+        while not call.client_done:
             if not call.accepted.is_set() and call.full():
                 await call.accepted.wait()
             message = await call.inbox.get()
+            up = tpb.CallUp()
             if message is None:
-                call.client_done = True
-                await tunnel.write(tpb.CallUp(half_close=True))
-                await tunnel.done_writing()
-                return
-            call.keep(message)
-            await tunnel.write(tpb.CallUp(message=message))
+                call.client_done = up.half_close = True
+            else:
+                call.keep(message)
+                up.messages.append(message)
+                _take_ready(call, up)
+            await tunnel.write(up)
+        await tunnel.done_writing()
     except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
         pass  # the tunnel call ended: the attempt's reader says how
 

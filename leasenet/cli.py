@@ -274,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(p, "--workdir", default="", help="keep logs here (default: a temporary directory)")
     add(p, "--scale", action="store_true", help="only the scale section: 10,000 VMs, 2,000 pools, two registries "
         "(with --quick: a small cluster)")
+    add(p, "--calls", action="store_true", help="only the call path: the notebook example's server called directly, "
+        "through two generic gRPC relays and through a VIP endpoint (with --quick: a smoke run)")
 
     p = sub.add_parser("traffic", help="act as many consumer VMs: a fixed number of requests, recorded")
     add(p, "--consumer-host", required=True, help="comma-separated consumer hosts (host:port)")

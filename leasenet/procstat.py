@@ -1,5 +1,6 @@
-"""A process's resident memory as the kernel reports it (Linux /proc/<pid>/status): the one reader
-for the bench and the tests. Only tools use it, so it lives here and not in a process's package."""
+"""A process's resident memory as the kernel reports it (Linux /proc/<pid>/status), and its child
+processes (their parent in /proc/<pid>/stat): the one reader for the bench and the tests. Only tools use
+it, so it lives here and not in a process's package."""
 
 from __future__ import annotations
 
@@ -48,3 +49,17 @@ def rss_mib(pid: int) -> float | None:
     """Resident memory now in MiB, one decimal (the bench's figure); None as for memory()."""
     found = memory(pid)
     return None if found is None else found.rss_mib
+
+
+def children(pid: int) -> list[int]:
+    """The pids of process `pid`'s children now (e.g. a producer host's command VMs), from each
+    process's parent in /proc/<pid>/stat; [] when it has none or there is no Linux /proc to read."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rpartition(")")[2].split()[1])  # after the name: state, ppid
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        if parent == pid:
+            found.append(int(stat.parent.name))
+    return sorted(found)

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterable
 
 import grpc
 import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from producer_host.actors import Refused, VmActor
 from wire import metrics
@@ -55,6 +56,10 @@ def end(code: Status | grpc.StatusCode | int, details: str, trailers: list[pb.Me
     return pb.CallDown(end=pb.CallEnd(code=number, details=details, trailing_metadata=trailers or [], broken=broken))
 
 
+# a CallDown gathers what is ready (see tunnel.proto) up to this many bytes of messages
+GATHER_BYTES = 256 * 1024
+
+
 class VmChannels:
     """One channel per VM endpoint, created in the running loop and replaced when the VM's endpoint
     changes (a restarted VM may listen elsewhere)."""
@@ -78,16 +83,21 @@ class VmChannels:
         self._channels.clear()
 
 
-async def carry(channels: VmChannels, actor: VmActor, start: pb.CallStart,
+async def carry(channels: VmChannels, actor: VmActor, first: pb.CallUp,
                 upstream: AsyncIterator[pb.CallUp]) -> AsyncIterator[pb.CallDown]:
     """One validated call on `actor`'s VM: `accepted` once the VM's call started, then the VM's
-    headers, messages and end. Refusals before the VM saw it end the stream without `accepted`."""
-    endpoint = actor.endpoint
+    headers, messages and end. Refusals before the VM saw it end the stream without `accepted`.
+
+    What is ready goes in one CallDown: `accepted` waits for the headers only when the caller has
+    sent everything already (it needs `accepted` sooner only to go on sending), and a message goes
+    with the end when the VM's status is already in (a unary call: one CallDown)."""
+    endpoint, start = actor.endpoint, first.start
     if endpoint is None:
         yield end(Status.UNIMPLEMENTED, IN_PROCESS)
         return
     inner = start.inner
-    began, requests, responses, code = time.perf_counter(), 0, 0, Status.UNAVAILABLE.name
+    began, requests, responses, code, ended = time.perf_counter(), 0, 0, Status.UNAVAILABLE.name, False
+    pump: asyncio.Task[None] | None = None
     try:
         async with actor.turn(inner.request_id, f"{inner.network}/{inner.src}", start.outer.fencing_token,
                               inner.deadline_ms) as turn:
@@ -95,12 +105,16 @@ async def carry(channels: VmChannels, actor: VmActor, start: pb.CallStart,
             channel = channels.of(actor, endpoint)
             call = channel.stream_stream(start.method)(metadata=metadata, timeout=max(0.001, turn.budget_s))
             counts = [0]
-            pump = asyncio.get_running_loop().create_task(_pump_up(upstream, call, counts))
+            pump = asyncio.get_running_loop().create_task(_pump_up(first, upstream, call, counts))
             try:
-                yield pb.CallDown(accepted=True)
+                pending = pb.CallDown(accepted=True)
+                if not first.half_close:
+                    yield pending
+                    pending = pb.CallDown()
                 headers = await call.initial_metadata()
                 if headers:
-                    yield pb.CallDown(headers=pb.Headers(metadata=to_entries(headers)))
+                    pending.headers.metadata.extend(to_entries(headers))
+                size = 0
                 while True:
                     try:
                         message = await call.read()
@@ -109,48 +123,84 @@ async def carry(channels: VmChannels, actor: VmActor, start: pb.CallStart,
                     if message is grpc.aio.EOF:
                         break
                     responses += 1
-                    yield pb.CallDown(message=message)
+                    pending.messages.append(message)
+                    size += len(message)
+                    if not call.done() or size >= GATHER_BYTES:  # more may take a while: send what we have
+                        yield pending
+                        pending, size = pb.CallDown(), 0
                 status = await call.code()
                 details = await call.details() or ""
                 trailers = await call.trailing_metadata()
-                # grpc's own UNAVAILABLE with no trailers on a channel no longer ready: the VM's server
-                # went away mid-call (its connection broke), not a status the server chose
-                broken = (status == grpc.StatusCode.UNAVAILABLE and not trailers
-                          and channel.get_state() != grpc.ChannelConnectivity.READY)
+                # UNAVAILABLE is both a status a server may choose and grpc's own word for a connection
+                # that broke; the VM's server that no longer answers a health check went away mid-call
+                broken = status == grpc.StatusCode.UNAVAILABLE and not await _answers(channel)
                 if broken:
                     log.info("%s: its server went away during call %d (%s)", actor.vm.vm_id, inner.request_id,
                              details)
                 turn.ok = status == grpc.StatusCode.OK
                 code = status.name
-                requests = counts[0]
-                yield end(status, details, to_entries(trailers), broken=broken)
+                requests, ended = counts[0], True
+                pending.end.CopyFrom(end(status, details, to_entries(trailers), broken=broken).end)
+                yield pending
             finally:
-                pump.cancel()
                 call.cancel()  # a no-op once it ended; the consumer's cancel otherwise
+        # the VM is free again; the caller stops on our `end`: ending the stream under its writes
+        # would lose the `end` (see drain)
+        if not pump.done():
+            await asyncio.wait({pump}, timeout=1.0)
     except Refused as refused:
-        code = refused.status.name
+        code, ended = refused.status.name, True
         yield end(refused.status, refused.message)
+        await drain(upstream)
     except asyncio.CancelledError:
-        code = Status.CANCELLED.name
+        if not ended:  # the consumer host stops the stream once it has our `end`: that is no cancel
+            code = Status.CANCELLED.name
         raise
     finally:
+        if pump is not None:
+            pump.cancel()
         metrics.call_done(KIND, requests, responses, code, time.perf_counter() - began)
 
 
-async def _pump_up(upstream: AsyncIterator[pb.CallUp], call: grpc.aio.StreamStreamCall, counts: list[int]) -> None:
-    """The caller's messages to the VM as they come; each write awaited (flow control)."""
+async def _answers(channel: grpc.aio.Channel, within_s: float = 0.5) -> bool:
+    """Whether the VM's server answers the standard health check now."""
     try:
-        async for up in upstream:
-            kind = up.WhichOneof("kind")
-            if kind == "message":
-                if (too_large := payload_too_large(len(up.message))) is not None:
+        await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=within_s)
+    except grpc.aio.AioRpcError as exc:
+        return exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    return True
+
+
+async def drain(upstream: AsyncIterator[pb.CallUp], within_s: float = 1.0) -> None:
+    """After a refusal: read (and drop) what the caller still sends until it stops on our `end`.
+    Ending a stream under a write in flight makes grpc report INTERNAL to the caller, and our `end`
+    may be lost with it: the refusal would look like a broken tunnel (delivery unknown)."""
+    try:
+        async with asyncio.timeout(within_s):
+            async for _ in upstream:
+                pass
+    except (TimeoutError, grpc.aio.AioRpcError):
+        pass
+
+
+async def _pump_up(first: pb.CallUp, upstream: AsyncIterator[pb.CallUp], call: grpc.aio.StreamStreamCall,
+                   counts: list[int]) -> None:
+    """The caller's messages to the VM as they come (those in the first CallUp first); each write
+    awaited (flow control)."""
+    try:
+        up: pb.CallUp | None = first
+        rest = aiter(upstream)
+        while up is not None:
+            for message in up.messages:
+                if (too_large := payload_too_large(len(message))) is not None:
                     log.info("call message refused: %s", too_large)
                     call.cancel()
                     return
                 counts[0] += 1
-                await call.write(up.message)
-            elif kind == "half_close":
+                await call.write(message)
+            if up.half_close:
                 break
+            up = await anext(rest, None)
         await call.done_writing()
     except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
         pass  # the VM's call already ended: its status is on its way

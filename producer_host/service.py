@@ -27,7 +27,7 @@ from wire.limits import MAX_BATCH_BYTES
 from wire.otel import OtelSpans
 from wire.rpc import Server, ServerCaps, edge_counting, end_of_stream
 from wire.tls import Identity, TlsMaterial, peer_identity
-from wire.trace import NO_SPANS, Spans, TraceParent, parse, trace_id_of
+from wire.trace import NO_SPANS, Spans, TraceParent, bind, parse, trace_id_of
 from wire.verdict import Refusal
 from wire.v1 import tunnel_pb2 as pb
 from wire.v1 import tunnel_pb2_grpc as pb_grpc
@@ -244,21 +244,24 @@ class TunnelServicer(pb_grpc.TunnelServicer):
             await _take_first(request_iterator)
             raise refused.exception()
         first = await anext(aiter(request_iterator), None)
-        if first is None or first.WhichOneof("kind") != "start":
+        if first is None or not first.HasField("start"):
             yield calls.end(Status.INVALID_ARGUMENT, "a call stream must begin with its CallStart")
+            await calls.drain(request_iterator)
             return
         start = first.start
         verdict = await self._validate_call(start, peer)
-        if isinstance(verdict, Refusal):
-            metrics.TUNNEL_FRAMES_REJECTED.labels(verdict.error.__name__).inc()
-            yield calls.end(verdict.code, verdict.message)
-            return
-        actor = self.actors.get(verdict.vm)
+        actor = self.actors.get(verdict.vm) if isinstance(verdict, Accept) else None
         if actor is None:
-            metrics.TUNNEL_FRAMES_REJECTED.labels("VmNotRunning").inc()
-            yield calls.end(Status.NOT_FOUND, "its producer VM is not running")
+            reason, code, message = ((verdict.error.__name__, verdict.code, verdict.message)
+                                     if isinstance(verdict, Refusal) else
+                                     ("VmNotRunning", Status.NOT_FOUND, "its producer VM is not running"))
+            metrics.TUNNEL_FRAMES_REJECTED.labels(reason).inc()
+            yield calls.end(code, message)
+            await calls.drain(request_iterator)
             return
-        async for down in calls.carry(self.vm_channels, actor, start, request_iterator):
+        # our log lines name the call; each RPC runs in a task of its own, so the binding ends with it
+        bind(trace_id_of(start.traceparent), start.inner.request_id)
+        async for down in calls.carry(self.vm_channels, actor, first, request_iterator):
             yield down
 
     async def _validate_call(self, start: pb.CallStart, peer: Identity | None) -> Accept | Refusal:

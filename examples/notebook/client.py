@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import sys
 from collections.abc import AsyncIterator
@@ -20,27 +19,30 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from google.protobuf.json_format import MessageToDict
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from examples.notebook import notebook_pb2 as pb
 from examples.notebook import notebook_pb2_grpc as pb_grpc
 
 
-BYTES_FIELDS = ("value", "data", "binary")
-
-
-def readable(shown: Any) -> Any:
-    """MessageToDict's view with the bytes fields as text (they are base64 there)."""
-    if isinstance(shown, list):
-        return [readable(item) for item in shown]
-    if isinstance(shown, dict):
-        return {k: base64.b64decode(v).decode(errors="backslashreplace") if k in BYTES_FIELDS and isinstance(v, str)
-                else readable(v) for k, v in shown.items()}
+def readable(message: Message) -> dict[str, Any]:
+    """MessageToDict's view, with bytes fields as text (not base64) and 64-bit numbers as numbers."""
+    shown: dict[str, Any] = {}
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            value = [readable(m) for m in value] if field.is_repeated else readable(value)
+        elif field.type == FieldDescriptor.TYPE_BYTES:
+            value = value.decode(errors="backslashreplace")
+        elif field.is_repeated:
+            value = list(value)
+        shown[field.name] = value
     return shown
 
 
-def show(message: Any) -> None:
-    print(json.dumps(readable(MessageToDict(message, always_print_fields_with_no_presence=True))), flush=True)
+def show(message: Message) -> None:
+    print(json.dumps(readable(message)), flush=True)
 
 
 async def entries(pairs: list[str]) -> AsyncIterator[pb.Entry]:

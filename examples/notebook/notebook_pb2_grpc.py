@@ -59,6 +59,11 @@ class NotebookStub:
                 request_serializer=examples_dot_notebook_dot_notebook__pb2.Line.SerializeToString,
                 response_deserializer=examples_dot_notebook_dot_notebook__pb2.LineReply.FromString,
                 _registered_method=True)
+        self.Echo = channel.unary_unary(
+                '/notebook.v1.Notebook/Echo',
+                request_serializer=examples_dot_notebook_dot_notebook__pb2.Line.SerializeToString,
+                response_deserializer=examples_dot_notebook_dot_notebook__pb2.LineReply.FromString,
+                _registered_method=True)
         self.Fail = channel.unary_unary(
                 '/notebook.v1.Notebook/Fail',
                 request_serializer=examples_dot_notebook_dot_notebook__pb2.FailRequest.SerializeToString,
@@ -113,6 +118,13 @@ class NotebookServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Echo(self, request, context):
+        """The unary twin of Chat: answers the line at once (seen = 1); the bench's unary call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Fail(self, request, context):
         """Answers with the status, details and trailing metadata asked for (round-trip tests).
         """
@@ -159,6 +171,11 @@ def add_NotebookServicer_to_server(servicer, server):
             ),
             'Chat': grpc.stream_stream_rpc_method_handler(
                     servicer.Chat,
+                    request_deserializer=examples_dot_notebook_dot_notebook__pb2.Line.FromString,
+                    response_serializer=examples_dot_notebook_dot_notebook__pb2.LineReply.SerializeToString,
+            ),
+            'Echo': grpc.unary_unary_rpc_method_handler(
+                    servicer.Echo,
                     request_deserializer=examples_dot_notebook_dot_notebook__pb2.Line.FromString,
                     response_serializer=examples_dot_notebook_dot_notebook__pb2.LineReply.SerializeToString,
             ),
@@ -311,6 +328,33 @@ class Notebook:
             request_iterator,
             target,
             '/notebook.v1.Notebook/Chat',
+            examples_dot_notebook_dot_notebook__pb2.Line.SerializeToString,
+            examples_dot_notebook_dot_notebook__pb2.LineReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Echo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notebook.v1.Notebook/Echo',
             examples_dot_notebook_dot_notebook__pb2.Line.SerializeToString,
             examples_dot_notebook_dot_notebook__pb2.LineReply.FromString,
             options,

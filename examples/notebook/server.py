@@ -181,6 +181,10 @@ class NotebookServicer(pb_grpc.NotebookServicer):
             yield pb.LineReply(seen=seen, text=line.text, data=line.data)
 
     @recorded
+    async def Echo(self, request: pb.Line, context: grpc.aio.ServicerContext) -> pb.LineReply:
+        return pb.LineReply(seen=1, text=request.text, data=request.data)
+
+    @recorded
     async def Fail(self, request: pb.FailRequest, context: grpc.aio.ServicerContext) -> pb.FailReply:
         code = next((c for c in grpc.StatusCode if c.value[0] == request.code), None)
         if code is None:

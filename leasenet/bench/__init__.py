@@ -20,12 +20,14 @@
                lease-event watch and the producer VMs' execution history (leasenet.checker).
     scale      (--scale, alone) 10,000 VMs over ten producer hosts, 2,000 pools through two registries:
                whether grants and the request path cost the same at 100 and 10,000 VMs (bench.scale).
+    calls      (--calls, alone) whole gRPC calls to a real VM server (examples/notebook): direct, through
+               two generic L7 relays, and through the overlay's VIP endpoint; unary and bidi (bench.calls).
     failover   SIGKILL of the busiest producer host under traffic: time until every consumer VM is
                served again, and how many requests ended in an error.
 
 One module per job: `plans` (the cluster, the plan of a run, the typed tasks and results the roles
 exchange), `measure` (percentiles, CPU and etcd meters), `servers` (the direct baseline and the
-bare relay), `datapath`, `leasing`, `failover` (the measuring roles), `harness` (starts the
+bare relay, the generic call relay), `datapath`, `leasing`, `failover`, `calls` (the measuring roles), `harness` (starts the
 processes of each phase), `report` (paired ratios, targets), `render` (the tables) and `command`
 (`leasenet bench`).
 The harness's own processes are roles run as `python -m leasenet.bench ROLE` (`__main__`), so an

@@ -11,6 +11,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from leasenet.bench.calls import CallsTask, calls
 from leasenet.bench.datapath import load
 from leasenet.bench.failover import failover
 from leasenet.bench.leasing import grants, race
@@ -22,7 +23,7 @@ from wire.rpc import install_event_loop
 # role name -> (its task type, the coroutine that runs it)
 ROLES: dict[str, tuple[type[Any], Callable[[Any], Awaitable[Any]]]] = {
     LoadTask.role: (LoadTask, load), GrantsTask.role: (GrantsTask, grants), RaceTask.role: (RaceTask, race),
-    FailoverTask.role: (FailoverTask, failover), **SCALE_ROLES}
+    FailoverTask.role: (FailoverTask, failover), CallsTask.role: (CallsTask, calls), **SCALE_ROLES}
 
 
 def main(argv: list[str]) -> int:

@@ -13,10 +13,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from leasenet.bench.calls import calls_problems, run_calls
 from leasenet.bench.harness import Bench, machine
 from leasenet.bench.measure import CONFIDENCE
 from leasenet.bench.plans import DATA_CONSUMERS, DATA_POOL, DATA_VMS, Plan, make_plan
-from leasenet.bench.render import render
+from leasenet.bench.render import render, render_calls
 from leasenet.bench.scale import render_scale, run_scale, scale_problems
 from leasenet.bench.report import (
     correctness, method_check, summarize_datapath, summarize_etcd, summarize_failover, summarize_leasing, targets,
@@ -65,8 +66,15 @@ def cmd_bench(args: argparse.Namespace) -> None:
     def say(text: str) -> None:
         print(f"[bench] {text}", file=sys.stderr, flush=True)
 
+    if args.scale and args.calls:
+        raise CliError("--scale and --calls are two separate runs: give one of them")
     try:
-        report = run_scale(workdir, args.quick, say) if args.scale else run(workdir, plan, say)
+        if args.scale:
+            report = run_scale(workdir, args.quick, say)
+        elif args.calls:
+            report = run_calls(workdir, args.quick, rounds, say)
+        else:
+            report = run(workdir, plan, say)
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # one line for the user; the logs stay in the work dir
@@ -77,7 +85,11 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(render_scale(report) if args.scale else render(report))
+        print(render_scale(report) if args.scale else render_calls(report) if args.calls else render(report))
+    if args.calls:
+        if args.quick and (problems := calls_problems(report)):
+            raise CliError("bench --calls --quick found a problem: " + "; ".join(problems))
+        return
     if args.scale:
         if args.quick and (problems := scale_problems(report)):
             raise CliError("bench --scale --quick found a problem: " + "; ".join(problems))

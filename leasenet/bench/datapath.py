@@ -10,6 +10,7 @@ import random
 import statistics
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -34,10 +35,10 @@ class Tally:
     latencies: list[float] = field(default_factory=list)
 
 
-async def unary_cell(stub: Any, requests: list[Any], concurrency: int, warmup_s: float, duration_s: float,
-                     meter: CpuMeter) -> Tally:
-    """C callers, each sending its next Send when the last one returned; caller i acts as
-    consumer VM i mod len(requests)."""
+async def unary_cell(call: Callable[..., Awaitable[Any]], requests: list[Any], concurrency: int, warmup_s: float,
+                     duration_s: float, meter: CpuMeter) -> Tally:
+    """C callers, each making its next unary call (e.g. a stub's Send) when the last one returned;
+    caller i sends requests[i mod len(requests)] (here: acts as that consumer VM)."""
     clock = time.perf_counter
     measure_from = clock() + warmup_s
     end = measure_from + duration_s
@@ -47,7 +48,7 @@ async def unary_cell(stub: Any, requests: list[Any], concurrency: int, warmup_s:
         while (t0 := clock()) < end:
             tally.sent += 1
             try:
-                await stub.Send(request, timeout=REQUEST_TIMEOUT_S)
+                await call(request, timeout=REQUEST_TIMEOUT_S)
                 failed = None
             except grpc.aio.AioRpcError as exc:
                 failed = exc.code().name
@@ -65,8 +66,8 @@ async def unary_cell(stub: Any, requests: list[Any], concurrency: int, warmup_s:
     return tally
 
 
-async def stream_cell(stub: Any, requests: list[Any], concurrency: int, warmup_s: float, duration_s: float,
-                      meter: CpuMeter) -> Tally:
+async def stream_cell(open_stream: Callable[..., Any], requests: list[Any], concurrency: int, warmup_s: float,
+                      duration_s: float, meter: CpuMeter) -> Tally:
     """C requests in flight on one SendStream; the answer to slot i's request lets slot i send its
     next one (slot i acts as consumer VM i mod len(requests))."""
     clock = time.perf_counter
@@ -75,7 +76,7 @@ async def stream_cell(stub: Any, requests: list[Any], concurrency: int, warmup_s
     tally = Tally()
     in_flight: dict[int, tuple[int, float]] = {}  # request id -> (slot, sent at)
     ids = iter(range(1, 1 << 62))
-    call = stub.SendStream(timeout=warmup_s + duration_s + 60)
+    call = open_stream(timeout=warmup_s + duration_s + 60)
 
     async def send(slot: int) -> None:
         request = requests[slot % len(requests)]
@@ -107,6 +108,18 @@ async def stream_cell(stub: Any, requests: list[Any], concurrency: int, warmup_s
             await call.done_writing()
     await metering
     return tally
+
+
+def cell_result(cell: Cell, t: Tally, meter: CpuMeter, elapsed_s: float, etcd: dict[str, int] | None = None) -> CellResult:
+    """A slice's figures from what it counted: the answers inside its measured window make its
+    throughput, latencies and CPU per request."""
+    lat = t.latencies
+    return CellResult(
+        **asdict(cell), sent=t.sent, answered=t.answered, ok=t.ok, errors=dict(t.errors), measured=len(lat),
+        rps=round(len(lat) / cell.duration_s, 1), p50_ms=ms(percentile(lat, 50)), p99_ms=ms(percentile(lat, 99)),
+        mean_ms=ms(statistics.fmean(lat)) if lat else None, elapsed_s=round(elapsed_s, 3),
+        cpu_us_per_request={k: round(v * 1e6 / len(lat), 1) for k, v in meter.used.items()} if lat else {},
+        etcd=etcd or {})
 
 
 async def idle_cell(cell: Cell, metrics: str) -> CellResult:
@@ -141,21 +154,17 @@ async def load(task: LoadTask) -> LoadResult:
         payload = random.randbytes(cell.payload)
         requests = [cpb.SendRequest(network=network, src=src, token=token, target=target, payload=payload)
                     for network, src, token, target in task.consumers]
-        measure = unary_cell if cell.mode == "unary" else stream_cell
         overlay = counts_etcd(cell.target)
         before = await asyncio.to_thread(etcd_counts, task.etcd_metrics) if overlay else Counter()
         started = time.perf_counter()
         meter = CpuMeter({**task.pids.get(cell.target, {}), "client": os.getpid()})
-        t = await measure(stub, requests, cell.concurrency, cell.warmup_s, cell.duration_s, meter)
+        if cell.mode == "unary":
+            t = await unary_cell(stub.Send, requests, cell.concurrency, cell.warmup_s, cell.duration_s, meter)
+        else:
+            t = await stream_cell(stub.SendStream, requests, cell.concurrency, cell.warmup_s, cell.duration_s, meter)
         elapsed = time.perf_counter() - started
         etcd = dict(await asyncio.to_thread(etcd_counts, task.etcd_metrics) - before) if overlay else {}
-        lat = t.latencies
-        out.append(CellResult(
-            **asdict(cell), sent=t.sent, answered=t.answered, ok=t.ok, errors=dict(t.errors), measured=len(lat),
-            rps=round(len(lat) / cell.duration_s, 1), p50_ms=ms(percentile(lat, 50)), p99_ms=ms(percentile(lat, 99)),
-            mean_ms=ms(statistics.fmean(lat)) if lat else None, elapsed_s=round(elapsed, 3),
-            cpu_us_per_request={k: round(v * 1e6 / len(lat), 1) for k, v in meter.used.items()} if lat else {},
-            etcd=etcd))
+        out.append(cell_result(cell, t, meter, elapsed, etcd))
     for channel in channels.values():
         await channel.close()
     return LoadResult(out)

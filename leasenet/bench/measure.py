@@ -11,7 +11,7 @@ import statistics
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc.aio
@@ -88,19 +88,25 @@ def cpu_seconds(pid: int) -> float | None:
 
 
 class CpuMeter:
-    """CPU seconds that some processes used during a window."""
+    """CPU seconds that some processes used during a window; a name may stand for several
+    processes (a producer host's command VMs), whose seconds add up."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
+    def __init__(self, pids: Mapping[str, int | Sequence[int]]) -> None:
+        self.pids = {name: (p,) if isinstance(p, int) else tuple(p) for name, p in pids.items()}
         self.start: dict[str, float | None] = {}
         self.used: dict[str, float] = {}
 
+    @staticmethod
+    def _seconds(pids: tuple[int, ...]) -> float | None:
+        found = [cpu_seconds(pid) for pid in pids]
+        return None if not found or None in found else sum(found)  # type: ignore[arg-type]
+
     def begin(self) -> None:
-        self.start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self.start = {name: self._seconds(pids) for name, pids in self.pids.items()}
 
     def end(self) -> None:
-        for name, pid in self.pids.items():
-            now, then = cpu_seconds(pid), self.start.get(name)
+        for name, pids in self.pids.items():
+            now, then = self._seconds(pids), self.start.get(name)
             if now is not None and then is not None:
                 self.used[name] = now - then
 

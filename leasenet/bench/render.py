@@ -86,6 +86,8 @@ def cpu_table(rows: list[dict[str, Any]], suffix: str) -> str:
 
 def verdict(t: dict[str, Any]) -> str:
     spread = f" [{_num(t['low'], 3)}-{_num(t['high'], 3)}]" if t.get("low") is not None else ""
+    if t["pass"] is None:  # a bar whose figures were not measured
+        return f"  N/A   {t['target']}: {t.get('note', 'not measured')}"
     return f"  {'PASS' if t['pass'] else 'FAIL'}  {t['target']}: {_num(t['value'], 3)}{spread}"
 
 
@@ -151,4 +153,38 @@ def render(report: dict[str, Any]) -> str:
         speed = [t for t in report["targets"] if not t.get("method")]
         lines += ["", "targets (SPEC §8; a speed target passes on the median, its interval in brackets):"]
         lines += [verdict(t) for t in speed]
+    return "\n".join(lines)
+
+
+# --- bench --calls (bench.calls) -----------------------------------------------------------------
+CALL_PROCESSES = {"direct": ("vm", "client"), "relay": ("relay 1", "relay 2", "vm", "client"),
+                  "overlay": ("consumer host", "producer host", "vm", "client")}
+
+
+def calls_cpu_table(rows: list[dict[str, Any]]) -> str:
+    header = ["mode", "payload", "C"] + [f"{t}: {n}" for t, ns in CALL_PROCESSES.items() for n in ns]
+    body = [_cell(x) + [_num(x["targets"].get(t, {}).get("cpu_us_per_request", {}).get(n), 0)
+                        for t, ns in CALL_PROCESSES.items() for n in ns] for x in rows]
+    return table(body, header)
+
+
+def render_calls(report: dict[str, Any]) -> str:
+    m, st = report["machine"], report["settings"]
+    lines = [f"leasenet bench --calls{' --quick' if st['quick'] else ''}: {st['rounds']} rounds of alternating "
+             f"{st['slice_s']} s slices per cell; every ratio is the median of the paired ratios "
+             f"[its {st['confidence']:.0%} confidence interval]",
+             f"machine: {m['platform']}, {m['cores']} cores ({m['cpu']}); Python {m['python']}, grpcio {m['grpcio']}; "
+             f"load average at start {m['load_average']}; event loop of the client and the relays: "
+             f"{report['event_loop']}",
+             f"the same client (the notebook's generated stubs) and VM server ({st['vm_command']}); unary = Echo, "
+             "C callers; stream = C Chat calls at once, figures per line; relay = client -> relay -> relay -> VM "
+             "server (generic L7 relays passing raw messages, metadata, trailers and status)",
+             *([f"! {report['overlay_note']}"] if report["overlay_note"] else []), ""]
+    lines += datapath_tables(report["calls"], "")
+    header = ["mode", "payload", "C", "relay/direct throughput", "relay/direct p50"]
+    body = [_cell(x) + [_ratio(x, "relay/direct", "rps"), _ratio(x, "relay/direct", "p50_ms")] for x in report["calls"]]
+    lines += ["", "what two generic relay hops cost (paired ratios)", table(body, header)]
+    lines += ["", "CPU per call (stream: per line) in microseconds, all threads of each process, the median slice",
+              calls_cpu_table(report["calls"]), "", "targets (issue 18 part 7; a ratio passes on its median):"]
+    lines += [verdict(t) for t in report["targets"]]
     return "\n".join(lines)

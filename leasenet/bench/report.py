@@ -128,24 +128,28 @@ SPEED_TARGETS = (("overlay/relay", "p50_ms", "<=", 1.05, 1), ("overlay/relay", "
 FIGURE_NAMES = {"rps": "throughput", "p50_ms": "p50", "p99_ms": "p99"}
 
 
-def speed_targets(datapath: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def speed_targets(datapath: list[dict[str, Any]], bars: tuple[tuple[str, str, str, float, int], ...] = SPEED_TARGETS,
+                  suffixes: tuple[str, ...] = ("", "-tls"), unmeasured: str = "") -> list[dict[str, Any]]:
     """Each bar on each cell it applies to, plaintext and (when measured) with TLS: passes on the
-    median of the paired ratios; the interval goes with it."""
+    median of the paired ratios; the interval goes with it. `unmeasured`: a bar of a measured cell
+    whose pair was not measured is listed anyway, with no value, pass None and this note."""
     out = []
-    for suffix in ("", "-tls"):
-        for pair, figure, sign, limit, conc in SPEED_TARGETS:
+    for suffix in suffixes:
+        for pair, figure, sign, limit, conc in bars:
             a, b = pair.split("/")
             name = f"{a}{suffix}/{b}{suffix}"
             for mode in MODES:
                 for payload in PAYLOADS:
                     row = find(datapath, mode, payload, conc)
+                    target = f"{name} {FIGURE_NAMES[figure]} {sign} {limit} ({mode}, {size_label(payload)}, C={conc})"
+                    if row is not None and name not in row["ratios"] and unmeasured:
+                        out.append({"target": target, "value": None, "limit": limit, "pass": None, "note": unmeasured})
                     if row is None or name not in row["ratios"]:
                         continue
                     r = row["ratios"][name][figure]
                     value = r["median"]
                     ok = value is not None and (value <= limit if sign == "<=" else value >= limit)
-                    out.append({"target": f"{name} {FIGURE_NAMES[figure]} {sign} {limit} ({mode}, {size_label(payload)}, "
-                                          f"C={conc})", "value": value, "low": r["low"], "high": r["high"],
+                    out.append({"target": target, "value": value, "low": r["low"], "high": r["high"],
                                 "limit": limit, "pass": ok, "tls": bool(suffix)})
     return out
 

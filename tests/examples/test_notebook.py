@@ -64,6 +64,8 @@ async def test_every_method_answers(listen: str, tmp_path: Path) -> None:
             assert [(r.seen, r.text, r.data) for r in replies] == [(1, "hello", b"hello"), (2, "again", b"again"),
                                                                   (3, "bye", b"bye")]
             assert await chat.code() == grpc.StatusCode.OK
+            echoed = await stub.Echo(pb.Line(text="once", data=b"\x00" * 16384))
+            assert echoed == pb.LineReply(seen=1, text="once", data=b"\x00" * 16384)
 
             assert await stub.Sleep(pb.SleepRequest(ms=5)) == pb.SleepReply(slept_ms=5)
             with pytest.raises(grpc.aio.AioRpcError) as slow:
@@ -188,9 +190,9 @@ async def test_the_client_cli_speaks_to_the_server(tmp_path: Path) -> None:
         def client(*args: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run([sys.executable, "-m", "examples.notebook.client", "--target", server.address, *args],
                                   capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
-        assert json.loads((await asyncio.to_thread(client, "put", "k", "v")).stdout) == {"replaced": False, "keys": "1"}
+        assert json.loads((await asyncio.to_thread(client, "put", "k", "v")).stdout) == {"replaced": False, "keys": 1}
         assert json.loads((await asyncio.to_thread(client, "get", "k")).stdout) == {"found": True, "value": "v"}
         chat = await asyncio.to_thread(client, "chat", "a", "b")
-        assert [json.loads(line)["seen"] for line in chat.stdout.splitlines()] == ["1", "2"]
+        assert [json.loads(line)["seen"] for line in chat.stdout.splitlines()] == [1, 2]
         failed = await asyncio.to_thread(client, "fail", "5", "not here")
         assert failed.returncode == 1 and failed.stderr.strip() == "NOT_FOUND: not here"

@@ -3,11 +3,17 @@ within a round, the median with its distribution-free confidence interval, and t
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
+import time
+from dataclasses import replace
 
 import pytest
 
-from leasenet.bench.measure import median_interval, paired
+from leasenet.bench.calls import call_targets
+from leasenet.bench.measure import CpuMeter, cpu_seconds, median_interval, paired
 from leasenet.bench.plans import PLAIN, SELF, CellResult, CellSpec, LoadResult, make_plan, rounds_of
 from leasenet.bench.report import self_checks, speed_targets, summarize_datapath
 
@@ -88,3 +94,35 @@ def test_the_self_check_fails_when_the_method_reads_a_target_against_itself_as_d
     checks = {t["target"].split(" = ")[0]: t for t in self_checks(summarize_datapath(LoadResult(biased)))}
     assert not checks["method: overlay/overlay-again throughput"]["pass"]
     assert checks["method: overlay/overlay-again p50"]["pass"]  # equal latencies: exactly 1.00
+
+
+def test_the_call_bars_list_an_unmeasured_overlay_as_not_measured_and_judge_a_measured_one():
+    relay_only = []
+    for r in range(4):
+        relay_only += [_slice("direct", r, 1000.0, 1.0), _slice("relay", r, 300.0, 3.0)]
+    bars = call_targets(summarize_datapath(LoadResult(relay_only)), overlay=False)
+    assert bars and all(t["pass"] is None and t["value"] is None and t["note"] for t in bars)
+    assert {t["target"] for t in bars} >= {"overlay/relay throughput >= 0.8 (unary, 100 B, C=64)",
+                                           "consumer host CPU per call <= 250 us (unary, 100 B, C=64)"}
+    with_overlay = relay_only + [replace(_slice("overlay", r, 270.0, 3.3), cpu_us_per_request={
+        "consumer host": 200.0, "producer host": 300.0}) for r in range(4)]
+    verdicts = {t["target"]: t for t in call_targets(summarize_datapath(LoadResult(with_overlay)), overlay=True)}
+    assert verdicts["overlay/relay throughput >= 0.8 (unary, 100 B, C=64)"]["pass"]  # 0.9
+    assert verdicts["consumer host CPU per call <= 250 us (unary, 100 B, C=64)"]["pass"]
+    assert verdicts["producer host CPU per call <= 250 us (unary, 100 B, C=64)"]["pass"] is False
+
+
+def test_a_cpu_meter_adds_up_the_processes_one_name_stands_for():
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        meter = CpuMeter({"me": os.getpid(), "both": [os.getpid(), busy.pid]})
+        meter.begin()
+        start = cpu_seconds(busy.pid)
+        deadline = time.monotonic() + 30
+        while (cpu_seconds(busy.pid) or 0) < (start or 0) + 0.02 and time.monotonic() < deadline:
+            sum(range(10_000))  # until the child has run for two clock ticks (more than our reads' skew)
+        meter.end()
+    finally:
+        busy.kill()
+        busy.wait()
+    assert meter.used["both"] > meter.used["me"]  # the child's seconds, added to ours

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from leasenet.procstat import Memory, memory, parse_status, rss_mib
+from leasenet.procstat import Memory, children, memory, parse_status, rss_mib
 
 STATUS = "Name:\tpython3\nVmPeak:\t  300000 kB\nVmHWM:\t   40960 kB\nVmRSS:\t   20480 kB\nThreads:\t4\n"
 
@@ -29,3 +29,13 @@ def test_this_process_has_memory_and_a_reaped_one_has_none() -> None:
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # reaped: its /proc entry is gone
     assert memory(gone.pid) is None and rss_mib(gone.pid) is None
+
+
+def test_a_process_lists_its_children_and_a_gone_one_none() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        assert child.pid in children(os.getpid())
+    finally:
+        child.communicate(b"")
+    assert child.pid not in children(os.getpid())
+    assert children(child.pid) == []

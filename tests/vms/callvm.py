@@ -89,6 +89,13 @@ class CallVm(pb_grpc.CallVmServicer):
         blob = b"x" * request.size
         for i in range(request.count):
             yield pb.Msg(text=blob.decode(), count=i)
+        self.log(context, "Flood", "finished")
+
+    async def Drip(self, request: pb.Msg, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Msg]:
+        yield pb.Msg(text=f"{request.text}-first")
+        self.log(context, "Drip", "start", text=request.text)
+        await asyncio.sleep(request.sleep_ms / 1000)
+        yield pb.Msg(text=f"{request.text}-second")
 
 
 _BY_NUMBER = {code.value[0]: code.value for code in grpc.StatusCode}

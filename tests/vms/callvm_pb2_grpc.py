@@ -69,6 +69,11 @@ class CallVmStub:
                 request_serializer=callvm__pb2.Msg.SerializeToString,
                 response_deserializer=callvm__pb2.Msg.FromString,
                 _registered_method=True)
+        self.Drip = channel.unary_stream(
+                '/callvm.v1.CallVm/Drip',
+                request_serializer=callvm__pb2.Msg.SerializeToString,
+                response_deserializer=callvm__pb2.Msg.FromString,
+                _registered_method=True)
 
 
 class CallVmServicer:
@@ -123,6 +128,13 @@ class CallVmServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Drip(self, request, context):
+        """one message, then `sleep_ms`, then another
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CallVmServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -158,6 +170,11 @@ def add_CallVmServicer_to_server(servicer, server):
             ),
             'Flood': grpc.unary_stream_rpc_method_handler(
                     servicer.Flood,
+                    request_deserializer=callvm__pb2.Msg.FromString,
+                    response_serializer=callvm__pb2.Msg.SerializeToString,
+            ),
+            'Drip': grpc.unary_stream_rpc_method_handler(
+                    servicer.Drip,
                     request_deserializer=callvm__pb2.Msg.FromString,
                     response_serializer=callvm__pb2.Msg.SerializeToString,
             ),
@@ -349,6 +366,33 @@ class CallVm:
             request,
             target,
             '/callvm.v1.CallVm/Flood',
+            callvm__pb2.Msg.SerializeToString,
+            callvm__pb2.Msg.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drip(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/callvm.v1.CallVm/Drip',
             callvm__pb2.Msg.SerializeToString,
             callvm__pb2.Msg.FromString,
             options,

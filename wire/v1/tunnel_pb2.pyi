@@ -87,14 +87,14 @@ class CallStart(_message.Message):
     def __init__(self, outer: _Optional[_Union[OuterHeader, _Mapping]] = ..., inner: _Optional[_Union[InnerHeader, _Mapping]] = ..., method: _Optional[str] = ..., metadata: _Optional[_Iterable[_Union[MetadataEntry, _Mapping]]] = ..., traceparent: _Optional[str] = ...) -> None: ...
 
 class CallUp(_message.Message):
-    __slots__ = ("start", "message", "half_close")
+    __slots__ = ("start", "messages", "half_close")
     START_FIELD_NUMBER: _ClassVar[int]
-    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
     HALF_CLOSE_FIELD_NUMBER: _ClassVar[int]
     start: CallStart
-    message: bytes
+    messages: _containers.RepeatedScalarFieldContainer[bytes]
     half_close: bool
-    def __init__(self, start: _Optional[_Union[CallStart, _Mapping]] = ..., message: _Optional[bytes] = ..., half_close: _Optional[bool] = ...) -> None: ...
+    def __init__(self, start: _Optional[_Union[CallStart, _Mapping]] = ..., messages: _Optional[_Iterable[bytes]] = ..., half_close: _Optional[bool] = ...) -> None: ...
 
 class CallEnd(_message.Message):
     __slots__ = ("code", "details", "trailing_metadata", "broken")
@@ -109,16 +109,16 @@ class CallEnd(_message.Message):
     def __init__(self, code: _Optional[int] = ..., details: _Optional[str] = ..., trailing_metadata: _Optional[_Iterable[_Union[MetadataEntry, _Mapping]]] = ..., broken: _Optional[bool] = ...) -> None: ...
 
 class CallDown(_message.Message):
-    __slots__ = ("accepted", "headers", "message", "end")
+    __slots__ = ("accepted", "headers", "messages", "end")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
-    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
     accepted: bool
     headers: Headers
-    message: bytes
+    messages: _containers.RepeatedScalarFieldContainer[bytes]
     end: CallEnd
-    def __init__(self, accepted: _Optional[bool] = ..., headers: _Optional[_Union[Headers, _Mapping]] = ..., message: _Optional[bytes] = ..., end: _Optional[_Union[CallEnd, _Mapping]] = ...) -> None: ...
+    def __init__(self, accepted: _Optional[bool] = ..., headers: _Optional[_Union[Headers, _Mapping]] = ..., messages: _Optional[_Iterable[bytes]] = ..., end: _Optional[_Union[CallEnd, _Mapping]] = ...) -> None: ...
 
 class Headers(_message.Message):
     __slots__ = ("metadata",)
