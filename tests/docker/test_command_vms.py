@@ -125,9 +125,8 @@ def test_command_vms_serve_unmodified_clients_through_vip_endpoints(compose_proj
         project.up(*SERVERS, timeout=240)
         timings["up + healthy"] = time.monotonic() - started
         # The VMs register once their own servers answer grpc.health.v1 (the hosts are healthy before).
-        registered = eventually(lambda: (vms := notebook_vms(project.registry_port))
-                                if len(vms) == len(NOTEBOOK_HOSTS) * VMS_PER_HOST else None,
-                                120, 0.5, "every notebook VM registered")
+        registered = eventually(lambda: len(vms := notebook_vms(project.registry_port))
+                                == len(NOTEBOOK_HOSTS) * VMS_PER_HOST and vms, 120, 0.5, "every notebook VM registered")
         timings["VMs registered"] = time.monotonic() - started
         processes = {host: vm_processes(project, host) for host in NOTEBOOK_HOSTS}
         assert {vm for p in processes.values() for vm in p} == registered, (processes, registered)
