@@ -81,9 +81,10 @@ class Liveness:
 
     async def add(self, vm: ProducerVm) -> int | None:
         """Register one VM record under the liveness lease, only where none exists; its create
-        revision (the new incarnation), or None when the lease is gone (the keep-alive registers
-        anew, with every VM registered by then) or the host has not registered yet. A record left
-        by a previous life of this host is waited out, as at registration."""
+        revision (the new incarnation), or None before the host has registered. A record left by a
+        previous life of this host is waited out, as at registration. StoreUnavailable (etcd away,
+        or the lease gone: the keep-alive then registers anew, with every serving VM) is the
+        caller's to retry."""
         key = keys.key_of(vm)
         async with self._writing:
             if not self.registrations:
@@ -91,11 +92,7 @@ class Liveness:
             for _ in range(2):
                 if key in self.revisions:  # a re-registration brought it back already
                     return self.revisions[key]
-                try:
-                    created = await self.store.create_all([(key, keys.encode(vm))], lease=self.lease_id)
-                except StoreUnavailable as exc:
-                    log.warning("cannot register VM %s: %s", vm.vm_id, exc)
-                    return None
+                created = await self.store.create_all([(key, keys.encode(vm))], lease=self.lease_id)
                 if created.succeeded:
                     self.revisions[key] = created.revision
                     return created.revision
@@ -107,10 +104,12 @@ class Liveness:
         turns stale and its pool refills elsewhere. False when there was none to delete."""
         key = keys.key_of(vm)
         async with self._writing:
-            revision = self.revisions.pop(key, None)
+            revision = self.revisions.get(key)
             if revision is None:
                 return False
-            return (await self.store.delete(key, require=[Require(key, revision)])).succeeded
+            deleted = await self.store.delete(key, require=[Require(key, revision)])  # StoreUnavailable: retry
+            del self.revisions[key]
+            return deleted.succeeded
 
     async def update_vm(self, vm: ProducerVm) -> bool:
         """Overwrite the VM's record (the `used` mark), keeping its create revision and so its

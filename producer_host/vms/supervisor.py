@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from mapping.liveness import Liveness
 from mapping.model import ProducerVm
@@ -26,10 +28,13 @@ from producer_host.vms.lifecycle import (
 )
 from producer_host.vms.settings import Reset, VmSettings
 from wire import metrics
+from wire.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 STARTUP_PROBE_S = 0.05  # the start-up probe's pace: restart-to-ready is what a lessee waits for
+STORE_RETRY_CAP_S = 2.0
+T = TypeVar("T")
 
 
 class VmSupervisor:
@@ -108,6 +113,8 @@ class VmSupervisor:
             return
         log.info("VM %s: %s --%s--> %s%s", self.vm.vm_id, self.state, event, transition.state,
                  f" (pid {self.driver.pid})" if self.driver.pid else "")
+        if self.state is VmState.SERVING and time.monotonic() - self._serving_since > BACKOFF_FORGIVEN_AFTER_S:
+            self.failures = 0  # it served a good while: this failure starts the backoff afresh
         self.state = transition.state
         if transition.restart is not None and self.driver.restartable:
             metrics.VM_RESTARTS.labels(self.vm.service, transition.restart.value).inc()
@@ -127,8 +134,6 @@ class VmSupervisor:
             case Action.START_PROCESS:
                 await self._start_process()
             case Action.BACK_OFF:
-                if time.monotonic() - self._serving_since > BACKOFF_FORGIVEN_AFTER_S and self._serving_since:
-                    self.failures = 0
                 self.failures += 1
 
     async def _start_process(self) -> None:
@@ -150,7 +155,7 @@ class VmSupervisor:
         self._exit = loop.create_task(self.driver.exited(), name=f"exit of {self.vm.vm_id}")
 
     async def _register(self) -> None:
-        revision = await self.liveness.add(self.vm)
+        revision = await self._retrying("register", lambda: self.liveness.add(self.vm))
         self.record = self.vm
         self.actor.endpoint = self.endpoint
         self._serving_since = time.monotonic()
@@ -163,8 +168,22 @@ class VmSupervisor:
     async def _withdraw(self) -> None:
         self.actor.endpoint = None  # no new call starts on it from now on
         self.record = None
-        withdrawn = await self.liveness.withdraw(self.vm)
+        withdrawn = await self._retrying("withdraw", lambda: self.liveness.withdraw(self.vm))
         log.info("VM %s: withdrawn%s", self.vm.vm_id, "" if withdrawn else " (its record was gone already)")
+
+    async def _retrying(self, what: str, write: Callable[[], Awaitable[T]]) -> T | None:
+        """A write of the VM's record, again and again while etcd is away (nothing can be granted
+        meanwhile anyway), until it goes through or the host stops."""
+        for attempt in itertools.count(1):
+            try:
+                return await write()
+            except StoreUnavailable as exc:
+                if self._stop.is_set():
+                    log.warning("VM %s: cannot %s it while stopping: %s", self.vm.vm_id, what, exc)
+                    return None
+                log.warning("VM %s: cannot %s it yet (attempt %d): %s", self.vm.vm_id, what, attempt, exc)
+                await asyncio.sleep(backoff_s(attempt, cap_s=STORE_RETRY_CAP_S))
+        raise AssertionError("unreachable")
 
     # --- events --------------------------------------------------------------------------------------
     async def _next_event(self) -> VmEvent:

@@ -21,6 +21,7 @@ from mapping.store.etcd import EtcdStore
 from tests.conftest import eventually_async
 from tests.integration.helpers import attached, cluster_toml, leases, send_status
 from tests.integration.test_tunnel_validation import exchange
+from wire import metrics
 from wire.v1 import tunnel_pb2 as tpb
 
 pytestmark = pytest.mark.integration
@@ -41,10 +42,11 @@ def starts(report: Path, vm: str = VM) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def command_host(cluster: LocalCluster, report: Path, *flags: str, extra: tuple[str, ...] = (), vms: int = 1):
+def command_host(cluster: LocalCluster, report: Path, *flags: str, extra: tuple[str, ...] = (), vms: int = 1,
+                 listen: str = "unix://{socket}"):
     report.mkdir(exist_ok=True)
     return cluster.producer("p1", network="blue", service="echo", vms=vms, vm_address_start="10.1.1.1", handler=None,
-                            extra=("--vm-command", lifevm(report, *flags), "--vm-stop-grace", "2",
+                            extra=("--vm-command", lifevm(report, *flags, listen=listen), "--vm-stop-grace", "2",
                                    "--vm-health-interval", "0.2", *extra))
 
 
@@ -102,6 +104,7 @@ async def test_a_killed_vm_is_withdrawn_and_comes_back_as_a_new_incarnation_refu
         cluster: LocalCluster, tmp_path: Path) -> None:
     report = tmp_path / "report"
     _, consumer = with_consumer(cluster)
+    cluster.metrics = True
     producer = command_host(cluster, report)
     store = await cluster.open_store()
     try:
@@ -124,6 +127,10 @@ async def test_a_killed_vm_is_withdrawn_and_comes_back_as_a_new_incarnation_refu
         assert "not the current claim" in answer.status_message
         log = producer.log.read_text()
         assert f"VM {VM}: serving --exited--> backing_off" in log and "withdrawn" in log
+        scraped = metrics.scrape(producer.metrics)
+        assert metrics.total(scraped, "leasenet_vm_restarts_total", service="echo", reason="exit") == 1
+        assert metrics.total(scraped, "leasenet_vm_restart_to_ready_seconds_count", service="echo") == 1
+        assert metrics.total(scraped, "leasenet_vms", service="echo", state="serving") == 1
     finally:
         await store.close()
 
@@ -137,7 +144,8 @@ async def test_a_used_vm_is_reset_after_its_claim_ends_with_a_new_process_and_an
     try:
         first = await eventually_async(lambda: registered(store), 60, what="the VM registered once healthy")
         await send_status(consumer.address, "10.1.0.1")  # the lessee's first call marks the VM used
-        assert (await eventually_async(lambda: registered(store), 10))
+        marked = await eventually_async(lambda: _used(store), 10, what="the VM marked used")
+        assert marked["revision"] == first["revision"]  # the same incarnation: the claim stays valid
         await eventually_async(lambda: len(starts(report)) == 2, 60, what="the VM restarted after the idle release")
         before, after = starts(report)
         assert after["pid"] != before["pid"] and after["files_at_start"] == [] and before["files_at_start"] == []
@@ -172,6 +180,11 @@ async def test_with_reset_none_the_next_lessee_gets_the_same_process(cluster: Lo
         await store.close()
 
 
+async def _used(store: EtcdStore) -> dict[str, object] | None:
+    now = await registered(store)
+    return now if now is not None and now.get("used") else None
+
+
 async def _no_leases(registry: str) -> bool:
     return not await leases(registry)
 
@@ -180,7 +193,7 @@ async def test_a_vm_process_is_limited_logged_in_its_own_group_and_stopped_with_
         cluster: LocalCluster, tmp_path: Path) -> None:
     report = tmp_path / "report"
     producer = command_host(cluster, report, extra=("--vm-memory-mb", "2048", "--vm-nice", "3"),
-                            vms=2)
+                            vms=2, listen="127.0.0.1:{port}")
     await eventually_async(lambda: len(starts(report)) == 1 and len(starts(report, vm_id("blue", "10.1.1.2"))) == 1,
                            60)
     [start] = starts(report)
@@ -190,13 +203,23 @@ async def test_a_vm_process_is_limited_logged_in_its_own_group_and_stopped_with_
     assert address_space.split()[3:5] == [str(2048 * 1024 * 1024)] * 2, address_space
     assert int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16]) == 3  # nice
     assert os.getpgid(pid) == pid and os.getsid(pid) == pid  # its own session and process group
-    assert start["cwd"] == start["workdir"]
+    assert start["cwd"] == start["workdir"] and str(start["listen"]).startswith("127.0.0.1:")
     await eventually_async(lambda: f"VM {VM} stdout: lifevm {VM} says hello on stdout" in producer.log.read_text()
                            and f"VM {VM} stderr: lifevm {VM} says hello on stderr" in producer.log.read_text(), 30)
     assert "no writable cgroup v2 here" in producer.log.read_text() or "cgroup v2" in producer.log.read_text()
     cluster.stop("p1")  # SIGTERM: the host drains and stops its VM processes
     assert not alive(pid)
     assert "stop the VMs took longer" not in producer.log.read_text()
+
+
+async def test_a_vm_process_dies_with_its_host_even_a_killed_one(cluster: LocalCluster, tmp_path: Path) -> None:
+    report = tmp_path / "report"
+    command_host(cluster, report)
+    await eventually_async(lambda: len(starts(report)) == 1, 60)
+    pid = int(starts(report)[0]["pid"])  # type: ignore[arg-type]
+    assert alive(pid)
+    cluster.signal("p1", signal.SIGKILL)  # no drain: the parent-death signal is all that is left
+    await eventually_async(lambda: not alive(pid), 10, what="the VM process gone with its host")
 
 
 async def test_an_endpoint_vm_is_registered_while_healthy_and_comes_back_as_a_new_incarnation(

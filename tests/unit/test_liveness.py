@@ -67,3 +67,34 @@ async def test_records_of_another_host_are_refused_without_waiting(store) -> Non
     with pytest.raises(DuplicateHost, match="is registered by host p1"):
         await asyncio.wait_for(Liveness(store, other.host_id, lambda: [other, *same_addresses], TTL_S).register(),
                                TTL_S / 2)
+
+
+async def test_vm_records_come_one_by_one_each_incarnation_withdrawn_and_updated_only_as_itself(store) -> None:
+    healthy: list[ProducerVm] = []
+    host = Liveness(store, P1.host_id, lambda: [P1, *healthy], TTL_S)
+    assert await host.add(VMS[0]) is None  # before the host registered: nothing is written
+    await host.register()
+    assert await store.get(keys.key_of(VMS[0])) is None  # the host record first, no VM yet
+    first = await host.add(VMS[0])
+    held = await store.get(keys.key_of(VMS[0]))
+    assert held is not None and held.create_revision == first and held.lease == host.lease_id
+    used = ProducerVm("blue", "10.1.1.1", HostId("p1"), "echo", used=True)
+    assert await host.update_vm(used)
+    marked = await store.get(keys.key_of(VMS[0]))
+    assert marked is not None and marked.create_revision == first and b'"used":true' in marked.value
+    assert await host.withdraw(VMS[0]) and await store.get(keys.key_of(VMS[0])) is None
+    assert not await host.update_vm(used) and await store.get(keys.key_of(VMS[0])) is None  # never brought back
+    assert not await host.withdraw(VMS[0])
+    second = await host.add(VMS[0])
+    assert second is not None and second > first  # a new incarnation
+
+
+async def test_a_re_registration_brings_back_only_the_vms_healthy_at_that_moment(store) -> None:
+    healthy = [VMS[1]]
+    host = Liveness(store, P1.host_id, lambda: [P1, *healthy], TTL_S)
+    await host.register()
+    await host.add(VMS[1])
+    await store.revoke_lease(host.lease_id)  # as if the lease had lapsed
+    await host.register()
+    assert [await store.get(keys.key_of(vm)) is not None for vm in VMS] == [False, True, False]
+    assert await host.add(VMS[1]) == host.revisions[keys.key_of(VMS[1])]  # already back: not written twice
