@@ -227,7 +227,7 @@ class VipCalls:
         pump: asyncio.Task[None] | None = None
         try:
             try:
-                # the CallStart with what the caller already sent (a replay, or a unary call's request)
+                # the CallStart with what the caller already sent (a replay, or what the reader has)
                 up = tpb.CallUp(start=start_msg, messages=call.replay)
                 _take_ready(call, up)
                 await tunnel.write(up)
@@ -319,13 +319,22 @@ async def _pump(call: _Call, tunnel: grpc.aio.StreamStreamCall) -> None:
 
 
 class _Handler(grpc.GenericRpcHandler):
+    MAX_METHODS = 256  # handlers kept per endpoint (making one costs more than a small call's work)
+
     def __init__(self, calls: VipCalls) -> None:
         self.calls = calls
+        self._by_method: dict[str, grpc.RpcMethodHandler] = {}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-        # no (de)serializers: the messages stay bytes, whatever the method
-        return grpc.stream_stream_rpc_method_handler(functools.partial(self.calls.handle,
-                                                                       handler_call_details.method))
+        method = handler_call_details.method
+        handler = self._by_method.get(method)
+        if handler is None:
+            if len(self._by_method) >= self.MAX_METHODS:  # a caller inventing method names
+                self._by_method.clear()
+            # no (de)serializers: the messages stay bytes, whatever the method
+            handler = self._by_method[method] = grpc.stream_stream_rpc_method_handler(
+                functools.partial(self.calls.handle, method))
+        return handler
 
 
 class VipServers:

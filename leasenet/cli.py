@@ -206,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(p, "--listen", default="127.0.0.1:7200", help="host:port of the VM-facing API")
     add(p, "--advertise", default="", help="host:port producer hosts see (default: the bound address)")
     add(p, "--registry", required=True, help="comma-separated leasing agents (host:port), tried in turn")
-    add(p, "--config", required=True, help="TOML file listing the attached consumer VMs and their tokens")
+    add(p, "--config", required=True,
+        help="TOML file listing the attached consumer VMs, their tokens and their VIP endpoints ([[vms.vip]])")
     add(p, "--deadline", default=10.0, type=float, help="default request deadline in seconds")
     add(p, "--liveness-ttl", default=3, type=int, help="seconds before a dead host's records vanish")
     _otlp(p)

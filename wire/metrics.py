@@ -108,11 +108,19 @@ def call_kind(requests: int, responses: int) -> str:
             (True, True): "bidi"}[(many_up, many_down)]
 
 
+_CALL_CHILDREN: dict[tuple[str, str, str], tuple[Callable[[], None], Callable[[float], None]]] = {}
+
+
 def call_done(kind: str, requests: int, responses: int, code: str, seconds: float) -> None:
-    """One transparent call ended (leasenet_calls_total, leasenet_call_duration_seconds)."""
+    """One transparent call ended (leasenet_calls_total, leasenet_call_duration_seconds); the label
+    children are bound once (labels() costs more than the count itself)."""
     what = call_kind(requests, responses)
-    CALLS.labels(kind, what, code).inc()
-    CALL_DURATION.labels(kind, what).observe(seconds)
+    children = _CALL_CHILDREN.get((kind, what, code))
+    if children is None:  # bounded: kinds x 4 call kinds x 17 codes
+        children = _CALL_CHILDREN[(kind, what, code)] = (CALLS.labels(kind, what, code).inc,
+                                                          CALL_DURATION.labels(kind, what).observe)
+    children[0]()
+    children[1](seconds)
 
 
 @dataclass(frozen=True, slots=True)

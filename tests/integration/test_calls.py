@@ -105,8 +105,8 @@ def topology(cluster: LocalCluster, *, vms: int = 2, refusing: tuple[str, ...] =
                                                                       for i, s in enumerate(servers) if endpoints}),
                             "LEASENET_TEST_REFUSING": json.dumps([list(refusing), str(refusals)])})
     try:
-        producer = cluster.producer("p1", network="blue", service="echo", vms=vms, vm_address_start="10.1.1.1",
-                                    extra=extra)
+        producer = cluster.producer("p1", network="blue", service="echo", vms=None if native else vms,
+                                    vm_address_start="10.1.1.1", handler=None if native else "echo", extra=extra)
     finally:
         cluster.env.clear()
         cluster.env.update(saved)

@@ -83,6 +83,19 @@ class World:
                 pass  # the server may end the stream before our first write
             return await call.code(), await call.details()
 
+    async def call(self, who: Identity, frame: tpb.Frame) -> list[tpb.CallDown]:
+        """A transparent call (Tunnel.Call) with `frame`'s headers: what came back."""
+        async with self.dial(who, Kind.PRODUCER) as channel:
+            call = tpb_grpc.TunnelStub(channel).Call(timeout=CALL_TIMEOUT_S)
+            try:
+                await call.write(tpb.CallUp(start=tpb.CallStart(outer=frame.outer, inner=frame.inner,
+                                                                method="/p.S/M"),
+                                            messages=[frame.payload], half_close=True))
+                await call.done_writing()
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                pass  # the server may end the stream before our first write: reading says how
+            return [down async for down in call]
+
     def frame(self, member: rpb.PoolMember, *, src_host: str = "127.0.0.1:1", payload: bytes = b"hi") -> tpb.Frame:
         return tpb.Frame(id=1, outer=tpb.OuterHeader(vni=100, src_host=src_host, dst_host=self.producer,
                                                      fencing_token=member.fencing_token),
@@ -165,6 +178,26 @@ async def test_a_producer_or_registry_certificate_cannot_send_frames(world: Worl
         code, details = await world.refused_stream(who, world.frame(member))
         assert code == grpc.StatusCode.PERMISSION_DENIED, (who, details)
         assert f"only consumer hosts send tunnel frames; this stream's peer is {who}" in details
+
+
+async def test_a_call_is_validated_as_a_frame_is_and_only_the_owner_reaches_the_vm(world: World) -> None:
+    [member] = (await world.lease(C1)).members
+    [forged] = await world.call(C2, world.frame(member, payload=b"forged"))
+    assert not forged.accepted and forged.end.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+    assert "another consumer host's pool, not to consumer/c2" in forged.end.details
+    # the owner's call passes validation and reaches the VM, an in-process handler: it takes Send only
+    [owned] = await world.call(C1, world.frame(member))
+    assert not owned.accepted and owned.end.code == grpc.StatusCode.UNIMPLEMENTED.value[0]
+    assert "in-process handlers" in owned.end.details
+
+
+async def test_a_producer_or_registry_certificate_cannot_open_a_call(world: World) -> None:
+    [member] = (await world.lease(C1)).members
+    for who in (PRODUCER, REGISTRY, OPERATOR):
+        with pytest.raises(grpc.aio.AioRpcError) as refused_call:
+            await world.call(who, world.frame(member))
+        assert refused_call.value.code() == grpc.StatusCode.PERMISSION_DENIED, who
+        assert "only consumer hosts send tunnel frames" in (refused_call.value.details() or "")
 
 
 # --- leasing --------------------------------------------------------------------------------------
