@@ -23,7 +23,7 @@ from leasenet import checker
 from leasenet.cluster import ConsumerVm, LocalCluster, Proc, consumer_toml, write_toml
 from leasenet.procstat import memory
 from tests.conftest import REPO, eventually_async
-from tests.integration.helpers import TARGET, cluster_toml, history
+from tests.integration.helpers import TARGET, cluster_toml, history, leases
 from tests.vms import callvm_pb2 as pb
 from tests.vms import callvm_pb2_grpc as pb_grpc
 from tests.vms.callvm import BIN_TRAILER
@@ -298,3 +298,43 @@ async def test_a_service_of_in_process_handlers_answers_calls_unimplemented_with
                 await pb_grpc.CallVmStub(channel).Unary(pb.Msg(text="x"), timeout=10)
         assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
         assert "in-process handlers" in refused.value.details() and "Send" in refused.value.details()
+
+
+async def test_each_claim_of_a_command_vm_gets_a_fresh_vm_process_seen_through_calls(cluster: LocalCluster) -> None:
+    """--vm-command VMs (branch vm-drivers) reset by restart between claims: the calls of a new
+    claim reach a new process of the VM's server, which sees the new claim's fencing token."""
+    if not has_vm_endpoint_flag():
+        pytest.skip("the producer host has no VM drivers yet (branch vm-drivers)")
+    work = cluster.workdir
+    registry = cluster.registry("registry1", write_toml(work / "cluster.toml", cluster_toml(min_pool=1, max_pool=1,
+                                                                                           idle=0.5)))
+    command = f"{{python}} -m tests.vms.callvm --listen unix://{{socket}} --vm-id {{vm_id}} --events {work}/vm.jsonl"
+    cluster.producer("p1", network="blue", service="echo", vms=1, vm_address_start="10.1.1.1", handler=None,
+                     extra=("--vm-command", command, "--vm-stop-grace", "2", "--vm-health-interval", "0.2"))
+    vip = work / "vip.sock"
+    config = consumer_toml([ConsumerVm("blue", "10.1.0.1", "tok", vips=((TARGET, f"unix://{vip}"),))])
+    cluster.consumer("c1", config=write_toml(work / "c1.toml", config), registries=[registry.address])
+
+    async def seen() -> dict[str, object] | None:
+        async with grpc.aio.insecure_channel(f"unix://{vip}") as channel:
+            try:
+                answer = await pb_grpc.CallVmStub(channel).Unary(pb.Msg(text="who"), timeout=10)
+            except grpc.aio.AioRpcError:
+                return None  # the VM is restarting: no VM to lease yet
+        return json.loads(answer.details)
+
+    first = await eventually_async(seen, timeout_s=30, what="a first call")
+    # no calls now: the pool is released when idle (0.5 s), and the VM its claim used restarts
+    await eventually_async(lambda: _no_leases(registry.address), timeout_s=30, what="the idle pool's release")
+    second = await eventually_async(lambda: _other_claim(seen, first), timeout_s=60, what="a call of a new claim")
+    assert second["pid"] != first["pid"]  # a fresh process of the VM's server
+    assert int(second["leasenet-claim"]) > int(first["leasenet-claim"])
+
+
+async def _other_claim(seen, first: dict[str, object]) -> dict[str, object] | None:  # type: ignore[no-untyped-def]
+    now = await seen()
+    return now if now is not None and now["leasenet-claim"] != first["leasenet-claim"] else None
+
+
+async def _no_leases(registry: str) -> bool:
+    return not await leases(registry)

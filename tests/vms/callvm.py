@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import AsyncIterator
 
@@ -41,7 +42,7 @@ class CallVm(pb_grpc.CallVmServicer):
 
     def seen(self, context: grpc.aio.ServicerContext) -> str:
         md = context.invocation_metadata() or ()
-        return json.dumps({"vm": self.vm_id, "keys": sorted(k for k, _ in md),
+        return json.dumps({"vm": self.vm_id, "pid": os.getpid(), "keys": sorted(k for k, _ in md),
                            **{k: v for k, v in md if k in ("leasenet-claim", "traceparent")}})
 
     async def Unary(self, request: pb.Msg, context: grpc.aio.ServicerContext) -> pb.Msg:
