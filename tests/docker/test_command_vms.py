@@ -5,7 +5,7 @@ two consumer VMs with the unmodified notebook client through their VIP endpoints
 in the `vip` volume, docker/jobs/calls.py).
 
 While the calls run, one VM process serving a consumer VM is SIGKILLed inside its producer
-container (`docker exec ... kill -9 PID`, the PID its Whoami answered). Then:
+container (`docker exec ... os.kill(PID, 9)`, the PID its Whoami answered). Then:
 
 - every call got an outcome; a Get after a successful Put returned the value put (the lessee's
   state lives in its one VM) except across the kill, where it may be gone (`lost`), never another
@@ -83,6 +83,14 @@ def vm_processes(project: ComposeProject, host: str) -> dict[str, int]:
     return json.loads(project.exec(host, "python3", "-c", script).stdout)
 
 
+def kill(project: ComposeProject, host: str, pid: int) -> int:
+    """SIGKILL a process inside a producer container; the time.monotonic_ns() of the kill, read in
+    there right before it (`docker exec` takes a while to start: a time taken here would be early;
+    the containers share this machine's monotonic clock)."""
+    return int(project.exec(host, "python3", "-c", "import os, time\n"
+                            f"at = time.monotonic_ns(); os.kill({pid}, 9); print(at)").stdout)
+
+
 def notebook_vms(port: int) -> set[str]:
     return {v["vm_id"] for v in inspect("vms", port, "--service", "notebook")}
 
@@ -134,8 +142,7 @@ def test_command_vms_serve_unmodified_clients_through_vip_endpoints(compose_proj
         victim = last_whoami(project, CONSUMER_VMS[0])
         host = next(h for h, p in processes.items() if victim["served_by"] in p)
         assert processes[host][victim["served_by"]] == victim["pid"], (victim, processes)
-        kill_ns = time.monotonic_ns()  # the containers share this machine's monotonic clock
-        project.exec(host, "sh", "-c", f"kill -9 {victim['pid']}")
+        kill_ns = kill(project, host, victim["pid"])
         # A new process for the same VM id, registered again.
         new_pid = eventually(lambda: (pid := vm_processes(project, host).get(victim["served_by"]))
                              not in (None, victim["pid"]) and pid, 120, 0.5, "the killed VM's process replaced")
