@@ -20,6 +20,7 @@ import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from producer_host.actors import Refused, VmActor
+from producer_host.vms.settings import DriverKind
 from wire import metrics
 from wire.errors import Status
 from wire.limits import MAX_PAYLOAD_BYTES, payload_too_large
@@ -31,6 +32,9 @@ KIND = "producer_host"
 CLAIM_KEY = "leasenet-claim"  # the VM's own record of its lessee: the claim's fencing token
 IN_PROCESS = ("this service's producer VMs are in-process handlers, which take payload-level Send only; "
               "transparent gRPC calls need VMs that run their own gRPC server")
+# the VMs that run their own gRPC server (ProducerVm.handler names their driver: producer_host/vms)
+OWN_SERVER = frozenset({DriverKind.COMMAND.value, DriverKind.ENDPOINT.value})
+NO_SERVER = "its producer VM's server is not serving now (restarting or withdrawn); the call was not run"
 # the VM's own server: messages within the payload limit both ways (gRPC refuses bigger ones)
 VM_CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_PAYLOAD_BYTES),
@@ -91,8 +95,8 @@ async def carry(channels: VmChannels, actor: VmActor, first: pb.CallUp,
     What is ready goes in one CallDown: `accepted` waits for the headers only when the caller has
     sent everything already (it needs `accepted` sooner only to go on sending), and a message goes
     with the end when the VM's status is already in (a unary call: one CallDown)."""
-    endpoint, start = actor.endpoint, first.start
-    if endpoint is None:
+    start = first.start
+    if actor.vm.handler not in OWN_SERVER:
         yield end(Status.UNIMPLEMENTED, IN_PROCESS)
         return
     inner = start.inner
@@ -101,6 +105,9 @@ async def carry(channels: VmChannels, actor: VmActor, first: pb.CallUp,
     try:
         async with actor.turn(inner.request_id, f"{inner.network}/{inner.src}", start.outer.fencing_token,
                               inner.deadline_ms) as turn:
+            endpoint = actor.endpoint  # None while the VM restarts or is withdrawn (its supervisor's)
+            if endpoint is None:
+                raise Refused(Status.UNAVAILABLE, NO_SERVER)
             metadata = (*to_grpc_metadata(start.metadata), (CLAIM_KEY, str(start.outer.fencing_token)))
             channel = channels.of(actor, endpoint)
             call = channel.stream_stream(start.method)(metadata=metadata, timeout=max(0.001, turn.budget_s))

@@ -28,10 +28,14 @@ class Limits:
     reply_queue: int = 1024
     # tunnel streams one consumer host may hold open to this host at once (it uses one; tools more)
     streams_per_peer: int = 16
-    # RPCs the server runs at once (tunnel streams, health checks); past it gRPC refuses new ones
+    # RPCs the server runs at once (tunnel streams, transparent calls, health checks); past it gRPC
+    # refuses new ones
     concurrent_rpcs: int = 256
-    # HTTP/2 streams on one connection (a consumer host's tunnel streams and health checks)
-    streams_per_connection: int = 16
+    # HTTP/2 streams on one connection: a consumer host's tunnel streams, health checks, and one per
+    # transparent call (each holds or waits for a VM, so the VMs' bounded queues bound them too);
+    # past it a new stream waits on the consumer host's side. 16 would hold a consumer host to 15
+    # calls at once on this host however many of its VMs it leases
+    streams_per_connection: int = 256
     # the longest a handler may run when the frame carries no deadline, and a cap on any deadline
     handler_timeout: float = 30.0  # seconds
 

