@@ -25,7 +25,8 @@ IDENTITIES=(
   "registry1 registry registry1" "registry2 registry registry2"
   "producer1 producer producer1" "producer2 producer producer2" "producer3 producer producer3"
   "producer producer producer"
-  "consumer1 consumer consumer1" "consumer2 consumer consumer2"
+  "notebook1 producer notebook1" "notebook2 producer notebook2"
+  "consumer1 consumer consumer1" "consumer2 consumer consumer2" "consumer3 consumer consumer3"
   "traffic operator traffic" "operator operator admin"
 )
 

@@ -263,6 +263,15 @@ class ComposeProject:
         p = docker("logs", "--tail", str(tail), self.container(service), check=False)
         return p.stdout + p.stderr
 
+    def print_logs(self, *services: str, tail: int = 40) -> None:
+        """The services' last log lines on stdout (pytest shows them with a failure; the containers
+        go with the teardown's `down -v`). Services without a container are skipped."""
+        for service in services:
+            try:
+                print(f"===== {service} =====\n{self.logs(service, tail=tail)}")
+            except LookupError:
+                pass
+
     def exec(self, service: str, *cmd: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
         return docker("exec", self.container(service), *cmd, timeout=timeout, check=check)
 

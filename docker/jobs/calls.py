@@ -1,0 +1,180 @@
+"""The `calls` job of docker/compose.yaml: consumer VMs using the notebook service the way its users
+do, with an unmodified gRPC client (the notebook's generated stubs over grpc.aio) dialling their
+VIP endpoints, the unix sockets their consumer host listens on. Nothing here knows leasenet except
+the one metadata key a caller may set, `leasenet-idempotent: 1` (a call leasenet may run again
+when a producer host dies mid-call).
+
+    python /jobs/calls.py --vip NAME=unix:///run/leasenet/vmN-notebook.sock ... [--rounds N]
+                          [--history FILE]
+
+Each consumer VM (one --vip each) waits until the service answers, then runs --rounds rounds of:
+Whoami, Put(key, value), Get(key) (the value must be the one just put: one VM serves a lessee,
+its state is the lessee's), and every 4th round Sleep (a call likely in flight when a VM dies),
+Scan (server streaming), Append (client streaming) and Chat (bidi). One JSON line per call goes
+to --history: vm, round, method, start_ns/end_ns (time.monotonic_ns: the VMs' own records use it
+too), code, details, served_by (the VM id the last Whoami answered) and, for a Get, `state`: kept
+(the value put), lost (not found: the VM was replaced in between) or wrong (another value: never
+acceptable). The last line printed sums it up; the exit status is 1 if a Get was wrong or a VM
+never got an answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import IO, Any
+
+import grpc
+import grpc.aio
+
+from examples.notebook import notebook_pb2 as pb
+from examples.notebook import notebook_pb2_grpc as pb_grpc
+
+IDEMPOTENT = (("leasenet-idempotent", "1"),)  # Whoami, Get, Scan: safe to run twice
+CALL_TIMEOUT_S = 10.0
+STREAM_EVERY = 4  # rounds: Sleep and the three streaming kinds
+
+
+class Recorder:
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.codes: Counter[str] = Counter()
+        self.states: Counter[str] = Counter()
+        self.served_by: set[str] = set()
+
+    def write(self, line: dict[str, Any]) -> None:
+        self.stream.write(json.dumps(line) + "\n")
+        self.stream.flush()
+
+
+class ConsumerVm:
+    """One consumer VM: a channel to its VIP endpoint and the calls it makes, each recorded."""
+
+    def __init__(self, name: str, target: str, recorder: Recorder) -> None:
+        self.name = name
+        self.target = target
+        self.recorder = recorder
+        self.served_by = ""  # the VM id of the last Whoami answer
+
+    async def call(self, round_: int, method: str, run: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any] | None:
+        """Run one call and record its outcome; `run` returns what to record of its answer. None when
+        the call failed."""
+        start = time.monotonic_ns()
+        answer, code, details = None, "OK", ""
+        try:
+            answer = await run()
+        except grpc.aio.AioRpcError as exc:
+            code, details = exc.code().name, exc.details() or ""
+        self.recorder.codes[code] += 1
+        self.recorder.write({"event": "call", "vm": self.name, "round": round_, "method": method, "start_ns": start,
+                             "end_ns": time.monotonic_ns(), "code": code, "details": details,
+                             "served_by": self.served_by, **(answer or {})})
+        return answer
+
+    async def ready(self, stub: pb_grpc.NotebookStub, timeout_s: float) -> bool:
+        """Wait until the service answers this VM (its first lease), for at most timeout_s."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                reply = await stub.Whoami(pb.WhoamiRequest(), metadata=IDEMPOTENT, timeout=CALL_TIMEOUT_S)
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.5)  # no VM leased yet (RESOURCE_EXHAUSTED) or the host not up
+                continue
+            self.recorder.write({"event": "ready", "vm": self.name, "served_by": reply.vm_id,
+                                 "at_ns": time.monotonic_ns()})
+            return True
+        return False
+
+    async def run(self, rounds: int, pause_s: float, ready_timeout_s: float) -> bool:
+        async with grpc.aio.insecure_channel(self.target) as channel:
+            stub = pb_grpc.NotebookStub(channel)
+            if not await self.ready(stub, ready_timeout_s):
+                print(f"calls: {self.name}: no answer from {self.target} within {ready_timeout_s:g} s", file=sys.stderr)
+                return False
+            for i in range(rounds):
+                await self.round(stub, i)
+                await asyncio.sleep(pause_s)  # pacing, so faults can land between and inside calls
+        return True
+
+    async def round(self, stub: pb_grpc.NotebookStub, i: int) -> None:
+        key, value = f"round-{i}", f"{self.name}-{i}".encode()
+
+        async def whoami() -> dict[str, Any]:
+            reply = await stub.Whoami(pb.WhoamiRequest(), metadata=IDEMPOTENT, timeout=CALL_TIMEOUT_S)
+            self.served_by = reply.vm_id
+            self.recorder.served_by.add(f"{reply.vm_id} pid {reply.pid}")
+            return {"served_by": reply.vm_id, "pid": reply.pid, "claim": reply.claim}
+
+        async def put() -> dict[str, Any]:
+            await stub.Put(pb.PutRequest(key=key, value=value), timeout=CALL_TIMEOUT_S)
+            return {}
+
+        async def get() -> dict[str, Any]:
+            reply = await stub.Get(pb.GetRequest(key=key), metadata=IDEMPOTENT, timeout=CALL_TIMEOUT_S)
+            state = "kept" if reply.found and reply.value == value else "wrong" if reply.found else "lost"
+            self.recorder.states[state] += 1
+            return {"state": state}
+
+        await self.call(i, "Whoami", whoami)
+        if await self.call(i, "Put", put) is not None:
+            await self.call(i, "Get", get)  # only after a Put that succeeded: its value must be there
+        if i % STREAM_EVERY:
+            return
+
+        async def sleep() -> dict[str, Any]:
+            await stub.Sleep(pb.SleepRequest(ms=300), timeout=CALL_TIMEOUT_S)
+            return {}
+
+        async def scan() -> dict[str, Any]:
+            entries = [e async for e in stub.Scan(pb.ScanRequest(prefix="round-"), metadata=IDEMPOTENT,
+                                                 timeout=CALL_TIMEOUT_S)]
+            return {"entries": len(entries)}
+
+        async def append() -> dict[str, Any]:
+            async def entries() -> AsyncIterator[pb.Entry]:
+                for j in range(3):
+                    yield pb.Entry(key=f"append-{i}-{j}", value=value)
+            reply = await stub.Append(entries(), timeout=CALL_TIMEOUT_S)
+            return {"appended": reply.appended}
+
+        async def chat() -> dict[str, Any]:
+            async def lines() -> AsyncIterator[pb.Line]:
+                for j in range(3):
+                    yield pb.Line(text=f"{self.name} line {j}")
+            replies = [r async for r in stub.Chat(lines(), timeout=CALL_TIMEOUT_S)]
+            return {"seen": [r.seen for r in replies]}
+
+        for method, run in (("Sleep", sleep), ("Scan", scan), ("Append", append), ("Chat", chat)):
+            await self.call(i, method, run)
+
+
+async def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vip", action="append", required=True, metavar="NAME=TARGET",
+                        help="a consumer VM's name and its VIP endpoint (unix:///path.sock or 127.0.0.1:PORT)")
+    parser.add_argument("--rounds", type=int, default=50)
+    parser.add_argument("--pause-s", type=float, default=0.1, help="between rounds")
+    parser.add_argument("--ready-timeout-s", type=float, default=120.0)
+    parser.add_argument("--history", default="/dev/stdout", help="append one JSON line per call here")
+    args = parser.parse_args(argv)
+    with open(args.history, "a", encoding="utf-8") as stream:
+        recorder = Recorder(stream)
+        vms = [ConsumerVm(name, target, recorder) for name, _, target in (v.partition("=") for v in args.vip)]
+        started = time.monotonic()
+        ready = await asyncio.gather(*(vm.run(args.rounds, args.pause_s, args.ready_timeout_s) for vm in vms))
+        elapsed = time.monotonic() - started
+    errors = ", ".join(f"{c} {n}" for c, n in sorted(recorder.codes.items()) if c != "OK") or "none"
+    states = ", ".join(f"{s} {recorder.states[s]}" for s in ("kept", "lost", "wrong"))
+    print(f"calls: {sum(recorder.codes.values())} calls from {len(vms)} consumer VMs in {elapsed:.1f} s: "
+          f"ok {recorder.codes['OK']}, errors {errors}; Get after Put: {states}; "
+          f"served by {len(recorder.served_by)} VM processes", flush=True)
+    return 0 if all(ready) and not recorder.states["wrong"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
