@@ -2,7 +2,7 @@
 notebook2 run every VM of the `notebook` service as a real process (the notebook gRPC server of
 examples/notebook, `--vm-command`), and the `calls` job, on no network at all, plays consumer3's
 two consumer VMs with the unmodified notebook client through their VIP endpoints (unix sockets
-in the `vip` volume, docker/jobs/calls.py).
+in the `vip` volume, examples/notebook/workload.py).
 
 While the calls run, one VM process serving a consumer VM is SIGKILLed inside its producer
 container (`docker exec ... os.kill(PID, 9)`, the PID its Whoami answered). Then:
@@ -43,9 +43,9 @@ VMS_PER_HOST = 2  # --vms in compose.yaml
 CONSUMER_VMS = ("10.1.0.5", "10.1.0.6")  # the calls job's --vip names
 ROUNDS = 120  # per consumer VM, paced 0.1 s apart: ~25-40 s here, room for the kill and the recovery
 KILL_AT = 0.25  # share of the rounds done before the kill
-STREAM_EVERY = 4  # docker/jobs/calls.py: Sleep, Scan, Append, Chat every 4th round
+STREAM_EVERY = 4  # examples/notebook/workload.py: Sleep, Scan, Append, Chat every 4th round
 IN_FLIGHT_CODES = {"OK", "UNAVAILABLE"}  # a call the kill cut: retried elsewhere, or "delivery unknown"
-IDEMPOTENT_METHODS = {"Whoami", "Get", "Scan"}  # calls.py marks them `leasenet-idempotent: 1`: retried, OK
+IDEMPOTENT_METHODS = {"Whoami", "Get", "Scan"}  # the workload marks them `leasenet-idempotent: 1`: retried, OK
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -93,13 +93,6 @@ def kill(project: ComposeProject, host: str, pid: int) -> int:
 
 def notebook_vms(port: int) -> set[str]:
     return {v["vm_id"] for v in inspect("vms", port, "--service", "notebook")}
-
-
-def vm_executions(history: list[dict[str, Any]]) -> list[checker.Execution]:
-    """The VMs' own lines as the checker's executions: the claim (`leasenet-claim`) is the fencing
-    token of the VM's claim; which consumer VM it served, the VM cannot know."""
-    return [checker.Execution(line["vm"], i, "", int(line["claim"]), line["start_ns"], line["end_ns"],
-                              line["code"] == "OK") for i, line in enumerate(history)]
 
 
 def claims_back(executions: list[checker.Execution]) -> list[str]:
@@ -190,7 +183,7 @@ def test_command_vms_serve_unmodified_clients_through_vip_endpoints(compose_proj
 
     # The VMs' own record of the calls they ran.
     assert vm_history and all(line["claim"] for line in vm_history), "a VM ran a call without a claim"
-    executions = vm_executions(vm_history)
+    executions = checker.executions_from_vm_lines(vm_history)
     overlaps = checker.overlapping(executions)
     assert overlaps == [], "\n".join(v.detail for v in overlaps)
     assert claims_back(executions) == [], claims_back(executions)
