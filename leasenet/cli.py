@@ -139,6 +139,25 @@ def build_parser() -> argparse.ArgumentParser:
     _etcd(p)
     add(p, "--tls-dir", required=True, help="directory of ca.crt and an etcd member's etcd-<member>.crt/.key")
     add(p, "--member", default=etcd.DEV_MEMBER, help="whose certificate: an etcd member's name (CN root)")
+    add(p, "--enrol", action="append", help="then enrol kind/id (repeatable; kind/id+ : an identity shared by "
+        "replicas whose host ids are <id>.<replica>)")
+
+    for name, what in (("enrol", "issue a host's certificate (unless it has one) and let it write its own etcd "
+                        "records only: its etcd user and role"),
+                       ("decommission", "delete a host's etcd user and role (its certificate reaches nothing in "
+                        "etcd any more) and its records")):
+        p = sub.add_parser(name, help=what)
+        _etcd(p)
+        add(p, "--kind", required=True, choices=[k.value for k in etcd.ENROLLABLE], help="what the holder is")
+        add(p, "--id", required=True, help="its host id (a registry's or operator's name)")
+        add(p, "--tls-dir", required=True, help="directory of ca.crt (and ca.key) where the certificate is (made)")
+        add(p, "--etcd-tls-dir", default="", help="where the etcd member certificate (root) is (default: --tls-dir)")
+        add(p, "--member", default=etcd.DEV_MEMBER, help="whose certificate acts as etcd root: etcd-<member>.crt")
+        if name == "enrol":
+            add(p, "--ca-key", default="", help="the CA's private key (default: ca.key in --tls-dir)")
+            add(p, "--san", action="append", help="extra DNS name or IP in the certificate")
+            add(p, "--replicas", action="store_true", help="an identity shared by the replicas of one service, "
+                "whose host ids are <id>.<replica> (one role and blast radius for all of them)")
 
     p = sub.add_parser("certs", help="make the cluster CA and certificates (ca.crt, <kind>-<id>.crt/.key)")
     actions = p.add_subparsers(dest="certs_command", metavar="ACTION", required=True)
@@ -438,6 +457,8 @@ PROCESS_KINDS = {"registry": "registry", "producer-host": "producer", "consumer-
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "etcd": etcd.cmd_etcd,
     "etcd-bootstrap": etcd.cmd_etcd_bootstrap,
+    "enrol": etcd.cmd_enrol,
+    "decommission": etcd.cmd_decommission,
     "certs": certs.cmd_certs,
     "registry": cmd_registry,
     "producer-host": cmd_producer_host,
