@@ -25,6 +25,7 @@ from leasenet import certs, demo, etcd, health, inspection, security, traffic
 from leasenet.bench.command import cmd_bench
 from leasenet.console import CliError, run_command
 from leasenet.flags import add, env_name, tls_flags  # noqa: F401 - env_name: named here as before
+from mapping import keys
 from mapping.config import load_cluster_config
 from mapping.model import HostId
 from mapping.names import check_name
@@ -38,7 +39,7 @@ from registry.service import serve as serve_registry
 from registry.watchers import DEFAULT_BACKLOG, DEFAULT_MAX_WATCHERS, WatchLimits
 from wire import logs, metrics, rpc
 from wire.lifecycle import run_until_signalled
-from wire.tls import Identity, Kind, TlsMaterial
+from wire.tls import Identity, Kind, TlsMaterial, identity_of_certificate
 from wire.v1 import consumer_pb2 as cpb
 from wire.v1 import consumer_pb2_grpc as cpb_grpc
 
@@ -356,12 +357,20 @@ def _options(pairs: list[str]) -> dict[str, str]:
 
 
 def _own_tls(args: argparse.Namespace, kind: Kind) -> TlsMaterial | None:
-    """A host process's TLS material, as `kind`/--host-id (None with --insecure)."""
+    """A host process's TLS material, as `kind`/--host-id (None with --insecure). The certificate
+    must be that identity's, or a replicated identity's whose replicas' host ids are
+    <id>.<replica>: etcd lets it write its own records only, so any other id fails now, in one line."""
     try:
         identity = Identity(kind, args.host_id)
     except ValueError as exc:
         raise CliError(f"--host-id: {exc}") from None
-    return security.credentials(args, identity).tls
+    tls = security.credentials(args, identity).tls
+    holder = identity_of_certificate(tls.cert) if tls is not None else None
+    if tls is not None and (holder is None or holder.kind is not kind or not keys.covers(holder.id, args.host_id)):
+        raise CliError(f"--host-id {args.host_id}: the certificate given is {holder or 'no leasenet identity'}'s, "
+                       f"which writes the records of {kind.value} {holder.id if holder else '-'} (and "
+                       f"{holder.id if holder else '-'}.<replica>) only")
+    return tls
 
 
 def cmd_registry(args: argparse.Namespace) -> None:

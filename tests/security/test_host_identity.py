@@ -6,6 +6,8 @@ against c1), holding its own valid certificate."""
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ from mapping.store.etcd import EtcdStore
 from tests.integration.helpers import cluster_toml
 from tests.security.conftest import material
 from wire.errors import PermissionDenied
-from wire.tls import Identity, Kind
+from wire.tls import Identity, Kind, TlsFiles
 
 _n = itertools.count(1)
 
@@ -163,5 +165,18 @@ def test_a_second_registry_with_an_id_in_use_is_refused_in_one_line(cluster) -> 
     assert second.process.wait(30) == 1
     lines = second.log.read_text().strip().splitlines()
     assert lines[-1].startswith("leasenet: host id 'registry' is already in use by a live process"), lines[-1:]
+    assert "Traceback" not in second.log.read_text()
     assert not second.ready_file.exists()  # it never said it was serving
     assert first.alive
+
+
+def test_a_host_id_its_certificate_does_not_name_is_refused_in_one_line(pki: Path) -> None:
+    """p1's certificate under another host id would fail at its first etcd write: it fails at start."""
+    files = TlsFiles.in_dir(pki, Identity(Kind.PRODUCER, "p1"))
+    done = subprocess.run([sys.executable, "-m", "leasenet", "producer-host", "--host-id", "p2", "--tls-cert",
+                           str(files.cert), "--tls-key", str(files.key), "--tls-ca", str(files.ca), "--etcd-endpoints",
+                           "https://127.0.0.1:1", "--network", "blue", "--service", "echo", "--vm-address-start",
+                           "10.1.1.1"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == ["leasenet: --host-id p2: the certificate given is producer/p1's, which "
+                                                "writes the records of producer p1 (and p1.<replica>) only"]
