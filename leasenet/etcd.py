@@ -285,6 +285,16 @@ async def _as_root(endpoints: Sequence[str], root: TlsMaterial, work: Any, timeo
         await client.close()
 
 
+def replica_clash(identity: Identity, users: set[str], replicas: bool) -> str:
+    """Why `identity` would share keys with an enrolled one (its replicas' or theirs), or ""."""
+    user, dot = etcd_user(identity), keys.REPLICA_SEPARATOR
+    if replicas and (below := sorted(u for u in users if u.startswith(user + dot))):
+        return f"{below[0]} is enrolled and would be one of its replicas"
+    parts = identity.id.split(dot)
+    above = [etcd_user(Identity(identity.kind, dot.join(parts[:i]))) for i in range(1, len(parts))]
+    return next((f"its id names a replica of {u}, which is enrolled" for u in above if u in users), "")
+
+
 async def bootstrap_auth(endpoints: Sequence[str], material: TlsMaterial, timeout_s: float = 10.0) -> bool:
     """Create root and the kind roles, then enable auth; False if auth was on already. Users come
     with `enrol`, one per identity. `material` must be root's (an etcd member's certificate). Every
@@ -321,10 +331,9 @@ async def enrol(endpoints: Sequence[str], root: TlsMaterial, identity: Identity,
 
     async def work(client: Etcd3Client, auth: Any) -> None:
         users = set((await auth.user_list(timeout=timeout_s)).users)
-        if replicas:  # a shared identity's replicas are <id>.<replica>: no enrolled identity may be one
-            clash = sorted(u for u in users if u.startswith(f"{user}{keys.REPLICA_SEPARATOR}"))
-            if clash:
-                raise EnrolError(f"cannot enrol {identity} for replicas: {clash[0]} is enrolled and would be one")
+        # a shared identity's replicas are <id>.<replica>: no other enrolled identity may look like one
+        if clash := replica_clash(identity, users, replicas):
+            raise EnrolError(f"cannot enrol {identity}: {clash}")
         if user not in users:
             await auth.user_add(user, no_password=True, timeout=timeout_s)
         await auth.user_grant_role(user, kind_role(identity.kind), timeout=timeout_s)

@@ -5,6 +5,7 @@ against c1), holding its own valid certificate."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import subprocess
 import sys
@@ -16,10 +17,13 @@ import pytest
 from etcd3aio import EtcdPermissionDeniedError, prefix_range_end
 
 from leasenet.cluster import write_toml
-from leasenet.etcd import decommission, etcd_client
+from leasenet.etcd import EnrolError, decommission, enrol, etcd_client
 from mapping import keys
 from mapping.model import Host, HostId, HostKind, ProducerVm
+from mapping.liveness import Liveness
+from mapping.replica import Replica
 from mapping.store.etcd import EtcdStore
+from tests.conftest import eventually_async
 from tests.integration.helpers import cluster_toml
 from tests.security.conftest import material
 from wire.errors import PermissionDenied
@@ -180,3 +184,41 @@ def test_a_host_id_its_certificate_does_not_name_is_refused_in_one_line(pki: Pat
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == ["leasenet: --host-id p2: the certificate given is producer/p1's, which "
                                                 "writes the records of producer p1 (and p1.<replica>) only"]
+
+
+async def test_an_identity_shared_by_replicas_and_an_id_that_would_be_one_of_them_exclude_each_other(
+        pki: Path, tls_etcd: list[str]) -> None:
+    root = material(pki, Kind.ETCD, "e1")
+    await enrol(tls_etcd, root, Identity(Kind.PRODUCER, "fleet"), replicas=True)
+    with pytest.raises(EnrolError, match="its id names a replica of leasenet-producer-fleet"):
+        await enrol(tls_etcd, root, Identity(Kind.PRODUCER, "fleet.x1"))
+    await enrol(tls_etcd, root, Identity(Kind.PRODUCER, "q1.a"))
+    with pytest.raises(EnrolError, match="leasenet-producer-q1.a is enrolled and would be one of its replicas"):
+        await enrol(tls_etcd, root, Identity(Kind.PRODUCER, "q1"), replicas=True)
+    await decommission(tls_etcd, root, Identity(Kind.PRODUCER, "q1.a"))
+    await decommission(tls_etcd, root, Identity(Kind.PRODUCER, "fleet"))
+
+
+async def test_two_hosts_registering_one_address_in_real_etcd_the_first_wins(
+        stores: dict[str, EtcdStore], caplog: pytest.LogCaptureFixture) -> None:
+    """p2 may write a record of p1's address under its own name; every replica uses p1's (the
+    oldest), and p2 withdraws its own, saying so."""
+    vm = ProducerVm("blue", f"10.1.7.{next(_n)}", HostId("p1"), "echo")
+    twin = ProducerVm(vm.network, vm.address, HostId("p2"), "echo")
+    first = Liveness(stores["producer/p1"], HostId("p1"), lambda: [Host(HostId("p1"), HostKind.PRODUCER, "a:1"), vm], 5)
+    second = Liveness(stores["producer/p2"], HostId("p2"), lambda: [Host(HostId("p2"), HostKind.PRODUCER, "b:1"), twin], 5)
+    await first.register()
+    await second.register()
+    replica = Replica(stores["registry/r1"])
+    tasks = [asyncio.create_task(replica.run()), asyncio.create_task(second.keep_first_wins(replica, {twin.vm_id}))]
+    try:
+        await eventually_async(lambda: second.yielded == {vm.vm_id: "p1"}, 10, what="p2 gave way")
+        assert replica.state.vms[vm.vm_id].host_id == "p1"
+        assert await stores["registry/r1"].get(keys.key_of(twin)) is None
+        assert f"host p2 withdrew VM {vm.vm_id}: host p1 registered that address first" in caplog.text
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await first.deregister()
+        await second.deregister()
