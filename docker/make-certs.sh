@@ -7,7 +7,8 @@
 #   certs/operator/           operator/admin: the operator tools on the host (`leasenet leases
 #                             --tls-dir docker/certs/operator`) and test helpers
 # etcd members' certificates name the member (SAN etcdN: peers and clients dial it so); the
-# one-shot etcd-auth job uses etcd1's (CN root, as etcd's bootstrap needs).
+# one-shot etcd-auth job uses etcd1's (CN root, as etcd's bootstrap needs), and enrols every other
+# identity here in etcd (compose.yaml: its --enrol list): each certificate's CN is its own etcd user.
 # Keys are 0600 and owned by uid 10001, the leasenet user of the image: the leasenet containers
 # read them as that user, etcd as root. Idempotent: existing certificates are kept; a new CA
 # (after `rm -rf docker/certs`) re-issues everything.
@@ -44,7 +45,11 @@ for entry in "$@"; do
   read -r service kind id san <<<"$entry"
   mkdir -p "$service"
   cp ca/ca.crt "$service/ca.crt"
-  [[ -s "$service/$kind-$id.crt" && -s "$service/$kind-$id.key" ]] && continue
+  # kept unless its CN is not its own etcd user (leasenet-<kind>-<id>; root for etcd): certificates
+  # made before per-host identities named their kind only, and etcd would know no such user
+  cn="leasenet-$kind-$id"; [[ $kind == etcd ]] && cn=root
+  [[ -s "$service/$kind-$id.crt" && -s "$service/$kind-$id.key" ]] \
+    && leasenet certs list --tls-dir "$service" | grep -q "^$kind-$id.crt: CN=$cn until" && continue
   leasenet certs create --tls-dir "$service" --ca-key ca/ca.key --kind "$kind" --id "$id" \
     ${san:+--san "$san"} --overwrite >/dev/null
   made+=("$kind/$id")

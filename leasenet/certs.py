@@ -8,8 +8,8 @@ spirit), made with `cryptography`. File names follow wire/tls.py (`ca.crt`, `<ki
     leasenet certs list --tls-dir D
 
 Every certificate: ECDSA P-256; URI SAN spiffe://leasenet/<kind>/<id> (the identity servers
-authorise); DNS SAN <kind>.leasenet (the name clients verify, whatever the address); CN = the etcd
-user of its kind; usable as server and client (etcd members are both to their peers). etcd
+authorise); DNS SAN <kind>.leasenet (the name clients verify, whatever the address); CN = its etcd
+user, leasenet-<kind>-<id> (`leasenet enrol` creates the user and its role); usable as server and client (etcd members are both to their peers). etcd
 certificates also name where etcd is reached: localhost, 127.0.0.1 and every --san. Private keys
 are written 0600 and never overwritten unless --overwrite. Keep ca.key off production hosts
 (`--ca-key` puts it elsewhere).
@@ -99,7 +99,7 @@ def build_certificate(identity: Identity, public_key: ec.EllipticCurvePublicKey,
                          f"(valid until {ca.cert.not_valid_after_utc:%Y-%m-%d}): give a shorter --lifetime-days")
     subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "leasenet"),
                          x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, identity.kind.value),
-                         x509.NameAttribute(NameOID.COMMON_NAME, etcd_user(identity.kind))])
+                         x509.NameAttribute(NameOID.COMMON_NAME, etcd_user(identity))])
     san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri), *subject_names(identity, sans)])
     return (x509.CertificateBuilder().subject_name(subject).issuer_name(ca.cert.subject).public_key(public_key)
             .serial_number(x509.random_serial_number())

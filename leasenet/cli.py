@@ -25,6 +25,7 @@ from leasenet import certs, demo, etcd, health, inspection, security, traffic
 from leasenet.bench.command import cmd_bench
 from leasenet.console import CliError, run_command
 from leasenet.flags import add, env_name, tls_flags  # noqa: F401 - env_name: named here as before
+from mapping import keys
 from mapping.config import load_cluster_config
 from mapping.model import HostId
 from mapping.names import check_name
@@ -38,7 +39,7 @@ from registry.service import serve as serve_registry
 from registry.watchers import DEFAULT_BACKLOG, DEFAULT_MAX_WATCHERS, WatchLimits
 from wire import logs, metrics, rpc
 from wire.lifecycle import run_until_signalled
-from wire.tls import Identity, Kind, TlsMaterial
+from wire.tls import Identity, Kind, TlsMaterial, identity_of_certificate
 from wire.v1 import consumer_pb2 as cpb
 from wire.v1 import consumer_pb2_grpc as cpb_grpc
 
@@ -139,6 +140,25 @@ def build_parser() -> argparse.ArgumentParser:
     _etcd(p)
     add(p, "--tls-dir", required=True, help="directory of ca.crt and an etcd member's etcd-<member>.crt/.key")
     add(p, "--member", default=etcd.DEV_MEMBER, help="whose certificate: an etcd member's name (CN root)")
+    add(p, "--enrol", action="append", help="then enrol kind/id (repeatable; kind/id+ : an identity shared by "
+        "replicas whose host ids are <id>.<replica>)")
+
+    for name, what in (("enrol", "issue a host's certificate (unless it has one) and let it write its own etcd "
+                        "records only: its etcd user and role"),
+                       ("decommission", "delete a host's etcd user and role (its certificate reaches nothing in "
+                        "etcd any more) and its records")):
+        p = sub.add_parser(name, help=what)
+        _etcd(p)
+        add(p, "--kind", required=True, choices=[k.value for k in etcd.ENROLLABLE], help="what the holder is")
+        add(p, "--id", required=True, help="its host id (a registry's or operator's name)")
+        add(p, "--tls-dir", required=True, help="directory of ca.crt (and ca.key) where the certificate is (made)")
+        add(p, "--etcd-tls-dir", default="", help="where the etcd member certificate (root) is (default: --tls-dir)")
+        add(p, "--member", default=etcd.DEV_MEMBER, help="whose certificate acts as etcd root: etcd-<member>.crt")
+        if name == "enrol":
+            add(p, "--ca-key", default="", help="the CA's private key (default: ca.key in --tls-dir)")
+            add(p, "--san", action="append", help="extra DNS name or IP in the certificate")
+            add(p, "--replicas", action="store_true", help="an identity shared by the replicas of one service, "
+                "whose host ids are <id>.<replica> (one role and blast radius for all of them)")
 
     p = sub.add_parser("certs", help="make the cluster CA and certificates (ca.crt, <kind>-<id>.crt/.key)")
     actions = p.add_subparsers(dest="certs_command", metavar="ACTION", required=True)
@@ -338,12 +358,20 @@ def _options(pairs: list[str]) -> dict[str, str]:
 
 
 def _own_tls(args: argparse.Namespace, kind: Kind) -> TlsMaterial | None:
-    """A host process's TLS material, as `kind`/--host-id (None with --insecure)."""
+    """A host process's TLS material, as `kind`/--host-id (None with --insecure). The certificate
+    must be that identity's, or a replicated identity's whose replicas' host ids are
+    <id>.<replica>: etcd lets it write its own records only, so any other id fails now, in one line."""
     try:
         identity = Identity(kind, args.host_id)
     except ValueError as exc:
         raise CliError(f"--host-id: {exc}") from None
-    return security.credentials(args, identity).tls
+    tls = security.credentials(args, identity).tls
+    holder = identity_of_certificate(tls.cert) if tls is not None else None
+    if tls is not None and (holder is None or holder.kind is not kind or not keys.covers(holder.id, args.host_id)):
+        raise CliError(f"--host-id {args.host_id}: the certificate given is {holder or 'no leasenet identity'}'s, "
+                       f"which writes the records of {kind.value} {holder.id if holder else '-'} (and "
+                       f"{holder.id if holder else '-'}.<replica>) only")
+    return tls
 
 
 def cmd_registry(args: argparse.Namespace) -> None:
@@ -439,6 +467,8 @@ PROCESS_KINDS = {"registry": "registry", "producer-host": "producer", "consumer-
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "etcd": etcd.cmd_etcd,
     "etcd-bootstrap": etcd.cmd_etcd_bootstrap,
+    "enrol": etcd.cmd_enrol,
+    "decommission": etcd.cmd_decommission,
     "certs": certs.cmd_certs,
     "registry": cmd_registry,
     "producer-host": cmd_producer_host,

@@ -2,8 +2,9 @@
 Every process is `python -m leasenet ...` in its own session, with its log in the work dir; it
 reports its bound address through a ready file (the 'started' handshake, across processes).
 
-Secure by default: a cluster CA in `tls_dir` (the work dir's `tls/` unless given), a certificate per
-process made as it is first spawned, etcd with mutual TLS and auth, every process given `--tls-dir`,
+Secure by default: a cluster CA in `tls_dir` (the work dir's `tls/` unless given), every process
+enrolled as it is first spawned (its certificate made, its etcd user and role created: it writes its
+own records only), etcd with mutual TLS and auth, every process given `--tls-dir`,
 and the operator's certificate for the harness's own calls (`channel`). `insecure=True` runs all of
 it in plaintext (`--insecure`)."""
 
@@ -23,7 +24,7 @@ import grpc.aio
 
 from consumer_host.tokens import hash_token
 from leasenet import certs
-from leasenet.etcd import EtcdCluster
+from leasenet.etcd import EtcdCluster, enrol, run_sync
 from mapping.store.etcd import EtcdStore
 from wire import rpc
 from wire.tls import Identity, Kind, TlsFiles, TlsMaterial
@@ -74,6 +75,7 @@ class LocalCluster:
     tls_dir: Path | None = None  # the CA and certificates; default: the work dir's tls/
     metrics: bool = False  # every leasenet process serves /metrics on a free port (Proc.metrics)
     operator_tls: TlsMaterial | None = field(default=None, init=False, repr=False)
+    enrolled: set[Identity] = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -89,6 +91,16 @@ class LocalCluster:
         assert self.tls_dir is not None
         certs.make_dev(self.tls_dir, [identity], sans=sans)
         return TlsFiles.in_dir(self.tls_dir, identity).load()
+
+    def enrol(self, identity: Identity, *, replicas: bool = False) -> TlsMaterial | None:
+        """`leasenet enrol`, once per identity and etcd: its certificate and its etcd user and role
+        (as root, the members' certificate); None if insecure."""
+        material = self.tls(identity)
+        if material is not None and identity not in self.enrolled:
+            root = TlsFiles.in_dir(self.tls_dir, ETCD).load()  # type: ignore[arg-type]
+            run_sync(enrol(self.etcd_endpoints, root, identity, replicas=replicas))
+            self.enrolled.add(identity)
+        return material
 
     def tls_args(self) -> list[str]:
         return ["--insecure"] if self.insecure else ["--tls-dir", str(self.tls_dir)]
@@ -109,6 +121,8 @@ class LocalCluster:
     def use_etcd(self, etcd: EtcdCluster) -> None:
         """Run against `etcd` (started by the caller, e.g. on several addresses)."""
         self.etcd, self.etcd_endpoints = etcd, etcd.client_urls
+        self.enrolled.clear()
+        self.enrol(OPERATOR)  # the harness's own reads (and a test's attacker stores) as the operator
 
     def start_etcd(self, size: int = 1) -> list[str]:
         if not self.etcd_endpoints:
@@ -139,7 +153,7 @@ class LocalCluster:
 
     def _start(self, proc: Proc) -> None:
         env = self.process_env()
-        self.tls(identity_of(proc.args))  # its certificate, before it looks for it
+        self.enrol(identity_of(proc.args))  # its certificate and etcd user, before it looks for them
         with open(proc.log, "ab") as out:
             proc.process = subprocess.Popen(
                 [sys.executable, "-m", "leasenet", *proc.args, "--ready-file", str(proc.ready_file),

@@ -171,7 +171,9 @@ async def run(cluster: LocalCluster, total: int, say: Callable[[str], None]) -> 
                                        else f" with mutual TLS everywhere (CA and certificates in {cluster.tls_dir})"))
     await asyncio.to_thread(cluster.start_etcd)
     say(f"etcd at {','.join(cluster.etcd_endpoints)}; starting 2 registries, 2 producer hosts of {VMS_PER_HOST} "
-        f"command VMs each (the notebook gRPC server, one process per VM), 1 consumer host")
+        f"command VMs each (the notebook gRPC server, one process per VM), 1 consumer host"
+        + ("" if cluster.insecure else ", each enrolled first (`leasenet enrol`: its certificate, and an etcd user "
+           "whose role writes that host's own records only)"))
     registries = [(await asyncio.to_thread(cluster.registry, f"registry{i}", config)).address for i in (1, 2)]
     vm_history = work / "vms.history.jsonl"  # every VM appends the calls it ran: their own record
     for i in (1, 2):

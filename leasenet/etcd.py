@@ -3,9 +3,11 @@
 
 Given TLS files (`leasenet etcd --tls-dir D`, `EtcdCluster(tls=...)`), members serve clients and
 peers over mutual TLS only (`--client-cert-auth`: the client certificate's CN is the etcd user), and
-`bootstrap_auth` then creates one role per kind of process with write access to exactly the key
-prefixes that kind writes (mapping.keys.WRITE_PREFIXES) and read access to all of /leasenet/v1/, a user
-per kind named after its certificates' CN, and root (the members' own certificate), and enables auth.
+`bootstrap_auth` then creates one role per kind of process (read access to all of /leasenet/v1/;
+registries also write what registries own, mapping.keys.WRITE_PREFIXES) and root (the members' own
+certificate), and enables auth. `enrol` then lets one identity in: its user (its certificate's CN,
+leasenet-<kind>-<id>) with its kind's role and, for a producer or consumer host, a role of its own
+writing exactly its own records (mapping.keys.owned_ranges); `decommission` takes them away.
 Without TLS files it stays plaintext with no auth (`--insecure`). Its Prometheus metrics are also
 served in plaintext on a loopback port of their own (`metrics_url`), so a benchmark needs no certificate.
 
@@ -39,6 +41,7 @@ from etcd3aio.auth import PermissionType
 
 from leasenet import certs
 from mapping import keys
+from mapping.model import HostKind
 from mapping.store.etcd import resolve_endpoint
 from wire.rpc import split_addresses
 from wire.tls import Identity, Kind, TlsFiles, TlsMaterial, etcd_user, server_name
@@ -193,6 +196,11 @@ class EtcdCluster:
             run_sync(bootstrap_auth(self.endpoints, self.tls.load()))
         return self
 
+    def enrol(self, identity: Identity, *, replicas: bool = False) -> None:
+        """`leasenet enrol`'s etcd half for `identity` (its certificate made elsewhere), as root."""
+        assert self.tls is not None, "enrolment needs TLS and auth"
+        run_sync(enrol(self.endpoints, self.tls.load(), identity, replicas=replicas))
+
     def _spawn(self, member: EtcdMember, log: Path, state: str = "new") -> None:
         member.data_dir.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
@@ -223,7 +231,7 @@ class EtcdCluster:
                     member.process.wait(10)
 
 
-# --- auth: one role per kind ---------------------------------------------------------------------
+# --- auth: a role per kind, a user (and for hosts a role) per identity -----------------------------
 def run_sync(coroutine: Coroutine[Any, Any, Any]) -> Any:
     """Run `coroutine` to completion from synchronous code, even under a running event loop."""
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -237,59 +245,201 @@ def etcd_client(endpoints: Sequence[str], material: TlsMaterial) -> Etcd3Client:
                        tls_server_name=server_name(Kind.ETCD), rpc_max_attempts=3)
 
 
+def kind_role(kind: Kind) -> str:
+    """The role every identity of `kind` holds: read the mapping; registries also write what they own."""
+    return f"leasenet-{kind.value}"
+
+
 def role_permissions(kind: Kind) -> list[tuple[str, PermissionType]]:
     """What the role of `kind` may do, as (prefix, permission): read everything, write its own."""
     return [(keys.ROOT, PermissionType.READ),
             *((prefix, PermissionType.READWRITE) for prefix in keys.WRITE_PREFIXES[kind.value])]
 
 
+def host_ranges(identity: Identity, replicas: bool = False) -> tuple[keys.KeyRange, ...]:
+    """The keys a producer or consumer host's own role writes (none for other kinds: their kind's role)."""
+    if identity.kind not in (Kind.PRODUCER, Kind.CONSUMER):
+        return ()
+    return keys.owned_ranges(HostKind(identity.kind.value), identity.id, replicas=replicas)
+
+
+def range_end(r: keys.KeyRange) -> bytes | None:
+    return prefix_range_end(r.key) if r.prefix else None
+
+
 ROLE_KINDS = (Kind.REGISTRY, Kind.PRODUCER, Kind.CONSUMER, Kind.OPERATOR)
+ENROLLABLE = ROLE_KINDS
+
+
+class EnrolError(ValueError):
+    """A one-line reason an identity cannot be enrolled or decommissioned."""
+
+
+async def _as_root(endpoints: Sequence[str], root: TlsMaterial, work: Any, timeout_s: float) -> Any:
+    client = etcd_client(endpoints, root)
+    await client.connect()
+    try:
+        assert client.auth is not None
+        return await work(client, client.auth)
+    finally:
+        await client.close()
+
+
+def replica_clash(identity: Identity, users: set[str], replicas: bool) -> str:
+    """Why `identity` would share keys with an enrolled one (its replicas' or theirs), or ""."""
+    user, dot = etcd_user(identity), keys.REPLICA_SEPARATOR
+    if replicas and (below := sorted(u for u in users if u.startswith(user + dot))):
+        return f"{below[0]} is enrolled and would be one of its replicas"
+    parts = identity.id.split(dot)
+    above = [etcd_user(Identity(identity.kind, dot.join(parts[:i]))) for i in range(1, len(parts))]
+    return next((f"its id names a replica of {u}, which is enrolled" for u in above if u in users), "")
 
 
 async def bootstrap_auth(endpoints: Sequence[str], material: TlsMaterial, timeout_s: float = 10.0) -> bool:
-    """Create root, the roles and their users, then enable auth; False if auth was on already.
-    `material` must be root's (an etcd member's certificate). Every step may run twice (a bootstrap
-    interrupted halfway is simply run again)."""
-    client = etcd_client(endpoints, material)
-    await client.connect()
-    try:
-        auth = client.auth
-        assert auth is not None
+    """Create root and the kind roles, then enable auth; False if auth was on already. Users come
+    with `enrol`, one per identity. `material` must be root's (an etcd member's certificate). Every
+    step may run twice (a bootstrap interrupted halfway is simply run again)."""
+    async def work(client: Etcd3Client, auth: Any) -> bool:
         if (await auth.auth_status(timeout=timeout_s)).enabled:
             return False
         users = set((await auth.user_list(timeout=timeout_s)).users)
         roles = set((await auth.role_list(timeout=timeout_s)).roles)
-        root = etcd_user(Kind.ETCD)
+        root = etcd_user(Identity(Kind.ETCD, DEV_MEMBER))
         if root not in users:
             await auth.user_add(root, no_password=True, timeout=timeout_s)
         await auth.user_grant_role(root, "root", timeout=timeout_s)
         for kind in ROLE_KINDS:
-            name = etcd_user(kind)  # the role is named like its user
+            name = kind_role(kind)
             if name not in roles:
                 await auth.role_add(name, timeout=timeout_s)
             for prefix, permission in role_permissions(kind):
                 await auth.role_grant_permission(name, prefix, prefix_range_end(prefix), perm_type=permission,
                                                  timeout=timeout_s)
-            if name not in users:
-                await auth.user_add(name, no_password=True, timeout=timeout_s)
-            await auth.user_grant_role(name, name, timeout=timeout_s)
         await auth.auth_enable(timeout=timeout_s)
         return True
-    finally:
-        await client.close()
+    return bool(await _as_root(endpoints, material, work, timeout_s))
+
+
+async def enrol(endpoints: Sequence[str], root: TlsMaterial, identity: Identity, *, replicas: bool = False,
+                timeout_s: float = 10.0) -> None:
+    """Let `identity`'s certificate into etcd: its user (the certificate's CN) with its kind's role,
+    and for a producer or consumer host a role of its own writing exactly its records (`host_ranges`;
+    `replicas`: also its replicas' `<id>.<replica>`). Idempotent; as root."""
+    if identity.kind not in ENROLLABLE:
+        raise EnrolError(f"{identity.kind.value} identities are not enrolled (etcd members are root)")
+    user, ranges = etcd_user(identity), host_ranges(identity, replicas)
+
+    async def work(client: Etcd3Client, auth: Any) -> None:
+        users = set((await auth.user_list(timeout=timeout_s)).users)
+        # a shared identity's replicas are <id>.<replica>: no other enrolled identity may look like one
+        if clash := replica_clash(identity, users, replicas):
+            raise EnrolError(f"cannot enrol {identity}: {clash}")
+        if user not in users:
+            await auth.user_add(user, no_password=True, timeout=timeout_s)
+        await auth.user_grant_role(user, kind_role(identity.kind), timeout=timeout_s)
+        if ranges:
+            if user not in set((await auth.role_list(timeout=timeout_s)).roles):
+                await auth.role_add(user, timeout=timeout_s)
+            for r in ranges:
+                await auth.role_grant_permission(user, r.key, range_end(r), perm_type=PermissionType.READWRITE,
+                                                 timeout=timeout_s)
+            await auth.user_grant_role(user, user, timeout=timeout_s)
+    await _as_root(endpoints, root, work, timeout_s)
+
+
+async def decommission(endpoints: Sequence[str], root: TlsMaterial, identity: Identity,
+                       timeout_s: float = 10.0) -> int:
+    """Shut `identity`'s certificate out of etcd for good (etcd refuses a CN that names no user, for
+    reads and writes alike) and delete its records; the number of keys deleted. As root."""
+    if identity.kind not in ENROLLABLE:
+        raise EnrolError(f"{identity.kind.value} identities are not enrolled (etcd members are root)")
+    user = etcd_user(identity)
+
+    async def work(client: Etcd3Client, auth: Any) -> int:
+        ranges: list[keys.KeyRange] = []
+        if user in set((await auth.role_list(timeout=timeout_s)).roles):
+            granted = (await auth.role_get(user, timeout=timeout_s)).perm
+            ranges = [keys.KeyRange(p.key.decode(), prefix=bool(p.range_end)) for p in granted]
+        elif identity.kind is Kind.REGISTRY:
+            ranges = [keys.KeyRange(keys.host_key(HostKind.REGISTRY, identity.id))]
+        if user in set((await auth.user_list(timeout=timeout_s)).users):
+            await auth.user_delete(user, timeout=timeout_s)  # first: from now on it writes nothing
+        deleted = 0
+        for r in ranges:
+            assert client.kv is not None
+            deleted += (await client.kv.delete(r.key, range_end(r), timeout=timeout_s)).deleted
+        if user in set((await auth.role_list(timeout=timeout_s)).roles):
+            await auth.role_delete(user, timeout=timeout_s)
+        return deleted
+    return int(await _as_root(endpoints, root, work, timeout_s))
+
+
+def _root_files(args: argparse.Namespace) -> TlsFiles:
+    return TlsFiles.in_dir(args.etcd_tls_dir or args.tls_dir, Identity(Kind.ETCD, args.member))
 
 
 def cmd_etcd_bootstrap(args: argparse.Namespace) -> None:
     """`leasenet etcd-bootstrap`: auth on an etcd cluster started elsewhere (the docker deployment's
-    one-shot job), as root, i.e. with an etcd member's certificate `etcd-<member>` from --tls-dir."""
+    one-shot job), as root, i.e. with an etcd member's certificate `etcd-<member>` from --tls-dir;
+    then enrols every `--enrol kind/id` (a trailing `+`: an identity shared by replicas)."""
     files = TlsFiles.in_dir(args.tls_dir, Identity(Kind.ETCD, args.member))
     endpoints = split_addresses(args.etcd_endpoints, "etcd endpoint")
+    wanted = [parse_enrolment(text) for text in args.enrol or ()]
     try:
         enabled = run_sync(bootstrap_auth(endpoints, files.load()))
+        for identity, replicas in wanted:
+            run_sync(enrol(endpoints, files.load(), identity, replicas=replicas))
     except EtcdError as exc:
         raise ValueError(f"etcd auth bootstrap on {args.etcd_endpoints} failed: {exc}") from None
     print("etcd auth enabled: one role per kind (leasenet-registry, -producer, -consumer, -operator)" if enabled
           else "etcd auth was enabled already", flush=True)
+    if wanted:
+        print(f"enrolled {len(wanted)} identities: {' '.join(str(i) for i, _ in wanted)}", flush=True)
+
+
+def parse_enrolment(text: str) -> tuple[Identity, bool]:
+    """`kind/id` or `kind/id+` (shared by replicas), as --enrol takes it."""
+    kind, _, ident = text.removesuffix("+").partition("/")
+    try:
+        return Identity(Kind(kind), ident), text.endswith("+")
+    except ValueError as exc:
+        raise EnrolError(f"--enrol {text!r}: {exc} (give kind/id, e.g. producer/p1)") from None
+
+
+def cmd_enrol(args: argparse.Namespace) -> None:
+    """`leasenet enrol`: issue the host's certificate from the CA in --tls-dir (unless it has one) and
+    let it into etcd (its user and role), as root with an etcd member's certificate."""
+    identity = _enrolled(args)
+    files = TlsFiles.in_dir(args.tls_dir, identity)
+    if not files.cert.exists():
+        certs.issue(args.tls_dir, identity, sans=args.san or (), ca_key=args.ca_key or None)
+        print(f"wrote {files.cert} and {files.key}", flush=True)
+    endpoints = split_addresses(args.etcd_endpoints, "etcd endpoint")
+    try:
+        run_sync(enrol(endpoints, _root_files(args).load(), identity, replicas=args.replicas))
+    except EtcdError as exc:
+        raise EnrolError(f"cannot enrol {identity} in etcd at {args.etcd_endpoints}: {exc}") from None
+    what = ", its replicas' <id>.<replica> too" if args.replicas else ""
+    print(f"enrolled {identity}: etcd user {etcd_user(identity)}, writing its own records only{what}", flush=True)
+
+
+def cmd_decommission(args: argparse.Namespace) -> None:
+    """`leasenet decommission`: delete the identity's etcd user and role and its records."""
+    identity = _enrolled(args)
+    endpoints = split_addresses(args.etcd_endpoints, "etcd endpoint")
+    try:
+        deleted = run_sync(decommission(endpoints, _root_files(args).load(), identity))
+    except EtcdError as exc:
+        raise EnrolError(f"cannot decommission {identity} in etcd at {args.etcd_endpoints}: {exc}") from None
+    print(f"decommissioned {identity}: etcd user {etcd_user(identity)} deleted (its certificate reaches nothing "
+          f"in etcd any more), {deleted} record(s) deleted", flush=True)
+
+
+def _enrolled(args: argparse.Namespace) -> Identity:
+    try:
+        return Identity(Kind(args.kind), args.id)
+    except ValueError as exc:
+        raise EnrolError(f"--id: {exc}") from None
 
 
 # --- `leasenet etcd` ---------------------------------------------------------------------------------

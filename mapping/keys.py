@@ -5,16 +5,21 @@
     /leasenet/v1/services/<name>                          {"network","vip","port","policy"}
     /leasenet/v1/hosts/<kind>/<host_id>                   {"kind","address","draining"}      host liveness lease
                                                           (kind registry: a leasing agent, its own liveness lease)
-    /leasenet/v1/vms/<network>/<address>                  {"host_id","service","handler"[,"used"]}    host liveness lease
+    /leasenet/v1/vms/<host_id>/<network>/<address>        {"host_id","service","handler"[,"used"]}    host liveness lease
     /leasenet/v1/claims/<network>/<address>               {"lease_id","service","consumer_vm","consumer_host","vm_revision"}  pool lease
     /leasenet/v1/pools/<service>/<network>/<address>      {"lease_id","consumer_host","ttl_s"}   pool lease
     /leasenet/v1/quotas/<scope>/<subject>/<index>         {"lease_id"}   pool lease (one per scope per pool)
 
-Each writer's keys share prefixes (WRITE_PREFIXES), so etcd RBAC can give each kind of process
-write access to exactly its own (`leasenet etcd` bootstraps one role per kind from this table).
-Host records are under `hosts/<kind>/` for that reason (they were `hosts/<host_id>` before TLS:
-the version prefix stayed, as host records live only under liveness leases and nothing stored
-outlives a restart of the cluster's hosts). Host ids must stay unique across every kind (registries too).
+Each writer's keys share prefixes, so etcd RBAC can give each writer write access to exactly its
+own: registries as a kind (WRITE_PREFIXES, one role bootstrapped by `leasenet etcd`), producer and
+consumer hosts each its own (`owned_ranges`: its host record, and a producer host's VMs under
+`vms/<host_id>/`, one role per host made by `leasenet enrol`). Host records are under
+`hosts/<kind>/` and VM records under their host for that reason (they were `hosts/<host_id>` and
+`vms/<network>/<address>` before: the version prefix stayed, as host and VM records live only under
+liveness leases and nothing stored outlives a restart of the cluster's hosts). A VM's id stays
+`<network>/<address>`: two hosts may hold a record for one address, and the oldest (lowest create
+revision) is the VM (mapping/state.py); the younger host withdraws its own (mapping/liveness.py).
+Host ids must stay unique across every kind (registries too).
 """
 
 from __future__ import annotations
@@ -53,15 +58,48 @@ CLAIMS = ROOT + "claims/"
 POOLS = ROOT + "pools/"
 QUOTAS = ROOT + "quotas/"
 
-# The key prefixes each kind of process writes (by certificate kind; every kind reads all of ROOT).
-# Revoking an etcd lease needs write access to every key attached to it, so a registry cannot revoke
-# a producer host's liveness lease, nor a host a pool's lease.
+# The key prefixes each kind of process writes as a kind (every kind reads all of ROOT): registries
+# share what registries own; producer and consumer hosts write nothing as a kind, each host only its
+# own records (owned_ranges). Revoking an etcd lease needs write access to every key attached to it,
+# so a registry cannot revoke a producer host's liveness lease, a host a pool's lease, nor one host
+# another's.
 WRITE_PREFIXES: dict[str, tuple[str, ...]] = {
     "registry": (NETWORKS, SERVICES, CLAIMS, POOLS, QUOTAS, REGISTRIES),
-    "producer": (PRODUCER_HOSTS, VMS),
-    "consumer": (CONSUMER_HOSTS,),
+    "producer": (),
+    "consumer": (),
     "operator": (),
 }
+REPLICA_SEPARATOR = "."  # host ids of a replicated identity's replicas: <identity id>.<replica>
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeyRange:
+    """One key (`prefix` False) or every key starting with `key`: what an etcd permission names."""
+    key: str
+    prefix: bool = False
+
+
+def owned_ranges(kind: HostKind, owner: str, *, replicas: bool = False) -> tuple[KeyRange, ...]:
+    """The keys host `owner` of `kind` writes, and nothing else: its host record (one key) and, for a
+    producer host, its VM records. `replicas`: the owner is an identity shared by the replicas of one
+    service, whose host ids are `<owner>.<replica>` (docker's scaled producer service): each replica
+    writes under its own host id, all of them under the identity's. Registries write as a kind."""
+    if kind is HostKind.REGISTRY:
+        return tuple(KeyRange(p, prefix=True) for p in WRITE_PREFIXES[kind.value])
+    ranges = [KeyRange(host_key(kind, owner))]
+    if kind is HostKind.PRODUCER:
+        ranges.append(KeyRange(f"{VMS}{owner}/", prefix=True))
+    if replicas:
+        ranges.append(KeyRange(host_key(kind, owner + REPLICA_SEPARATOR), prefix=True))
+        if kind is HostKind.PRODUCER:
+            ranges.append(KeyRange(f"{VMS}{owner}{REPLICA_SEPARATOR}", prefix=True))
+    return tuple(ranges)
+
+
+def covers(identity_id: str, host_id: str) -> bool:
+    """Host id `host_id` is the identity's own or one of its replicas' (not decided here: whether
+    the identity was enrolled with replicas; etcd's role says that)."""
+    return host_id == identity_id or host_id.startswith(identity_id + REPLICA_SEPARATOR)
 
 
 def network_key(name: str) -> str:
@@ -76,8 +114,17 @@ def host_key(kind: HostKind, host_id: str) -> str:
     return f"{HOSTS}{kind.value}/{host_id}"
 
 
-def vm_key(vm: VmId | str) -> str:
-    return VMS + vm
+def vm_key(host_id: str, vm: VmId | str) -> str:
+    """A producer VM's record, under its host: only that host (its etcd role) may write it."""
+    return f"{VMS}{host_id}/{vm}"
+
+
+def vm_of_key(key: str) -> tuple[HostId, VmId] | None:
+    """(host, VM id) of a `vms/` key, or None for any other key."""
+    if not key.startswith(VMS):
+        return None
+    host, _, vm = key[len(VMS):].partition("/")
+    return (HostId(host), VmId(vm)) if host and "/" in vm else None
 
 
 def claim_key(vm: VmId | str) -> str:
@@ -101,7 +148,7 @@ def key_of(record: Record) -> str:
         case Host():
             return host_key(record.kind, record.host_id)
         case ProducerVm():
-            return vm_key(record.vm_id)
+            return vm_key(record.host_id, record.vm_id)
         case Claim():
             return claim_key(record.vm)
         case Pool():
@@ -158,8 +205,11 @@ def decode(key: str, value: bytes, revision: int = 0) -> Record | None:
                 return Host(host_id=HostId(host_id), kind=HostKind(host_kind), address=body["address"],
                             draining=bool(body.get("draining", False)), revision=revision)
             case "vms":
-                network, _, address = rest.partition("/")
-                return ProducerVm(network=network, address=address, host_id=HostId(body["host_id"]),
+                host_id, _, vm = rest.partition("/")
+                network, _, address = vm.partition("/")
+                if not address or body["host_id"] != host_id:  # the key names its writer: the body may not differ
+                    return None
+                return ProducerVm(network=network, address=address, host_id=HostId(host_id),
                                   service=body["service"], handler=body.get("handler", "echo"), revision=revision,
                                   used=bool(body.get("used", False)))
             case "claims":

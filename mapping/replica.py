@@ -124,5 +124,5 @@ class Replica:
     def _all_keys(self) -> list[str]:
         s = self.state
         return ([keys.network_key(n) for n in s.networks] + [keys.service_key(n) for n in s.services]
-                + [keys.key_of(h) for h in s.hosts.values()] + [keys.vm_key(v) for v in s.vms]
+                + [keys.key_of(h) for h in s.hosts.values()] + [keys.key_of(v) for v in s.all_vm_records()]
                 + [keys.claim_key(v) for v in s.claims] + list(s.pools))

@@ -5,7 +5,12 @@ Its indexes make every hot question cost the same with 100 or 10,000 VMs: `apply
 step in O(1) per record (a host's own change touches only that host's VMs). A VM is *free* when it
 exists, is not marked used (a command VM waiting for its reset), has no claim and its host is
 registered and not draining; a claim is *stale* when its VM is
-gone or was re-registered since (the claim collector's work)."""
+gone or was re-registered since (the claim collector's work).
+
+A VM's record lives under its host's key (`vms/<host>/<network>/<address>`), so two hosts may hold a
+record for one address (a configuration error, or a host that did not see the other yet): `vms` is
+the oldest of them by create revision, the first registered, and every index follows it; the younger
+stay in `vm_records` only, until the oldest is gone or their host withdraws them."""
 
 from __future__ import annotations
 
@@ -83,7 +88,8 @@ class ClusterState:
     networks: dict[str, Network] = field(default_factory=dict)
     services: dict[str, Service] = field(default_factory=dict)
     hosts: dict[HostId, Host] = field(default_factory=dict)
-    vms: dict[VmId, ProducerVm] = field(default_factory=dict)
+    vms: dict[VmId, ProducerVm] = field(default_factory=dict)  # the VM in force: the oldest record of its address
+    vm_records: dict[VmId, dict[HostId, ProducerVm]] = field(default_factory=dict)  # every host's record
     claims: dict[VmId, Claim] = field(default_factory=dict)
     pools: dict[str, Pool] = field(default_factory=dict)  # by pool key
     quota_slots: dict[str, QuotaSlot] = field(default_factory=dict)  # by key below quotas/
@@ -112,6 +118,9 @@ class ClusterState:
         if kind == "hosts":  # hosts/<kind>/<id>, kept by id: the record must be this key's
             host = self.hosts.get(HostId(rest.partition("/")[2]))
             return host if host is not None and keys.key_of(host) == key else None
+        if kind == "vms":  # vms/<host>/<vm id>: that host's record, in force or not
+            owner = keys.vm_of_key(key)
+            return self.vm_records.get(owner[1], {}).get(owner[0]) if owner else None
         return table.get(key if kind == "pools" else rest)
 
     def apply(self, key: str, record: Record | None) -> Record | None:
@@ -134,12 +143,8 @@ class ClusterState:
                 self.hosts[r.host_id] = r
                 self._refresh_host(r.host_id)
             case ProducerVm():
-                self.vms[r.vm_id] = r
-                self.vms_by_host.setdefault(r.host_id, set()).add(r.vm_id)
-                self.vms_by_service.setdefault(r.service, set()).add(r.vm_id)
-                if r.vm_id in self.claims:
-                    self.claimed_by_host[r.host_id] += 1
-                self._refresh_vm(r.vm_id)
+                self.vm_records.setdefault(r.vm_id, {})[r.host_id] = r
+                self._elect(r.vm_id)
             case Claim():
                 self.claims[r.vm] = r
                 self.members_by_lease[r.lease_id].add(r.vm)
@@ -166,13 +171,11 @@ class ClusterState:
                 del self.hosts[r.host_id]
                 self._refresh_host(r.host_id)
             case ProducerVm():
-                del self.vms[r.vm_id]
-                _discard(self.vms_by_host, r.host_id, r.vm_id)
-                _discard(self.vms_by_service, r.service, r.vm_id)
-                if r.vm_id in self.claims:
-                    self._uncount_claim(r.host_id)
-                self._set_free(r, False)
-                self._refresh_vm(r.vm_id)
+                records = self.vm_records[r.vm_id]
+                del records[r.host_id]
+                if not records:
+                    del self.vm_records[r.vm_id]
+                self._elect(r.vm_id)
             case Claim():
                 del self.claims[r.vm]
                 members = self.members_by_lease.get(r.lease_id)
@@ -198,6 +201,35 @@ class ClusterState:
                         del self.slots_by_subject[(r.scope, r.subject)]
 
     # --- index upkeep --------------------------------------------------------------------------
+    def _elect(self, vm_id: VmId) -> None:
+        """Put the oldest record of the address in force (ties, never expected: by host id)."""
+        records = self.vm_records.get(vm_id)
+        oldest = min(records.values(), key=lambda v: (v.revision, v.host_id)) if records else None
+        current = self.vms.get(vm_id)
+        if current is oldest:
+            return
+        if current is not None:
+            self._hide(current)
+        if oldest is not None:
+            self._show(oldest)
+
+    def _show(self, r: ProducerVm) -> None:
+        self.vms[r.vm_id] = r
+        self.vms_by_host.setdefault(r.host_id, set()).add(r.vm_id)
+        self.vms_by_service.setdefault(r.service, set()).add(r.vm_id)
+        if r.vm_id in self.claims:
+            self.claimed_by_host[r.host_id] += 1
+        self._refresh_vm(r.vm_id)
+
+    def _hide(self, r: ProducerVm) -> None:
+        del self.vms[r.vm_id]
+        _discard(self.vms_by_host, r.host_id, r.vm_id)
+        _discard(self.vms_by_service, r.service, r.vm_id)
+        if r.vm_id in self.claims:
+            self._uncount_claim(r.host_id)
+        self._set_free(r, False)
+        self._refresh_vm(r.vm_id)
+
     def _uncount_claim(self, host: HostId) -> None:
         self.claimed_by_host[host] -= 1
         if self.claimed_by_host[host] <= 0:
@@ -255,6 +287,15 @@ class ClusterState:
         record = self.vms.get(vm)
         host = self.hosts.get(record.host_id) if record else None
         return host.address if host else None
+
+    def older_record(self, vm: ProducerVm) -> ProducerVm | None:
+        """Another host's record of `vm`'s address created before it: `vm` must give way (first wins)."""
+        oldest = self.vms.get(vm.vm_id)
+        return oldest if oldest is not None and oldest.host_id != vm.host_id and oldest.revision < vm.revision else None
+
+    def all_vm_records(self) -> list[ProducerVm]:
+        """Every host's VM record, in force or not (a reload must see each key)."""
+        return [r for records in self.vm_records.values() for r in records.values()]
 
     def claim_is_current(self, claim: Claim) -> bool:
         """The claim names the VM incarnation that exists now (a re-registered VM voids old claims)."""

@@ -450,7 +450,9 @@ async def serve(config: ProducerConfig, store: Store, *, stop: asyncio.Event,
                 tunnel.address = config.advertise or bound
                 await registration.register()
                 keep_alive = tasks.create_task(registration.keep_alive(), name="liveness")
-                background += [keep_alive, *(actor.start(tasks) for actor in actors.values())]
+                first_wins = registration.keep_first_wins(replica, set(actors))  # another host's older VM: ours gives way
+                background += [keep_alive, tasks.create_task(first_wins, name="first-wins"),
+                               *(actor.start(tasks) for actor in actors.values())]
                 if supervised is not None:  # each VM registers itself once healthy
                     background += supervised.start(tasks)
                 tunnel.actors = actors

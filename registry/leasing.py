@@ -99,7 +99,7 @@ class LeasingAgent:
     def _on_change(self, key: str, old: Record | None, new: Record | None, revision: int) -> None:
         if isinstance(new, ProducerVm):
             self._vanished.pop(new.vm_id, None)
-        elif isinstance(old, ProducerVm) and old.host_id not in self._drained:
+        elif isinstance(old, ProducerVm) and old.host_id not in self._drained and old.vm_id not in self.state.vms:
             self._vanished[old.vm_id] = (old.service, self.clock())
         elif isinstance(new, Host) and new.draining:  # it will deregister, and not come back
             self._drained.add(new.host_id)
@@ -299,7 +299,7 @@ class LeasingAgent:
 
     @staticmethod
     def _guards(chosen: list[ProducerVm]) -> list[Require]:
-        return [Require(keys.vm_key(vm.vm_id), vm.revision) for vm in chosen]
+        return [Require(keys.key_of(vm), vm.revision) for vm in chosen]
 
     async def _revoke_quietly(self, lease_id: LeaseId) -> None:
         try:

@@ -104,7 +104,8 @@ class Ownership:
 
 def liveness(store: Store, me: str, address: str, ttl_s: int) -> Liveness:
     """This registry's record (`hosts/registry/<me>`, its address) under its own liveness lease: when
-    it dies, its share moves to the others within `ttl_s`. A restarted registry replaces its previous
-    life's record at once (Liveness); two live registries given one id would replace each other's,
-    leaving one registered, which then owns what they would have shared."""
+    it dies, its share moves to the others within `ttl_s`. As for hosts (Liveness), a restarted
+    registry waits out its previous life's lease, and a second live registry given one id is refused
+    (DuplicateHost) once the first has kept the record alive past its TTL: two serving under one id
+    would replace each other's record, one registered owning what they would have shared."""
     return Liveness(store, HostId(me), lambda: [Host(HostId(me), HostKind.REGISTRY, address)], ttl_s)

@@ -21,7 +21,7 @@ from wire.v1 import registry_pb2 as pb
 from wire.v1 import registry_pb2_grpc as pb_grpc
 from mapping import keys
 from mapping.config import ClusterConfig
-from mapping.liveness import Liveness
+from mapping.liveness import DuplicateHost, Liveness
 from registry.authz import ANYONE, Caller, lessee, may_inspect, on_behalf, sees_fencing_tokens
 from registry import requests
 from registry.ownership import Ownership, forwarded_for, liveness
@@ -408,11 +408,15 @@ async def publish_cluster_config(store: Store, replica: Replica, cluster: Cluste
 
 
 async def _registered(registration: Liveness) -> bool:
-    """Take our share; a refusal (e.g. an etcd whose registry role predates `hosts/registry/`) leaves
-    this registry serving every call that reaches it, as before sharding, rather than not at all."""
+    """Take our share. A live registry with our id refuses us (DuplicateHost: one id, one live
+    process, as for hosts); another refusal (e.g. an etcd whose registry role predates
+    `hosts/registry/`) leaves this registry serving every call that reaches it, as before sharding,
+    rather than not at all."""
     try:
         await registration.register()
         return True
+    except DuplicateHost:
+        raise
     except LeasenetError as exc:
         log.error("registry %s takes no share of the services: cannot register: %s", registration.host_id, exc)
         return False
@@ -441,11 +445,14 @@ async def serve(config: RegistryConfig, store: Store, *, stop: asyncio.Event,
             if config.cluster is not None:
                 await publish_cluster_config(store, replica, config.cluster)
             background.append(tasks.create_task(collector.run(), name="claim-collector"))
-            address = await server.start()
+            # bound (our record names the address) but not serving until registered: a second live
+            # registry with our id is refused before it serves anything (and even without sharding)
+            address = await server.start(serving=False)
             registration = liveness(store, config.registry_id, config.advertise or address, config.liveness_ttl_s)
-            if config.sharding and await _registered(registration):  # only once serving: forwards must find us
+            if await _registered(registration):
                 keep_alive = tasks.create_task(registration.keep_alive(), name="liveness")
                 background.append(keep_alive)
+            await server.set_serving(True)
             log.info("registry %s serving on %s", config.registry_id, address)
             if ready is not None:
                 ready(address)

@@ -81,10 +81,11 @@ def server_name(kind: Kind) -> str:
     return f"{kind.value}.{TRUST_DOMAIN}"
 
 
-def etcd_user(kind: Kind) -> str:
-    """The certificate's CN, which etcd (with --client-cert-auth) takes as the user name. An etcd
-    member's own certificate is root's: whoever holds a member's key owns its data already."""
-    return "root" if kind is Kind.ETCD else f"leasenet-{kind.value}"
+def etcd_user(identity: Identity) -> str:
+    """The certificate's CN, which etcd (with --client-cert-auth) takes as the user name: one user per
+    identity (`leasenet enrol` makes it), so that each host's role reaches its own records only. An
+    etcd member's own certificate is root's: whoever holds a member's key owns its data already."""
+    return "root" if identity.kind is Kind.ETCD else f"leasenet-{identity.kind.value}-{identity.id}"
 
 
 # --- files and credentials -----------------------------------------------------------------------

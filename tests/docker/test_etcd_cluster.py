@@ -83,25 +83,38 @@ def test_three_members_form_one_cluster_serving_only_mutual_tls(etcd):
     assert no_certificate.returncode != 0
 
 
-def test_auth_lets_each_kind_write_only_its_own_prefixes(compose_project, leasenet_image):
+def test_auth_lets_each_host_write_only_its_own_records(compose_project, leasenet_image):
     etcd = compose_project()
     etcd.up(*MEMBERS, "etcd-auth", timeout=120)  # etcd-auth: the leasenet image's one-shot job
-    # `up` returns once the job has started, not finished: auth is enabled as its last step
-    eventually(lambda: "Authentication Status: true" in etcdctl(etcd, "etcd1", "auth", "status").stdout,
-               timeout_s=60, interval_s=0.5, what="the etcd-auth job enabled auth")
+    # `up` returns once the job has started, not finished: auth, then every identity enrolled
+    assert etcd.wait_exit("etcd-auth", timeout=120) == 0, etcd.logs("etcd-auth", tail=5)
+    assert "Authentication Status: true" in etcdctl(etcd, "etcd1", "auth", "status").stdout
     kinds = ["leasenet-consumer", "leasenet-operator", "leasenet-producer", "leasenet-registry"]
-    assert sorted(etcdctl(etcd, "etcd2", "role", "list").stdout.split()) == kinds  # root's role is built in
-    assert sorted(etcdctl(etcd, "etcd3", "user", "list").stdout.split()) == [*kinds, "root"]
+    hosts = ["leasenet-consumer-consumer1", "leasenet-consumer-consumer2", "leasenet-producer-producer",
+             "leasenet-producer-producer1", "leasenet-producer-producer2", "leasenet-producer-producer3"]
+    others = ["leasenet-operator-admin", "leasenet-operator-traffic", "leasenet-registry-registry1",
+              "leasenet-registry-registry2"]
+    assert sorted(etcdctl(etcd, "etcd2", "role", "list").stdout.split()) == sorted(kinds + hosts)  # root's is built in
+    assert sorted(etcdctl(etcd, "etcd3", "user", "list").stdout.split()) == sorted(hosts + others + ["root"])
 
-    producer, consumer, claims = (f"put:{k}probe" for k in (keys.PRODUCER_HOSTS, keys.CONSUMER_HOSTS, keys.CLAIMS))
-    outside = "put:/elsewhere"
-    assert etcd.probe("producer1", "etcd", "producer/producer1", ETCD_ENDPOINTS, producer, consumer, claims, outside) == {
-        producer: "ok", consumer: "denied", claims: "denied", outside: "denied"}
-    assert etcd.probe("registry1", "etcd", "registry/registry1", ETCD_ENDPOINTS, producer, claims) == {
-        producer: "denied", claims: "ok"}
+    def put(record_key: str) -> str:
+        return f"put:{record_key}"
+    p1, p2 = put(keys.PRODUCER_HOSTS + "producer1"), put(keys.PRODUCER_HOSTS + "producer2")
+    vm1, vm2 = put(keys.VMS + "producer1/blue/10.1.1.1"), put(keys.VMS + "producer2/blue/10.1.2.1")
+    c1, c2 = put(keys.CONSUMER_HOSTS + "consumer1"), put(keys.CONSUMER_HOSTS + "consumer2")
+    replica, replica_vm = put(keys.PRODUCER_HOSTS + "producer.4f2a"), put(keys.VMS + "producer.4f2a/blue/10.9.0.1")
+    claims, registry, outside = put(f"{keys.CLAIMS}probe"), put(keys.REGISTRIES + "registry1"), "put:/elsewhere"
+    assert etcd.probe("producer1", "etcd", "producer/producer1", ETCD_ENDPOINTS, p1, vm1, p2, vm2, replica, c1, claims,
+                      outside) == {p1: "ok", vm1: "ok", p2: "denied", vm2: "denied", replica: "denied", c1: "denied",
+                                   claims: "denied", outside: "denied"}
+    # the scalable service's replicas share producer/producer: host ids producer.<container>, nothing else
+    assert etcd.probe("producer", "etcd", "producer/producer", ETCD_ENDPOINTS, replica, replica_vm, p1, vm1) == {
+        replica: "ok", replica_vm: "ok", p1: "denied", vm1: "denied"}
+    assert etcd.probe("registry1", "etcd", "registry/registry1", ETCD_ENDPOINTS, p1, vm1, claims, registry) == {
+        p1: "denied", vm1: "denied", claims: "ok", registry: "ok"}
     read = f"get:{keys.CLAIMS}probe"  # every kind reads the whole mapping
-    assert etcd.probe("consumer1", "etcd", "consumer/consumer1", ETCD_ENDPOINTS, consumer, producer, claims, read) == {
-        consumer: "ok", producer: "denied", claims: "denied", read: "ok"}
+    assert etcd.probe("consumer1", "etcd", "consumer/consumer1", ETCD_ENDPOINTS, c1, c2, p1, claims, read) == {
+        c1: "ok", c2: "denied", p1: "denied", claims: "denied", read: "ok"}
 
 
 def test_writes_survive_killing_the_leader(etcd):

@@ -31,7 +31,7 @@ REQUESTS = 6000  # at traffic.toml's 100/s: ~60 s, room for both steps on a busy
 CORE = ("etcd1", "etcd2", "etcd3", "registry1", "registry2", "consumer1", "consumer2")
 SCALE_UP_AT, STOP_FIRST_AT = 0.25, 0.60  # shares of the requests answered
 VMS_PER_PRODUCER = 4
-CONTAINER_ID = re.compile(r"[0-9a-f]{12}")
+CONTAINER_ID = re.compile(r"producer\.[0-9a-f]{12}")  # producer.<container id>: a replica of producer/producer
 
 
 def producer_hosts(port: int) -> dict[str, str]:

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 
 LIFEVM = Path(__file__).resolve().parent.parent / "vms" / "lifevm.py"
 VM = vm_id("blue", "10.1.1.1")
-VM_KEY = keys.vm_key(VM)
+VM_KEY = keys.vm_key("p1", VM)
 
 
 def lifevm(report: Path, *flags: str, listen: str = "unix://{socket}") -> str:

@@ -14,7 +14,9 @@ from wire.tls import Identity, Kind, TlsFiles, TlsMaterial
 
 PROCESSES = [Identity(Kind.REGISTRY, "r1"), Identity(Kind.PRODUCER, "p1"), Identity(Kind.CONSUMER, "c1"),
              Identity(Kind.OPERATOR, "admin"), Identity(Kind.ETCD, "e1"),
-             Identity(Kind.CONSUMER, "c2")]  # a second consumer host: test_authz's attacker
+             Identity(Kind.CONSUMER, "c2"),  # a second consumer host: test_authz's attacker
+             Identity(Kind.PRODUCER, "p2"),  # a second producer host: test_host_identity's attacker
+             Identity(Kind.PRODUCER, "p9")]  # decommissioned by test_host_identity
 
 
 @pytest.fixture(scope="session")
@@ -38,9 +40,13 @@ def material(directory: Path, kind: Kind, ident: str) -> TlsMaterial:
 
 @pytest.fixture(scope="session")
 def tls_etcd(pki: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
-    """https:// endpoints of a one-member etcd with client-cert auth and the per-kind roles."""
+    """https:// endpoints of a one-member etcd with client-cert auth, the per-kind roles and every
+    process of PROCESSES enrolled (its own user and, for hosts, its own role)."""
     etcd = EtcdCluster(tmp_path_factory.mktemp("tls-etcd"), tls=TlsFiles.in_dir(pki, Identity(Kind.ETCD, "e1")))
     etcd.start()
+    for identity in PROCESSES:
+        if identity.kind is not Kind.ETCD:
+            etcd.enrol(identity)
     try:
         yield etcd.client_urls
     finally:

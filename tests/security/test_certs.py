@@ -29,7 +29,7 @@ def test_each_certificate_names_its_holder_and_its_kind_s_server_name(pki: Path,
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert sans.get_values_for_type(x509.UniformResourceIdentifier) == [identity.uri]
     assert f"{identity.kind.value}.leasenet" in sans.get_values_for_type(x509.DNSName)
-    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == etcd_user(identity.kind)
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == etcd_user(identity)
     assert identity_of_certificate(files.cert.read_bytes()) == identity
     usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert set(usages) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}

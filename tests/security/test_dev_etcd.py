@@ -1,5 +1,6 @@
 """`leasenet etcd --tls-dir D`: the dev etcd makes its certificate (and the CA) when absent, serves
-mutual TLS only, bootstraps auth on first start, and stops its etcd on SIGTERM."""
+mutual TLS only, bootstraps auth on first start, and stops its etcd on SIGTERM; `leasenet enrol`
+lets a host in (its own records only) and `leasenet decommission` shuts it out."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from leasenet import certs
 from leasenet.etcd import free_port
 from mapping import keys
 from mapping.store.etcd import EtcdStore
@@ -35,24 +35,43 @@ def test_the_dev_etcd_runs_with_tls_and_auth_and_stops_on_sigterm(tmp_path: Path
         assert (tls_dir / "ca.crt").exists() and (tls_dir / "etcd-leasenet.key").exists()
 
         producer = Identity(Kind.PRODUCER, "p1")
-        certs.make_dev(tls_dir, [producer])  # later certificates come from the CA it made
+        endpoint = f"https://127.0.0.1:{port}"
+        enrolled = leasenet("enrol", "--kind", "producer", "--id", "p1", "--tls-dir", str(tls_dir),
+                            "--etcd-endpoints", endpoint)  # its certificate from the CA etcd made, and its role
+        assert enrolled.stdout.splitlines()[-1] == ("enrolled producer/p1: etcd user leasenet-producer-p1, "
+                                                    "writing its own records only"), enrolled
+        own, other = keys.VMS + "p1/blue/10.1.1.1", keys.VMS + "p2/blue/10.1.1.2"
 
-        async def writes() -> None:
-            store = await EtcdStore([f"https://127.0.0.1:{port}"], tls=TlsFiles.in_dir(tls_dir, producer).load()).connect()
+        async def writes(allowed: bool) -> None:
+            store = await EtcdStore([endpoint], tls=TlsFiles.in_dir(tls_dir, producer).load()).connect()
             try:
-                await store.put(keys.VMS + "blue/10.1.1.1", b"{}")
-                with pytest.raises(PermissionDenied):
-                    await store.put(keys.CLAIMS + "blue/10.1.1.1", b"{}")
+                if allowed:
+                    await store.put(own, b'{"host_id":"p1","service":"echo"}')
+                for key in ([] if allowed else [own]) + [other, keys.CLAIMS + "blue/10.1.1.1"]:
+                    with pytest.raises(PermissionDenied):
+                        await store.put(key, b"{}")
             finally:
                 await store.close()
 
-        asyncio.run(writes())
+        asyncio.run(writes(allowed=True))
+        gone = leasenet("decommission", "--kind", "producer", "--id", "p1", "--tls-dir", str(tls_dir),
+                        "--etcd-endpoints", endpoint)
+        assert gone.stdout.splitlines()[-1] == ("decommissioned producer/p1: etcd user leasenet-producer-p1 deleted "
+                                                "(its certificate reaches nothing in etcd any more), 1 record(s) "
+                                                "deleted"), gone
+        asyncio.run(writes(allowed=False))
     finally:
         process.send_signal(signal.SIGTERM)
         code = process.wait(30)
     assert code == 0, log.read_text()
     pids = subprocess.run(["pgrep", "-f", f"127.0.0.1:{port}"], capture_output=True, text=True).stdout.split()
     assert pids == []  # its etcd went with it
+
+
+def leasenet(*args: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([sys.executable, "-m", "leasenet", *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done
+    return done
 
 
 def test_insecure_and_a_tls_dir_together_are_refused_in_one_line(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """etcd over mutual TLS with auth: only our CA's certificates get in, and each kind of process may
-write exactly the key prefixes it owns (mapping.keys.WRITE_PREFIXES), nothing else."""
+write exactly the key prefixes it owns (mapping.keys.WRITE_PREFIXES: registries; hosts write no
+prefix as a kind, only their own records: test_host_identity.py), nothing else."""
 
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ async def test_every_kind_reads_the_whole_keyspace(stores: dict[Kind, EtcdStore]
 
 async def test_a_registry_cannot_revoke_a_producer_host_s_liveness_lease(stores: dict[Kind, EtcdStore]) -> None:
     producer, registry = stores[Kind.PRODUCER], stores[Kind.REGISTRY]
-    host = Host(HostId(f"p-{next(_probe)}"), HostKind.PRODUCER, "127.0.0.1:7100")
+    host = Host(HostId("p1"), HostKind.PRODUCER, "127.0.0.1:7100")  # the key p1's own role writes
     lease = await producer.grant_lease(30)
     assert (await producer.create_all([(keys.key_of(host), keys.encode(host))], lease=lease)).succeeded
     with pytest.raises(PermissionDenied):

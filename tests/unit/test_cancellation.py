@@ -6,6 +6,7 @@ signals, and hosts whose `serve()` cleans up whether it stopped or broke halfway
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 from collections.abc import Awaitable, Callable
@@ -203,11 +204,12 @@ async def test_a_stopped_producer_host_deregisters_and_leaves_no_task_behind() -
 async def test_a_producer_host_whose_start_up_breaks_halfway_cleans_up_and_says_why() -> None:
     before = asyncio.all_tasks()
     store = MemoryStore()
-    taken = ProducerVm("blue", "10.1.1.2", HostId("p0"), "echo", "echo")
+    # one of p1's own VM keys, held past the TTL: another live process with p1's id
+    taken = ProducerVm("blue", "10.1.1.2", HostId("p1"), "echo", "echo")
     await store.put(keys.key_of(taken), keys.encode(taken))
     with pytest.raises(BaseExceptionGroup) as failed:
-        await serve_producer(producer_config(), store, stop=asyncio.Event())
-    assert "registered by host p0" in str(failed.value.exceptions[0])
+        await serve_producer(dataclasses.replace(producer_config(), liveness_ttl_s=1), store, stop=asyncio.Event())
+    assert "host id 'p1' is already in use by a live process" in str(failed.value.exceptions[0])
     assert [kv.key for kv in (await store.snapshot(keys.ROOT)).items] == [keys.key_of(taken)]
     assert await tasks_left(before) == set()
 

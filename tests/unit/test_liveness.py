@@ -12,7 +12,9 @@ import pytest
 from mapping import keys
 from mapping.liveness import DuplicateHost, Liveness
 from mapping.model import Host, HostId, HostKind, ProducerVm
+from mapping.replica import Replica
 from mapping.store.memory import MemoryStore
+from tests.conftest import eventually_async
 
 TTL_S = 1
 P1 = Host(HostId("p1"), HostKind.PRODUCER, "127.0.0.1:7101")
@@ -60,13 +62,30 @@ async def test_a_host_that_deregistered_registers_again_at_once(store) -> None:
     assert again.registrations == 1
 
 
-async def test_records_of_another_host_are_refused_without_waiting(store) -> None:
-    await liveness(store).register()
+async def test_two_hosts_registering_one_address_the_first_wins_and_the_second_gives_way(store, caplog) -> None:
+    first = liveness(store)
+    await first.register()
     other = Host(HostId("p2"), HostKind.PRODUCER, "127.0.0.1:7102")
-    same_addresses = [ProducerVm(vm.network, vm.address, other.host_id, vm.service) for vm in VMS]
-    with pytest.raises(DuplicateHost, match="is registered by host p1"):
-        await asyncio.wait_for(Liveness(store, other.host_id, lambda: [other, *same_addresses], TTL_S).register(),
-                               TTL_S / 2)
+    same = [ProducerVm(vm.network, vm.address, other.host_id, vm.service) for vm in VMS]
+    second = Liveness(store, other.host_id, lambda: [other, *same], TTL_S)
+    await second.register()  # its own keys: nothing in etcd stops it
+    replica = Replica(store)
+    tasks = [asyncio.create_task(replica.run()),
+             asyncio.create_task(second.keep_first_wins(replica, {vm.vm_id for vm in same}))]
+    try:
+        await eventually_async(lambda: all(store._data.get(keys.key_of(vm)) is None for vm in same), 5,
+                               what="the second host withdrew its duplicates")
+        assert second.yielded == {vm.vm_id: "p1" for vm in VMS}
+        assert {vm.host_id for vm in replica.state.vms.values()} == {"p1"}
+        assert f"host p2 withdrew VM {VMS[0].vm_id}: host p1 registered that address first" in caplog.text
+        await first.deregister()  # the first host left: the second takes the addresses back
+        await eventually_async(lambda: {vm.host_id for vm in replica.state.vms.values()} == {"p2"}
+                               and len(replica.state.vms) == len(VMS), 5, what="the second host's VMs back")
+        assert second.yielded == {}
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def test_vm_records_come_one_by_one_each_incarnation_withdrawn_and_updated_only_as_itself(store) -> None:
