@@ -90,8 +90,9 @@ def test_auth_lets_each_host_write_only_its_own_records(compose_project, leasene
     assert etcd.wait_exit("etcd-auth", timeout=120) == 0, etcd.logs("etcd-auth", tail=5)
     assert "Authentication Status: true" in etcdctl(etcd, "etcd1", "auth", "status").stdout
     kinds = ["leasenet-consumer", "leasenet-operator", "leasenet-producer", "leasenet-registry"]
-    hosts = ["leasenet-consumer-consumer1", "leasenet-consumer-consumer2", "leasenet-producer-producer",
-             "leasenet-producer-producer1", "leasenet-producer-producer2", "leasenet-producer-producer3"]
+    hosts = ["leasenet-consumer-consumer1", "leasenet-consumer-consumer2", "leasenet-consumer-consumer3",
+             "leasenet-producer-producer", "leasenet-producer-producer1", "leasenet-producer-producer2",
+             "leasenet-producer-producer3", "leasenet-producer-notebook1", "leasenet-producer-notebook2"]
     others = ["leasenet-operator-admin", "leasenet-operator-traffic", "leasenet-registry-registry1",
               "leasenet-registry-registry2"]
     assert sorted(etcdctl(etcd, "etcd2", "role", "list").stdout.split()) == sorted(kinds + hosts)  # root's is built in
