@@ -45,6 +45,7 @@ from consumer_host.pools import PoolManager
 from consumer_host.tunnel import Tunnels
 from mapping.replica import Replica
 from wire import metrics
+from wire.callmeta import to_entries, to_grpc_metadata
 from wire.errors import DeadlineExceeded, LeasenetError, Status, error_for_status
 from wire.limits import MAX_PAYLOAD_BYTES
 from wire.rpc import STATUS_BY_NUMBER, to_grpc
@@ -75,16 +76,12 @@ SERVER_OPTIONS = [("grpc.max_receive_message_length", MAX_PAYLOAD_BYTES),
 def forwarded(metadata: tuple[tuple[str, str | bytes], ...] | None) -> list[tpb.MetadataEntry]:
     """The caller's metadata that travels to the VM: not hop-by-hop, not gRPC's reserved `grpc-*`
     nor pseudo-headers, not leasenet's own `leasenet-*` (traceparent passes unchanged)."""
-    return [tpb.MetadataEntry(key=k, value=v if isinstance(v, bytes) else v.encode())
-            for k, v in metadata or () if not (k in HOP_BY_HOP or k.startswith((":", "grpc-", "leasenet-")))]
+    return to_entries((k, v) for k, v in metadata or ()
+                      if not (k in HOP_BY_HOP or k.startswith((":", "grpc-", "leasenet-"))))
 
 
 def marked_idempotent(metadata: tuple[tuple[str, str | bytes], ...] | None) -> bool:
     return any(k == IDEMPOTENT_KEY and v in ("1", b"1", "true") for k, v in metadata or ())
-
-
-def _grpc_metadata(entries: list[tpb.MetadataEntry]) -> tuple[tuple[str, str | bytes], ...]:
-    return tuple((e.key, e.value if e.key.endswith("-bin") else e.value.decode("utf-8", "replace")) for e in entries)
 
 
 @dataclass(eq=False, slots=True)
@@ -247,7 +244,7 @@ class VipCalls:
                         call.accepted.set()
                     if down.HasField("headers"):
                         call.answered = True
-                        await context.send_initial_metadata(_grpc_metadata(list(down.headers.metadata)))
+                        await context.send_initial_metadata(to_grpc_metadata(down.headers.metadata))
                     for message in down.messages:
                         call.answered = True
                         call.responses += 1
@@ -270,7 +267,7 @@ class VipCalls:
             raise _Refused(code, end.details)
         if end.broken:
             raise _Failed(Happened.DELIVERY_UNKNOWN, f"its VM's server went away: {end.details}")
-        context.set_trailing_metadata(_grpc_metadata(list(end.trailing_metadata)))
+        context.set_trailing_metadata(to_grpc_metadata(end.trailing_metadata))
         if code != grpc.StatusCode.OK:
             context.set_code(code)
             context.set_details(end.details)
@@ -291,16 +288,20 @@ async def _read_caller(request_iterator: AsyncIterator[bytes], inbox: asyncio.Qu
     await inbox.put(None)  # not in `finally`: a cancelled reader must not block again on a full queue
 
 
+def _add(call: _Call, up: tpb.CallUp, message: bytes | None) -> None:
+    """One of the caller's messages (None: its end) into `up`, kept for a replay while one may be needed."""
+    if message is None:
+        call.client_done = up.half_close = True
+    else:
+        call.keep(message)
+        up.messages.append(message)
+
+
 def _take_ready(call: _Call, up: tpb.CallUp) -> None:
     """Into `up`, the caller's messages (and its end) already read, without waiting for more (the
     buffer's bound holds: before `accepted` the pump waits while it is full)."""
     while not call.client_done and not call.inbox.empty() and (call.accepted.is_set() or not call.full()):
-        message = call.inbox.get_nowait()
-        if message is None:
-            call.client_done = up.half_close = True
-            return
-        call.keep(message)
-        up.messages.append(message)
+        _add(call, up, call.inbox.get_nowait())
 
 
 async def _pump(call: _Call, tunnel: grpc.aio.StreamStreamCall) -> None:
@@ -310,14 +311,9 @@ async def _pump(call: _Call, tunnel: grpc.aio.StreamStreamCall) -> None:
         while not call.client_done:
             if not call.accepted.is_set() and call.full():
                 await call.accepted.wait()
-            message = await call.inbox.get()
             up = tpb.CallUp()
-            if message is None:
-                call.client_done = up.half_close = True
-            else:
-                call.keep(message)
-                up.messages.append(message)
-                _take_ready(call, up)
+            _add(call, up, await call.inbox.get())
+            _take_ready(call, up)  # nothing more once the end is in
             await tunnel.write(up)
         await tunnel.done_writing()
     except (grpc.aio.AioRpcError, asyncio.InvalidStateError):

@@ -29,7 +29,7 @@ import grpc.aio
 from examples.notebook import notebook_pb2 as nb
 from examples.notebook import notebook_pb2_grpc as nb_grpc
 from examples.notebook import workload
-from leasenet import checker
+from leasenet import checker, inspection
 from leasenet.checker import ClaimLog, Recording, Request
 from leasenet.cluster import ConsumerVm, LocalCluster, consumer_toml, write_toml
 from leasenet.console import CliError
@@ -105,22 +105,16 @@ async def final_leases(registry: str, tls: TlsMaterial | None) -> list[rpb.Lease
 async def incarnation(registry: str, tls: TlsMaterial | None, vm_id: str) -> int:
     """The VM's registered incarnation (its record's revision), 0 while it is not registered."""
     async with rpc.channel(registry, tls, Kind.REGISTRY) as channel:
-        try:
-            return (await rpb_grpc.InspectionStub(channel).GetVm(rpb.GetRequest(id=vm_id), timeout=5)).revision
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                return 0
-            raise
+        return await inspection.incarnation(rpb_grpc.InspectionStub(channel), vm_id)
 
 
 async def next_incarnation(registry: str, tls: TlsMaterial | None, vm_id: str, old: int) -> float | None:
     """Seconds until the VM is registered as an incarnation other than `old`; None past VM_READY_S."""
-    started = time.monotonic()
-    while time.monotonic() - started < VM_READY_S:
-        if await incarnation(registry, tls, vm_id) not in (0, old):
-            return round(time.monotonic() - started, 3)
-        await asyncio.sleep(0.1)
-    return None
+    started = time.perf_counter()
+    async with rpc.channel(registry, tls, Kind.REGISTRY) as channel:
+        at = await inspection.next_incarnation(rpb_grpc.InspectionStub(channel), vm_id, old, within_s=VM_READY_S,
+                                               poll_s=0.1)
+    return None if at is None else round(at - started, 3)
 
 
 def failover_seconds(requests: list[Request], killed_ns: int) -> float:

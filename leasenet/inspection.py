@@ -6,9 +6,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import grpc
+import grpc.aio
 from google.protobuf.json_format import MessageToDict
 
 from leasenet import security
@@ -30,6 +33,28 @@ async def all_pages(call: Callable[..., Awaitable[Any]], request: Any, field: st
         if not response.next_page_token:
             return items
         request.page_token = response.next_page_token
+
+
+async def incarnation(stub: pb_grpc.InspectionStub, vm_id: str) -> int:
+    """The VM's registered incarnation (its record's revision), 0 while it is not registered."""
+    try:
+        return (await stub.GetVm(pb.GetRequest(id=vm_id), timeout=CALL_TIMEOUT_S)).revision  # type: ignore[no-any-return]
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.NOT_FOUND:  # withdrawn while it restarts
+            return 0
+        raise
+
+
+async def next_incarnation(stub: pb_grpc.InspectionStub, vm_id: str, old: int, *, within_s: float,
+                           poll_s: float) -> float | None:
+    """The moment (time.perf_counter) the registry first answers an incarnation of `vm_id` other than
+    `old`, i.e. its host registered the VM again after a restart; None past `within_s`."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if await incarnation(stub, vm_id) not in (0, old):
+            return time.perf_counter()
+        await asyncio.sleep(poll_s)
+    return None
 
 
 def _dict(message: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 
 import grpc
 import grpc.aio
@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from producer_host.actors import Refused, VmActor
 from producer_host.vms.settings import DriverKind
 from wire import metrics
+from wire.callmeta import to_entries, to_grpc_metadata
 from wire.errors import Status
 from wire.limits import MAX_PAYLOAD_BYTES, payload_too_large
 from wire.v1 import tunnel_pb2 as pb
@@ -42,18 +43,6 @@ VM_CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1_000),
 ]
-Metadata = tuple[tuple[str, str | bytes], ...]
-
-
-def to_grpc_metadata(entries: Iterable[pb.MetadataEntry]) -> Metadata:
-    """Tunnel entries as grpc metadata: `-bin` values stay bytes, others are text."""
-    return tuple((e.key, e.value if e.key.endswith("-bin") else e.value.decode("utf-8", "replace")) for e in entries)
-
-
-def to_entries(metadata: Iterable[tuple[str, str | bytes]] | None) -> list[pb.MetadataEntry]:
-    return [pb.MetadataEntry(key=k, value=v if isinstance(v, bytes) else v.encode()) for k, v in metadata or ()]
-
-
 def end(code: Status | grpc.StatusCode | int, details: str, trailers: list[pb.MetadataEntry] | None = None,
         broken: bool = False) -> pb.CallDown:
     number = code.value[0] if isinstance(code, grpc.StatusCode) else int(code)

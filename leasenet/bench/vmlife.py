@@ -8,7 +8,7 @@ fleets and services are plans.LIFE_FLEETS), one role process (`vm-lifecycle`) me
                       leased and its VM used), then Detaches (its consumer host releases the lease;
                       the producer host restarts the used VM with an empty work dir). From the
                       Detach being sent to the registry's GetVm answering the VM's next incarnation
-                      (a new `revision`, not `used`), polled every POLL_S.
+                      (a new `revision`: leasenet.inspection.next_incarnation), polled every POLL_S.
                       kill: SIGKILL of the VM's process (its pid from Whoami), to the same.
     grants            RequestLease latency (a fresh consumer VM each time, released at once, no call:
                       the VM stays warm) for a pool of 1 and of 4, from fleets of command VMs that are
@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import grpc
 import grpc.aio
 
 from examples.notebook import notebook_pb2 as npb
@@ -40,6 +39,7 @@ from leasenet.bench.harness import Bench
 from leasenet.bench.measure import ms, percentile
 from leasenet.bench.plans import LIFE_CLUSTER, LIFE_CONSUMER, LIFE_FLEETS, LIFE_SERVICE, LIFE_VMS, NETWORK
 from leasenet.cluster import ConsumerVm, consumer_toml
+from leasenet.inspection import next_incarnation
 from mapping.config import to_toml
 from wire import rpc
 from wire.v1 import consumer_pb2 as cpb
@@ -141,18 +141,11 @@ class Lifecycle:
         return out
 
     async def next_incarnation(self, vm_id: str, revision: int) -> float:
-        """When the registry first answers a new, unused incarnation of `vm_id` (perf_counter)."""
-        deadline = time.monotonic() + READY_S
-        while time.monotonic() < deadline:
-            try:
-                vm = await self.inspection.GetVm(rpb.GetRequest(id=vm_id), timeout=5)
-                if vm.revision != revision and not vm.used:
-                    return time.perf_counter()
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.NOT_FOUND:  # NOT_FOUND: withdrawn while it restarts
-                    raise
-            await asyncio.sleep(POLL_S)
-        raise RuntimeError(f"the VM {vm_id} was not registered again within {READY_S:.0f} s")
+        """When the registry first answers a new incarnation of `vm_id` (perf_counter)."""
+        at = await next_incarnation(self.inspection, vm_id, revision, within_s=READY_S, poll_s=POLL_S)
+        if at is None:
+            raise RuntimeError(f"the VM {vm_id} was not registered again within {READY_S:.0f} s")
+        return at
 
     async def restart(self, kill: bool, restarting: list[float]) -> float:
         """Use a VM (a Whoami through the VIP endpoint), then release it or SIGKILL its process:
