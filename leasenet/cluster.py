@@ -37,9 +37,11 @@ KIND_OF_COMMAND = {"registry": Kind.REGISTRY, "producer-host": Kind.PRODUCER, "c
 
 
 def identity_of(args: list[str]) -> Identity:
-    """Whom `leasenet <args>` runs as: its command's kind and its --host-id (a registry's default)."""
+    """Whom `leasenet <args>` runs as: its command's kind (`presence`: its --kind) and its --host-id
+    (a registry's default)."""
     host_id = args[args.index("--host-id") + 1] if "--host-id" in args else "registry"
-    return Identity(KIND_OF_COMMAND[args[0]], host_id)
+    kind = Kind(args[args.index("--kind") + 1]) if args[0] == "presence" else KIND_OF_COMMAND[args[0]]
+    return Identity(kind, host_id)
 
 
 @dataclass
@@ -160,6 +162,11 @@ class LocalCluster:
                  "--etcd-endpoints", ",".join(self.etcd_endpoints), *self.tls_args(),
                  *(["--metrics-listen", f"{self.host}:0"] if self.metrics else [])],
                 stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def start_presence(self, kind: Kind, host_id: str, *, watch: bool = False, wait: bool = True) -> Proc:
+        """A host record kept alive (and, with `watch`, that kind of host's replica): `leasenet presence`."""
+        return self.spawn(f"presence-{kind.value}-{host_id}", "presence", "--kind", kind.value, "--host-id", host_id,
+                          *([] if watch else ["--no-watch"]), wait=wait)
 
     def wait_ready(self, proc: Proc, timeout_s: float = 30.0) -> str:
         deadline = time.monotonic() + timeout_s

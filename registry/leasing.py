@@ -150,7 +150,7 @@ class LeasingAgent:
                      + [(keys.key_of(slot), keys.encode(slot)) for slot in slots])
             result = await self._transact(chosen, items, host, self._guards(chosen), self._members(chosen, pool))
             if result.succeeded:
-                log.info("granted pool %s: %s -> %s", lease_hex(pool_id), consumer.vm_id, [vm.vm_id for vm in chosen])
+                log.info("granted lease %s: %s -> %s", lease_hex(pool_id), consumer.vm_id, [vm.vm_id for vm in chosen])
                 return self._view(pool_id)
             metrics.GRANT_CONFLICTS.inc()
             if (existing := self.state.pools.get(pool_key)) is not None:  # another agent was faster
