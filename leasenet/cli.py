@@ -250,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(p, "--host-id", required=True, help="its host id (its certificate is <kind>-<id>.crt)")
     add(p, "--liveness-ttl", default=10, type=int, help="seconds before its record vanishes once it dies")
     add(p, "--no-watch", action="store_true", help="only the record: no replica")
+    add(p, "--advertise", default="127.0.0.1:0", help="the address its record names (never dialled)")
 
     p = sub.add_parser("token", help="attach tokens: `token hash` prints the token_hash for a consumer host config")
     actions = p.add_subparsers(dest="token_command", metavar="ACTION", required=True)
@@ -441,7 +442,7 @@ def cmd_consumer_host(args: argparse.Namespace) -> None:
 
 def cmd_presence(args: argparse.Namespace) -> None:
     kind = Kind(args.kind)
-    config = PresenceConfig(HostKind(args.kind), HostId(check_name("--host-id", args.host_id)),
+    config = PresenceConfig(HostKind(args.kind), HostId(check_name("--host-id", args.host_id)), args.advertise,
                             liveness_ttl_s=args.liveness_ttl, watch=not args.no_watch)
     asyncio.run(_run_service(args, presence.serve, config, tls=_own_tls(args, kind)))
 

@@ -163,10 +163,12 @@ class LocalCluster:
                  *(["--metrics-listen", f"{self.host}:0"] if self.metrics else [])],
                 stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
-    def start_presence(self, kind: Kind, host_id: str, *, watch: bool = False, wait: bool = True) -> Proc:
-        """A host record kept alive (and, with `watch`, that kind of host's replica): `leasenet presence`."""
+    def start_presence(self, kind: Kind, host_id: str, *, watch: bool = False, wait: bool = True,
+                       address: str = "127.0.0.1:1") -> Proc:
+        """A host record naming `address` kept alive (and, with `watch`, that kind of host's replica):
+        `leasenet presence`. Frames a test sends as that host give `address` as their source."""
         return self.spawn(f"presence-{kind.value}-{host_id}", "presence", "--kind", kind.value, "--host-id", host_id,
-                          *([] if watch else ["--no-watch"]), wait=wait)
+                          "--advertise", address, *([] if watch else ["--no-watch"]), wait=wait)
 
     def wait_ready(self, proc: Proc, timeout_s: float = 30.0) -> str:
         deadline = time.monotonic() + timeout_s

@@ -72,7 +72,7 @@ def lease_rows(leases: list[pb.Lease]) -> list[list[str]]:
              ", ".join(f"{m.address}@{m.host_id}" for m in l.members)] for l in leases]
 
 
-LEASE_HEADER = ["LEASE", "SERVICE", "CONSUMER VM", "CONSUMER HOST", "SIZE", "MEMBERS"]
+LEASE_HEADER = ["POOL", "SERVICE", "CONSUMER VM", "CONSUMER HOST", "SIZE", "MEMBERS"]
 
 
 def _run(args: argparse.Namespace, fetch: Callable[[pb_grpc.InspectionStub], Awaitable[tuple[list[Any], str]]],
@@ -137,7 +137,7 @@ def cmd_vms(args: argparse.Namespace) -> None:
     async def fetch(stub: pb_grpc.InspectionStub) -> tuple[list[Any], str]:
         return await all_pages(stub.ListVms, request, "vms"), "vms"
 
-    _run(args, fetch, ["VM", "HOST", "SERVICE", "HANDLER", "INCARNATION", "LEASE", "LEASED TO"],
+    _run(args, fetch, ["VM", "HOST", "SERVICE", "HANDLER", "INCARNATION", "POOL", "LEASED TO"],
          lambda vs: [[v.vm_id, v.host_id, v.service, v.handler, str(v.revision) + (" (used)" if v.used else ""),
                       v.lease_id or "-", v.leased_to or "-"] for v in vs])
 

@@ -103,6 +103,10 @@ class LeasingAgent:
     def _on_change(self, key: str, old: Record | None, new: Record | None, revision: int) -> None:
         if isinstance(new, ProducerVm):
             self._vanished.pop(new.vm_id, None)
+            if old is None and (first := self.state.older_record(new)) is not None:
+                log.warning("host %s registered VM %s too: host %s registered that address first (revision %d, "
+                            "its %d); no grant will claim host %s's", new.host_id, new.vm_id, first.host_id,
+                            first.revision, new.revision, new.host_id)
         elif isinstance(old, ProducerVm) and old.host_id not in self._drained and old.vm_id not in self.state.vms:
             self._vanished[old.vm_id] = (old.service, self.clock())
         elif isinstance(new, Host) and new.draining:  # it will deregister, and not come back
@@ -257,7 +261,7 @@ class LeasingAgent:
             await self.replica.wait_for_revision(now.revision, CATCH_UP_S)
             pool = self.state.pools_by_lease.get(lease_id)
         if pool is None:
-            raise NotFound(f"lease {lease_hex(lease_id)} is not the id of any pool (it ended, or it is not a pool's: "
+            raise NotFound(f"lease {lease_hex(lease_id)} is not the lease of any pool (it ended, or it is not a pool's: "
                            f"the leasing API cannot {action} a host's liveness lease)")
         return self._authorised(pool, caller, action)
 

@@ -88,7 +88,7 @@ async def test_a_released_lease_frees_its_vms_and_cannot_be_renewed(setup) -> No
     await agent.release_lease(view.pool.lease_id)
     assert replica.state.claims == {} and replica.state.members == {} and replica.state.pools == {}
     assert replica.state.quota_slots == {}
-    with pytest.raises(NotFound, match="not the id of any pool"):
+    with pytest.raises(NotFound, match="not the lease of any pool"):
         await agent.renew_lease(view.pool.lease_id)
 
 
