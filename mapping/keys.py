@@ -3,7 +3,7 @@
 
     /leasenet/v1/networks/<name>                          {"vni","quotas","subnet"}
     /leasenet/v1/services/<name>                          {"network","vip","port","policy"}
-    /leasenet/v1/hosts/<kind>/<host_id>                   {"kind","address","draining"}      host liveness lease
+    /leasenet/v1/hosts/<kind>/<host_id>                   {"kind","address","draining"[,"version"]}  host liveness lease
                                                           (kind registry: a leasing agent, its own liveness lease)
     /leasenet/v1/vms/<host_id>/<network>/<address>        {"host_id","service","handler"[,"used"]}    host liveness lease
     /leasenet/v1/claims/<network>/<address>               {"lease_id","service","consumer_vm","consumer_host","vm_revision"}  pool lease
@@ -20,6 +20,11 @@ liveness leases and nothing stored outlives a restart of the cluster's hosts). A
 `<network>/<address>`: two hosts may hold a record for one address, and the oldest (lowest create
 revision) is the VM (mapping/state.py); the younger host withdraws its own (mapping/liveness.py).
 Host ids must stay unique across every kind (registries too).
+
+    /leasenet/schema                                      {"schema","release"}   no lease
+
+The key schema's marker (mapping/schema.py): outside every version's ROOT, so that a process of any
+schema finds it; the first registry writes it, and a process of another schema refuses to start.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import dataclasses
 import json
 from typing import Any
 
+from wire.version import KEY_SCHEMA
 from mapping.model import (
     Claim,
     Host,
@@ -47,6 +53,9 @@ from mapping.model import (
 )
 
 ROOT = "/leasenet/v1/"
+SCHEMA = KEY_SCHEMA  # the N of ROOT's /leasenet/vN/ (wire/version.py; tests/unit/test_version.py ties them)
+SCHEMA_KEY = "/leasenet/schema"  # the marker: which key schema this etcd holds (mapping/schema.py)
+READ_PREFIXES = (ROOT, SCHEMA_KEY)  # what every kind of process reads (etcd RBAC, leasenet/etcd.py)
 NETWORKS = ROOT + "networks/"
 SERVICES = ROOT + "services/"
 HOSTS = ROOT + "hosts/"
@@ -64,7 +73,7 @@ QUOTAS = ROOT + "quotas/"
 # so a registry cannot revoke a producer host's liveness lease, a host a pool's lease, nor one host
 # another's.
 WRITE_PREFIXES: dict[str, tuple[str, ...]] = {
-    "registry": (NETWORKS, SERVICES, CLAIMS, POOLS, QUOTAS, REGISTRIES),
+    "registry": (NETWORKS, SERVICES, CLAIMS, POOLS, QUOTAS, REGISTRIES, SCHEMA_KEY),
     "producer": (),
     "consumer": (),
     "operator": (),
@@ -168,6 +177,8 @@ def encode(record: Record) -> bytes:
                     "policy": dataclasses.asdict(record.policy)}
         case Host():
             body = {"kind": record.kind.value, "address": record.address, "draining": record.draining}
+            if record.version:  # omitted when unknown: a record of before versions reads the same
+                body["version"] = record.version
         case ProducerVm():
             body = {"host_id": record.host_id, "service": record.service, "handler": record.handler}
             if record.used:  # omitted when false: a record of before the mark reads the same
@@ -203,7 +214,8 @@ def decode(key: str, value: bytes, revision: int = 0) -> Record | None:
                 if not host_id:
                     return None
                 return Host(host_id=HostId(host_id), kind=HostKind(host_kind), address=body["address"],
-                            draining=bool(body.get("draining", False)), revision=revision)
+                            draining=bool(body.get("draining", False)), revision=revision,
+                            version=str(body.get("version", "")))
             case "vms":
                 host_id, _, vm = rest.partition("/")
                 network, _, address = vm.partition("/")
@@ -228,3 +240,17 @@ def decode(key: str, value: bytes, revision: int = 0) -> Record | None:
     except (ValueError, KeyError, TypeError):
         return None
     return None
+
+
+def encode_schema(schema: int, release: str) -> bytes:
+    """The marker's value: the key schema etcd holds and the release that wrote it first."""
+    return json.dumps({"schema": schema, "release": release}, separators=(",", ":"), sort_keys=True).encode()
+
+
+def decode_schema(value: bytes) -> tuple[int, str] | None:
+    """(schema, release) of a marker, or None when it is not one."""
+    try:
+        body = json.loads(value)
+        return int(body["schema"]), str(body.get("release", "?"))
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -156,6 +156,7 @@ class Host:
     address: str
     draining: bool = False
     revision: int = 0
+    version: str = ""  # what the process announced (wire/version.py); "" for one from before versions
 
 
 @dataclass(frozen=True, slots=True)
