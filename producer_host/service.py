@@ -190,7 +190,8 @@ class TunnelServicer(pb_grpc.TunnelServicer):
             metrics.TUNNEL_FRAMES_REJECTED.labels("TunnelRefused").inc()
             await _take_first(request_iterator)
             raise refused.exception()
-        # ours first: the consumer host checks it before it writes a frame (consumer_host/tunnel.py)
+        # ours in the stream's initial metadata; a refusal comes before we read a frame, so the
+        # consumer host fails its frames as not delivered (consumer_host/tunnel.py)
         await context.send_initial_metadata(version.metadata())
         if (refused := self._version_refused(context, peer)) is not None:
             await _take_first(request_iterator)
