@@ -26,7 +26,7 @@ def cmd_health(args: argparse.Namespace) -> None:
     """With TLS, accept any leasenet server; a probe of a host's own kind tries that kind's name first."""
     me = security.operator(args)
     kinds = sorted(channels.SERVER_KINDS, key=lambda kind: kind is not me.identity.kind)
-    health = asyncio.run(channels.check_health(args.address, args.timeout, me.tls, kinds))
+    health = asyncio.run(channels.probe_health(args.address, args.timeout, me.tls, kinds))
     if not health.serving:
         raise CliError(f"{args.address} is not serving")
     print(f"{args.address} SERVING" + (f" (leasenet {health.version})" if health.version else ""))

@@ -48,6 +48,12 @@ class Health(NamedTuple):
 
 
 async def check_health(address: str, timeout_s: float = 2.0, tls: TlsMaterial | None = None,
+                       expect: Sequence[Kind] = SERVER_KINDS) -> bool:
+    """Whether the server at `address` reports SERVING (probe_health, without the version)."""
+    return (await probe_health(address, timeout_s, tls, expect)).serving
+
+
+async def probe_health(address: str, timeout_s: float = 2.0, tls: TlsMaterial | None = None,
                        expect: Sequence[Kind] = SERVER_KINDS) -> Health:
     """Whether the server at `address` reports SERVING, and its version. With TLS, a probe presents
     `tls` and accepts a server of any kind in `expect` (a probe of unknown kind tries each name; a

@@ -77,7 +77,7 @@ async def test_release_n_and_n_plus_1_serve_traffic_side_by_side(cluster: LocalC
     announced = await hosts(r1.address)
     assert announced == {"r1": str(N), "p1": str(N), "c1": str(N), "r2": N1 + " keys=1", "p2": N1 + " keys=1",
                          "c2": N1 + " keys=1"}
-    health = await channels.check_health(cluster.procs["p2"].address, 5.0, tls_as(OPERATOR), [Kind.PRODUCER])
+    health = await channels.probe_health(cluster.procs["p2"].address, 5.0, tls_as(OPERATOR), [Kind.PRODUCER])
     assert health.serving and health.version == N1 + " keys=1"
     table = subprocess.run([sys.executable, "-m", "leasenet", "hosts", "--registry", r2.address, "--tls-dir",
                             str(cluster.tls_dir)], capture_output=True, text=True, timeout=60,
