@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import importlib.metadata
 import json
 import logging
 import os
@@ -26,7 +25,7 @@ from leasenet.bench.command import cmd_bench
 from leasenet.console import CliError, run_command
 from leasenet.flags import add, env_name, tls_flags  # noqa: F401 - env_name: named here as before
 from leasenet.presence import PresenceConfig
-from mapping import keys
+from mapping import keys, schema
 from mapping.config import load_cluster_config
 from mapping.model import HostId, HostKind
 from mapping.names import check_name
@@ -38,7 +37,7 @@ from producer_host.vms.settings import PLACEHOLDERS, Reset, VmSettings, check_se
 from registry.service import RegistryConfig
 from registry.service import serve as serve_registry
 from registry.watchers import DEFAULT_BACKLOG, DEFAULT_MAX_WATCHERS, WatchLimits
-from wire import logs, metrics, rpc
+from wire import logs, metrics, rpc, version
 from wire.lifecycle import run_until_signalled
 from wire.tls import Identity, Kind, TlsMaterial, identity_of_certificate
 from wire.v1 import consumer_pb2 as cpb
@@ -54,6 +53,8 @@ def _common(p: argparse.ArgumentParser) -> None:
         "free port; empty = none); METRICS.md lists the metrics")
     add(p, "--log-format", default="text", choices=logs.FORMATS,
         help="text, or json: one object per line (time, level, kind, host, trace_id, request_id)")
+    # for tests only (wire/version.py): announce another release or protocol versions than the build's
+    add(p, "--announce-version", default="", help=argparse.SUPPRESS)
 
 
 def _otlp(p: argparse.ArgumentParser) -> None:
@@ -339,6 +340,9 @@ async def _run_service(args: argparse.Namespace, serve: Callable[..., Awaitable[
     metrics_address = _serve_metrics(args)
     store = await EtcdStore(endpoints, tls=tls or getattr(config, "tls", None)).connect()
     try:
+        log.info("leasenet %s", version.ours())
+        # before any record is read or written: a process of another key schema does not start
+        await schema.check(store, version.ours(), mark=args.command == "registry")
         await run_until_signalled(lambda stop: serve(config, store, stop=stop, ready=lambda address: _write_ready(
             args.ready_file, address, metrics_address)))
     finally:
@@ -353,7 +357,7 @@ def _serve_metrics(args: argparse.Namespace) -> str:
         return ""
     try:
         address = metrics.serve(args.metrics_listen, kind=args.command.replace("-", "_"),
-                                version=importlib.metadata.version("leasenet"), event_loop=args.event_loop)
+                                version=version.ours().release, event_loop=args.event_loop)
     except metrics.MetricsConfigError as exc:
         raise CliError(str(exc)) from None
     log.info("metrics on http://%s/metrics", address)
@@ -474,6 +478,8 @@ def cmd_send(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     def command() -> None:
         args = build_parser().parse_args(argv)
+        if getattr(args, "announce_version", ""):
+            version.announce_as(args.announce_version)
         logs.setup(getattr(args, "log_level", "WARNING"), getattr(args, "log_format", "text"),
                    kind=PROCESS_KINDS.get(args.command, args.command), host=getattr(args, "host_id", "") or "")
         if args.command in ("registry", "producer-host", "consumer-host"):

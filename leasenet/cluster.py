@@ -182,9 +182,9 @@ class LocalCluster:
             time.sleep(0.02)
         raise TimeoutError(f"{proc.name} was not ready within {timeout_s:.0f} s:\n{proc.log_tail()}")
 
-    def registry(self, name: str, cluster_config: Path, listen: str | None = None) -> Proc:
+    def registry(self, name: str, cluster_config: Path, listen: str | None = None, extra: tuple[str, ...] = ()) -> Proc:
         return self.spawn(name, "registry", "--host-id", name, "--listen", listen or f"{self.host}:0",
-                          "--cluster-config", str(cluster_config))
+                          "--cluster-config", str(cluster_config), *extra)
 
     def producer(self, host_id: str, *, network: str, service: str, vms: int | None, vm_address_start: str,
                  handler: str | None = "echo", history: bool = True, listen: str | None = None,

@@ -169,6 +169,7 @@ class Host:
     # consumer host, however many pools it holds); 0 in records written before schema v2's hosts
     lease: int = 0
     ttl_s: int = 0
+    version: str = ""  # what the process announced (wire/version.py); "" for one from before versions
 
 
 @dataclass(frozen=True, slots=True)
