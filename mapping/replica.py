@@ -9,6 +9,8 @@ pause spreads their reloads), and the reload reports every key that vanished mea
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import random
 from collections.abc import Callable
@@ -36,9 +38,10 @@ class Replica:
     for a replica of one prefix (a registry's: the whole root) is simply its position."""
 
     def __init__(self, store: Store, *, prefixes: tuple[str, ...] = (keys.ROOT,),
-                 reload_jitter_s: float = RELOAD_JITTER_S) -> None:
+                 reload_jitter_s: float = RELOAD_JITTER_S, skip: Callable[[str], bool] | None = None) -> None:
         self.store = store
         self.prefixes = prefixes
+        self.skip = skip  # keys watched but not kept (mapping/scopes.py: skipped)
         self.reload_jitter_s = reload_jitter_s
         self.state = ClusterState()
         self.positions = {prefix: 0 for prefix in prefixes}
@@ -46,7 +49,11 @@ class Replica:
         self.reloads = 0
         self._loaded: set[str] = set()
         self._listeners: list[Listener] = []
-        self._advanced = asyncio.Condition()
+        # waiters for a revision, per prefix: (revision, ticket, waiter); a waiter is woken once every
+        # prefix it waits on has reached its revision. Heaps, so that an advance costs only the waiters
+        # it wakes (every grant in flight waits here: no wake-up of all of them per watch batch)
+        self._waiting: dict[str, list[tuple[int, int, _Waiter]]] = {prefix: [] for prefix in prefixes}
+        self._tickets = itertools.count()
 
     @property
     def revision(self) -> int:
@@ -69,9 +76,8 @@ class Replica:
         while True:
             try:
                 if need_snapshot:
-                    self.load(await self.store.snapshot(prefix), prefix)
+                    self.load(await self.store.snapshot(prefix), prefix)  # moves the revision waiters wait for
                     need_snapshot = False
-                    await self._notify()  # a reload also moves the revision that waiters wait for
                 async for batch in self.store.watch(prefix, self.positions[prefix] + 1):
                     await self.apply(batch, prefix)
                     backoff = 0.1
@@ -92,7 +98,9 @@ class Replica:
         prefix = prefix or self.prefixes[0]
         self.reloads += 1
         metrics.REPLICA_RELOADS.inc()
-        fresh = {kv.key: keys.decode(kv.key, kv.value, kv.create_revision) for kv in snapshot.items}
+        skip = self.skip
+        fresh = {kv.key: keys.decode(kv.key, kv.value, kv.create_revision) for kv in snapshot.items
+                 if skip is None or not skip(kv.key)}
         stale = [k for k in self._all_keys() if k.startswith(prefix) and fresh.get(k) is None]
         for key in stale:
             self._set(key, None, snapshot.revision)
@@ -104,41 +112,55 @@ class Replica:
 
     async def apply(self, batch: WatchBatch, prefix: str | None = None) -> None:
         prefix = prefix or self.prefixes[0]
-        position = self.positions[prefix]
+        position, skip = self.positions[prefix], self.skip
         for ev in batch.events:
-            if ev.mod_revision <= position:
-                continue  # already in the snapshot (or seen before a resume)
+            if ev.mod_revision <= position or (skip is not None and skip(ev.key)):
+                continue  # already in the snapshot (or seen before a resume), or not kept here
             record = None if ev.value is None else keys.decode(ev.key, ev.value, ev.create_revision)
             self._set(ev.key, record, ev.mod_revision)
         # An event batch is complete only up to its last event (during a catch-up etcd puts its own
         # current revision in the header while more events follow); an empty batch is a progress mark.
         self._advance(prefix, max(e.mod_revision for e in batch.events) if batch.events else batch.revision)
         metrics.REPLICA_LAG.set(max(0, batch.revision - self.positions[prefix]))
-        await self._notify()
-
-    async def _notify(self) -> None:
-        async with self._advanced:
-            self._advanced.notify_all()
 
     async def wait_for_revision(self, revision: int, timeout_s: float, *, key: str | None = None) -> bool:
         """Wait until the replica holds everything up to `revision` (of the prefix holding `key`, or
         of every prefix); False on timeout."""
-        watched = [p for p in self.prefixes if key is None or key.startswith(p) or p.startswith(key)]
-
-        def reached() -> bool:
-            return all(self.positions[p] >= revision for p in watched)
+        behind = [p for p in self.prefixes if (key is None or key.startswith(p) or p.startswith(key))
+                  and self.positions[p] < revision]
+        if not behind:
+            return True
+        waiter = _Waiter(len(behind))
+        ticket = next(self._tickets)
+        for prefix in behind:
+            heapq.heappush(self._waiting[prefix], (revision, ticket, waiter))
         try:
             async with asyncio.timeout(timeout_s):
-                async with self._advanced:
-                    await self._advanced.wait_for(reached)
+                await waiter.done
             return True
         except TimeoutError:
-            return reached()
+            return all(self.positions[p] >= revision for p in behind)
+        finally:
+            if not waiter.done.done():
+                waiter.done.cancel()  # its heap entries go when their revision comes (or the heap is pruned)
+                self._prune(behind)
 
     def _advance(self, prefix: str, revision: int) -> None:
         self.positions[prefix] = max(self.positions[prefix], revision)
+        waiting = self._waiting[prefix]
+        while waiting and waiting[0][0] <= self.positions[prefix]:
+            heapq.heappop(waiting)[2].reached()
         if len(self._loaded) == len(self.prefixes):
             self.synced.set()
+
+    def _prune(self, prefixes: list[str]) -> None:
+        """Drop given-up waiters once they are most of a heap (a revision that never comes, e.g. a
+        prefix in which nothing happens, would keep them)."""
+        for prefix in prefixes:
+            waiting = self._waiting[prefix]
+            if len(waiting) > 64 and sum(w.done.done() for _, _, w in waiting) > len(waiting) // 2:
+                self._waiting[prefix] = [entry for entry in waiting if not entry[2].done.done()]
+                heapq.heapify(self._waiting[prefix])
 
     def _set(self, key: str, record: Record | None, revision: int) -> None:
         old = self.state.apply(key, record)
@@ -156,3 +178,18 @@ class Replica:
                 + [keys.key_of(h) for h in s.hosts.values()] + [keys.key_of(v) for v in s.all_vm_records()]
                 + [keys.key_of(c) for c in s.claims.values()] + [keys.member_key(c) for c in s.members.values()]
                 + list(s.pools) + [keys.QUOTAS + k for k in s.quota_slots])
+
+
+class _Waiter:
+    """One wait_for_revision: done once each of the `prefixes` it waits on has reached the revision."""
+
+    __slots__ = ("done", "left")
+
+    def __init__(self, prefixes: int) -> None:
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.left = prefixes
+
+    def reached(self) -> None:
+        self.left -= 1
+        if self.left == 0 and not self.done.done():
+            self.done.set_result(None)

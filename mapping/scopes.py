@@ -6,9 +6,15 @@ change when a host comes, goes or drains, never per grant.
     registry             all of ROOT: it chooses among every VM and serves inspection (leases, vms, hosts)
     producer host p      networks/ services/ hosts/ vms/<p>/ claims/<p>/
     consumer host c      networks/ services/ hosts/ pools/<c>/   (its pools and their members)
+
+Within what it watches, a registry skips the pools' members (`skipped`): they mirror the claims for the
+consumer hosts, and a registry reads the claims themselves; a third of every grant's events is
+theirs, and both registries would decode and apply each.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from mapping import keys
 from mapping.model import HostKind
@@ -24,3 +30,8 @@ def watch_prefixes(kind: HostKind, host_id: str) -> tuple[str, ...]:
         case HostKind.CONSUMER:
             return (*SHARED, f"{keys.POOLS}{host_id}/")
     return (keys.ROOT,)
+
+
+def skipped(kind: HostKind) -> Callable[[str], bool] | None:
+    """Keys a process of `kind` neither decodes nor keeps although it watches them (None: none)."""
+    return keys.is_member_key if kind is HostKind.REGISTRY else None

@@ -38,6 +38,7 @@ from mapping.model import (
 )
 
 T = TypeVar("T")
+_ROOT_LEN = len(keys.ROOT)
 
 
 class Bag(Generic[T]):
@@ -111,34 +112,39 @@ class ClusterState:
     pools_by_consumer_host: dict[HostId, set[str]] = field(default_factory=dict)
 
     def get(self, key: str) -> Record | None:
-        kind = key[len(keys.ROOT):].partition("/")[0]
-        rest = key[len(keys.ROOT) + len(kind) + 1:]
-        table: dict[str, Record] | None = {
-            "networks": self.networks, "services": self.services, "hosts": self.hosts, "vms": self.vms,
-            "claims": self.claims, "pools": self.pools, "quotas": self.quota_slots,
-        }.get(kind)  # type: ignore[assignment]
-        if table is None:
-            return None
-        if kind == "hosts":  # hosts/<kind>/<id>, kept by id: the record must be this key's
-            host = self.hosts.get(HostId(rest.partition("/")[2]))
-            return host if host is not None and keys.key_of(host) == key else None
-        if kind == "vms":  # vms/<host>/<vm id>: that host's record, in force or not
-            owner = keys.vm_of_key(key)
-            return self.vm_records.get(owner[1], {}).get(owner[0]) if owner else None
+        return self._get(key, keys.is_member_key(key))
+
+    def _get(self, key: str, member: bool) -> Record | None:
+        """The record at `key` (`member`: whether it is a pool member's key). Runs for every event a
+        replica applies: a dispatch on the key's kind, no table built per call."""
+        kind, _, rest = key[_ROOT_LEN:].partition("/")
+        if kind == "pools":
+            if member:
+                found = self.members.get(_member_parts(rest)[1])
+                return found if found is not None and keys.member_key(found) == key else None
+            return self.pools.get(key)
         if kind == "claims":  # claims/<host>/<vm id>: the claim must be this key's
             host, _, vm = rest.partition("/")
             claim = self.claims.get(VmId(vm))
             return claim if claim is not None and claim.host_id == host else None
-        if keys.is_member_key(key):
-            vm = _member_parts(rest)[1]
-            member = self.members.get(vm)
-            return member if member is not None and keys.member_key(member) == key else None
-        return table.get(key if kind == "pools" else rest)
+        if kind == "vms":  # vms/<host>/<vm id>: that host's record, in force or not
+            owner = keys.vm_of_key(key)
+            return self.vm_records.get(owner[1], {}).get(owner[0]) if owner else None
+        if kind == "quotas":
+            return self.quota_slots.get(rest)
+        if kind == "hosts":  # hosts/<kind>/<id>, kept by id: the record must be this key's
+            host = self.hosts.get(HostId(rest.partition("/")[2]))
+            return host if host is not None and keys.key_of(host) == key else None
+        if kind == "networks":
+            return self.networks.get(rest)
+        if kind == "services":
+            return self.services.get(rest)
+        return None
 
     def apply(self, key: str, record: Record | None) -> Record | None:
         """Put `record` at `key` (None deletes). Returns the record it replaced."""
-        old = self.get(key)
         member = keys.is_member_key(key)
+        old = self._get(key, member)
         if isinstance(record, Claim) and not member and (other := self.claims.get(record.vm)) is not None \
                 and other.host_id != record.host_id:
             # a claim on another host's record of the address (first wins moved on): the VM in force

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 from mapping.model import Pool, lease_hex
 from registry.authz import Anyone, Caller
@@ -54,4 +54,8 @@ def line(action: str, caller: Caller, pool: str, lease_id: int | None, vms: Iter
 
 
 def record(entry: AuditLine) -> None:
-    log.info(entry.message(), extra=asdict(entry))
+    if log.isEnabledFor(logging.INFO):  # its fields as they are (asdict would deep-copy them), once per call
+        log.info(entry.message(), extra={f: getattr(entry, f) for f in _FIELDS})
+
+
+_FIELDS = tuple(f.name for f in fields(AuditLine))

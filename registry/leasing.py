@@ -101,6 +101,8 @@ class LeasingAgent:
         replica.subscribe(self._on_change)
 
     def _on_change(self, key: str, old: Record | None, new: Record | None, revision: int) -> None:
+        if not isinstance(new, (ProducerVm, Host)) and not isinstance(old, ProducerVm):
+            return  # claims, pools, members, quota slots: every grant's events, nothing to note here
         if isinstance(new, ProducerVm):
             self._vanished.pop(new.vm_id, None)
             if old is None and (first := self.state.older_record(new)) is not None:
@@ -141,18 +143,18 @@ class LeasingAgent:
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
         wanted = quotas.limits(network, service, consumer)
-        quotas.choose_slots(self.state, wanted, 0, self.rng)  # refuse before any write
-
         need = service.policy.min_pool
         pool_id = new_pool_id(self.rng)
-        for _ in range(self.max_attempts):
+        slots = quotas.choose_slots(self.state, wanted, pool_id, self.rng)  # refuse before any write
+        for attempt in range(self.max_attempts):
             host = await self._consumer_host(consumer.host_id)
             chosen = self.choose(service, need, f"lease a pool for consumer VM {consumer.vm_id}", avoid_hosts)
             pool = Pool(service.name, consumer.vm_id, consumer.host_id, pool_id, host.ttl_s)
-            slots = quotas.choose_slots(self.state, wanted, pool_id, self.rng)
-            items = ([(pool_key, keys.encode(pool))] + self._claims(chosen, pool)
-                     + [(keys.key_of(slot), keys.encode(slot)) for slot in slots])
-            result = await self._transact(chosen, items, host, self._guards(chosen), self._members(chosen, pool))
+            if attempt:  # the state moved on since the last choice
+                slots = quotas.choose_slots(self.state, wanted, pool_id, self.rng)
+            claims, members = self._claims(chosen, pool)
+            items = [(pool_key, keys.encode(pool)), *claims, *((keys.key_of(slot), keys.encode(slot)) for slot in slots)]
+            result = await self._transact(chosen, items, host, self._guards(chosen), members)
             if result.succeeded:
                 log.info("granted lease %s: %s -> %s", lease_hex(pool_id), consumer.vm_id, [vm.vm_id for vm in chosen])
                 return self._view(pool_id)
@@ -177,7 +179,8 @@ class LeasingAgent:
             host = await self._consumer_host(pool.consumer_host)
             chosen = self.choose(service, count, f"grow lease {lease_hex(lease_id)}", avoid_hosts)
             guards = [Require(keys.key_of(pool), pool.revision), *self._guards(chosen)]
-            result = await self._transact(chosen, self._claims(chosen, pool), host, guards, self._members(chosen, pool))
+            claims, members = self._claims(chosen, pool)
+            result = await self._transact(chosen, claims, host, guards, members)
             if result.succeeded:
                 return self._view(lease_id)
             metrics.GRANT_CONFLICTS.inc()
@@ -209,8 +212,10 @@ class LeasingAgent:
         pool = await self._pool_lease(lease_id, caller, "release")
         state = self.state
         claims = [state.claims[vm] for vm in state.claims_by_lease.get(lease_id, ())]
-        doomed = [keys.key_of(pool), *(keys.key_of(c) for c in claims), *(keys.member_key(c) for c in claims),
-                  *state.slots_by_lease.get(lease_id, ())]
+        # the pool last: etcd reports a transaction's events in the order of its operations, and a pool
+        # gone before its claims would have every replica's claim collector look at each of them
+        doomed = [*(keys.key_of(c) for c in claims), *(keys.member_key(c) for c in claims),
+                  *state.slots_by_lease.get(lease_id, ()), keys.key_of(pool)]
         result = await self.store.delete_all(doomed, require=[Require(keys.key_of(pool), pool.revision)])
         await self.replica.wait_for_revision(result.revision, CATCH_UP_S)
 
@@ -324,16 +329,17 @@ class LeasingAgent:
         return result
 
     @staticmethod
-    def _claim_records(chosen: list[ProducerVm], pool: Pool) -> list[Claim]:
-        return [Claim(vm.vm_id, pool.lease_id, pool.service, pool.consumer_vm, pool.consumer_host, vm.revision,
-                      host_id=vm.host_id) for vm in chosen]
-
-    def _claims(self, chosen: list[ProducerVm], pool: Pool) -> list[tuple[str, bytes]]:
-        return [(keys.key_of(c), keys.encode(c)) for c in self._claim_records(chosen, pool)]
-
-    def _members(self, chosen: list[ProducerVm], pool: Pool) -> list[tuple[str, bytes]]:
-        """The claims' mirrors under the pool: the same body, so the consumer host reads a Claim."""
-        return [(keys.member_key(c), keys.encode(c)) for c in self._claim_records(chosen, pool)]
+    def _claims(chosen: list[ProducerVm], pool: Pool) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
+        """The claims on `chosen`, and their mirrors under the pool: the same body (encoded once), so
+        the consumer host reads a Claim."""
+        claims, members = [], []
+        for vm in chosen:
+            claim = Claim(vm.vm_id, pool.lease_id, pool.service, pool.consumer_vm, pool.consumer_host, vm.revision,
+                          host_id=vm.host_id)
+            body = keys.encode(claim)
+            claims.append((keys.key_of(claim), body))
+            members.append((keys.member_key(claim), body))
+        return claims, members
 
     @staticmethod
     def _guards(chosen: list[ProducerVm]) -> list[Require]:

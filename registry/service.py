@@ -19,7 +19,7 @@ from wire.lifecycle import Step, cancel_all, shut_down
 from wire.rpc import PAGE_BUDGET_BYTES, Server, edge, edge_counting
 from wire.v1 import registry_pb2 as pb
 from wire.v1 import registry_pb2_grpc as pb_grpc
-from mapping import keys
+from mapping import keys, scopes
 from mapping.config import ClusterConfig
 from mapping.liveness import DuplicateHost, Liveness
 from registry.authz import ANYONE, Caller, lessee, may_inspect, on_behalf, sees_fencing_tokens
@@ -80,13 +80,14 @@ def counted(op: str) -> Callable[[F], F]:
     return wrap
 
 
-async def caller_of(context: grpc.aio.ServicerContext, insecure: bool) -> Caller:
+async def caller_of(context: grpc.aio.ServicerContext, insecure: bool, metadata: Any = None) -> Caller:
     """Who is calling: the certificate's identity, or ANYONE on a plaintext (--insecure) registry;
     every call starts here, so our version goes back here (initial metadata) and a caller that
-    speaks no leasing protocol version in common with us is refused (VersionMismatch)."""
+    speaks no leasing protocol version in common with us is refused (VersionMismatch). `metadata`:
+    the call's, when the caller read it already (grpc builds it anew at each reading)."""
     caller = ANYONE if insecure else peer_identity(context)
     await context.send_initial_metadata(version.metadata())
-    refused = version.check_peer(Protocol.LEASING, context.invocation_metadata(), "the registry",
+    refused = version.check_peer(Protocol.LEASING, metadata or context.invocation_metadata(), "the registry",
                                  "its caller" if caller is ANYONE or caller is None else str(caller))
     if refused is not None:
         raise refused.exception()
@@ -115,8 +116,9 @@ class LeasingServicer(pb_grpc.LeasingServicer):
 
     async def _caller(self, context: grpc.aio.ServicerContext) -> tuple[Caller, bool]:
         """Whom the call is for, and whether another registry forwarded it (then it is served here)."""
-        stated = forwarded_for(context.invocation_metadata())
-        caller = on_behalf(await caller_of(context, self.insecure), stated)
+        metadata = context.invocation_metadata()
+        stated = forwarded_for(metadata)
+        caller = on_behalf(await caller_of(context, self.insecure, metadata), stated)
         if isinstance(caller, Refusal):
             raise caller.exception()
         return caller, stated is not None
@@ -435,7 +437,7 @@ async def serve(config: RegistryConfig, store: Store, *, stop: asyncio.Event,
                 ready: Callable[[str], None] | None = None) -> None:
     """A registry until `stop` is set: replica and claim collector in one task group; in `finally`,
     stop serving and let the calls in flight finish (a consumer host fails over meanwhile)."""
-    replica = Replica(store)
+    replica = Replica(store, skip=scopes.skipped(HostKind.REGISTRY))
     agent = LeasingAgent(store, replica)
     collector = ClaimCollector(store, replica)
     ownership = Ownership(config.registry_id, replica, config.tls, enabled=config.sharding)

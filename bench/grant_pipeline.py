@@ -1,0 +1,292 @@
+"""Grants in flight at once (issue 19 item 3): grants/s and the registries' CPU per grant/release cycle.
+
+    .venv/bin/python bench/grant_pipeline.py [--workers 16] [--seconds 15] [--fleet] [--tree DIR] [--profile DIR]
+
+Starts the embedded etcd (mutual TLS and auth, as `leasenet bench --scale`), two registries, a consumer
+host's presence (the pools hang on its lease) and, per registry, a service it owns with a producer host
+of 200 VMs. Then `--workers` consumer VMs per service each lease a pool of 4 at the service's owner and
+release it, again and again, for `--seconds` (after a warm-up), as the scale bench's churn does. It
+prints grants/s, the CPU per cycle of the registries (both summed) and of etcd from /proc, double
+claims (from WatchLeases) and the machine's load: CPU per cycle is the steady figure on a shared
+machine, grants/s moves with the neighbours.
+
+`--fleet`: also the scale bench's big fleet in every replica (10 producer hosts of 1,000 VMs, 4 consumer
+hosts' presences holding 2,000 pools). `--tree DIR`: run the cluster's processes from another checkout
+(e.g. `git archive <commit> | tar -x -C DIR`), to interleave before/after runs with one driver.
+`--profile DIR`: each registry samples its own stacks during the measured window (a SIGPROF sampler on
+its CPU time, bench/profiled/sitecustomize.py), writes DIR/<name>.stacks (collapsed stacks), and the
+functions where the samples fall are printed."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import grpc.aio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from leasenet.bench.measure import CpuMeter  # noqa: E402
+from leasenet.checker import ClaimLog, claims_from_lines, double_leases  # noqa: E402
+from leasenet.cluster import LocalCluster  # noqa: E402
+from leasenet.demo import watch_leases  # noqa: E402
+from mapping.config import ClusterConfig, to_toml  # noqa: E402
+from mapping.model import LeasePolicy, Network, Service  # noqa: E402
+from mapping.ownership import owner  # noqa: E402
+from wire import rpc  # noqa: E402
+from wire.tls import Identity, Kind  # noqa: E402
+from wire.v1 import registry_pb2 as rpb  # noqa: E402
+from wire.v1 import registry_pb2_grpc as rpb_grpc  # noqa: E402
+
+NETWORK, VNI = "bench", 4242
+POOL = 4
+VMS_PER_SERVICE = 200
+GRANTS_HOST = Identity(Kind.CONSUMER, "pipeline-grants")
+REGISTRIES = ("r1", "r2")
+# one service owned by each registry (rendezvous hashing over r1, r2), as the scale bench's churn
+SERVICES = tuple(next(f"churn-{n}" for n in range(100) if owner(f"churn-{n}", REGISTRIES) == r) for r in REGISTRIES)
+FLEET_SERVICE, FLEET_HOSTS, FLEET_VMS, FLEET_CONSUMERS, FLEET_POOLS = "scale", 10, 1000, 4, 2000
+PROFILED = Path(__file__).resolve().parent / "profiled"
+
+
+def cluster_config() -> ClusterConfig:
+    policy = LeasePolicy(min_pool=POOL, max_pool=POOL, lease_ttl_s=30, idle_release_s=600)
+    return ClusterConfig([Network(NETWORK, VNI)], [
+        *(Service(name, NETWORK, f"10.7.255.{20 + i}", 7, policy) for i, name in enumerate(SERVICES)),
+        Service(FLEET_SERVICE, NETWORK, "10.7.255.10", 7, policy)])
+
+
+def start(cluster: LocalCluster, fleet: bool) -> dict[str, str]:
+    """The cluster; returns each service's owner registry address."""
+    cluster.start_etcd()
+    config = cluster.workdir / "cluster.toml"
+    config.write_text(to_toml(cluster_config()))
+    addresses = {name: cluster.registry(name, config).address for name in REGISTRIES}
+    cluster.start_presence(Kind.CONSUMER, GRANTS_HOST.id)
+    for i, service in enumerate(SERVICES):
+        cluster.producer(f"p-{service}", network=NETWORK, service=service, vms=VMS_PER_SERVICE,
+                         vm_address_start=f"10.{17 - i}.0.1", history=False)
+    if fleet:
+        for h in range(FLEET_HOSTS):
+            cluster.producer(f"p{h + 1}", network=NETWORK, service=FLEET_SERVICE, vms=FLEET_VMS,
+                             vm_address_start=f"10.{21 + h}.0.1", history=False)
+        for c in range(FLEET_CONSUMERS):
+            cluster.start_presence(Kind.CONSUMER, f"c{c + 1}")
+    return {service: addresses[owner(service, REGISTRIES) or "r1"] for service in SERVICES}
+
+
+async def hold_fleet_pools(cluster: LocalCluster, registry: str) -> int:
+    """FLEET_POOLS pools of the fleet service, held by the fleet's consumer hosts' presences."""
+    held = 0
+
+    async def one(host: str, n: int, stub: rpb_grpc.LeasingStub) -> None:
+        nonlocal held
+        await stub.RequestLease(rpb.RequestLeaseRequest(service=FLEET_SERVICE, consumer_network=NETWORK,
+                                                        consumer_vm=f"10.{40 + n // 62500}.{n // 250 % 250}.{1 + n % 250}",
+                                                        consumer_host=host), timeout=30)
+        held += 1
+
+    per = FLEET_POOLS // FLEET_CONSUMERS
+    for c in range(FLEET_CONSUMERS):
+        host = f"c{c + 1}"
+        async with rpc.channel(registry, cluster.tls(Identity(Kind.CONSUMER, host)), Kind.REGISTRY) as channel:
+            stub = rpb_grpc.LeasingStub(channel)
+            for first in range(0, per, 50):
+                await asyncio.gather(*(one(host, c * per + n, stub) for n in range(first, min(first + 50, per))))
+    return held
+
+
+async def churn(cluster: LocalCluster, lanes: dict[str, str], workers: int, warmup_s: float, seconds: float,
+                watch: bool, profile: bool) -> dict[str, object]:
+    """Workers lease and release at each service's owner; CPU metered over the measured window only."""
+    pids = {name: proc.process.pid for name, proc in cluster.procs.items() if proc.process is not None}
+    assert cluster.etcd is not None and cluster.etcd.members[0].process is not None
+    pids["etcd"] = cluster.etcd.members[0].process.pid
+    pids["driver"] = os.getpid()
+    meter = CpuMeter(pids)
+    claims, synced = ClaimLog(), asyncio.Event()
+    watcher = None
+    if watch:
+        watcher = asyncio.create_task(watch_leases(next(iter(lanes.values())), claims, synced, cluster.operator_tls))
+        await asyncio.wait_for(synced.wait(), 30)
+    tls = cluster.tls(GRANTS_HOST)
+    channels = {service: rpc.channel(address, tls, Kind.REGISTRY) for service, address in lanes.items()}
+    measuring = False
+    grants = 0
+    errors: Counter[str] = Counter()
+    latencies: list[float] = []
+    stop = asyncio.Event()
+
+    async def worker(stub: rpb_grpc.LeasingStub, service: str, n: int) -> None:
+        nonlocal grants
+        rng = random.Random(n)
+        consumer = f"10.{60 + n // 62500}.{n // 250 % 250}.{1 + n % 250}"
+        while not stop.is_set():
+            began = time.perf_counter()
+            try:
+                lease = await stub.RequestLease(rpb.RequestLeaseRequest(
+                    service=service, consumer_network=NETWORK, consumer_vm=consumer), timeout=10)
+                await stub.ReleaseLease(rpb.LeaseRef(lease_id=lease.lease_id), timeout=10)
+            except grpc.aio.AioRpcError as exc:
+                if measuring:
+                    errors[exc.code().name] += 1
+                await asyncio.sleep(rng.uniform(0.001, 0.005))
+                continue
+            if measuring:
+                grants += 1
+                latencies.append(time.perf_counter() - began)
+
+    tasks = [asyncio.create_task(worker(rpb_grpc.LeasingStub(channels[service]), service, lane * workers + w))
+             for lane, service in enumerate(lanes) for w in range(workers)]
+    await asyncio.sleep(warmup_s)
+    load_before = os.getloadavg()
+    measuring = True
+    if profile:
+        signal_registries(cluster, signal.SIGUSR1)
+    meter.begin()
+    threads = {name: main_thread_cpu(pids[name]) for name in REGISTRIES}
+    started = time.perf_counter()
+    await asyncio.sleep(seconds)
+    meter.end()
+    if profile:
+        signal_registries(cluster, signal.SIGUSR2)
+    threads = {name: (main_thread_cpu(pids[name]) or 0.0) - (before or 0.0) for name, before in threads.items()}
+    elapsed = time.perf_counter() - started
+    measuring = False
+    stop.set()
+    await asyncio.gather(*tasks)
+    for channel in channels.values():
+        await channel.close()
+    violations: list[str] = []
+    if watcher is not None:
+        await asyncio.sleep(0.5)  # the last lease events
+        watcher.cancel()
+        violations = [v.detail for v in double_leases(claims_from_lines(claims.lines))]
+    latencies.sort()
+    used = meter.used
+    registries = sum(used.get(name, 0.0) for name in REGISTRIES)
+    others = sum(s for name, s in used.items() if name not in (*REGISTRIES, "etcd", "driver"))
+    return {
+        "cycles": grants, "seconds": round(elapsed, 2), "grants_per_s": round(grants / elapsed, 1),
+        "registries_ms_per_cycle": round(registries * 1000 / grants, 3) if grants else None,
+        "per_registry_ms_per_cycle": {n: round(used.get(n, 0.0) * 1000 / grants, 3) for n in REGISTRIES} if grants else {},
+        "etcd_ms_per_cycle": round(used.get("etcd", 0.0) * 1000 / grants, 3) if grants else None,
+        "registries_main_thread_share": round(sum(threads.values()) / registries, 2) if registries else None,
+        "others_ms_per_cycle": round(others * 1000 / grants, 3) if grants else None,
+        "driver_ms_per_cycle": round(used.get("driver", 0.0) * 1000 / grants, 3) if grants else None,
+        "all_ms_per_cycle": round(sum(used.values()) * 1000 / grants, 3) if grants else None,
+        "registries_cpu_share": round(registries / elapsed, 2),
+        "cycle_p50_ms": round(latencies[len(latencies) // 2] * 1000, 2) if latencies else None,
+        "cycle_p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 2) if latencies else None,
+        "errors": dict(errors), "double_claims": len(violations), "violations": violations[:5],
+        "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def signal_registries(cluster: LocalCluster, sig: int) -> None:
+    """Start (SIGUSR1) or stop and write (SIGUSR2) the registries' profiles (bench/profiled/)."""
+    for name in REGISTRIES:
+        os.kill(cluster.procs[name].process.pid, sig)  # type: ignore[union-attr]
+
+
+def main_thread_cpu(pid: int) -> float | None:
+    """CPU seconds of a process's main thread (its event loop; grpc's own threads are the rest)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def wait_for_profiles(where: Path, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not all((where / f"{n}.stacks").exists() for n in REGISTRIES):
+        time.sleep(0.2)
+
+
+def print_profile(path: Path, top: int) -> None:
+    """Where a registry's samples fall (bench/profiled/): each function's share of the samples with it
+    on the stack (inclusive) and at the top of the stack (own), our code's functions only."""
+    inclusive: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames, n = stack.split(";"), int(count)
+        total += n
+        own[frames[-1]] += n
+        for frame in set(frames):
+            inclusive[frame] += n
+    print(f"--- {path.name}: {total} samples (1 ms of CPU each)")
+    print("inclusive:")
+    for frame, n in inclusive.most_common(top):
+        print(f"  {100 * n / total:5.1f}%  {frame}")
+    print("own:")
+    for frame, n in own.most_common(top):
+        print(f"  {100 * n / total:5.1f}%  {frame}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=16, help="consumer VMs leasing at once per service")
+    parser.add_argument("--seconds", type=float, default=15.0, help="the measured window")
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--lanes", type=int, default=2, choices=(1, 2),
+                        help="services leased (1: only r1's, so r2's CPU is what following the grants costs)")
+    parser.add_argument("--fleet", action="store_true", help="the scale bench's big fleet and 2,000 pools too")
+    parser.add_argument("--tree", type=Path, help="run the cluster's processes from this checkout")
+    parser.add_argument("--profile", type=Path, help="registries under cProfile, stats written here")
+    parser.add_argument("--watch", action="store_true", help="check for double claims from WatchLeases (a "
+                        "subscriber costs the registry it watches CPU per cycle of its own)")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="leasenet-pipeline-"))
+    cluster = LocalCluster(workdir)
+    paths = [str(args.tree.resolve())] if args.tree else []
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        paths.append(str(PROFILED))
+        cluster.env["LEASENET_BENCH_PROFILE"] = str(args.profile.resolve())
+    if paths:
+        cluster.env["PYTHONPATH"] = os.pathsep.join(paths)
+    try:
+        lanes = dict(list(start(cluster, args.fleet).items())[:args.lanes])
+        pools = asyncio.run(hold_fleet_pools(cluster, lanes[SERVICES[0]])) if args.fleet else 0
+        result = asyncio.run(churn(cluster, lanes, args.workers, args.warmup, args.seconds, args.watch,
+                                   bool(args.profile)))
+        result |= {"workers_per_service": args.workers, "services": len(lanes), "fleet_pools": pools,
+                   "tree": str(args.tree or "."), "profiled": bool(args.profile)}
+        if args.profile:
+            wait_for_profiles(args.profile)
+    finally:
+        cluster.close()
+        if not args.keep:
+            import shutil
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"work dir: {workdir}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key}: {value}")
+    if args.profile:
+        for name in REGISTRIES:
+            if (args.profile / f"{name}.stacks").exists():
+                print_profile(args.profile / f"{name}.stacks", 45)
+
+
+if __name__ == "__main__":
+    main()
