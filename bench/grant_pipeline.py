@@ -106,7 +106,7 @@ async def hold_fleet_pools(cluster: LocalCluster, registry: str) -> int:
 
 
 async def churn(cluster: LocalCluster, lanes: dict[str, str], workers: int, warmup_s: float, seconds: float,
-                watch: bool, profile: bool) -> dict[str, object]:
+                watch: bool, profile: bool, rate: float) -> dict[str, object]:
     """Workers lease and release at each service's owner; CPU metered over the measured window only."""
     pids = {name: proc.process.pid for name, proc in cluster.procs.items() if proc.process is not None}
     assert cluster.etcd is not None and cluster.etcd.members[0].process is not None
@@ -126,11 +126,17 @@ async def churn(cluster: LocalCluster, lanes: dict[str, str], workers: int, warm
     latencies: list[float] = []
     stop = asyncio.Event()
 
+    every = len(lanes) * workers / rate if rate else 0.0  # a worker's cycles start this far apart
+
     async def worker(stub: rpb_grpc.LeasingStub, service: str, n: int) -> None:
         nonlocal grants
         rng = random.Random(n)
         consumer = f"10.{60 + n // 62500}.{n // 250 % 250}.{1 + n % 250}"
+        due = time.perf_counter() + rng.uniform(0, every)
         while not stop.is_set():
+            if every:  # paced: the same offered load for every tree compared, so that batching is alike
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                due = max(due + every, time.perf_counter() - every)
             began = time.perf_counter()
             try:
                 lease = await stub.RequestLease(rpb.RequestLeaseRequest(
@@ -241,6 +247,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=16, help="consumer VMs leasing at once per service")
     parser.add_argument("--seconds", type=float, default=15.0, help="the measured window")
     parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--rate", type=float, default=0.0, help="offer this many cycles/s in all (0: as many as "
+                        "the workers complete); CPU per cycle depends on the load (batching), so compare at one rate")
     parser.add_argument("--lanes", type=int, default=2, choices=(1, 2),
                         help="services leased (1: only r1's, so r2's CPU is what following the grants costs)")
     parser.add_argument("--fleet", action="store_true", help="the scale bench's big fleet and 2,000 pools too")
@@ -265,8 +273,8 @@ def main() -> None:
         lanes = dict(list(start(cluster, args.fleet).items())[:args.lanes])
         pools = asyncio.run(hold_fleet_pools(cluster, lanes[SERVICES[0]])) if args.fleet else 0
         result = asyncio.run(churn(cluster, lanes, args.workers, args.warmup, args.seconds, args.watch,
-                                   bool(args.profile)))
-        result |= {"workers_per_service": args.workers, "services": len(lanes), "fleet_pools": pools,
+                                   bool(args.profile), args.rate))
+        result |= {"rate": args.rate, "workers_per_service": args.workers, "services": len(lanes), "fleet_pools": pools,
                    "tree": str(args.tree or "."), "profiled": bool(args.profile)}
         if args.profile:
             wait_for_profiles(args.profile)

@@ -12,13 +12,15 @@ a moment, at worst loses a race as before)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
 
-from mapping.model import HostId, HostKind
+from mapping.model import HostId
 from mapping.state import ClusterState
 
 
+@functools.lru_cache(maxsize=4096)  # asked at every grant, for the same few services and registries
 def score(unit: str, member: str) -> int:
     """The rendezvous weight of `member` for `unit`: a stable 64-bit hash of both (not Python's
     hash(), which differs per process)."""
@@ -33,7 +35,7 @@ def owner(unit: str, members: Iterable[str]) -> str | None:
 
 def registries(state: ClusterState) -> dict[HostId, str]:
     """The live registries in the replica: id -> the address they serve leasing calls on."""
-    return {h.host_id: h.address for h in state.hosts.values() if h.kind is HostKind.REGISTRY}
+    return {h.host_id: h.address for h in state.registries.values()}
 
 
 def owner_address(state: ClusterState, service: str) -> str | None:

@@ -110,6 +110,7 @@ class ClusterState:
     stale_claims: set[VmId] = field(default_factory=set)
     pools_by_consumer: dict[VmId, set[str]] = field(default_factory=dict)  # consumer VM -> pool keys
     pools_by_consumer_host: dict[HostId, set[str]] = field(default_factory=dict)
+    registries: dict[HostId, Host] = field(default_factory=dict)  # the hosts of kind registry (asked at every grant)
 
     def get(self, key: str) -> Record | None:
         return self._get(key, keys.is_member_key(key))
@@ -173,6 +174,10 @@ class ClusterState:
                 self.services_by_target[(r.network, r.target)] = r
             case Host():
                 self.hosts[r.host_id] = r
+                if r.kind is HostKind.REGISTRY:
+                    self.registries[r.host_id] = r
+                else:  # ids are unique across kinds; `hosts` keeps the last record of one anyway
+                    self.registries.pop(r.host_id, None)
                 self._refresh_host(r.host_id)
             case ProducerVm():
                 self.vm_records.setdefault(r.vm_id, {})[r.host_id] = r
@@ -202,6 +207,7 @@ class ClusterState:
                 self.services_by_target.pop((r.network, r.target), None)
             case Host():
                 del self.hosts[r.host_id]
+                self.registries.pop(r.host_id, None)
                 self._refresh_host(r.host_id)
             case ProducerVm():
                 records = self.vm_records[r.vm_id]
