@@ -33,7 +33,7 @@ from pathlib import Path
 
 import grpc.aio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # noqa: E402 - run as a script
 
 from leasenet.bench.measure import CpuMeter  # noqa: E402
 from leasenet.checker import ClaimLog, claims_from_lines, double_leases  # noqa: E402
@@ -56,6 +56,7 @@ REGISTRIES = ("r1", "r2")
 SERVICES = tuple(next(f"churn-{n}" for n in range(100) if owner(f"churn-{n}", REGISTRIES) == r) for r in REGISTRIES)
 FLEET_SERVICE, FLEET_HOSTS, FLEET_VMS, FLEET_CONSUMERS, FLEET_POOLS = "scale", 10, 1000, 4, 2000
 PROFILED = Path(__file__).resolve().parent / "profiled"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def cluster_config() -> ClusterConfig:
@@ -65,12 +66,18 @@ def cluster_config() -> ClusterConfig:
         Service(FLEET_SERVICE, NETWORK, "10.7.255.10", 7, policy)])
 
 
-def start(cluster: LocalCluster, fleet: bool) -> dict[str, str]:
-    """The cluster; returns each service's owner registry address."""
+def start(cluster: LocalCluster, fleet: bool, registry_paths: list[str]) -> dict[str, str]:
+    """The cluster; returns each service's owner registry address. `registry_paths`: the PYTHONPATH
+    of r1 and of r2, when it is not the other processes' (the checkout each runs from)."""
     cluster.start_etcd()
     config = cluster.workdir / "cluster.toml"
     config.write_text(to_toml(cluster_config()))
-    addresses = {name: cluster.registry(name, config).address for name in REGISTRIES}
+    addresses = {}
+    shared = dict(cluster.env)
+    for name, path in zip(REGISTRIES, registry_paths or [shared.get("PYTHONPATH", "")] * len(REGISTRIES)):
+        cluster.env["PYTHONPATH"] = path
+        addresses[name] = cluster.registry(name, config).address
+    cluster.env = shared
     cluster.start_presence(Kind.CONSUMER, GRANTS_HOST.id)
     for i, service in enumerate(SERVICES):
         cluster.producer(f"p-{service}", network=NETWORK, service=service, vms=VMS_PER_SERVICE,
@@ -151,6 +158,12 @@ async def churn(cluster: LocalCluster, lanes: dict[str, str], workers: int, warm
                 grants += 1
                 latencies.append(time.perf_counter() - began)
 
+    if not workers:  # idle: what the processes cost with no grant at all
+        meter.begin()
+        await asyncio.sleep(seconds)
+        meter.end()
+        return {name: round(used * 1000 / seconds, 1) for name, used in meter.used.items()} | {
+            "unit": "ms of CPU per second, idle", "load": [round(x, 2) for x in os.getloadavg()]}
     tasks = [asyncio.create_task(worker(rpb_grpc.LeasingStub(channels[service]), service, lane * workers + w))
              for lane, service in enumerate(lanes) for w in range(workers)]
     await asyncio.sleep(warmup_s)
@@ -253,7 +266,10 @@ def main() -> None:
                         help="services leased (1: only r1's, so r2's CPU is what following the grants costs)")
     parser.add_argument("--fleet", action="store_true", help="the scale bench's big fleet and 2,000 pools too")
     parser.add_argument("--tree", type=Path, help="run the cluster's processes from this checkout")
-    parser.add_argument("--profile", type=Path, help="registries under cProfile, stats written here")
+    parser.add_argument("--registry-trees", type=lambda text: [Path(t) for t in text.split(",")], default=[],
+                        help="A,B: r1 runs from checkout A, r2 from B (both registries do the same work: one "
+                        "service each, every event followed), so one run compares two trees under one load")
+    parser.add_argument("--profile", type=Path, help="sample the registries' stacks (bench/profiled/), written here")
     parser.add_argument("--watch", action="store_true", help="check for double claims from WatchLeases (a "
                         "subscriber costs the registry it watches CPU per cycle of its own)")
     parser.add_argument("--json", action="store_true")
@@ -261,21 +277,24 @@ def main() -> None:
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="leasenet-pipeline-"))
+    # `python -m leasenet` puts its working directory first on sys.path: from a checkout's root, every
+    # process would run that checkout, whatever --tree says
+    os.chdir(workdir)
     cluster = LocalCluster(workdir)
-    paths = [str(args.tree.resolve())] if args.tree else []
+    profiled = [str(PROFILED)] if args.profile else []
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
-        paths.append(str(PROFILED))
         cluster.env["LEASENET_BENCH_PROFILE"] = str(args.profile.resolve())
-    if paths:
-        cluster.env["PYTHONPATH"] = os.pathsep.join(paths)
+    cluster.env["PYTHONPATH"] = os.pathsep.join([str((args.tree or REPO).resolve()), *profiled])
+    registry_paths = [os.pathsep.join([str(tree.resolve()), *profiled]) for tree in args.registry_trees]
     try:
-        lanes = dict(list(start(cluster, args.fleet).items())[:args.lanes])
+        lanes = dict(list(start(cluster, args.fleet, registry_paths).items())[:args.lanes])
         pools = asyncio.run(hold_fleet_pools(cluster, lanes[SERVICES[0]])) if args.fleet else 0
         result = asyncio.run(churn(cluster, lanes, args.workers, args.warmup, args.seconds, args.watch,
                                    bool(args.profile), args.rate))
         result |= {"rate": args.rate, "workers_per_service": args.workers, "services": len(lanes), "fleet_pools": pools,
-                   "tree": str(args.tree or "."), "profiled": bool(args.profile)}
+                   "tree": str(args.tree or "."), "profiled": bool(args.profile),
+                   "registry_trees": {n: str(t) for n, t in zip(REGISTRIES, args.registry_trees)}}
         if args.profile:
             wait_for_profiles(args.profile)
     finally:

@@ -287,7 +287,8 @@ class LeasingAgent:
         10,000 VMs."""
         state = self.state
         free = state.free_by_service.get(service.name, {})
-        avoid = {h for h in free if (host := state.hosts.get(h)) is not None and host.address in avoid_hosts}
+        avoid = {h for h in free if (host := state.hosts.get(h)) is not None and host.address in avoid_hosts} \
+            if avoid_hosts else set()
         available = sum(len(bag) for h, bag in free.items() if h not in avoid)
         if available < count:
             raise shortfall(service.name, count, available, self._returning(service.name, avoid_hosts), purpose)

@@ -37,8 +37,10 @@ class Page:
     more: bool
 
 
-@dataclass(frozen=True, slots=True)
-class WatchEvent:
+class WatchEvent(NamedTuple):
+    """One key's change. A tuple (as immutable as a frozen dataclass): every watch event of every
+    grant is made into one, and a frozen dataclass's __init__ costs four object.__setattr__ calls."""
+
     key: str
     value: bytes | None  # None: the key was deleted (or its lease expired)
     create_revision: int

@@ -165,6 +165,11 @@ def _txn_request(require: Sequence[Require], *, absent: Sequence[str] = (), puts
     return request
 
 
+def _event(kind: int, kv: object) -> WatchEvent:
+    return WatchEvent(kv.key.decode(), None if kind == _DELETE else kv.value,  # type: ignore[attr-defined]
+                      kv.create_revision, kv.mod_revision)  # type: ignore[attr-defined]
+
+
 def _kv(kv: object) -> KeyValue:
     return KeyValue(key=kv.key.decode(), value=kv.value, create_revision=kv.create_revision,  # type: ignore[attr-defined]
                     mod_revision=kv.mod_revision, lease=kv.lease)  # type: ignore[attr-defined]
@@ -325,10 +330,7 @@ class EtcdStore:
                 if streams > 1:
                     raise StoreUnavailable(f"the watch on {prefix} broke and must resume from the caller's revision")
                 continue
-            yield WatchBatch(resp.header.revision,
-                             [WatchEvent(key=ev.kv.key.decode(), value=None if ev.type == _DELETE else ev.kv.value,
-                                         create_revision=ev.kv.create_revision, mod_revision=ev.kv.mod_revision)
-                              for ev in resp.events])
+            yield WatchBatch(resp.header.revision, [_event(ev.type, ev.kv) for ev in resp.events])
 
 
 async def connect(endpoints: Sequence[str], *, timeout_s: float = 3.0, tls: TlsMaterial | None = None) -> EtcdStore:
