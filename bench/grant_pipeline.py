@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import sys
 import tempfile
@@ -299,11 +300,13 @@ def main() -> None:
             wait_for_profiles(args.profile)
     finally:
         cluster.close()
-        if not args.keep:
-            import shutil
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
+    if isinstance(result, dict) and "cycles" in result:  # lost races, as the registries logged them
+        result["conflicts"] = {name: (workdir / f"{name}.log").read_text(errors="replace").count("grant conflict")
+                               for name in REGISTRIES}
+        if args.keep:
             print(f"work dir: {workdir}", file=sys.stderr)
+    if not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
     if args.json:
         print(json.dumps(result))
     else:

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mapping import keys
@@ -29,8 +29,8 @@ from wire.errors import (
     PoolExhausted,
     ProducerUnavailable,
 )
-from mapping.model import (Claim, ConsumerRef, Host, HostId, HostKind, LeaseId, Pool, ProducerVm, Record, Service, VmId,
-                           lease_hex, new_pool_id)
+from mapping.model import (Claim, ConsumerRef, Host, HostId, HostKind, LeaseId, Pool, ProducerVm, QuotaScope, QuotaSlot,
+                           Record, Service, VmId, lease_hex, new_pool_id)
 from registry.authz import ANYONE, Caller, may_act_on_pool
 from registry import quotas
 from registry.placement import choose_vms
@@ -95,8 +95,10 @@ class LeasingAgent:
         self._vanished: dict[VmId, tuple[str, float]] = {}  # producer VM -> (its service, when it vanished)
         self._drained: set[HostId] = set()
         # VMs our own grants and grows in flight have chosen: the next choice leaves them out, so that
-        # an owner serving all of a service's grants does not race itself (registry/ownership.py)
+        # an owner serving all of a service's grants does not race itself (registry/ownership.py);
+        # likewise the quota slots they chose, by scope and subject (quotas.choose_slots)
         self._in_flight: set[VmId] = set()
+        self._slots_in_flight: dict[tuple[QuotaScope, str], set[int]] = {}
         self.conflicts = 0  # transactions lost to a concurrent claim (measured with and without ownership)
         replica.subscribe(self._on_change)
 
@@ -145,16 +147,16 @@ class LeasingAgent:
         wanted = quotas.limits(network, service, consumer)
         need = service.policy.min_pool
         pool_id = new_pool_id(self.rng)
-        slots = quotas.choose_slots(self.state, wanted, pool_id, self.rng)  # refuse before any write
+        slots = self._choose_slots(wanted, pool_id)  # refuse before any write
         for attempt in range(self.max_attempts):
             host = await self._consumer_host(consumer.host_id)
             chosen = self.choose(service, need, f"lease a pool for consumer VM {consumer.vm_id}", avoid_hosts)
             pool = Pool(service.name, consumer.vm_id, consumer.host_id, pool_id, host.ttl_s)
             if attempt:  # the state moved on since the last choice
-                slots = quotas.choose_slots(self.state, wanted, pool_id, self.rng)
+                slots = self._choose_slots(wanted, pool_id)
             claims, members = self._claims(chosen, pool)
             items = [(pool_key, keys.encode(pool)), *claims, *((keys.key_of(slot), keys.encode(slot)) for slot in slots)]
-            result = await self._transact(chosen, items, host, self._guards(chosen), members)
+            result = await self._transact(chosen, items, host, self._guards(chosen), members, slots)
             if result.succeeded:
                 log.info("granted lease %s: %s -> %s", lease_hex(pool_id), consumer.vm_id, [vm.vm_id for vm in chosen])
                 return self._view(pool_id)
@@ -311,23 +313,45 @@ class LeasingAgent:
                        and state.host_address(vm.vm_id) not in avoid_hosts]
         return sum(s == service for s, _ in self._vanished.values()) + len(reclaimable)
 
+    def _choose_slots(self, wanted: list[quotas.Limit], pool_id: LeaseId) -> list[QuotaSlot]:
+        return quotas.choose_slots(self.state, wanted, pool_id, self.rng, self._slots_in_flight)
+
     async def _transact(self, chosen: list[ProducerVm], items: list[tuple[str, bytes]], host: Host,
-                        guards: list[Require], mirrors: list[tuple[str, bytes]]) -> TxnResult:
-        """Claim `chosen` in one transaction on the consumer host's lease (guarded by its record: the
-        incarnation whose lease that is), then wait until our replica shows it (or the winner)."""
+                        guards: list[Require], mirrors: list[tuple[str, bytes]],
+                        slots: Sequence[QuotaSlot] = ()) -> TxnResult:
+        """Claim `chosen` (and take `slots`) in one transaction on the consumer host's lease (guarded
+        by its record: the incarnation whose lease that is), then wait until our replica shows it (or
+        the winner). Meanwhile other grants choose around them."""
         taken = {vm.vm_id for vm in chosen} - self._in_flight
         self._in_flight |= taken
+        marked = [slot for slot in slots if self._mark(slot)]
         try:
             result = await self.store.create_all(items, lease=host.lease, puts=mirrors,
                                                  require=[*guards, Require(keys.key_of(host), host.revision)])
             await self.replica.wait_for_revision(result.revision, CATCH_UP_S)
         finally:
             self._in_flight -= taken
+            for slot in marked:
+                self._unmark(slot)
         if not result.succeeded:
             self.conflicts += 1
             log.info("grant conflict on %s (consumer host %s): another claim won, or the host registered again; "
                      "choosing again", sorted(vm.vm_id for vm in chosen), host.host_id)
         return result
+
+    def _mark(self, slot: QuotaSlot) -> bool:
+        """Note a slot our grant in flight takes; False when another of ours took it already."""
+        busy = self._slots_in_flight.setdefault((slot.scope, slot.subject), set())
+        if slot.index in busy:
+            return False
+        busy.add(slot.index)
+        return True
+
+    def _unmark(self, slot: QuotaSlot) -> None:
+        busy = self._slots_in_flight[subject := (slot.scope, slot.subject)]
+        busy.discard(slot.index)
+        if not busy:
+            del self._slots_in_flight[subject]
 
     @staticmethod
     def _claims(chosen: list[ProducerVm], pool: Pool) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:

@@ -15,6 +15,7 @@ the lease's life."""
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 
 from mapping.model import ConsumerRef, Network, QuotaScope, QuotaSlot, Service
@@ -57,8 +58,12 @@ def _describe(limit: Limit) -> str:
     return f"consumer VM {limit.subject}"
 
 
-def choose_slots(state: ClusterState, wanted: list[Limit], lease_id: int, rng: random.Random) -> list[QuotaSlot]:
-    """A free slot under each limit, or QuotaExceeded naming the first quota that is full."""
+def choose_slots(state: ClusterState, wanted: list[Limit], lease_id: int, rng: random.Random,
+                 in_flight: Mapping[tuple[QuotaScope, str], set[int]] | None = None) -> list[QuotaSlot]:
+    """A free slot under each limit, or QuotaExceeded naming the first quota that is full. Slots our
+    own grants in flight chose (`in_flight`, by scope and subject) are left out while others are
+    free: concurrent grants of one consumer host would otherwise draw the same slot now and then,
+    and all but one would lose the race and start again."""
     slots = []
     for limit in wanted:
         used = state.slots_by_subject.get((limit.scope, limit.subject), set())
@@ -68,13 +73,21 @@ def choose_slots(state: ClusterState, wanted: list[Limit], lease_id: int, rng: r
         if taken >= limit.limit:
             raise QuotaExceeded(f"{_describe(limit)} already holds {taken} lease(s), its quota ({limit.name} = "
                                 f"{limit.limit}); release one first")
-        slots.append(QuotaSlot(limit.scope, limit.subject, _free_index(used, limit.limit, taken, rng), lease_id))
+        busy = (in_flight.get((limit.scope, limit.subject)) if in_flight else None) or _NONE
+        if limit.limit - taken <= len(busy):  # every free slot may be in flight: race them
+            busy = _NONE
+        index = _free_index(used, busy, limit.limit, taken + len(busy), rng)
+        slots.append(QuotaSlot(limit.scope, limit.subject, index, lease_id))
     return slots
 
 
-def _free_index(used: set[int], limit: int, taken: int, rng: random.Random) -> int:
+_NONE: frozenset[int] = frozenset()
+
+
+def _free_index(used: set[int], busy: Set[int], limit: int, taken: int, rng: random.Random) -> int:
+    """A slot below `limit` in neither `used` nor `busy` (one is, and `taken` bounds how many are)."""
     if (limit - taken) * _DENSE >= limit:  # at least 1 in _DENSE is free: a few draws find one
-        while (index := rng.randrange(limit)) in used:
+        while (index := rng.randrange(limit)) in used or index in busy:
             pass
         return index
-    return rng.choice([i for i in range(limit) if i not in used])
+    return rng.choice([i for i in range(limit) if i not in used and i not in busy])

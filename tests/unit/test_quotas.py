@@ -129,3 +129,21 @@ async def test_concurrent_grants_by_several_agents_never_exceed_a_quota(agent) -
     await replica.wait_for_revision(await store.put("/unrelated", b"x"), 5)
     network_slots = replica.state.slots_by_subject[(QuotaScope.NETWORK, "blue")]
     assert len(replica.state.pools) == 6 and network_slots == set(range(6))
+
+
+def test_slots_our_grants_in_flight_took_are_left_out_while_another_is_free() -> None:
+    state = ClusterState()
+    used = QuotaSlot(QuotaScope.CONSUMER_HOST, "c1", 0, 7)
+    state.apply(keys.key_of(used), used)
+    in_flight = {(QuotaScope.CONSUMER_HOST, "c1"): {1}}
+    three = [Limit(QuotaScope.CONSUMER_HOST, "c1", 3, "q")]
+    assert {choose_slots(state, three, 9, random.Random(seed), in_flight)[0].index for seed in range(20)} == {2}
+    two = [Limit(QuotaScope.CONSUMER_HOST, "c1", 2, "q")]  # the only free slot is in flight: race for it
+    assert choose_slots(state, two, 9, random.Random(1), in_flight)[0].index == 1
+
+
+async def test_one_agent_s_concurrent_grants_do_not_race_each_other_for_a_slot(agent) -> None:
+    _, replica, leasing = agent  # c1 may hold 4 pools: four grants at once draw 4 distinct slots, or lose races
+    views = await asyncio.gather(*(leasing.request_lease(consumer("c1", n), f"s{1 + n % 3}") for n in range(1, 5)))
+    assert leasing.conflicts == 0 and len({v.pool.lease_id for v in views}) == 4
+    assert replica.state.slots_by_subject[(QuotaScope.CONSUMER_HOST, "c1")] == set(range(4))
