@@ -271,11 +271,14 @@ def decode(key: str, value: bytes, revision: int = 0) -> Record | None:
             case "quotas":
                 scope, _, slot = rest.partition("/")
                 subject, _, index = slot.rpartition("/")
-                return QuotaSlot(scope=QuotaScope(scope), subject=subject, index=int(index),
+                return QuotaSlot(scope=_SCOPES[scope], subject=subject, index=int(index),
                                  lease_id=LeaseId(int(body["lease_id"])))
     except (ValueError, KeyError, TypeError):
         return None
     return None
+
+
+_SCOPES = {scope.value: scope for scope in QuotaScope}  # QuotaScope(text) is a slow call, and every grant has 3
 
 
 def _claim(body: dict[str, Any], host_id: HostId, vm: VmId, revision: int) -> Claim:

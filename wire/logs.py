@@ -44,6 +44,22 @@ class RequestFilter(logging.Filter):
         return True
 
 
+class TextFormatter(logging.Formatter):
+    """logging's own text format, with the time's text made once per second instead of per record
+    (localtime and strftime were a third of a registry's cost per log line)."""
+
+    _second: int | None = None
+    _text = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 - logging's
+        if datefmt:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:
+            self._second, self._text = second, time.strftime(self.default_time_format, self.converter(record.created))
+        return self.default_msec_format % (self._text, record.msecs)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record, on one line (a traceback is a field, its newlines escaped)."""
 
@@ -82,7 +98,7 @@ def setup(level: str = "INFO", fmt: str = "text", *, kind: str = "", host: str =
     _skip_unused_record_fields()
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(RequestFilter(kind, host))
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -166,8 +166,9 @@ def _txn_request(require: Sequence[Require], *, absent: Sequence[str] = (), puts
 
 
 def _event(kind: int, kv: object) -> WatchEvent:
-    return WatchEvent(kv.key.decode(), None if kind == _DELETE else kv.value,  # type: ignore[attr-defined]
-                      kv.create_revision, kv.mod_revision)  # type: ignore[attr-defined]
+    # the tuple made directly: a NamedTuple's __new__ is a Python function, and this runs for every event
+    return tuple.__new__(WatchEvent, (kv.key.decode(), None if kind == _DELETE else kv.value,  # type: ignore
+                                      kv.create_revision, kv.mod_revision))  # type: ignore[attr-defined]
 
 
 def _kv(kv: object) -> KeyValue:

@@ -101,3 +101,10 @@ def test_the_cli_refuses_an_unknown_log_format_from_the_environment_in_one_line(
     monkeypatch.setenv("LEASENET_LOG_FORMAT", "xml")
     code = cli.main(["registry", "--etcd-endpoints", "127.0.0.1:1", "--insecure"])
     assert (code, capsys.readouterr().err) == (1, "leasenet: log format 'xml' is not one of text, json\n")
+
+
+def test_the_text_format_s_time_is_logging_s_own_though_made_once_per_second() -> None:
+    ours, stock = logs.TextFormatter(logs.TEXT_FORMAT), logging.Formatter(logs.TEXT_FORMAT)
+    for created in (1_700_000_000.25, 1_700_000_000.75, 1_700_000_001.5, 1_700_000_000.9):
+        record = logging.makeLogRecord({"msg": "m", "created": created, "msecs": created % 1 * 1000})
+        assert ours.formatTime(record) == stock.formatTime(record)
