@@ -36,7 +36,7 @@ import grpc.aio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # noqa: E402 - run as a script
 
-from leasenet.bench.measure import CpuMeter  # noqa: E402
+from leasenet.bench.measure import CpuMeter, etcd_counts  # noqa: E402
 from leasenet.checker import ClaimLog, claims_from_lines, double_leases  # noqa: E402
 from leasenet.cluster import LocalCluster  # noqa: E402
 from leasenet.demo import watch_leases  # noqa: E402
@@ -172,11 +172,13 @@ async def churn(cluster: LocalCluster, lanes: dict[str, str], workers: int, warm
     measuring = True
     if profile:
         signal_registries(cluster, signal.SIGUSR1)
+    etcd_before = etcd_counts(cluster.etcd.members[0].metrics_url)
     meter.begin()
     threads = {name: main_thread_cpu(pids[name]) for name in REGISTRIES}
     started = time.perf_counter()
     await asyncio.sleep(seconds)
     meter.end()
+    etcd_sent = etcd_counts(cluster.etcd.members[0].metrics_url) - etcd_before
     if profile:
         signal_registries(cluster, signal.SIGUSR2)
     threads = {name: (main_thread_cpu(pids[name]) or 0.0) - (before or 0.0) for name, before in threads.items()}
@@ -207,6 +209,8 @@ async def churn(cluster: LocalCluster, lanes: dict[str, str], workers: int, warm
         "registries_cpu_share": round(registries / elapsed, 2),
         "cycle_p50_ms": round(latencies[len(latencies) // 2] * 1000, 2) if latencies else None,
         "cycle_p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 2) if latencies else None,
+        "etcd_requests_per_cycle": {method: round(n / grants, 2) for method, n in sorted(etcd_sent.items())
+                                    if n >= grants / 100} if grants else {},
         "errors": dict(errors), "double_claims": len(violations), "violations": violations[:5],
         "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in os.getloadavg()],
     }
