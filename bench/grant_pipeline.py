@@ -1,21 +1,28 @@
-"""Grants in flight at once (issue 19 item 3): grants/s and the registries' CPU per grant/release cycle.
+"""Grants in flight at once (issue 19 item 3): grants/s and the registries' CPU per grant/release cycle
+(bench/PROFILE.md, "Where a grant's CPU goes").
 
-    .venv/bin/python bench/grant_pipeline.py [--workers 16] [--seconds 15] [--fleet] [--tree DIR] [--profile DIR]
+    .venv/bin/python bench/grant_pipeline.py [--workers 16] [--seconds 15] [--lanes 1|2] [--fleet] [--watch]
+        [--tree DIR | --registry-trees A,B] [--rate R] [--profile DIR] [--json] [--keep]
 
 Starts the embedded etcd (mutual TLS and auth, as `leasenet bench --scale`), two registries, a consumer
 host's presence (the pools hang on its lease) and, per registry, a service it owns with a producer host
 of 200 VMs. Then `--workers` consumer VMs per service each lease a pool of 4 at the service's owner and
 release it, again and again, for `--seconds` (after a warm-up), as the scale bench's churn does. It
-prints grants/s, the CPU per cycle of the registries (both summed) and of etcd from /proc, double
-claims (from WatchLeases) and the machine's load: CPU per cycle is the steady figure on a shared
-machine, grants/s moves with the neighbours.
+prints grants/s, the CPU per cycle of each process from /proc (the registries, etcd, the rest, this
+driver), etcd's requests per cycle (its own counters), the registries' lost races and the machine's
+load: CPU per cycle is the steadier figure on a shared machine, grants/s moves with the neighbours,
+and CPU per cycle falls as the rate rises (batching), so compare runs at a like rate.
 
-`--fleet`: also the scale bench's big fleet in every replica (10 producer hosts of 1,000 VMs, 4 consumer
-hosts' presences holding 2,000 pools). `--tree DIR`: run the cluster's processes from another checkout
-(e.g. `git archive <commit> | tar -x -C DIR`), to interleave before/after runs with one driver.
-`--profile DIR`: each registry samples its own stacks during the measured window (a SIGPROF sampler on
-its CPU time, bench/profiled/sitecustomize.py), writes DIR/<name>.stacks (collapsed stacks), and the
-functions where the samples fall are printed."""
+`--lanes 1`: only r1's service is leased, so r2's CPU is what following the grants costs. `--fleet`:
+also the scale bench's big fleet in every replica (10 producer hosts of 1,000 VMs, 4 consumer hosts'
+presences holding 2,000 pools). `--watch`: double claims checked from WatchLeases (the subscriber costs
+r1 CPU of its own). `--workers 0`: the idle processes' CPU per second. `--tree DIR`: run the cluster's
+processes from another checkout (e.g. `git archive <commit> | tar -x -C DIR`), to interleave
+before/after runs; `--registry-trees A,B`: r1 from A and r2 from B in one cluster, one load for both.
+`--rate R`: offer R cycles/s in all. `--profile DIR`: each registry samples its own stacks during the
+measured window (a SIGPROF sampler on its CPU time, bench/profiled/sitecustomize.py), writes
+DIR/<name>.stacks (collapsed stacks), and the functions where the samples fall are printed. No
+assertion on timing anywhere: this is a measuring tool, not a test."""
 
 from __future__ import annotations
 
