@@ -295,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(p, "--workdir", default="", help="keep logs here (default: a temporary directory)")
     add(p, "--scale", action="store_true", help="only the scale section: 10,000 VMs, 2,000 pools, two registries "
         "(with --quick: a small cluster)")
+    add(p, "--grants-in-flight", default=0, type=int, help="--scale: grants (and releases) in flight at once in "
+        "its churn and contended runs, split over the registries (default 32; --quick 8)")
     add(p, "--calls", action="store_true", help="only the call path: the notebook example's server called directly, "
         "through two generic gRPC relays and through a VIP endpoint (with --quick: a smoke run)")
 

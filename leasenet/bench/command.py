@@ -68,9 +68,11 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     if args.scale and args.calls:
         raise CliError("--scale and --calls are two separate runs: give one of them")
+    if args.grants_in_flight < 0:
+        raise CliError("--grants-in-flight must be at least 1 (0: the default)")
     try:
         if args.scale:
-            report = run_scale(workdir, args.quick, say)
+            report = run_scale(workdir, args.quick, say, args.grants_in_flight or None)
         elif args.calls:
             report = run_calls(workdir, args.quick, rounds, say)
         else:
