@@ -382,8 +382,8 @@ class ScaleBench:
     def fleet(self, label: str, first: int) -> dict[str, Any]:
         """Grant latency (pool of 4) and the request path's p50 at C=1 with the fleet as it is."""
         p, b = self.plan, self.bench
-        grants = b.role(f"grants-{label}", GrantsTask(self.registries[0], SCALE_SERVICE, p.grants, 5, first),
-                        GrantsResult, 300)
+        task = GrantsTask(self.registries[0], SCALE_SERVICE, p.grants, 5, first, CHURN_CONSUMER)
+        grants = b.role(f"grants-{label}", task, GrantsResult, 300)
         probe = LoadTask([[NETWORK, *PROBE, SCALE_TARGET]], {"overlay-tls": self.cluster.procs["c1"].address},
                          self.metrics, [Cell("overlay-tls", "unary", 100, 1, 0.3, p.probe_s)])
         for attempt in range(3):  # a first request may wait for its pool's lease; then measure again
