@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from consumer_host.tokens import Secret
-from mapping.model import LeaseId, Service, VmId, parse_target, vm_id
+from mapping.model import Claim, LeaseId, Service, VmId, parse_target, vm_id
 from mapping.state import ClusterState
 from wire.errors import InvalidRequest, NotFound, PermissionDenied
 from wire.verdict import Refusal
@@ -165,10 +165,18 @@ def answer_source(service: Service) -> tuple[str, int]:
 
 
 def members_from_state(state: ClusterState, lease_id: LeaseId) -> dict[VmId, PoolVm]:
-    """The pool's members as the replica shows them (claims that are current and routable)."""
+    """The pool's members as the replica shows them: the claims' mirrors under the pool, each with
+    its producer host's address (the consumer host's replica holds no VM records)."""
     members = {}
     for vm in state.members_by_lease.get(lease_id, ()):
-        claim, record, host_address = state.claims[vm], state.vms.get(vm), state.host_address(vm)
-        if record is not None and host_address is not None and state.claim_is_current(claim):
-            members[vm] = PoolVm(vm, record.address, host_address, claim.revision)
+        if (member := pool_vm(state, state.members[vm])) is not None:
+            members[vm] = member
     return members
+
+
+def pool_vm(state: ClusterState, claim: Claim) -> PoolVm | None:
+    """A member as the data path routes to it, or None while its producer host is not registered."""
+    host = state.hosts.get(claim.host_id)
+    if host is None:
+        return None
+    return PoolVm(claim.vm, claim.vm.partition("/")[2], host.address, claim.revision)

@@ -1,7 +1,7 @@
 """The pool book: every decision about the lease pools this consumer host holds (SPEC §3 steps
 2-6, §4, §6), as pure code. Events go in (a lease granted or refused, a grow answered, a request
 done, a tick of the clock, a replica change, a broken tunnel); effects come out (request, grow,
-shrink, renew or release a lease; wake the requests waiting on a pool). No I/O, no asyncio, no
+shrink or release a lease; wake the requests waiting on a pool). No I/O, no asyncio, no
 protobuf: `consumer_host.pools.PoolManager` feeds the events in and carries the effects out
 (h11's shape: decide synchronously, then do the I/O).
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from consumer_host.datapath import Admitted, Grow, HeldPool, PoolVm, Use
-from mapping.model import Claim, Host, LeaseId, Pool as PoolRecord, ProducerVm, Record, VmId
+from consumer_host.datapath import Admitted, Grow, HeldPool, PoolVm, Use, pool_vm
+from mapping.model import Claim, Host, LeaseId, Pool as PoolRecord, Record, VmId
 from mapping.state import ClusterState
 from wire.errors import PoolExhausted, StoreUnavailable, Unavailable
 from wire.verdict import Refusal
@@ -29,6 +29,8 @@ AVOID_HOST_S = 5.0
 # after the leasing agents answered UNAVAILABLE (etcd unreachable, or no agent reachable), requests
 # needing a new lease fail at once for this long instead of each waiting for its deadline (SPEC §6)
 LEASING_PAUSE_S = 1.0
+# a pool of ours in etcd that the book does not hold this long is released (a lost answer, a failed release)
+STRAY_GRACE_S = 10.0
 
 
 # --- effects: what the driver must do -----------------------------------------------------------
@@ -57,13 +59,6 @@ class ShrinkLease:
 
 
 @dataclass(frozen=True, slots=True)
-class RenewLease:
-    key: PoolKey
-    lease_id: LeaseId
-    timeout_s: float  # per agent: a hung one is given up on within a renewal period
-
-
-@dataclass(frozen=True, slots=True)
 class ReleaseLease:
     lease_id: LeaseId
     consumer: VmId
@@ -77,7 +72,7 @@ class Wake:
     refusal: Refusal | None = None
 
 
-Effect = RequestLease | GrowLease | ShrinkLease | RenewLease | ReleaseLease | Wake
+Effect = RequestLease | GrowLease | ShrinkLease | ReleaseLease | Wake
 
 
 # --- events: what happened ----------------------------------------------------------------------
@@ -138,13 +133,6 @@ class Tick:
 
 
 @dataclass(frozen=True, slots=True)
-class RenewRefused:
-    key: PoolKey
-    lease_id: LeaseId
-    expired: bool
-
-
-@dataclass(frozen=True, slots=True)
 class HostBroken:
     address: str
     now: float
@@ -158,7 +146,7 @@ class ReplicaChanged:
     now: float
 
 
-Event = (Granted | LeaseRefused | Grown | GrowRefused | Shrunk | RequestDone | Tick | RenewRefused | HostBroken
+Event = (Granted | LeaseRefused | Grown | GrowRefused | Shrunk | RequestDone | Tick | HostBroken
          | ReplicaChanged)
 
 
@@ -190,8 +178,8 @@ class PoolBook:
     by_lease: dict[LeaseId, PoolKey] = field(default_factory=dict)
     leasing: set[PoolKey] = field(default_factory=set)  # one lease request per pool in flight
     leasing_down: LeasingDown | None = None
+    strays_seen: dict[LeaseId, float] = field(default_factory=dict)  # pool id -> when first seen unheld
     grow_blocked_until: dict[PoolKey, float] = field(default_factory=dict)
-    next_renew: dict[PoolKey, float] = field(default_factory=dict)
     # claims we gave up on (VM -> fencing token): a late answer must not revive them, but the same
     # VM claimed again later (a new token, e.g. after its host came back) is a member like any other
     forgotten: dict[LeaseId, dict[VmId, int]] = field(default_factory=dict)
@@ -272,8 +260,6 @@ class PoolBook:
                 return [self._grow(key, pool, now)]
             case Tick(now=now):
                 return self._tick(now)
-            case RenewRefused(key=key, lease_id=lease_id, expired=expired):
-                return self._drop(key) if expired and self._pool(key, lease_id) is not None else []
             case HostBroken(address=address, now=now):
                 self.avoided_hosts[address] = now + AVOID_HOST_S
                 effects: list[Effect] = []
@@ -285,6 +271,24 @@ class PoolBook:
             case ReplicaChanged():
                 return self._replica_changed(event)
         raise TypeError(f"the pool book has no rule for {event!r}")
+
+    def strays(self, in_etcd: dict[LeaseId, VmId], now: float) -> list[Effect]:
+        """Pools of this host that etcd holds and the book does not (a grant whose answer was lost, a
+        release that failed): they hang on this host's lease and would live as long as it does, so
+        each one still there STRAY_GRACE_S after it was first seen (a grant's answer arrives well
+        within that) is released. Its VMs are free again; a request for it leases anew."""
+        for pool_id in list(self.strays_seen):
+            if pool_id not in in_etcd or pool_id in self.by_lease:
+                del self.strays_seen[pool_id]
+        effects: list[Effect] = []
+        for pool_id, consumer in in_etcd.items():
+            if pool_id in self.by_lease:
+                continue
+            first = self.strays_seen.setdefault(pool_id, now)
+            if now - first >= STRAY_GRACE_S:
+                del self.strays_seen[pool_id]
+                effects.append(ReleaseLease(pool_id, consumer))
+        return effects
 
     def drop_all(self, consumer: VmId | None = None) -> list[Effect]:
         """Forget every pool (of one consumer VM) and release its lease: detach and shutdown."""
@@ -303,7 +307,6 @@ class PoolBook:
                         members={m.vm: m for m in event.members}, last_used=now)
         self.pools[key] = pool
         self.by_lease[pool.lease_id] = key
-        self.next_renew[key] = now + service.policy.lease_ttl_s / 3
         self.leases_granted += 1
         return [Wake(key)]
 
@@ -323,15 +326,12 @@ class PoolBook:
         return GrowLease(key, pool.lease_id, pool.revision, self.avoid_hosts(now))
 
     def _tick(self, now: float) -> list[Effect]:
-        """Idle pools are released (SPEC §4); the others are renewed every TTL/3."""
+        """Idle pools are released (SPEC §4). Nothing is renewed per pool: every pool hangs on this
+        host's liveness lease, which its keep-alive renews (one etcd request per TTL/3 for them all)."""
         effects: list[Effect] = []
         for key, pool in list(self.pools.items()):
             if pool.is_idle(now):
                 effects += [ReleaseLease(pool.lease_id, pool.consumer), *self._drop(key)]
-            elif now >= self.next_renew.get(key, now):
-                ttl = pool.service.policy.lease_ttl_s
-                self.next_renew[key] = now + ttl / 3
-                effects.append(RenewLease(key, pool.lease_id, timeout_s=min(3.0, max(0.5, ttl / 3))))
         return effects
 
     def _replica_changed(self, event: ReplicaChanged) -> list[Effect]:
@@ -344,25 +344,17 @@ class PoolBook:
             return self._adopt(self.by_lease[new.lease_id], new, event.state)
         if isinstance(new, Host) and (old is None or old.revision != new.revision):
             self.avoided_hosts.pop(new.address, None)  # the host (re)registered: worth trying again
-        elif isinstance(old, ProducerVm) and (new is None or new.revision != old.revision):
-            # the VM's claim (still in the replica: the collector deletes it later) names its pool, so
-            # a VM event costs the same however many pools this host holds
-            claim = event.state.claims.get(old.vm_id)
-            key = self.by_lease.get(claim.lease_id) if claim is not None else None
-            if key is not None and old.vm_id in self.pools[key].members:
-                return self._forget(key, [old.vm_id], now)
         return []
 
     def _adopt(self, key: PoolKey, claim: Claim, state: ClusterState) -> list[Effect]:
         """A claim of one of our leases that no agent told us of (a grow whose answer was lost when
         its agent failed): the replica shows it, so the pool uses it instead of leaking it."""
         pool = self.pools.get(key)
-        vm, host_address = state.vms.get(claim.vm), state.host_address(claim.vm)
-        if (pool is None or vm is None or host_address is None or claim.vm in pool.members
-                or not state.claim_is_current(claim)
+        member = pool_vm(state, claim)
+        if (pool is None or member is None or claim.vm in pool.members
                 or claim.revision <= self.forgotten.get(pool.lease_id, {}).get(claim.vm, 0)):
             return []
-        pool.members[claim.vm] = PoolVm(claim.vm, vm.address, host_address, claim.revision)
+        pool.members[claim.vm] = member
         pool.revision = max(pool.revision, claim.revision)
         return [Wake(key)]
 
@@ -394,7 +386,6 @@ class PoolBook:
             return []
         self.by_lease.pop(pool.lease_id, None)
         self.forgotten.pop(pool.lease_id, None)
-        self.next_renew.pop(key, None)
         self.grow_blocked_until.pop(key, None)
         return [Wake(key)]
 

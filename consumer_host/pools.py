@@ -26,8 +26,6 @@ from consumer_host.poolbook import (
     PoolBook,
     PoolKey,
     ReleaseLease,
-    RenewLease,
-    RenewRefused,
     ReplicaChanged,
     RequestDone,
     RequestLease,
@@ -182,7 +180,12 @@ class PoolManager:
     async def _tick(self, period_s: float) -> None:
         while True:
             await asyncio.sleep(period_s)
-            self._feed(Tick(self.clock()))
+            now = self.clock()
+            self._feed(Tick(now))
+            state = self.replica.state
+            for effect in self.book.strays({state.pools[k].lease_id: state.pools[k].consumer_vm
+                                            for k in state.pools_by_consumer_host.get(self.host_id, ())}, now):
+                self._effects.put_nowait(effect)
 
     # --- events in, effects out ------------------------------------------------------------------
     def _feed(self, event: Event | None) -> None:
@@ -223,9 +226,6 @@ class PoolManager:
                 case ShrinkLease(lease_id=lease_id, vms=vms):
                     await self.registry.shrink_lease(lease_hex(lease_id), list(vms))
                     return self._ended(effect, None)
-                case RenewLease(lease_id=lease_id, timeout_s=timeout_s):
-                    await self.registry.renew_lease(lease_hex(lease_id), timeout_s=timeout_s)
-                    return None
                 case ReleaseLease():
                     await self._release(effect.lease_id, effect.consumer)
                     return None
@@ -248,10 +248,6 @@ class PoolManager:
                 return GrowRefused(key, lease_id, expired, now)
             case ShrinkLease(key=key, lease_id=lease_id):
                 return Shrunk(key, lease_id, waiting=key in self._signals, now=now)
-            case RenewLease(key=key, lease_id=lease_id):
-                if expired:
-                    log.warning("lease %s expired; the next request leases anew", lease_hex(lease_id))
-                return RenewRefused(key, lease_id, expired)
         return None
 
     # --- release -------------------------------------------------------------------------------

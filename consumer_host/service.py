@@ -40,6 +40,7 @@ from mapping.liveness import Liveness
 from mapping.model import Host, HostId, HostKind, Network, Record, Service, VmId, vm_id
 from mapping.ownership import owner_address
 from mapping.replica import Replica
+from mapping.scopes import watch_prefixes
 from mapping.store import Store
 from wire.otel import OtelSpans
 from wire.tls import TlsMaterial
@@ -366,7 +367,7 @@ async def serve(config: ConsumerConfig, store: Store, *, stop: asyncio.Event,
     """The consumer host until `stop` is set. Its long-running tasks live in one task group; the
     shutdown (stop serving, let requests in flight finish, give the leases back, deregister) runs in
     `finally`, so a failed task or a start-up that broke halfway gives the leases back too."""
-    replica = Replica(store)
+    replica = Replica(store, prefixes=watch_prefixes(HostKind.CONSUMER, config.host_id))  # its own pools only
     registry = RegistryClient(config.registries, config.tls, owner=lambda service: owner_address(replica.state, service))
     pools = PoolManager(config.host_id, registry, replica, max_waiters=config.limits.pool_waiters)
     tunnels = Tunnels(on_broken=pools.host_broken, tls=config.tls)

@@ -1,25 +1,33 @@
 """The etcd key schema and value codec: a stable on-disk format (values are JSON so that
-`etcdctl get --prefix /leasenet/v1/` is readable). Change it only with a new version prefix.
+`etcdctl get --prefix /leasenet/v2/` is readable). Change it only with a new version prefix.
 
-    /leasenet/v1/networks/<name>                          {"vni","quotas","subnet"}
-    /leasenet/v1/services/<name>                          {"network","vip","port","policy"}
-    /leasenet/v1/hosts/<kind>/<host_id>                   {"kind","address","draining"}      host liveness lease
+    /leasenet/v2/networks/<name>                          {"vni","quotas","subnet"}
+    /leasenet/v2/services/<name>                          {"network","vip","port","policy"}
+    /leasenet/v2/hosts/<kind>/<host_id>                   {"kind","address","draining","lease","ttl_s"}  host liveness lease
                                                           (kind registry: a leasing agent, its own liveness lease)
-    /leasenet/v1/vms/<host_id>/<network>/<address>        {"host_id","service","handler"[,"used"]}    host liveness lease
-    /leasenet/v1/claims/<network>/<address>               {"lease_id","service","consumer_vm","consumer_host","vm_revision"}  pool lease
-    /leasenet/v1/pools/<service>/<network>/<address>      {"lease_id","consumer_host","ttl_s"}   pool lease
-    /leasenet/v1/quotas/<scope>/<subject>/<index>         {"lease_id"}   pool lease (one per scope per pool)
+    /leasenet/v2/vms/<producer host>/<network>/<address>  {"host_id","service","handler"[,"used"]}    producer host's lease
+    /leasenet/v2/claims/<producer host>/<network>/<address>
+                                                          {"lease_id","service","consumer_vm","consumer_host","vm_revision"}
+    /leasenet/v2/pools/<consumer host>/<service>/<network>/<address>         {"lease_id","ttl_s"}   (the pool)
+    /leasenet/v2/pools/<consumer host>/<service>/<network>/<address>/<producer host>/<network>/<address>
+                                                          the claim again, as a member of that pool (its mirror)
+    /leasenet/v2/quotas/<scope>/<subject>/<index>         {"lease_id"}   (one per scope per pool)
+
+Claims, pools, members and quota slots hang on the consumer host's liveness lease (one per consumer
+host, however many pools: `lease_id` is the pool's own id). Keys are laid out by READER as well as by
+writer (issue 19): a producer host watches `vms/<its id>/` and `claims/<its id>/`, a consumer host
+`pools/<its id>/` (its pools and their members: a claim's mirror, written and deleted in the same
+transaction, so it carries the same create revision, the fencing token), each beside the small
+shared prefixes `networks/`, `services/`, `hosts/` (mapping/scopes.py); a grant anywhere costs no
+host that is not party to it. Version 1 (`/leasenet/v1/`, claims by VM and a pool per etcd lease) is
+not read: nothing stored outlives the hosts' leases, so a cluster moves by restarting on v2.
 
 Each writer's keys share prefixes, so etcd RBAC can give each writer write access to exactly its
 own: registries as a kind (WRITE_PREFIXES, one role bootstrapped by `leasenet etcd`), producer and
 consumer hosts each its own (`owned_ranges`: its host record, and a producer host's VMs under
-`vms/<host_id>/`, one role per host made by `leasenet enrol`). Host records are under
-`hosts/<kind>/` and VM records under their host for that reason (they were `hosts/<host_id>` and
-`vms/<network>/<address>` before: the version prefix stayed, as host and VM records live only under
-liveness leases and nothing stored outlives a restart of the cluster's hosts). A VM's id stays
+`vms/<host_id>/`, one role per host made by `leasenet enrol`). A VM's id stays
 `<network>/<address>`: two hosts may hold a record for one address, and the oldest (lowest create
-revision) is the VM (mapping/state.py); the younger host withdraws its own (mapping/liveness.py).
-Host ids must stay unique across every kind (registries too).
+revision) is the VM (mapping/state.py). Host ids must stay unique across every kind (registries too).
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ from mapping.model import (
     VmId,
 )
 
-ROOT = "/leasenet/v1/"
+ROOT = "/leasenet/v2/"
 NETWORKS = ROOT + "networks/"
 SERVICES = ROOT + "services/"
 HOSTS = ROOT + "hosts/"
@@ -127,12 +135,24 @@ def vm_of_key(key: str) -> tuple[HostId, VmId] | None:
     return (HostId(host), VmId(vm)) if host and "/" in vm else None
 
 
-def claim_key(vm: VmId | str) -> str:
-    return CLAIMS + vm
+def claim_key(host_id: str, vm: VmId | str) -> str:
+    """A producer VM's claim, under the VM's producer host: the host watches its own claims only."""
+    return f"{CLAIMS}{host_id}/{vm}"
 
 
-def pool_key(service: str, consumer_vm: VmId | str) -> str:
-    return f"{POOLS}{service}/{consumer_vm}"
+def pool_key(consumer_host: str, service: str, consumer_vm: VmId | str) -> str:
+    """A pool, under its consumer host: the host watches its own pools (and their members) only."""
+    return f"{POOLS}{consumer_host}/{service}/{consumer_vm}"
+
+
+def member_key(claim: Claim) -> str:
+    """The claim's mirror under its pool: what the pool's consumer host sees of it."""
+    return f"{pool_key(claim.consumer_host, claim.service, claim.consumer_vm)}/{claim.host_id}/{claim.vm}"
+
+
+def is_member_key(key: str) -> bool:
+    """A pool member's key (7 parts below pools/) rather than a pool's (4 parts)."""
+    return key.startswith(POOLS) and key.count("/", len(POOLS)) == 6
 
 
 def quota_slot_key(scope: QuotaScope, subject: str, index: int) -> str:
@@ -150,9 +170,9 @@ def key_of(record: Record) -> str:
         case ProducerVm():
             return vm_key(record.host_id, record.vm_id)
         case Claim():
-            return claim_key(record.vm)
+            return claim_key(record.host_id, record.vm)
         case Pool():
-            return pool_key(record.service, record.consumer_vm)
+            return pool_key(record.consumer_host, record.service, record.consumer_vm)
         case QuotaSlot():
             return quota_slot_key(record.scope, record.subject, record.index)
     raise TypeError(f"not a record: {record!r}")
@@ -168,6 +188,8 @@ def encode(record: Record) -> bytes:
                     "policy": dataclasses.asdict(record.policy)}
         case Host():
             body = {"kind": record.kind.value, "address": record.address, "draining": record.draining}
+            if record.lease:
+                body |= {"lease": record.lease, "ttl_s": record.ttl_s}
         case ProducerVm():
             body = {"host_id": record.host_id, "service": record.service, "handler": record.handler}
             if record.used:  # omitted when false: a record of before the mark reads the same
@@ -176,7 +198,7 @@ def encode(record: Record) -> bytes:
             body = {"lease_id": record.lease_id, "service": record.service, "consumer_vm": record.consumer_vm,
                     "consumer_host": record.consumer_host, "vm_revision": record.vm_revision}
         case Pool():
-            body = {"lease_id": record.lease_id, "consumer_host": record.consumer_host, "ttl_s": record.ttl_s}
+            body = {"lease_id": record.lease_id, "ttl_s": record.ttl_s}
         case QuotaSlot():
             body = {"lease_id": record.lease_id}
         case _:
@@ -203,7 +225,8 @@ def decode(key: str, value: bytes, revision: int = 0) -> Record | None:
                 if not host_id:
                     return None
                 return Host(host_id=HostId(host_id), kind=HostKind(host_kind), address=body["address"],
-                            draining=bool(body.get("draining", False)), revision=revision)
+                            draining=bool(body.get("draining", False)), revision=revision,
+                            lease=int(body.get("lease", 0)), ttl_s=int(body.get("ttl_s", 0)))
             case "vms":
                 host_id, _, vm = rest.partition("/")
                 network, _, address = vm.partition("/")
@@ -213,12 +236,18 @@ def decode(key: str, value: bytes, revision: int = 0) -> Record | None:
                                   service=body["service"], handler=body.get("handler", "echo"), revision=revision,
                                   used=bool(body.get("used", False)))
             case "claims":
-                return Claim(vm=VmId(rest), lease_id=LeaseId(int(body["lease_id"])), service=body["service"],
-                             consumer_vm=VmId(body["consumer_vm"]), consumer_host=HostId(body["consumer_host"]),
-                             vm_revision=int(body["vm_revision"]), revision=revision)
+                host_id, _, vm = rest.partition("/")
+                if "/" not in vm:
+                    return None
+                return _claim(body, HostId(host_id), VmId(vm), revision)
             case "pools":
-                service, _, consumer_vm = rest.partition("/")
-                return Pool(service=service, consumer_vm=VmId(consumer_vm), consumer_host=HostId(body["consumer_host"]),
+                parts = rest.split("/")
+                if len(parts) == 7:  # a member: the claim's mirror, which the key names in full
+                    claim = _claim(body, HostId(parts[4]), VmId(f"{parts[5]}/{parts[6]}"), revision)
+                    return claim if key == member_key(claim) else None
+                if len(parts) != 4:
+                    return None
+                return Pool(service=parts[1], consumer_vm=VmId(f"{parts[2]}/{parts[3]}"), consumer_host=HostId(parts[0]),
                             lease_id=LeaseId(int(body["lease_id"])), ttl_s=int(body["ttl_s"]), revision=revision)
             case "quotas":
                 scope, _, slot = rest.partition("/")
@@ -228,3 +257,9 @@ def decode(key: str, value: bytes, revision: int = 0) -> Record | None:
     except (ValueError, KeyError, TypeError):
         return None
     return None
+
+
+def _claim(body: dict[str, Any], host_id: HostId, vm: VmId, revision: int) -> Claim:
+    return Claim(vm=vm, lease_id=LeaseId(int(body["lease_id"])), service=body["service"],
+                 consumer_vm=VmId(body["consumer_vm"]), consumer_host=HostId(body["consumer_host"]),
+                 vm_revision=int(body["vm_revision"]), revision=revision, host_id=host_id)

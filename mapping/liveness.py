@@ -17,6 +17,7 @@ younger one."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 
@@ -66,10 +67,10 @@ class Liveness:
         is another process with our host id, and registering fails with one sentence, its records
         untouched."""
         records = sorted((r for r in self.records() if not self._gave_way(r)), key=lambda r: isinstance(r, Host))
-        items = [(keys.key_of(r), keys.encode(r)) for r in records]
-        chunks = [items[i:i + MAX_TXN_OPS] for i in range(0, len(items), MAX_TXN_OPS)]
         for _ in range(3):
             self.lease_id = await self.store.grant_lease(self.ttl_s)
+            items = [(keys.key_of(r), keys.encode(self._stamped(r))) for r in records]
+            chunks = [items[i:i + MAX_TXN_OPS] for i in range(0, len(items), MAX_TXN_OPS)]
             self.revisions.clear()
             if await self._create_chunks(chunks):
                 self.registrations += 1
@@ -79,6 +80,10 @@ class Liveness:
             await self.store.revoke_lease(self.lease_id)
             await self._wait_for_previous_life(items)
         raise InvalidRequest(f"host {self.host_id} cannot register: its records keep conflicting")
+
+    def _stamped(self, record: Record) -> Record:
+        """A host record names its liveness lease and TTL: a consumer host's pools hang on that lease."""
+        return dataclasses.replace(record, lease=self.lease_id, ttl_s=self.ttl_s) if isinstance(record, Host) else record
 
     async def _create_chunks(self, chunks: list[list[tuple[str, bytes]]]) -> bool:
         for i, chunk in enumerate(chunks):
@@ -178,7 +183,7 @@ class Liveness:
             while True:
                 await changed.wait()
                 changed.clear()
-                while not await replica.wait_for_revision(self.written, self.ttl_s):
+                while not await replica.wait_for_revision(self.written, self.ttl_s, key=keys.VMS):
                     pass  # etcd unreachable: the replica catches up when it is back
                 try:
                     await self.give_way(replica.state)
@@ -240,12 +245,22 @@ class Liveness:
 
     async def update(self, record: Record) -> None:
         async with self._writing:
-            await self.store.put(keys.key_of(record), keys.encode(record), lease=self.lease_id)
+            await self.store.put(keys.key_of(record), keys.encode(self._stamped(record)), lease=self.lease_id)
 
     async def deregister(self, keep_alive: asyncio.Task[None] | None = None) -> None:
         """Revoke the lease, so that our records vanish now rather than at the TTL. Its keep-alive
         task is cancelled first: finding the lease gone, it would register again."""
         if keep_alive is not None:
             keep_alive.cancel()
-        if self.registrations:
+        if not self.registrations:
+            return
+        try:
             await self.store.revoke_lease(self.lease_id)
+        except StoreUnavailable as exc:
+            # etcd refuses to revoke a lease carrying keys we may not write (a consumer host's pools,
+            # which registries write, when a release failed): our own records go now, the rest at the TTL
+            log.warning("host %s could not revoke its liveness lease (%s); deleting its own records, the keys of "
+                        "others on that lease go at its TTL", self.host_id, exc)
+            own = list(self.revisions)
+            for i in range(0, len(own), MAX_TXN_OPS):
+                await self.store.delete_all(own[i:i + MAX_TXN_OPS])

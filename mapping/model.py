@@ -7,17 +7,19 @@ read back; they are never part of the stored value.
 from __future__ import annotations
 
 import enum
+import random
 import ipaddress
 from dataclasses import dataclass, field
 from typing import NewType
 
 HostId = NewType("HostId", str)
 VmId = NewType("VmId", str)  # "<network>/<address>": unique because addresses are unique per network
-LeaseId = NewType("LeaseId", int)  # the etcd lease backing a pool
+LeaseId = NewType("LeaseId", int)  # a pool's id (its lease, in the API): since key schema v2 not an etcd lease id
 
 MAX_VNI = (1 << 24) - 1
-# etcd's default --max-txn-ops is 128; a grant compares 2 keys per VM, the pool key and one quota slot per scope
-MAX_MIN_POOL = 62
+# etcd's default --max-txn-ops is 128; a grant compares 2 keys per VM (its record, its claim), the pool key,
+# one quota slot per scope and the consumer host's record: 2n + 5 <= 128
+MAX_MIN_POOL = 61
 # quotas count leases (pools): safe defaults, large enough for `leasenet bench --scale` (2,000 pools
 # over four consumer hosts); a cluster config may set others (mapping/config.py)
 DEFAULT_POOLS_PER_NETWORK = 10_000
@@ -30,6 +32,13 @@ def vm_id(network: str, address: str) -> VmId:
     return VmId(f"{network}/{address}")
 
 
+def new_pool_id(rng: random.Random) -> LeaseId:
+    """A pool's id: random, positive, 63 bits (shown in hex like etcd lease ids were). Ids are never
+    looked up cluster-wide: a pool is found by its key (consumer host, service, consumer VM), so a
+    collision of two pools' ids could only confuse one consumer host's own bookkeeping (2^-63)."""
+    return LeaseId(rng.getrandbits(63) or 1)
+
+
 def lease_hex(lease_id: int) -> str:
     return format(lease_id, "x")
 
@@ -38,9 +47,9 @@ def parse_lease_hex(text: str) -> LeaseId:
     try:
         value = int(text, 16)
     except ValueError:
-        raise ValueError(f"lease id {text!r} is not a hexadecimal etcd lease id") from None
+        raise ValueError(f"pool id {text!r} is not a hexadecimal pool id") from None
     if value <= 0:
-        raise ValueError(f"lease id {text!r} is not a valid etcd lease id")
+        raise ValueError(f"pool id {text!r} is not a valid pool id")
     return LeaseId(value)
 
 
@@ -126,7 +135,7 @@ class LeasePolicy:
             raise ValueError(f"lease policy needs 1 <= min_pool <= max_pool, got {self.min_pool}..{self.max_pool}")
         if self.min_pool > MAX_MIN_POOL:
             raise ValueError(f"min_pool {self.min_pool} is too large: a grant is one etcd transaction, which holds "
-                             f"at most 128 operations (2 per VM + 4), so min_pool can be at most {MAX_MIN_POOL}")
+                             f"at most 128 operations (2 per VM + 5), so min_pool can be at most {MAX_MIN_POOL}")
         if self.lease_ttl_s < 2:
             raise ValueError(f"lease_ttl_s must be at least 2 s, got {self.lease_ttl_s}")
         if self.idle_release_s <= 0:
@@ -156,6 +165,10 @@ class Host:
     address: str
     draining: bool = False
     revision: int = 0
+    # the host's liveness lease and its TTL: a consumer host's pools hang on it (one lease per
+    # consumer host, however many pools it holds); 0 in records written before schema v2's hosts
+    lease: int = 0
+    ttl_s: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,11 +212,13 @@ class Claim:
     consumer_host: HostId
     vm_revision: int  # the VM incarnation that was claimed
     revision: int = 0  # create revision: the fencing token carried in every tunnel frame
+    host_id: HostId = HostId("")  # the producer host whose VM record was claimed (the claim's key names it)
 
 
 @dataclass(frozen=True, slots=True)
 class Pool:
-    """The lease: one per (consumer VM, service), living as long as its etcd lease."""
+    """The lease: one per (consumer VM, service), `lease_id` its pool id; its keys hang on its
+    consumer host's liveness lease, so it lives until released or until that host dies."""
 
     service: str
     consumer_vm: VmId
@@ -216,7 +231,8 @@ class Pool:
 @dataclass(frozen=True, slots=True)
 class QuotaSlot:
     """One lease counted against one quota: slot `index` (0 .. limit-1) of `subject` (a network, a
-    consumer host id or a consumer VM id), attached to the pool's etcd lease, so it ends with it."""
+    consumer host id or a consumer VM id), `lease_id` the pool's id; it ends with its pool (released in
+the same transaction, or expired with the consumer host's lease)."""
 
     scope: QuotaScope
     subject: str

@@ -90,12 +90,16 @@ class ClusterState:
     hosts: dict[HostId, Host] = field(default_factory=dict)
     vms: dict[VmId, ProducerVm] = field(default_factory=dict)  # the VM in force: the oldest record of its address
     vm_records: dict[VmId, dict[HostId, ProducerVm]] = field(default_factory=dict)  # every host's record
-    claims: dict[VmId, Claim] = field(default_factory=dict)
+    claims: dict[VmId, Claim] = field(default_factory=dict)  # claims/<producer host>/<vm>, by VM
+    # pools/<consumer host>/<pool>/<producer host>/<vm>: the claims again, as their pools' consumer host sees them
+    members: dict[VmId, Claim] = field(default_factory=dict)
     pools: dict[str, Pool] = field(default_factory=dict)  # by pool key
     quota_slots: dict[str, QuotaSlot] = field(default_factory=dict)  # by key below quotas/
-    # indexes, kept in step by apply()
+    # indexes, kept in step by apply(); a pool's id is `lease_id`
     pools_by_lease: dict[LeaseId, Pool] = field(default_factory=dict)
+    claims_by_lease: dict[LeaseId, set[VmId]] = field(default_factory=lambda: defaultdict(set))
     members_by_lease: dict[LeaseId, set[VmId]] = field(default_factory=lambda: defaultdict(set))
+    slots_by_lease: dict[LeaseId, set[str]] = field(default_factory=lambda: defaultdict(set))
     services_by_target: dict[tuple[str, str], Service] = field(default_factory=dict)
     slots_by_subject: dict[tuple[QuotaScope, str], set[int]] = field(default_factory=lambda: defaultdict(set))
     vms_by_host: dict[HostId, set[VmId]] = field(default_factory=dict)
@@ -121,16 +125,38 @@ class ClusterState:
         if kind == "vms":  # vms/<host>/<vm id>: that host's record, in force or not
             owner = keys.vm_of_key(key)
             return self.vm_records.get(owner[1], {}).get(owner[0]) if owner else None
+        if kind == "claims":  # claims/<host>/<vm id>: the claim must be this key's
+            host, _, vm = rest.partition("/")
+            claim = self.claims.get(VmId(vm))
+            return claim if claim is not None and claim.host_id == host else None
+        if keys.is_member_key(key):
+            vm = _member_parts(rest)[1]
+            member = self.members.get(vm)
+            return member if member is not None and keys.member_key(member) == key else None
         return table.get(key if kind == "pools" else rest)
 
     def apply(self, key: str, record: Record | None) -> Record | None:
         """Put `record` at `key` (None deletes). Returns the record it replaced."""
         old = self.get(key)
+        member = keys.is_member_key(key)
+        if isinstance(record, Claim) and not member and (other := self.claims.get(record.vm)) is not None \
+                and other.host_id != record.host_id:
+            # a claim on another host's record of the address (first wins moved on): the VM in force
+            # is claimed once; the other claim, stale, is the claim collector's (it deletes by revision)
+            self._remove(keys.key_of(other), other)
         if old is not None:
-            self._remove(key, old)
+            self._remove_member(old) if member else self._remove(key, old)  # type: ignore[arg-type]
         if record is not None:
-            self._add(key, record)
+            self._add_member(record) if member else self._add(key, record)  # type: ignore[arg-type]
         return old
+
+    def _add_member(self, r: Claim) -> None:
+        self.members[r.vm] = r
+        self.members_by_lease[r.lease_id].add(r.vm)
+
+    def _remove_member(self, r: Claim) -> None:
+        del self.members[r.vm]
+        _discard(self.members_by_lease, r.lease_id, r.vm)
 
     def _add(self, key: str, r: Record) -> None:
         match r:
@@ -147,7 +173,7 @@ class ClusterState:
                 self._elect(r.vm_id)
             case Claim():
                 self.claims[r.vm] = r
-                self.members_by_lease[r.lease_id].add(r.vm)
+                self.claims_by_lease[r.lease_id].add(r.vm)
                 if (vm := self.vms.get(r.vm)) is not None:
                     self.claimed_by_host[vm.host_id] += 1
                 self._refresh_vm(r.vm)
@@ -159,6 +185,7 @@ class ClusterState:
             case QuotaSlot():
                 self.quota_slots[key[len(keys.QUOTAS):]] = r
                 self.slots_by_subject[(r.scope, r.subject)].add(r.index)
+                self.slots_by_lease[r.lease_id].add(key)
 
     def _remove(self, key: str, r: Record) -> None:
         match r:
@@ -178,11 +205,7 @@ class ClusterState:
                 self._elect(r.vm_id)
             case Claim():
                 del self.claims[r.vm]
-                members = self.members_by_lease.get(r.lease_id)
-                if members is not None:
-                    members.discard(r.vm)
-                    if not members:
-                        del self.members_by_lease[r.lease_id]
+                _discard(self.claims_by_lease, r.lease_id, r.vm)
                 if (vm := self.vms.get(r.vm)) is not None:
                     self._uncount_claim(vm.host_id)
                 self._refresh_vm(r.vm)
@@ -194,6 +217,7 @@ class ClusterState:
                 _discard(self.pools_by_consumer_host, r.consumer_host, key)
             case QuotaSlot():
                 del self.quota_slots[key[len(keys.QUOTAS):]]
+                _discard(self.slots_by_lease, r.lease_id, key)
                 used = self.slots_by_subject.get((r.scope, r.subject))
                 if used is not None:
                     used.discard(r.index)
@@ -301,6 +325,12 @@ class ClusterState:
         """The claim names the VM incarnation that exists now (a re-registered VM voids old claims)."""
         vm = self.vms.get(claim.vm)
         return vm is not None and vm.revision == claim.vm_revision
+
+
+def _member_parts(rest: str) -> tuple[HostId, VmId]:
+    """(producer host, VM id) of a member key below pools/."""
+    parts = rest.split("/")
+    return HostId(parts[4]), VmId(f"{parts[5]}/{parts[6]}")
 
 
 def _discard(index: dict[T, set[VmId]] | dict[T, set[str]], group: T, member: object) -> None:

@@ -43,6 +43,7 @@ from wire.errors import Status
 from mapping.liveness import Liveness
 from mapping.model import Claim, Host, HostId, HostKind, ProducerVm, Record, VmId, parse_ipv4
 from mapping.replica import Replica
+from mapping.scopes import watch_prefixes
 from mapping.store import Store
 
 log = logging.getLogger(__name__)
@@ -422,7 +423,7 @@ async def serve(config: ProducerConfig, store: Store, *, stop: asyncio.Event,
     # fails fast on a bad handler or option
     handlers = handler_maker(config.handler, config.handler_options) if in_process else own_server_handler
     history = History(open(config.history_path, "a", encoding="utf-8")) if config.history_path else None
-    replica = Replica(store)
+    replica = Replica(store, prefixes=watch_prefixes(HostKind.PRODUCER, config.host_id))  # its own VMs and claims
     caps = config.limits
     server = Server(config.listen, config.tls, ServerCaps(caps.concurrent_rpcs, caps.streams_per_connection))
     spans = OtelSpans(config.otlp_endpoint, "producer", config.host_id) if config.otlp_endpoint else NO_SPANS
@@ -450,9 +451,7 @@ async def serve(config: ProducerConfig, store: Store, *, stop: asyncio.Event,
                 tunnel.address = config.advertise or bound
                 await registration.register()
                 keep_alive = tasks.create_task(registration.keep_alive(), name="liveness")
-                first_wins = registration.keep_first_wins(replica, set(actors))  # another host's older VM: ours gives way
-                background += [keep_alive, tasks.create_task(first_wins, name="first-wins"),
-                               *(actor.start(tasks) for actor in actors.values())]
+                background += [keep_alive, *(actor.start(tasks) for actor in actors.values())]
                 if supervised is not None:  # each VM registers itself once healthy
                     background += supervised.start(tasks)
                 tunnel.actors = actors

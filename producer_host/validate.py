@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mapping.model import Claim, HostId, Pool, VmId, lease_hex, vm_id
+from mapping.model import Claim, HostId, VmId, vm_id
 from mapping.state import ClusterState
 from wire.limits import payload_too_large
 from wire.errors import InvalidRequest, NotFound, PermissionDenied, StaleClaim
@@ -63,15 +63,13 @@ def may_open_tunnel(peer: Identity | None) -> Refusal | None:
     return sender if isinstance(sender, Refusal) else None
 
 
-def may_send_frame(peer: Identity | None, claim: Claim, pool: Pool | None) -> Refusal | None:
-    """A frame for `claim` only from the consumer host that owns the claim's pool (from our replica)."""
+def may_send_frame(peer: Identity | None, claim: Claim) -> Refusal | None:
+    """A frame for `claim` only from the consumer host whose pool holds the claim: the claim names it
+    (registries write it in the grant's transaction; this host watches only its own VMs' claims)."""
     sender = SENDER.check(peer)
     if isinstance(sender, Refusal):
         return sender
-    if pool is None or pool.consumer_host != claim.consumer_host:
-        return Refusal(PermissionDenied, f"the claim on producer VM {claim.vm} belongs to no pool this host knows "
-                                         f"(lease {lease_hex(claim.lease_id)}): refused until it can tell its owner")
-    if pool.consumer_host != sender.id:
+    if claim.consumer_host != sender.id:
         return Refusal(PermissionDenied, f"the claim on producer VM {claim.vm} belongs to another consumer host's "
                                          f"pool, not to {sender}")
     return None
@@ -101,7 +99,7 @@ def validate(frame: Addressing, state: ClusterState, host_id: HostId, address: s
                  f"(the lease expired, was released, or the VM was re-registered)")
         early = claim is None or frame.fencing_token > claim.revision  # our replica may be behind the frame
         return MaybeEarly(StaleClaim, stale) if early else Refusal(StaleClaim, stale)
-    if not insecure and (refused := may_send_frame(peer, claim, state.pools_by_lease.get(claim.lease_id))):
+    if not insecure and (refused := may_send_frame(peer, claim)):
         return refused  # before the checks below: a forger learns nothing of another tenant
     # with certificates a header consistency check; with --insecure the only word on the sender
     consumer_host = state.hosts.get(claim.consumer_host)

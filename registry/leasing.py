@@ -1,9 +1,12 @@
 """The leasing agent (SPEC §3 step 3, §4): grants, grows, renews and releases leases.
 
-A lease is one etcd lease (TTL = the service's lease_ttl_s) carrying a pool record and one claim
-per producer VM. Every grant or grow is ONE etcd transaction that creates the claims only if no
-claim exists on any chosen VM and each chosen VM is still the incarnation we saw; a lost race
-makes us catch up with the replica and choose again among what is still free."""
+A lease is a pool record (its id of its own) and one claim per producer VM, with the claim's mirror
+under the pool (what the pool's consumer host watches), all attached to the consumer host's
+liveness lease: one etcd lease per consumer host, however many pools it holds. Every grant or grow
+is ONE etcd transaction that creates the claims only if no claim exists on any chosen VM, each
+chosen VM is still the incarnation we saw and the consumer host is still the incarnation whose lease
+we attach to; a lost race makes us catch up with the replica and choose again among what is still
+free. A release is one guarded transaction deleting the pool's keys."""
 
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ from wire.errors import (
     PoolExhausted,
     ProducerUnavailable,
 )
-from mapping.model import Claim, ConsumerRef, Host, HostId, LeaseId, Pool, ProducerVm, Record, Service, VmId, lease_hex
+from mapping.model import (Claim, ConsumerRef, Host, HostId, HostKind, LeaseId, Pool, ProducerVm, Record, Service, VmId,
+                           lease_hex, new_pool_id)
 from registry.authz import ANYONE, Caller, may_act_on_pool
 from registry import quotas
 from registry.placement import choose_vms
@@ -72,7 +76,7 @@ def shortfall(service: str, need: int, free: int, returning: int, purpose: str) 
 
 def describe(state: ClusterState, pool: Pool) -> LeaseView:
     members = []
-    for vm_id in sorted(state.members_by_lease.get(pool.lease_id, ())):
+    for vm_id in sorted(state.claims_by_lease.get(pool.lease_id, ())):
         claim, vm = state.claims[vm_id], state.vms.get(vm_id)
         address = state.host_address(vm_id)
         if vm is not None and address is not None:
@@ -122,10 +126,8 @@ class LeasingAgent:
         if consumer.network != service.network:
             raise PermissionDenied(f"consumer VM {consumer.vm_id} is in network {consumer.network!r}; "
                                    f"service {service.name!r} is in network {service.network!r}")
-        pool_key = keys.pool_key(service.name, consumer.vm_id)
-        existing = self.state.pools.get(pool_key)
-        # a pool released a moment ago may linger in our replica: hand it out only if its etcd lease lives
-        if existing is not None and await self.store.refresh_lease(existing.lease_id) > 0:
+        pool_key = keys.pool_key(consumer.host_id, service.name, consumer.vm_id)
+        if (existing := await self._live_pool(pool_key)) is not None:
             return self._existing(existing, consumer)
         network = self.state.networks.get(service.network)
         if network is None:
@@ -135,31 +137,26 @@ class LeasingAgent:
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
         wanted = quotas.limits(network, service, consumer)
-        quotas.choose_slots(self.state, wanted, 0, self.rng)  # refuse before granting an etcd lease
+        quotas.choose_slots(self.state, wanted, 0, self.rng)  # refuse before any write
 
         need = service.policy.min_pool
-        lease_id = LeaseId(await self.store.grant_lease(service.policy.lease_ttl_s))
-        try:
-            for _ in range(self.max_attempts):
-                chosen = self.choose(service, need, f"lease a pool for consumer VM {consumer.vm_id}", avoid_hosts)
-                pool = Pool(service.name, consumer.vm_id, consumer.host_id, lease_id, service.policy.lease_ttl_s)
-                slots = quotas.choose_slots(self.state, wanted, lease_id, self.rng)
-                items = ([(pool_key, keys.encode(pool))] + self._claims(chosen, pool)
-                         + [(keys.key_of(slot), keys.encode(slot)) for slot in slots])
-                result = await self._transact(chosen, items, lease_id, self._guards(chosen))
-                if result.succeeded:
-                    log.info("granted lease %s: %s -> %s", lease_hex(lease_id), consumer.vm_id,
-                             [vm.vm_id for vm in chosen])
-                    return self._view(lease_id)
-                metrics.GRANT_CONFLICTS.inc()
-                if (existing := self.state.pools.get(pool_key)) is not None:  # another agent was faster
-                    await self._revoke_quietly(lease_id)
-                    return self._existing(existing, consumer)
-            raise PoolExhausted(f"service {service.name!r}: every attempt to claim {need} producer VM(s) "
-                                f"lost a race to other consumers ({self.max_attempts} attempts)", reason="lost_races")
-        except BaseException:
-            await self._revoke_quietly(lease_id)
-            raise
+        pool_id = new_pool_id(self.rng)
+        for _ in range(self.max_attempts):
+            host = await self._consumer_host(consumer.host_id)
+            chosen = self.choose(service, need, f"lease a pool for consumer VM {consumer.vm_id}", avoid_hosts)
+            pool = Pool(service.name, consumer.vm_id, consumer.host_id, pool_id, host.ttl_s)
+            slots = quotas.choose_slots(self.state, wanted, pool_id, self.rng)
+            items = ([(pool_key, keys.encode(pool))] + self._claims(chosen, pool)
+                     + [(keys.key_of(slot), keys.encode(slot)) for slot in slots])
+            result = await self._transact(chosen, items, host, self._guards(chosen), self._members(chosen, pool))
+            if result.succeeded:
+                log.info("granted pool %s: %s -> %s", lease_hex(pool_id), consumer.vm_id, [vm.vm_id for vm in chosen])
+                return self._view(pool_id)
+            metrics.GRANT_CONFLICTS.inc()
+            if (existing := self.state.pools.get(pool_key)) is not None:  # another agent was faster
+                return self._existing(existing, consumer)
+        raise PoolExhausted(f"service {service.name!r}: every attempt to claim {need} producer VM(s) "
+                            f"lost a race to other consumers ({self.max_attempts} attempts)", reason="lost_races")
 
     async def grow_lease(self, lease_id: LeaseId, count: int = 1, min_revision: int = 0,
                          avoid_hosts: frozenset[str] = frozenset(), *, caller: Caller = ANYONE) -> LeaseView:
@@ -169,13 +166,14 @@ class LeasingAgent:
         for _ in range(self.max_attempts):
             pool = self._pool(lease_id, caller, "grow")
             service = self._service(pool.service)
-            held = len(self.state.members_by_lease.get(lease_id, ()))
+            held = len(self.state.claims_by_lease.get(lease_id, ()))
             if held + count > service.policy.max_pool:
                 raise PoolExhausted(f"lease {lease_hex(lease_id)} holds {held} producer VM(s) of service "
                                     f"{service.name!r}; max_pool is {service.policy.max_pool}", reason="max_pool")
+            host = await self._consumer_host(pool.consumer_host)
             chosen = self.choose(service, count, f"grow lease {lease_hex(lease_id)}", avoid_hosts)
-            guards = [Require(keys.pool_key(pool.service, pool.consumer_vm), pool.revision), *self._guards(chosen)]
-            result = await self._transact(chosen, self._claims(chosen, pool), lease_id, guards)
+            guards = [Require(keys.key_of(pool), pool.revision), *self._guards(chosen)]
+            result = await self._transact(chosen, self._claims(chosen, pool), host, guards, self._members(chosen, pool))
             if result.succeeded:
                 return self._view(lease_id)
             metrics.GRANT_CONFLICTS.inc()
@@ -183,31 +181,59 @@ class LeasingAgent:
                             f"lost a race to other consumers ({self.max_attempts} attempts)", reason="lost_races")
 
     async def shrink_lease(self, lease_id: LeaseId, vms: list[VmId], *, caller: Caller = ANYONE) -> LeaseView:
-        """Delete the lease's claims on `vms` (each guarded by its own revision)."""
+        """Delete the lease's claims on `vms` and their mirrors (each guarded by the claim's revision)."""
         self._pool(lease_id, caller, "shrink")
         revision = 0
         for vm in vms:
             claim = self.state.claims.get(vm)
             if claim is None or claim.lease_id != lease_id:
                 continue  # not (or no longer) in this lease: nothing to give back
-            key = keys.claim_key(vm)
-            result = await self.store.delete(key, require=[Require(key, claim.revision)])
-            revision = max(revision, result.revision)
+            revision = max(revision, (await delete_claim(self.store, claim)).revision)
         await self.replica.wait_for_revision(revision, CATCH_UP_S)
         return self._view(lease_id)
 
     async def renew_lease(self, lease_id: LeaseId, *, caller: Caller = ANYONE) -> int:
-        await self._pool_lease(lease_id, caller, "renew")
-        ttl = await self.store.refresh_lease(lease_id)
-        if ttl <= 0:
-            raise LeaseExpired(f"lease {lease_hex(lease_id)} has expired or was released")
-        return ttl
+        """A pool lives as long as its consumer host's lease, which that host renews itself: renewing
+        one pool only says whether it is still there, and its TTL. No etcd request."""
+        pool = await self._pool_lease(lease_id, caller, "renew")
+        return pool.ttl_s
 
     async def release_lease(self, lease_id: LeaseId, *, caller: Caller = ANYONE) -> None:
-        await self._pool_lease(lease_id, caller, "release")
-        await self.store.revoke_lease(lease_id)
+        """One transaction deleting the pool, its claims, their mirrors and its quota slots, guarded by
+        the pool's revision. A claim a grow added that our replica does not show yet is left behind
+        without its pool: the claim collector deletes it."""
+        pool = await self._pool_lease(lease_id, caller, "release")
+        state = self.state
+        claims = [state.claims[vm] for vm in state.claims_by_lease.get(lease_id, ())]
+        doomed = [keys.key_of(pool), *(keys.key_of(c) for c in claims), *(keys.member_key(c) for c in claims),
+                  *state.slots_by_lease.get(lease_id, ())]
+        result = await self.store.delete_all(doomed, require=[Require(keys.key_of(pool), pool.revision)])
+        await self.replica.wait_for_revision(result.revision, CATCH_UP_S)
 
     # --- helpers -------------------------------------------------------------------------------
+    async def _live_pool(self, pool_key: str) -> Pool | None:
+        """The pool at `pool_key` if etcd still has it: a pool released a moment ago may linger in our
+        replica, so one read confirms a repeated request (rare: a consumer host asks once per pool)."""
+        pool = self.state.pools.get(pool_key)
+        if pool is None:
+            return None
+        held = await self.store.get(pool_key)
+        return pool if held is not None and held.create_revision == pool.revision else None
+
+    async def _consumer_host(self, host_id: HostId) -> Host:
+        """The consumer host's record, whose liveness lease the pool's keys hang on. One our replica
+        has not seen may have registered a moment ago: catch up once before refusing."""
+        host = self.state.hosts.get(host_id)
+        if host is None or host.kind is not HostKind.CONSUMER or not host.lease:
+            now = await self.store.range_page(keys.CONSUMER_HOSTS, limit=1)
+            await self.replica.wait_for_revision(now.revision, CATCH_UP_S)
+            host = self.state.hosts.get(host_id)
+        if host is None or host.kind is not HostKind.CONSUMER or not host.lease:
+            raise ProducerUnavailable(f"consumer host {host_id!r} is not registered (its liveness lease lapsed, or it "
+                                      "has not registered yet): its pools hang on that lease; try again once it has "
+                                      "registered")
+        return host
+
     def _existing(self, pool: Pool, consumer: ConsumerRef) -> LeaseView:
         if pool.consumer_host != consumer.host_id:
             raise ClaimConflict(f"consumer VM {consumer.vm_id} already holds lease {lease_hex(pool.lease_id)} "
@@ -227,12 +253,12 @@ class LeasingAgent:
         only), then refuse as NOT_FOUND, which the consumer host retries at its next renewal."""
         pool = self.state.pools_by_lease.get(lease_id)
         if pool is None:
-            now = await self.store.range_page(keys.POOLS, limit=1)
+            now = await self.store.range_page(keys.POOLS, limit=1)  # any key: only the revision matters
             await self.replica.wait_for_revision(now.revision, CATCH_UP_S)
             pool = self.state.pools_by_lease.get(lease_id)
         if pool is None:
-            raise NotFound(f"lease {lease_hex(lease_id)} is not the lease of any pool (it ended, or it is not "
-                           f"a pool's: the leasing API cannot {action} a host's liveness lease)")
+            raise NotFound(f"lease {lease_hex(lease_id)} is not the id of any pool (it ended, or it is not a pool's: "
+                           f"the leasing API cannot {action} a host's liveness lease)")
         return self._authorised(pool, caller, action)
 
     @staticmethod
@@ -275,43 +301,52 @@ class LeasingAgent:
                        and state.host_address(vm.vm_id) not in avoid_hosts]
         return sum(s == service for s, _ in self._vanished.values()) + len(reclaimable)
 
-    async def _transact(self, chosen: list[ProducerVm], items: list[tuple[str, bytes]], lease_id: LeaseId,
-                        guards: list[Require]) -> TxnResult:
-        """Claim `chosen` in one transaction, then wait until our replica shows it (or the winner)."""
+    async def _transact(self, chosen: list[ProducerVm], items: list[tuple[str, bytes]], host: Host,
+                        guards: list[Require], mirrors: list[tuple[str, bytes]]) -> TxnResult:
+        """Claim `chosen` in one transaction on the consumer host's lease (guarded by its record: the
+        incarnation whose lease that is), then wait until our replica shows it (or the winner)."""
         taken = {vm.vm_id for vm in chosen} - self._in_flight
         self._in_flight |= taken
         try:
-            result = await self.store.create_all(items, lease=lease_id, require=guards)
+            result = await self.store.create_all(items, lease=host.lease, puts=mirrors,
+                                                 require=[*guards, Require(keys.key_of(host), host.revision)])
             await self.replica.wait_for_revision(result.revision, CATCH_UP_S)
         finally:
             self._in_flight -= taken
         if not result.succeeded:
             self.conflicts += 1
-            log.info("grant conflict on %s (lease %s): another claim won; choosing again",
-                     sorted(vm.vm_id for vm in chosen), lease_hex(lease_id))
+            log.info("grant conflict on %s (consumer host %s): another claim won, or the host registered again; "
+                     "choosing again", sorted(vm.vm_id for vm in chosen), host.host_id)
         return result
 
     @staticmethod
-    def _claims(chosen: list[ProducerVm], pool: Pool) -> list[tuple[str, bytes]]:
-        return [(keys.claim_key(vm.vm_id), keys.encode(Claim(vm.vm_id, pool.lease_id, pool.service, pool.consumer_vm,
-                                                           pool.consumer_host, vm.revision)))
-                for vm in chosen]
+    def _claim_records(chosen: list[ProducerVm], pool: Pool) -> list[Claim]:
+        return [Claim(vm.vm_id, pool.lease_id, pool.service, pool.consumer_vm, pool.consumer_host, vm.revision,
+                      host_id=vm.host_id) for vm in chosen]
+
+    def _claims(self, chosen: list[ProducerVm], pool: Pool) -> list[tuple[str, bytes]]:
+        return [(keys.key_of(c), keys.encode(c)) for c in self._claim_records(chosen, pool)]
+
+    def _members(self, chosen: list[ProducerVm], pool: Pool) -> list[tuple[str, bytes]]:
+        """The claims' mirrors under the pool: the same body, so the consumer host reads a Claim."""
+        return [(keys.member_key(c), keys.encode(c)) for c in self._claim_records(chosen, pool)]
 
     @staticmethod
     def _guards(chosen: list[ProducerVm]) -> list[Require]:
         return [Require(keys.key_of(vm), vm.revision) for vm in chosen]
 
-    async def _revoke_quietly(self, lease_id: LeaseId) -> None:
-        try:
-            await asyncio.shield(self.store.revoke_lease(lease_id))
-        except Exception as exc:  # the TTL is the safety net
-            log.warning("could not revoke lease %s: %s", lease_hex(lease_id), exc)
+
+async def delete_claim(store: Store, claim: Claim) -> TxnResult:
+    """Delete a claim and its mirror under its pool, only the claim we saw (its revision)."""
+    return await store.delete_all([keys.key_of(claim), keys.member_key(claim)],
+                                  require=[Require(keys.key_of(claim), claim.revision)])
 
 
 class ClaimCollector:
     """Deletes claims on VMs that vanished or were re-registered (their producer host died or
-    restarted): the pool shrinks, its consumer host sees it and refills. Several registry replicas
-    may run this at once: every delete is guarded by the claim's own revision."""
+    restarted): the pool shrinks, its consumer host sees it and refills; and claims whose pool is gone
+    (a grow that crossed a release). Each goes with its mirror. Several registry replicas may run
+    this at once: every delete is guarded by the claim's own revision."""
 
     def __init__(self, store: Store, replica: Replica) -> None:
         self.store = store
@@ -326,26 +361,35 @@ class ClaimCollector:
             claim = state.claims.get(vm_id)
             if claim is not None and not state.claim_is_current(claim):
                 self._pending.put_nowait(claim)
-        elif isinstance(new, Claim) and not state.claim_is_current(new):
+        elif isinstance(new, Claim) and not keys.is_member_key(key) and not self._wanted(new):
             self._pending.put_nowait(new)
+        elif isinstance(old, Pool) and new is None:
+            for vm in state.claims_by_lease.get(old.lease_id, ()):
+                self._pending.put_nowait(state.claims[vm])
+
+    def _wanted(self, claim: Claim) -> bool:
+        """Its VM is the incarnation it claimed, and its pool is there."""
+        state = self.replica.state
+        return state.claim_is_current(claim) and claim.lease_id in state.pools_by_lease
 
     async def run(self) -> None:
         await self.replica.synced.wait()
         state = self.replica.state
-        for vm in list(state.stale_claims):
-            self._pending.put_nowait(state.claims[vm])
+        for claim in list(state.claims.values()):
+            if not self._wanted(claim):
+                self._pending.put_nowait(claim)
         while True:
             claim = await self._pending.get()
             if self.replica.state.claims.get(claim.vm) != claim:
                 continue  # already gone (another registry replica, or the lease ended)
-            if self.replica.state.claim_is_current(claim):
-                # its VM is there after all: a snapshot load applies claims/ keys before vms/ ones,
-                # so every claim looked orphaned for a moment when a registry started
+            if self._wanted(claim):
+                # its VM and pool are there after all: a snapshot load applies claims/ keys before
+                # pools/ and vms/ ones, so every claim looked orphaned for a moment when a registry started
                 continue
-            key = keys.claim_key(claim.vm)
             try:
-                if (await self.store.delete(key, require=[Require(key, claim.revision)])).succeeded:
-                    log.info("removed claim on vanished VM %s (lease %s)", claim.vm, lease_hex(claim.lease_id))
+                if (await delete_claim(self.store, claim)).succeeded:
+                    why = "vanished VM" if not self.replica.state.claim_is_current(claim) else "ended pool's VM"
+                    log.info("removed claim on %s %s (pool %s)", why, claim.vm, lease_hex(claim.lease_id))
             except Exception as exc:
                 log.warning("could not remove stale claim on %s: %s (will retry)", claim.vm, exc)
                 await asyncio.sleep(0.5)

@@ -286,7 +286,7 @@ class InspectionServicer(pb_grpc.InspectionServicer):
         if request.consumer_host and pool.consumer_host != request.consumer_host:
             return False
         if request.producer_host:
-            members = self.state.members_by_lease.get(pool.lease_id, ())
+            members = self.state.claims_by_lease.get(pool.lease_id, ())
             return any(self.state.vms[m].host_id == request.producer_host for m in members if m in self.state.vms)
         return True
 

@@ -89,11 +89,13 @@ SNAPSHOT_ATTEMPTS = 3
 MAX_TXN_OPS = 128
 
 
-def check_txn_size(items: Sequence[tuple[str, bytes]], require: Sequence[Require]) -> None:
-    """Refuse, before sending, a transaction etcd would refuse: callers sized by the fleet chunk."""
-    if len(items) + len(require) > MAX_TXN_OPS:
-        raise InvalidRequest(f"a transaction of {len(items)} keys and {len(require)} guards exceeds etcd's limit of "
-                             f"{MAX_TXN_OPS} operations")
+def check_txn_size(items: Sequence[tuple[str, bytes]], require: Sequence[Require],
+                   puts: Sequence[tuple[str, bytes]] = ()) -> None:
+    """Refuse, before sending, a transaction etcd would refuse (it limits the compares and the
+    operations each to MAX_TXN_OPS): callers sized by the fleet chunk."""
+    if len(items) + len(require) > MAX_TXN_OPS or len(items) + len(puts) > MAX_TXN_OPS:
+        raise InvalidRequest(f"a transaction of {len(items) + len(puts)} keys and {len(require)} guards exceeds "
+                             f"etcd's limit of {MAX_TXN_OPS} operations")
 
 
 class Store(Protocol):
@@ -123,10 +125,16 @@ class Store(Protocol):
         """Delete `key` if every guard holds; not succeeded when a guard failed or nothing was there."""
         ...
 
+    async def delete_all(self, keys: Sequence[str], *, require: Sequence[Require] = ()) -> TxnResult:
+        """Delete every one of `keys` that exists, in one transaction, only if every `require` holds;
+        succeeded is whether they held (keys already gone are fine: a release is idempotent)."""
+        ...
+
     async def create_all(self, items: Sequence[tuple[str, bytes]], *, lease: int = 0,
-                         require: Sequence[Require] = ()) -> TxnResult:
+                         require: Sequence[Require] = (), puts: Sequence[tuple[str, bytes]] = ()) -> TxnResult:
         """Create every key in one atomic transaction, only if none of them exists and every guard
-        holds. On success the revision is each key's create revision. Sent exactly once: a
+        holds; `puts` are written in the same transaction without the first condition (index keys
+        whose uniqueness follows from an item's). On success the revision is each key's create revision. Sent exactly once: a
         transaction is never retried blindly. More than MAX_TXN_OPS keys and guards together raise
         InvalidRequest (etcd's limit)."""
         ...

@@ -204,15 +204,25 @@ class EtcdStore:
         deleted = bool(resp.succeeded and resp.responses[0].response_delete_range.deleted)
         return TxnResult(deleted, int(resp.header.revision))
 
+    async def delete_all(self, keys: Sequence[str], *, require: Sequence[Require] = ()) -> TxnResult:
+        unique = list(dict.fromkeys(keys))
+        check_txn_size([(k, b"") for k in unique], require)
+        self.requests += 1
+        with _unavailable_on_failure("txn"):
+            resp = await self._kvs.txn(
+                compare=[KVService.txn_compare_create_revision(r.key, r.create_revision) for r in require],
+                success=[KVService.txn_op_delete(k) for k in unique], timeout=self.timeout_s, max_attempts=1)
+        return TxnResult(bool(resp.succeeded), int(resp.header.revision))
+
     async def create_all(self, items: Sequence[tuple[str, bytes]], *, lease: int = 0,
-                         require: Sequence[Require] = ()) -> TxnResult:
-        check_txn_size(items, require)
+                         require: Sequence[Require] = (), puts: Sequence[tuple[str, bytes]] = ()) -> TxnResult:
+        check_txn_size(items, require, puts)
         self.requests += 1
         compare = [KVService.txn_compare_create_revision(k, 0) for k, _ in items]
         compare += [KVService.txn_compare_create_revision(r.key, r.create_revision) for r in require]
         with _unavailable_on_failure("txn"):
             resp = await self._kvs.txn(compare=compare,
-                                       success=[KVService.txn_op_put(k, v, lease=lease) for k, v in items],
+                                       success=[KVService.txn_op_put(k, v, lease=lease) for k, v in [*items, *puts]],
                                        timeout=self.timeout_s, max_attempts=1)
         return TxnResult(bool(resp.succeeded), int(resp.header.revision))
 

@@ -139,16 +139,23 @@ class MemoryStore:
         self._delete_keys([key])
         return TxnResult(True, self._revision)
 
+    async def delete_all(self, keys: Sequence[str], *, require: Sequence[Require] = ()) -> TxnResult:
+        self._enter()
+        if not self._holds(require):
+            return TxnResult(False, self._revision)
+        self._delete_keys([k for k in dict.fromkeys(keys) if k in self._data])
+        return TxnResult(True, self._revision)
+
     async def create_all(self, items: Sequence[tuple[str, bytes]], *, lease: int = 0,
-                         require: Sequence[Require] = ()) -> TxnResult:
-        check_txn_size(items, require)
+                         require: Sequence[Require] = (), puts: Sequence[tuple[str, bytes]] = ()) -> TxnResult:
+        check_txn_size(items, require, puts)
         self._enter()
         if any(k in self._data for k, _ in items) or not self._holds(require):
             return TxnResult(False, self._revision)
         if lease and lease not in self._leases:
             raise StoreUnavailable(f"etcd rejected the transaction: lease {lease:x} not found")
         self._revision += 1
-        self._commit([self._put(k, v, lease, self._revision) for k, v in items])
+        self._commit([self._put(k, v, lease, self._revision) for k, v in [*items, *puts]])
         return TxnResult(True, self._revision)
 
     async def grant_lease(self, ttl_s: int) -> int:

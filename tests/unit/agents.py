@@ -8,17 +8,33 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
 from mapping import keys
-from mapping.model import Record
+from mapping.model import Host, HostId, HostKind, Record
 from mapping.replica import Replica
 from mapping.store.memory import MemoryStore
 from registry.leasing import LeasingAgent
 
 
+CONSUMER_HOSTS = tuple(f"c{n}" for n in range(12))
+
+
+async def register_consumer_host(store: MemoryStore, host_id: str, ttl_s: int = 60) -> Host:
+    """A consumer host's record under a liveness lease of its own: its pools hang on that lease."""
+    lease = await store.grant_lease(ttl_s)
+    host = Host(HostId(host_id), HostKind.CONSUMER, f"127.0.0.{len(host_id)}:0", lease=lease, ttl_s=ttl_s)
+    await store.put(keys.key_of(host), keys.encode(host), lease=lease)
+    return host
+
+
 @asynccontextmanager
-async def agent_on(records: Iterable[Record], seed: int = 1) -> AsyncIterator[tuple[MemoryStore, Replica, LeasingAgent]]:
+async def agent_on(records: Iterable[Record], seed: int = 1, consumer_hosts: Iterable[str] = CONSUMER_HOSTS
+                   ) -> AsyncIterator[tuple[MemoryStore, Replica, LeasingAgent]]:
+    """`consumer_hosts` are registered, each under its own liveness lease (TTL 60 s)."""
+    records = list(records)
     store = MemoryStore()
     for record in records:
         await store.put(keys.key_of(record), keys.encode(record))
+    for host_id in consumer_hosts:
+        await register_consumer_host(store, host_id)
     replica = Replica(store)
     task = asyncio.create_task(replica.run())
     await replica.synced.wait()

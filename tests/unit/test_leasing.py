@@ -38,16 +38,19 @@ async def test_a_grant_claims_min_pool_vms_in_one_transaction(setup) -> None:
     before = store.requests
     view = await agent.request_lease(consumer(1), "echo")
     assert len(view.members) == 2 and len({m.fencing_token for m in view.members}) == 1
-    assert store.requests - before == 2  # one lease grant, one transaction
+    assert store.requests - before == 1  # one transaction: no etcd lease per pool
     assert len(replica.state.claims) == 2
 
 
-async def test_asking_again_returns_the_same_lease_and_another_host_cannot_take_it(setup) -> None:
-    _, _, agent = setup
+async def test_asking_again_returns_the_same_lease_and_a_pool_is_its_consumer_host_s(setup) -> None:
+    store, replica, agent = setup
     first = await agent.request_lease(consumer(1), "echo")
     assert (await agent.request_lease(consumer(1), "echo")).pool.lease_id == first.pool.lease_id
-    with pytest.raises(ClaimConflict):
-        await agent.request_lease(consumer(1, host="c2"), "echo")
+    assert keys.key_of(first.pool) == "/leasenet/v2/pools/c1/echo/blue/10.1.0.1"
+    host_lease = replica.state.hosts[HostId("c1")].lease
+    held = [await store.get(k) for k in [keys.key_of(first.pool), *(keys.key_of(c) for c in replica.state.claims.values()),
+                                         *(keys.member_key(c) for c in replica.state.claims.values())]]
+    assert len(held) == 5 and all(kv is not None and kv.lease == host_lease for kv in held)  # one lease for all
 
 
 async def test_no_capacity_is_resource_exhausted_naming_the_service_and_the_shortfall(setup) -> None:
@@ -81,11 +84,11 @@ async def test_a_pool_grows_to_max_pool_and_no_further(setup) -> None:
 async def test_a_released_lease_frees_its_vms_and_cannot_be_renewed(setup) -> None:
     _, replica, agent = setup
     view = await agent.request_lease(consumer(1), "echo")
-    assert await agent.renew_lease(view.pool.lease_id) == 5
+    assert await agent.renew_lease(view.pool.lease_id) == 60  # its consumer host's TTL
     await agent.release_lease(view.pool.lease_id)
-    await asyncio.sleep(0)
-    assert replica.state.claims == {}
-    with pytest.raises(NotFound, match="not the lease of any pool"):
+    assert replica.state.claims == {} and replica.state.members == {} and replica.state.pools == {}
+    assert replica.state.quota_slots == {}
+    with pytest.raises(NotFound, match="not the id of any pool"):
         await agent.renew_lease(view.pool.lease_id)
 
 
@@ -136,7 +139,6 @@ async def test_a_pool_released_a_moment_ago_is_not_handed_out_again(setup) -> No
     _, replica, agent = setup
     first = await agent.request_lease(consumer(1), "echo")
     await agent.release_lease(first.pool.lease_id)
-    assert first.pool.lease_id in replica.state.pools_by_lease  # the replica has not caught up yet
     second = await agent.request_lease(consumer(1), "echo")
     assert second.pool.lease_id != first.pool.lease_id and len(second.members) == 2
 

@@ -14,6 +14,7 @@ from mapping import keys
 from mapping.model import ConsumerRef, Host, HostId, HostKind, LeasePolicy, Network, ProducerVm, Record, Service
 from mapping.replica import Replica
 from mapping.store.memory import MemoryStore
+from tests.unit.agents import register_consumer_host
 from registry.leasing import RETURNING_WINDOW_S, LeasingAgent, shortfall
 from wire.errors import PoolExhausted, ProducerUnavailable, Status
 
@@ -44,6 +45,7 @@ async def kv() -> AsyncIterator[tuple[MemoryStore, Replica, LeasingAgent, Clock]
     store = MemoryStore()
     for record in [Network("blue", 100), KV, P1, *VMS]:
         await store.put(keys.key_of(record), keys.encode(record))
+    await register_consumer_host(store, "c1")
     replica = Replica(store)
     task = asyncio.create_task(replica.run())
     await replica.synced.wait()

@@ -18,6 +18,7 @@ from mapping.ownership import owner, owner_address, registries, score
 from mapping.replica import Replica
 from mapping.state import ClusterState
 from mapping.store.memory import MemoryStore
+from tests.unit.agents import register_consumer_host
 from registry.authz import ANYONE, Forwarded, lessee, may_act_on_pool, on_behalf
 from registry.leasing import LeasingAgent
 from registry.ownership import FORWARDED_FOR, forwarded_for
@@ -124,6 +125,8 @@ async def test_concurrent_grants_through_one_agent_never_race_each_other() -> No
     records += [ProducerVm("blue", f"10.1.1.{n}", HostId("p1"), "echo") for n in range(8)]
     for record in records:
         await store.put(keys.key_of(record), keys.encode(record))
+    for n in range(10):
+        await register_consumer_host(store, f"c{n}")
     replica = Replica(store)
     task = asyncio.create_task(replica.run())
     await replica.synced.wait()

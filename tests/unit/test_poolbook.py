@@ -6,6 +6,7 @@ from __future__ import annotations
 from consumer_host.datapath import Admitted, Attachment, PoolVm
 from consumer_host.tokens import PlainToken
 from consumer_host.poolbook import (
+    STRAY_GRACE_S,
     AVOID_HOST_S,
     GROW_BACKOFF_S,
     LEASING_PAUSE_S,
@@ -17,8 +18,6 @@ from consumer_host.poolbook import (
     LeaseRefused,
     PoolBook,
     ReleaseLease,
-    RenewLease,
-    RenewRefused,
     ReplicaChanged,
     RequestDone,
     RequestLease,
@@ -29,7 +28,7 @@ from consumer_host.poolbook import (
     Waiting,
     Wake,
 )
-from mapping.model import Claim, Host, HostId, HostKind, LeaseId, LeasePolicy, Service, VmId
+from mapping.model import Claim, Host, HostId, HostKind, LeaseId, LeasePolicy, Pool as PoolRecord, Service, VmId
 from mapping.state import ClusterState
 from wire.errors import PoolExhausted, Status, StoreUnavailable
 from wire.verdict import Refusal
@@ -139,21 +138,28 @@ def test_a_stale_late_answer_does_not_revive_a_forgotten_member() -> None:
 
 def test_an_answer_about_a_lease_no_longer_held_changes_nothing() -> None:
     book = leased(vm(1))
-    assert book.handle(RenewRefused(KEY, LEASE, expired=True)) == [Wake(KEY)]
+    pool = PoolRecord("echo", VM.vm_id, HostId("c1"), LEASE, 6)
+    assert book.handle(ReplicaChanged(pool, None, ClusterState(), 4.0)) == [Wake(KEY)]  # released, or expired
     assert KEY not in book.pools
     assert book.handle(Grown(KEY, LEASE, (vm(2),))) == []
     assert book.handle(RequestDone(KEY, LEASE, vm(1), refused=False, now=5.0)) == []
 
 
-def test_a_lease_is_renewed_every_third_of_its_ttl_and_released_when_idle() -> None:
+def test_a_lease_is_never_renewed_one_by_one_and_is_released_when_idle() -> None:
     book = leased(vm(1), now=0.0)
-    renew = RenewLease(KEY, LEASE, timeout_s=2.0)
-    assert book.handle(Tick(1.0)) == []
-    assert book.handle(Tick(2.0)) == [renew]  # ttl 6 s: every 2 s
-    assert book.handle(Tick(3.5)) == []
-    assert book.handle(Tick(4.0)) == [renew]
+    assert [book.handle(Tick(t)) for t in (1.0, 2.0, 4.0, 10.0)] == [[], [], [], []]  # the host's lease keeps it
     assert book.handle(Tick(30.0)) == [ReleaseLease(LEASE, VM.vm_id), Wake(KEY)]  # idle for idle_release_s
     assert KEY not in book.pools
+
+
+def test_a_pool_of_ours_the_book_does_not_hold_is_released_after_a_grace() -> None:
+    book = leased(vm(1), now=0.0)
+    stray = LeaseId(99)
+    in_etcd = {LEASE: VM.vm_id, stray: VmId("blue/10.1.0.9")}
+    assert book.strays(in_etcd, 1.0) == []  # a grant whose answer is on its way looks the same at first
+    assert book.strays(in_etcd, 1.0 + STRAY_GRACE_S - 0.1) == []
+    assert book.strays(in_etcd, 1.0 + STRAY_GRACE_S) == [ReleaseLease(stray, VmId("blue/10.1.0.9"))]
+    assert book.strays({LEASE: VM.vm_id}, 100.0) == []  # the held one never is
 
 
 def test_a_pool_in_use_is_not_released() -> None:

@@ -53,14 +53,24 @@ def cluster_state() -> ClusterState:
         ProducerVm("blue", "10.1.1.2", ME, "echo", revision=30),
         ProducerVm("blue", "10.1.1.3", ME, "echo", revision=6),
         ProducerVm("blue", "10.1.2.1", HostId("p2"), "echo", revision=7),
-        Claim(VmId("blue/10.1.1.1"), LeaseId(9), "echo", VmId("blue/10.1.0.1"), HostId("c1"), 5, revision=20),
-        Claim(VmId("blue/10.1.1.2"), LeaseId(9), "echo", VmId("blue/10.1.0.1"), HostId("c1"), 8, revision=21),
-        Claim(VmId("blue/10.1.2.1"), LeaseId(9), "echo", VmId("blue/10.1.0.1"), HostId("c1"), 7, revision=22),
+        *CLAIMS,
         Pool("echo", VmId("blue/10.1.0.1"), HostId("c1"), LeaseId(9), 10, revision=20),
     ]
     for r in records:
         s.apply(keys.key_of(r), r)
+    for c in CLAIMS:  # their mirrors, which the pool's consumer host watches
+        s.apply(keys.member_key(c), c)
     return s
+
+
+CLAIMS = [
+    Claim(VmId("blue/10.1.1.1"), LeaseId(9), "echo", VmId("blue/10.1.0.1"), HostId("c1"), 5, revision=20, host_id=ME),
+    Claim(VmId("blue/10.1.1.2"), LeaseId(9), "echo", VmId("blue/10.1.0.1"), HostId("c1"), 8, revision=21, host_id=ME),
+    Claim(VmId("blue/10.1.2.1"), LeaseId(9), "echo", VmId("blue/10.1.0.1"), HostId("c1"), 7, revision=22,
+          host_id=HostId("p2")),
+    Claim(VmId("blue/10.1.3.1"), LeaseId(9), "echo", VmId("blue/10.1.0.1"), HostId("c1"), 7, revision=23,
+          host_id=HostId("p9")),  # its producer host is not registered (any more)
+]
 
 
 VALID = Addressing(vni=100, src_host=CONSUMER_HOST, dst_host=ADDRESS, fencing_token=20, network="blue",
@@ -210,11 +220,13 @@ def test_routing_goes_to_the_members_host_and_the_answer_comes_from_the_vip(n: i
     assert answer_source(service) == ("10.1.255.1", port)
 
 
-def test_a_pool_is_built_only_from_current_routable_claims() -> None:
+def test_a_pool_is_built_from_its_members_on_registered_producer_hosts() -> None:
     members = members_from_state(cluster_state(), LeaseId(9))
-    # 10.1.1.2 was re-registered after it was claimed (revision 30 != 8): not a member
-    assert set(members) == {"blue/10.1.1.1", "blue/10.1.2.1"}
+    # the consumer host sees members, not VM records: a re-registered VM (10.1.1.2) stays until the
+    # registry's claim collector deletes its claim and mirror; a member on a host gone is unroutable
+    assert set(members) == {"blue/10.1.1.1", "blue/10.1.1.2", "blue/10.1.2.1"}
     assert members[VmId("blue/10.1.2.1")].host_address == "127.0.0.1:7101"
+    assert members[VmId("blue/10.1.2.1")].fencing_token == 22
 
 
 runs = st.lists(st.tuples(st.sampled_from(["a", "b"]), st.integers(0, 50), st.integers(0, 20)), max_size=12)

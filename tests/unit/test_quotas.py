@@ -81,7 +81,7 @@ def test_slots_are_drawn_among_the_free_ones_only() -> None:
 
 def test_a_quota_slot_survives_the_key_codec() -> None:
     slot = QuotaSlot(QuotaScope.CONSUMER_VM, "blue/10.1.0.1", 17, 0x1234)
-    assert keys.key_of(slot) == "/leasenet/v1/quotas/consumer-vm/blue/10.1.0.1/17"
+    assert keys.key_of(slot) == "/leasenet/v2/quotas/consumer-vm/blue/10.1.0.1/17"
     assert keys.decode(keys.key_of(slot), keys.encode(slot)) == slot
 
 

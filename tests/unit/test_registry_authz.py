@@ -13,6 +13,7 @@ from mapping import keys
 from mapping.model import ConsumerRef, Host, HostId, HostKind, LeaseId, LeasePolicy, Network, Pool, ProducerVm, Service
 from mapping.replica import Replica
 from mapping.store.memory import MemoryStore
+from tests.unit.agents import register_consumer_host
 from registry.authz import ANYONE, lessee, may_act_on_pool, may_inspect, sees_fencing_tokens
 from registry.leasing import LeasingAgent
 from wire.errors import NotFound, PermissionDenied, Status
@@ -69,6 +70,8 @@ async def agent() -> AsyncIterator[tuple[MemoryStore, Replica, LeasingAgent, Lea
     liveness = await store.grant_lease(3)  # the producer host's own lease, not a pool's
     await store.put(keys.key_of(Host(HostId("p1"), HostKind.PRODUCER, "127.0.0.1:7101")),
                     keys.encode(Host(HostId("p1"), HostKind.PRODUCER, "127.0.0.1:7101")), lease=liveness)
+    for host in ("c1", "c2"):
+        await register_consumer_host(store, host)
     replica = Replica(store)
     task = asyncio.create_task(replica.run())
     await replica.synced.wait()
@@ -99,5 +102,5 @@ async def test_no_consumer_host_grows_shrinks_renews_or_releases_another_s_pool(
         with pytest.raises(PermissionDenied, match="another consumer host; consumer/c2 may"):
             await attempt
     assert replica.state.members_by_lease[lease] == {member.vm.vm_id}
-    assert await leasing.renew_lease(lease, caller=C1) == 5  # the owner's own calls succeed
+    assert await leasing.renew_lease(lease, caller=C1) == 60  # the owner's own calls succeed
     assert len((await leasing.grow_lease(lease, caller=C1)).members) == 2

@@ -27,7 +27,7 @@ vm = st.builds(ProducerVm, st.just("blue"), st.sampled_from(ADDRESSES), st.sampl
                st.sampled_from(SERVICES), st.just("echo"), st.integers(1, 3), st.booleans())
 claim = st.builds(Claim, st.sampled_from(ADDRESSES).map(lambda a: vm_id("blue", a)), st.integers(1, 4).map(LeaseId),
                   st.sampled_from(SERVICES), st.sampled_from(CONSUMERS), st.sampled_from(CONSUMER_HOSTS),
-                  st.integers(1, 3), st.integers(1, 99))
+                  st.integers(1, 3), st.integers(1, 99), st.sampled_from(HOSTS))
 pool = st.builds(Pool, st.sampled_from(SERVICES), st.sampled_from(CONSUMERS), st.sampled_from(CONSUMER_HOSTS),
                  st.integers(1, 4).map(LeaseId), st.just(5), st.integers(1, 99))
 # an event: put a record at its key, or delete whatever is at that record's key
@@ -44,7 +44,7 @@ def indexes(state: ClusterState) -> dict[str, Any]:
         "stale_claims": set(state.stale_claims),
         "pools_by_consumer": {c: set(p) for c, p in state.pools_by_consumer.items()},
         "pools_by_consumer_host": {c: set(p) for c, p in state.pools_by_consumer_host.items()},
-        "members_by_lease": {lease: set(m) for lease, m in state.members_by_lease.items() if m},
+        "claims_by_lease": {lease: set(m) for lease, m in state.claims_by_lease.items() if m},
     }
 
 
@@ -68,7 +68,7 @@ def from_definitions(state: ClusterState) -> dict[str, Any]:
         "stale_claims": {c.vm for c in state.claims.values() if not state.claim_is_current(c)},
         "pools_by_consumer": group([(p.consumer_vm, k) for k, p in state.pools.items()]),
         "pools_by_consumer_host": group([(p.consumer_host, k) for k, p in state.pools.items()]),
-        "members_by_lease": group([(c.lease_id, c.vm) for c in state.claims.values()]),
+        "claims_by_lease": group([(c.lease_id, c.vm) for c in state.claims.values()]),
     }
 
 

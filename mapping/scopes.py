@@ -1,0 +1,26 @@
+"""What each kind of process watches (issue 19): only the prefixes that concern it, so that a grant
+costs CPU in the processes party to it (the consumer host that asked, the producer host whose VM was
+claimed, the registries) and in no other host. The shared prefixes (cluster config and host records)
+change when a host comes, goes or drains, never per grant.
+
+    registry             all of ROOT: it chooses among every VM and serves inspection (leases, vms, hosts)
+    producer host p      networks/ services/ hosts/ vms/<p>/ claims/<p>/
+    consumer host c      networks/ services/ hosts/ pools/<c>/   (its pools and their members)
+"""
+
+from __future__ import annotations
+
+from mapping import keys
+from mapping.model import HostKind
+
+SHARED = (keys.NETWORKS, keys.SERVICES, keys.HOSTS)
+
+
+def watch_prefixes(kind: HostKind, host_id: str) -> tuple[str, ...]:
+    """The key prefixes a process of `kind` with id `host_id` keeps in its replica."""
+    match kind:
+        case HostKind.PRODUCER:
+            return (*SHARED, f"{keys.VMS}{host_id}/", f"{keys.CLAIMS}{host_id}/")
+        case HostKind.CONSUMER:
+            return (*SHARED, f"{keys.POOLS}{host_id}/")
+    return (keys.ROOT,)
