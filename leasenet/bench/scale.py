@@ -502,9 +502,10 @@ class ScaleBench:
                                                       else ()))
         return out
 
-    def churn(self, background: dict[str, float]) -> dict[str, Any]:
+    def churn(self, before: dict[str, float]) -> dict[str, Any]:
         """grant/release cycles in four quarters, etcd's db size after each: uncontended grants/s, and
-        where each cycle's CPU went (net of each process's `background`, CPU seconds per second)."""
+        where each cycle's CPU went, net of each process's background: its CPU seconds per second in
+        the idle windows `before` (with the pools held) and right after the churn, averaged."""
         p = self.plan
         db = "etcd_mvcc_db_total_size_in_bytes"
         use = "etcd_mvcc_db_total_size_in_use_in_bytes"
@@ -524,6 +525,9 @@ class ScaleBench:
         meter.end()
         window = time.monotonic() - t0
         events_after = etcd_gauges(self.metrics, WATCH_EVENTS, WATCHERS)
+        self.say(f"scale: an idle window of {p.idle_s:.0f} s after the churn: each process's background")
+        _, after = self.idle_window()
+        background = {name: (before.get(name, rate) + rate) / 2 for name, rate in after.items()}
         grants = sum(r.grants for r in quarters)
         elapsed = sum(r.elapsed_s for r in quarters)
         lane_cycles = [sum(r.lane_grants[i] for r in quarters) for i in range(len(lanes))]
@@ -531,11 +535,15 @@ class ScaleBench:
         if grants:
             cpu["client"] = round(sum(r.cpu_s for r in quarters) * 1000 / grants, 4)
         violations = [v for r in quarters for v in r.violations]
+        # with a core of its own each: what one registry core and one etcd core could sustain at this cost
+        projection = {f"grants_per_s_per_{kind}_core": round(1000 / cpu[kind], 1) if cpu.get(kind) else None
+                      for kind in ("registries", "etcd")}
         return {"cycles": grants, "grants_per_s": round(grants / elapsed, 1) if elapsed else None,
                 "concurrency": per_lane(p.grants_in_flight, len(lanes)) * len(lanes),
                 "lanes": [{"service": service, "registry": registry, "grants": n}
                           for (service, registry), n in zip(lanes, lane_cycles)],
                 "consumer_host": CHURN_CONSUMER, "cpu_ms_per_cycle": cpu, "non_party_pct": non_party_share(cpu),
+                "projection": projection,
                 "cpu_window_s": round(window, 1), "cpu_s": {k: round(v, 3) for k, v in meter.used.items()},
                 "background_cpu_pct": {k: round(v * 100, 2) for k, v in background.items()},
                 "watch_events_per_grant": round((events_after.get(WATCH_EVENTS, 0) - events.get(WATCH_EVENTS, 0))
@@ -697,7 +705,8 @@ def run_scale(workdir: Path, quick: bool, say: Callable[[str], None],
         "keep_alive": {"pools": held["held"], "hosts": hosts_upkeep, "with_pools": pools_upkeep,
                        "pools_requests_per_s": round(pools_upkeep["requests_per_s"] - hosts_upkeep["requests_per_s"], 2),
                        "pools_per_method": pools_per_method},
-        "watch_fanout": fanout, "contended": asdict(contended),
+        "watch_fanout": fanout,
+        "contended": {**asdict(contended), "concurrency": per_lane(plan.grants_in_flight, 2) * 2},
         "double_claims": len(contended.violations) + len(churn["violations"]), "churn": churn,
         "elapsed_s": round(time.monotonic() - started, 1)}
     report["targets"] = scale_targets(report)
@@ -755,18 +764,23 @@ def render_scale(r: dict[str, Any]) -> str:
          ", ".join(f"{lane['service']} {lane['grants']:,}" for lane in churn["lanes"])],
         ["CPU per grant/release cycle (ms), net of each process's idle rate",
          f"etcd {cpu.get('etcd')}, registries {cpu.get('registries')} (both summed)",
-         f"client side of the calls (the grant-rate role, for {churn['consumer_host']}) {cpu.get('client')}"],
+         f"the grant-rate role (the calls' client side, for {churn['consumer_host']}, and its claim recorder) "
+         f"{cpu.get('client')}"],
         ["  consumer hosts: party / not party (ms)", f"{cpu.get('party consumer host')} / "
          f"{cpu.get('non-party consumer host')}", f"not party: {share.get('consumer host')}% of party"],
         ["  producer hosts: party / not party (ms)", f"{cpu.get('party producer host')} / "
          f"{cpu.get('non-party producer host')}", f"not party: {share.get('producer host')}% of party"],
+        ["grants/s a core could sustain at these costs: one registry core, one etcd core",
+         f"{churn['projection']['grants_per_s_per_registries_core']} / {churn['projection']['grants_per_s_per_etcd_core']}",
+         "1000 / CPU ms per cycle (registries summed): no other process on those cores"],
         ["etcd watch events sent per grant in the churn", f"{churn['watch_events_per_grant']}",
          f"{churn['watchers']:.0f} watchers" if churn["watchers"] is not None else ""],
         *[[f"watch fan-out at {size['hosts']} hosts ({size['light_hosts']} light): events per grant",
            f"{size['events_per_grant']}", f"{size['watchers']:.0f} watchers, {size['grants']:,} grants at "
            f"{size['grants_per_s']}/s, a light host's CPU {size['light_host_cpu_ms_per_cycle']} ms per cycle"]
           for size in fan["sizes"]],
-        [f"contended ({SCARCE_VMS} VMs): grants/s, refusals/s", f"{c['grants_per_s']} / {c['refusals_per_s']}",
+        [f"contended ({SCARCE_VMS} VMs, {c['concurrency']} in flight): grants/s, refusals/s",
+         f"{c['grants_per_s']} / {c['refusals_per_s']}",
          f"double claims {r['double_claims']} (churn and contended, {churn['claim_lines']:,} + {c['claim_lines']:,} "
          "claim lines)"],
         [f"etcd requests/s: hosts' liveness ({keep['hosts']['processes']} processes, no pools)",
