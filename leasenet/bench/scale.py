@@ -580,8 +580,9 @@ class ScaleBench:
                          "light hosts that only register and watch")
                 for name, kind in more.items():
                     fan.cluster.enrol(Identity(Kind(kind), name))
+                # tens of processes starting at once on a busy machine: a generous deadline
                 started = fan.start_servers({name: ["light-host", kind, name, ",".join(fan.cluster.etcd_endpoints)]
-                                             for name, kind in more.items()})
+                                             for name, kind in more.items()}, timeout_s=60 + 10 * len(more))
                 light |= {name: proc.pid for name, (_, proc) in started.items()}
                 quiet_events(metrics_url)  # the registrations' events are sent before counting starts
                 meter = CpuMeter(light)
