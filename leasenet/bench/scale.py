@@ -476,7 +476,7 @@ class ScaleBench:
                 if proc.alive and proc.process is not None}
         assert self.cluster.etcd is not None and self.cluster.etcd.members[0].process is not None
         pids["etcd"] = self.cluster.etcd.members[0].process.pid
-        return CpuMeter(pids)
+        return CpuMeter(pids, precise=True)
 
     def rate(self, name: str, lanes: list[list[str]], first: int, cycles: int, duration_s: float,
              watch: bool) -> RateResult:
@@ -585,7 +585,7 @@ class ScaleBench:
                                              for name, kind in more.items()}, timeout_s=60 + 10 * len(more))
                 light |= {name: proc.pid for name, (_, proc) in started.items()}
                 quiet_events(metrics_url)  # the registrations' events are sent before counting starts
-                meter = CpuMeter(light)
+                meter = CpuMeter(light, precise=True)
                 before = etcd_gauges(metrics_url, WATCH_EVENTS, WATCHERS)
                 meter.begin()
                 result = fan.role(f"fanout-{hosts}", RateTask(lanes, per_lane(p.grants_in_flight, len(lanes)),
