@@ -484,7 +484,9 @@ class ScaleBench:
         churn's consumer host; `watch`: the claims' history followed and checked."""
         task = RateTask(lanes, per_lane(self.plan.grants_in_flight, len(lanes)), first, cycles, duration_s,
                         CHURN_CONSUMER, self.cluster.etcd_endpoints if watch else [])
-        return self.bench.role(name, task, RateResult, duration_s + 120)
+        # besides its duration: following the claims (at most 60 s to sync, 30 s to drain), the last
+        # calls (10 s each) and a process's start on a busy machine
+        return self.bench.role(name, task, RateResult, duration_s + 240)
 
     def parties(self) -> dict[str, Party]:
         """Each measured process's kind and the churn lanes (CHURN_SERVICES) it is party to."""
