@@ -223,19 +223,23 @@ def claims_from_lines(lines: Iterable[dict[str, Any]]) -> list[ClaimSpan]:
     """Claim spans from "claimed"/"released" lines; a re-reported claim (after a reload) is one span,
     a claim reported with a different lessee under the same token is kept as a second span."""
     spans: dict[tuple[str, int, str, str], ClaimSpan] = {}
+    by_claim: dict[tuple[str, int], list[tuple[str, int, str, str]]] = defaultdict(list)  # linear in the lines
     for line in lines:
         if line.get("event") not in ("claimed", "released"):
             continue
         vm, token = str(line["vm"]), int(line["token"])
         if line.get("event") == "claimed":
             key = (vm, token, str(line["lease_id"]), str(line["consumer_vm"]))
-            spans.setdefault(key, ClaimSpan(vm, token, str(line["lease_id"]), str(line["consumer_vm"]),
-                                            str(line.get("consumer_host", "")), int(line["seen_ns"]),
-                                            producer_host=str(line.get("producer_host") or "")))
+            if key not in spans:
+                by_claim[(vm, token)].append(key)
+                spans[key] = ClaimSpan(vm, token, str(line["lease_id"]), str(line["consumer_vm"]),
+                                       str(line.get("consumer_host", "")), int(line["seen_ns"]),
+                                       producer_host=str(line.get("producer_host") or ""))
         elif line.get("event") == "released":
-            for key, span in spans.items():
-                if key[:2] == (vm, token) and span.ended_revision is None:
-                    spans[key] = replace(span, ended_revision=int(line["revision"]), ended_ns=int(line["seen_ns"]))
+            for key in by_claim.get((vm, token), ()):
+                if spans[key].ended_revision is None:
+                    spans[key] = replace(spans[key], ended_revision=int(line["revision"]),
+                                         ended_ns=int(line["seen_ns"]))
     return list(spans.values())
 
 
