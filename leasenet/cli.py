@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     tls_flags(p)
     add(p, "--kind", choices=("producer", "consumer"), required=True, help="the kind of host it stands in for")
     add(p, "--host-id", required=True, help="its host id (its certificate is <kind>-<id>.crt)")
-    add(p, "--liveness-ttl", default=10, type=int, help="seconds before its record vanishes once it dies")
+    add(p, "--liveness-ttl", default=3, type=int, help="seconds before its record (and a consumer host's pools) vanish once it dies")
     add(p, "--no-watch", action="store_true", help="only the record: no replica")
     add(p, "--advertise", default="127.0.0.1:0", help="the address its record names (never dialled)")
 
