@@ -7,6 +7,8 @@ I/O and knows no grpc.
        +----write refused------+   +---answer---> ANSWERED <--answer
 
     stream ended:  QUEUED -> NOT_DELIVERED;  WRITING, WRITTEN -> DELIVERY_UNKNOWN
+    stream refused (the producer host said no to the whole stream before reading a frame of it, e.g.
+    VersionMismatch):  QUEUED, WRITING, WRITTEN -> NOT_DELIVERED
     given up (the deadline passed, or the caller left):  QUEUED, WRITING, WRITTEN -> ABANDONED
 
 A frame leaves this host only during a write, so a frame that was never in WRITING always ends
@@ -36,6 +38,7 @@ class Event(Enum):
     WRITE_REFUSED = "write refused"
     ANSWER = "answer"
     STREAM_ENDED = "stream ended"
+    STREAM_REFUSED = "stream refused"
     GIVEN_UP = "given up"
 
 
@@ -45,6 +48,9 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (QUEUED, Event.WRITE_BEGAN): WRITING,
     (QUEUED, Event.STREAM_ENDED): State.NOT_DELIVERED,
     (QUEUED, Event.GIVEN_UP): State.ABANDONED,
+    (QUEUED, Event.STREAM_REFUSED): State.NOT_DELIVERED,
+    (WRITING, Event.STREAM_REFUSED): State.NOT_DELIVERED,
+    (WRITTEN, Event.STREAM_REFUSED): State.NOT_DELIVERED,
     (WRITING, Event.WRITE_DONE): WRITTEN,
     (WRITING, Event.WRITE_REFUSED): QUEUED,
     (WRITING, Event.ANSWER): State.ANSWERED,

@@ -18,7 +18,7 @@ import grpc
 import grpc.aio
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from wire import rpc
+from wire import rpc, version
 from wire.v1 import registry_pb2 as pb
 from wire.v1 import registry_pb2_grpc as pb_grpc
 from wire.errors import StoreUnavailable, Unavailable
@@ -68,7 +68,8 @@ class RegistryClient:
                 index = self._current if first is None else first
                 first = None
                 try:
-                    return await getattr(self._stub(index), method)(request, timeout=timeout_s)
+                    return await getattr(self._stub(index), method)(request, timeout=timeout_s,
+                                                                    metadata=version.metadata())
                 except grpc.aio.AioRpcError as exc:
                     agent = f"leasing agent {self.addresses[index]}"
                     error = rpc.error_from_rpc(exc, agent)

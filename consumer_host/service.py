@@ -23,7 +23,7 @@ from consumer_host.sentences import producer_answer
 from consumer_host.tokens import Throttle
 from consumer_host.tunnel import TunnelFailure, Tunnels
 from consumer_host.vip import VipCalls, VipServers
-from wire import metrics
+from wire import metrics, version
 from wire.lifecycle import Step, cancel_all, shut_down
 from wire.limits import payload_too_large
 from wire.rpc import Server, edge_counting, end_of_stream
@@ -376,7 +376,8 @@ async def serve(config: ConsumerConfig, store: Store, *, stop: asyncio.Event,
     server = Server(config.listen, config.tls)
     server.add(pb_grpc.add_ConsumerHostServicer_to_server, ConsumerHostServicer(path), "leasenet.v1.ConsumerHost")
     liveness = Liveness(store, config.host_id,
-                        lambda: [Host(config.host_id, HostKind.CONSUMER, path.address)], config.liveness_ttl_s)
+                        lambda: [Host(config.host_id, HostKind.CONSUMER, path.address, version=str(version.ours()))],
+                        config.liveness_ttl_s)
     unwatch = [metrics.POOL_VMS.watch(lambda: pools.by_service(lambda pool: len(pool.members))),
                metrics.POOL_VMS_IN_USE.watch(lambda: pools.by_service(lambda pool: len(pool.busy))),
                metrics.POOL_WAITERS.watch(pools.waiters), metrics.TUNNEL_STREAMS.watch(tunnels.open_streams)]

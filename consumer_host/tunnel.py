@@ -20,7 +20,8 @@ import grpc.aio
 
 from consumer_host.failover import Happened
 from consumer_host.frames import HAPPENED, Event, FrameStateError, State, advance
-from wire import metrics, rpc
+from wire import metrics, rpc, version
+from wire.errors import VersionMismatch
 from wire.v1 import tunnel_pb2 as pb
 from wire.v1 import tunnel_pb2_grpc as pb_grpc
 from wire.tls import Kind, TlsMaterial
@@ -152,7 +153,7 @@ class TunnelClient:
         gives it its own flow control and cancellation; the Exchange stream is not involved."""
         if self._channel is None:
             raise NotDelivered(f"tunnel to producer host {self.address} is not started")
-        return pb_grpc.TunnelStub(self._channel).Call(timeout=timeout_s)
+        return pb_grpc.TunnelStub(self._channel).Call(timeout=timeout_s, metadata=version.metadata())
 
     async def close(self) -> None:
         if self._task is None:
@@ -170,7 +171,7 @@ class TunnelClient:
         async def connect() -> grpc.aio.StreamStreamCall:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 await channel.channel_ready()
-            return pb_grpc.TunnelStub(channel).Exchange()
+            return pb_grpc.TunnelStub(channel).Exchange(metadata=version.metadata())
 
         try:
             await self.carry(connect)
@@ -181,6 +182,7 @@ class TunnelClient:
         """Open one stream and carry frames over it until it ends, then fail every frame left
         unanswered on its side of the break. The reason names the producer host: it is for our log."""
         reason = f"tunnel to producer host {self.address} closed"
+        refused = False
         try:
             call = await connect()
             reader = self._loop.create_task(self._read(call))
@@ -192,13 +194,15 @@ class TunnelClient:
             reason = f"cannot connect to producer host {self.address}"
         except grpc.aio.AioRpcError as exc:
             reason = f"tunnel to producer host {self.address} broke: {exc.code().name} {exc.details() or ''}".strip()
+            # refused whole before a frame was read (producer_host/service.py): none of them ran
+            refused = isinstance(rpc.error_from_rpc(exc, f"producer host {self.address}"), VersionMismatch)
         except asyncio.CancelledError:
             reason = f"tunnel to producer host {self.address} was closed"
             raise
         except Exception as exc:
             reason = f"tunnel to producer host {self.address} broke: {exc!r}"
         finally:
-            self._fail_all(reason)
+            self._fail_all(reason, Event.STREAM_REFUSED if refused else Event.STREAM_ENDED)
 
     async def _write(self, call: grpc.aio.StreamStreamCall, reader: asyncio.Task[None]) -> None:
         while not reader.done():
@@ -268,11 +272,11 @@ class TunnelClient:
         finally:
             self._wake.set()  # let the writer notice
 
-    def _fail_all(self, reason: str) -> None:
-        """The stream ended: every frame not yet answered fails on its side of the break."""
+    def _fail_all(self, reason: str, ended: Event = Event.STREAM_ENDED) -> None:
+        """The stream ended (or was refused): every frame not yet answered fails on its side of the break."""
         self.broken = reason
         for pending in self._frames.values():
-            pending.state = advance(pending.state, Event.STREAM_ENDED)
+            pending.state = advance(pending.state, ended)
             if not pending.future.done():
                 pending.future.set_exception(FAILURE[HAPPENED[pending.state]](reason))
         had_traffic = bool(self._frames)

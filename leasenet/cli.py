@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import importlib.metadata
 import json
 import logging
 import os
@@ -21,13 +20,14 @@ from consumer_host.config import Limits, load_config
 from consumer_host.service import ConsumerConfig
 from consumer_host.service import serve as serve_consumer_host
 from consumer_host.tokens import hash_token
-from leasenet import certs, demo, etcd, health, inspection, security, traffic
+from leasenet import certs, demo, etcd, health, inspection, presence, security, traffic
 from leasenet.bench.command import cmd_bench
 from leasenet.console import CliError, run_command
 from leasenet.flags import add, env_name, tls_flags  # noqa: F401 - env_name: named here as before
-from mapping import keys
+from leasenet.presence import PresenceConfig
+from mapping import keys, schema
 from mapping.config import load_cluster_config
-from mapping.model import HostId
+from mapping.model import HostId, HostKind
 from mapping.names import check_name
 from mapping.store.etcd import EtcdStore
 from producer_host.limits import Limits as ProducerLimits
@@ -37,7 +37,7 @@ from producer_host.vms.settings import PLACEHOLDERS, Reset, VmSettings, check_se
 from registry.service import RegistryConfig
 from registry.service import serve as serve_registry
 from registry.watchers import DEFAULT_BACKLOG, DEFAULT_MAX_WATCHERS, WatchLimits
-from wire import logs, metrics, rpc
+from wire import logs, metrics, rpc, version
 from wire.lifecycle import run_until_signalled
 from wire.tls import Identity, Kind, TlsMaterial, identity_of_certificate
 from wire.v1 import consumer_pb2 as cpb
@@ -53,6 +53,8 @@ def _common(p: argparse.ArgumentParser) -> None:
         "free port; empty = none); METRICS.md lists the metrics")
     add(p, "--log-format", default="text", choices=logs.FORMATS,
         help="text, or json: one object per line (time, level, kind, host, trace_id, request_id)")
+    # for tests only (wire/version.py): announce another release or protocol versions than the build's
+    add(p, "--announce-version", default="", help=argparse.SUPPRESS)
 
 
 def _otlp(p: argparse.ArgumentParser) -> None:
@@ -240,6 +242,17 @@ def build_parser() -> argparse.ArgumentParser:
     add(p, "--bad-token-block", default=LIMITS.bad_token_block_s, type=float,
         help="seconds an address that sent too many wrong tokens is refused")
 
+    p = sub.add_parser("presence", help="keep a host record alive and watch what such a host watches, serving "
+                       "nothing (a light stand-in for benches and tests)")
+    _common(p)
+    _etcd(p)
+    tls_flags(p)
+    add(p, "--kind", choices=("producer", "consumer"), required=True, help="the kind of host it stands in for")
+    add(p, "--host-id", required=True, help="its host id (its certificate is <kind>-<id>.crt)")
+    add(p, "--liveness-ttl", default=3, type=int, help="seconds before its record (and a consumer host's pools) vanish once it dies")
+    add(p, "--no-watch", action="store_true", help="only the record: no replica")
+    add(p, "--advertise", default="127.0.0.1:0", help="the address its record names (never dialled)")
+
     p = sub.add_parser("token", help="attach tokens: `token hash` prints the token_hash for a consumer host config")
     actions = p.add_subparsers(dest="token_command", metavar="ACTION", required=True)
     actions.add_parser("hash", help="read a token from stdin, print its salted scrypt hash")
@@ -321,13 +334,17 @@ def _write_ready(path: str | None, address: str, metrics_address: str = "") -> N
         tmp.replace(path)  # atomic: a reader never sees half a file
 
 
-async def _run_service(args: argparse.Namespace, serve: Callable[..., Awaitable[None]], config: Any) -> None:
+async def _run_service(args: argparse.Namespace, serve: Callable[..., Awaitable[None]], config: Any,
+                       tls: TlsMaterial | None = None) -> None:
     """etcd with the process's own certificate (its CN is the etcd user of its kind), or plaintext."""
     endpoints = rpc.split_addresses(args.etcd_endpoints, "etcd endpoint",
                                     hint="LEASENET_ETCD_ENDPOINTS, e.g. https://127.0.0.1:2379")
     metrics_address = _serve_metrics(args)
-    store = await EtcdStore(endpoints, tls=config.tls).connect()
+    store = await EtcdStore(endpoints, tls=tls or getattr(config, "tls", None)).connect()
     try:
+        log.info("leasenet %s", version.ours())
+        # before any record is read or written: a process of another key schema does not start
+        await schema.check(store, version.ours(), mark=args.command == "registry")
         await run_until_signalled(lambda stop: serve(config, store, stop=stop, ready=lambda address: _write_ready(
             args.ready_file, address, metrics_address)))
     finally:
@@ -342,7 +359,7 @@ def _serve_metrics(args: argparse.Namespace) -> str:
         return ""
     try:
         address = metrics.serve(args.metrics_listen, kind=args.command.replace("-", "_"),
-                                version=importlib.metadata.version("leasenet"), event_loop=args.event_loop)
+                                version=version.ours().release, event_loop=args.event_loop)
     except metrics.MetricsConfigError as exc:
         raise CliError(str(exc)) from None
     log.info("metrics on http://%s/metrics", address)
@@ -429,6 +446,13 @@ def cmd_consumer_host(args: argparse.Namespace) -> None:
     asyncio.run(_run_service(args, serve_consumer_host, config))
 
 
+def cmd_presence(args: argparse.Namespace) -> None:
+    kind = Kind(args.kind)
+    config = PresenceConfig(HostKind(args.kind), HostId(check_name("--host-id", args.host_id)), args.advertise,
+                            liveness_ttl_s=args.liveness_ttl, watch=not args.no_watch)
+    asyncio.run(_run_service(args, presence.serve, config, tls=_own_tls(args, kind)))
+
+
 def cmd_token(args: argparse.Namespace) -> None:
     """`leasenet token hash`: the token from stdin (never argv, which `ps` shows), its hash to stdout."""
     token = getpass.getpass("token: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\r\n")
@@ -456,6 +480,8 @@ def cmd_send(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     def command() -> None:
         args = build_parser().parse_args(argv)
+        if getattr(args, "announce_version", ""):
+            version.announce_as(args.announce_version)
         logs.setup(getattr(args, "log_level", "WARNING"), getattr(args, "log_format", "text"),
                    kind=PROCESS_KINDS.get(args.command, args.command), host=getattr(args, "host_id", "") or "")
         if args.command in ("registry", "producer-host", "consumer-host"):
@@ -475,6 +501,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "registry": cmd_registry,
     "producer-host": cmd_producer_host,
     "consumer-host": cmd_consumer_host,
+    "presence": cmd_presence,
     "token": cmd_token,
     "send": cmd_send,
     "health": health.cmd_health,

@@ -37,9 +37,11 @@ KIND_OF_COMMAND = {"registry": Kind.REGISTRY, "producer-host": Kind.PRODUCER, "c
 
 
 def identity_of(args: list[str]) -> Identity:
-    """Whom `leasenet <args>` runs as: its command's kind and its --host-id (a registry's default)."""
+    """Whom `leasenet <args>` runs as: its command's kind (`presence`: its --kind) and its --host-id
+    (a registry's default)."""
     host_id = args[args.index("--host-id") + 1] if "--host-id" in args else "registry"
-    return Identity(KIND_OF_COMMAND[args[0]], host_id)
+    kind = Kind(args[args.index("--kind") + 1]) if args[0] == "presence" else KIND_OF_COMMAND[args[0]]
+    return Identity(kind, host_id)
 
 
 @dataclass
@@ -161,6 +163,13 @@ class LocalCluster:
                  *(["--metrics-listen", f"{self.host}:0"] if self.metrics else [])],
                 stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
+    def start_presence(self, kind: Kind, host_id: str, *, watch: bool = False, wait: bool = True,
+                       address: str = "127.0.0.1:1") -> Proc:
+        """A host record naming `address` kept alive (and, with `watch`, that kind of host's replica):
+        `leasenet presence`. Frames a test sends as that host give `address` as their source."""
+        return self.spawn(f"presence-{kind.value}-{host_id}", "presence", "--kind", kind.value, "--host-id", host_id,
+                          "--advertise", address, *([] if watch else ["--no-watch"]), wait=wait)
+
     def wait_ready(self, proc: Proc, timeout_s: float = 30.0) -> str:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -173,9 +182,9 @@ class LocalCluster:
             time.sleep(0.02)
         raise TimeoutError(f"{proc.name} was not ready within {timeout_s:.0f} s:\n{proc.log_tail()}")
 
-    def registry(self, name: str, cluster_config: Path, listen: str | None = None) -> Proc:
+    def registry(self, name: str, cluster_config: Path, listen: str | None = None, extra: tuple[str, ...] = ()) -> Proc:
         return self.spawn(name, "registry", "--host-id", name, "--listen", listen or f"{self.host}:0",
-                          "--cluster-config", str(cluster_config))
+                          "--cluster-config", str(cluster_config), *extra)
 
     def producer(self, host_id: str, *, network: str, service: str, vms: int | None, vm_address_start: str,
                  handler: str | None = "echo", history: bool = True, listen: str | None = None,

@@ -3,8 +3,9 @@
 
 Given TLS files (`leasenet etcd --tls-dir D`, `EtcdCluster(tls=...)`), members serve clients and
 peers over mutual TLS only (`--client-cert-auth`: the client certificate's CN is the etcd user), and
-`bootstrap_auth` then creates one role per kind of process (read access to all of /leasenet/v1/;
-registries also write what registries own, mapping.keys.WRITE_PREFIXES) and root (the members' own
+`bootstrap_auth` then creates one role per kind of process (read access to all of /leasenet/v1/ and
+the key schema's marker, mapping.keys.READ_PREFIXES; registries also write what registries own,
+mapping.keys.WRITE_PREFIXES) and root (the members' own
 certificate), and enables auth. `enrol` then lets one identity in: its user (its certificate's CN,
 leasenet-<kind>-<id>) with its kind's role and, for a producer or consumer host, a role of its own
 writing exactly its own records (mapping.keys.owned_ranges); `decommission` takes them away.
@@ -252,7 +253,7 @@ def kind_role(kind: Kind) -> str:
 
 def role_permissions(kind: Kind) -> list[tuple[str, PermissionType]]:
     """What the role of `kind` may do, as (prefix, permission): read everything, write its own."""
-    return [(keys.ROOT, PermissionType.READ),
+    return [*((prefix, PermissionType.READ) for prefix in keys.READ_PREFIXES),
             *((prefix, PermissionType.READWRITE) for prefix in keys.WRITE_PREFIXES[kind.value])]
 
 

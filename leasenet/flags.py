@@ -19,16 +19,17 @@ def env_name(flag: str) -> str:
 
 def add(parser: argparse.ArgumentParser, flag: str, *, required: bool = False, default: Any = None,
         type: Callable[[str], Any] = str, help: str = "", **kwargs: Any) -> None:  # noqa: A002
-    """A flag whose default comes from its environment variable."""
+    """A flag whose default comes from its environment variable (help=argparse.SUPPRESS: hidden)."""
     env = env_name(flag)
+    help = help if help == argparse.SUPPRESS else f"{help} [env {env}]"  # noqa: A001
     if kwargs.get("action") in ("store_true",):
         default = os.environ.get(env, "").lower() in ("1", "true", "yes") or bool(default)
-        parser.add_argument(flag, default=default, help=f"{help} [env {env}]", **kwargs)
+        parser.add_argument(flag, default=default, help=help, **kwargs)
         return
     if kwargs.get("action") == "append":
         value = os.environ.get(env)
         default = [v for v in value.split(",") if v] if value else (default or [])
-        parser.add_argument(flag, default=default, help=f"{help} [env {env}]", **kwargs)
+        parser.add_argument(flag, default=default, help=help, **kwargs)
         return
     if env in os.environ:
         try:
@@ -36,7 +37,7 @@ def add(parser: argparse.ArgumentParser, flag: str, *, required: bool = False, d
         except ValueError as exc:
             raise CliError(f"{env}={os.environ[env]!r} is not valid: {exc}") from None
         required = False
-    parser.add_argument(flag, default=default, required=required, type=type, help=f"{help} [env {env}]", **kwargs)
+    parser.add_argument(flag, default=default, required=required, type=type, help=help, **kwargs)
 
 
 def tls_flags(p: argparse.ArgumentParser, *, operator: bool = False) -> None:

@@ -13,7 +13,7 @@ from leasenet.console import CliError, run_command
 from leasenet.flags import add, tls_flags
 from wire import channels, logs
 
-HELP = "exit 0 when the gRPC server at ADDRESS reports SERVING"
+HELP = "exit 0 when the gRPC server at ADDRESS reports SERVING (and print the version it announces)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,9 +26,10 @@ def cmd_health(args: argparse.Namespace) -> None:
     """With TLS, accept any leasenet server; a probe of a host's own kind tries that kind's name first."""
     me = security.operator(args)
     kinds = sorted(channels.SERVER_KINDS, key=lambda kind: kind is not me.identity.kind)
-    if not asyncio.run(channels.check_health(args.address, args.timeout, me.tls, kinds)):
+    health = asyncio.run(channels.probe_health(args.address, args.timeout, me.tls, kinds))
+    if not health.serving:
         raise CliError(f"{args.address} is not serving")
-    print(f"{args.address} SERVING")
+    print(f"{args.address} SERVING" + (f" (leasenet {health.version})" if health.version else ""))
 
 
 def main(argv: list[str]) -> int:

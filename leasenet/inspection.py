@@ -15,6 +15,7 @@ import grpc.aio
 from google.protobuf.json_format import MessageToDict
 
 from leasenet import security
+from wire import version
 from wire.tls import Kind
 from wire.v1 import registry_pb2 as pb
 from wire.v1 import registry_pb2_grpc as pb_grpc
@@ -28,7 +29,7 @@ async def all_pages(call: Callable[..., Awaitable[Any]], request: Any, field: st
     request = type(request).FromString(request.SerializeToString())  # the caller's request stays as it was
     items: list[Any] = []
     while True:
-        response = await call(request, timeout=CALL_TIMEOUT_S)
+        response = await call(request, timeout=CALL_TIMEOUT_S, metadata=version.metadata())
         items.extend(getattr(response, field))
         if not response.next_page_token:
             return items
@@ -72,7 +73,7 @@ def lease_rows(leases: list[pb.Lease]) -> list[list[str]]:
              ", ".join(f"{m.address}@{m.host_id}" for m in l.members)] for l in leases]
 
 
-LEASE_HEADER = ["LEASE", "SERVICE", "CONSUMER VM", "CONSUMER HOST", "SIZE", "MEMBERS"]
+LEASE_HEADER = ["POOL", "SERVICE", "CONSUMER VM", "CONSUMER HOST", "SIZE", "MEMBERS"]
 
 
 def _run(args: argparse.Namespace, fetch: Callable[[pb_grpc.InspectionStub], Awaitable[tuple[list[Any], str]]],
@@ -127,8 +128,8 @@ def cmd_hosts(args: argparse.Namespace) -> None:
     async def fetch(stub: pb_grpc.InspectionStub) -> tuple[list[Any], str]:
         return await all_pages(stub.ListHosts, pb.ListHostsRequest(kind=args.kind), "hosts"), "hosts"
 
-    _run(args, fetch, ["HOST", "KIND", "ADDRESS", "DRAINING"],
-         lambda hs: [[h.host_id, h.kind, h.address, "yes" if h.draining else ""] for h in hs])
+    _run(args, fetch, ["HOST", "KIND", "ADDRESS", "DRAINING", "VERSION"],
+         lambda hs: [[h.host_id, h.kind, h.address, "yes" if h.draining else "", h.version or "-"] for h in hs])
 
 
 def cmd_vms(args: argparse.Namespace) -> None:
@@ -137,7 +138,7 @@ def cmd_vms(args: argparse.Namespace) -> None:
     async def fetch(stub: pb_grpc.InspectionStub) -> tuple[list[Any], str]:
         return await all_pages(stub.ListVms, request, "vms"), "vms"
 
-    _run(args, fetch, ["VM", "HOST", "SERVICE", "HANDLER", "INCARNATION", "LEASE", "LEASED TO"],
+    _run(args, fetch, ["VM", "HOST", "SERVICE", "HANDLER", "INCARNATION", "POOL", "LEASED TO"],
          lambda vs: [[v.vm_id, v.host_id, v.service, v.handler, str(v.revision) + (" (used)" if v.used else ""),
                       v.lease_id or "-", v.leased_to or "-"] for v in vs])
 

@@ -3,7 +3,7 @@
 
     /leasenet/v2/networks/<name>                          {"vni","quotas","subnet"}
     /leasenet/v2/services/<name>                          {"network","vip","port","policy"}
-    /leasenet/v2/hosts/<kind>/<host_id>                   {"kind","address","draining","lease","ttl_s"}  host liveness lease
+    /leasenet/v2/hosts/<kind>/<host_id>                   {"kind","address","draining","lease","ttl_s"[,"version"]}  host liveness lease
                                                           (kind registry: a leasing agent, its own liveness lease)
     /leasenet/v2/vms/<producer host>/<network>/<address>  {"host_id","service","handler"[,"used"]}    producer host's lease
     /leasenet/v2/claims/<producer host>/<network>/<address>
@@ -28,6 +28,11 @@ consumer hosts each its own (`owned_ranges`: its host record, and a producer hos
 `vms/<host_id>/`, one role per host made by `leasenet enrol`). A VM's id stays
 `<network>/<address>`: two hosts may hold a record for one address, and the oldest (lowest create
 revision) is the VM (mapping/state.py). Host ids must stay unique across every kind (registries too).
+
+    /leasenet/schema                                      {"schema","release"}   no lease
+
+The key schema's marker (mapping/schema.py): outside every version's ROOT, so that a process of any
+schema finds it; the first registry writes it, and a process of another schema refuses to start.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import dataclasses
 import json
 from typing import Any
 
+from wire.version import KEY_SCHEMA
 from mapping.model import (
     Claim,
     Host,
@@ -55,6 +61,9 @@ from mapping.model import (
 )
 
 ROOT = "/leasenet/v2/"
+SCHEMA = KEY_SCHEMA  # the N of ROOT's /leasenet/vN/ (wire/version.py; tests/unit/test_version.py ties them)
+SCHEMA_KEY = "/leasenet/schema"  # the marker: which key schema this etcd holds (mapping/schema.py)
+READ_PREFIXES = (ROOT, SCHEMA_KEY)  # what every kind of process reads (etcd RBAC, leasenet/etcd.py)
 NETWORKS = ROOT + "networks/"
 SERVICES = ROOT + "services/"
 HOSTS = ROOT + "hosts/"
@@ -72,7 +81,7 @@ QUOTAS = ROOT + "quotas/"
 # so a registry cannot revoke a producer host's liveness lease, a host a pool's lease, nor one host
 # another's.
 WRITE_PREFIXES: dict[str, tuple[str, ...]] = {
-    "registry": (NETWORKS, SERVICES, CLAIMS, POOLS, QUOTAS, REGISTRIES),
+    "registry": (NETWORKS, SERVICES, CLAIMS, POOLS, QUOTAS, REGISTRIES, SCHEMA_KEY),
     "producer": (),
     "consumer": (),
     "operator": (),
@@ -190,6 +199,8 @@ def encode(record: Record) -> bytes:
             body = {"kind": record.kind.value, "address": record.address, "draining": record.draining}
             if record.lease:
                 body |= {"lease": record.lease, "ttl_s": record.ttl_s}
+            if record.version:  # omitted when unknown: a record of before versions reads the same
+                body["version"] = record.version
         case ProducerVm():
             body = {"host_id": record.host_id, "service": record.service, "handler": record.handler}
             if record.used:  # omitted when false: a record of before the mark reads the same
@@ -226,7 +237,8 @@ def decode(key: str, value: bytes, revision: int = 0) -> Record | None:
                     return None
                 return Host(host_id=HostId(host_id), kind=HostKind(host_kind), address=body["address"],
                             draining=bool(body.get("draining", False)), revision=revision,
-                            lease=int(body.get("lease", 0)), ttl_s=int(body.get("ttl_s", 0)))
+                            lease=int(body.get("lease", 0)), ttl_s=int(body.get("ttl_s", 0)),
+                            version=str(body.get("version", "")))
             case "vms":
                 host_id, _, vm = rest.partition("/")
                 network, _, address = vm.partition("/")
@@ -263,3 +275,17 @@ def _claim(body: dict[str, Any], host_id: HostId, vm: VmId, revision: int) -> Cl
     return Claim(vm=vm, lease_id=LeaseId(int(body["lease_id"])), service=body["service"],
                  consumer_vm=VmId(body["consumer_vm"]), consumer_host=HostId(body["consumer_host"]),
                  vm_revision=int(body["vm_revision"]), revision=revision, host_id=host_id)
+
+
+def encode_schema(schema: int, release: str) -> bytes:
+    """The marker's value: the key schema etcd holds and the release that wrote it first."""
+    return json.dumps({"schema": schema, "release": release}, separators=(",", ":"), sort_keys=True).encode()
+
+
+def decode_schema(value: bytes) -> tuple[int, str] | None:
+    """(schema, release) of a marker, or None when it is not one."""
+    try:
+        body = json.loads(value)
+        return int(body["schema"]), str(body.get("release", "?"))
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -8,11 +8,10 @@ write of a host's records takes one lock, so a re-registration after a lapsed le
 that are registered at that moment, and no per-VM write slips between its chunks.
 
 VM records are keyed by their host (only it may write them), so nothing in etcd stops two hosts
-registering one address. First wins: a host that finds another host's record of one of its
-addresses created before its own withdraws its own and says so in one line naming the other host
-(`give_way`), leaves the address out of its registrations, and takes it back once the other record
-is gone. The replicas meanwhile use the oldest record (mapping/state.py), so nobody routes to the
-younger one."""
+registering one address. First wins: the registries' replicas use the oldest record of an address
+(mapping/state.py), so no grant ever claims the younger, and a registry says so in one line naming
+both hosts (registry/leasing.py). A producer host watches only its own records (mapping/scopes.py)
+and does not see the other's."""
 
 from __future__ import annotations
 
@@ -22,9 +21,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from mapping import keys
-from mapping.model import Host, HostId, ProducerVm, Record, VmId
-from mapping.replica import Replica
-from mapping.state import ClusterState
+from mapping.model import Host, HostId, ProducerVm, Record
 from mapping.store import MAX_TXN_OPS, Compacted, Require, Store
 from mapping.store.keeper import LeaseKeeper, renewal_period
 from wire import metrics
@@ -49,7 +46,6 @@ class Liveness:
         self.registrations = 0
         self.keeper = LeaseKeeper(store)
         self.revisions: dict[str, int] = {}  # create revision of each record we wrote (its incarnation)
-        self.yielded: dict[VmId, HostId] = {}  # our addresses another host registered first
         self.written = 0  # the revision of our last write: a replica past it has seen every older record
         self._writing = asyncio.Lock()  # one write of the host's records at a time
 
@@ -66,7 +62,7 @@ class Liveness:
         life of this host, killed before its lease did) and starts again; a holder that stays alive
         is another process with our host id, and registering fails with one sentence, its records
         untouched."""
-        records = sorted((r for r in self.records() if not self._gave_way(r)), key=lambda r: isinstance(r, Host))
+        records = sorted(self.records(), key=lambda r: isinstance(r, Host))
         for _ in range(3):
             self.lease_id = await self.store.grant_lease(self.ttl_s)
             items = [(keys.key_of(r), keys.encode(self._stamped(r))) for r in records]
@@ -96,9 +92,6 @@ class Liveness:
             self.written = max(self.written, created.revision)
         return True
 
-    def _gave_way(self, record: Record) -> bool:
-        return isinstance(record, ProducerVm) and record.vm_id in self.yielded
-
     async def add(self, vm: ProducerVm) -> int | None:
         """Register one VM record under the liveness lease, only where none exists; its create
         revision (the new incarnation), or None before the host has registered. A record left by a
@@ -107,7 +100,7 @@ class Liveness:
         caller's to retry."""
         key = keys.key_of(vm)
         async with self._writing:
-            if not self.registrations or vm.vm_id in self.yielded:
+            if not self.registrations:
                 return None
             for _ in range(2):
                 if key in self.revisions:  # a re-registration brought it back already
@@ -142,57 +135,6 @@ class Liveness:
                 return False
             return (await self.store.update(key, keys.encode(vm), lease=self.lease_id,
                                             require=[Require(key, revision)])).succeeded
-
-    async def give_way(self, state: ClusterState) -> None:
-        """First wins (see above), against `state`, a replica that has seen our last write: withdraw
-        each of our VM records whose address another host registered before us; register again each
-        address we gave way on whose other record is gone."""
-        back: list[ProducerVm] = []
-        async with self._writing:
-            for key, revision in list(self.revisions.items()):
-                owner = keys.vm_of_key(key)
-                oldest = state.vms.get(owner[1]) if owner else None
-                if oldest is None or oldest.host_id == self.host_id or oldest.revision >= revision:
-                    continue
-                await self.store.delete(key, require=[Require(key, revision)])
-                del self.revisions[key]
-                self.yielded[oldest.vm_id] = oldest.host_id
-                log.warning("host %s withdrew VM %s: host %s registered that address first (revision %d, ours %d)",
-                            self.host_id, oldest.vm_id, oldest.host_id, oldest.revision, revision)
-            if self.yielded:
-                back = [r for r in self.records() if isinstance(r, ProducerVm) and r.vm_id in self.yielded
-                        and r.vm_id not in state.vms]
-        for vm in back:
-            log.info("host %s registers VM %s again: host %s's record of it is gone", self.host_id, vm.vm_id,
-                     self.yielded.pop(vm.vm_id))
-            await self.add(vm)
-
-    async def keep_first_wins(self, replica: Replica, addresses: set[VmId]) -> None:
-        """`give_way` whenever the replica changes a record of one of our `addresses` (and once at
-        first), each time once it has seen our last write."""
-        changed = asyncio.Event()
-        changed.set()
-
-        def on_change(key: str, old: Record | None, new: Record | None, revision: int) -> None:
-            owner = keys.vm_of_key(key)
-            if owner is not None and owner[1] in addresses:
-                changed.set()
-
-        unsubscribe = replica.subscribe(on_change)
-        try:
-            while True:
-                await changed.wait()
-                changed.clear()
-                while not await replica.wait_for_revision(self.written, self.ttl_s, key=keys.VMS):
-                    pass  # etcd unreachable: the replica catches up when it is back
-                try:
-                    await self.give_way(replica.state)
-                except StoreUnavailable as exc:
-                    log.warning("host %s cannot give way on a duplicate VM address yet: %s", self.host_id, exc)
-                    await asyncio.sleep(renewal_period(self.ttl_s))
-                    changed.set()
-        finally:
-            unsubscribe()
 
     async def _wait_for_previous_life(self, items: list[tuple[str, bytes]]) -> None:
         """Wait until the first of our keys someone holds is gone: its lease lapses within one TTL

@@ -126,7 +126,7 @@ class Network:
 class LeasePolicy:
     min_pool: int = 1
     max_pool: int = 4
-    lease_ttl_s: int = 10
+    lease_ttl_s: int = 10  # the longest a pool outlives its consumer host (that host's liveness TTL may not exceed it)
     idle_release_s: float = 30.0
     max_pools_per_consumer: int = 0  # 0 = the network's pools_per_consumer_vm; else the lower of the two
 
@@ -169,6 +169,7 @@ class Host:
     # consumer host, however many pools it holds); 0 in records written before schema v2's hosts
     lease: int = 0
     ttl_s: int = 0
+    version: str = ""  # what the process announced (wire/version.py); "" for one from before versions
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,8 @@ import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
 
-from wire import metrics
+from wire import metrics, version
+from wire.version import Protocol
 from wire.lifecycle import Step, cancel_all, shut_down
 from wire.limits import MAX_BATCH_BYTES
 from wire.otel import OtelSpans
@@ -77,7 +78,7 @@ class ProducerConfig:
 
 
 def host_record(config: ProducerConfig, address: str, draining: bool = False) -> Host:
-    return Host(config.host_id, HostKind.PRODUCER, address, draining=draining)
+    return Host(config.host_id, HostKind.PRODUCER, address, draining=draining, version=str(version.ours()))
 
 
 def vm_records(config: ProducerConfig) -> list[ProducerVm]:
@@ -190,6 +191,12 @@ class TunnelServicer(pb_grpc.TunnelServicer):
             metrics.TUNNEL_FRAMES_REJECTED.labels("TunnelRefused").inc()
             await _take_first(request_iterator)
             raise refused.exception()
+        # ours in the stream's initial metadata; a refusal comes before we read a frame, so the
+        # consumer host fails its frames as not delivered (consumer_host/tunnel.py)
+        await context.send_initial_metadata(version.metadata())
+        if (refused := self._version_refused(context, peer)) is not None:
+            await _take_first(request_iterator)
+            raise refused.exception()
         owner = "" if peer is None else str(peer)  # --insecure: no identity to count streams by
         if owner and self._streams_of[owner] >= self.limits.streams_per_peer:
             await _take_first(request_iterator)
@@ -244,6 +251,10 @@ class TunnelServicer(pb_grpc.TunnelServicer):
             metrics.TUNNEL_FRAMES_REJECTED.labels("TunnelRefused").inc()
             await _take_first(request_iterator)
             raise refused.exception()
+        if (refused := self._version_refused(context, peer)) is not None:  # before `accepted`: not delivered
+            yield calls.end(refused.code, refused.message)
+            await calls.drain(request_iterator)
+            return
         first = await anext(aiter(request_iterator), None)
         if first is None or not first.HasField("start"):
             yield calls.end(Status.INVALID_ARGUMENT, "a call stream must begin with its CallStart")
@@ -264,6 +275,15 @@ class TunnelServicer(pb_grpc.TunnelServicer):
         bind(trace_id_of(start.traceparent), start.inner.request_id)
         async for down in calls.carry(self.vm_channels, actor, first, request_iterator):
             yield down
+
+    def _version_refused(self, context: grpc.aio.ServicerContext, peer: Identity | None) -> Refusal | None:
+        """A caller that speaks no tunnel protocol version in common with us (wire/version.py)."""
+        refused = version.check_peer(Protocol.TUNNEL, context.invocation_metadata(), f"producer host {self.host_id}",
+                                     f"consumer host {peer.id}" if peer is not None else "the tunnel's peer")
+        if refused is not None:
+            metrics.TUNNEL_FRAMES_REJECTED.labels(refused.error.__name__).inc()
+            log.warning("%s", refused.message)
+        return refused
 
     async def _validate_call(self, start: pb.CallStart, peer: Identity | None) -> Accept | Refusal:
         """validate() on the call's headers; a claim that may not have reached our replica yet is

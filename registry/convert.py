@@ -10,7 +10,7 @@ from mapping.state import ClusterState
 
 def host_to_pb(host: Host) -> pb.Host:
     return pb.Host(host_id=host.host_id, kind=host.kind.value, address=host.address, draining=host.draining,
-                   revision=host.revision)
+                   revision=host.revision, version=host.version)
 
 
 def vm_to_pb(state: ClusterState, vm: ProducerVm) -> pb.ProducerVm:

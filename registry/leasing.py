@@ -27,6 +27,7 @@ from wire.errors import (
     NotFound,
     PermissionDenied,
     PoolExhausted,
+    PreconditionFailed,
     ProducerUnavailable,
 )
 from mapping.model import (Claim, ConsumerRef, Host, HostId, HostKind, LeaseId, Pool, ProducerVm, Record, Service, VmId,
@@ -103,6 +104,10 @@ class LeasingAgent:
     def _on_change(self, key: str, old: Record | None, new: Record | None, revision: int) -> None:
         if isinstance(new, ProducerVm):
             self._vanished.pop(new.vm_id, None)
+            if old is None and (first := self.state.older_record(new)) is not None:
+                log.warning("host %s registered VM %s too: host %s registered that address first (revision %d, "
+                            "its %d); no grant will claim host %s's", new.host_id, new.vm_id, first.host_id,
+                            first.revision, new.revision, new.host_id)
         elif isinstance(old, ProducerVm) and old.host_id not in self._drained and old.vm_id not in self.state.vms:
             self._vanished[old.vm_id] = (old.service, self.clock())
         elif isinstance(new, Host) and new.draining:  # it will deregister, and not come back
@@ -143,6 +148,11 @@ class LeasingAgent:
         pool_id = new_pool_id(self.rng)
         for _ in range(self.max_attempts):
             host = await self._consumer_host(consumer.host_id)
+            if host.ttl_s > service.policy.lease_ttl_s:  # its pools would outlive it longer than the service allows
+                raise PreconditionFailed(f"consumer host {host.host_id!r} holds its pools on a liveness lease of "
+                                         f"{host.ttl_s} s; service {service.name!r} lets a pool outlive its consumer "
+                                         f"host by at most lease_ttl_s = {service.policy.lease_ttl_s} s: start the "
+                                         f"consumer host with --liveness-ttl {service.policy.lease_ttl_s} or less")
             chosen = self.choose(service, need, f"lease a pool for consumer VM {consumer.vm_id}", avoid_hosts)
             pool = Pool(service.name, consumer.vm_id, consumer.host_id, pool_id, host.ttl_s)
             slots = quotas.choose_slots(self.state, wanted, pool_id, self.rng)
@@ -150,7 +160,7 @@ class LeasingAgent:
                      + [(keys.key_of(slot), keys.encode(slot)) for slot in slots])
             result = await self._transact(chosen, items, host, self._guards(chosen), self._members(chosen, pool))
             if result.succeeded:
-                log.info("granted pool %s: %s -> %s", lease_hex(pool_id), consumer.vm_id, [vm.vm_id for vm in chosen])
+                log.info("granted lease %s: %s -> %s", lease_hex(pool_id), consumer.vm_id, [vm.vm_id for vm in chosen])
                 return self._view(pool_id)
             metrics.GRANT_CONFLICTS.inc()
             if (existing := self.state.pools.get(pool_key)) is not None:  # another agent was faster
@@ -257,7 +267,7 @@ class LeasingAgent:
             await self.replica.wait_for_revision(now.revision, CATCH_UP_S)
             pool = self.state.pools_by_lease.get(lease_id)
         if pool is None:
-            raise NotFound(f"lease {lease_hex(lease_id)} is not the id of any pool (it ended, or it is not a pool's: "
+            raise NotFound(f"lease {lease_hex(lease_id)} is not the lease of any pool (it ended, or it is not a pool's: "
                            f"the leasing API cannot {action} a host's liveness lease)")
         return self._authorised(pool, caller, action)
 

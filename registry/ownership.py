@@ -2,8 +2,8 @@
 it registers itself under a liveness lease, and forwards a grant or grow for a service it does not
 own to the owner, over mutual TLS as itself, naming the consumer host it read from the caller's
 certificate (`FORWARDED_FOR`, checked by registry/authz.py: on_behalf). When the owner cannot be
-reached it serves the call itself: ownership only saves conflicts, etcd's compare-and-swap keeps the
-claims right either way."""
+reached, or speaks no leasing protocol version in common with us, it serves the call itself:
+ownership only saves conflicts, etcd's compare-and-swap keeps the claims right either way."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from mapping.ownership import owner, registries
 from mapping.replica import Replica
 from mapping.store import Store
 from registry.authz import Anyone, Caller
-from wire import metrics, rpc
-from wire.errors import LeasenetError
+from wire import metrics, rpc, version
+from wire.errors import LeasenetError, VersionMismatch
 from wire.tls import Kind, TlsMaterial
 from wire.v1 import registry_pb2_grpc as pb_grpc
 
@@ -79,14 +79,17 @@ class Ownership:
         try:
             self.forwarded += 1
             return await getattr(self._stub(address), method)(request, timeout=timeout,
-                                                              metadata=((FORWARDED_FOR, stated),))
+                                                              metadata=((FORWARDED_FOR, stated), *version.metadata()))
         except grpc.aio.AioRpcError as exc:
-            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                log.warning("owner registry %s unreachable (%s); serving %s here", address, exc.code().name, method)
+            error: LeasenetError = rpc.error_from_rpc(exc, f"owner registry {address}")
+            # an owner of a leasing protocol we do not share (wire/version.py) is as good as unreachable
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) or isinstance(
+                    error, VersionMismatch):
+                why = error.message if isinstance(error, VersionMismatch) else exc.code().name
+                log.warning("owner registry %s unreachable (%s); serving %s here", address, why, method)
                 self._skip_until[address] = self.clock() + SKIP_UNREACHABLE_S
                 self.served_for_unreachable_owner += 1
                 return None
-            error: LeasenetError = rpc.error_from_rpc(exc, f"owner registry {address}")
             error.reason = metrics.RELAYED  # the owner counted its refusal; passing it on is not another
             raise error from None
 
@@ -108,4 +111,5 @@ def liveness(store: Store, me: str, address: str, ttl_s: int) -> Liveness:
     registry waits out its previous life's lease, and a second live registry given one id is refused
     (DuplicateHost) once the first has kept the record alive past its TTL: two serving under one id
     would replace each other's record, one registered owning what they would have shared."""
-    return Liveness(store, HostId(me), lambda: [Host(HostId(me), HostKind.REGISTRY, address)], ttl_s)
+    return Liveness(store, HostId(me), lambda: [Host(HostId(me), HostKind.REGISTRY, address,
+                                                     version=str(version.ours()))], ttl_s)

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import grpc.aio
 from google.protobuf.message import Message
 
-from wire import metrics
+from wire import metrics, version
 from wire.lifecycle import Step, cancel_all, shut_down
 from wire.rpc import PAGE_BUDGET_BYTES, Server, edge, edge_counting
 from wire.v1 import registry_pb2 as pb
@@ -29,6 +29,7 @@ from registry.convert import host_to_pb, lease_to_pb, service_to_pb, vm_to_pb
 from wire.errors import InvalidRequest, LeasenetError, NotFound, Status
 from wire.tls import TlsMaterial, peer_identity
 from wire.verdict import Refusal
+from wire.version import Protocol
 from registry import audit
 from registry.leasing import ClaimCollector, LeaseView, LeasingAgent, describe
 from registry.watchers import Backlog, Watchers, WatchLimits
@@ -79,9 +80,17 @@ def counted(op: str) -> Callable[[F], F]:
     return wrap
 
 
-def caller_of(context: grpc.aio.ServicerContext, insecure: bool) -> Caller:
-    """Who is calling: the certificate's identity, or ANYONE on a plaintext (--insecure) registry."""
-    return ANYONE if insecure else peer_identity(context)
+async def caller_of(context: grpc.aio.ServicerContext, insecure: bool) -> Caller:
+    """Who is calling: the certificate's identity, or ANYONE on a plaintext (--insecure) registry;
+    every call starts here, so our version goes back here (initial metadata) and a caller that
+    speaks no leasing protocol version in common with us is refused (VersionMismatch)."""
+    caller = ANYONE if insecure else peer_identity(context)
+    await context.send_initial_metadata(version.metadata())
+    refused = version.check_peer(Protocol.LEASING, context.invocation_metadata(), "the registry",
+                                 "its caller" if caller is ANYONE or caller is None else str(caller))
+    if refused is not None:
+        raise refused.exception()
+    return caller
 
 
 def _lease_pb(result: LeaseView | pb.Lease) -> pb.Lease:
@@ -104,10 +113,10 @@ class LeasingServicer(pb_grpc.LeasingServicer):
         self.insecure = insecure
         self.ownership = ownership
 
-    def _caller(self, context: grpc.aio.ServicerContext) -> tuple[Caller, bool]:
+    async def _caller(self, context: grpc.aio.ServicerContext) -> tuple[Caller, bool]:
         """Whom the call is for, and whether another registry forwarded it (then it is served here)."""
         stated = forwarded_for(context.invocation_metadata())
-        caller = on_behalf(caller_of(context, self.insecure), stated)
+        caller = on_behalf(await caller_of(context, self.insecure), stated)
         if isinstance(caller, Refusal):
             raise caller.exception()
         return caller, stated is not None
@@ -121,7 +130,7 @@ class LeasingServicer(pb_grpc.LeasingServicer):
     @edge_counting(KIND)  # refusals counted here, by the reason the leasing agent gave
     @counted("grant")
     async def RequestLease(self, request: pb.RequestLeaseRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
-        caller, forwarded = self._caller(context)
+        caller, forwarded = await self._caller(context)
         wanted = audit_name(f"{request.service}/{request.consumer_network}/{request.consumer_vm}")
 
         async def grant() -> LeaseView | pb.Lease:
@@ -149,7 +158,7 @@ class LeasingServicer(pb_grpc.LeasingServicer):
     @edge_counting(KIND)
     @counted("grow")
     async def GrowLease(self, request: pb.GrowLeaseRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
-        caller, forwarded = self._caller(context)
+        caller, forwarded = await self._caller(context)
         lease_id = _lease_id(request.lease_id)
         avoid = requests.host_addresses(request.avoid_hosts)
 
@@ -166,7 +175,7 @@ class LeasingServicer(pb_grpc.LeasingServicer):
     @edge_counting(KIND)
     @counted("shrink")
     async def ShrinkLease(self, request: pb.ShrinkLeaseRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
-        caller, lease_id = caller_of(context, self.insecure), _lease_id(request.lease_id)
+        caller, lease_id = await caller_of(context, self.insecure), _lease_id(request.lease_id)
         vms = [VmId(v) for v in requests.vm_ids(request.vm_ids)]
         view = await self._audited("shrink", caller, lease_id, self.agent.shrink_lease(lease_id, vms, caller=caller),
                                    vms=vms)
@@ -175,7 +184,7 @@ class LeasingServicer(pb_grpc.LeasingServicer):
     @edge_counting(KIND)
     @counted("renew")
     async def RenewLease(self, request: pb.LeaseRef, context: grpc.aio.ServicerContext) -> pb.RenewLeaseResponse:
-        caller, lease_id = caller_of(context, self.insecure), _lease_id(request.lease_id)
+        caller, lease_id = await caller_of(context, self.insecure), _lease_id(request.lease_id)
         ttl = await self._audited("renew", caller, lease_id, self.agent.renew_lease(lease_id, caller=caller),
                                   failures_only=True)
         return pb.RenewLeaseResponse(ttl_s=ttl)
@@ -183,7 +192,7 @@ class LeasingServicer(pb_grpc.LeasingServicer):
     @edge_counting(KIND)
     @counted("release")
     async def ReleaseLease(self, request: pb.LeaseRef, context: grpc.aio.ServicerContext) -> pb.ReleaseLeaseResponse:
-        caller, lease_id = caller_of(context, self.insecure), _lease_id(request.lease_id)
+        caller, lease_id = await caller_of(context, self.insecure), _lease_id(request.lease_id)
         await self._audited("release", caller, lease_id, self.agent.release_lease(lease_id, caller=caller))
         return pb.ReleaseLeaseResponse()
 
@@ -221,15 +230,15 @@ class InspectionServicer(pb_grpc.InspectionServicer):
     def state(self):  # noqa: ANN201 - ClusterState
         return self.replica.state
 
-    def _reader(self, context: grpc.aio.ServicerContext) -> Caller:
-        caller = caller_of(context, self.insecure)
+    async def _reader(self, context: grpc.aio.ServicerContext) -> Caller:
+        caller = await caller_of(context, self.insecure)
         if (denied := may_inspect(caller)) is not None:
             raise denied.exception()
         return caller
 
     @edge
     async def ListHosts(self, request: pb.ListHostsRequest, context: grpc.aio.ServicerContext) -> pb.ListHostsResponse:
-        self._reader(context)
+        await self._reader(context)
         if request.kind and request.kind not in {k.value for k in HostKind}:
             raise InvalidRequest(f"host kind {request.kind!r} is not 'producer', 'consumer' or 'registry'")
         hosts = [h for h in self.state.hosts.values() if not request.kind or h.kind.value == request.kind]
@@ -238,7 +247,7 @@ class InspectionServicer(pb_grpc.InspectionServicer):
 
     @edge
     async def GetHost(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.Host:
-        self._reader(context)
+        await self._reader(context)
         host = self.state.hosts.get(HostId(request.id))
         if host is None:
             raise NotFound(f"host {request.id!r} is not registered")
@@ -246,7 +255,7 @@ class InspectionServicer(pb_grpc.InspectionServicer):
 
     @edge
     async def ListVms(self, request: pb.ListVmsRequest, context: grpc.aio.ServicerContext) -> pb.ListVmsResponse:
-        self._reader(context)
+        await self._reader(context)
         vms = [(vm_id, vm) for vm_id, vm in self.state.vms.items()
                if (not request.service or vm.service == request.service)
                and (not request.host_id or vm.host_id == request.host_id)
@@ -256,7 +265,7 @@ class InspectionServicer(pb_grpc.InspectionServicer):
 
     @edge
     async def GetVm(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.ProducerVm:
-        self._reader(context)
+        await self._reader(context)
         vm = self.state.vms.get(request.id)
         if vm is None:
             raise NotFound(f"producer VM {request.id!r} is not registered (ids are network/address)")
@@ -265,14 +274,14 @@ class InspectionServicer(pb_grpc.InspectionServicer):
     @edge
     async def ListServices(self, request: pb.ListServicesRequest,
                            context: grpc.aio.ServicerContext) -> pb.ListServicesResponse:
-        self._reader(context)
+        await self._reader(context)
         page, token = _page(request, "ListServices", self.state.services.items(),
                             lambda s: service_to_pb(self.state, s))
         return pb.ListServicesResponse(services=page, next_page_token=token)
 
     @edge
     async def GetService(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.Service:
-        self._reader(context)
+        await self._reader(context)
         service = self.state.services.get(request.id)
         if service is None:
             raise NotFound(f"service {request.id!r} is not registered")
@@ -293,7 +302,7 @@ class InspectionServicer(pb_grpc.InspectionServicer):
     @edge
     async def ListLeases(self, request: pb.ListLeasesRequest,
                          context: grpc.aio.ServicerContext) -> pb.ListLeasesResponse:
-        tokens = sees_fencing_tokens(self._reader(context))
+        tokens = sees_fencing_tokens(await self._reader(context))
         pools = [(f"{p.revision:020d}/{p.lease_id:016x}", p) for p in self.state.pools.values()
                  if self._matches(p, request)]
         page, token = _page(request, "ListLeases", pools, lambda p: lease_to_pb(describe(self.state, p), tokens))
@@ -301,7 +310,7 @@ class InspectionServicer(pb_grpc.InspectionServicer):
 
     @edge
     async def GetLease(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
-        tokens = sees_fencing_tokens(self._reader(context))
+        tokens = sees_fencing_tokens(await self._reader(context))
         lease_id = _lease_id(request.id)
         pool = self.state.pools_by_lease.get(lease_id)
         if pool is None:
@@ -311,7 +320,7 @@ class InspectionServicer(pb_grpc.InspectionServicer):
     @edge_counting(KIND)
     async def WatchLeases(self, request: pb.WatchLeasesRequest,
                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.LeaseEvent]:
-        tokens = sees_fencing_tokens(self._reader(context))
+        tokens = sees_fencing_tokens(await self._reader(context))
         with self.watchers.admit():
             async for event in self._watch(request, tokens):
                 yield event

@@ -6,6 +6,7 @@ healthcheck runs every few seconds, imports no more than a probe needs."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import grpc
 import grpc.aio
@@ -14,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from wire import tls as wtls
 from wire.limits import MAX_MESSAGE_BYTES
 from wire.tls import Kind, TlsMaterial
+from wire.version import METADATA_KEY
 
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -40,20 +42,32 @@ def channel(address: str, tls: TlsMaterial | None = None, expect: Kind | None = 
                                    options=[*CHANNEL_OPTIONS, *wtls.channel_options(expect)])
 
 
+class Health(NamedTuple):
+    serving: bool
+    version: str  # what the server announced (wire/version.py), "" for a server that says nothing
+
+
 async def check_health(address: str, timeout_s: float = 2.0, tls: TlsMaterial | None = None,
                        expect: Sequence[Kind] = SERVER_KINDS) -> bool:
-    """Whether the server at `address` reports SERVING. With TLS, a probe presents `tls` and accepts a
-    server of any kind in `expect` (a probe of unknown kind tries each name; a handshake with the
-    wrong name fails at once, before any call)."""
+    """Whether the server at `address` reports SERVING (probe_health, without the version)."""
+    return (await probe_health(address, timeout_s, tls, expect)).serving
+
+
+async def probe_health(address: str, timeout_s: float = 2.0, tls: TlsMaterial | None = None,
+                       expect: Sequence[Kind] = SERVER_KINDS) -> Health:
+    """Whether the server at `address` reports SERVING, and its version. With TLS, a probe presents
+    `tls` and accepts a server of any kind in `expect` (a probe of unknown kind tries each name; a
+    handshake with the wrong name fails at once, before any call)."""
     kinds = list(expect) if tls is not None else [Kind.REGISTRY]
     for i, kind in enumerate(kinds):
         async with channel(address, tls, kind) as chan:
+            call = health_pb2_grpc.HealthStub(chan).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
             try:
-                resp = await health_pb2_grpc.HealthStub(chan).Check(health_pb2.HealthCheckRequest(service=""),
-                                                                    timeout=timeout_s)
+                resp = await call
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.UNAVAILABLE and i + 1 < len(kinds):
                     continue
                 raise
-            return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
-    return False
+            announced = next((str(v) for k, v in await call.initial_metadata() or () if k == METADATA_KEY), "")
+            return Health(resp.status == health_pb2.HealthCheckResponse.SERVING, announced)
+    return Health(False, "")

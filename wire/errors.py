@@ -128,6 +128,11 @@ class StaleClaim(PreconditionFailed):
     """A frame's fencing token is not the VM's current claim: the frame is refused, not run."""
 
 
+class VersionMismatch(PreconditionFailed):
+    """A peer speaks no version of a protocol in common with us, or etcd holds a key schema we do
+    not read (wire/version.py): refused before anything is read or written."""
+
+
 class Unavailable(LeasenetError):
     """Someone we depend on did not answer (who: the subclasses)."""
 

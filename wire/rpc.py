@@ -23,7 +23,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from wire import metrics
+from wire import metrics, version
 from wire import tls as wtls
 from wire.channels import CHANNEL_OPTIONS, SERVER_KINDS, channel, check_health
 from wire.errors import ERROR_METADATA_KEY, LeasenetError, Status, error_for_status
@@ -165,6 +165,15 @@ class ServerCaps:
                 raise ValueError(f"{name.replace('_', ' ')} must be at least 1, not {value}")
 
 
+class _Health(health.aio.HealthServicer):  # type: ignore[misc]
+    """grpc's health service, our version in its answers' initial metadata (`leasenet health` shows it)."""
+
+    async def Check(self, request: health_pb2.HealthCheckRequest,
+                    context: grpc.aio.ServicerContext) -> health_pb2.HealthCheckResponse:
+        await context.send_initial_metadata(version.metadata())
+        return await super().Check(request, context)
+
+
 class Server:
     """A grpc.aio server with health checking and reflection, started and stopped as a unit."""
 
@@ -175,7 +184,7 @@ class Server:
         if caps.streams_per_connection is not None:
             options.append(("grpc.max_concurrent_streams", caps.streams_per_connection))
         self.server = grpc.aio.server(options=options, maximum_concurrent_rpcs=caps.concurrent_rpcs)
-        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self.health = _Health()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._services: list[str] = [reflection.SERVICE_NAME, health.SERVICE_NAME]
         self.port = 0

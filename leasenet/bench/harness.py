@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from leasenet import checker
 from leasenet.bench.measure import GRANTS_HOST
+from wire.tls import Kind
 from leasenet.bench.plans import (
     CLUSTER, DATA_CONSUMERS, DATA_SERVICE, DATA_TARGET, DATA_VMS, FO_CONSUMERS, FO_SERVICE, FO_TARGET, FO_VMS,
     GRANT_POOL, GRANT_SERVICE, GRANT_VMS, METRICS_ON, METRICS_SUFFIX, NETWORK, RACE_HOSTS, RACE_SERVICE, RACE_TARGET, RACE_VMS, RACE_VMS_PER_HOST, Cell,
@@ -205,6 +206,8 @@ class Bench:
         self.config.write_text(to_toml(CLUSTER))
         self.registry = self.start({"registry": ["registry", "--listen", "127.0.0.1:0", "--cluster-config",
                                                  str(self.config)]})["registry"].address
+        # the grants role leases as this consumer host: its pools hang on that host's liveness lease
+        self.cluster.start_presence(Kind.CONSUMER, GRANTS_HOST.id)
 
     def load_task(self, addresses: dict[str, str], cells: list[Cell], pids: dict[str, dict[str, int]],
                   metrics: str = "") -> LoadTask:

@@ -302,7 +302,7 @@ def choice_agent(vms: int, hosts: int, claimed: float = 0.8) -> LeasingAgent:
         records.append(vm)
         if n < vms * claimed:
             records.append(Claim(vm.vm_id, LeaseId(1 + n // SCALE_POOL), service.name, vm_id(NETWORK, "10.9.0.1"),
-                                 HostId("c1"), vm.revision, revision=n + 1))
+                                 HostId("c1"), vm.revision, revision=n + 1, host_id=vm.host_id))
     for record in records:
         state.apply(keys.key_of(record), record)
     return LeasingAgent(replica.store, replica, rng=random.Random(1))
@@ -352,6 +352,7 @@ class ScaleBench:
         regs = b.start({f"r{i}": ["registry", "--host-id", f"r{i}", "--listen", "127.0.0.1:0", "--cluster-config",
                                   str(b.config)] for i in (1, 2)})
         self.registries = [regs["r1"].address, regs["r2"].address]
+        self.cluster.start_presence(Kind.CONSUMER, GRANTS_HOST.id)  # the churn's pools hang on its lease
         per_host = p.pools // p.consumer_hosts
         for h in range(p.consumer_hosts):
             vms = [(f"10.{40 + h}.{j // 250}.{1 + j % 250}", f"scale-{h}-{j}") for j in range(per_host)]

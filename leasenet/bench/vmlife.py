@@ -46,6 +46,7 @@ from wire.v1 import consumer_pb2 as cpb
 from wire.v1 import consumer_pb2_grpc as cpb_grpc
 from wire.v1 import registry_pb2 as rpb
 from wire.v1 import registry_pb2_grpc as rpb_grpc
+from wire.tls import Kind
 
 POLL_S = 0.005  # the resolution of a restart-to-ready figure
 RESTARTING_GRANT_GAP_S = 0.05  # between the grants measured while a VM restarts
@@ -214,6 +215,7 @@ def run_vm_lifecycle(bench: Bench, quick: bool, vm_command: str, vip: Path) -> d
     specs["c-life"] = ["consumer-host", "--host-id", "c-life", "--listen", "127.0.0.1:0", "--registry", registry,
                        "--config", str(consumer_config)]
     procs = bench.start(specs, plain)
+    plain.start_presence(Kind.CONSUMER, GRANT_HOST)  # the grants' pools hang on that consumer host's lease
     task = VmLifeTask(registry, procs["c-life"].address, f"unix://{vip}", counts)
     result = bench.role("vm-lifecycle", task, VmLifeResult, 120 + (counts.resets + counts.kills) * READY_S)
     return summarize_vm_lifecycle(result, counts)

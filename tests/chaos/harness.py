@@ -28,6 +28,7 @@ from leasenet import checker
 from leasenet.checker import Fault, Report
 from leasenet.cluster import ConsumerVm, LocalCluster, Proc, consumer_toml, write_toml
 from leasenet.etcd import EtcdCluster, free_port
+from mapping import keys
 from mapping.config import ClusterConfig, to_toml
 from mapping.model import LeasePolicy, Network, Service, parse_target
 from mapping.model import Claim, Pool as PoolRecord, Record
@@ -108,15 +109,16 @@ class ClaimRecorder:
         return list(self.replica.state.claims.values()) if self.replica else []
 
     def _on_change(self, key: str, old: Record | None, new: Record | None, revision: int) -> None:
+        if keys.is_member_key(key):
+            return  # a claim's mirror under its pool: the claim itself is recorded
         now = time.monotonic_ns()
         if isinstance(old, Claim) and (new is None or (isinstance(new, Claim) and new.revision != old.revision)):
             self._write({"event": "released", "vm": old.vm, "token": old.revision, "revision": revision,
                          "seen_ns": now})
         if isinstance(new, Claim):  # a new claim, or (never expected) one that changed its lessee in place
-            vm = self.replica.state.vms.get(new.vm) if self.replica else None
             self._write({"event": "claimed", "vm": new.vm, "token": new.revision, "lease_id": format(new.lease_id, "x"),
                          "consumer_vm": new.consumer_vm, "consumer_host": new.consumer_host, "revision": revision,
-                         "producer_host": vm.host_id if vm else None, "seen_ns": now})
+                         "producer_host": new.host_id, "seen_ns": now})
         if isinstance(old, PoolRecord) and new is None:
             self._write({"event": "pool-ended", "lease_id": format(old.lease_id, "x"), "revision": revision,
                          "seen_ns": now})

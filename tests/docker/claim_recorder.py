@@ -21,6 +21,7 @@ import sys
 import time
 from typing import Any
 
+from mapping import keys
 from mapping.model import Claim, Pool, Record
 from mapping.replica import Replica
 from mapping.store.etcd import EtcdStore
@@ -38,14 +39,15 @@ async def record(endpoints: list[str], tls_dir: str) -> None:
     replica = Replica(store)
 
     def on_change(key: str, old: Record | None, new: Record | None, revision: int) -> None:
+        if keys.is_member_key(key):
+            return  # a claim's mirror under its pool: the claim itself is recorded
         now = time.monotonic_ns()
         if isinstance(old, Claim) and (new is None or (isinstance(new, Claim) and new.revision != old.revision)):
             write({"event": "released", "vm": old.vm, "token": old.revision, "revision": revision, "seen_ns": now})
         if isinstance(new, Claim):
-            vm = replica.state.vms.get(new.vm)
             write({"event": "claimed", "vm": new.vm, "token": new.revision, "lease_id": format(new.lease_id, "x"),
                    "consumer_vm": new.consumer_vm, "consumer_host": new.consumer_host, "revision": revision,
-                   "producer_host": vm.host_id if vm else None, "seen_ns": now})
+                   "producer_host": new.host_id, "seen_ns": now})
         if isinstance(old, Pool) and new is None:
             write({"event": "pool-ended", "lease_id": format(old.lease_id, "x"), "revision": revision,
                    "seen_ns": now})

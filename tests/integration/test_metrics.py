@@ -102,8 +102,9 @@ def test_every_process_kind_serves_metrics_that_match_the_traffic_sent(cluster: 
     assert value(r, "leasenet_grant_conflicts_total") == 0
     grown = sum(v for labels, v in r["leasenet_lease_operations_total"] if labels["op"] == "grow"
                 and labels["result"] == "ok")
-    # one txn per grant or grow, and one for the registry's own record (hosts/registry/<id>, for sharding)
-    assert value(r, "leasenet_etcd_requests_total", op="txn") == len(BLUE_VMS) + grown + 1
+    # one txn per grant or grow, one for the registry's own record (hosts/registry/<id>, for sharding)
+    # and one for the key schema's marker (mapping/schema.py: written only where none exists)
+    assert value(r, "leasenet_etcd_requests_total", op="txn") == len(BLUE_VMS) + grown + 2
 
     # pools as the registry sees them; nothing in use or waiting once the traffic is answered
     assert value(c, "leasenet_pool_vms", service="echo") == sum(len(lease.members) for lease in held
@@ -129,14 +130,16 @@ def test_every_process_kind_serves_metrics_that_match_the_traffic_sent(cluster: 
         info = [labels for labels, v in s["leasenet_build_info"] if v == 1]
         assert [(i["kind"], i["version"]) for i in info] == [(kind, "0.1.0")], kind
         assert info[0]["event_loop"].startswith(("uvloop", "asyncio")), info
-        # etcd: one snapshot and one watch at start, every request timed, none failed
-        assert value(s, "leasenet_etcd_requests_total", op="range") == 1, kind
-        assert value(s, "leasenet_etcd_requests_total", op="watch") == 1, kind
+        # etcd: one snapshot and one watch per watched prefix at start (mapping/scopes.py: a registry
+        # watches the whole root, a consumer host 4 prefixes, a producer host 5), every request timed, none failed
+        prefixes = {"registry": 1, "consumer_host": 4, "producer_host": 5}[kind]
+        assert value(s, "leasenet_etcd_requests_total", op="range") == prefixes, kind
+        assert value(s, "leasenet_etcd_requests_total", op="watch") == prefixes, kind
         for labels, n in s["leasenet_etcd_requests_total"]:
             if labels["op"] != "watch":
                 assert value(s, "leasenet_etcd_request_duration_seconds_count", **labels) == n, (kind, labels)
             assert value(s, "leasenet_etcd_errors_total", **labels) == 0, (kind, labels)
-        assert value(s, "leasenet_replica_reloads_total") == 1, kind
+        assert value(s, "leasenet_replica_reloads_total") == prefixes, kind  # one snapshot per watched prefix
         assert value(s, "leasenet_keepalive_failures_total") == 0, kind
         # bounded labels: no VM or host address, lease id or request id anywhere
         values = {v for samples in s.values() for labels, _ in samples for v in labels.values()}

@@ -78,7 +78,7 @@ async def test_racing_consumer_hosts_never_share_a_producer_vm_and_losers_hear_w
     finally:
         await store.close()
     records = [keys.decode(kv.key, kv.value, kv.create_revision) for kv in snap.items]
-    claims = [r for r in records if type(r).__name__ == "Claim"]
+    claims = [r for kv, r in zip(snap.items, records) if kv.key.startswith(keys.CLAIMS)]
     pools = {r.lease_id: r for r in records if type(r).__name__ == "Pool"}
     assert len(claims) == 3 and len({c.vm for c in claims}) == 3
     assert all(pools[c.lease_id].consumer_vm == c.consumer_vm for c in claims)

@@ -60,6 +60,8 @@ async def two_registries(cluster: LocalCluster) -> tuple[Proc, Proc]:
     config = write_toml(cluster.workdir / "cluster.toml", cluster_toml())
     procs = {name: cluster.registry(name, config) for name in NAMES}
     cluster.producer("p1", network="blue", service="echo", vms=2, vm_address_start="10.1.1.1")
+    for consumer in (C1, C2):  # the tests lease as these consumer hosts: their pools hang on their leases
+        cluster.start_presence(Kind.CONSUMER, consumer.id)
     await eventually_async(lambda: _both(procs["registry1"].address), what="both registries registered")
     own = owner("echo", NAMES)
     assert own is not None

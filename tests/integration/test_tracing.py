@@ -157,6 +157,7 @@ async def test_audit_lines_name_the_caller_from_its_certificate_and_the_pool(clu
     json_logs(cluster)
     topo = start(cluster, vms=3, max_pool=3)
     me = Identity(Kind.CONSUMER, "c7")
+    cluster.start_presence(Kind.CONSUMER, me.id)  # its pools hang on its lease
     async with rpc.channel(topo.registry.address, tls_as(me), Kind.REGISTRY) as channel:
         leasing = rpb_grpc.LeasingStub(channel)
         lease = await leasing.RequestLease(rpb.RequestLeaseRequest(

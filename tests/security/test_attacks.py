@@ -124,10 +124,12 @@ async def attack_the_leasing_api(topo: Topology, lease: rpb.Lease, liveness_leas
 
 
 async def attack_etcd(topo: Topology, lease: rpb.Lease) -> None:
-    """Writes outside each kind's role; revoking a lease one does not own every key of."""
-    pool_lease = int(lease.lease_id, 16)
-    claim = Claim(lease.members[0].vm_id, LeaseId(pool_lease), "echo", "blue/10.1.0.3", HostId("c2"), 1)  # type: ignore[arg-type]
-    pool = Pool("echo", "blue/10.1.0.3", HostId("c2"), LeaseId(pool_lease), 5)  # type: ignore[arg-type]
+    """Writes outside each kind's role; revoking a lease one does not own every key of (the pool's
+    consumer host's liveness lease, which carries its pools)."""
+    pool_id = int(lease.lease_id, 16)
+    claim = Claim(lease.members[0].vm_id, LeaseId(pool_id), "echo", "blue/10.1.0.3", HostId("c2"), 1,  # type: ignore[arg-type]
+                  host_id=HostId(lease.members[0].host_id))
+    pool = Pool("echo", "blue/10.1.0.3", HostId("c2"), LeaseId(pool_id), 5)  # type: ignore[arg-type]
     fake_host = Host(HostId("p1"), HostKind.PRODUCER, "127.0.0.1:1")
     for who, writes in [(C2, [claim, pool, fake_host]), (P2, [claim, pool])]:
         store = await etcd_as(topo, who)
@@ -137,8 +139,12 @@ async def attack_etcd(topo: Topology, lease: rpb.Lease) -> None:
                     await store.put(keys.key_of(record), keys.encode(record))
             with pytest.raises(PermissionDenied):
                 await store.delete(keys.key_of(claim))
+            held = await store.get(keys.host_key(HostKind.CONSUMER, lease.consumer_host))  # every role reads
+            assert held is not None
+            owner = keys.decode(held.key, held.value)
+            assert isinstance(owner, Host) and owner.lease
             with pytest.raises(PermissionDenied):
-                await store.revoke_lease(pool_lease)
+                await store.revoke_lease(owner.lease)
         finally:
             await store.close()
 

@@ -20,6 +20,7 @@ from mapping import keys
 from mapping.model import Host, HostId, HostKind, LeaseId, LeasePolicy, Network, ProducerVm, Record, Service, lease_hex
 from mapping.replica import Replica
 from mapping.store.memory import MemoryStore
+from tests.unit.agents import register_consumer_host
 from producer_host.actors import VmActor
 from producer_host.handlers import handler_maker
 from producer_host.service import TunnelServicer
@@ -134,6 +135,8 @@ async def world(pki: Path) -> AsyncIterator[World]:
     liveness = await store.grant_lease(30)  # the producer host's own lease, carrying its records
     for record in [Host(HostId("p1"), HostKind.PRODUCER, producer_address), *VMS]:
         await _put(store, record, liveness)
+    for consumer in ("c1", "c2"):  # the consumer hosts the tests lease as: their pools hang on their leases
+        await register_consumer_host(store, consumer)
     tasks = [asyncio.create_task(replica.run()), *(actor.start() for actor in tunnel.actors.values())]
     await replica.synced.wait()
     await registry.start()

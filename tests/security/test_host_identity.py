@@ -22,6 +22,7 @@ from mapping import keys
 from mapping.model import Host, HostId, HostKind, ProducerVm
 from mapping.liveness import Liveness
 from mapping.replica import Replica
+from registry.leasing import LeasingAgent
 from mapping.store.etcd import EtcdStore
 from tests.conftest import eventually_async
 from tests.integration.helpers import cluster_toml
@@ -201,24 +202,25 @@ async def test_an_identity_shared_by_replicas_and_an_id_that_would_be_one_of_the
 
 async def test_two_hosts_registering_one_address_in_real_etcd_the_first_wins(
         stores: dict[str, EtcdStore], caplog: pytest.LogCaptureFixture) -> None:
-    """p2 may write a record of p1's address under its own name; every replica uses p1's (the
-    oldest), and p2 withdraws its own, saying so."""
+    """p2 may write a record of p1's address under its own name; every registry uses p1's (the
+    oldest) and says so, and p2's own replica (scoped to its records) never sees p1's."""
     vm = ProducerVm("blue", f"10.1.7.{next(_n)}", HostId("p1"), "echo")
     twin = ProducerVm(vm.network, vm.address, HostId("p2"), "echo")
     first = Liveness(stores["producer/p1"], HostId("p1"), lambda: [Host(HostId("p1"), HostKind.PRODUCER, "a:1"), vm], 5)
     second = Liveness(stores["producer/p2"], HostId("p2"), lambda: [Host(HostId("p2"), HostKind.PRODUCER, "b:1"), twin], 5)
-    await first.register()
-    await second.register()
     replica = Replica(stores["registry/r1"])
-    tasks = [asyncio.create_task(replica.run()), asyncio.create_task(second.keep_first_wins(replica, {twin.vm_id}))]
+    LeasingAgent(stores["registry/r1"], replica)
+    task = asyncio.create_task(replica.run())
     try:
-        await eventually_async(lambda: second.yielded == {vm.vm_id: "p1"}, 10, what="p2 gave way")
+        await replica.synced.wait()
+        await first.register()
+        await second.register()
+        await eventually_async(lambda: f"host p2 registered VM {vm.vm_id} too: host p1 registered that address first"
+                               in caplog.text, 10, what="the registry's line")
         assert replica.state.vms[vm.vm_id].host_id == "p1"
-        assert await stores["registry/r1"].get(keys.key_of(twin)) is None
-        assert f"host p2 withdrew VM {vm.vm_id}: host p1 registered that address first" in caplog.text
+        assert await stores["registry/r1"].get(keys.key_of(twin)) is not None  # p2's stays, never in force
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
         await first.deregister()
         await second.deregister()

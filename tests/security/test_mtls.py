@@ -21,7 +21,7 @@ from leasenet import certs
 from leasenet.cluster import OPERATOR, LocalCluster
 from tests.conftest import REPO, close_cluster, session_pki
 from tests.integration.helpers import TARGET, Topology, send, start
-from wire import rpc
+from wire import rpc, version
 from wire.v1 import consumer_pb2 as cpb
 from wire.v1 import consumer_pb2_grpc as cpb_grpc
 from wire.tls import Kind, TlsFiles, server_name
@@ -123,7 +123,9 @@ def test_leasenet_health_with_a_certificate_probes_each_kind_of_server(cluster: 
     pki = str(session_pki())
     for kind, address in servers(topo).items():
         probe = leasenet("health", address, "--tls-dir", pki)  # the operator: any kind of server
-        assert probe.returncode == 0 and probe.stdout == f"{address} SERVING\n", (kind, probe.stderr)
+        # the server's version too (wire/version.py): these run this tree's build
+        assert probe.returncode == 0 and probe.stdout == f"{address} SERVING (leasenet {version.build()})\n", (
+            kind, probe.stderr)
     own = leasenet("health", topo.producers[0].address, "--tls-dir", pki, "--identity", "producer/p1")
     assert own.returncode == 0, own.stderr  # a container's healthcheck presents its own certificate
     bare = leasenet("health", topo.registry.address, "--insecure")

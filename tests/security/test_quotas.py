@@ -112,6 +112,7 @@ async def test_an_invalid_or_oversized_name_in_request_lease_is_invalid_argument
     config = write_toml(cluster.workdir / "cluster.toml", to_toml(ClusterConfig(
         [Network("blue", 100, subnet="10.1.0.0/16")], [Service("echo", "blue", "10.1.255.1", 7, ONE_VM)])))
     registry = cluster.registry("registry1", config).address
+    cluster.start_presence(Kind.CONSUMER, C1.id)  # the test leases as c1: its pools hang on c1's lease
     cluster.producer("p1", network="blue", service="echo", vms=1, vm_address_start="10.1.1.1")
     store = await cluster.open_store()
     try:
@@ -154,6 +155,7 @@ async def test_a_lease_watcher_that_does_not_read_is_ended_with_resource_exhaust
     registry = cluster.spawn("registry1", "registry", "--host-id", "registry1", "--listen", f"{cluster.host}:0",
                              "--cluster-config", str(config), "--watch-backlog", "16", "--max-watchers", "2").address
     cluster.producer("p1", network="blue", service="echo", vms=2, vm_address_start="10.1.1.1")
+    cluster.start_presence(Kind.CONSUMER, C1.id)
     # a client that takes in little before it reads: its HTTP/2 window fills after a few events
     slow = grpc.aio.secure_channel(registry, wtls.channel_credentials(tls_as(Identity(Kind.OPERATOR, "ops"))),
                                    options=[*CHANNEL_OPTIONS, *wtls.channel_options(Kind.REGISTRY),

@@ -40,12 +40,13 @@ CALL_S = 30  # generous: eight engineers share this machine's two cores
 
 
 def host(cluster: LocalCluster, handler: str, *options: str, vms: int = 2, **policy: float) -> tuple[Proc, Proc]:
-    """A registry and one producer host p1 running `handler`; no consumer host (the test is c1, and
-    renews nothing: the leases' TTL outlasts the test)."""
+    """A registry and one producer host p1 running `handler`; no consumer host but its presence (the
+    test is c1: its pools hang on c1's liveness lease, which the presence keeps alive)."""
     config = cluster_toml(**{"ttl": 120, **policy})  # type: ignore[arg-type]
     registry = cluster.registry("registry1", write_toml(cluster.workdir / "cluster.toml", config))
     producer = cluster.producer("p1", network="blue", service="echo", vms=vms, vm_address_start="10.1.1.1",
                                 handler=handler, extra=tuple(x for o in options for x in ("--handler-option", o)))
+    cluster.start_presence(Kind.CONSUMER, C1.id)
     return registry, producer
 
 

@@ -13,6 +13,7 @@ from mapping import keys
 from mapping.liveness import DuplicateHost, Liveness
 from mapping.model import Host, HostId, HostKind, ProducerVm
 from mapping.replica import Replica
+from registry.leasing import LeasingAgent
 from mapping.store.memory import MemoryStore
 from tests.conftest import eventually_async
 
@@ -62,7 +63,7 @@ async def test_a_host_that_deregistered_registers_again_at_once(store) -> None:
     assert again.registrations == 1
 
 
-async def test_two_hosts_registering_one_address_the_first_wins_and_the_second_gives_way(store, caplog) -> None:
+async def test_two_hosts_registering_one_address_the_first_wins_in_every_registry(store, caplog) -> None:
     first = liveness(store)
     await first.register()
     other = Host(HostId("p2"), HostKind.PRODUCER, "127.0.0.1:7102")
@@ -70,23 +71,33 @@ async def test_two_hosts_registering_one_address_the_first_wins_and_the_second_g
     second = Liveness(store, other.host_id, lambda: [other, *same], TTL_S)
     await second.register()  # its own keys: nothing in etcd stops it
     replica = Replica(store)
-    tasks = [asyncio.create_task(replica.run()),
-             asyncio.create_task(second.keep_first_wins(replica, {vm.vm_id for vm in same}))]
+    agent = LeasingAgent(store, replica)  # a registry: it says which record it goes by
+    task = asyncio.create_task(replica.run())
     try:
-        await eventually_async(lambda: all(store._data.get(keys.key_of(vm)) is None for vm in same), 5,
-                               what="the second host withdrew its duplicates")
-        assert second.yielded == {vm.vm_id: "p1" for vm in VMS}
-        assert {vm.host_id for vm in replica.state.vms.values()} == {"p1"}
-        assert f"host p2 withdrew VM {VMS[0].vm_id}: host p1 registered that address first" in caplog.text
-        await first.deregister()  # the first host left: the second takes the addresses back
+        await replica.synced.wait()
+        assert {vm.host_id for vm in replica.state.vms.values()} == {"p1"}  # no grant sees p2's
+        assert agent.state.free_count(VMS[0].service) == len(VMS)
+        await first.deregister()  # the first host left: the second's records are the VMs now
         await eventually_async(lambda: {vm.host_id for vm in replica.state.vms.values()} == {"p2"}
-                               and len(replica.state.vms) == len(VMS), 5, what="the second host's VMs back")
-        assert second.yielded == {}
+                               and len(replica.state.vms) == len(VMS), 5, what="the second host's VMs in force")
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    # a registry that watched the second registration happen names both hosts in one line
+    late = MemoryStore()
+    watching = Replica(late)
+    LeasingAgent(late, watching)
+    follow = asyncio.create_task(watching.run())
+    try:
+        await watching.synced.wait()
+        await liveness(late).register()
+        twin = Liveness(late, other.host_id, lambda: [other, *same], TTL_S)
+        await twin.register()
+        await eventually_async(lambda: f"host p2 registered VM {VMS[0].vm_id} too: host p1 registered that address "
+                               "first" in caplog.text, 5, what="the registry's line")
+    finally:
+        follow.cancel()
+        await asyncio.gather(follow, return_exceptions=True)
 
 async def test_vm_records_come_one_by_one_each_incarnation_withdrawn_and_updated_only_as_itself(store) -> None:
     healthy: list[ProducerVm] = []

@@ -147,7 +147,7 @@ class FakeLeasing:
     def __init__(self, name: str, calls: list[str], reachable: bool = True) -> None:
         self.name, self.calls, self.reachable = name, calls, reachable
 
-    async def RequestLease(self, request: object, timeout: float) -> str:  # noqa: N802 - the gRPC method's name
+    async def RequestLease(self, request: object, timeout: float, metadata: object = ()) -> str:  # noqa: N802 - the gRPC method's name
         self.calls.append(self.name)
         if not self.reachable:
             raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "down")

@@ -55,6 +55,12 @@ def test_a_frame_whose_write_began_ends_delivery_unknown_when_its_stream_ends() 
     assert advance(advance(writing, Event.WRITE_DONE), Event.STREAM_ENDED) is State.DELIVERY_UNKNOWN
 
 
+def test_every_frame_of_a_stream_its_producer_host_refused_whole_ends_not_delivered() -> None:
+    # e.g. VersionMismatch: the producer host says no before it reads a frame of the stream
+    for state in LIVE:
+        assert advance(state, Event.STREAM_REFUSED) is State.NOT_DELIVERED
+
+
 def test_every_live_frame_has_an_end_for_a_broken_stream_and_for_a_request_that_gave_up() -> None:
     for state in LIVE:
         assert (state, Event.STREAM_ENDED) in TRANSITIONS

@@ -8,18 +8,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Host(_message.Message):
-    __slots__ = ("host_id", "kind", "address", "draining", "revision")
+    __slots__ = ("host_id", "kind", "address", "draining", "revision", "version")
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     host_id: str
     kind: str
     address: str
     draining: bool
     revision: int
-    def __init__(self, host_id: _Optional[str] = ..., kind: _Optional[str] = ..., address: _Optional[str] = ..., draining: _Optional[bool] = ..., revision: _Optional[int] = ...) -> None: ...
+    version: str
+    def __init__(self, host_id: _Optional[str] = ..., kind: _Optional[str] = ..., address: _Optional[str] = ..., draining: _Optional[bool] = ..., revision: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
 
 class ProducerVm(_message.Message):
     __slots__ = ("vm_id", "network", "address", "host_id", "service", "handler", "lease_id", "leased_to", "revision", "used")
