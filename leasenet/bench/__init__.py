@@ -23,7 +23,7 @@
                and issue 19's measures of the control plane's design, with their targets in --json
                (bench.scalereport): CPU per grant/release cycle of the hosts party to it and of the
                others, etcd's watch events per grant at 10 and 40 hosts (light hosts that only
-               register and watch, bench.watching), the pools' keep-alives beside the hosts',
+               register and watch, `leasenet presence`), the pools' keep-alives beside the hosts',
                grants/s with --grants-in-flight grants in flight, double claims.
     calls      (--calls, alone) whole gRPC calls to a real VM server (examples/notebook): direct, through
                two generic L7 relays, and through the overlay's VIP endpoint; unary and bidi (bench.calls);
@@ -36,7 +36,7 @@ One module per job: `plans` (the cluster, the plan of a run, the typed tasks and
 exchange), `measure` (percentiles, CPU and etcd meters), `servers` (the direct baseline and the
 bare relay, the generic call relay), `datapath`, `leasing`, `failover`, `calls`, `vmlife` (the measuring roles), `harness` (starts the
 processes of each phase), `report` (paired ratios, targets), `render` (the tables), `scale`,
-`scalereport` and `watching` (--scale) and `command`
+`scalereport` and `watching` (its claim history) (--scale) and `command`
 (`leasenet bench`).
 The harness's own processes are roles run as `python -m leasenet.bench ROLE` (`__main__`), so an
 installed wheel has them all. `--quick` is the CI smoke test: short, and it asserts correctness

@@ -124,16 +124,15 @@ class Bench:
         self.extra.append(proc)
         return proc
 
-    def start_servers(self, specs: dict[str, list[str]],
-                      timeout_s: float = 60.0) -> dict[str, tuple[str, subprocess.Popen[bytes]]]:
+    def start_servers(self, specs: dict[str, list[str]]) -> dict[str, tuple[str, subprocess.Popen[bytes]]]:
         """Start several of the harness's servers (bench.servers) at once, name -> [role, args...];
-        returns each one's address and process once all serve (within `timeout_s`)."""
+        returns each one's address and process once all serve."""
         started = {}
         for name, (role, *args) in specs.items():
             ready = self.workdir / f"{name}.ready"
             ready.unlink(missing_ok=True)
             started[name] = (ready, self._popen(name, role, "127.0.0.1:0", str(ready), *args))
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + 60
         for name, (ready, proc) in started.items():
             while not ready.exists():
                 if proc.poll() is not None or time.monotonic() > deadline:

@@ -19,7 +19,7 @@ it is leased for, c-churn, and the producer host of its service) and those not p
 net of its own background in an idle window; etcd's watch events sent per grant (its own counter,
 etcd_debugging_mvcc_events_total, "events sent by this member": one per event per watcher) in a
 cluster of its own at 10 and at 40 hosts, most of them light hosts that only register and watch
-(bench.watching); the etcd requests/s spent keeping the pools alive, beyond the hosts' liveness
+(`leasenet presence`); the etcd requests/s spent keeping the pools alive, beyond the hosts' liveness
 (two idle windows, without and with the pools). The churn keeps --grants-in-flight grants in flight
 (a registry may pipeline them).
 
@@ -50,9 +50,9 @@ from leasenet.bench.render import verdict
 from leasenet.bench.scalereport import (
     CONSUMER, ETCD as ETCD_KIND, PRODUCER, REGISTRY, Party, cycle_cpu, growth, net_cpu, non_party_share, scale_targets,
 )
-from leasenet.bench.watching import ClaimHistory, scoped
+from leasenet.bench.watching import ClaimHistory
 from leasenet.checker import claims_from_lines, double_leases
-from leasenet.cluster import ETCD, OPERATOR
+from leasenet.cluster import ETCD, OPERATOR, identity_of
 from leasenet.inspection import table
 from leasenet.procstat import rss_mib
 from mapping import keys
@@ -352,7 +352,6 @@ class ScaleBench:
         regs = b.start({f"r{i}": ["registry", "--host-id", f"r{i}", "--listen", "127.0.0.1:0", "--cluster-config",
                                   str(b.config)] for i in (1, 2)})
         self.registries = [regs["r1"].address, regs["r2"].address]
-        self.cluster.start_presence(Kind.CONSUMER, GRANTS_HOST.id)  # the churn's pools hang on its lease
         per_host = p.pools // p.consumer_hosts
         for h in range(p.consumer_hosts):
             vms = [(f"10.{40 + h}.{j // 250}.{1 + j % 250}", f"scale-{h}-{j}") for j in range(per_host)]
@@ -494,10 +493,10 @@ class ScaleBench:
         lanes = frozenset(range(len(CHURN_SERVICES)))
         out = {"etcd": Party(ETCD_KIND)}
         for name, proc in self.cluster.procs.items():
-            command = proc.args[0]
-            if command == "registry":
+            kind = identity_of(proc.args).kind
+            if kind is Kind.REGISTRY:
                 out[name] = Party(REGISTRY)
-            elif command == "consumer-host":
+            elif kind is Kind.CONSUMER:
                 out[name] = Party(CONSUMER, lanes if name == CHURN_CONSUMER else frozenset())
             else:
                 service = name.removeprefix("p-")
@@ -560,8 +559,9 @@ class ScaleBench:
 
     def watch_fanout(self) -> dict[str, Any]:
         """etcd's watch events sent per grant at each fleet size of the plan, in a cluster of its own:
-        two registries, the churn's consumer host and producer hosts, and light hosts (half producer,
-        half consumer) making up the rest; the churn leases as in the main run."""
+        two registries, the churn's consumer host and producer hosts, and light hosts making up the
+        rest (`leasenet presence`, half producer, half consumer: a host record kept alive and a
+        replica of what that kind of host watches); the churn leases as in the main run."""
         p = self.plan
         fan = Bench(self.bench.workdir / "fanout", make_plan(True, 1, tls=False), self.say)
         try:
@@ -581,12 +581,11 @@ class ScaleBench:
                         for n in range(len(light), max(0, hosts - len(real)))}
                 self.say(f"scale: watch fan-out at {hosts} hosts: {len(real)} hosts and {len(light) + len(more)} "
                          "light hosts that only register and watch")
-                for name, kind in more.items():
-                    fan.cluster.enrol(Identity(Kind(kind), name))
-                # tens of processes starting at once on a busy machine: a generous deadline
-                started = fan.start_servers({name: ["light-host", kind, name, ",".join(fan.cluster.etcd_endpoints)]
-                                             for name, kind in more.items()}, timeout_s=60 + 10 * len(more))
-                light |= {name: proc.pid for name, (_, proc) in started.items()}
+                started = [fan.cluster.start_presence(Kind(kind), name, watch=True, wait=False)
+                           for name, kind in more.items()]
+                for proc in started:  # tens of processes starting at once on a busy machine: a generous deadline
+                    fan.cluster.wait_ready(proc, 60 + 10 * len(started))
+                light |= {proc.name: proc.process.pid for proc in started if proc.process is not None}
                 quiet_events(metrics_url)  # the registrations' events are sent before counting starts
                 meter = CpuMeter(light, precise=True)
                 before = etcd_gauges(metrics_url, WATCH_EVENTS, WATCHERS)
@@ -607,7 +606,7 @@ class ScaleBench:
                               "errors": result.errors})
         finally:
             fan.close()
-        return {"sizes": sizes, "growth": growth(sizes), "scoped": scoped(),
+        return {"sizes": sizes, "growth": growth(sizes), "key_schema": keys.ROOT,
                 "concurrency": per_lane(p.grants_in_flight, len(lanes)) * len(lanes)}
 
 
@@ -751,7 +750,7 @@ def render_scale(r: dict[str, Any]) -> str:
     rows = [
         ["machine", f"{m['cpu']}, {m['cores_usable']} cores, load {m['load_average']} at start, "
                     f"{r['load_average_end']} at end", ""],
-        ["key layout", "scoped replicas (mapping.scopes)" if fan["scoped"] else "every process watches all of ROOT", ""],
+        ["key schema", fan["key_schema"], "what each kind of process watches: mapping/scopes.py"],
         [f"registration of {r['registration_vms']:,} VMs", f"{r['registration_s']:.1f} s",
          "median of " + ", ".join(f"{x:.1f}" for x in r["registrations_s"]) + " s"],
         [f"replica snapshot load ({r['snapshot']['keys']:,} keys)", f"{r['snapshot']['p50_ms']:.0f} ms", ""],

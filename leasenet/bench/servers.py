@@ -1,7 +1,6 @@
 """The harness's servers, each its own process (`python -m leasenet.bench NAME LISTEN READY_FILE
 tls|plain [UPSTREAM]`): the direct baseline, and the two processes of the bare relay; and the
-call path's generic relay (`call-relay LISTEN READY_FILE UPSTREAM`, bench.calls); the scale
-bench's light hosts (`light-host LISTEN READY_FILE KIND HOST_ID ETCD_ENDPOINTS`, bench.watching).
+call path's generic relay (`call-relay LISTEN READY_FILE UPSTREAM`, bench.calls).
 
 The bare relay: the overlay adds two one-way grpc hops to a direct call; these two processes add
 those hops, carried the way the overlay carries them, and nothing else:
@@ -32,7 +31,6 @@ import grpc.aio
 from consumer_host.tunnel import TunnelClient
 from leasenet.bench.measure import cluster_tls
 from leasenet.bench.plans import REQUEST_TIMEOUT_S
-from leasenet.bench.watching import light_host
 from producer_host.handlers import load_handler
 from wire import rpc
 from wire.tls import Identity, Kind, TlsMaterial
@@ -209,4 +207,4 @@ async def call_relay(listen: str, ready_file: str, upstream: str) -> None:
 
 
 SERVERS: dict[str, Callable[..., Any]] = {"direct-server": direct_server, "relay-end": relay_end, "relay": relay,
-                                          "call-relay": call_relay, "light-host": light_host}
+                                          "call-relay": call_relay}
