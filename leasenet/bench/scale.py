@@ -534,6 +534,7 @@ class ScaleBench:
         elapsed = sum(r.elapsed_s for r in quarters)
         lane_cycles = [sum(r.lane_grants[i] for r in quarters) for i in range(len(lanes))]
         cpu = cycle_cpu(net_cpu(meter.used, background, window), self.parties(), lane_cycles)
+        unfloored = cycle_cpu(net_cpu(meter.used, background, window, floor=False), self.parties(), lane_cycles)
         if grants:
             cpu["client"] = round(sum(r.cpu_s for r in quarters) * 1000 / grants, 4)
         violations = [v for r in quarters for v in r.violations]
@@ -545,7 +546,7 @@ class ScaleBench:
                 "lanes": [{"service": service, "registry": registry, "grants": n}
                           for (service, registry), n in zip(lanes, lane_cycles)],
                 "consumer_host": CHURN_CONSUMER, "cpu_ms_per_cycle": cpu, "non_party_pct": non_party_share(cpu),
-                "projection": projection,
+                "cpu_ms_per_cycle_unfloored": unfloored, "projection": projection,
                 "cpu_window_s": round(window, 1), "cpu_s": {k: round(v, 3) for k, v in meter.used.items()},
                 "background_cpu_pct": {k: round(v * 100, 2) for k, v in background.items()},
                 "watch_events_per_grant": round((events_after.get(WATCH_EVENTS, 0) - events.get(WATCH_EVENTS, 0))
@@ -745,7 +746,7 @@ def scale_problems(r: dict[str, Any]) -> list[str]:
 def render_scale(r: dict[str, Any]) -> str:
     small, big, loaded, churn, c = r["small"], r["big"], r["big_with_pools"], r["churn"], r["contended"]
     m, keep, fan = r["machine"], r["keep_alive"], r["watch_fanout"]
-    cpu = churn["cpu_ms_per_cycle"]
+    cpu, raw = churn["cpu_ms_per_cycle"], churn["cpu_ms_per_cycle_unfloored"]
     share = churn["non_party_pct"]
     rows = [
         ["machine", f"{m['cpu']}, {m['cores_usable']} cores, load {m['load_average']} at start, "
@@ -769,10 +770,9 @@ def render_scale(r: dict[str, Any]) -> str:
          f"etcd {cpu.get('etcd')}, registries {cpu.get('registries')} (both summed)",
          f"the grant-rate role (the calls' client side, for {churn['consumer_host']}, and its claim recorder) "
          f"{cpu.get('client')}"],
-        ["  consumer hosts: party / not party (ms)", f"{cpu.get('party consumer host')} / "
-         f"{cpu.get('non-party consumer host')}", f"not party: {share.get('consumer host')}% of party"],
-        ["  producer hosts: party / not party (ms)", f"{cpu.get('party producer host')} / "
-         f"{cpu.get('non-party producer host')}", f"not party: {share.get('producer host')}% of party"],
+        *[[f"  {kind}s: party / not party (ms)", f"{cpu.get('party ' + kind)} / {cpu.get('non-party ' + kind)}",
+            f"not party: {share.get(kind)}% of party (unfloored: {raw.get('party ' + kind)} / "
+            f"{raw.get('non-party ' + kind)})"] for kind in (CONSUMER, PRODUCER)],
         ["grants/s a core could sustain at these costs: one registry core, one etcd core",
          f"{churn['projection']['grants_per_s_per_registries_core']} / {churn['projection']['grants_per_s_per_etcd_core']}",
          "1000 / CPU ms per cycle (registries summed): no other process on those cores"],

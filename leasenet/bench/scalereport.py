@@ -37,10 +37,13 @@ class Party:
     lanes: frozenset[int] = field(default_factory=frozenset)
 
 
-def net_cpu(used: Mapping[str, float], background_per_s: Mapping[str, float], window_s: float) -> dict[str, float]:
-    """Each process's CPU seconds over the window beyond its idle rate (floored at 0: a process
-    idler than in its idle window spent nothing on the cycles)."""
-    return {name: max(0.0, seconds - background_per_s.get(name, 0.0) * window_s) for name, seconds in used.items()}
+def net_cpu(used: Mapping[str, float], background_per_s: Mapping[str, float], window_s: float, *,
+            floor: bool = True) -> dict[str, float]:
+    """Each process's CPU seconds over the window beyond its idle rate; `floor`: at least 0 (a
+    process idler than in its idle windows spent nothing on the cycles; unfloored, the figure shows
+    how far the background's own spread reaches)."""
+    net = {name: seconds - background_per_s.get(name, 0.0) * window_s for name, seconds in used.items()}
+    return {name: max(0.0, seconds) for name, seconds in net.items()} if floor else net
 
 
 def cycle_cpu(net: Mapping[str, float], parties: Mapping[str, Party], lane_cycles: Sequence[int]) -> dict[str, float | None]:

@@ -94,3 +94,7 @@ def test_every_target_of_issue_19_passes_on_a_report_that_meets_them():
 def test_each_target_fails_on_its_own_figure(change: dict[str, Any], failing: str):
     failed = [name for name, ok in verdicts(report(**change)).items() if not ok]
     assert len(failed) == 1 and failed[0].startswith(failing), failed
+
+
+def test_unfloored_a_process_idler_than_at_rest_shows_how_far_the_background_spreads():
+    assert net_cpu({"c1": 0.5}, {"c1": 0.1}, window_s=10, floor=False) == pytest.approx({"c1": -0.5})
