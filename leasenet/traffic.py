@@ -169,17 +169,21 @@ async def find_consumer_hosts(vms: list[TrafficVm], hosts: Sequence[str],
 
 async def run_traffic(plan: TrafficPlan, consumer_hosts: Sequence[str], total: int, concurrency: int,
                       history: IO[str] | None = None, on_outcome: Callable[[dict[str, Any]], None] | None = None,
-                      rng: random.Random | None = None, tls: TlsMaterial | None = None) -> TrafficSummary:
+                      rng: random.Random | None = None, tls: TlsMaterial | None = None,
+                      wait_for_ready: bool = False) -> TrafficSummary:
     """Send `total` requests, round-robin over the VMs, `concurrency` at a time. Every request sent
     gets exactly one outcome line: OK or the status the consumer host (or gRPC) gave. `tls`: the
-    certificate to present to the consumer hosts (None: plaintext)."""
+    certificate to present to the consumer hosts (None: plaintext). `wait_for_ready`: a request
+    whose consumer host cannot be reached, or says it is draining (health NOT_SERVING), waits for
+    it within its deadline, unsent (rpc.health_aware: safe for any request), instead of failing
+    at once: the VMs ride out their consumer host's restart."""
     rng = rng or random.Random()
     writer = HistoryWriter(history)
     tag, ids = request_ids(total, rng)
     started = time.monotonic()
     codes: Counter[str] = Counter()
     hosts = {*consumer_hosts, *(vm.consumer_host for vm in plan.vms if vm.consumer_host)}
-    channels = {h: rpc.channel(h, tls, Kind.CONSUMER) for h in hosts}
+    channels = {h: rpc.channel(h, tls, Kind.CONSUMER, rpc.health_aware(wait_for_ready)) for h in hosts}
     try:
         vms = await find_consumer_hosts(plan.vms, consumer_hosts, channels)
         stubs = {h: cpb_grpc.ConsumerHostStub(c) for h, c in channels.items()}
@@ -231,7 +235,8 @@ def cmd_traffic(args: argparse.Namespace) -> None:
     plan = load_plan(args.config, hosts)
     stream = open(args.history, "a", encoding="utf-8") if args.history else None
     try:
-        summary = asyncio.run(run_traffic(plan, hosts, args.requests, args.concurrency, stream, tls=me.tls))
+        summary = asyncio.run(run_traffic(plan, hosts, args.requests, args.concurrency, stream, tls=me.tls,
+                                          wait_for_ready=args.wait_for_ready))
     finally:
         if stream is not None:
             stream.close()

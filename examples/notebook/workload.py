@@ -40,6 +40,9 @@ IDEMPOTENT = (("leasenet-idempotent", "1"),)  # Whoami, Get, Scan: safe to run t
 CALL_TIMEOUT_S = 10.0
 STREAM_EVERY = 4  # rounds: Sleep and the three streaming kinds
 CALLS_PER_ROUND = 3 + 4 / STREAM_EVERY  # on average: what a budget of calls is divided by
+# gRPC's own wait-for-ready for every method, by service config: a call waits (within its deadline)
+# while the VIP endpoint cannot be reached, e.g. while its consumer host restarts, instead of failing
+WAIT_FOR_READY = (("grpc.service_config", json.dumps({"methodConfig": [{"name": [{}], "waitForReady": True}]})),)
 
 
 @dataclass
@@ -72,10 +75,11 @@ class Recorder:
 class ConsumerVm:
     """One consumer VM: a channel to its VIP endpoint and the calls it makes, each recorded."""
 
-    def __init__(self, name: str, target: str, recorder: Recorder) -> None:
+    def __init__(self, name: str, target: str, recorder: Recorder, wait_for_ready: bool = False) -> None:
         self.name = name
         self.target = target
         self.recorder = recorder
+        self.options = WAIT_FOR_READY if wait_for_ready else ()
         self.served_by = ""  # the VM id of the last Whoami answer
         self.pid = 0  # the VM process of the last Whoami answer
         self.calls = 0  # made so far (each recorded)
@@ -112,7 +116,7 @@ class ConsumerVm:
         return False
 
     async def run(self, rounds: int, pause_s: float, ready_timeout_s: float) -> bool:
-        async with grpc.aio.insecure_channel(self.target) as channel:
+        async with grpc.aio.insecure_channel(self.target, options=self.options) as channel:
             stub = pb_grpc.NotebookStub(channel)
             if not await self.ready(stub, ready_timeout_s):
                 print(f"calls: {self.name}: no answer from {self.target} within {ready_timeout_s:g} s", file=sys.stderr)
@@ -174,9 +178,9 @@ class ConsumerVm:
             await self.call(i, method, run)
 
 
-def consumer_vms(vips: Sequence[tuple[str, str]], recorder: Recorder) -> list[ConsumerVm]:
+def consumer_vms(vips: Sequence[tuple[str, str]], recorder: Recorder, wait_for_ready: bool = False) -> list[ConsumerVm]:
     """One ConsumerVm per (name, VIP endpoint)."""
-    return [ConsumerVm(name, target, recorder) for name, target in vips]
+    return [ConsumerVm(name, target, recorder, wait_for_ready) for name, target in vips]
 
 
 async def run(vms: Sequence[ConsumerVm], rounds: int, pause_s: float = 0.1,
@@ -193,10 +197,13 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pause-s", type=float, default=0.1, help="between rounds")
     parser.add_argument("--ready-timeout-s", type=float, default=120.0)
     parser.add_argument("--history", default="/dev/stdout", help="append one JSON line per call here")
+    parser.add_argument("--wait-for-ready", action="store_true",
+                        help="calls wait (within their deadline) while a VIP endpoint cannot be reached")
     args = parser.parse_args(argv)
     with open(args.history, "a", encoding="utf-8") as stream:
         recorder = Recorder(stream)
-        vms = consumer_vms([(name, target) for name, _, target in (v.partition("=") for v in args.vip)], recorder)
+        vms = consumer_vms([(name, target) for name, _, target in (v.partition("=") for v in args.vip)], recorder,
+                           args.wait_for_ready)
         started = time.monotonic()
         ready = await run(vms, args.rounds, args.pause_s, args.ready_timeout_s)
         elapsed = time.monotonic() - started
