@@ -29,6 +29,9 @@ CHANNEL_OPTIONS = [
     # and look the name up again soon after: a peer replaced under the same name (a swarm task) has
     # a new address, which gRPC's default 30 s between DNS resolutions would keep us from seeing
     ("grpc.dns_min_time_between_resolutions_ms", 500),
+    # and give up on a lookup that gets no answer within 2 s (default 120 s): docker's DNS forwards
+    # a name it does not know (a task between two lives) to servers an internal network cannot reach
+    ("grpc.dns_ares_query_timeout", 2_000),
 ]
 SERVER_KINDS = (Kind.REGISTRY, Kind.PRODUCER, Kind.CONSUMER)
 

@@ -224,6 +224,26 @@ async def test_a_consumer_host_drains_on_sigterm_and_gives_its_leases_back(clust
     assert await leases(topo.registry.address) == []  # released at once, not left to the TTL
 
 
+async def test_a_draining_producer_host_runs_no_new_request(cluster):
+    # Once draining it refuses new frames before they run (the consumer host sends them to another
+    # VM) and waits for those it took. It used to run them on its idle VMs until it deregistered: one
+    # taken after its wait for idle VMs was then cut off by the server's stop ("delivery unknown").
+    topo, path = slow_cluster(cluster, seconds="2", vms=2, max_pool=2)
+    consumer = topo.consumers[0].address
+    await asyncio.gather(*(send(consumer, "10.1.0.1", b"warm-up %d" % i) for i in range(4)))  # both p1 VMs leased
+    other = cluster.workdir / "announced-p2.txt"
+    cluster.producer("p2", network="blue", service="echo", vms=2, vm_address_start="10.1.2.1", handler=HANDLER,
+                     extra=("--handler-option", f"path={other}", "--handler-option", "seconds=0"))
+    in_flight = asyncio.create_task(send_status(consumer, "10.1.0.1", b"slow", timeout=10))
+    await eventually_async(lambda: b"slow" in announced(path), what="the slow request running on p1")
+    stopping = asyncio.create_task(asyncio.to_thread(cluster.stop, "p1", 20))  # drains: waits for "slow"
+    await eventually_async(lambda: "draining" in cluster.procs["p1"].log_tail(), what="p1 draining")
+
+    assert await send_status(consumer, "10.1.0.1", b"after", timeout=10) == (grpc.StatusCode.OK, "")
+    assert b"after" in announced(other) and b"after" not in announced(path)  # run on p2, never on p1
+    assert await in_flight == (grpc.StatusCode.OK, "") and await stopping == 0
+
+
 async def test_a_consumer_host_stopped_under_load_leaves_no_request_cancelled(cluster):
     # Its VMs' client (leasenet traffic --wait-for-ready: health-aware channels) sees it NOT_SERVING
     # and holds its next requests unsent before the server stops. Without that moment, calls that
