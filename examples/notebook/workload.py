@@ -40,9 +40,16 @@ IDEMPOTENT = (("leasenet-idempotent", "1"),)  # Whoami, Get, Scan: safe to run t
 CALL_TIMEOUT_S = 10.0
 STREAM_EVERY = 4  # rounds: Sleep and the three streaming kinds
 CALLS_PER_ROUND = 3 + 4 / STREAM_EVERY  # on average: what a budget of calls is divided by
-# gRPC's own wait-for-ready for every method, by service config: a call waits (within its deadline)
-# while the VIP endpoint cannot be reached, e.g. while its consumer host restarts, instead of failing
-WAIT_FOR_READY = (("grpc.service_config", json.dumps({"methodConfig": [{"name": [{}], "waitForReady": True}]})),)
+# --wait-for-ready, by gRPC service config: every call waits (within its deadline) while the VIP
+# endpoint cannot be reached, e.g. while its consumer host restarts, instead of failing; and the
+# idempotent methods are retried by gRPC when a server answers UNAVAILABLE or CANCELLED (a server
+# that stops answers CANCELLED to a call it had not begun: grpc/grpc#41785)
+IDEMPOTENT_METHODS = ("Whoami", "Get", "Scan")
+WAIT_FOR_READY = (("grpc.service_config", json.dumps({"methodConfig": [
+    {"name": [{"service": "notebook.v1.Notebook", "method": m} for m in IDEMPOTENT_METHODS], "waitForReady": True,
+     "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.1s", "maxBackoff": "1s", "backoffMultiplier": 2,
+                     "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"]}},
+    {"name": [{}], "waitForReady": True}]})),)
 
 
 @dataclass
