@@ -319,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     add(p, "--requests", default=1000, type=int, help="total number of requests")
     add(p, "--concurrency", default=8, type=int, help="requests in flight at once")
     add(p, "--history", default="", help="append one JSON line per request outcome here")
+    add(p, "--timeout", default=0.0, type=float, help="per-request deadline in seconds (0: the config's timeout_s)")
+    add(p, "--wait-for-ready", action="store_true", help="a request waits (within its deadline) while its "
+        "consumer host is unreachable, as a VM's packets wait out its host's restart, instead of failing at once")
     add(p, "--json", action="store_true", help="print the outcome counts as JSON")
     tls_flags(p, operator=True)
 
