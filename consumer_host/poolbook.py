@@ -343,10 +343,25 @@ class PoolBook:
         # VMs: their members leave our pools now (this host sees host records, not VM records; the
         # registry's claim collector would tell us a moment later), so waiting requests go elsewhere.
         if isinstance(new, Host) and new.kind is HostKind.PRODUCER and new.draining and not getattr(old, "draining", False):
-            return self._leave_host(new.address, now, shrink=True)
+            return self._leave_draining_host(new.address, now)
         if isinstance(old, Host) and new is None and old.kind is HostKind.PRODUCER:
             return self._leave_host(old.address, now, shrink=False)
         return []
+
+    def _leave_draining_host(self, address: str, now: float) -> list[Effect]:
+        """Its idle members are given back (shrink: room to grow elsewhere at once); a busy one is only
+        forgotten, so its claim lasts until the call in flight is answered (the host waits for it, and
+        ending the claim would cut it: a command VM is reset when its claim ends)."""
+        effects: list[Effect] = []
+        for key, pool in list(self.pools.items()):
+            gone = [vm for vm, m in pool.members.items() if m.host_address == address]
+            busy = [vm for vm in gone if vm in pool.busy]
+            idle = [vm for vm in gone if vm not in pool.busy]
+            if busy:
+                effects += self._forget(key, busy, now)
+            if idle:
+                effects += self._forget(key, idle, now, shrink=True)
+        return effects
 
     def _leave_host(self, address: str, now: float, *, shrink: bool) -> list[Effect]:
         effects: list[Effect] = []

@@ -207,6 +207,13 @@ def test_members_on_a_draining_or_vanished_producer_host_leave_the_pool_at_once(
     effects = book.handle(ReplicaChanged(serving, draining, ClusterState(), 5.0))
     assert effects == [ShrinkLease(KEY, LEASE, (vm(1).vm,)), Wake(KEY)]  # given back: the registry grants elsewhere
     assert set(book.pools[KEY].members) == {vm(2).vm}
+    book = leased(vm(1, host="127.0.0.1:7101"), vm(3, host="127.0.0.1:7101"))
+    taken = book.take(KEY, ADMITTED, 4.0)[0]
+    assert isinstance(taken, Taken)
+    effects = book.handle(ReplicaChanged(serving, draining, ClusterState(), 5.0))
+    idle = next(m for m in (vm(1), vm(3)) if m != taken.member)
+    # the busy one is only forgotten: ending its claim would cut the call in flight
+    assert ShrinkLease(KEY, LEASE, (idle.vm,)) in effects and book.pools[KEY].members == {}
     book = leased(vm(1, host="127.0.0.1:7101"))
     effects = book.handle(ReplicaChanged(serving, None, ClusterState(), 5.0))
     assert effects == [GrowLease(KEY, LEASE, 11, ()), Wake(KEY)]  # its claims are the collector's; refill now
