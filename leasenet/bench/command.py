@@ -18,7 +18,8 @@ from leasenet.bench.harness import Bench, machine
 from leasenet.bench.measure import CONFIDENCE
 from leasenet.bench.plans import DATA_CONSUMERS, DATA_POOL, DATA_VMS, Plan, make_plan
 from leasenet.bench.render import render, render_calls
-from leasenet.bench.scale import render_scale, run_scale, scale_problems
+from leasenet.bench.scale import run_scale
+from leasenet.bench.scalerender import render_scale, scale_problems
 from leasenet.bench.report import (
     correctness, method_check, summarize_datapath, summarize_etcd, summarize_failover, summarize_leasing, targets,
 )

@@ -33,27 +33,22 @@ import statistics
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-import grpc
-import grpc.aio
 
 from leasenet.bench.harness import Bench, machine
-from leasenet.bench.measure import CpuMeter, cluster_channel, cluster_tls, etcd_counts, ms, percentile, ratio
+from leasenet.bench.measure import CpuMeter, etcd_counts, ms, percentile, ratio
 from leasenet.bench.plans import (
     NETWORK, VNI, Cell, GrantsResult, GrantsTask, LoadResult, LoadTask, RaceConsumerHost, make_plan,
 )
-from leasenet.bench.render import verdict
+from leasenet.bench.scaleroles import HoldResult, HoldTask, RateResult, RateTask
 from leasenet.bench.scalereport import (
     CONSUMER, ETCD as ETCD_KIND, PRODUCER, REGISTRY, Party, cycle_cpu, growth, net_cpu, non_party_share, scale_targets,
 )
-from leasenet.bench.watching import ClaimHistory
-from leasenet.checker import claims_from_lines, double_leases
-from leasenet.cluster import ETCD, OPERATOR, identity_of
-from leasenet.inspection import table
+from leasenet.cluster import ETCD, identity_of
 from leasenet.procstat import rss_mib
 from mapping import keys
 from mapping.config import ClusterConfig, to_toml
@@ -65,7 +60,7 @@ from mapping.replica import Replica
 from mapping.store.etcd import EtcdStore
 from mapping.store.memory import MemoryStore
 from registry.leasing import LeasingAgent
-from wire.tls import Identity, Kind, TlsFiles
+from wire.tls import Kind, TlsFiles
 from wire.v1 import consumer_pb2 as cpb
 from wire.v1 import consumer_pb2_grpc as cpb_grpc
 from wire.v1 import registry_pb2 as rpb
@@ -136,140 +131,6 @@ def scale_plan(quick: bool, grants_in_flight: int | None = None) -> ScalePlan:
                      watch_hosts=(10, 40), watch_cycles=1000)
 
 
-# --- roles ---------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class HoldTask:
-    role: ClassVar[str] = "hold"
-    consumers: list[RaceConsumerHost]  # each consumer VM sends once: its pool is leased and kept
-    target: str
-    concurrency: int
-
-
-@dataclass(frozen=True, slots=True)
-class HoldResult:
-    held: int
-    errors: dict[str, int]
-    elapsed_s: float
-    event_loop: str = "asyncio"
-
-
-async def hold(task: HoldTask) -> HoldResult:
-    """Lease one pool per consumer VM through its consumer host (a first request leases it)."""
-    errors: Counter[str] = Counter()
-    held = 0
-    gate = asyncio.Semaphore(task.concurrency)
-    channels = [cluster_channel(c.address, Kind.CONSUMER) for c in task.consumers]
-
-    async def one(stub: Any, address: str, token: str) -> None:
-        nonlocal held
-        async with gate:
-            try:
-                await stub.Send(cpb.SendRequest(network=NETWORK, src=address, token=token, target=task.target,
-                                                payload=b"hold"), timeout=30)
-                held += 1
-            except grpc.aio.AioRpcError as exc:
-                errors[exc.code().name] += 1
-
-    started = time.monotonic()
-    await asyncio.gather(*(one(cpb_grpc.ConsumerHostStub(ch), a, t)
-                           for ch, c in zip(channels, task.consumers) for a, t in c.vms))
-    for ch in channels:
-        await ch.close()
-    return HoldResult(held, dict(errors), round(time.monotonic() - started, 2))
-
-
-@dataclass(frozen=True, slots=True)
-class RateTask:
-    role: ClassVar[str] = "grant-rate"
-    lanes: list[list[str]]  # [service, registry address]: where each group of workers leases
-    workers: int  # per lane, each a consumer VM of its own
-    first: int  # numbers the consumer VMs, unique across runs
-    cycles: int  # stop after this many grants in all (0: only the duration counts)
-    duration_s: float
-    consumer_host: str  # whom the pools are leased for (its certificate is presented)
-    etcd: list[str]  # follow the claims' history here for double claims (empty: don't)
-
-
-@dataclass(frozen=True, slots=True)
-class RateResult:
-    grants: int
-    refusals: int
-    errors: dict[str, int]
-    elapsed_s: float
-    grants_per_s: float
-    refusals_per_s: float
-    violations: list[str] = field(default_factory=list)
-    lane_grants: list[int] = field(default_factory=list)
-    cpu_s: float = 0.0  # this process's CPU: the consumer host's side of the calls, made here on its behalf
-    claim_lines: int = 0  # lines of the claims' history the double claims were checked on
-    event_loop: str = "asyncio"
-
-
-async def grant_rate(task: RateTask) -> RateResult:
-    """Workers on every registry lease a pool and release it, again and again, as one consumer host
-    would: grants and refusals (RESOURCE_EXHAUSTED) counted apart; with `etcd`, the claims' history
-    followed meanwhile and checked for double claims (leasenet.checker)."""
-    history, store, follower = None, None, None
-    if task.etcd:
-        store = await EtcdStore(task.etcd, timeout_s=30, tls=cluster_tls(OPERATOR)).connect()
-        history = ClaimHistory(store)
-        follower = asyncio.create_task(history.replica.run())
-        await asyncio.wait_for(history.replica.synced.wait(), 60)
-    grants = refusals = 0
-    lane_grants = [0] * len(task.lanes)
-    errors: Counter[str] = Counter()
-    end = time.monotonic() + task.duration_s
-    identity = Identity(Kind.CONSUMER, task.consumer_host)
-    channels = [cluster_channel(registry, Kind.REGISTRY, identity) for _, registry in task.lanes]
-
-    async def worker(stub: Any, service: str, lane: int, n: int) -> None:
-        nonlocal grants, refusals
-        rng = random.Random(n)
-        consumer = f"10.{60 + n // 62500}.{n // 250 % 250}.{1 + n % 250}"
-        while time.monotonic() < end and not (task.cycles and grants >= task.cycles):
-            try:
-                lease = await stub.RequestLease(rpb.RequestLeaseRequest(
-                    service=service, consumer_network=NETWORK, consumer_vm=consumer,
-                    consumer_host=task.consumer_host), timeout=10)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    refusals += 1
-                else:
-                    errors[exc.code().name] += 1
-                await asyncio.sleep(rng.uniform(0.001, 0.005))
-                continue
-            grants += 1
-            lane_grants[lane] += 1
-            try:
-                await stub.ReleaseLease(rpb.LeaseRef(lease_id=lease.lease_id), timeout=10)
-            except grpc.aio.AioRpcError as exc:
-                errors[f"release {exc.code().name}"] += 1
-
-    started, cpu = time.monotonic(), time.process_time()
-    await asyncio.gather(*(worker(rpb_grpc.LeasingStub(ch), service, lane, task.first + lane * task.workers + w)
-                           for lane, (ch, (service, _)) in enumerate(zip(channels, task.lanes))
-                           for w in range(task.workers)))
-    elapsed, cpu = time.monotonic() - started, time.process_time() - cpu
-    for ch in channels:
-        await ch.close()
-    violations: list[str] = []
-    lines = 0
-    if history is not None and store is not None and follower is not None:
-        # every release was answered after its transaction: the history is complete once the replica
-        # holds none of the claims leased for our consumer host
-        deadline = time.monotonic() + 30
-        while history.holds(task.consumer_host) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        follower.cancel()
-        await store.close()
-        lines = len(history.lines)
-        violations = [v.detail for v in double_leases(claims_from_lines(history.lines))]
-    return RateResult(grants, refusals, dict(errors), round(elapsed, 2), round(grants / elapsed, 1),
-                      round(refusals / elapsed, 1), violations, lane_grants, round(cpu, 3), lines)
-
-
-SCALE_ROLES: dict[str, tuple[type[Any], Callable[[Any], Awaitable[Any]]]] = {
-    HoldTask.role: (HoldTask, hold), RateTask.role: (RateTask, grant_rate)}
 
 
 # --- meters --------------------------------------------------------------------------------------
@@ -715,87 +576,3 @@ def run_scale(workdir: Path, quick: bool, say: Callable[[str], None],
         "elapsed_s": round(time.monotonic() - started, 1)}
     report["targets"] = scale_targets(report)
     return report
-
-
-def scale_problems(r: dict[str, Any]) -> list[str]:
-    """What makes a run wrong, not slow: a pool not held, an error, a double claim, a figure missing."""
-    problems = []
-    if r["held"]["held"] != r["settings"]["pools"] or r["held"]["errors"]:
-        problems.append(f"held {r['held']['held']} of {r['settings']['pools']} pools ({r['held']['errors']})")
-    if r["double_claims"]:
-        problems.append(f"{r['double_claims']} double claim(s): "
-                        f"{(r['contended']['violations'] + r['churn']['violations'])[:3]}")
-    for name in ("small", "big", "big_with_pools"):
-        fleet = r[name]
-        if fleet["grant_failures"] or fleet["request_errors"]:
-            problems.append(f"{name}: errors {fleet['grant_failures']} {fleet['request_errors']}")
-    if r["churn"]["errors"] or r["contended"]["errors"]:
-        problems.append(f"grant/release errors: {r['churn']['errors']} {r['contended']['errors']}")
-    if errors := [size["errors"] for size in r["watch_fanout"]["sizes"] if size["errors"]]:
-        problems.append(f"watch fan-out grant/release errors: {errors}")
-    if not r["churn"]["claim_lines"]:
-        problems.append("the churn's claim history is empty: double claims were not checked")
-    figures = {"grant p50 ratio": r["grant_p50_ratio"], "request p50 ratio": r["request_p50_ratio"],
-               "snapshot": r["snapshot"]["p50_ms"], "hosts' keep-alives": r["keep_alive"]["hosts"]["requests_per_s"],
-               "churn grants/s": r["churn"]["grants_per_s"], "watch events growth": r["watch_fanout"]["growth"],
-               **{f"churn CPU of a {k}": v for k, v in r["churn"]["cpu_ms_per_cycle"].items() if v is None}}
-    problems += [f"no figure for {name}" for name, value in figures.items() if value is None]
-    return problems
-
-
-def render_scale(r: dict[str, Any]) -> str:
-    small, big, loaded, churn, c = r["small"], r["big"], r["big_with_pools"], r["churn"], r["contended"]
-    m, keep, fan = r["machine"], r["keep_alive"], r["watch_fanout"]
-    cpu, raw = churn["cpu_ms_per_cycle"], churn["cpu_ms_per_cycle_unfloored"]
-    share = churn["non_party_pct"]
-    rows = [
-        ["machine", f"{m['cpu']}, {m['cores_usable']} cores, load {m['load_average']} at start, "
-                    f"{r['load_average_end']} at end", ""],
-        ["key schema", fan["key_schema"], "what each kind of process watches: mapping/scopes.py"],
-        [f"registration of {r['registration_vms']:,} VMs", f"{r['registration_s']:.1f} s",
-         "median of " + ", ".join(f"{x:.1f}" for x in r["registrations_s"]) + " s"],
-        [f"replica snapshot load ({r['snapshot']['keys']:,} keys)", f"{r['snapshot']['p50_ms']:.0f} ms", ""],
-        ["RSS per process (MiB)", ", ".join(f"{k} {v:.0f}" for k, v in sorted(r["rss_mib"].items()) if v), ""],
-        [f"pools held ({r['held']['held']:,})", f"leased in {r['held']['elapsed_s']:.1f} s", str(r["held"]["errors"] or "")],
-        [f"grant p50/p99, pool of {SCALE_POOL}: {small['vms']:,} VMs", f"{small['grant_p50_ms']} / {small['grant_p99_ms']} ms", ""],
-        [f"grant p50/p99, pool of {SCALE_POOL}: {big['vms']:,} VMs", f"{big['grant_p50_ms']} / {big['grant_p99_ms']} ms",
-         f"ratio {r['grant_p50_ratio']}, rounds {r['grant_p50_ratios']}"],
-        [f"a grant's choice of VMs in-process: {small['vms']:,} / {big['vms']:,} VMs",
-         f"{r['grant_choice_us']['small_us']} / {r['grant_choice_us']['big_us']} us",
-         f"ratio {r['grant_choice_us']['ratio']}, rounds {r['grant_choice_us']['ratios']}"],
-        [f"uncontended grants/s (churn: {len(CHURN_SERVICES)} services, one owned by each registry, "
-         f"{churn['concurrency']} in flight)", f"{churn['grants_per_s']}",
-         ", ".join(f"{lane['service']} {lane['grants']:,}" for lane in churn["lanes"])],
-        ["CPU per grant/release cycle (ms), net of each process's idle rate",
-         f"etcd {cpu.get('etcd')}, registries {cpu.get('registries')} (both summed)",
-         f"the grant-rate role (the calls' client side, for {churn['consumer_host']}, and its claim recorder) "
-         f"{cpu.get('client')}"],
-        *[[f"  {kind}s: party / not party (ms)", f"{cpu.get('party ' + kind)} / {cpu.get('non-party ' + kind)}",
-            f"not party: {share.get(kind)}% of party (unfloored: {raw.get('party ' + kind)} / "
-            f"{raw.get('non-party ' + kind)})"] for kind in (CONSUMER, PRODUCER)],
-        ["grants/s a core could sustain at these costs: one registry core, one etcd core",
-         f"{churn['projection']['grants_per_s_per_registries_core']} / {churn['projection']['grants_per_s_per_etcd_core']}",
-         "1000 / CPU ms per cycle (registries summed): no other process on those cores"],
-        ["etcd watch events sent per grant in the churn", f"{churn['watch_events_per_grant']}",
-         f"{churn['watchers']:.0f} watchers" if churn["watchers"] is not None else ""],
-        *[[f"watch fan-out at {size['hosts']} hosts ({size['light_hosts']} light): events per grant",
-           f"{size['events_per_grant']}", f"{size['watchers']:.0f} watchers, {size['grants']:,} grants at "
-           f"{size['grants_per_s']}/s, a light host's CPU {size['light_host_cpu_ms_per_cycle']} ms per cycle"]
-          for size in fan["sizes"]],
-        [f"contended ({SCARCE_VMS} VMs, {c['concurrency']} in flight): grants/s, refusals/s",
-         f"{c['grants_per_s']} / {c['refusals_per_s']}",
-         f"double claims {r['double_claims']} (churn and contended, {churn['claim_lines']:,} + {c['claim_lines']:,} "
-         "claim lines)"],
-        [f"etcd requests/s: hosts' liveness ({keep['hosts']['processes']} processes, no pools)",
-         f"{keep['hosts']['requests_per_s']}", ", ".join(f"{k} {v}" for k, v in keep["hosts"]["per_method"].items())],
-        [f"etcd requests/s keeping {keep['pools']:,} pools alive (beyond the hosts')", f"{keep['pools_requests_per_s']}",
-         ", ".join(f"{k} {v}" for k, v in keep["pools_per_method"].items())],
-        [f"request p50 at C=1: {small['vms']:,} / {big['vms']:,} VMs", f"{small['request_p50_ms']} / {big['request_p50_ms']} ms",
-         f"ratio {r['request_p50_ratio']}, rounds {r['request_p50_ratios']}"],
-        [f"with {r['held']['held']:,} pools held: grant p50/p99, request p50",
-         f"{loaded['grant_p50_ms']} / {loaded['grant_p99_ms']} ms, {loaded['request_p50_ms']} ms", "renewals running"],
-        [f"etcd db size over {churn['cycles']:,} cycles (MiB)", " -> ".join(str(x) for x in churn["db_size_mib"]),
-         "in use: " + " -> ".join(str(x) for x in churn["db_in_use_mib"])],
-    ]
-    lines = [table(rows, ["scale", "figure", "note"]), "", "targets (issue 19):"]
-    return "\n".join(lines + [verdict(t) for t in r["targets"]])
