@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from consumer_host.datapath import Admitted, Grow, HeldPool, PoolVm, Use, pool_vm
-from mapping.model import Claim, Host, LeaseId, Pool as PoolRecord, Record, VmId
+from mapping.model import Claim, Host, HostKind, LeaseId, Pool as PoolRecord, Record, VmId
 from mapping.state import ClusterState
 from wire.errors import PoolExhausted, StoreUnavailable, Unavailable
 from wire.verdict import Refusal
@@ -262,12 +262,7 @@ class PoolBook:
                 return self._tick(now)
             case HostBroken(address=address, now=now):
                 self.avoided_hosts[address] = now + AVOID_HOST_S
-                effects: list[Effect] = []
-                for key, pool in list(self.pools.items()):
-                    gone = [vm for vm, m in pool.members.items() if m.host_address == address]
-                    if gone:
-                        effects += self._forget(key, gone, now, shrink=True)
-                return effects
+                return self._leave_host(address, now, shrink=True)
             case ReplicaChanged():
                 return self._replica_changed(event)
         raise TypeError(f"the pool book has no rule for {event!r}")
@@ -344,7 +339,37 @@ class PoolBook:
             return self._adopt(self.by_lease[new.lease_id], new, event.state)
         if isinstance(new, Host) and (old is None or old.revision != new.revision):
             self.avoided_hosts.pop(new.address, None)  # the host (re)registered: worth trying again
+        # A producer host that drains takes no new request, and one whose record is gone has lost its
+        # VMs: their members leave our pools now (this host sees host records, not VM records; the
+        # registry's claim collector would tell us a moment later), so waiting requests go elsewhere.
+        if isinstance(new, Host) and new.kind is HostKind.PRODUCER and new.draining and not getattr(old, "draining", False):
+            return self._leave_draining_host(new.address, now)
+        if isinstance(old, Host) and new is None and old.kind is HostKind.PRODUCER:
+            return self._leave_host(old.address, now, shrink=False)
         return []
+
+    def _leave_draining_host(self, address: str, now: float) -> list[Effect]:
+        """Its idle members are given back (shrink: room to grow elsewhere at once); a busy one is only
+        forgotten, so its claim lasts until the call in flight is answered (the host waits for it, and
+        ending the claim would cut it: a command VM is reset when its claim ends)."""
+        effects: list[Effect] = []
+        for key, pool in list(self.pools.items()):
+            gone = [vm for vm, m in pool.members.items() if m.host_address == address]
+            busy = [vm for vm in gone if vm in pool.busy]
+            idle = [vm for vm in gone if vm not in pool.busy]
+            if busy:
+                effects += self._forget(key, busy, now)
+            if idle:
+                effects += self._forget(key, idle, now, shrink=True)
+        return effects
+
+    def _leave_host(self, address: str, now: float, *, shrink: bool) -> list[Effect]:
+        effects: list[Effect] = []
+        for key, pool in list(self.pools.items()):
+            gone = [vm for vm, m in pool.members.items() if m.host_address == address]
+            if gone:
+                effects += self._forget(key, gone, now, shrink=shrink)
+        return effects
 
     def _adopt(self, key: PoolKey, claim: Claim, state: ClusterState) -> list[Effect]:
         """A claim of one of our leases that no agent told us of (a grow whose answer was lost when

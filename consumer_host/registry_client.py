@@ -44,7 +44,9 @@ class RegistryClient:
 
     def _stub(self, index: int | None = None) -> pb_grpc.LeasingStub:
         if not self._stubs:  # channels are created inside the running loop, on first use
-            self._channels = [rpc.channel(a, self._tls, Kind.REGISTRY) for a in self.addresses]
+            # health-aware: a registry that is draining (NOT_SERVING) gets no new call; and an address
+            # naming several replicas (a swarm service) is one channel over all of them
+            self._channels = [rpc.channel(a, self._tls, Kind.REGISTRY, rpc.health_aware()) for a in self.addresses]
             self._stubs = [pb_grpc.LeasingStub(c) for c in self._channels]
         return self._stubs[self._current if index is None else index]
 

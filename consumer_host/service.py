@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 MAX_TEMPLATES = 4096
 DEADLINE_MARGIN_S = 0.05
 DRAIN_S = 2.0  # at shutdown, requests in flight get this long to finish
+# at shutdown, between saying NOT_SERVING and stopping the server: clients that watch our health
+# (wire.channels.health_aware) stop sending first, so no call is pending in gRPC when the server stops (it
+# would answer CANCELLED, though the call never reached us: grpc/grpc#41785)
+HEALTH_NOTICE_S = 0.5
 KIND = "consumer_host"
 REQUESTS = metrics.Requests(KIND)
 UNADMITTED = "unknown"  # the service label of a request refused before its target named a service
@@ -413,6 +417,8 @@ async def serve(config: ConsumerConfig, store: Store, *, stop: asyncio.Event,
             serving = bool(server.port)
             await shut_down([
                 Step("stop taking requests", lambda: server.set_serving(False), 1.0) if serving else None,
+                Step("let the clients watching our health see it", lambda: asyncio.sleep(HEALTH_NOTICE_S),
+                     HEALTH_NOTICE_S + 0.5) if serving else None,
                 Step("stop the VIP endpoints, letting their calls finish", lambda: vips.stop(DRAIN_S), DRAIN_S + 1.0)
                 if vips.servers else None,
                 Step("let the requests in flight finish", lambda: server.stop(DRAIN_S), DRAIN_S + 1.0)

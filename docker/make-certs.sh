@@ -29,6 +29,9 @@ IDENTITIES=(
   "notebook1 producer notebook1" "notebook2 producer notebook2"
   "consumer1 consumer consumer1" "consumer2 consumer consumer2" "consumer3 consumer consumer3"
   "traffic operator traffic" "operator operator admin"
+  # the swarm stack's replicated services (stack.yaml): one identity per service, shared by its
+  # tasks (host ids <id>.<container>), as the compose file's scalable `producer` service
+  "registry registry registry" "notebook producer notebook"
 )
 
 # Inside the container, as root on the bind-mounted directory; no network.

@@ -1,6 +1,5 @@
-"""The history checker: pure functions over what a run recorded, reporting every broken promise
-of SPEC §4 and §6 and the figures of the run. The one checker of the demo, the bench, the chaos
-tests and the docker tests.
+"""The history checker: pure functions over what a run recorded, reporting every broken promise of
+SPEC §4 and §6 and the figures of the run. The one checker of the demo, bench, chaos and docker tests.
 
 Inputs (each a list of JSON lines; any may be missing):
 - requests   (`leasenet traffic --history`): a "sent" and an "outcome" line per request;
@@ -19,8 +18,7 @@ Violations reported:
 - lost:            a request sent with no outcome;  duplicate-outcome: one with more than one;
 - double-lease:    a producer VM with two claims alive at once (in two pools at once);
 - claim-changed:   one claim (one fencing token) naming two different lessees;
-- overlap:         two executions on one producer VM overlapping in time (as its host recorded them,
-                   or as the VM itself did);
+- overlap:         two executions on one producer VM overlapping in time (as its host or VM recorded);
 - executed-twice:  a non-idempotent request run more than once;
 - foreign-claim:   an execution under a claim of another consumer VM, or one never granted (also
                    from the VMs' own records: a call a VM ran under a claim never granted on it);
@@ -223,19 +221,21 @@ def claims_from_lines(lines: Iterable[dict[str, Any]]) -> list[ClaimSpan]:
     """Claim spans from "claimed"/"released" lines; a re-reported claim (after a reload) is one span,
     a claim reported with a different lessee under the same token is kept as a second span."""
     spans: dict[tuple[str, int, str, str], ClaimSpan] = {}
+    by_claim: dict[tuple[str, int], list[tuple[str, int, str, str]]] = defaultdict(list)  # linear in the lines
     for line in lines:
         if line.get("event") not in ("claimed", "released"):
             continue
         vm, token = str(line["vm"]), int(line["token"])
         if line.get("event") == "claimed":
             key = (vm, token, str(line["lease_id"]), str(line["consumer_vm"]))
-            spans.setdefault(key, ClaimSpan(vm, token, str(line["lease_id"]), str(line["consumer_vm"]),
-                                            str(line.get("consumer_host", "")), int(line["seen_ns"]),
-                                            producer_host=str(line.get("producer_host") or "")))
-        elif line.get("event") == "released":
-            for key, span in spans.items():
-                if key[:2] == (vm, token) and span.ended_revision is None:
-                    spans[key] = replace(span, ended_revision=int(line["revision"]), ended_ns=int(line["seen_ns"]))
+            if key not in spans:
+                by_claim[(vm, token)].append(key)
+                spans[key] = ClaimSpan(*key, str(line.get("consumer_host", "")), int(line["seen_ns"]),
+                                       producer_host=str(line.get("producer_host") or ""))
+        else:  # released: its claim's spans, found by (vm, token)
+            ended = {"ended_revision": int(line["revision"]), "ended_ns": int(line["seen_ns"])}
+            spans.update({k: replace(spans[k], **ended) for k in by_claim.get((vm, token), ())
+                          if spans[k].ended_revision is None})
     return list(spans.values())
 
 

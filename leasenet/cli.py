@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     tls_flags(p)
     add(p, "--kind", choices=("producer", "consumer"), required=True, help="the kind of host it stands in for")
     add(p, "--host-id", required=True, help="its host id (its certificate is <kind>-<id>.crt)")
-    add(p, "--liveness-ttl", default=10, type=int, help="seconds before its record vanishes once it dies")
+    add(p, "--liveness-ttl", default=3, type=int, help="seconds before its record (and a consumer host's pools) vanish once it dies")
     add(p, "--no-watch", action="store_true", help="only the record: no replica")
     add(p, "--advertise", default="127.0.0.1:0", help="the address its record names (never dialled)")
 
@@ -308,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(p, "--workdir", default="", help="keep logs here (default: a temporary directory)")
     add(p, "--scale", action="store_true", help="only the scale section: 10,000 VMs, 2,000 pools, two registries "
         "(with --quick: a small cluster)")
+    add(p, "--grants-in-flight", default=0, type=int, help="--scale: grants (and releases) in flight at once in "
+        "its churn and contended runs, split over the registries (default 32; --quick 8)")
     add(p, "--calls", action="store_true", help="only the call path: the notebook example's server called directly, "
         "through two generic gRPC relays and through a VIP endpoint (with --quick: a smoke run)")
 
@@ -317,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     add(p, "--requests", default=1000, type=int, help="total number of requests")
     add(p, "--concurrency", default=8, type=int, help="requests in flight at once")
     add(p, "--history", default="", help="append one JSON line per request outcome here")
+    add(p, "--timeout", default=0.0, type=float, help="per-request deadline in seconds (0: the config's timeout_s)")
+    add(p, "--wait-for-ready", action="store_true", help="a request waits (within its deadline) while its "
+        "consumer host is unreachable, as a VM's packets wait out its host's restart, instead of failing at once")
     add(p, "--json", action="store_true", help="print the outcome counts as JSON")
     tls_flags(p, operator=True)
 

@@ -3,12 +3,14 @@
 
 Given TLS files (`leasenet etcd --tls-dir D`, `EtcdCluster(tls=...)`), members serve clients and
 peers over mutual TLS only (`--client-cert-auth`: the client certificate's CN is the etcd user), and
-`bootstrap_auth` then creates one role per kind of process (read access to all of /leasenet/v1/ and
-the key schema's marker, mapping.keys.READ_PREFIXES; registries also write what registries own,
-mapping.keys.WRITE_PREFIXES) and root (the members' own
-certificate), and enables auth. `enrol` then lets one identity in: its user (its certificate's CN,
-leasenet-<kind>-<id>) with its kind's role and, for a producer or consumer host, a role of its own
-writing exactly its own records (mapping.keys.owned_ranges); `decommission` takes them away.
+`bootstrap_auth` then creates one role per kind of process (mapping.keys.KIND_READ_PREFIXES:
+registries and operators read all of /leasenet/v2/ and the key schema's marker, hosts only the
+shared prefixes and the marker; registries also write what registries own, mapping.keys.WRITE_PREFIXES)
+and root (the members' own certificate), and enables auth. `enrol` then lets one identity in: its user
+(its certificate's CN, leasenet-<kind>-<id>) with its kind's role and, for a producer or consumer host,
+a role of its own writing exactly its own records (mapping.keys.owned_ranges) and reading its own
+share of what registries write (mapping.keys.read_ranges: the claims on its VMs, or its pools);
+`decommission` takes them away.
 Without TLS files it stays plaintext with no auth (`--insecure`). Its Prometheus metrics are also
 served in plaintext on a loopback port of their own (`metrics_url`), so a benchmark needs no certificate.
 
@@ -252,9 +254,18 @@ def kind_role(kind: Kind) -> str:
 
 
 def role_permissions(kind: Kind) -> list[tuple[str, PermissionType]]:
-    """What the role of `kind` may do, as (prefix, permission): read everything, write its own."""
-    return [*((prefix, PermissionType.READ) for prefix in keys.READ_PREFIXES),
+    """What the role of `kind` may do, as (prefix, permission): registries and operators read
+    everything, hosts the shared prefixes (their own share comes with their own role: `enrol`);
+    registries also write what they own."""
+    return [*((prefix, PermissionType.READ) for prefix in keys.KIND_READ_PREFIXES[kind.value]),
             *((prefix, PermissionType.READWRITE) for prefix in keys.WRITE_PREFIXES[kind.value])]
+
+
+def host_reads(identity: Identity, replicas: bool = False) -> tuple[keys.KeyRange, ...]:
+    """The keys a producer or consumer host's own role reads besides what it writes."""
+    if identity.kind not in (Kind.PRODUCER, Kind.CONSUMER):
+        return ()
+    return keys.read_ranges(HostKind(identity.kind.value), identity.id, replicas=replicas)
 
 
 def host_ranges(identity: Identity, replicas: bool = False) -> tuple[keys.KeyRange, ...]:
@@ -343,6 +354,9 @@ async def enrol(endpoints: Sequence[str], root: TlsMaterial, identity: Identity,
                 await auth.role_add(user, timeout=timeout_s)
             for r in ranges:
                 await auth.role_grant_permission(user, r.key, range_end(r), perm_type=PermissionType.READWRITE,
+                                                 timeout=timeout_s)
+            for r in host_reads(identity, replicas):  # its share of what registries write (issue 19)
+                await auth.role_grant_permission(user, r.key, range_end(r), perm_type=PermissionType.READ,
                                                  timeout=timeout_s)
             await auth.user_grant_role(user, user, timeout=timeout_s)
     await _as_root(endpoints, root, work, timeout_s)

@@ -25,7 +25,7 @@ class PresenceConfig:
     kind: HostKind
     host_id: HostId
     address: str = "127.0.0.1:0"  # never dialled: the record only needs one
-    liveness_ttl_s: int = 10
+    liveness_ttl_s: int = 3
     watch: bool = True
 
 

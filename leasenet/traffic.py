@@ -28,12 +28,13 @@ import argparse
 import asyncio
 import json
 import random
+import signal
 import sys
 import time
 import tomllib
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -169,23 +170,31 @@ async def find_consumer_hosts(vms: list[TrafficVm], hosts: Sequence[str],
 
 async def run_traffic(plan: TrafficPlan, consumer_hosts: Sequence[str], total: int, concurrency: int,
                       history: IO[str] | None = None, on_outcome: Callable[[dict[str, Any]], None] | None = None,
-                      rng: random.Random | None = None, tls: TlsMaterial | None = None) -> TrafficSummary:
+                      rng: random.Random | None = None, tls: TlsMaterial | None = None,
+                      wait_for_ready: bool = False, stop: asyncio.Event | None = None) -> TrafficSummary:
     """Send `total` requests, round-robin over the VMs, `concurrency` at a time. Every request sent
     gets exactly one outcome line: OK or the status the consumer host (or gRPC) gave. `tls`: the
-    certificate to present to the consumer hosts (None: plaintext)."""
+    certificate to present to the consumer hosts (None: plaintext). `wait_for_ready`: a request
+    whose consumer host cannot be reached, or says it is draining (health NOT_SERVING), waits for
+    it within its deadline, unsent (rpc.health_aware: safe for any request), instead of failing
+    at once: the VMs ride out their consumer host's restart. `stop`: once set, no request is sent
+    any more; those in flight get their outcome (the summary counts the requests sent)."""
     rng = rng or random.Random()
     writer = HistoryWriter(history)
     tag, ids = request_ids(total, rng)
     started = time.monotonic()
     codes: Counter[str] = Counter()
+    sent = 0
     hosts = {*consumer_hosts, *(vm.consumer_host for vm in plan.vms if vm.consumer_host)}
-    channels = {h: rpc.channel(h, tls, Kind.CONSUMER) for h in hosts}
+    channels = {h: rpc.channel(h, tls, Kind.CONSUMER, rpc.health_aware(wait_for_ready)) for h in hosts}
     try:
         vms = await find_consumer_hosts(plan.vms, consumer_hosts, channels)
         stubs = {h: cpb_grpc.ConsumerHostStub(c) for h, c in channels.items()}
         queue = iter(range(total))
 
         async def send_one(index: int) -> str:
+            nonlocal sent
+            sent += 1
             vm = vms[index % len(vms)]
             base = {"request_id": ids[index], "vm": vm.vm_id, "consumer_host": vm.consumer_host,
                     "idempotent": is_idempotent(index, plan.idempotent_share), "sent_ns": time.monotonic_ns()}
@@ -210,6 +219,8 @@ async def run_traffic(plan: TrafficPlan, consumer_hosts: Sequence[str], total: i
             for index in queue:
                 if plan.rate > 0:  # pace: request i leaves no earlier than i / rate after the start
                     await asyncio.sleep(max(0.0, started + index / plan.rate - time.monotonic()))
+                if stop is not None and stop.is_set():
+                    return
                 if await send_one(index) != "OK":
                     await asyncio.sleep(ERROR_PAUSE_S)
 
@@ -218,7 +229,7 @@ async def run_traffic(plan: TrafficPlan, consumer_hosts: Sequence[str], total: i
         for channel in channels.values():
             await channel.close()
     ok = codes.pop("OK", 0)
-    return TrafficSummary(requests=total, ok=ok, errors=sum(codes.values()), lost=total - ok - sum(codes.values()),
+    return TrafficSummary(requests=sent, ok=ok, errors=sum(codes.values()), lost=sent - ok - sum(codes.values()),
                           errors_by_code=dict(sorted(codes.items())), duration_s=round(time.monotonic() - started, 3),
                           run_tag=tag)
 
@@ -229,9 +240,18 @@ def cmd_traffic(args: argparse.Namespace) -> None:
     me = security.operator(args)
     hosts = rpc.split_addresses(args.consumer_host, "consumer host")
     plan = load_plan(args.config, hosts)
+    if args.timeout > 0:
+        plan = replace(plan, timeout_s=args.timeout)
     stream = open(args.history, "a", encoding="utf-8") if args.history else None
+
+    async def until_stopped() -> TrafficSummary:
+        # SIGTERM (an orchestrator scaling the job down): send no more, give each request in flight its outcome
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        return await run_traffic(plan, hosts, args.requests, args.concurrency, stream, tls=me.tls,
+                                 wait_for_ready=args.wait_for_ready, stop=stop)
     try:
-        summary = asyncio.run(run_traffic(plan, hosts, args.requests, args.concurrency, stream, tls=me.tls))
+        summary = asyncio.run(until_stopped())
     finally:
         if stream is not None:
             stream.close()

@@ -63,7 +63,7 @@ from mapping.model import (
 ROOT = "/leasenet/v2/"
 SCHEMA = KEY_SCHEMA  # the N of ROOT's /leasenet/vN/ (wire/version.py; tests/unit/test_version.py ties them)
 SCHEMA_KEY = "/leasenet/schema"  # the marker: which key schema this etcd holds (mapping/schema.py)
-READ_PREFIXES = (ROOT, SCHEMA_KEY)  # what every kind of process reads (etcd RBAC, leasenet/etcd.py)
+READ_PREFIXES = (ROOT, SCHEMA_KEY)  # what registries and operators read (etcd RBAC, leasenet/etcd.py)
 NETWORKS = ROOT + "networks/"
 SERVICES = ROOT + "services/"
 HOSTS = ROOT + "hosts/"
@@ -74,6 +74,15 @@ VMS = ROOT + "vms/"
 CLAIMS = ROOT + "claims/"
 POOLS = ROOT + "pools/"
 QUOTAS = ROOT + "quotas/"
+# what every host reads: the cluster config and the host records (they change when a host comes, goes
+# or drains, never per grant); each host reads its own share besides (read_ranges, mapping/scopes.py)
+SHARED_PREFIXES = (NETWORKS, SERVICES, HOSTS)
+KIND_READ_PREFIXES: dict[str, tuple[str, ...]] = {
+    "registry": READ_PREFIXES,
+    "operator": READ_PREFIXES,
+    "producer": (*SHARED_PREFIXES, SCHEMA_KEY),
+    "consumer": (*SHARED_PREFIXES, SCHEMA_KEY),
+}
 
 # The key prefixes each kind of process writes as a kind (every kind reads all of ROOT): registries
 # share what registries own; producer and consumer hosts write nothing as a kind, each host only its
@@ -111,6 +120,16 @@ def owned_ranges(kind: HostKind, owner: str, *, replicas: bool = False) -> tuple
         if kind is HostKind.PRODUCER:
             ranges.append(KeyRange(f"{VMS}{owner}{REPLICA_SEPARATOR}", prefix=True))
     return tuple(ranges)
+
+
+def read_ranges(kind: HostKind, owner: str, *, replicas: bool = False) -> tuple[KeyRange, ...]:
+    """What host `owner` reads besides the shared prefixes and the keys it writes: a producer host the
+    claims on its VMs, a consumer host its pools and their members (registries write both)."""
+    below = {HostKind.PRODUCER: CLAIMS, HostKind.CONSUMER: POOLS}.get(kind)
+    if below is None:
+        return ()
+    return (KeyRange(f"{below}{owner}/", prefix=True),
+            *((KeyRange(f"{below}{owner}{REPLICA_SEPARATOR}", prefix=True),) if replicas else ()))
 
 
 def covers(identity_id: str, host_id: str) -> bool:

@@ -126,7 +126,7 @@ class Network:
 class LeasePolicy:
     min_pool: int = 1
     max_pool: int = 4
-    lease_ttl_s: int = 10
+    lease_ttl_s: int = 10  # the longest a pool outlives its consumer host (that host's liveness TTL may not exceed it)
     idle_release_s: float = 30.0
     max_pools_per_consumer: int = 0  # 0 = the network's pools_per_consumer_vm; else the lower of the two
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from mapping import keys
 from mapping.model import HostKind
 
-SHARED = (keys.NETWORKS, keys.SERVICES, keys.HOSTS)
+SHARED = keys.SHARED_PREFIXES
 
 
 def watch_prefixes(kind: HostKind, host_id: str) -> tuple[str, ...]:

@@ -63,6 +63,7 @@ def streams_per_peer_full(peer: str, limit: int) -> str:
     return f"{peer} already holds {limit} tunnel streams to this producer host, the most one consumer host may hold"
 
 
+DRAINING = "its producer host is shutting down and takes no new request; it was not run"
 CLAIM_ENDED = "the claim this request was sent under ended before its producer VM ran it; it was not run"
 DEADLINE_WHILE_QUEUED = "the request's deadline passed while it queued for its producer VM"
 DEADLINE_WHILE_RUNNING = "its producer VM did not finish the request before its deadline; the request was stopped"

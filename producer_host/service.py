@@ -163,6 +163,9 @@ class TunnelServicer(pb_grpc.TunnelServicer):
         self.replica = replica
         self.limits = limits
         self.actors: dict[VmId, VmActor] = {}
+        # set by the drain: new frames and calls are refused before they run (the consumer host sends
+        # them to another VM), so the work in flight is all there is to wait for
+        self.draining = False
         self.early = _Budget(limits.early_frames, limits.early_bytes)  # parked frames, all streams together
         self._streams: set[_Stream] = set()
         self._streams_of: Counter[str] = Counter()  # open streams per consumer host
@@ -262,10 +265,11 @@ class TunnelServicer(pb_grpc.TunnelServicer):
             return
         start = first.start
         verdict = await self._validate_call(start, peer)
-        actor = self.actors.get(verdict.vm) if isinstance(verdict, Accept) else None
+        actor = self.actors.get(verdict.vm) if isinstance(verdict, Accept) and not self.draining else None
         if actor is None:
             reason, code, message = ((verdict.error.__name__, verdict.code, verdict.message)
                                      if isinstance(verdict, Refusal) else
+                                     ("HostDraining", Status.UNAVAILABLE, limits.DRAINING) if self.draining else
                                      ("VmNotRunning", Status.NOT_FOUND, "its producer VM is not running"))
             metrics.TUNNEL_FRAMES_REJECTED.labels(reason).inc()
             yield calls.end(code, message)
@@ -381,6 +385,10 @@ class TunnelServicer(pb_grpc.TunnelServicer):
             metrics.TUNNEL_FRAMES_REJECTED.labels(verdict.error.__name__).inc()
             stream.answer(frame, verdict.code, verdict.message)
             return
+        if self.draining:
+            metrics.TUNNEL_FRAMES_REJECTED.labels("HostDraining").inc()
+            stream.answer(frame, Status.UNAVAILABLE, limits.DRAINING)
+            return
         actor = self.actors.get(verdict.vm)
         if actor is None:
             metrics.TUNNEL_FRAMES_REJECTED.labels("VmNotRunning").inc()
@@ -486,7 +494,7 @@ async def serve(config: ProducerConfig, store: Store, *, stop: asyncio.Event,
                 draining = host_record(config, tunnel.address, draining=True)
                 await shut_down([
                     Step("mark the host draining", lambda: registration.update(draining), 2.0) if registered else None,
-                    Step("stop taking frames", lambda: server.set_serving(False), 1.0) if serving else None,
+                    Step("stop taking frames", lambda: _stop_taking(server, tunnel), 1.0) if serving else None,
                     Step("let the requests in flight finish", lambda: _idle(actors.values()), DRAIN_LIMIT_S),
                     Step("deregister", lambda: registration.deregister(keep_alive), 2.0) if registered else None,
                     Step("stop the tunnel server", lambda: server.stop(0.5), 1.5) if serving else None,
@@ -504,6 +512,13 @@ async def serve(config: ProducerConfig, store: Store, *, stop: asyncio.Event,
             supervised.close()
         if history is not None:  # after the actors, which write to it, have ended
             history.stream.close()
+
+
+async def _stop_taking(server: Server, tunnel: TunnelServicer) -> None:
+    """New frames and calls are refused from now on (never run: the consumer host retries them on
+    another VM); those already taken finish (_idle)."""
+    tunnel.draining = True
+    await server.set_serving(False)
 
 
 async def _idle(actors: Iterable[VmActor]) -> None:

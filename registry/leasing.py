@@ -27,6 +27,7 @@ from wire.errors import (
     NotFound,
     PermissionDenied,
     PoolExhausted,
+    PreconditionFailed,
     ProducerUnavailable,
 )
 from mapping.model import (Claim, ConsumerRef, Host, HostId, HostKind, LeaseId, Pool, ProducerVm, QuotaScope, QuotaSlot,
@@ -150,6 +151,11 @@ class LeasingAgent:
         slots = self._choose_slots(wanted, pool_id)  # refuse before any write
         for attempt in range(self.max_attempts):
             host = await self._consumer_host(consumer.host_id)
+            if host.ttl_s > service.policy.lease_ttl_s:  # its pools would outlive it longer than the service allows
+                raise PreconditionFailed(f"consumer host {host.host_id!r} holds its pools on a liveness lease of "
+                                         f"{host.ttl_s} s; service {service.name!r} lets a pool outlive its consumer "
+                                         f"host by at most lease_ttl_s = {service.policy.lease_ttl_s} s: start the "
+                                         f"consumer host with --liveness-ttl {service.policy.lease_ttl_s} or less")
             chosen = self.choose(service, need, f"lease a pool for consumer VM {consumer.vm_id}", avoid_hosts)
             pool = Pool(service.name, consumer.vm_id, consumer.host_id, pool_id, host.ttl_s)
             if attempt:  # the state moved on since the last choice

@@ -471,9 +471,11 @@ async def serve(config: RegistryConfig, store: Store, *, stop: asyncio.Event,
         finally:
             serving = bool(server.port)
             await shut_down([
-                # hand our share over first: the others take it at once instead of after our TTL
-                Step("deregister", lambda: registration.deregister(keep_alive), 1.0) if keep_alive else None,
+                # NOT_SERVING first: consumer hosts (health-aware channels) send their next calls to
+                # another registry while we hand our share over (the others take it at once instead
+                # of after our TTL), so no call is pending in gRPC when the server stops
                 Step("stop taking calls", lambda: server.set_serving(False), 1.0) if serving else None,
+                Step("deregister", lambda: registration.deregister(keep_alive), 1.0) if keep_alive else None,
                 Step("let the calls in flight finish", lambda: server.stop(1.0), 2.0) if serving else None,
                 Step("close the channels to the other registries", ownership.close, 1.0),
             ])

@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha import reflection
 
 from wire import metrics, version
 from wire import tls as wtls
-from wire.channels import CHANNEL_OPTIONS, SERVER_KINDS, channel, check_health
+from wire.channels import CHANNEL_OPTIONS, health_aware, SERVER_KINDS, channel, check_health
 from wire.errors import ERROR_METADATA_KEY, LeasenetError, Status, error_for_status
 from wire.limits import MAX_MESSAGE_BYTES
 from wire.tls import TlsMaterial
@@ -236,8 +236,8 @@ def install_event_loop() -> str:
     return f"uvloop {uvloop.__version__}"
 
 
-# CHANNEL_OPTIONS, SERVER_KINDS, channel and check_health live in wire.channels; named here as before
-__all__: Sequence[str] = ["CHANNEL_OPTIONS", "SERVER_KINDS", "Server", "ServerCaps", "edge", "edge_counting", "channel",
+# CHANNEL_OPTIONS, health_aware, SERVER_KINDS, channel and check_health live in wire.channels; named here as before
+__all__: Sequence[str] = ["CHANNEL_OPTIONS", "health_aware", "SERVER_KINDS", "Server", "ServerCaps", "edge", "edge_counting", "channel",
                           "check_health", "end_of_stream",
                           "error_from_rpc", "from_grpc",
                           "install_event_loop", "split_addresses", "to_grpc"]

@@ -40,6 +40,16 @@ IDEMPOTENT = (("leasenet-idempotent", "1"),)  # Whoami, Get, Scan: safe to run t
 CALL_TIMEOUT_S = 10.0
 STREAM_EVERY = 4  # rounds: Sleep and the three streaming kinds
 CALLS_PER_ROUND = 3 + 4 / STREAM_EVERY  # on average: what a budget of calls is divided by
+# --wait-for-ready, by gRPC service config: every call waits (within its deadline) while the VIP
+# endpoint cannot be reached, e.g. while its consumer host restarts, instead of failing; and the
+# idempotent methods are retried by gRPC when a server answers UNAVAILABLE or CANCELLED (a server
+# that stops answers CANCELLED to a call it had not begun: grpc/grpc#41785)
+IDEMPOTENT_METHODS = ("Whoami", "Get", "Scan")
+WAIT_FOR_READY = (("grpc.service_config", json.dumps({"methodConfig": [
+    {"name": [{"service": "notebook.v1.Notebook", "method": m} for m in IDEMPOTENT_METHODS], "waitForReady": True,
+     "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.1s", "maxBackoff": "1s", "backoffMultiplier": 2,
+                     "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"]}},
+    {"name": [{}], "waitForReady": True}]})),)
 
 
 @dataclass
@@ -72,10 +82,13 @@ class Recorder:
 class ConsumerVm:
     """One consumer VM: a channel to its VIP endpoint and the calls it makes, each recorded."""
 
-    def __init__(self, name: str, target: str, recorder: Recorder) -> None:
+    def __init__(self, name: str, target: str, recorder: Recorder, wait_for_ready: bool = False,
+                 timeout_s: float = CALL_TIMEOUT_S) -> None:
         self.name = name
         self.target = target
         self.recorder = recorder
+        self.options = WAIT_FOR_READY if wait_for_ready else ()
+        self.timeout_s = timeout_s  # each call's deadline
         self.served_by = ""  # the VM id of the last Whoami answer
         self.pid = 0  # the VM process of the last Whoami answer
         self.calls = 0  # made so far (each recorded)
@@ -101,7 +114,7 @@ class ConsumerVm:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
-                reply = await stub.Whoami(pb.WhoamiRequest(), metadata=IDEMPOTENT, timeout=CALL_TIMEOUT_S)
+                reply = await stub.Whoami(pb.WhoamiRequest(), metadata=IDEMPOTENT, timeout=self.timeout_s)
             except grpc.aio.AioRpcError:
                 await asyncio.sleep(0.5)  # no VM leased yet (RESOURCE_EXHAUSTED) or the host not up
                 continue
@@ -112,7 +125,7 @@ class ConsumerVm:
         return False
 
     async def run(self, rounds: int, pause_s: float, ready_timeout_s: float) -> bool:
-        async with grpc.aio.insecure_channel(self.target) as channel:
+        async with grpc.aio.insecure_channel(self.target, options=self.options) as channel:
             stub = pb_grpc.NotebookStub(channel)
             if not await self.ready(stub, ready_timeout_s):
                 print(f"calls: {self.name}: no answer from {self.target} within {ready_timeout_s:g} s", file=sys.stderr)
@@ -126,17 +139,17 @@ class ConsumerVm:
         key, value = f"round-{i}", f"{self.name}-{i}".encode()
 
         async def whoami() -> dict[str, Any]:
-            reply = await stub.Whoami(pb.WhoamiRequest(), metadata=IDEMPOTENT, timeout=CALL_TIMEOUT_S)
+            reply = await stub.Whoami(pb.WhoamiRequest(), metadata=IDEMPOTENT, timeout=self.timeout_s)
             self.served_by, self.pid = reply.vm_id, reply.pid
             self.recorder.served_by.add(f"{reply.vm_id} pid {reply.pid}")
             return {"served_by": reply.vm_id, "pid": reply.pid, "claim": reply.claim}
 
         async def put() -> dict[str, Any]:
-            await stub.Put(pb.PutRequest(key=key, value=value), timeout=CALL_TIMEOUT_S)
+            await stub.Put(pb.PutRequest(key=key, value=value), timeout=self.timeout_s)
             return {}
 
         async def get() -> dict[str, Any]:
-            reply = await stub.Get(pb.GetRequest(key=key), metadata=IDEMPOTENT, timeout=CALL_TIMEOUT_S)
+            reply = await stub.Get(pb.GetRequest(key=key), metadata=IDEMPOTENT, timeout=self.timeout_s)
             state = "kept" if reply.found and reply.value == value else "wrong" if reply.found else "lost"
             self.recorder.states[state] += 1
             return {"state": state}
@@ -148,35 +161,36 @@ class ConsumerVm:
             return
 
         async def sleep() -> dict[str, Any]:
-            await stub.Sleep(pb.SleepRequest(ms=300), timeout=CALL_TIMEOUT_S)
+            await stub.Sleep(pb.SleepRequest(ms=300), timeout=self.timeout_s)
             return {}
 
         async def scan() -> dict[str, Any]:
             entries = [e async for e in stub.Scan(pb.ScanRequest(prefix="round-"), metadata=IDEMPOTENT,
-                                                 timeout=CALL_TIMEOUT_S)]
+                                                 timeout=self.timeout_s)]
             return {"entries": len(entries)}
 
         async def append() -> dict[str, Any]:
             async def entries() -> AsyncIterator[pb.Entry]:
                 for j in range(3):
                     yield pb.Entry(key=f"append-{i}-{j}", value=value)
-            reply = await stub.Append(entries(), timeout=CALL_TIMEOUT_S)
+            reply = await stub.Append(entries(), timeout=self.timeout_s)
             return {"appended": reply.appended}
 
         async def chat() -> dict[str, Any]:
             async def lines() -> AsyncIterator[pb.Line]:
                 for j in range(3):
                     yield pb.Line(text=f"{self.name} line {j}")
-            replies = [r async for r in stub.Chat(lines(), timeout=CALL_TIMEOUT_S)]
+            replies = [r async for r in stub.Chat(lines(), timeout=self.timeout_s)]
             return {"seen": [r.seen for r in replies]}
 
         for method, run in (("Sleep", sleep), ("Scan", scan), ("Append", append), ("Chat", chat)):
             await self.call(i, method, run)
 
 
-def consumer_vms(vips: Sequence[tuple[str, str]], recorder: Recorder) -> list[ConsumerVm]:
+def consumer_vms(vips: Sequence[tuple[str, str]], recorder: Recorder, wait_for_ready: bool = False,
+                 timeout_s: float = CALL_TIMEOUT_S) -> list[ConsumerVm]:
     """One ConsumerVm per (name, VIP endpoint)."""
-    return [ConsumerVm(name, target, recorder) for name, target in vips]
+    return [ConsumerVm(name, target, recorder, wait_for_ready, timeout_s) for name, target in vips]
 
 
 async def run(vms: Sequence[ConsumerVm], rounds: int, pause_s: float = 0.1,
@@ -193,10 +207,14 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pause-s", type=float, default=0.1, help="between rounds")
     parser.add_argument("--ready-timeout-s", type=float, default=120.0)
     parser.add_argument("--history", default="/dev/stdout", help="append one JSON line per call here")
+    parser.add_argument("--call-timeout-s", type=float, default=CALL_TIMEOUT_S, help="each call's deadline")
+    parser.add_argument("--wait-for-ready", action="store_true",
+                        help="calls wait (within their deadline) while a VIP endpoint cannot be reached")
     args = parser.parse_args(argv)
     with open(args.history, "a", encoding="utf-8") as stream:
         recorder = Recorder(stream)
-        vms = consumer_vms([(name, target) for name, _, target in (v.partition("=") for v in args.vip)], recorder)
+        vms = consumer_vms([(name, target) for name, _, target in (v.partition("=") for v in args.vip)], recorder,
+                           args.wait_for_ready, args.call_timeout_s)
         started = time.monotonic()
         ready = await run(vms, args.rounds, args.pause_s, args.ready_timeout_s)
         elapsed = time.monotonic() - started

@@ -19,7 +19,12 @@
                consumer hosts racing for a fleet smaller than the demand; double claims from the
                lease-event watch and the producer VMs' execution history (leasenet.checker).
     scale      (--scale, alone) 10,000 VMs over ten producer hosts, 2,000 pools through two registries:
-               whether grants and the request path cost the same at 100 and 10,000 VMs (bench.scale).
+               whether grants and the request path cost the same at 100 and 10,000 VMs (bench.scale);
+               and issue 19's measures of the control plane's design, with their targets in --json
+               (bench.scalereport): CPU per grant/release cycle of the hosts party to it and of the
+               others, etcd's watch events per grant at 10 and 40 hosts (light hosts that only
+               register and watch, `leasenet presence`), the pools' keep-alives beside the hosts',
+               grants/s with --grants-in-flight grants in flight, double claims.
     calls      (--calls, alone) whole gRPC calls to a real VM server (examples/notebook): direct, through
                two generic L7 relays, and through the overlay's VIP endpoint; unary and bidi (bench.calls);
                then the VM life cycle: restart-to-ready of a command VM after a reset and after a
@@ -30,7 +35,8 @@
 One module per job: `plans` (the cluster, the plan of a run, the typed tasks and results the roles
 exchange), `measure` (percentiles, CPU and etcd meters), `servers` (the direct baseline and the
 bare relay, the generic call relay), `datapath`, `leasing`, `failover`, `calls`, `vmlife` (the measuring roles), `harness` (starts the
-processes of each phase), `report` (paired ratios, targets), `render` (the tables) and `command`
+processes of each phase), `report` (paired ratios, targets), `render` (the tables), `scale`,
+`scalereport` and `watching` (its claim history) (--scale) and `command`
 (`leasenet bench`).
 The harness's own processes are roles run as `python -m leasenet.bench ROLE` (`__main__`), so an
 installed wheel has them all. `--quick` is the CI smoke test: short, and it asserts correctness

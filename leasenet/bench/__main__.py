@@ -16,7 +16,7 @@ from leasenet.bench.datapath import load
 from leasenet.bench.failover import failover
 from leasenet.bench.leasing import grants, race
 from leasenet.bench.plans import FailoverTask, GrantsTask, LoadTask, RaceTask, decode
-from leasenet.bench.scale import SCALE_ROLES
+from leasenet.bench.scaleroles import SCALE_ROLES
 from leasenet.bench.servers import SERVERS
 from leasenet.bench.vmlife import VmLifeTask, vm_lifecycle
 from wire.rpc import install_event_loop

@@ -18,7 +18,8 @@ from leasenet.bench.harness import Bench, machine
 from leasenet.bench.measure import CONFIDENCE
 from leasenet.bench.plans import DATA_CONSUMERS, DATA_POOL, DATA_VMS, Plan, make_plan
 from leasenet.bench.render import render, render_calls
-from leasenet.bench.scale import render_scale, run_scale, scale_problems
+from leasenet.bench.scale import run_scale
+from leasenet.bench.scalerender import render_scale, scale_problems
 from leasenet.bench.report import (
     correctness, method_check, summarize_datapath, summarize_etcd, summarize_failover, summarize_leasing, targets,
 )
@@ -68,9 +69,11 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     if args.scale and args.calls:
         raise CliError("--scale and --calls are two separate runs: give one of them")
+    if args.grants_in_flight < 0:
+        raise CliError("--grants-in-flight must be at least 1 (0: the default)")
     try:
         if args.scale:
-            report = run_scale(workdir, args.quick, say)
+            report = run_scale(workdir, args.quick, say, args.grants_in_flight or None)
         elif args.calls:
             report = run_calls(workdir, args.quick, rounds, say)
         else:

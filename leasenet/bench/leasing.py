@@ -16,7 +16,7 @@ from leasenet.bench.measure import GRANTS_HOST, cluster_channel, cluster_tls, ms
 from leasenet.bench.plans import NETWORK, GrantsResult, GrantsTask, RaceResult, RaceTask
 from leasenet.checker import ClaimLog, claims_from_lines, double_leases
 from leasenet.demo import watch_leases
-from wire.tls import Kind
+from wire.tls import Identity, Kind
 from wire.v1 import consumer_pb2 as cpb
 from wire.v1 import consumer_pb2_grpc as cpb_grpc
 from wire.v1 import registry_pb2 as rpb
@@ -28,7 +28,8 @@ async def grants(task: GrantsTask) -> GrantsResult:
     latencies: list[float] = []
     sizes: Counter[int] = Counter()
     failures: Counter[str] = Counter()
-    async with cluster_channel(task.registry, Kind.REGISTRY, GRANTS_HOST) as channel:
+    host = Identity(Kind.CONSUMER, task.consumer_host) if task.consumer_host else GRANTS_HOST
+    async with cluster_channel(task.registry, Kind.REGISTRY, host) as channel:
         await asyncio.wait_for(channel.channel_ready(), 10)
         stub = rpb_grpc.LeasingStub(channel)
         for i in range(task.count + task.warmup):
@@ -38,7 +39,7 @@ async def grants(task: GrantsTask) -> GrantsResult:
             try:
                 lease = await stub.RequestLease(rpb.RequestLeaseRequest(
                     service=task.service, consumer_network=NETWORK, consumer_vm=consumer,
-                    consumer_host="bench-grants"), timeout=5)
+                    consumer_host=host.id), timeout=5)
             except grpc.aio.AioRpcError as exc:
                 failures[exc.code().name] += 1
                 continue

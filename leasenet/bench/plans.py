@@ -165,6 +165,7 @@ class GrantsTask:
     count: int
     warmup: int
     first: int  # numbers the fresh consumer VMs, unique across runs
+    consumer_host: str = ""  # whom the pools are leased for (its certificate is presented); "": bench-grants
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,18 @@ a replica's snapshot load takes and each process's RSS; grant p50/p99 for a pool
 second spent keeping them alive; grants/s through both registries uncontended (churn: two services,
 one owned by each registry, each worker at its service's owner as a consumer host would be, with the
 big fleet and its pools in every replica) and contended (a fleet smaller than the demand: grants and refusals counted apart, double
-claims from the lease events); etcd's db size across 20,000 grant/release cycles in four quarters
+claims from the claims' history in etcd); etcd's db size across 20,000 grant/release cycles in four quarters
 (with compaction it must level off). `--quick` runs the same steps on a small cluster (CI smoke).
+
+Issue 19's measures of the design besides (bench.scalereport draws the targets from them): the
+churn's CPU per grant/release cycle split between the processes party to a cycle (the consumer host
+it is leased for, c-churn, and the producer host of its service) and those not party to it, each
+net of its own background in an idle window; etcd's watch events sent per grant (its own counter,
+etcd_debugging_mvcc_events_total, "events sent by this member": one per event per watcher) in a
+cluster of its own at 10 and at 40 hosts, most of them light hosts that only register and watch
+(`leasenet presence`); the etcd requests/s spent keeping the pools alive, beyond the hosts' liveness
+(two idle windows, without and with the pools). The churn keeps --grants-in-flight grants in flight
+(a registry may pipeline them).
 
 The roles here run as `python -m leasenet.bench ROLE TASK RESULT` like the other sections'."""
 
@@ -23,25 +33,22 @@ import statistics
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-import grpc
-import grpc.aio
 
 from leasenet.bench.harness import Bench, machine
-from leasenet.bench.measure import (
-    GRANTS_HOST, CpuMeter, cluster_channel, cluster_tls, etcd_counts, ms, percentile, ratio,
-)
+from leasenet.bench.measure import CpuMeter, etcd_counts, ms, percentile, ratio
 from leasenet.bench.plans import (
     NETWORK, VNI, Cell, GrantsResult, GrantsTask, LoadResult, LoadTask, RaceConsumerHost, make_plan,
 )
-from leasenet.checker import ClaimLog, claims_from_lines, double_leases
-from leasenet.cluster import ETCD
-from leasenet.demo import watch_leases
-from leasenet.inspection import table
+from leasenet.bench.scaleroles import HoldResult, HoldTask, RateResult, RateTask
+from leasenet.bench.scalereport import (
+    CONSUMER, ETCD as ETCD_KIND, PRODUCER, REGISTRY, Party, cycle_cpu, growth, net_cpu, non_party_share, scale_targets,
+)
+from leasenet.cluster import ETCD, identity_of
 from leasenet.procstat import rss_mib
 from mapping import keys
 from mapping.config import ClusterConfig, to_toml
@@ -65,7 +72,7 @@ SCARCE_SERVICE, SCARCE_TARGET, SCARCE_POOL, SCARCE_VMS = "scale-scarce", "10.7.2
 # host of its own, so that both leasing agents grant at once as consumer hosts would reach them
 CHURN_SERVICES = tuple(next(f"churn-{n}" for n in range(100) if owner(f"churn-{n}", ("r1", "r2")) == r)
                        for r in ("r1", "r2"))
-CHURN_VMS = 200  # per churn service: its workers hold at most one pool of SCALE_POOL each
+CHURN_CONSUMER = "c-churn"  # the consumer host the churn and the contended run lease for (no consumer VMs)
 SCALE_CLUSTER = ClusterConfig([Network(NETWORK, VNI)], [
     Service(SCALE_SERVICE, NETWORK, *parse_target(SCALE_TARGET),
             # a TTL of 30 s: 2,000 pools renewed one by one every TTL/3 (this branch) at 10 s overran a loaded
@@ -92,145 +99,48 @@ class ScalePlan:
     probe_s: float  # request path at C=1: measured seconds per fleet size
     idle_s: float  # the keep-alive window
     churn_cycles: int  # grant/release cycles, in four quarters
-    workers: int  # grant-rate workers per lane (churn: per service at its owner; contended: per registry)
+    grants_in_flight: int  # grant-rate workers in all, split over the lanes (churn: a service at its owner each;
+    # contended: the scarce service at each registry); each keeps one grant or release in flight
     contended_s: float
     churn_quarter_s: float  # each quarter of the churn ends after this long even if its cycles are not done
+    watch_hosts: tuple[int, ...]  # the watch fan-out's fleet sizes (producer and consumer hosts)
+    watch_cycles: int  # grant/release cycles at each of them
     fleet_rounds: int = 3  # small and big fleets alternate this many times: each ratio is the median of the rounds'
 
     @property
     def big_vms(self) -> int:
         return self.producer_hosts * self.vms_per_host
 
+    @property
+    def churn_vms(self) -> int:
+        """VMs per churn service: twice what its share of the grants in flight can hold, so that the
+        churn stays uncontended however many are in flight."""
+        return max(200, 2 * SCALE_POOL * per_lane(self.grants_in_flight, len(CHURN_SERVICES)))
 
-def scale_plan(quick: bool) -> ScalePlan:
+
+def per_lane(in_flight: int, lanes: int) -> int:
+    return max(1, -(-in_flight // lanes))
+
+
+def scale_plan(quick: bool, grants_in_flight: int | None = None) -> ScalePlan:
+    """`grants_in_flight`: the churn's and the contended run's workers in all (default 8 quick, 32 full)."""
     if quick:
-        return ScalePlan(True, 20, 2, 100, 2, 20, 10, 0.3, 1.0, 100, 4, 1.0, 30.0, fleet_rounds=2)
-    return ScalePlan(False, 100, 10, 1000, 4, 2000, 200, 3.0, 10.0, 20000, 16, 5.0, 150.0)
+        return ScalePlan(True, 20, 2, 100, 2, 20, 10, 0.3, 1.0, 100, grants_in_flight or 8, 1.0, 30.0,
+                         watch_hosts=(4, 6), watch_cycles=60, fleet_rounds=2)
+    return ScalePlan(False, 100, 10, 1000, 4, 2000, 200, 3.0, 10.0, 20000, grants_in_flight or 32, 5.0, 150.0,
+                     watch_hosts=(10, 40), watch_cycles=1000)
 
 
-# --- roles ---------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class HoldTask:
-    role: ClassVar[str] = "hold"
-    consumers: list[RaceConsumerHost]  # each consumer VM sends once: its pool is leased and kept
-    target: str
-    concurrency: int
-
-
-@dataclass(frozen=True, slots=True)
-class HoldResult:
-    held: int
-    errors: dict[str, int]
-    elapsed_s: float
-    event_loop: str = "asyncio"
-
-
-async def hold(task: HoldTask) -> HoldResult:
-    """Lease one pool per consumer VM through its consumer host (a first request leases it)."""
-    errors: Counter[str] = Counter()
-    held = 0
-    gate = asyncio.Semaphore(task.concurrency)
-    channels = [cluster_channel(c.address, Kind.CONSUMER) for c in task.consumers]
-
-    async def one(stub: Any, address: str, token: str) -> None:
-        nonlocal held
-        async with gate:
-            try:
-                await stub.Send(cpb.SendRequest(network=NETWORK, src=address, token=token, target=task.target,
-                                                payload=b"hold"), timeout=30)
-                held += 1
-            except grpc.aio.AioRpcError as exc:
-                errors[exc.code().name] += 1
-
-    started = time.monotonic()
-    await asyncio.gather(*(one(cpb_grpc.ConsumerHostStub(ch), a, t)
-                           for ch, c in zip(channels, task.consumers) for a, t in c.vms))
-    for ch in channels:
-        await ch.close()
-    return HoldResult(held, dict(errors), round(time.monotonic() - started, 2))
-
-
-@dataclass(frozen=True, slots=True)
-class RateTask:
-    role: ClassVar[str] = "grant-rate"
-    lanes: list[list[str]]  # [service, registry address]: where each group of workers leases
-    workers: int  # per lane, each a consumer VM of its own
-    first: int  # numbers the consumer VMs, unique across runs
-    cycles: int  # stop after this many grants in all (0: only the duration counts)
-    duration_s: float
-    watch: bool  # follow the lease events for double claims
-
-
-@dataclass(frozen=True, slots=True)
-class RateResult:
-    grants: int
-    refusals: int
-    errors: dict[str, int]
-    elapsed_s: float
-    grants_per_s: float
-    refusals_per_s: float
-    violations: list[str] = field(default_factory=list)
-    event_loop: str = "asyncio"
-
-
-async def grant_rate(task: RateTask) -> RateResult:
-    """Workers on every registry lease a pool and release it, again and again, as one consumer host
-    would: grants and refusals (RESOURCE_EXHAUSTED) counted apart."""
-    claims, synced = ClaimLog(), asyncio.Event()
-    watcher = None
-    if task.watch:
-        watcher = asyncio.create_task(watch_leases(task.lanes[0][1], claims, synced, cluster_tls()))
-        await asyncio.wait_for(synced.wait(), 30)
-    grants = refusals = 0
-    errors: Counter[str] = Counter()
-    end = time.monotonic() + task.duration_s
-    channels = [cluster_channel(registry, Kind.REGISTRY, GRANTS_HOST) for _, registry in task.lanes]
-
-    async def worker(stub: Any, service: str, n: int) -> None:
-        nonlocal grants, refusals
-        rng = random.Random(n)
-        consumer = f"10.{60 + n // 62500}.{n // 250 % 250}.{1 + n % 250}"
-        while time.monotonic() < end and not (task.cycles and grants >= task.cycles):
-            try:
-                lease = await stub.RequestLease(rpb.RequestLeaseRequest(
-                    service=service, consumer_network=NETWORK, consumer_vm=consumer,
-                    consumer_host=GRANTS_HOST.id), timeout=10)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    refusals += 1
-                else:
-                    errors[exc.code().name] += 1
-                await asyncio.sleep(rng.uniform(0.001, 0.005))
-                continue
-            grants += 1
-            try:
-                await stub.ReleaseLease(rpb.LeaseRef(lease_id=lease.lease_id), timeout=10)
-            except grpc.aio.AioRpcError as exc:
-                errors[f"release {exc.code().name}"] += 1
-
-    started = time.monotonic()
-    await asyncio.gather(*(worker(rpb_grpc.LeasingStub(ch), service, task.first + lane * task.workers + w)
-                           for lane, (ch, (service, _)) in enumerate(zip(channels, task.lanes))
-                           for w in range(task.workers)))
-    elapsed = time.monotonic() - started
-    violations: list[str] = []
-    if watcher is not None:
-        await asyncio.sleep(0.5)  # the last lease events
-        watcher.cancel()
-        violations = [v.detail for v in double_leases(claims_from_lines(claims.lines))]
-    for ch in channels:
-        await ch.close()
-    return RateResult(grants, refusals, dict(errors), round(elapsed, 2), round(grants / elapsed, 1),
-                      round(refusals / elapsed, 1), violations)
-
-
-SCALE_ROLES: dict[str, tuple[type[Any], Callable[[Any], Awaitable[Any]]]] = {
-    HoldTask.role: (HoldTask, hold), RateTask.role: (RateTask, grant_rate)}
 
 
 # --- meters --------------------------------------------------------------------------------------
+WATCH_EVENTS = "etcd_debugging_mvcc_events_total"  # "Total number of events sent by this member" (per watcher)
+WATCHERS = "etcd_debugging_mvcc_watcher_total"  # watchers open now
+PENDING_EVENTS = "etcd_debugging_mvcc_pending_events_total"  # events not yet sent
+
+
 def etcd_gauges(metrics_url: str, *names: str) -> dict[str, float]:
-    """Some of etcd's own gauges (e.g. etcd_mvcc_db_total_size_in_bytes) from its /metrics."""
+    """Some of etcd's own gauges and counters (e.g. etcd_mvcc_db_total_size_in_bytes) from its /metrics."""
     found: dict[str, float] = {}
     with urllib.request.urlopen(metrics_url, timeout=5) as resp:
         for line in resp.read().decode().splitlines():
@@ -303,7 +213,6 @@ class ScaleBench:
         regs = b.start({f"r{i}": ["registry", "--host-id", f"r{i}", "--listen", "127.0.0.1:0", "--cluster-config",
                                   str(b.config)] for i in (1, 2)})
         self.registries = [regs["r1"].address, regs["r2"].address]
-        self.cluster.start_presence(Kind.CONSUMER, GRANTS_HOST.id)  # the churn's pools hang on its lease
         per_host = p.pools // p.consumer_hosts
         for h in range(p.consumer_hosts):
             vms = [(f"10.{40 + h}.{j // 250}.{1 + j % 250}", f"scale-{h}-{j}") for j in range(per_host)]
@@ -313,8 +222,7 @@ class ScaleBench:
                  for h, (name, vms) in enumerate(self.consumers.items())}
         specs |= self.fleet_specs("small", 0)
         specs["p-scarce"] = b.producer("p-scarce", SCARCE_SERVICE, SCARCE_VMS, "10.19.0.1", history=False)
-        for i, name in enumerate(CHURN_SERVICES):
-            specs[f"p-{name}"] = b.producer(f"p-{name}", name, CHURN_VMS, f"10.{17 - i}.0.1", history=False)
+        specs |= churn_hosts(b, p, ",".join(self.registries))
         b.start(specs)
 
     def fleet_specs(self, size: str, round_: int) -> dict[str, Any]:
@@ -335,8 +243,8 @@ class ScaleBench:
     def fleet(self, label: str, first: int) -> dict[str, Any]:
         """Grant latency (pool of 4) and the request path's p50 at C=1 with the fleet as it is."""
         p, b = self.plan, self.bench
-        grants = b.role(f"grants-{label}", GrantsTask(self.registries[0], SCALE_SERVICE, p.grants, 5, first),
-                        GrantsResult, 300)
+        task = GrantsTask(self.registries[0], SCALE_SERVICE, p.grants, 5, first, CHURN_CONSUMER)
+        grants = b.role(f"grants-{label}", task, GrantsResult, 300)
         probe = LoadTask([[NETWORK, *PROBE, SCALE_TARGET]], {"overlay-tls": self.cluster.procs["c1"].address},
                          self.metrics, [Cell("overlay-tls", "unary", 100, 1, 0.3, p.probe_s)])
         for attempt in range(3):  # a first request may wait for its pool's lease; then measure again
@@ -402,14 +310,19 @@ class ScaleBench:
         result = b.role("hold", HoldTask(hosts, SCALE_TARGET, 16), HoldResult, 900)
         return asdict(result)
 
-    def keep_alive(self) -> dict[str, Any]:
-        """etcd's received messages during an idle window with the pools held: their upkeep."""
+    def idle_window(self) -> tuple[dict[str, Any], dict[str, float]]:
+        """etcd's received messages per second during an idle window (what the fleet's upkeep costs
+        it: keep-alives), and each process's CPU per second meanwhile (its background)."""
+        meter = self.cpu_meter()
         before, t0 = etcd_counts(self.metrics), time.monotonic()
+        meter.begin()
         time.sleep(self.plan.idle_s)  # a measuring window, not synchronisation
+        meter.end()
         after, elapsed = etcd_counts(self.metrics), time.monotonic() - t0
-        per_method = {m: round((after[m] - before[m]) / elapsed, 1) for m in after if after[m] > before[m]}
-        return {"window_s": round(elapsed, 2), "requests_per_s": round(sum(per_method.values()), 1),
-                "per_method": per_method}
+        per_method = {m: round((after[m] - before[m]) / elapsed, 2) for m in after if after[m] > before[m]}
+        return ({"window_s": round(elapsed, 2), "requests_per_s": round(sum(per_method.values()), 2),
+                 "per_method": per_method, "processes": len(meter.pids) - 1},
+                {name: seconds / elapsed for name, seconds in meter.used.items()})
 
     def rss(self) -> dict[str, float | None]:
         found = {name: rss_mib(proc.process.pid) for name, proc in self.cluster.procs.items()
@@ -424,41 +337,167 @@ class ScaleBench:
                 if proc.alive and proc.process is not None}
         assert self.cluster.etcd is not None and self.cluster.etcd.members[0].process is not None
         pids["etcd"] = self.cluster.etcd.members[0].process.pid
-        return CpuMeter(pids)
+        return CpuMeter(pids, precise=True)
 
-    def rate(self, name: str, lanes: list[list[str]], first: int, cycles: int, duration_s: float, watch: bool,
-             workers: int) -> RateResult:
-        return self.bench.role(name, RateTask(lanes, workers, first, cycles, duration_s, watch),
-                               RateResult, duration_s + 120)
+    def rate(self, name: str, lanes: list[list[str]], first: int, cycles: int, duration_s: float,
+             watch: bool) -> RateResult:
+        """The grant-rate role over `lanes`, the grants in flight split between them, leasing for the
+        churn's consumer host; `watch`: the claims' history followed and checked."""
+        task = RateTask(lanes, per_lane(self.plan.grants_in_flight, len(lanes)), first, cycles, duration_s,
+                        CHURN_CONSUMER, self.cluster.etcd_endpoints if watch else [])
+        # besides its duration: following the claims (at most 60 s to sync, 30 s to drain), the last
+        # calls (10 s each) and a process's start on a busy machine
+        return self.bench.role(name, task, RateResult, duration_s + 240)
 
-    def owner_lanes(self) -> list[list[str]]:
-        """Each churn service at the registry owning it, as a consumer host would reach it."""
-        by_id = dict(zip(("r1", "r2"), self.registries))
-        return [[service, by_id[owner(service, by_id) or "r1"]] for service in CHURN_SERVICES]
+    def parties(self) -> dict[str, Party]:
+        """Each measured process's kind and the churn lanes (CHURN_SERVICES) it is party to."""
+        lanes = frozenset(range(len(CHURN_SERVICES)))
+        out = {"etcd": Party(ETCD_KIND)}
+        for name, proc in self.cluster.procs.items():
+            kind = identity_of(proc.args).kind
+            if kind is Kind.REGISTRY:
+                out[name] = Party(REGISTRY)
+            elif kind is Kind.CONSUMER:
+                out[name] = Party(CONSUMER, lanes if name == CHURN_CONSUMER else frozenset())
+            else:
+                service = name.removeprefix("p-")
+                out[name] = Party(PRODUCER, frozenset({CHURN_SERVICES.index(service)} if service in CHURN_SERVICES
+                                                      else ()))
+        return out
 
-    def churn(self) -> dict[str, Any]:
-        """grant/release cycles in four quarters, etcd's db size after each: uncontended grants/s."""
+    def churn(self, before: dict[str, float]) -> dict[str, Any]:
+        """grant/release cycles in four quarters, etcd's db size after each: uncontended grants/s, and
+        where each cycle's CPU went, net of each process's background: its CPU seconds per second in
+        the idle windows `before` (with the pools held) and right after the churn, averaged."""
         p = self.plan
         db = "etcd_mvcc_db_total_size_in_bytes"
         use = "etcd_mvcc_db_total_size_in_use_in_bytes"
         sizes = [etcd_gauges(self.metrics, db, use)]
         quarters = []
+        lanes = owner_lanes(self.registries)
         meter = self.cpu_meter()
+        events = etcd_gauges(self.metrics, WATCH_EVENTS, WATCHERS)
         meter.begin()
+        t0 = time.monotonic()
         for q in range(4):
-            self.say(f"scale: churn quarter {q + 1}/4, {p.churn_cycles // 4} grant/release cycles")
-            quarters.append(self.rate(f"churn-{q + 1}", self.owner_lanes(), 100_000 + q * 1000, p.churn_cycles // 4,
-                                      p.churn_quarter_s, False, p.workers))
+            self.say(f"scale: churn quarter {q + 1}/4, {p.churn_cycles // 4} grant/release cycles, "
+                     f"{p.grants_in_flight} in flight")
+            quarters.append(self.rate(f"churn-{q + 1}", lanes, 100_000 + q * 10_000, p.churn_cycles // 4,
+                                      p.churn_quarter_s, True))
             sizes.append(etcd_gauges(self.metrics, db, use))
         meter.end()
+        window = time.monotonic() - t0
+        events_after = etcd_gauges(self.metrics, WATCH_EVENTS, WATCHERS)
+        self.say(f"scale: an idle window of {p.idle_s:.0f} s after the churn: each process's background")
+        _, after = self.idle_window()
+        background = {name: (before.get(name, rate) + rate) / 2 for name, rate in after.items()}
         grants = sum(r.grants for r in quarters)
         elapsed = sum(r.elapsed_s for r in quarters)
+        lane_cycles = [sum(r.lane_grants[i] for r in quarters) for i in range(len(lanes))]
+        cpu = cycle_cpu(net_cpu(meter.used, background, window), self.parties(), lane_cycles)
+        unfloored = cycle_cpu(net_cpu(meter.used, background, window, floor=False), self.parties(), lane_cycles)
+        if grants:
+            cpu["client"] = round(sum(r.cpu_s for r in quarters) * 1000 / grants, 4)
+        violations = [v for r in quarters for v in r.violations]
+        # with a core of its own each: what one registry core and one etcd core could sustain at this cost
+        projection = {f"grants_per_s_per_{kind}_core": round(1000 / cpu[kind], 1) if cpu.get(kind) else None
+                      for kind in ("registries", "etcd")}
         return {"cycles": grants, "grants_per_s": round(grants / elapsed, 1) if elapsed else None,
-                "cpu_ms_per_cycle": cpu_per_cycle(meter.used, grants),
+                "concurrency": per_lane(p.grants_in_flight, len(lanes)) * len(lanes),
+                "lanes": [{"service": service, "registry": registry, "grants": n}
+                          for (service, registry), n in zip(lanes, lane_cycles)],
+                "consumer_host": CHURN_CONSUMER, "cpu_ms_per_cycle": cpu, "non_party_pct": non_party_share(cpu),
+                "cpu_ms_per_cycle_unfloored": unfloored, "projection": projection,
+                "cpu_window_s": round(window, 1), "cpu_s": {k: round(v, 3) for k, v in meter.used.items()},
+                "background_cpu_pct": {k: round(v * 100, 2) for k, v in background.items()},
+                "watch_events_per_grant": round((events_after.get(WATCH_EVENTS, 0) - events.get(WATCH_EVENTS, 0))
+                                                / grants, 2) if grants else None,
+                "watchers": events_after.get(WATCHERS),
+                "claim_lines": sum(r.claim_lines for r in quarters), "violations": violations,
                 "refusals": sum(r.refusals for r in quarters),
                 "errors": dict(sum((Counter(r.errors) for r in quarters), Counter())),
                 "db_size_mib": [round(s.get(db, 0) / 2**20, 2) for s in sizes],
                 "db_in_use_mib": [round(s.get(use, 0) / 2**20, 2) for s in sizes]}
+
+    def watch_fanout(self) -> dict[str, Any]:
+        """etcd's watch events sent per grant at each fleet size of the plan, in a cluster of its own:
+        two registries, the churn's consumer host and producer hosts, and light hosts making up the
+        rest (`leasenet presence`, half producer, half consumer: a host record kept alive and a
+        replica of what that kind of host watches); the churn leases as in the main run."""
+        p = self.plan
+        fan = Bench(self.bench.workdir / "fanout", make_plan(True, 1, tls=False), self.say)
+        try:
+            fan.cluster.start_etcd()
+            assert fan.cluster.etcd is not None
+            metrics_url = fan.cluster.etcd.members[0].metrics_url
+            fan.config.write_text(to_toml(SCALE_CLUSTER))
+            regs = fan.start({f"r{i}": ["registry", "--host-id", f"r{i}", "--listen", "127.0.0.1:0",
+                                        "--cluster-config", str(fan.config)] for i in (1, 2)})
+            registries = [regs["r1"].address, regs["r2"].address]
+            real = fan.start(churn_hosts(fan, p, ",".join(registries)))
+            lanes = owner_lanes(registries)
+            light: dict[str, int] = {}  # name -> pid
+            sizes = []
+            for size, hosts in enumerate(p.watch_hosts):
+                more = {f"light{n + 1}": ("producer" if n % 2 == 0 else "consumer")
+                        for n in range(len(light), max(0, hosts - len(real)))}
+                self.say(f"scale: watch fan-out at {hosts} hosts: {len(real)} hosts and {len(light) + len(more)} "
+                         "light hosts that only register and watch")
+                started = [fan.cluster.start_presence(Kind(kind), name, watch=True, wait=False)
+                           for name, kind in more.items()]
+                for proc in started:  # tens of processes starting at once on a busy machine: a generous deadline
+                    fan.cluster.wait_ready(proc, 60 + 10 * len(started))
+                light |= {proc.name: proc.process.pid for proc in started if proc.process is not None}
+                quiet_events(metrics_url)  # the registrations' events are sent before counting starts
+                meter = CpuMeter(light, precise=True)
+                before = etcd_gauges(metrics_url, WATCH_EVENTS, WATCHERS)
+                meter.begin()
+                result = fan.role(f"fanout-{hosts}", RateTask(lanes, per_lane(p.grants_in_flight, len(lanes)),
+                                                              300_000 + size * 10_000, p.watch_cycles, 120.0,
+                                                              CHURN_CONSUMER, []), RateResult, 300)
+                quiet_events(metrics_url)
+                meter.end()
+                after = etcd_gauges(metrics_url, WATCH_EVENTS, WATCHERS)
+                sent = after.get(WATCH_EVENTS, 0) - before.get(WATCH_EVENTS, 0)
+                sizes.append({"hosts": hosts, "light_hosts": len(light), "watchers": after.get(WATCHERS),
+                              "grants": result.grants, "grants_per_s": result.grants_per_s, "events": sent,
+                              "events_per_grant": round(sent / result.grants, 2) if result.grants else None,
+                              "light_host_cpu_ms_per_cycle": round(statistics.mean(meter.used.values()) * 1000
+                                                                   / result.grants, 4)
+                              if meter.used and result.grants else None,
+                              "errors": result.errors})
+        finally:
+            fan.close()
+        return {"sizes": sizes, "growth": growth(sizes), "key_schema": keys.ROOT,
+                "concurrency": per_lane(p.grants_in_flight, len(lanes)) * len(lanes)}
+
+
+def churn_hosts(bench: Bench, plan: ScalePlan, registries: str) -> dict[str, list[str]]:
+    """The churn's consumer host (no consumer VMs: pools are leased for it by the grant-rate role)
+    and its producer hosts, one per churn service."""
+    specs = {CHURN_CONSUMER: bench.consumer(CHURN_CONSUMER, [], registries)}
+    for i, name in enumerate(CHURN_SERVICES):
+        specs[f"p-{name}"] = bench.producer(f"p-{name}", name, plan.churn_vms, f"10.{17 - i}.0.1", history=False)
+    return specs
+
+
+def owner_lanes(registries: list[str]) -> list[list[str]]:
+    """Each churn service at the registry owning it (of r1, r2), as a consumer host would reach it."""
+    by_id = dict(zip(("r1", "r2"), registries))
+    return [[service, by_id[owner(service, by_id) or "r1"]] for service in CHURN_SERVICES]
+
+
+def quiet_events(metrics_url: str, timeout_s: float = 30.0) -> None:
+    """Wait until etcd has no watch event left to send and its count of sent events stays put
+    between two reads (a deadline, then go on: the count then includes what was still in flight)."""
+    deadline = time.monotonic() + timeout_s
+    last = -1.0
+    while time.monotonic() < deadline:
+        now = etcd_gauges(metrics_url, WATCH_EVENTS, PENDING_EVENTS)
+        if now.get(PENDING_EVENTS, 0) == 0 and now.get(WATCH_EVENTS, 0) == last:
+            return
+        last = now.get(WATCH_EVENTS, 0)
+        time.sleep(0.2)
 
 
 def median_of(values: list[float | None]) -> float | None:
@@ -478,26 +517,16 @@ def rounds_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def cpu_per_cycle(used: dict[str, float], cycles: int) -> dict[str, float]:
-    """Where a grant/release cycle's CPU goes, in ms: etcd, the registries together, and one consumer
-    host and one producer host on average (every host applies every cycle's events to its replica)."""
-    kinds: dict[str, list[float]] = {"etcd": [], "registries": [], "a consumer host": [], "a producer host": []}
-    for name, seconds in used.items():
-        kind = ("etcd" if name == "etcd" else "registries" if name in ("r1", "r2")
-                else "a consumer host" if name.startswith("c") else "a producer host")
-        kinds[kind].append(seconds)
-    per = {kind: (sum(v) if kind in ("etcd", "registries") else sum(v) / len(v)) for kind, v in kinds.items() if v}
-    return {kind: round(seconds * 1000 / cycles, 2) for kind, seconds in per.items()} if cycles else {}
-
-
-def run_scale(workdir: Path, quick: bool, say: Callable[[str], None]) -> dict[str, Any]:
-    plan = scale_plan(quick)
+def run_scale(workdir: Path, quick: bool, say: Callable[[str], None],
+              grants_in_flight: int | None = None) -> dict[str, Any]:
+    plan = scale_plan(quick, grants_in_flight)
     s = ScaleBench(workdir, plan, say)
     started = time.monotonic()
     try:
         info = machine()
         # over as many hosts at both sizes: the cost may grow with hosts, it must not with VMs
         choice = choice_cost_us(plan.small_vms, plan.big_vms, plan.producer_hosts)
+        fanout = s.watch_fanout()  # in a cluster of its own, stopped before the main one starts
         s.start()
         # small and big alternate, so that a change of the machine's load between the two
         # measurements shows up as spread between rounds instead of as a ratio
@@ -511,81 +540,39 @@ def run_scale(workdir: Path, quick: bool, say: Callable[[str], None]) -> dict[st
             say(f"scale: grants and the request path with {plan.big_vms} VMs (round {round_ + 1})")
             bigs.append(s.fleet("big", 4000 * round_ + 2000))
         small, big = rounds_summary(smalls), rounds_summary(bigs)
+        say(f"scale: an idle window of {plan.idle_s:.0f} s without pools: the hosts' liveness")
+        hosts_upkeep, _ = s.idle_window()
         held = s.hold()
         snapshot = s.snapshot()
         say(f"scale: grants and the request path with {plan.big_vms} VMs and {held['held']} pools held")
         loaded = s.fleet("big-with-pools", 30_000)
-        keep_alive = s.keep_alive()
+        say(f"scale: an idle window of {plan.idle_s:.0f} s with {held['held']} pools held")
+        pools_upkeep, background = s.idle_window()
         rss = s.rss()
-        say(f"scale: contended grants for {SCARCE_VMS} VMs from both registries for {plan.contended_s:.0f} s")
+        say(f"scale: contended grants for {SCARCE_VMS} VMs from both registries for {plan.contended_s:.0f} s, "
+            f"{plan.grants_in_flight} in flight")
         # both registries asked for the one scarce service: its owner grants, the other forwards or races it
-        contended = s.rate("contended", [[SCARCE_SERVICE, r] for r in s.registries], 200_000, 0, plan.contended_s,
-                           True, plan.workers)
-        churn = s.churn()
+        contended = s.rate("contended", [[SCARCE_SERVICE, r] for r in s.registries], 200_000, 0, plan.contended_s, True)
+        churn = s.churn(background)
     finally:
         s.close()
     grant_ratios = [ratio(b["grant_p50_ms"], a["grant_p50_ms"]) for a, b in zip(smalls, bigs)]
     request_ratios = [ratio(b["request_p50_ms"], a["request_p50_ms"]) for a, b in zip(smalls, bigs)]
-    return {"machine": info, "settings": asdict(plan), "registration_s": statistics.median(registrations),
-            "registrations_s": registrations, "registration_vms": plan.big_vms, "snapshot": snapshot, "rss_mib": rss,
-            "held": held, "small": small, "big": big, "big_with_pools": loaded,
-            "grant_p50_ratio": median_of(grant_ratios), "grant_p50_ratios": grant_ratios,
-            "request_p50_ratio": median_of(request_ratios), "request_p50_ratios": request_ratios,
-            "grant_choice_us": choice,
-            "keep_alive": {**keep_alive, "pools": held["held"]},
-            "contended": asdict(contended), "double_claims": len(contended.violations), "churn": churn,
-            "elapsed_s": round(time.monotonic() - started, 1)}
-
-
-def scale_problems(r: dict[str, Any]) -> list[str]:
-    """What makes a run wrong, not slow: a pool not held, an error, a double claim, a figure missing."""
-    problems = []
-    if r["held"]["held"] != r["settings"]["pools"] or r["held"]["errors"]:
-        problems.append(f"held {r['held']['held']} of {r['settings']['pools']} pools ({r['held']['errors']})")
-    if r["double_claims"]:
-        problems.append(f"{r['double_claims']} double claim(s): {r['contended']['violations'][:3]}")
-    for name in ("small", "big", "big_with_pools"):
-        fleet = r[name]
-        if fleet["grant_failures"] or fleet["request_errors"]:
-            problems.append(f"{name}: errors {fleet['grant_failures']} {fleet['request_errors']}")
-    if r["churn"]["errors"] or r["contended"]["errors"]:
-        problems.append(f"grant/release errors: {r['churn']['errors']} {r['contended']['errors']}")
-    figures = {"grant p50 ratio": r["grant_p50_ratio"], "request p50 ratio": r["request_p50_ratio"],
-               "snapshot": r["snapshot"]["p50_ms"], "keep-alive": r["keep_alive"]["requests_per_s"],
-               "churn grants/s": r["churn"]["grants_per_s"]}
-    problems += [f"no figure for {name}" for name, value in figures.items() if value is None]
-    return problems
-
-
-def render_scale(r: dict[str, Any]) -> str:
-    small, big, loaded, churn, c = r["small"], r["big"], r["big_with_pools"], r["churn"], r["contended"]
-    m = r["machine"]
-    rows = [
-        ["machine", f"{m['cpu']}, {m['cores_usable']} cores, load {m['load_average']}", ""],
-        [f"registration of {r['registration_vms']:,} VMs", f"{r['registration_s']:.1f} s",
-         "median of " + ", ".join(f"{x:.1f}" for x in r["registrations_s"]) + " s"],
-        [f"replica snapshot load ({r['snapshot']['keys']:,} keys)", f"{r['snapshot']['p50_ms']:.0f} ms", ""],
-        ["RSS per process (MiB)", ", ".join(f"{k} {v:.0f}" for k, v in sorted(r["rss_mib"].items()) if v), ""],
-        [f"pools held ({r['held']['held']:,})", f"leased in {r['held']['elapsed_s']:.1f} s", str(r["held"]["errors"] or "")],
-        [f"grant p50/p99, pool of {SCALE_POOL}: {small['vms']:,} VMs", f"{small['grant_p50_ms']} / {small['grant_p99_ms']} ms", ""],
-        [f"grant p50/p99, pool of {SCALE_POOL}: {big['vms']:,} VMs", f"{big['grant_p50_ms']} / {big['grant_p99_ms']} ms",
-         f"ratio {r['grant_p50_ratio']} (target <= 1.2), rounds {r['grant_p50_ratios']}"],
-        [f"a grant's choice of VMs in-process: {small['vms']:,} / {big['vms']:,} VMs",
-         f"{r['grant_choice_us']['small_us']} / {r['grant_choice_us']['big_us']} us",
-         f"ratio {r['grant_choice_us']['ratio']}, rounds {r['grant_choice_us']['ratios']}"],
-        [f"uncontended grants/s (churn: {len(CHURN_SERVICES)} services, one owned by each registry)",
-         f"{churn['grants_per_s']}", "target >= 1,000/s"],
-        ["CPU per grant/release cycle (ms)", ", ".join(f"{k} {v}" for k, v in churn["cpu_ms_per_cycle"].items()),
-         "every host watches every cycle"],
-        [f"contended ({SCARCE_VMS} VMs): grants/s, refusals/s", f"{c['grants_per_s']} / {c['refusals_per_s']}",
-         f"double claims {r['double_claims']}"],
-        [f"etcd requests/s keeping {r['keep_alive']['pools']:,} pools alive", f"{r['keep_alive']['requests_per_s']}",
-         "target O(hosts)"],
-        [f"request p50 at C=1: {small['vms']:,} / {big['vms']:,} VMs", f"{small['request_p50_ms']} / {big['request_p50_ms']} ms",
-         f"ratio {r['request_p50_ratio']} (target <= 1.1), rounds {r['request_p50_ratios']}"],
-        [f"with {r['held']['held']:,} pools held: grant p50/p99, request p50",
-         f"{loaded['grant_p50_ms']} / {loaded['grant_p99_ms']} ms, {loaded['request_p50_ms']} ms", "renewals running"],
-        [f"etcd db size over {churn['cycles']:,} cycles (MiB)", " -> ".join(str(x) for x in churn["db_size_mib"]),
-         "in use: " + " -> ".join(str(x) for x in churn["db_in_use_mib"])],
-    ]
-    return table(rows, ["scale", "figure", "note"])
+    pools_per_method = {m: round(v - hosts_upkeep["per_method"].get(m, 0.0), 2)
+                        for m, v in pools_upkeep["per_method"].items()}
+    report = {
+        "machine": info, "load_average_end": machine()["load_average"], "settings": asdict(plan),
+        "registration_s": statistics.median(registrations), "registrations_s": registrations,
+        "registration_vms": plan.big_vms, "snapshot": snapshot, "rss_mib": rss, "held": held, "small": small,
+        "big": big, "big_with_pools": loaded, "grant_p50_ratio": median_of(grant_ratios),
+        "grant_p50_ratios": grant_ratios, "request_p50_ratio": median_of(request_ratios),
+        "request_p50_ratios": request_ratios, "grant_choice_us": choice,
+        "keep_alive": {"pools": held["held"], "hosts": hosts_upkeep, "with_pools": pools_upkeep,
+                       "pools_requests_per_s": round(pools_upkeep["requests_per_s"] - hosts_upkeep["requests_per_s"], 2),
+                       "pools_per_method": pools_per_method},
+        "watch_fanout": fanout,
+        "contended": {**asdict(contended), "concurrency": per_lane(plan.grants_in_flight, 2) * 2},
+        "double_claims": len(contended.violations) + len(churn["violations"]), "churn": churn,
+        "elapsed_s": round(time.monotonic() - started, 1)}
+    report["targets"] = scale_targets(report)
+    return report

@@ -138,7 +138,8 @@ def _refused(operation: str, exc: Exception) -> PermissionDenied | Unauthenticat
     denied = isinstance(exc, EtcdPermissionDeniedError) or (
         isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.PERMISSION_DENIED)
     if denied:
-        return PermissionDenied(f"etcd refused {operation}: this process's etcd user may not write there")
+        what = "read" if operation in ("range", "watch", "snapshot") else "write"
+        return PermissionDenied(f"etcd refused {operation}: this process's etcd user may not {what} there")
     return Unauthenticated(f"etcd refused {operation}: the certificate names no etcd user")
 
 

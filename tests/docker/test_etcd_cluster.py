@@ -113,9 +113,12 @@ def test_auth_lets_each_host_write_only_its_own_records(compose_project, leasene
         replica: "ok", replica_vm: "ok", p1: "denied", vm1: "denied"}
     assert etcd.probe("registry1", "etcd", "registry/registry1", ETCD_ENDPOINTS, p1, vm1, claims, registry) == {
         p1: "denied", vm1: "denied", claims: "ok", registry: "ok"}
-    read = f"get:{keys.CLAIMS}probe"  # every kind reads the whole mapping
-    assert etcd.probe("consumer1", "etcd", "consumer/consumer1", ETCD_ENDPOINTS, c1, c2, p1, claims, read) == {
-        c1: "ok", c2: "denied", p1: "denied", claims: "denied", read: "ok"}
+    # a host reads the shared prefixes and its own share only (issue 19): the claims are producer hosts'
+    read, own, other = f"get:{keys.CLAIMS}probe", f"get:{keys.POOLS}consumer1/", f"get:{keys.POOLS}consumer2/"
+    shared = f"get:{keys.PRODUCER_HOSTS}producer1"
+    assert etcd.probe("consumer1", "etcd", "consumer/consumer1", ETCD_ENDPOINTS, c1, c2, p1, claims, read, own,
+                      other, shared) == {c1: "ok", c2: "denied", p1: "denied", claims: "denied", read: "denied",
+                                         own: "ok", other: "denied", shared: "ok"}
 
 
 def test_writes_survive_killing_the_leader(etcd):

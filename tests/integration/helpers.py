@@ -54,8 +54,10 @@ def start(cluster: LocalCluster, *, producers: int = 1, vms: int = 2, handler: s
     prods = [cluster.producer(f"p{i}", network="blue", service="echo", vms=vms, vm_address_start=f"10.1.{i}.1",
                               handler=handler, extra=tuple(x for o in handler_options for x in ("--handler-option", o)))
              for i in range(1, producers + 1)]
+    # a consumer host's liveness TTL is its pools': at most the service's lease_ttl_s
+    ttl = ("--liveness-ttl", str(min(3, int(policy["ttl"])))) if "ttl" in policy else ()
     cons = [cluster.consumer(f"c{i}", config=write_toml(cluster.workdir / f"c{i}.toml", consumer_toml(attached(addrs))),
-                             registries=[registry.address])
+                             registries=[registry.address], extra=ttl)
             for i, addrs in enumerate(consumers or [["10.1.0.1"]], start=1)]
     return Topology(cluster, registry, prods, cons)
 

@@ -102,8 +102,9 @@ def test_every_process_kind_serves_metrics_that_match_the_traffic_sent(cluster: 
     assert value(r, "leasenet_grant_conflicts_total") == 0
     grown = sum(v for labels, v in r["leasenet_lease_operations_total"] if labels["op"] == "grow"
                 and labels["result"] == "ok")
-    # one txn per grant or grow, and one for the registry's own record (hosts/registry/<id>, for sharding)
-    assert value(r, "leasenet_etcd_requests_total", op="txn") == len(BLUE_VMS) + grown + 1
+    # one txn per grant or grow, one for the registry's own record (hosts/registry/<id>, for sharding)
+    # and one for the key schema's marker (mapping/schema.py: written only where none exists)
+    assert value(r, "leasenet_etcd_requests_total", op="txn") == len(BLUE_VMS) + grown + 2
 
     # pools as the registry sees them; nothing in use or waiting once the traffic is answered
     assert value(c, "leasenet_pool_vms", service="echo") == sum(len(lease.members) for lease in held
@@ -138,7 +139,7 @@ def test_every_process_kind_serves_metrics_that_match_the_traffic_sent(cluster: 
             if labels["op"] != "watch":
                 assert value(s, "leasenet_etcd_request_duration_seconds_count", **labels) == n, (kind, labels)
             assert value(s, "leasenet_etcd_errors_total", **labels) == 0, (kind, labels)
-        assert value(s, "leasenet_replica_reloads_total") == 1, kind
+        assert value(s, "leasenet_replica_reloads_total") == prefixes, kind  # one snapshot per watched prefix
         assert value(s, "leasenet_keepalive_failures_total") == 0, kind
         # bounded labels: no VM or host address, lease id or request id anywhere
         values = {v for samples in s.values() for labels, _ in samples for v in labels.values()}

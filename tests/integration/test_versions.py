@@ -75,16 +75,16 @@ async def test_release_n_and_n_plus_1_serve_traffic_side_by_side(cluster: LocalC
                 assert code == grpc.StatusCode.OK, (consumer, network, details)
 
     announced = await hosts(r1.address)
-    assert announced == {"r1": str(N), "p1": str(N), "c1": str(N), "r2": N1 + " keys=1", "p2": N1 + " keys=1",
-                         "c2": N1 + " keys=1"}
+    assert announced == {"r1": str(N), "p1": str(N), "c1": str(N), "r2": N1 + f" keys={version.KEY_SCHEMA}", "p2": N1 + f" keys={version.KEY_SCHEMA}",
+                         "c2": N1 + f" keys={version.KEY_SCHEMA}"}
     health = await channels.probe_health(cluster.procs["p2"].address, 5.0, tls_as(OPERATOR), [Kind.PRODUCER])
-    assert health.serving and health.version == N1 + " keys=1"
+    assert health.serving and health.version == N1 + f" keys={version.KEY_SCHEMA}"
     table = subprocess.run([sys.executable, "-m", "leasenet", "hosts", "--registry", r2.address, "--tls-dir",
                             str(cluster.tls_dir)], capture_output=True, text=True, timeout=60,
                            env=cluster.process_env())
     assert table.returncode == 0, table.stderr
     assert "VERSION" in table.stdout.splitlines()[0]
-    assert any(line.split()[0] == "p2" and line.endswith(N1 + " keys=1") for line in table.stdout.splitlines())
+    assert any(line.split()[0] == "p2" and line.endswith(N1 + f" keys={version.KEY_SCHEMA}") for line in table.stdout.splitlines())
     assert "version in common" not in logs(cluster, "r1", "r2", "p1", "p2", "c1", "c2")
 
 

@@ -254,7 +254,7 @@ async def test_inspection_serves_any_certificate_but_shows_fencing_tokens_to_ope
     await world.lease(C1)
     for who in (C1, C2, PRODUCER, REGISTRY, OPERATOR):
         hosts = await world.inspect(who, "ListHosts", rpb.ListHostsRequest())
-        assert [h.host_id for h in hosts.hosts] == ["p1"]  # type: ignore[attr-defined]
+        assert [h.host_id for h in hosts.hosts] == ["c1", "c2", "p1"]  # type: ignore[attr-defined]
     tokens = {}
     for who in (C1, C2, PRODUCER, OPERATOR):
         [lease] = (await world.inspect(who, "ListLeases", rpb.ListLeasesRequest())).leases  # type: ignore[attr-defined]

@@ -75,11 +75,18 @@ async def test_each_kind_writes_its_own_prefixes_and_is_refused_elsewhere(
                 await store.create_all([(key, b"{}")])
 
 
-async def test_every_kind_reads_the_whole_keyspace(stores: dict[Kind, EtcdStore]) -> None:
+async def test_registries_and_operators_read_the_whole_keyspace_hosts_the_shared_prefixes(
+        stores: dict[Kind, EtcdStore]) -> None:
     key = f"{keys.CLAIMS}read-{next(_probe)}"
     await stores[Kind.REGISTRY].put(key, b"{}")
-    for kind in (Kind.PRODUCER, Kind.CONSUMER, Kind.OPERATOR):
+    for kind in (Kind.REGISTRY, Kind.OPERATOR):
         assert key in [kv.key for kv in (await stores[kind].snapshot(keys.ROOT)).items]
+    shared = f"{keys.REGISTRIES}read-{next(_probe)}"  # under hosts/, which every host reads
+    await stores[Kind.REGISTRY].put(shared, b"{}")
+    for kind in (Kind.PRODUCER, Kind.CONSUMER):
+        assert shared in [kv.key for kv in (await stores[kind].snapshot(keys.HOSTS)).items]
+        with pytest.raises(PermissionDenied):  # their own share comes with their own role (enrol)
+            await stores[kind].snapshot(keys.ROOT)
 
 
 async def test_a_registry_cannot_revoke_a_producer_host_s_liveness_lease(stores: dict[Kind, EtcdStore]) -> None:

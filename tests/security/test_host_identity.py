@@ -19,7 +19,7 @@ from etcd3aio import EtcdPermissionDeniedError, prefix_range_end
 from leasenet.cluster import write_toml
 from leasenet.etcd import EnrolError, decommission, enrol, etcd_client
 from mapping import keys
-from mapping.model import Host, HostId, HostKind, ProducerVm
+from mapping.model import Claim, Host, HostId, HostKind, LeaseId, Pool, ProducerVm, VmId
 from mapping.liveness import Liveness
 from mapping.replica import Replica
 from registry.leasing import LeasingAgent
@@ -123,6 +123,30 @@ async def test_a_second_host_of_the_same_kind_cannot_touch_the_first_one_s_recor
         held = await registry.get(keys.key_of(record))
         assert held is not None and held.value == keys.encode(record), record
     assert await registry.get(keys.key_of(ProducerVm("blue", "10.1.9.9", HostId("p1"), "echo"))) is None
+
+
+async def test_each_host_reads_its_own_share_and_the_shared_prefixes_only(stores: dict[str, EtcdStore]) -> None:
+    """A host reads the config, the host records, its own records and what registries write for it
+    (the claims on its VMs, its pools): another host's claims or pools are not its to read."""
+    registry = stores["registry/r1"]
+    claim = Claim(VmId("blue/10.1.9.1"), LeaseId(5), "echo", VmId("blue/10.1.0.9"), HostId("c1"), 1, host_id=HostId("p1"))
+    pool = Pool("echo", VmId("blue/10.1.0.9"), HostId("c1"), LeaseId(5), 3)
+    written = [(keys.key_of(claim), keys.encode(claim)), (keys.key_of(pool), keys.encode(pool)),
+               (keys.member_key(claim), keys.encode(claim))]
+    for key, value in written:
+        await registry.put(key, value)
+    try:
+        for reader, key in [("producer/p1", keys.key_of(claim)), ("consumer/c1", keys.key_of(pool)),
+                            ("consumer/c1", keys.member_key(claim)), ("producer/p2", keys.HOSTS),
+                            ("consumer/c2", keys.NETWORKS)]:
+            await stores[reader].snapshot(key)  # allowed: no error
+        for reader, prefix in [("producer/p2", f"{keys.CLAIMS}p1/"), ("producer/p2", keys.CLAIMS),
+                               ("consumer/c2", f"{keys.POOLS}c1/"), ("producer/p1", keys.POOLS),
+                               ("consumer/c1", keys.CLAIMS), ("consumer/c1", keys.ROOT)]:
+            with pytest.raises((PermissionDenied, EtcdPermissionDeniedError)):
+                await stores[reader].snapshot(prefix)
+    finally:
+        await registry.delete_all([key for key, _ in written])
 
 
 async def test_each_host_keeps_writing_its_own_records(stores: dict[str, EtcdStore]) -> None:

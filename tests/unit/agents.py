@@ -17,10 +17,12 @@ from registry.leasing import LeasingAgent
 CONSUMER_HOSTS = tuple(f"c{n}" for n in range(12))
 
 
-async def register_consumer_host(store: MemoryStore, host_id: str, ttl_s: int = 60) -> Host:
-    """A consumer host's record under a liveness lease of its own: its pools hang on that lease."""
-    lease = await store.grant_lease(ttl_s)
-    host = Host(HostId(host_id), HostKind.CONSUMER, f"127.0.0.{len(host_id)}:0", lease=lease, ttl_s=ttl_s)
+async def register_consumer_host(store: MemoryStore, host_id: str, ttl_s: int = 2, address: str = "127.0.0.1:1") -> Host:
+    """A consumer host's record under a liveness lease of its own: its pools hang on that lease. The
+    record says `ttl_s` (what a grant checks against a service's lease_ttl_s, at least 2); the lease
+    itself lasts 60 s, so that a test needs no keep-alive."""
+    lease = await store.grant_lease(60)
+    host = Host(HostId(host_id), HostKind.CONSUMER, address, lease=lease, ttl_s=ttl_s)
     await store.put(keys.key_of(host), keys.encode(host), lease=lease)
     return host
 
@@ -28,7 +30,7 @@ async def register_consumer_host(store: MemoryStore, host_id: str, ttl_s: int = 
 @asynccontextmanager
 async def agent_on(records: Iterable[Record], seed: int = 1, consumer_hosts: Iterable[str] = CONSUMER_HOSTS
                    ) -> AsyncIterator[tuple[MemoryStore, Replica, LeasingAgent]]:
-    """`consumer_hosts` are registered, each under its own liveness lease (TTL 60 s)."""
+    """`consumer_hosts` are registered, each under its own liveness lease."""
     records = list(records)
     store = MemoryStore()
     for record in records:

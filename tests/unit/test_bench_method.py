@@ -126,3 +126,16 @@ def test_a_cpu_meter_adds_up_the_processes_one_name_stands_for():
         busy.kill()
         busy.wait()
     assert meter.used["both"] > meter.used["me"]  # the child's seconds, added to ours
+
+
+def test_a_precise_cpu_meter_reads_the_threads_nanoseconds_and_agrees_with_the_ticks():
+    meter = CpuMeter({"me": os.getpid()}, precise=True)
+    meter.begin()
+    start = cpu_seconds(os.getpid())
+    deadline = time.monotonic() + 30
+    while (cpu_seconds(os.getpid()) or 0) < (start or 0) + 0.05 and time.monotonic() < deadline:
+        sum(range(10_000))  # five clock ticks of our own
+    meter.end()
+    ticks = (cpu_seconds(os.getpid()) or 0) - (start or 0)
+    assert meter.used["me"] != round(meter.used["me"], 2)  # not a whole number of 10 ms ticks
+    assert abs(meter.used["me"] - ticks) <= 0.03

@@ -9,14 +9,14 @@ from collections.abc import AsyncIterator
 import pytest
 
 from mapping import keys
-from wire.errors import ClaimConflict, LeaseExpired, NotFound, PermissionDenied, PoolExhausted
+from wire.errors import NotFound, PermissionDenied, PoolExhausted, PreconditionFailed
 from registry.leasing import ClaimCollector, LeasingAgent
 from mapping.model import ConsumerRef, Host, HostId, HostKind, LeasePolicy, Network, ProducerVm, Service, VmId, vm_id
 from registry.placement import choose_vms
 from mapping.replica import Replica
 from mapping.state import Bag
 from mapping.store.memory import MemoryStore
-from tests.unit.agents import agent_on
+from tests.unit.agents import agent_on, register_consumer_host
 
 SERVICE = Service("echo", "blue", "10.1.255.1", 7, LeasePolicy(min_pool=2, max_pool=3, lease_ttl_s=5))
 
@@ -84,7 +84,7 @@ async def test_a_pool_grows_to_max_pool_and_no_further(setup) -> None:
 async def test_a_released_lease_frees_its_vms_and_cannot_be_renewed(setup) -> None:
     _, replica, agent = setup
     view = await agent.request_lease(consumer(1), "echo")
-    assert await agent.renew_lease(view.pool.lease_id) == 60  # its consumer host's TTL
+    assert await agent.renew_lease(view.pool.lease_id) == 2  # its consumer host's TTL
     await agent.release_lease(view.pool.lease_id)
     assert replica.state.claims == {} and replica.state.members == {} and replica.state.pools == {}
     assert replica.state.quota_slots == {}
@@ -133,6 +133,16 @@ def test_placement_takes_every_free_vm_when_asked_for_more_and_never_one_of_an_a
         free[HostId("a" if n < 3 else "b")].add(vm_id("blue", f"10.1.1.{n}"))
     chosen = choose_vms(free, {}, 10, random.Random(3), avoid={HostId("b")})
     assert sorted(chosen) == sorted(free[HostId("a")])
+
+
+async def test_a_consumer_host_whose_lease_outlasts_the_service_s_lease_ttl_is_refused(setup) -> None:
+    store, replica, agent = setup
+    slow = await register_consumer_host(store, "c-slow", ttl_s=30)  # SERVICE's lease_ttl_s is 5
+    await replica.wait_for_revision(await store.put("/unrelated", b"x"), 5)
+    with pytest.raises(PreconditionFailed, match="liveness lease of 30 s; service 'echo' lets a pool outlive its "
+                                                 "consumer host by at most lease_ttl_s = 5 s"):
+        await agent.request_lease(consumer(1, host=slow.host_id), "echo")
+    assert replica.state.pools == {}
 
 
 async def test_a_pool_released_a_moment_ago_is_not_handed_out_again(setup) -> None:

@@ -196,3 +196,25 @@ def test_a_request_past_its_deadline_hears_why() -> None:
     book = leased(vm(1))
     all_busy = book.past_deadline(KEY, ADMITTED)
     assert all_busy.code == Status.RESOURCE_EXHAUSTED and "max_pool 2" in all_busy.message
+
+
+def test_members_on_a_draining_or_vanished_producer_host_leave_the_pool_at_once() -> None:
+    """This host sees producer host records, not VM records: a host that drains takes no new
+    request, one whose record is gone lost its VMs; either way its members leave and the pool refills."""
+    draining = Host(HostId("p1"), HostKind.PRODUCER, "127.0.0.1:7101", draining=True, revision=90)
+    serving = Host(HostId("p1"), HostKind.PRODUCER, "127.0.0.1:7101", revision=90)
+    book = leased(vm(1, host="127.0.0.1:7101"), vm(2, host="127.0.0.1:7102"))
+    effects = book.handle(ReplicaChanged(serving, draining, ClusterState(), 5.0))
+    assert effects == [ShrinkLease(KEY, LEASE, (vm(1).vm,)), Wake(KEY)]  # given back: the registry grants elsewhere
+    assert set(book.pools[KEY].members) == {vm(2).vm}
+    book = leased(vm(1, host="127.0.0.1:7101"), vm(3, host="127.0.0.1:7101"))
+    taken = book.take(KEY, ADMITTED, 4.0)[0]
+    assert isinstance(taken, Taken)
+    effects = book.handle(ReplicaChanged(serving, draining, ClusterState(), 5.0))
+    idle = next(m for m in (vm(1), vm(3)) if m != taken.member)
+    # the busy one is only forgotten: ending its claim would cut the call in flight
+    assert ShrinkLease(KEY, LEASE, (idle.vm,)) in effects and book.pools[KEY].members == {}
+    book = leased(vm(1, host="127.0.0.1:7101"))
+    effects = book.handle(ReplicaChanged(serving, None, ClusterState(), 5.0))
+    assert effects == [GrowLease(KEY, LEASE, 11, ()), Wake(KEY)]  # its claims are the collector's; refill now
+    assert book.pools[KEY].members == {}
