@@ -2,7 +2,7 @@
 (bench/PROFILE.md, "Where a grant's CPU goes").
 
     .venv/bin/python bench/grant_pipeline.py [--workers 16] [--seconds 15] [--lanes 1|2] [--fleet] [--watch]
-        [--tree DIR | --registry-trees A,B] [--rate R] [--profile DIR] [--json] [--keep]
+        [--tree DIR | --registry-trees A,B] [--rate R] [--profile DIR] [--unary] [--json] [--keep]
 
 Starts the embedded etcd (mutual TLS and auth, as `leasenet bench --scale`), two registries, a consumer
 host's presence (the pools hang on its lease) and, per registry, a service it owns with a producer host
@@ -39,10 +39,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from typing import Any
+
 import grpc.aio
+from google.protobuf.message import Message
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # noqa: E402 - run as a script
 
+from consumer_host.leasing_stream import LeasingStream  # noqa: E402
 from leasenet.bench.measure import CpuMeter, etcd_counts  # noqa: E402
 from leasenet.checker import ClaimLog, claims_from_lines, double_leases  # noqa: E402
 from leasenet.cluster import LocalCluster  # noqa: E402
@@ -51,6 +55,7 @@ from mapping.config import ClusterConfig, to_toml  # noqa: E402
 from mapping.model import LeasePolicy, Network, Service  # noqa: E402
 from mapping.ownership import owner  # noqa: E402
 from wire import rpc  # noqa: E402
+from wire.errors import LeasenetError  # noqa: E402
 from wire.tls import Identity, Kind  # noqa: E402
 from wire.v1 import registry_pb2 as rpb  # noqa: E402
 from wire.v1 import registry_pb2_grpc as rpb_grpc  # noqa: E402
@@ -121,7 +126,7 @@ async def hold_fleet_pools(cluster: LocalCluster, registry: str) -> int:
 
 
 async def churn(cluster: LocalCluster, lanes: dict[str, str], workers: int, warmup_s: float, seconds: float,
-                watch: bool, profile: bool, rate: float) -> dict[str, object]:
+                watch: bool, profile: bool, rate: float, unary: bool = False) -> dict[str, object]:
     """Workers lease and release at each service's owner; CPU metered over the measured window only."""
     pids = {name: proc.process.pid for name, proc in cluster.procs.items() if proc.process is not None}
     assert cluster.etcd is not None and cluster.etcd.members[0].process is not None
@@ -143,7 +148,18 @@ async def churn(cluster: LocalCluster, lanes: dict[str, str], workers: int, warm
 
     every = len(lanes) * workers / rate if rate else 0.0  # a worker's cycles start this far apart
 
-    async def worker(stub: rpb_grpc.LeasingStub, service: str, n: int) -> None:
+    # as a consumer host asks (one stream of calls per registry), or with `unary` calls, to compare
+    streams = {service: LeasingStream(rpb_grpc.LeasingStub(channel), service) for service, channel in channels.items()}
+
+    async def ask(service: str, method: str, request: Message) -> Any:
+        if unary:
+            try:
+                return await getattr(rpb_grpc.LeasingStub(channels[service]), method)(request, timeout=10)
+            except grpc.aio.AioRpcError as exc:
+                raise rpc.error_from_rpc(exc, service) from None
+        return await streams[service].call(method, request, 10)
+
+    async def worker(service: str, n: int) -> None:
         nonlocal grants
         rng = random.Random(n)
         consumer = f"10.{60 + n // 62500}.{n // 250 % 250}.{1 + n % 250}"
@@ -154,12 +170,12 @@ async def churn(cluster: LocalCluster, lanes: dict[str, str], workers: int, warm
                 due = max(due + every, time.perf_counter() - every)
             began = time.perf_counter()
             try:
-                lease = await stub.RequestLease(rpb.RequestLeaseRequest(
-                    service=service, consumer_network=NETWORK, consumer_vm=consumer), timeout=10)
-                await stub.ReleaseLease(rpb.LeaseRef(lease_id=lease.lease_id), timeout=10)
-            except grpc.aio.AioRpcError as exc:
+                lease = await ask(service, "RequestLease", rpb.RequestLeaseRequest(
+                    service=service, consumer_network=NETWORK, consumer_vm=consumer))
+                await ask(service, "ReleaseLease", rpb.LeaseRef(lease_id=lease.lease_id))
+            except LeasenetError as exc:
                 if measuring:
-                    errors[exc.code().name] += 1
+                    errors[exc.code.name] += 1
                 await asyncio.sleep(rng.uniform(0.001, 0.005))
                 continue
             if measuring:
@@ -172,7 +188,7 @@ async def churn(cluster: LocalCluster, lanes: dict[str, str], workers: int, warm
         meter.end()
         return {name: round(used * 1000 / seconds, 1) for name, used in meter.used.items()} | {
             "unit": "ms of CPU per second, idle", "load": [round(x, 2) for x in os.getloadavg()]}
-    tasks = [asyncio.create_task(worker(rpb_grpc.LeasingStub(channels[service]), service, lane * workers + w))
+    tasks = [asyncio.create_task(worker(service, lane * workers + w))
              for lane, service in enumerate(lanes) for w in range(workers)]
     await asyncio.sleep(warmup_s)
     load_before = os.getloadavg()
@@ -193,6 +209,8 @@ async def churn(cluster: LocalCluster, lanes: dict[str, str], workers: int, warm
     measuring = False
     stop.set()
     await asyncio.gather(*tasks)
+    for stream in streams.values():
+        await stream.close()
     for channel in channels.values():
         await channel.close()
     violations: list[str] = []
@@ -284,6 +302,8 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="sample the registries' stacks (bench/profiled/), written here")
     parser.add_argument("--watch", action="store_true", help="check for double claims from WatchLeases (a "
                         "subscriber costs the registry it watches CPU per cycle of its own)")
+    parser.add_argument("--unary", action="store_true", help="ask with unary calls, not on Leasing.Calls streams "
+                        "(as a consumer host asks a registry of a release before the stream)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
     args = parser.parse_args()
@@ -303,8 +323,8 @@ def main() -> None:
         lanes = dict(list(start(cluster, args.fleet, registry_paths).items())[:args.lanes])
         pools = asyncio.run(hold_fleet_pools(cluster, lanes[SERVICES[0]])) if args.fleet else 0
         result = asyncio.run(churn(cluster, lanes, args.workers, args.warmup, args.seconds, args.watch,
-                                   bool(args.profile), args.rate))
-        result |= {"rate": args.rate, "workers_per_service": args.workers, "services": len(lanes), "fleet_pools": pools,
+                                   bool(args.profile), args.rate, args.unary))
+        result |= {"calls": "unary" if args.unary else "stream", "rate": args.rate, "workers_per_service": args.workers, "services": len(lanes), "fleet_pools": pools,
                    "tree": str(args.tree or "."), "profiled": bool(args.profile),
                    "registry_trees": {n: str(t) for n, t in zip(REGISTRIES, args.registry_trees)}}
         if args.profile:

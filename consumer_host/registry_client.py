@@ -6,6 +6,9 @@ A new lease asks each agent at most once: when they all answer UNAVAILABLE (etcd
 no agent reachable), going round again only spends the request's deadline (SPEC §6: new leases
 fail fast with etcd down).
 
+Calls go on one stream per registry (consumer_host/leasing_stream.py: many in flight, a fraction of
+a unary call's cost each); a registry without it is asked with the unary methods.
+
 Grants and grows go first to the registry owning the service (`owner`: mapping/ownership.py over
 our replica), so that they are not forwarded; a registry reached by mistake forwards them itself."""
 
@@ -18,10 +21,11 @@ import grpc
 import grpc.aio
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from consumer_host.leasing_stream import LeasingStream
 from wire import rpc, version
 from wire.v1 import registry_pb2 as pb
 from wire.v1 import registry_pb2_grpc as pb_grpc
-from wire.errors import StoreUnavailable, Unavailable
+from wire.errors import LeasenetError, Status, StoreUnavailable, Unavailable
 from wire.tls import Kind, TlsMaterial
 
 CALL_TIMEOUT_S = 3.0
@@ -38,6 +42,7 @@ class RegistryClient:
         self._owner = owner  # service -> the address of the registry owning it, if known
         self._tls = tls  # ours, presented to the registries; None: plaintext (--insecure)
         self._stubs: list[pb_grpc.LeasingStub] = []
+        self._streams: list[LeasingStream] = []
         self._channels: list[grpc.aio.Channel] = []
         self._current = 0
         self.calls = 0
@@ -48,7 +53,23 @@ class RegistryClient:
             # naming several replicas (a swarm service) is one channel over all of them
             self._channels = [rpc.channel(a, self._tls, Kind.REGISTRY, rpc.health_aware()) for a in self.addresses]
             self._stubs = [pb_grpc.LeasingStub(c) for c in self._channels]
+            self._streams = [LeasingStream(s, f"leasing agent {a}") for s, a in zip(self._stubs, self.addresses)]
         return self._stubs[self._current if index is None else index]
+
+    async def _ask(self, index: int, method: str, request: Any, timeout_s: float) -> Any:
+        """One attempt at agent `index`: on its stream, else (an older registry) a unary call."""
+        stub = self._stub(index)
+        stream = self._streams[index]
+        if stream.supported:
+            try:
+                return await stream.call(method, request, timeout_s)
+            except LeasenetError as exc:
+                if stream.supported or exc.code is not Status.UNIMPLEMENTED:
+                    raise
+        try:
+            return await getattr(stub, method)(request, timeout=timeout_s, metadata=version.metadata())
+        except grpc.aio.AioRpcError as exc:
+            raise rpc.error_from_rpc(exc, f"leasing agent {self.addresses[index]}") from None
 
     def _owner_index(self, service: str) -> int | None:
         """Where `service`'s owner is among our addresses (it must be one we were given: we trust no
@@ -70,19 +91,17 @@ class RegistryClient:
                 index = self._current if first is None else first
                 first = None
                 try:
-                    return await getattr(self._stub(index), method)(request, timeout=timeout_s,
-                                                                    metadata=version.metadata())
-                except grpc.aio.AioRpcError as exc:
-                    agent = f"leasing agent {self.addresses[index]}"
-                    error = rpc.error_from_rpc(exc, agent)
-                    if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    return await self._ask(index, method, request, timeout_s)
+                except LeasenetError as error:
+                    if error.code in (Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED):
                         if self._current == index:  # fail over once: calls failing together must not flip back
                             self._current = (index + 1) % len(self.addresses)
                         # say which agent, and pass on its own sentence (e.g. "etcd is unavailable ..."),
                         # never grpc's text about the connection
+                        agent = f"leasing agent {self.addresses[index]}"
                         said = f": {error.message}" if isinstance(error, StoreUnavailable) else ""
                         raise StoreUnavailable(f"{agent} is unavailable{said}", detail=error.detail) from None
-                    raise error from None
+                    raise
 
     async def request_lease(self, service: str, network: str, address: str, host_id: str,
                             avoid_hosts: list[str]) -> pb.Lease:
@@ -107,5 +126,7 @@ class RegistryClient:
         await self._call("ReleaseLease", pb.LeaseRef(lease_id=lease_id))
 
     async def close(self) -> None:
+        for stream in self._streams:
+            await stream.close()
         for channel in self._channels:
             await channel.close()

@@ -30,7 +30,7 @@ from wire.errors import InvalidRequest, LeasenetError, NotFound, Status
 from wire.tls import TlsMaterial, peer_identity
 from wire.verdict import Refusal
 from wire.version import Protocol
-from registry import audit
+from registry import audit, callstream
 from registry.leasing import ClaimCollector, LeaseView, LeasingAgent, describe
 from registry.watchers import Backlog, Watchers, WatchLimits
 from registry.paging import page_request, take_page
@@ -44,6 +44,7 @@ KIND = "registry"
 F = TypeVar("F", bound=Callable[..., Any])
 
 T = TypeVar("T")
+Remaining = Callable[[], float | None]  # a call's time left, in seconds (None: no deadline)
 
 
 def _lease_id(text: str) -> LeaseId:
@@ -63,10 +64,10 @@ def counted(op: str) -> Callable[[F], F]:
     """Count a leasing call in leasenet_lease_operations_total{op,result}; time successful grants."""
     def wrap(method: F) -> F:
         @functools.wraps(method)
-        async def call(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def call(self: Any, *args: Any) -> Any:
             start, result = time.perf_counter(), "error"
             try:
-                response = await method(self, request, context)
+                response = await method(self, *args)
                 result = "ok"
                 return response
             except LeasenetError as exc:
@@ -113,6 +114,7 @@ class LeasingServicer(pb_grpc.LeasingServicer):
         self.agent = agent
         self.insecure = insecure
         self.ownership = ownership
+        self.draining = asyncio.Event()  # set when we stop taking calls: streams answer UNAVAILABLE
 
     async def _caller(self, context: grpc.aio.ServicerContext) -> tuple[Caller, bool]:
         """Whom the call is for, and whether another registry forwarded it (then it is served here)."""
@@ -124,15 +126,45 @@ class LeasingServicer(pb_grpc.LeasingServicer):
         return caller, stated is not None
 
     async def _at_owner(self, service: str, method: str, request: object, caller: Caller, forwarded: bool,
-                        context: grpc.aio.ServicerContext) -> pb.Lease | None:
+                        remaining: Remaining) -> pb.Lease | None:
         if forwarded or self.ownership is None or (owner := self.ownership.elsewhere(service)) is None:
             return None
-        return await self.ownership.forward(owner, method, request, caller, context.time_remaining())
+        return await self.ownership.forward(owner, method, request, caller, remaining())
 
+    # Each leasing call's work is one method over (request, caller, forwarded, remaining), served
+    # by the unary method of its name and by the Calls stream (registry/callstream.py) alike.
     @edge_counting(KIND)  # refusals counted here, by the reason the leasing agent gave
-    @counted("grant")
     async def RequestLease(self, request: pb.RequestLeaseRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
         caller, forwarded = await self._caller(context)
+        return await self.request_lease(request, caller, forwarded, context.time_remaining)
+
+    @edge_counting(KIND)
+    async def GrowLease(self, request: pb.GrowLeaseRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
+        caller, forwarded = await self._caller(context)
+        return await self.grow_lease(request, caller, forwarded, context.time_remaining)
+
+    @edge_counting(KIND)
+    async def ShrinkLease(self, request: pb.ShrinkLeaseRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
+        return await self.shrink_lease(request, await caller_of(context, self.insecure))
+
+    @edge_counting(KIND)
+    async def RenewLease(self, request: pb.LeaseRef, context: grpc.aio.ServicerContext) -> pb.RenewLeaseResponse:
+        return await self.renew_lease(request, await caller_of(context, self.insecure))
+
+    @edge_counting(KIND)
+    async def ReleaseLease(self, request: pb.LeaseRef, context: grpc.aio.ServicerContext) -> pb.ReleaseLeaseResponse:
+        return await self.release_lease(request, await caller_of(context, self.insecure))
+
+    @edge  # the stream's own refusals (certificate, version); its calls' errors are answers
+    async def Calls(self, calls: AsyncIterator[pb.LeasingCall],
+                    context: grpc.aio.ServicerContext) -> AsyncIterator[pb.LeasingAnswer]:
+        caller, forwarded = await self._caller(context)
+        async for answer in callstream.serve(self, calls, context, caller, forwarded):
+            yield answer
+
+    @counted("grant")
+    async def request_lease(self, request: pb.RequestLeaseRequest, caller: Caller, forwarded: bool,
+                            remaining: Remaining) -> pb.Lease:
         wanted = audit_name(f"{request.service}/{request.consumer_network}/{request.consumer_vm}")
 
         async def grant() -> LeaseView | pb.Lease:
@@ -150,51 +182,47 @@ class LeasingServicer(pb_grpc.LeasingServicer):
             if isinstance(host, Refusal):
                 raise host.exception()
             request.consumer_host = host
-            answer = await self._at_owner(service, "RequestLease", request, caller, forwarded, context)
+            answer = await self._at_owner(service, "RequestLease", request, caller, forwarded, remaining)
             if answer is not None:
                 return answer
             return await self.agent.request_lease(ConsumerRef(network, address, host), service, avoid)
 
         return _lease_pb(await self._audited("grant", caller, None, grant(), wanted=wanted))
 
-    @edge_counting(KIND)
     @counted("grow")
-    async def GrowLease(self, request: pb.GrowLeaseRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
-        caller, forwarded = await self._caller(context)
+    async def grow_lease(self, request: pb.GrowLeaseRequest, caller: Caller, forwarded: bool,
+                         remaining: Remaining) -> pb.Lease:
         lease_id = _lease_id(request.lease_id)
         avoid = requests.host_addresses(request.avoid_hosts)
 
         async def grow() -> LeaseView | pb.Lease:
             pool = self.agent.state.pools_by_lease.get(lease_id)
             answer = None if pool is None else await self._at_owner(pool.service, "GrowLease", request, caller,
-                                                                     forwarded, context)
+                                                                     forwarded, remaining)
             if answer is not None:
                 return answer
             return await self.agent.grow_lease(lease_id, request.count or 1, request.min_revision, avoid, caller=caller)
 
         return _lease_pb(await self._audited("grow", caller, lease_id, grow()))
 
-    @edge_counting(KIND)
     @counted("shrink")
-    async def ShrinkLease(self, request: pb.ShrinkLeaseRequest, context: grpc.aio.ServicerContext) -> pb.Lease:
-        caller, lease_id = await caller_of(context, self.insecure), _lease_id(request.lease_id)
+    async def shrink_lease(self, request: pb.ShrinkLeaseRequest, caller: Caller) -> pb.Lease:
+        lease_id = _lease_id(request.lease_id)
         vms = [VmId(v) for v in requests.vm_ids(request.vm_ids)]
         view = await self._audited("shrink", caller, lease_id, self.agent.shrink_lease(lease_id, vms, caller=caller),
                                    vms=vms)
         return lease_to_pb(view)
 
-    @edge_counting(KIND)
     @counted("renew")
-    async def RenewLease(self, request: pb.LeaseRef, context: grpc.aio.ServicerContext) -> pb.RenewLeaseResponse:
-        caller, lease_id = await caller_of(context, self.insecure), _lease_id(request.lease_id)
+    async def renew_lease(self, request: pb.LeaseRef, caller: Caller) -> pb.RenewLeaseResponse:
+        lease_id = _lease_id(request.lease_id)
         ttl = await self._audited("renew", caller, lease_id, self.agent.renew_lease(lease_id, caller=caller),
                                   failures_only=True)
         return pb.RenewLeaseResponse(ttl_s=ttl)
 
-    @edge_counting(KIND)
     @counted("release")
-    async def ReleaseLease(self, request: pb.LeaseRef, context: grpc.aio.ServicerContext) -> pb.ReleaseLeaseResponse:
-        caller, lease_id = await caller_of(context, self.insecure), _lease_id(request.lease_id)
+    async def release_lease(self, request: pb.LeaseRef, caller: Caller) -> pb.ReleaseLeaseResponse:
+        lease_id = _lease_id(request.lease_id)
         await self._audited("release", caller, lease_id, self.agent.release_lease(lease_id, caller=caller))
         return pb.ReleaseLeaseResponse()
 
@@ -433,6 +461,11 @@ async def _registered(registration: Liveness) -> bool:
         return False
 
 
+async def stop_taking_calls(server: Server, leasing: LeasingServicer) -> None:
+    await server.set_serving(False)
+    leasing.draining.set()
+
+
 async def serve(config: RegistryConfig, store: Store, *, stop: asyncio.Event,
                 ready: Callable[[str], None] | None = None) -> None:
     """A registry until `stop` is set: replica and claim collector in one task group; in `finally`,
@@ -443,8 +476,8 @@ async def serve(config: RegistryConfig, store: Store, *, stop: asyncio.Event,
     ownership = Ownership(config.registry_id, replica, config.tls, enabled=config.sharding)
     server = Server(config.listen, config.tls)
     insecure = config.tls is None
-    server.add(pb_grpc.add_LeasingServicer_to_server, LeasingServicer(agent, insecure=insecure, ownership=ownership),
-               "leasenet.v1.Leasing")
+    leasing = LeasingServicer(agent, insecure=insecure, ownership=ownership)
+    server.add(pb_grpc.add_LeasingServicer_to_server, leasing, "leasenet.v1.Leasing")
     server.add(pb_grpc.add_InspectionServicer_to_server, InspectionServicer(replica, insecure=insecure, watch=config.watch),
                "leasenet.v1.Inspection")
     keep_alive: asyncio.Task[None] | None = None
@@ -474,7 +507,7 @@ async def serve(config: RegistryConfig, store: Store, *, stop: asyncio.Event,
                 # NOT_SERVING first: consumer hosts (health-aware channels) send their next calls to
                 # another registry while we hand our share over (the others take it at once instead
                 # of after our TTL), so no call is pending in gRPC when the server stops
-                Step("stop taking calls", lambda: server.set_serving(False), 1.0) if serving else None,
+                Step("stop taking calls", lambda: stop_taking_calls(server, leasing), 1.0) if serving else None,
                 Step("deregister", lambda: registration.deregister(keep_alive), 1.0) if keep_alive else None,
                 Step("let the calls in flight finish", lambda: server.stop(1.0), 2.0) if serving else None,
                 Step("close the channels to the other registries", ownership.close, 1.0),

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import grpc
 import grpc.aio
 
+from consumer_host.leasing_stream import LeasingStream
 from leasenet.bench.measure import cluster_channel, cluster_tls
 from leasenet.bench.plans import (
     NETWORK, RaceConsumerHost,
@@ -23,6 +24,7 @@ from leasenet.bench.watching import ClaimHistory
 from leasenet.checker import claims_from_lines, double_leases
 from leasenet.cluster import OPERATOR
 from mapping.store.etcd import EtcdStore
+from wire.errors import LeasenetError, Status
 from wire.tls import Identity, Kind
 from wire.v1 import consumer_pb2 as cpb
 from wire.v1 import consumer_pb2_grpc as cpb_grpc
@@ -116,34 +118,39 @@ async def grant_rate(task: RateTask) -> RateResult:
     identity = Identity(Kind.CONSUMER, task.consumer_host)
     channels = [cluster_channel(registry, Kind.REGISTRY, identity) for _, registry in task.lanes]
 
-    async def worker(stub: Any, service: str, lane: int, n: int) -> None:
+    async def worker(stream: LeasingStream, service: str, lane: int, n: int) -> None:
         nonlocal grants, refusals
         rng = random.Random(n)
         consumer = f"10.{60 + n // 62500}.{n // 250 % 250}.{1 + n % 250}"
         while time.monotonic() < end and not (task.cycles and grants >= task.cycles):
             try:
-                lease = await stub.RequestLease(rpb.RequestLeaseRequest(
+                lease = await stream.call("RequestLease", rpb.RequestLeaseRequest(
                     service=service, consumer_network=NETWORK, consumer_vm=consumer,
-                    consumer_host=task.consumer_host), timeout=10)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    consumer_host=task.consumer_host), timeout_s=10)
+            except LeasenetError as exc:
+                if exc.code is Status.RESOURCE_EXHAUSTED:
                     refusals += 1
                 else:
-                    errors[exc.code().name] += 1
+                    errors[exc.code.name] += 1
                 await asyncio.sleep(rng.uniform(0.001, 0.005))
                 continue
             grants += 1
             lane_grants[lane] += 1
             try:
-                await stub.ReleaseLease(rpb.LeaseRef(lease_id=lease.lease_id), timeout=10)
-            except grpc.aio.AioRpcError as exc:
-                errors[f"release {exc.code().name}"] += 1
+                await stream.call("ReleaseLease", rpb.LeaseRef(lease_id=lease.lease_id), timeout_s=10)
+            except LeasenetError as exc:
+                errors[f"release {exc.code.name}"] += 1
 
+    # as a consumer host asks: every call on one stream per registry (consumer_host/leasing_stream.py)
+    streams = [LeasingStream(rpb_grpc.LeasingStub(ch), f"leasing agent {registry}")
+               for ch, (_, registry) in zip(channels, task.lanes)]
     started, cpu = time.monotonic(), time.process_time()
-    await asyncio.gather(*(worker(rpb_grpc.LeasingStub(ch), service, lane, task.first + lane * task.workers + w)
-                           for lane, (ch, (service, _)) in enumerate(zip(channels, task.lanes))
+    await asyncio.gather(*(worker(stream, service, lane, task.first + lane * task.workers + w)
+                           for lane, (stream, (service, _)) in enumerate(zip(streams, task.lanes))
                            for w in range(task.workers)))
     elapsed, cpu = time.monotonic() - started, time.process_time() - cpu
+    for stream in streams:
+        await stream.close()
     for ch in channels:
         await ch.close()
     violations: list[str] = []

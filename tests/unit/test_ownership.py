@@ -8,8 +8,6 @@ import asyncio
 import random
 from collections import Counter
 
-import grpc
-import grpc.aio
 
 from consumer_host.registry_client import RegistryClient
 from mapping import keys
@@ -22,7 +20,7 @@ from tests.unit.agents import register_consumer_host
 from registry.authz import ANYONE, Forwarded, lessee, may_act_on_pool, on_behalf
 from registry.leasing import LeasingAgent
 from registry.ownership import FORWARDED_FOR, forwarded_for
-from wire.errors import Status
+from wire.errors import Status, Unavailable
 from wire.tls import Identity, Kind
 from wire.verdict import Refusal
 
@@ -141,23 +139,20 @@ async def test_concurrent_grants_through_one_agent_never_race_each_other() -> No
         await store.close()
 
 
-class FakeLeasing:
-    """A registry's Leasing stub that answers RequestLease, or fails it as unreachable."""
-
-    def __init__(self, name: str, calls: list[str], reachable: bool = True) -> None:
-        self.name, self.calls, self.reachable = name, calls, reachable
-
-    async def RequestLease(self, request: object, timeout: float, metadata: object = ()) -> str:  # noqa: N802 - the gRPC method's name
-        self.calls.append(self.name)
-        if not self.reachable:
-            raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "down")
-        return self.name
-
-
 def client_with(owner_address: str | None, *, second_reachable: bool = True) -> tuple[RegistryClient, list[str]]:
+    """A client of two registries, "first" and "second", whose attempts answer their name or (the
+    second, unless `second_reachable`) fail as unreachable; `calls` lists whom each attempt asked."""
     calls: list[str] = []
     client = RegistryClient(["127.0.0.1:7001", "127.0.0.1:7002"], owner=lambda service: owner_address)
-    client._stubs = [FakeLeasing("first", calls), FakeLeasing("second", calls, second_reachable)]  # type: ignore[list-item]
+
+    async def ask(index: int, method: str, request: object, timeout_s: float) -> str:
+        name = ("first", "second")[index]
+        calls.append(name)
+        if name == "second" and not second_reachable:
+            raise Unavailable("leasing agent 127.0.0.1:7002 ended its stream of leasing calls")
+        return name
+
+    client._ask = ask  # type: ignore[method-assign]
     return client, calls
 
 

@@ -165,6 +165,48 @@ class ReleaseLeaseResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class LeasingCall(_message.Message):
+    __slots__ = ("id", "timeout_ms", "request", "grow", "shrink", "renew", "release")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    GROW_FIELD_NUMBER: _ClassVar[int]
+    SHRINK_FIELD_NUMBER: _ClassVar[int]
+    RENEW_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    timeout_ms: int
+    request: RequestLeaseRequest
+    grow: GrowLeaseRequest
+    shrink: ShrinkLeaseRequest
+    renew: LeaseRef
+    release: LeaseRef
+    def __init__(self, id: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., request: _Optional[_Union[RequestLeaseRequest, _Mapping]] = ..., grow: _Optional[_Union[GrowLeaseRequest, _Mapping]] = ..., shrink: _Optional[_Union[ShrinkLeaseRequest, _Mapping]] = ..., renew: _Optional[_Union[LeaseRef, _Mapping]] = ..., release: _Optional[_Union[LeaseRef, _Mapping]] = ...) -> None: ...
+
+class LeasingAnswer(_message.Message):
+    __slots__ = ("id", "lease", "renewed", "released", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    RENEWED_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    lease: Lease
+    renewed: RenewLeaseResponse
+    released: ReleaseLeaseResponse
+    error: CallError
+    def __init__(self, id: _Optional[int] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ..., renewed: _Optional[_Union[RenewLeaseResponse, _Mapping]] = ..., released: _Optional[_Union[ReleaseLeaseResponse, _Mapping]] = ..., error: _Optional[_Union[CallError, _Mapping]] = ...) -> None: ...
+
+class CallError(_message.Message):
+    __slots__ = ("code", "message", "error_type")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_TYPE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    error_type: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., error_type: _Optional[str] = ...) -> None: ...
+
 class ListHostsRequest(_message.Message):
     __slots__ = ("kind", "page_size", "page_token")
     KIND_FIELD_NUMBER: _ClassVar[int]

@@ -59,6 +59,11 @@ class LeasingStub:
                 request_serializer=leasenet_dot_v1_dot_registry__pb2.LeaseRef.SerializeToString,
                 response_deserializer=leasenet_dot_v1_dot_registry__pb2.ReleaseLeaseResponse.FromString,
                 _registered_method=True)
+        self.Calls = channel.stream_stream(
+                '/leasenet.v1.Leasing/Calls',
+                request_serializer=leasenet_dot_v1_dot_registry__pb2.LeasingCall.SerializeToString,
+                response_deserializer=leasenet_dot_v1_dot_registry__pb2.LeasingAnswer.FromString,
+                _registered_method=True)
 
 
 class LeasingServicer:
@@ -95,6 +100,17 @@ class LeasingServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Calls(self, request_iterator, context):
+        """The same calls, many in flight on one stream (what a consumer host uses): each request message
+        is one call, answered when it completes, in any order, under the id it gave. A message on a
+        stream costs both ends a fraction of a unary call. The caller is known (and its version checked)
+        once per stream. A draining registry answers new calls UNAVAILABLE and ends the stream once its
+        calls in flight are answered: ask another registry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LeasingServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -122,6 +138,11 @@ def add_LeasingServicer_to_server(servicer, server):
                     servicer.ReleaseLease,
                     request_deserializer=leasenet_dot_v1_dot_registry__pb2.LeaseRef.FromString,
                     response_serializer=leasenet_dot_v1_dot_registry__pb2.ReleaseLeaseResponse.SerializeToString,
+            ),
+            'Calls': grpc.stream_stream_rpc_method_handler(
+                    servicer.Calls,
+                    request_deserializer=leasenet_dot_v1_dot_registry__pb2.LeasingCall.FromString,
+                    response_serializer=leasenet_dot_v1_dot_registry__pb2.LeasingAnswer.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -259,6 +280,33 @@ class Leasing:
             '/leasenet.v1.Leasing/ReleaseLease',
             leasenet_dot_v1_dot_registry__pb2.LeaseRef.SerializeToString,
             leasenet_dot_v1_dot_registry__pb2.ReleaseLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Calls(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/leasenet.v1.Leasing/Calls',
+            leasenet_dot_v1_dot_registry__pb2.LeasingCall.SerializeToString,
+            leasenet_dot_v1_dot_registry__pb2.LeasingAnswer.FromString,
             options,
             channel_credentials,
             insecure,
