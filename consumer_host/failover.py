@@ -37,13 +37,18 @@ class Retry:
     happened: Happened
 
 
-def verdict(happened: Happened, idempotent: bool, request_id: int) -> Retry | Refusal:
+NOT_IDEMPOTENT = "it is not idempotent"
+
+
+def verdict(happened: Happened, idempotent: bool, request_id: int, *, why_not: str = NOT_IDEMPOTENT) -> Retry | Refusal:
+    """`idempotent`: running the request again is safe; else `why_not` says why it is not (a VIP call
+    marked idempotent is not safe to run again once part of its answer went back, say)."""
     if happened is Happened.NO_ANSWER:
         return Refusal(DeadlineExceeded, f"request {request_id} got no answer from its producer VM before the "
                                             f"deadline (it may have run)")
     if happened is Happened.DELIVERY_UNKNOWN and not idempotent:
         return Refusal(ProducerUnavailable, f"delivery unknown: the tunnel broke after request {request_id} was "
-                                            f"sent, so it may have run; it is not idempotent, so it was not retried")
+                                            f"sent, so it may have run; {why_not}, so it was not retried")
     return Retry(happened)
 
 

@@ -343,32 +343,26 @@ class PoolBook:
         # VMs: their members leave our pools now (this host sees host records, not VM records; the
         # registry's claim collector would tell us a moment later), so waiting requests go elsewhere.
         if isinstance(new, Host) and new.kind is HostKind.PRODUCER and new.draining and not getattr(old, "draining", False):
-            return self._leave_draining_host(new.address, now)
+            # idle members are given back (room to grow elsewhere at once); a busy one keeps its claim until
+            # its call is answered (the host waits for it; ending the claim would cut it: a command VM is
+            # reset when its claim ends)
+            return self._leave_host(new.address, now, shrink=True, spare_busy=True)
         if isinstance(old, Host) and new is None and old.kind is HostKind.PRODUCER:
             return self._leave_host(old.address, now, shrink=False)
         return []
 
-    def _leave_draining_host(self, address: str, now: float) -> list[Effect]:
-        """Its idle members are given back (shrink: room to grow elsewhere at once); a busy one is only
-        forgotten, so its claim lasts until the call in flight is answered (the host waits for it, and
-        ending the claim would cut it: a command VM is reset when its claim ends)."""
+    def _leave_host(self, address: str, now: float, *, shrink: bool, spare_busy: bool = False) -> list[Effect]:
+        """Every member on the producer host at `address` leaves its pool; with `shrink` it is given back
+        to the registry, except (`spare_busy`) one with a request in flight, which is only forgotten."""
         effects: list[Effect] = []
         for key, pool in list(self.pools.items()):
             gone = [vm for vm, m in pool.members.items() if m.host_address == address]
-            busy = [vm for vm in gone if vm in pool.busy]
-            idle = [vm for vm in gone if vm not in pool.busy]
-            if busy:
-                effects += self._forget(key, busy, now)
-            if idle:
-                effects += self._forget(key, idle, now, shrink=True)
-        return effects
-
-    def _leave_host(self, address: str, now: float, *, shrink: bool) -> list[Effect]:
-        effects: list[Effect] = []
-        for key, pool in list(self.pools.items()):
-            gone = [vm for vm, m in pool.members.items() if m.host_address == address]
-            if gone:
-                effects += self._forget(key, gone, now, shrink=shrink)
+            kept = [vm for vm in gone if spare_busy and vm in pool.busy]
+            given = [vm for vm in gone if vm not in kept]
+            if kept:
+                effects += self._forget(key, kept, now)
+            if given:
+                effects += self._forget(key, given, now, shrink=shrink)
         return effects
 
     def _adopt(self, key: PoolKey, claim: Claim, state: ClusterState) -> list[Effect]:

@@ -21,7 +21,9 @@ SPEC §6 on this path (failover.verdict decides):
     tunnel broke / VM's server   delivery unknown: UNAVAILABLE, unless the caller marked the call
       lost after the start       idempotent (metadata `leasenet-idempotent: 1`) AND nothing went
                                  back to it yet AND every request message is still in the buffer
-                                 (like gRPC's own per-RPC retry buffer): then retried
+                                 (like gRPC's own per-RPC retry buffer): then retried. A streamed
+                                 answer cut after its first message is not retried, idempotent or
+                                 not; the sentence says which condition failed.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import grpc.aio
 
 from consumer_host.config import VipEndpoint
 from consumer_host.datapath import Attachment, admit, route
-from consumer_host.failover import Happened, Retry, out_of_attempts, verdict
+from consumer_host.failover import NOT_IDEMPOTENT, Happened, Retry, out_of_attempts, verdict
 from consumer_host.pools import PoolManager
 from consumer_host.tunnel import Tunnels
 from mapping.replica import Replica
@@ -119,6 +121,14 @@ class _Call:
 
     def may_retry_after_start(self) -> bool:
         return self.idempotent and not self.answered and not self.overflowed
+
+    def why_not_retried(self) -> str:
+        """When a retry after the start may not be run: why, as the caller hears it."""
+        if not self.idempotent:
+            return NOT_IDEMPOTENT
+        if self.answered:
+            return "part of its answer had already gone back to the caller"
+        return "its request messages no longer fit the replay buffer"
 
 
 class _Failed(Exception):
@@ -208,7 +218,8 @@ class VipCalls:
             except _Failed as exc:
                 log.debug("call %d: %s (%s)", request_id, exc.happened.value, exc)
                 # the tunnel broke after the start was sent: the VM may have begun it, accepted or not
-                decision = verdict(exc.happened, call.may_retry_after_start(), request_id)
+                decision = verdict(exc.happened, call.may_retry_after_start(), request_id,
+                                   why_not=call.why_not_retried())
                 if isinstance(decision, Refusal):
                     raise decision.exception() from None
                 last = decision

@@ -237,13 +237,17 @@ class LeasingAgent:
         held = await self.store.get(pool_key)
         return pool if held is not None and held.create_revision == pool.revision else None
 
+    async def _catch_up(self) -> None:
+        """Wait (bounded) until our replica holds what etcd holds now: one read, on rare paths only."""
+        now = await self.store.range_page(keys.POOLS, limit=1)  # any key: only the revision matters
+        await self.replica.wait_for_revision(now.revision, CATCH_UP_S)
+
     async def _consumer_host(self, host_id: HostId) -> Host:
         """The consumer host's record, whose liveness lease the pool's keys hang on. One our replica
         has not seen may have registered a moment ago: catch up once before refusing."""
         host = self.state.hosts.get(host_id)
         if host is None or host.kind is not HostKind.CONSUMER or not host.lease:
-            now = await self.store.range_page(keys.CONSUMER_HOSTS, limit=1)
-            await self.replica.wait_for_revision(now.revision, CATCH_UP_S)
+            await self._catch_up()
             host = self.state.hosts.get(host_id)
         if host is None or host.kind is not HostKind.CONSUMER or not host.lease:
             raise ProducerUnavailable(f"consumer host {host_id!r} is not registered (its liveness lease lapsed, or it "
@@ -270,8 +274,7 @@ class LeasingAgent:
         only), then refuse as NOT_FOUND, which the consumer host retries at its next renewal."""
         pool = self.state.pools_by_lease.get(lease_id)
         if pool is None:
-            now = await self.store.range_page(keys.POOLS, limit=1)  # any key: only the revision matters
-            await self.replica.wait_for_revision(now.revision, CATCH_UP_S)
+            await self._catch_up()
             pool = self.state.pools_by_lease.get(lease_id)
         if pool is None:
             raise NotFound(f"lease {lease_hex(lease_id)} is not the lease of any pool (it ended, or it is not a pool's: "

@@ -12,9 +12,11 @@ Whoami, Put(key, value), Get(key) (the value must be the one just put: one VM se
 its state is the lessee's), and every 4th round Sleep (a call likely in flight when a VM dies),
 Scan (server streaming), Append (client streaming) and Chat (bidi). One JSON line per call goes
 to --history: vm, round, method, start_ns/end_ns (time.monotonic_ns: the VMs' own records use it
-too), code, details, served_by (the VM id the last Whoami answered) and, for a Get, `state`: kept
-(the value put), lost (not found: the VM was replaced in between) or wrong (another value: never
-acceptable). The last line printed sums it up; the exit status is 1 if a Get was wrong or a VM
+too), code, details, served_by (the VM id the last Whoami answered), for a streamed answer (Scan,
+Chat) `received`, the messages of it that came, also when the call failed midway (once one came, a
+cut call cannot be run again unseen: SPEC §6 answers it "delivery unknown", even if idempotent), and,
+for a Get, `state`: kept (the value put), lost (not found: the VM was replaced in between) or wrong
+(another value: never acceptable). The last line printed sums it up; the exit status is 1 if a Get was wrong or a VM
 never got an answer.
 """
 
@@ -28,7 +30,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import grpc
 import grpc.aio
@@ -36,6 +38,7 @@ import grpc.aio
 from examples.notebook import notebook_pb2 as pb
 from examples.notebook import notebook_pb2_grpc as pb_grpc
 
+T = TypeVar("T")
 IDEMPOTENT = (("leasenet-idempotent", "1"),)  # Whoami, Get, Scan: safe to run twice
 CALL_TIMEOUT_S = 10.0
 STREAM_EVERY = 4  # rounds: Sleep and the three streaming kinds
@@ -92,22 +95,33 @@ class ConsumerVm:
         self.served_by = ""  # the VM id of the last Whoami answer
         self.pid = 0  # the VM process of the last Whoami answer
         self.calls = 0  # made so far (each recorded)
+        self.received: int | None = None  # messages of the current call's streamed answer (None: not streamed)
 
     async def call(self, round_: int, method: str, run: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any] | None:
         """Run one call and record its outcome; `run` returns what to record of its answer. None when
         the call failed."""
         start = time.monotonic_ns()
         answer, code, details = None, "OK", ""
+        self.received = None
         try:
             answer = await run()
         except grpc.aio.AioRpcError as exc:
             code, details = exc.code().name, exc.details() or ""
         self.calls += 1
         self.recorder.codes[code] += 1
+        streamed = {} if self.received is None else {"received": self.received}
         self.recorder.write({"event": "call", "vm": self.name, "round": round_, "method": method, "start_ns": start,
                              "end_ns": time.monotonic_ns(), "code": code, "details": details,
-                             "served_by": self.served_by, **(answer or {})})
+                             "served_by": self.served_by, **streamed, **(answer or {})})
         return answer
+
+    async def streamed(self, replies: AsyncIterator[T]) -> list[T]:
+        """A streamed answer's messages, each counted as it comes (self.received, recorded by `call`)."""
+        self.received, got = 0, []
+        async for reply in replies:
+            self.received += 1
+            got.append(reply)
+        return got
 
     async def ready(self, stub: pb_grpc.NotebookStub, timeout_s: float) -> bool:
         """Wait until the service answers this VM (its first lease), for at most timeout_s."""
@@ -165,8 +179,8 @@ class ConsumerVm:
             return {}
 
         async def scan() -> dict[str, Any]:
-            entries = [e async for e in stub.Scan(pb.ScanRequest(prefix="round-"), metadata=IDEMPOTENT,
-                                                 timeout=self.timeout_s)]
+            entries = await self.streamed(stub.Scan(pb.ScanRequest(prefix="round-"), metadata=IDEMPOTENT,
+                                                    timeout=self.timeout_s))
             return {"entries": len(entries)}
 
         async def append() -> dict[str, Any]:
@@ -180,7 +194,7 @@ class ConsumerVm:
             async def lines() -> AsyncIterator[pb.Line]:
                 for j in range(3):
                     yield pb.Line(text=f"{self.name} line {j}")
-            replies = [r async for r in stub.Chat(lines(), timeout=self.timeout_s)]
+            replies = await self.streamed(stub.Chat(lines(), timeout=self.timeout_s))
             return {"seen": [r.seen for r in replies]}
 
         for method, run in (("Sleep", sleep), ("Scan", scan), ("Append", append), ("Chat", chat)):

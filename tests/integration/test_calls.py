@@ -225,6 +225,7 @@ async def test_a_vm_server_killed_mid_call_is_delivery_unknown_unless_idempotent
                 await drip.read()
             assert answered.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "delivery unknown" in (answered.value.details() or "")
+            assert "part of its answer had already gone back" in (answered.value.details() or "")
 
 
 async def test_a_flood_on_one_call_does_not_grow_either_hosts_memory(calls: Calls) -> None:

@@ -192,7 +192,7 @@ async def test_the_replay_buffer_is_bounded_before_accepted_and_kept_after_it_on
     call.accepted.set()
     _take_ready(call, up)
     assert call.overflowed and call.replay == []  # not idempotent: nothing kept once delivered
-    assert not call.may_retry_after_start()
+    assert not call.may_retry_after_start() and call.why_not_retried() == "it is not idempotent"
 
     kept = _Call(idempotent=True)
     kept.accepted.set()
@@ -201,6 +201,12 @@ async def test_the_replay_buffer_is_bounded_before_accepted_and_kept_after_it_on
     assert kept.replay == [b"a", b"b"] and kept.may_retry_after_start()
     kept.answered = True  # something went back to the caller: a retry would show it twice
     assert not kept.may_retry_after_start()
+    assert kept.why_not_retried() == "part of its answer had already gone back to the caller"
+    full = _Call(idempotent=True)
+    full.accepted.set()
+    for i in range(REPLAY_MESSAGES + 1):
+        full.keep(b"m%d" % i)
+    assert not full.may_retry_after_start() and "replay buffer" in full.why_not_retried()
 
 
 async def test_a_unary_calls_request_and_end_go_with_its_start() -> None:

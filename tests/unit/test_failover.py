@@ -35,6 +35,10 @@ def test_a_request_that_may_have_run_is_retried_only_if_idempotent() -> None:
     fail = verdict(Happened.DELIVERY_UNKNOWN, False, 7)
     assert isinstance(fail, Refusal) and fail.error is ProducerUnavailable
     assert fail.message.startswith("delivery unknown") and "request 7" in fail.message
+    assert "it is not idempotent, so it was not retried" in fail.message
+    answered = verdict(Happened.DELIVERY_UNKNOWN, False, 7, why_not="part of its answer had already gone back")
+    assert isinstance(answered, Refusal) and answered.message.endswith(
+        "may have run; part of its answer had already gone back, so it was not retried")
 
 
 @pytest.mark.parametrize("idempotent", [False, True])
