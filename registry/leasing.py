@@ -163,8 +163,7 @@ class LeasingAgent:
             claims, members = self._claims(chosen, pool)
             items = [(pool_key, keys.encode(pool)), *claims, *((keys.key_of(slot), keys.encode(slot)) for slot in slots)]
             result = await self._transact(chosen, items, host, self._guards(chosen), members, slots)
-            if result.succeeded:
-                log.info("granted lease %s: %s -> %s", lease_hex(pool_id), consumer.vm_id, [vm.vm_id for vm in chosen])
+            if result.succeeded:  # said once, by the grant's audit line (registry/audit.py)
                 return self._view(pool_id)
             metrics.GRANT_CONFLICTS.inc()
             if (existing := self.state.pools.get(pool_key)) is not None:  # another agent was faster
