@@ -33,7 +33,7 @@ from wire.errors import (
 from mapping.model import (Claim, ConsumerRef, Host, HostId, HostKind, LeaseId, Pool, ProducerVm, QuotaScope, QuotaSlot,
                            Record, Service, VmId, lease_hex, new_pool_id)
 from registry.authz import ANYONE, Caller, may_act_on_pool
-from registry import quotas
+from registry import groupcommit, quotas
 from registry.placement import choose_vms
 from mapping.replica import Replica
 from mapping.state import ClusterState
@@ -87,9 +87,12 @@ def describe(state: ClusterState, pool: Pool) -> LeaseView:
 
 class LeasingAgent:
     def __init__(self, store: Store, replica: Replica, *, rng: random.Random | None = None,
-                 max_attempts: int = 8, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_attempts: int = 8, clock: Callable[[], float] = time.monotonic,
+                 max_txns_in_flight: int = groupcommit.MAX_IN_FLIGHT) -> None:
         self.store = store
         self.replica = replica
+        # grants (and releases) in flight reach etcd together when its transactions lag behind them
+        self.commits = groupcommit.GroupCommit(store, max_in_flight=max_txns_in_flight)
         self.rng = rng or random.Random()
         self.max_attempts = max_attempts
         self.clock = clock
@@ -223,7 +226,7 @@ class LeasingAgent:
         # gone before its claims would have every replica's claim collector look at each of them
         doomed = [*(keys.key_of(c) for c in claims), *(keys.member_key(c) for c in claims),
                   *state.slots_by_lease.get(lease_id, ()), keys.key_of(pool)]
-        result = await self.store.delete_all(doomed, require=[Require(keys.key_of(pool), pool.revision)])
+        result = await self.commits.delete_all(doomed, require=[Require(keys.key_of(pool), pool.revision)])
         await self.replica.wait_for_revision(result.revision, CATCH_UP_S)
 
     # --- helpers -------------------------------------------------------------------------------
@@ -334,8 +337,8 @@ class LeasingAgent:
         self._in_flight |= taken
         marked = [slot for slot in slots if self._mark(slot)]
         try:
-            result = await self.store.create_all(items, lease=host.lease, puts=mirrors,
-                                                 require=[*guards, Require(keys.key_of(host), host.revision)])
+            result = await self.commits.create_all(items, lease=host.lease, puts=mirrors,
+                                                   require=[*guards, Require(keys.key_of(host), host.revision)])
             await self.replica.wait_for_revision(result.revision, CATCH_UP_S)
         finally:
             self._in_flight -= taken
