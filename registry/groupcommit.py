@@ -2,8 +2,10 @@
 transactions are still out go together, in one transaction, as do its releases. Each transaction
 costs etcd, the registry, and every watcher of the keys (each registry, the consumer host, the
 producer hosts) a round of messages whatever it carries, so under load a batch of k grants costs
-them about 1/k of it per grant. Nothing waits to be batched: with fewer than `max_in_flight`
-transactions out, a grant goes at once, alone.
+them about 1/k of it per grant. Nothing waits to be batched: a grant that finds no transaction of
+its kind out goes at once, alone; one that finds one out waits for it (a round trip to etcd) and
+goes with whatever queued meanwhile. One out at a time made batches of ~3.5 grants under the
+bench's load, two out ~2.3, for ~5% more of the registries' CPU (bench/PROFILE.md).
 
 Safe to combine: the parts of a batch write disjoint keys (a part whose keys meet the batch's
 waits for the next), and each part's compares are about keys no other part writes (its own keys'
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 
 from mapping.store.base import MAX_TXN_OPS, Require, Store, TxnResult
 
-MAX_IN_FLIGHT = 2  # transactions of one kind out at once; later parts queue and go together
+MAX_IN_FLIGHT = 1  # transactions of one kind out at once; later parts queue and go together
 MAX_PARTS = 8  # a grant of a pool of n VMs is 3n compares: 8 pools of 4 stay under etcd's 128
 
 
