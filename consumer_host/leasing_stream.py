@@ -2,8 +2,11 @@
 number of calls in flight on one stream, each answered under its id when it completes. Opened on
 first use and again after it ends; version metadata goes once, when it opens.
 
-A stream that ends fails the calls waiting on it as UNAVAILABLE (the caller fails over, as for a
-unary call: every leasing call is safe to repeat). A registry that has no such method (an older
+A stream that breaks fails the calls waiting on it as UNAVAILABLE (the caller fails over, as for a
+unary call: every leasing call is safe to repeat). One the registry ends cleanly (it drains: it
+answers the calls it read, reads no more, and says NOT_SERVING so that new streams go elsewhere)
+left its unanswered calls unread, so each is sent once more on a new stream, as a unary call
+would have gone to a serving registry in the first place. A registry that has no such method (an older
 release, during a rolling upgrade) answers UNIMPLEMENTED: `supported` turns False and the caller
 uses the unary methods with that registry from then on."""
 
@@ -26,10 +29,18 @@ FIELDS = {"RequestLease": "request", "GrowLease": "grow", "ShrinkLease": "shrink
           "ReleaseLease": "release"}
 
 
+# how a stream that broke under its calls ends, when no leasenet server said why
+BROKEN = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED})
+
+
 class StreamUnsupported(LeasenetError):
     """The registry has no Leasing.Calls: ask it with unary calls."""
 
     code = Status.UNIMPLEMENTED
+
+
+class StreamEnded(Unavailable):
+    """The registry ended the stream cleanly (draining): a call still waiting was never read."""
 
 
 class LeasingStream:
@@ -49,7 +60,7 @@ class LeasingStream:
         return call
 
     async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
-        error: LeasenetError = Unavailable(f"{self.agent} ended its stream of leasing calls")
+        error: LeasenetError = StreamEnded(f"{self.agent} ended its stream of leasing calls")
         try:
             async for answer in call:
                 waiter = self._pending.pop(answer.id, None)
@@ -59,6 +70,10 @@ class LeasingStream:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 self.supported = False
                 error = StreamUnsupported(f"{self.agent} has no stream of leasing calls")
+            elif exc.code() in BROKEN and not rpc.is_ours(exc):
+                # the stream itself broke (a registry stopping resets it, which gRPC may report as
+                # INTERNAL): as for a connection lost, the calls on it fail over
+                error = Unavailable(f"{self.agent}'s stream of leasing calls broke", detail=exc.details() or "")
             else:
                 error = rpc.error_from_rpc(exc, self.agent)
         finally:
@@ -72,6 +87,14 @@ class LeasingStream:
 
     async def call(self, method: str, request: Message, timeout_s: float) -> Message:
         """`method`'s answer (as the unary method's), or its error as the typed LeasenetError."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        try:
+            return await self._call_once(method, request, timeout_s)
+        except StreamEnded:  # unread: once more, on a new stream
+            return await self._call_once(method, request, max(0.0, deadline - loop.time()))
+
+    async def _call_once(self, method: str, request: Message, timeout_s: float) -> Message:
         call = self._call or self._open()
         call_id = next(self._ids)
         waiter = asyncio.get_running_loop().create_future()

@@ -61,6 +61,11 @@ def from_grpc(code: grpc.StatusCode) -> Status:
     return Status(code.value[0])
 
 
+def is_ours(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether a leasenet server failed the call on purpose (its error's type in the trailers)."""
+    return any(k == ERROR_METADATA_KEY for k, _ in exc.trailing_metadata() or ())
+
+
 def error_from_rpc(exc: grpc.aio.AioRpcError, peer: str) -> LeasenetError:
     """The typed error a failed call to `peer` stands for. A leasenet server names the type in the
     trailing metadata and its details are our sentence; without the name the details are grpc's or a

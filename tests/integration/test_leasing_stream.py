@@ -13,7 +13,7 @@ import pytest
 from consumer_host.leasing_stream import LeasingStream
 from consumer_host.registry_client import RegistryClient
 from leasenet.cluster import write_toml
-from tests.conftest import eventually_async
+from tests.conftest import eventually_async, tls_as
 from tests.integration.helpers import cluster_toml, dial, leases
 from wire.errors import NotFound
 from wire.tls import Identity, Kind
@@ -66,6 +66,47 @@ async def test_leasing_calls_in_flight_on_one_stream_are_each_answered_under_the
         await stream.close()
 
 
+async def test_grants_go_on_without_a_failure_while_a_registry_drains(cluster):
+    """SIGTERM: the registry says NOT_SERVING, answers the calls it read, ends its streams; the
+    consumer host's calls go to the other registry meanwhile, none failing."""
+    config = write_toml(cluster.workdir / "cluster.toml", cluster_toml())
+    first, second = (cluster.registry(name, config) for name in ("registry1", "registry2"))
+    cluster.producer("p1", network="blue", service="echo", vms=VMS, vm_address_start="10.1.1.1")
+    cluster.start_presence(Kind.CONSUMER, "c1")
+
+    async def producer_vms_up() -> bool:
+        return len(await _vms(second.address)) == VMS
+
+    await eventually_async(producer_vms_up, what="the producer host's VMs registered")
+    client = RegistryClient([first.address, second.address], tls_as(C1))
+    failures: list[str] = []
+    cycles = 0
+
+    async def churn(n: int, stop: asyncio.Event) -> None:
+        nonlocal cycles
+        while not stop.is_set():
+            try:
+                lease = await client.request_lease("echo", "blue", f"10.1.0.{n}", "c1", [])
+                await client.release_lease(lease.lease_id)
+                cycles += 1
+            except Exception as exc:  # noqa: BLE001 - every failure is the finding
+                failures.append(f"{type(exc).__name__}: {exc} ({getattr(exc, 'detail', '')})")
+
+    stop = asyncio.Event()
+    workers = [asyncio.create_task(churn(n, stop)) for n in range(1, 5)]
+    try:
+        await eventually_async(lambda: cycles >= 20, what="grants flowing")
+        stopped = asyncio.get_running_loop().run_in_executor(None, cluster.stop, first.name)
+        assert await stopped == 0, "registry1 did not drain and exit cleanly"
+        before = cycles
+        await eventually_async(lambda: cycles >= before + 20, what="grants flowing at the other registry")
+    finally:
+        stop.set()
+        await asyncio.gather(*workers)
+        await client.close()
+    assert failures == [], failures
+
+
 async def _vms(address: str) -> list[rpb.ProducerVm]:
     async with dial(address, Kind.REGISTRY) as channel:
         return list((await rpb_grpc.InspectionStub(channel).ListVms(rpb.ListVmsRequest(), timeout=5)).vms)
@@ -89,6 +130,37 @@ async def test_a_registry_without_the_stream_is_asked_with_unary_calls() -> None
             lease = await client.request_lease("echo", "blue", vm, "c1", [])
             assert (lease.lease_id, lease.consumer_vm) == ("1f", vm)
         assert not client._streams[0].supported
+    finally:
+        await client.close()
+        await server.stop(None)
+
+
+class DrainingOnce(rpb_grpc.LeasingServicer):
+    """A registry whose first stream drains: it reads a call, answers nothing and ends the stream
+    cleanly (the call was never started); later streams answer."""
+
+    def __init__(self) -> None:
+        self.streams = 0
+
+    async def Calls(self, calls, context):  # noqa: ANN001, ANN201, N802 - the gRPC method's shape
+        self.streams += 1
+        async for call in calls:
+            if self.streams == 1:
+                return
+            yield rpb.LeasingAnswer(id=call.id, lease=rpb.Lease(lease_id="2a", consumer_vm=call.request.consumer_vm))
+
+
+async def test_a_call_left_unread_by_a_draining_registry_is_sent_again_on_a_new_stream() -> None:
+    registry = DrainingOnce()
+    server = grpc.aio.server()
+    rpb_grpc.add_LeasingServicer_to_server(registry, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    client = RegistryClient([f"127.0.0.1:{port}"])
+    try:
+        lease = await client.request_lease("echo", "blue", "10.1.0.1", "c1", [])
+        assert (lease.lease_id, lease.consumer_vm, registry.streams) == ("2a", "10.1.0.1", 2)
+        assert client.calls == 1  # one attempt: the stream's ending was not a failure
     finally:
         await client.close()
         await server.stop(None)
