@@ -6,9 +6,9 @@ A stream that breaks fails the calls waiting on it as UNAVAILABLE (the caller fa
 unary call: every leasing call is safe to repeat). One the registry ends cleanly (it drains: it
 answers the calls it read, reads no more, and says NOT_SERVING so that new streams go elsewhere)
 left its unanswered calls unread, so each is sent once more on a new stream, as a unary call
-would have gone to a serving registry in the first place. A registry that has no such method (an older
-release, during a rolling upgrade) answers UNIMPLEMENTED: `supported` turns False and the caller
-uses the unary methods with that registry from then on."""
+would have gone to a serving registry in the first place. A registry that has no such method (an
+older release, during a rolling upgrade) answers UNIMPLEMENTED: `supported` turns False and the
+caller uses the unary methods with that registry from then on."""
 
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ class LeasingStream:
         self.agent = agent  # "leasing agent <address>", for sentences
         self.supported = True
         self._call: grpc.aio.StreamStreamCall | None = None
+        self._reader: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
         self._pending: dict[int, asyncio.Future[pb.LeasingAnswer]] = {}
         self._ids = itertools.count(1)
         self._writing = asyncio.Lock()  # one write at a time on a gRPC stream
@@ -56,7 +57,7 @@ class LeasingStream:
     def _open(self) -> grpc.aio.StreamStreamCall:
         call = self._stub.Calls(metadata=version.metadata())
         self._call = call
-        asyncio.get_running_loop().create_task(self._read(call))
+        self._reader = asyncio.get_running_loop().create_task(self._read(call))
         return call
 
     async def _read(self, call: grpc.aio.StreamStreamCall) -> None:

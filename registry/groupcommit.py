@@ -66,6 +66,7 @@ class GroupCommit:
         self._queues: dict[tuple[str, int], deque[_Part]] = {}  # ("create", lease) or ("delete", 0)
         self._out: dict[str, int] = {"create": 0, "delete": 0}
         self.batches = 0  # transactions that carried more than one part (for the bench)
+        self._sending: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak references
 
     async def create_all(self, items: Sequence[tuple[str, bytes]], *, lease: int,
                          require: Sequence[Require], puts: Sequence[tuple[str, bytes]] = ()) -> TxnResult:
@@ -94,7 +95,9 @@ class GroupCommit:
             if later:  # behind the other leases' queues now: each lease gets its turn
                 self._queues[queue] = later
             self._out[kind] += 1
-            asyncio.get_running_loop().create_task(self._send(queue, batch.parts))
+            task = asyncio.get_running_loop().create_task(self._send(queue, batch.parts))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
 
     async def _send(self, queue: tuple[str, int], parts: list[_Part]) -> None:
         try:
