@@ -50,7 +50,7 @@ def run(workdir: Path, plan: Plan, say: Callable[[str], None]) -> dict[str, Any]
                          "data_vms": DATA_VMS, "consumer_vms": len(DATA_CONSUMERS), "pool_per_consumer_vm": DATA_POOL},
             "datapath": datapath, "etcd": etcd, "leasing": leasing, "failover": failover,
             "double_claims": len(claims), "double_claim_details": claims, "targets": found,
-            "correctness": correctness(datapath, leasing, failover, len(claims)), "method": method_check(found),
+            "correctness": correctness(datapath, leasing, failover, len(claims)), "method": method_check(found) | {"measured": bench.self_check_runs},
             "elapsed_s": round(time.monotonic() - started, 1), "raw": {"slices": asdict(load)["cells"]}}
 
 

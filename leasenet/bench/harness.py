@@ -25,6 +25,7 @@ from leasenet.bench.plans import (
     FailoverResult, FailoverTask, GrantsResult, GrantsTask, LoadResult, LoadTask, Plan, RaceConsumerHost, RaceResult,
     RaceTask, decode, rounds_of,
 )
+from leasenet.bench.report import self_checks, summarize_datapath
 from leasenet.bench.servers import IDENTITIES
 from leasenet.cluster import ConsumerVm, LocalCluster, Proc, consumer_toml
 from leasenet.etcd import etcd_binary
@@ -85,6 +86,7 @@ class Bench:
         self.cluster.env.update(self.env)
         self.extra: list[subprocess.Popen[bytes]] = []  # harness processes besides the cluster's
         self.plain: list[LocalCluster] = []  # the plaintext overlays' own clusters (data path)
+        self.self_check_runs = 0  # how many times the method's self-check was measured
         self.registry = ""
         self.metrics = ""
         self.config = self.workdir / "cluster.toml"
@@ -266,6 +268,16 @@ class Bench:
                  f"(targets alternating, {p.rounds} rounds per cell)")
         result = self.role("load", self.load_task(addresses, cells, pids, metrics), LoadResult,
                            120 + len(cells) * (p.slice_warmup_s + p.slice_s + 2))
+        self.self_check_runs = 1
+        if p.quick and not all(c["pass"] for c in self_checks(summarize_datapath(result))):
+            # A burst from a neighbour on this shared machine can tilt every pair of --quick's few
+            # short slices the same way; an unfair method tilts them again. Measured once more.
+            again = [cell for cell in cells if cell.check]
+            self.say("data path: the method's self-check did not hold; measuring it once more")
+            second = self.role("load", self.load_task(addresses, again, pids, metrics), LoadResult,
+                               120 + len(again) * (p.slice_warmup_s + p.slice_s + 2))
+            result = LoadResult([c for c in result.cells if not c.check] + second.cells, result.event_loop)
+            self.self_check_runs = 2
         for proc in self.extra[started:]:
             proc.terminate()  # all at once, then wait
         for proc in self.extra[started:]:

@@ -122,7 +122,8 @@ def render(report: dict[str, Any]) -> str:
                       "every request) over the overlay with metrics off (recording nothing), same rounds",
                   metrics_table(on_off)]
     checks = [t for t in report["targets"] if t.get("method")]
-    lines += ["", "the method's self-check (the overlay against itself, the same alternating slices):"]
+    again = " (measured twice: the first did not hold)" if report["method"].get("measured") == 2 else ""
+    lines += ["", f"the method's self-check (the overlay against itself, the same alternating slices){again}:"]
     lines += [verdict(t) for t in checks] or ["  not measured"]
     e = report["etcd"]
     methods = ", ".join(f"{k} {v}" for k, v in sorted(e["by_method"].items())) or "none"

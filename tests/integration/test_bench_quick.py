@@ -50,7 +50,8 @@ def test_bench_quick_json_runs_every_step_keeps_the_promises_and_checks_its_meth
         # (a slice in which a loaded machine answered nothing has no p50, and so its pair no ratio)
         assert ratio["n"] >= report["settings"]["check_rounds"] - 2
         assert ratio["low"] <= 1.0 <= ratio["high"], ratio
-    assert report["method"]["ok"] and report["method"]["checks"] == 2
+    # (measured once more when it did not hold: a burst on a shared machine can tilt every pair once)
+    assert report["method"]["ok"] and report["method"]["checks"] == 2 and report["method"]["measured"] in (1, 2)
     assert report["etcd"]["service_requests"] > 0 and report["etcd"]["request_path_etcd_requests"] == 0
     leasing = report["leasing"]
     assert leasing["grants_measured"] > 0 and leasing["grant_pool_sizes"] == {"4": leasing["grants_measured"]}
