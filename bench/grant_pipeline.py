@@ -47,7 +47,7 @@ from google.protobuf.message import Message
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # noqa: E402 - run as a script
 
 from consumer_host.leasing_stream import LeasingStream  # noqa: E402
-from leasenet.bench.measure import CpuMeter, etcd_counts  # noqa: E402
+from leasenet.bench.measure import CpuMeter, cpu_seconds, etcd_counts  # noqa: E402
 from leasenet.checker import ClaimLog, claims_from_lines, double_leases  # noqa: E402
 from leasenet.cluster import LocalCluster  # noqa: E402
 from leasenet.demo import watch_leases  # noqa: E402
@@ -197,14 +197,17 @@ async def churn(cluster: LocalCluster, lanes: dict[str, str], workers: int, warm
         signal_registries(cluster, signal.SIGUSR1)
     etcd_before = etcd_counts(cluster.etcd.members[0].metrics_url)
     meter.begin()
-    threads = {name: main_thread_cpu(pids[name]) for name in REGISTRIES}
+    def main_thread(name: str) -> float:  # a registry's event loop; grpc's own threads are the rest
+        return cpu_seconds(pids[name], thread=pids[name]) or 0.0
+
+    threads = {name: main_thread(name) for name in REGISTRIES}
     started = time.perf_counter()
     await asyncio.sleep(seconds)
     meter.end()
     etcd_sent = etcd_counts(cluster.etcd.members[0].metrics_url) - etcd_before
     if profile:
         signal_registries(cluster, signal.SIGUSR2)
-    threads = {name: (main_thread_cpu(pids[name]) or 0.0) - (before or 0.0) for name, before in threads.items()}
+    threads = {name: main_thread(name) - before for name, before in threads.items()}
     elapsed = time.perf_counter() - started
     measuring = False
     stop.set()
@@ -245,16 +248,6 @@ def signal_registries(cluster: LocalCluster, sig: int) -> None:
     """Start (SIGUSR1) or stop and write (SIGUSR2) the registries' profiles (bench/profiled/)."""
     for name in REGISTRIES:
         os.kill(cluster.procs[name].process.pid, sig)  # type: ignore[union-attr]
-
-
-def main_thread_cpu(pid: int) -> float | None:
-    """CPU seconds of a process's main thread (its event loop; grpc's own threads are the rest)."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def wait_for_profiles(where: Path, timeout_s: float = 60.0) -> None:

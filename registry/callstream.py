@@ -4,8 +4,8 @@ order, under the id it gave. Per call this costs the registry a message each way
 call (gRPC's own cost of a unary call is 3-4 times a stream message's here: bench/PROFILE.md), and
 the caller's certificate and version are checked once, when the stream opens.
 
-A draining registry answers each new call UNAVAILABLE, so that the consumer host asks another, and
-ends the stream once the calls in flight are answered."""
+A draining registry reads no more calls and ends the stream once the calls it read are answered;
+the consumer host sends the unread ones again on a new stream, which goes to a serving registry."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import grpc.aio
 
 from registry.authz import Caller
 from wire import metrics
-from wire.errors import DeadlineExceeded, InvalidRequest, LeasenetError, Unavailable
+from wire.errors import DeadlineExceeded, InvalidRequest, LeasenetError
 from wire.rpc import end_of_stream
 from wire.v1 import registry_pb2 as pb
 
@@ -89,8 +89,6 @@ async def answer(servicer: LeasingServicer, call: pb.LeasingCall, caller: Caller
         return deadline - asyncio.get_running_loop().time()
 
     try:
-        if servicer.draining.is_set():
-            raise Unavailable("this registry is draining; ask another")
         async with asyncio.timeout(timeout):
             match which:
                 case "request":

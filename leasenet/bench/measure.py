@@ -77,10 +77,11 @@ def paired(ratios: Iterable[float | None]) -> dict[str, Any]:
             "pairs": [round(r, 3) for r in found]}
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process so far (Linux /proc; None elsewhere)."""
+def cpu_seconds(pid: int, thread: int | None = None) -> float | None:
+    """User + system CPU time of a process (or of one of its threads) so far (Linux /proc; None
+    elsewhere)."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
+        with open(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat") as f:
             fields = f.read().rpartition(")")[2].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):

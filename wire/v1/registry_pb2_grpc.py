@@ -104,8 +104,8 @@ class LeasingServicer:
         """The same calls, many in flight on one stream (what a consumer host uses): each request message
         is one call, answered when it completes, in any order, under the id it gave. A message on a
         stream costs both ends a fraction of a unary call. The caller is known (and its version checked)
-        once per stream. A draining registry answers new calls UNAVAILABLE and ends the stream once its
-        calls in flight are answered: ask another registry.
+        once per stream. A draining registry reads no more calls and ends the stream once the calls it
+        read are answered: send the unread ones again on a new stream.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
